@@ -1,0 +1,54 @@
+"""The `paysim` command: parse, call the core, render. No logic lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from paysim import __version__
+from paysim.cli.stack import stack
+from paysim.cli.topics import topics
+from paysim.errors import PaysimError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="paysim")
+def cli() -> None:
+    """paysim: a card-payment pipeline on Kafka and Redis, and a load tool to drive it."""
+
+
+cli.add_command(stack)
+cli.add_command(topics)
+
+
+def _fail(message: str, code: int, details: list[str] | None = None) -> None:
+    print(f"paysim: error: {message}", file=sys.stderr)
+    for line in details or []:
+        print(f"  {line}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every failure ends as one line on stderr and a non-zero exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="paysim", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        _fail(exc.format_message() + hint, exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        _fail("aborted", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except PaysimError as exc:
+        _fail(str(exc), exc.exit_code, exc.details)
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("PAYSIM_DEBUG"):
+            traceback.print_exc()
+        _fail(f"internal error: {type(exc).__name__}: {exc} (PAYSIM_DEBUG=1 shows the "
+              "traceback)", 70)
+    sys.exit(code if isinstance(code, int) else 0)

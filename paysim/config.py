@@ -1,0 +1,285 @@
+"""One place that resolves every paysim setting: flags > environment > config file > defaults.
+
+Each setting is declared once in OPTIONS with its dotted key. The key names it in the TOML
+config file (``[stack] kafka_port = 9092``) and gives its environment variable
+(``PAYSIM_STACK_KAFKA_PORT``). Kafka client properties (SASL, SSL, ...) pass through untouched
+from ``[kafka.client]`` in the file or from any other ``PAYSIM_KAFKA_*`` variable
+(``PAYSIM_KAFKA_SASL_MECHANISM`` -> ``sasl.mechanism``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paysim.errors import ConfigError
+
+CONFIG_ENV = "PAYSIM_CONFIG"
+DEFAULT_CONFIG_FILE = "paysim.toml"
+KAFKA_CLIENT_ENV_PREFIX = "PAYSIM_KAFKA_"
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+# Parsers take what a flag, env var or TOML value holds and return the typed value,
+# or raise ValueError with what was expected.
+def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    expected = (f"a whole number from {minimum} to {maximum}" if maximum is not None
+                else f"a whole number >= {minimum}")
+
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool | float):
+            raise ValueError(expected)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(expected) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
+_port = _whole_number(1, 65535)
+
+
+def _seconds(raw: Any) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("a number of seconds > 0") from None
+    if value <= 0 or isinstance(raw, bool):
+        raise ValueError("a number of seconds > 0")
+    return value
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("a non-empty string")
+    return raw.strip()
+
+
+def _path(raw: Any) -> Path:
+    return Path(_text(raw)).expanduser().absolute()
+
+
+def _redis_url(raw: Any) -> str:
+    url = _text(raw)
+    if not url.startswith(REDIS_URL_SCHEMES):
+        raise ValueError("a URL starting with redis://, rediss:// or unix://")
+    return url
+
+
+def _bootstrap(raw: Any) -> str:
+    servers = _text(raw)
+    for server in servers.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("host:port[,host:port...]")
+    return servers
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    parse: Callable[[Any], Any]
+    default: Callable[[], Any]
+    help: str
+    flag: str = ""  # the CLI flag, where one exists; shown in errors
+    metavar: str = ""
+
+    @property
+    def env(self) -> str:
+        return "PAYSIM_" + self.key.upper().replace(".", "_")
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.key.split(".")[-1].replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("kafka.bootstrap", _bootstrap, lambda: None,
+           "Kafka bootstrap servers; unset means the local stack", "--bootstrap",
+           "HOST:PORT[,...]"),
+    Option("redis.url", _redis_url, lambda: None,
+           "Redis URL (redis://, rediss://, unix://); unset means the local stack", "--redis-url",
+           "URL"),
+    Option("stack.dir", _path, lambda: _data_home() / "paysim" / "stack",
+           "where the local stack keeps its data, configs, logs and pid records", "--stack-dir",
+           "DIR"),
+    Option("stack.cache_dir", _path, lambda: _cache_home() / "paysim",
+           "where the Kafka jars are cached"),
+    Option("stack.kafka_port", _port, lambda: 9092, "local broker port", metavar="PORT"),
+    Option("stack.controller_port", _port, lambda: 9093, "local KRaft controller port",
+           metavar="PORT"),
+    Option("stack.redis_port", _port, lambda: 6379, "local redis-server port", metavar="PORT"),
+    Option("stack.kafka_heap_mb", _whole_number(128), lambda: 512, "local broker heap in MiB"),
+    Option("stack.start_timeout", _seconds, lambda: 90.0,
+           "seconds to wait for a component to answer"),
+    Option("stack.stop_timeout", _seconds, lambda: 30.0,
+           "seconds between SIGTERM and SIGKILL"),
+    Option("topics.partitions", _whole_number(1), lambda: 6, "partitions per paysim topic"),
+    Option("topics.replication_factor", _whole_number(1), lambda: 1,
+           "replication factor of paysim topics"),
+    Option("topics.requested", _text, lambda: "payments.requested", "ingress topic"),
+    Option("topics.authorized", _text, lambda: "payments.authorized", "authorized payments"),
+    Option("topics.results", _text, lambda: "payments.results", "final outcomes"),
+    Option("topics.notifications", _text, lambda: "payments.notifications",
+           "client notifications"),
+    Option("topics.dlq", _text, lambda: "payments.dlq", "dead letters"),
+)
+OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
+_OPTION_ENVS = {option.env for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    dir: Path
+    cache_dir: Path
+    kafka_port: int
+    controller_port: int
+    redis_port: int
+    kafka_heap_mb: int
+    start_timeout: float
+    stop_timeout: float
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    partitions: int
+    replication_factor: int
+    requested: str
+    authorized: str
+    results: str
+    notifications: str
+    dlq: str
+
+    def names(self) -> list[str]:
+        return [self.requested, self.authorized, self.results, self.notifications, self.dlq]
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: StackSettings
+    topics: TopicSettings
+    kafka_bootstrap_override: str | None = None
+    redis_url_override: str | None = None
+    kafka_client: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The configured bootstrap servers, or the local stack's broker."""
+        return self.kafka_bootstrap_override or f"127.0.0.1:{self.stack.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        """The configured Redis URL, or the local stack's redis-server."""
+        return self.redis_url_override or f"redis://127.0.0.1:{self.stack.redis_port}/0"
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if key == "kafka.client":
+            continue  # passthrough table, read separately
+        if isinstance(value, dict):
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a paysim TOML config file; unknown keys are errors, not silently ignored."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key in _flatten(data):
+        if key not in OPTIONS_BY_KEY:
+            known = ", ".join(sorted(OPTIONS_BY_KEY))
+            raise ConfigError(f"{path}: unknown setting '{key}' (known: {known}, kafka.client.*)")
+    client = data.get("kafka", {}).get("client", {})
+    if not isinstance(client, dict):
+        raise ConfigError(f"{path}: kafka.client must be a table of Kafka client properties")
+    return data
+
+
+def _config_path(flag_path: str | None, env: Mapping[str, str]) -> Path | None:
+    if flag_path:
+        return Path(flag_path).expanduser()
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]).expanduser()
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def kafka_client_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """PAYSIM_KAFKA_SASL_MECHANISM=PLAIN -> {"sasl.mechanism": "PLAIN"}."""
+    props = {}
+    for name, value in env.items():
+        if name.startswith(KAFKA_CLIENT_ENV_PREFIX) and name not in _OPTION_ENVS:
+            prop = name[len(KAFKA_CLIENT_ENV_PREFIX):].lower().replace("_", ".")
+            props[prop] = value
+    return props
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Resolve every setting. ``flags`` maps option keys to values; None means not given."""
+    flags = {key: value for key, value in (flags or {}).items() if value is not None}
+    env = os.environ if env is None else env
+    path = _config_path(config_file, env)
+    file_data = read_config_file(path) if path else {}
+    file_values = _flatten(file_data)
+
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.key in flags:
+            raw, source = flags[option.key], option.flag_name
+        elif option.env in env:
+            raw, source = env[option.env], option.env
+        elif option.key in file_values:
+            raw, source = file_values[option.key], f"{path}: {option.key}"
+        else:
+            values[option.key] = option.default()
+            continue
+        try:
+            values[option.key] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: expected {exc}, got {raw!r}") from None
+
+    client = {str(k): str(v) for k, v in file_data.get("kafka", {}).get("client", {}).items()}
+    client.update(kafka_client_from_env(env))
+
+    def section(name: str) -> dict[str, Any]:
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+
+    return Settings(
+        stack=StackSettings(**section("stack")),
+        topics=TopicSettings(**section("topics")),
+        kafka_bootstrap_override=values["kafka.bootstrap"],
+        redis_url_override=values["redis.url"],
+        kafka_client=client,
+    )

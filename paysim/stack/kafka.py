@@ -1,0 +1,179 @@
+"""The local Apache Kafka broker: one KRaft node (broker and controller) on the JVM."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from paysim.kafka_clients import cluster_metadata
+from paysim.stack.component import Announce, Component
+from paysim.stack.jars import ensure_kafka_jars, jars_ready, kafka_version, libs_dir
+from paysim.stack.prerequisites import Missing, find_java, find_mvn
+from paysim.stack.process import run_logged
+
+NODE_ID = 1
+
+# What a single node needs for transactions and consumer groups to work at once: every
+# internal topic at replication factor 1 / min ISR 1 (else init_transactions() times out with
+# COORDINATOR_NOT_AVAILABLE), and no initial rebalance delay. docker-compose.yml mirrors these;
+# a test keeps the two in step.
+SINGLE_NODE_SETTINGS: dict[str, str] = {
+    "offsets.topic.replication.factor": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "default.replication.factor": "1",
+    "min.insync.replicas": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    # paysim creates its topics itself with their configured partitions.
+    "auto.create.topics.enable": "false",
+    # After a SIGKILL the restarted broker is refused (DUPLICATE_BROKER_REGISTRATION) until the
+    # dead incarnation's session expires: 9 s by default. On loopback a 3 s session is safe and
+    # cuts a restart from about 12 s to about 5 s.
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "3000",
+}
+
+LOG4J2_YAML = """\
+Configuration:
+  Properties:
+    Property:
+      - name: logDir
+        value: "{log_dir}"
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+      ThresholdFilter:
+        level: WARN
+    RollingFile:
+      name: BROKER
+      fileName: "${{logDir}}/broker.log"
+      filePattern: "${{logDir}}/broker.log.%i"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+      SizeBasedTriggeringPolicy:
+        size: 20MB
+      DefaultRollOverStrategy:
+        max: 3
+  Loggers:
+    Logger:
+      - name: kafka.request.logger
+        level: WARN
+      - name: org.apache.kafka.controller
+        level: INFO
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+        - ref: BROKER
+"""
+
+
+def new_cluster_id() -> str:
+    """16 random bytes as URL-safe base64 without padding, as Kafka's own tool makes them."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cluster_id.startswith("-"):  # a leading '-' would read as a flag to the tool
+            return cluster_id
+
+
+class KafkaBroker(Component):
+    name = "kafka"
+
+    @property
+    def port(self) -> int:
+        return self.settings.kafka_port
+
+    def ports(self) -> list[int]:
+        return [self.settings.kafka_port, self.settings.controller_port]
+
+    @property
+    def properties_path(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def libs(self) -> Path:
+        return libs_dir(self.settings.cache_dir)
+
+    def version(self) -> str:
+        return kafka_version()
+
+    def log_paths(self) -> list[Path]:
+        return [self.output_path, self.home / "broker.log"]
+
+    def missing_programs(self) -> list[Missing]:
+        _, missing_java = find_java()
+        missing = [missing_java] if missing_java else []
+        if not jars_ready(self.settings.cache_dir):
+            _, missing_mvn = find_mvn()
+            missing += [missing_mvn] if missing_mvn else []
+        return missing
+
+    def wipe(self) -> None:
+        super().wipe()
+        (self.home / "cluster.id").unlink(missing_ok=True)
+
+    def server_properties(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "process.roles": "broker,controller",
+            "node.id": str(NODE_ID),
+            "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{s.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},"
+                         f"CONTROLLER://127.0.0.1:{s.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            **SINGLE_NODE_SETTINGS,
+            # Sized for a laptop: two cores, a 512 MiB heap.
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+        }
+
+    def prepare(self, announce: Announce) -> None:
+        ensure_kafka_jars(self.settings.cache_dir, announce)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.properties_path.write_text(
+            "".join(f"{key}={value}\n" for key, value in self.server_properties().items())
+        )
+        (self.home / "log4j2.yaml").write_text(LOG4J2_YAML.format(log_dir=self.home))
+        if not (self.data_dir / "meta.properties").exists():
+            self._format_storage()
+
+    def _java(self) -> str:
+        java, missing = find_java()
+        if java is None:
+            raise AssertionError(f"java vanished after the prerequisite check: {missing}")
+        return java
+
+    def _format_storage(self) -> None:
+        # The cluster id is kept: a formatted log folder rejects any other id.
+        id_path = self.home / "cluster.id"
+        if not id_path.exists():
+            id_path.write_text(new_cluster_id() + "\n")
+        run_logged(
+            [self._java(), "-Xmx256m", "-cp", f"{self.libs}/*",
+             f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+             "kafka.tools.StorageTool", "format", "-t", id_path.read_text().strip(),
+             "-c", str(self.properties_path), "--ignore-formatted"],
+            log=self.home / "format.log", what="formatting the Kafka storage folder",
+        )
+
+    def command(self) -> list[str]:
+        heap = f"{self.settings.kafka_heap_mb}m"
+        return [
+            self._java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+            "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.properties_path),
+        ]
+
+    def answers(self, timeout: float) -> bool:
+        return cluster_metadata({"bootstrap.servers": self.address}, timeout) is not None

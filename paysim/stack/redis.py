@@ -1,0 +1,81 @@
+"""The local redis-server, with its own data folder and AOF on so a restart keeps its data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import redis
+
+from paysim.stack.component import Announce, Component
+from paysim.stack.prerequisites import Missing, find_redis_server
+
+# Mirrored by docker-compose.yml's redis command; a test keeps the two in step.
+PERSISTENCE_SETTINGS: dict[str, str] = {"appendonly": "yes", "appendfsync": "everysec"}
+
+
+@cache
+def _server_version(server: str) -> str:
+    try:
+        out = subprocess.run([server, "--version"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    match = re.search(r"v=(\S+)", out)
+    return match.group(1) if match else "unknown"
+
+
+class RedisServer(Component):
+    name = "redis"
+
+    @property
+    def port(self) -> int:
+        return self.settings.redis_port
+
+    @property
+    def conf_path(self) -> Path:
+        return self.home / "redis.conf"
+
+    def log_paths(self) -> list[Path]:
+        return [self.output_path, self.home / "redis.log"]
+
+    def missing_programs(self) -> list[Missing]:
+        _, missing = find_redis_server()
+        return [missing] if missing else []
+
+    def version(self) -> str:
+        server, _ = find_redis_server()
+        return _server_version(server) if server else "unknown"
+
+    def conf(self) -> dict[str, str]:
+        return {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": str(self.data_dir),
+            "logfile": str(self.home / "redis.log"),
+            "daemonize": "no",
+            "save": '""',
+            **PERSISTENCE_SETTINGS,
+        }
+
+    def prepare(self, announce: Announce) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text("".join(f"{k} {v}\n" for k, v in self.conf().items()))
+
+    def command(self) -> list[str]:
+        server, missing = find_redis_server()
+        if server is None:
+            raise AssertionError(f"redis-server vanished after the prerequisite check: {missing}")
+        return [server, str(self.conf_path)]
+
+    def answers(self, timeout: float) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
+                             socket_connect_timeout=timeout)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()

@@ -1,0 +1,51 @@
+"""paysim's Kafka topics, created on first use; topics that already exist are left alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
+
+from paysim.config import Settings
+from paysim.errors import PaysimError
+from paysim.kafka_clients import admin_client
+
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TopicsReport:
+    created: list[str]
+    existing: list[str]
+
+
+def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsReport:
+    """Create each missing topic with the configured partitions and replication factor."""
+    wanted = names if names is not None else settings.topics.names()
+    admin = admin_client(settings)
+    try:
+        present = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+    except KafkaException as exc:
+        raise PaysimError(f"Kafka at {settings.kafka_bootstrap} did not answer: "
+                          f"{exc.args[0].str()}") from None
+    missing = [name for name in wanted if name not in present]
+    created = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=settings.topics.partitions,
+                      replication_factor=settings.topics.replication_factor)
+             for name in missing],
+            operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                created.append(name)
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                # Another process may have created it between our list and create.
+                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise PaysimError(f"cannot create topic {name}: {error.str()}") from None
+    existing = [name for name in wanted if name not in created]
+    return TopicsReport(created=created, existing=existing)

@@ -1,0 +1,91 @@
+"""Bad input and missing programs end as one line on stderr and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from paysim.config import load_settings
+from paysim.stack.jars import jars_ready
+from tests.helpers import cli_args, private_stack_flags, run_paysim
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("paysim: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def path_with_only(tmp_path: Path, *programs: str) -> str:
+    """A PATH holding links to just these programs."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for program in programs:
+        found = shutil.which(program)
+        assert found, f"{program} should be installed for this test"
+        os.symlink(found, folder / program)
+    return str(folder)
+
+
+@pytest.fixture
+def stack_args(tmp_path: Path) -> list[str]:
+    return cli_args(private_stack_flags(tmp_path / "stack"))
+
+
+def test_java_and_redis_missing_say_what_to_install(tmp_path: Path, stack_args) -> None:
+    env = {"PATH": path_with_only(tmp_path), "JAVA_HOME": ""}
+    result = run_paysim("stack", "up", *stack_args, env=env)
+    assert_one_line_error(result, 3, "Java 17+", "apt-get install openjdk-17-jre-headless",
+                          "redis-server", "apt-get install redis-server")
+
+
+def test_only_redis_missing_names_only_redis(tmp_path: Path, stack_args) -> None:
+    assert jars_ready(load_settings(env={}).stack.cache_dir), "the test setup fetches the jars"
+    env = {"PATH": path_with_only(tmp_path, "java"), "JAVA_HOME": ""}
+    result = run_paysim("stack", "up", *stack_args, env=env)
+    assert_one_line_error(result, 3, "redis-server (apt-get install redis-server)")
+    assert "Java" not in result.stderr
+
+
+def test_only_java_missing_names_only_java(tmp_path: Path, stack_args) -> None:
+    env = {"PATH": path_with_only(tmp_path, "redis-server"), "JAVA_HOME": ""}
+    result = run_paysim("stack", "up", *stack_args, env=env)
+    assert_one_line_error(result, 3, "Java 17+")
+    assert "redis-server" not in result.stderr
+
+
+def test_a_taken_port_is_reported_and_nothing_starts(tmp_path: Path) -> None:
+    flags = private_stack_flags(tmp_path / "stack")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", flags["stack.redis_port"]))
+        squatter.listen()
+        result = run_paysim("stack", "up", *cli_args(flags))
+    assert_one_line_error(result, 1, f"port {flags['stack.redis_port']}", "paysim did not start")
+    assert not (tmp_path / "stack" / "redis" / "pid.json").exists()
+    assert not (tmp_path / "stack" / "kafka" / "pid.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["stack", "up", "--frsh"], 2, "--frsh"),
+        (["stack", "status", "--kafka-port", "nope"], 2, "--kafka-port: expected a whole number"),
+        (["stack", "status", "--config", "/nonexistent/paysim.toml"], 2, "does not exist"),
+        (["stak"], 2, "stak"),
+    ],
+)
+def test_bad_flags_give_one_line(args: list[str], code: int, fragment: str) -> None:
+    assert_one_line_error(run_paysim(*args), code, fragment)
+
+
+def test_bad_env_value_gives_one_line() -> None:
+    result = run_paysim("stack", "status", env={"PAYSIM_STACK_REDIS_PORT": "redis"})
+    assert_one_line_error(result, 2, "PAYSIM_STACK_REDIS_PORT: expected a whole number")
