@@ -10,6 +10,7 @@ from rich.table import Table
 from paysim.cli.options import STACK_KEYS, with_settings
 from paysim.cli.render import console, print_json
 from paysim.config import Settings
+from paysim.stack.jars import libs_dir
 from paysim.stack.manager import LocalStack
 
 STATE_STYLE = {"up": "green", "down": "red", "not answering": "yellow"}
@@ -22,6 +23,17 @@ def stack() -> None:
 
 def _local_stack(settings: Settings) -> LocalStack:
     return LocalStack(settings.stack, announce=lambda line: console.print(line))
+
+
+@stack.command()
+@with_settings(*STACK_KEYS)
+def prepare(settings: Settings) -> None:
+    """Check java, mvn and redis-server are installed and fetch the Kafka jars; start nothing."""
+    local = _local_stack(settings)
+    local.prepare()
+    for component in local.components:
+        console.print(f"{component.name:<6} {component.version():<8} ready to start")
+    console.print(f"Kafka jars in {libs_dir(settings.stack.cache_dir)}")
 
 
 @stack.command()

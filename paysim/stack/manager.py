@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from paysim.config import StackSettings
 from paysim.errors import PaysimError
 from paysim.stack.component import Announce, Component
+from paysim.stack.jars import ensure_kafka_jars
 from paysim.stack.kafka import KafkaBroker
 from paysim.stack.prerequisites import raise_if_missing
 from paysim.stack.process import (
@@ -76,6 +77,11 @@ class LocalStack:
     def running(self, component: Component) -> ProcessRecord | None:
         record = self.record(component)
         return record if is_running(record) else None
+
+    def prepare(self) -> None:
+        """Check every program is installed and fetch the broker's jars; start nothing."""
+        raise_if_missing([item for c in self.components for item in c.missing_programs()])
+        ensure_kafka_jars(self.settings.cache_dir, self.announce)
 
     def up(self, fresh: bool = False) -> list[StartResult]:
         """Start what is not running and wait until every component answers."""

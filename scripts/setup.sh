@@ -1,0 +1,75 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: installs what paysim needs on Debian/Ubuntu.
+# Idempotent: a second run checks and installs nothing new.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PAYSIM="$VENV/bin/paysim"
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+java_ok() {
+  local java="${JAVA_HOME:+$JAVA_HOME/bin/}java" version
+  command -v "$java" >/dev/null 2>&1 || return 1
+  version=$("$java" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)
+  [[ -n $version && $version -ge 17 ]]
+}
+
+python_ok() {
+  command -v python3 >/dev/null 2>&1 &&
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' &&
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+}
+
+# The first Java 17+ runtime package this release of Debian/Ubuntu offers.
+java_package() {
+  local candidate
+  for candidate in openjdk-17-jre-headless openjdk-21-jre-headless openjdk-25-jre-headless; do
+    if apt-cache show "$candidate" >/dev/null 2>&1; then echo "$candidate"; return; fi
+  done
+  echo default-jre-headless
+}
+
+install_system_packages() {
+  local packages=() need_java=0 installed_redis=0
+  if ! command -v redis-server >/dev/null 2>&1; then packages+=(redis-server); installed_redis=1; fi
+  command -v mvn >/dev/null 2>&1 || packages+=(maven)
+  python_ok || packages+=(python3 python3-venv python3-pip)
+  java_ok || need_java=1
+  if [[ ${#packages[@]} -eq 0 && $need_java -eq 0 ]]; then return 0; fi
+  if [[ $need_java -eq 1 && $(id -u) -ne 0 ]]; then packages+=(openjdk-17-jre-headless); fi
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing ${packages[*]}: run 'sudo apt-get install -y ${packages[*]}', then this again"
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install ${packages[*]} and Java 17+ by hand"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  if [[ $need_java -eq 1 ]]; then packages+=("$(java_package)"); fi
+  say "installing ${packages[*]}"
+  apt-get install -y -qq "${packages[@]}" >/dev/null
+  if [[ $installed_redis -eq 1 ]] && command -v systemctl >/dev/null 2>&1 &&
+     systemctl is-active --quiet redis-server 2>/dev/null; then
+    # The package starts a system redis on 6379 where systemd runs; paysim runs its own.
+    say "stopping the system redis-server service: paysim runs its own on 127.0.0.1:6379"
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+  fi
+  java_ok || die "Java 17+ is still missing after installing; set JAVA_HOME to a Java 17+ JDK"
+}
+
+install_paysim() {
+  [[ -x $VENV/bin/python ]] || { say "creating $VENV"; python3 -m venv "$VENV"; }
+  # Reinstall only when pyproject.toml changed since the last install.
+  local stamp="$VENV/.paysim-installed" digest
+  digest=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]]; then
+    say "installing paysim and its dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+    echo "$digest" > "$stamp"
+  fi
+}
+
+install_system_packages
+install_paysim
+"$PAYSIM" stack prepare

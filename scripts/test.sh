@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up paysim on a fresh Debian/Ubuntu machine, then run ruff and the whole test suite with
+# pytest. The tests start their own Kafka broker and redis-server on free ports.
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$ROOT"
+"$VENV/bin/ruff" check .
+"$VENV/bin/python" -m pytest "$@"
