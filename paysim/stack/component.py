@@ -74,6 +74,11 @@ class Component(ABC):
         """Every port the component listens on."""
         return [self.port]
 
+    @property
+    def port_flags(self) -> str:
+        """The flags that move it to other ports, for error messages."""
+        return f"--{self.name}-port"
+
     def log_paths(self) -> list[Path]:
         return [self.output_path]
 

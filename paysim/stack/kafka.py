@@ -92,6 +92,10 @@ class KafkaBroker(Component):
         return [self.settings.kafka_port, self.settings.controller_port]
 
     @property
+    def port_flags(self) -> str:
+        return "--kafka-port and --controller-port"
+
+    @property
     def properties_path(self) -> Path:
         return self.home / "server.properties"
 

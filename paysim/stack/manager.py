@@ -118,7 +118,8 @@ class LocalStack:
             if port_in_use(port):
                 raise PaysimError(
                     f"port {port} on 127.0.0.1 is taken by a process paysim did not start; stop "
-                    f"it or pick other ports for the local {component.name} (see --help)"
+                    f"it, or give the local {component.name} other ports with "
+                    f"{component.port_flags}"
                 )
 
     def _start(self, component: Component) -> tuple[ProcessRecord, float]:
