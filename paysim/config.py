@@ -9,10 +9,11 @@ from ``[kafka.client]`` in the file or from any other ``PAYSIM_KAFKA_*`` variabl
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,33 @@ def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[Any], i
 _port = _whole_number(1, 65535)
 
 
-def _seconds(raw: Any) -> float:
+def _positive(what: str) -> Callable[[Any], float]:
+    expected = f"{what} > 0"
+
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError(expected)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(expected) from None
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
+_seconds = _positive("a number of seconds")
+
+
+def _ratio(raw: Any) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise ValueError("a number of seconds > 0") from None
-    if value <= 0 or isinstance(raw, bool):
-        raise ValueError("a number of seconds > 0")
+        raise ValueError("a ratio from 0 to 1") from None
+    if not 0 <= value <= 1 or isinstance(raw, bool):
+        raise ValueError("a ratio from 0 to 1")
     return value
 
 
@@ -116,6 +137,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis.url", _redis_url, lambda: None,
            "Redis URL (redis://, rediss://, unix://); unset means the local stack", "--redis-url",
            "URL"),
+    Option("redis.outcome_ttl", _whole_number(1), lambda: 3600,
+           "seconds an outcome stays in Redis (the seed's one hour)"),
+    Option("redis.ledger_ttl", _whole_number(1), lambda: 86400,
+           "seconds a run's card ledger stays in Redis"),
     Option("stack.dir", _path, lambda: _data_home() / "paysim" / "stack",
            "where the local stack keeps its data, configs, logs and pid records", "--stack-dir",
            "DIR"),
@@ -139,9 +164,44 @@ OPTIONS: tuple[Option, ...] = (
     Option("topics.notifications", _text, lambda: "payments.notifications",
            "client notifications"),
     Option("topics.dlq", _text, lambda: "payments.dlq", "dead letters"),
+    Option("http.host", _text, lambda: "127.0.0.1", "address the HTTP API listens on",
+           "--http-host", "HOST"),
+    Option("http.port", _port, lambda: 8080, "port of the HTTP API", "--http-port", "PORT"),
+    Option("issuer.decline_rate", _ratio, lambda: 0.02,
+           "share of payments the issuer answers 05 do not honour"),
+    Option("issuer.fault_rate", _ratio, lambda: 0.005,
+           "share of payments the issuer answers 91 issuer unavailable"),
+    Option("issuer.max_amount_usd", _positive("an amount"), lambda: 10_000.0,
+           "largest payment accepted, in US dollars (converted per currency); above: 13"),
+    Option("webhook.max_attempts", _whole_number(1), lambda: 6,
+           "attempts to deliver a webhook before it is recorded as failed"),
+    Option("webhook.timeout", _seconds, lambda: 5.0, "seconds per webhook attempt"),
+    Option("secrets.file", _path, lambda: _data_home() / "paysim" / "secrets.json",
+           "where generated keys are kept when none are configured"),
+    Option("secrets.card_key", _text, lambda: None,
+           "base64 AES-256 key sealing card blocks on the requested topic"),
+    Option("secrets.token_key", _text, lambda: None, "base64 HMAC key making card tokens"),
+    Option("secrets.webhook_secret", _text, lambda: None, "shared secret signing webhooks"),
+    Option("services.batch_size", _whole_number(1), lambda: 500,
+           "messages a service takes per transaction"),
+    Option("services.dir", _path, lambda: _data_home() / "paysim" / "services",
+           "where run-all keeps the services' logs and its pid record"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 _OPTION_ENVS = {option.env for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str | None  # None: the local stack
+    client: Mapping[str, str]  # pass-through client properties (SASL, SSL, ...)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str | None  # None: the local stack
+    outcome_ttl: int
+    ledger_ttl: int
 
 
 @dataclass(frozen=True)
@@ -171,22 +231,83 @@ class TopicSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    decline_rate: float
+    fault_rate: float
+    max_amount_usd: float
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    max_attempts: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SecretSettings:
+    file: Path
+    card_key: str | None
+    token_key: str | None
+    webhook_secret: str | None
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    batch_size: int
+    dir: Path
+
+
+@dataclass(frozen=True)
 class Settings:
+    kafka: KafkaSettings
+    redis: RedisSettings
     stack: StackSettings
     topics: TopicSettings
-    kafka_bootstrap_override: str | None = None
-    redis_url_override: str | None = None
-    kafka_client: Mapping[str, str] = field(default_factory=dict)
+    http: HttpSettings
+    issuer: IssuerSettings
+    webhook: WebhookSettings
+    secrets: SecretSettings
+    services: ServiceSettings
 
     @property
     def kafka_bootstrap(self) -> str:
         """The configured bootstrap servers, or the local stack's broker."""
-        return self.kafka_bootstrap_override or f"127.0.0.1:{self.stack.kafka_port}"
+        return self.kafka.bootstrap or f"127.0.0.1:{self.stack.kafka_port}"
 
     @property
     def redis_url(self) -> str:
         """The configured Redis URL, or the local stack's redis-server."""
-        return self.redis_url_override or f"redis://127.0.0.1:{self.stack.redis_port}/0"
+        return self.redis.url or f"redis://127.0.0.1:{self.stack.redis_port}/0"
+
+    @property
+    def uses_local_stack(self) -> bool:
+        return self.kafka.bootstrap is None and self.redis.url is None
+
+
+_SECTIONS = {"kafka": KafkaSettings, "redis": RedisSettings, "stack": StackSettings,
+             "topics": TopicSettings, "http": HttpSettings, "issuer": IssuerSettings,
+             "webhook": WebhookSettings, "secrets": SecretSettings,
+             "services": ServiceSettings}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every resolved setting as PAYSIM_* variables: child processes resolve the same values
+    whatever flags or config file the parent was given."""
+    env = {}
+    for option in OPTIONS:
+        section, name = option.key.split(".", 1)
+        value = getattr(getattr(settings, section), name)
+        if value is not None:
+            env[option.env] = str(value)
+    for prop, value in settings.kafka.client.items():
+        env[KAFKA_CLIENT_ENV_PREFIX + prop.upper().replace(".", "_")] = value
+    return env
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -210,6 +331,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for key in _flatten(data):
@@ -272,14 +395,9 @@ def load_settings(
     client = {str(k): str(v) for k, v in file_data.get("kafka", {}).get("client", {}).items()}
     client.update(kafka_client_from_env(env))
 
-    def section(name: str) -> dict[str, Any]:
-        prefix = name + "."
-        return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-
-    return Settings(
-        stack=StackSettings(**section("stack")),
-        topics=TopicSettings(**section("topics")),
-        kafka_bootstrap_override=values["kafka.bootstrap"],
-        redis_url_override=values["redis.url"],
-        kafka_client=client,
-    )
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in values.items():
+        name, field_name = key.split(".", 1)
+        sections[name][field_name] = value
+    sections["kafka"]["client"] = client
+    return Settings(**{name: kind(**sections[name]) for name, kind in _SECTIONS.items()})

@@ -10,6 +10,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from paysim.config import Settings
+from paysim.errors import ConfigError
 
 # librdkafka reports every refused connection; while a broker starts that is expected noise.
 _quiet = logging.getLogger("paysim.kafka.quiet")
@@ -18,20 +19,28 @@ _quiet.propagate = False
 
 
 def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Bootstrap servers plus pass-through properties (SASL, SSL, ...), then ``overrides``."""
-    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
-    config.update(settings.kafka_client)
+    """Pass-through properties (SASL, SSL, ...), then ``overrides``; bootstrap servers last,
+    so --bootstrap beats a bootstrap.servers that came through the pass-through."""
+    config: dict[str, Any] = dict(settings.kafka.client)
     config.update(overrides)
+    config["bootstrap.servers"] = settings.kafka_bootstrap
     return config
 
 
 def admin_client(settings: Settings, **overrides: Any) -> AdminClient:
-    return AdminClient(client_config(settings, **overrides))
+    """An admin client that keeps librdkafka's connection chatter out of the terminal."""
+    try:
+        return AdminClient(client_config(settings, logger=_quiet, **overrides))
+    except KafkaException as exc:
+        raise ConfigError(f"Kafka client settings: {exc.args[0].str()}") from None
 
 
 def cluster_metadata(config: Mapping[str, Any], timeout: float) -> ClusterMetadata | None:
     """The cluster's metadata, or None when no broker answers within ``timeout`` seconds."""
-    admin = AdminClient({**config, "logger": _quiet})
+    try:
+        admin = AdminClient({**config, "logger": _quiet})
+    except KafkaException as exc:
+        raise ConfigError(f"Kafka client settings: {exc.args[0].str()}") from None
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:

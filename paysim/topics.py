@@ -27,8 +27,8 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsR
     try:
         present = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
     except KafkaException as exc:
-        raise PaysimError(f"Kafka at {settings.kafka_bootstrap} did not answer: "
-                          f"{exc.args[0].str()}") from None
+        raise PaysimError(f"Kafka at {settings.kafka_bootstrap} did not answer in "
+                          f"{ADMIN_TIMEOUT_S:.0f} s: {exc.args[0].str()}") from None
     missing = [name for name in wanted if name not in present]
     created = []
     if missing:

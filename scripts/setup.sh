@@ -16,10 +16,25 @@ java_ok() {
   [[ -n $version && $version -ge 17 ]]
 }
 
-python_ok() {
-  command -v python3 >/dev/null 2>&1 &&
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' &&
-    python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+# The first Python 3.11+ with venv and ensurepip (Ubuntu 22.04's python3 is 3.10).
+find_python() {
+  local candidate
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null &&
+       "$candidate" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+python_packages() {
+  if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo python3 python3-venv
+  else
+    echo python3.11 python3.11-venv
+  fi
 }
 
 # The first Java 17+ runtime package this release of Debian/Ubuntu offers.
@@ -35,19 +50,23 @@ install_system_packages() {
   local packages=() need_java=0 installed_redis=0
   if ! command -v redis-server >/dev/null 2>&1; then packages+=(redis-server); installed_redis=1; fi
   command -v mvn >/dev/null 2>&1 || packages+=(maven)
-  python_ok || packages+=(python3 python3-venv python3-pip)
+  if ! find_python >/dev/null; then
+    read -ra python_pkgs <<< "$(python_packages)"
+    packages+=("${python_pkgs[@]}")
+  fi
   java_ok || need_java=1
   if [[ ${#packages[@]} -eq 0 && $need_java -eq 0 ]]; then return 0; fi
   if [[ $need_java -eq 1 && $(id -u) -ne 0 ]]; then packages+=(openjdk-17-jre-headless); fi
   if [[ $(id -u) -ne 0 ]]; then
-    die "missing ${packages[*]}: run 'sudo apt-get install -y ${packages[*]}', then this again"
+    die "missing ${packages[*]}: run 'sudo apt-get update && sudo apt-get install -y ${packages[*]}', then this again"
   fi
   command -v apt-get >/dev/null 2>&1 || die "no apt-get: install ${packages[*]} and Java 17+ by hand"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  if [[ $need_java -eq 1 ]]; then packages+=("$(java_package)"); fi
+  # Java first in the list: Maven then takes it rather than pulling in another runtime.
+  if [[ $need_java -eq 1 ]]; then packages=("$(java_package)" "${packages[@]}"); fi
   say "installing ${packages[*]}"
-  apt-get install -y -qq "${packages[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
   if [[ $installed_redis -eq 1 ]] && command -v systemctl >/dev/null 2>&1 &&
      systemctl is-active --quiet redis-server 2>/dev/null; then
     # The package starts a system redis on 6379 where systemd runs; paysim runs its own.
@@ -55,10 +74,14 @@ install_system_packages() {
     systemctl disable --now redis-server >/dev/null 2>&1 || true
   fi
   java_ok || die "Java 17+ is still missing after installing; set JAVA_HOME to a Java 17+ JDK"
+  find_python >/dev/null || die "no Python 3.11+ with venv after installing; install one"
 }
 
 install_paysim() {
-  [[ -x $VENV/bin/python ]] || { say "creating $VENV"; python3 -m venv "$VENV"; }
+  if [[ ! -x $VENV/bin/python ]]; then
+    say "creating $VENV"
+    "$(find_python)" -m venv "$VENV"
+  fi
   # Reinstall only when pyproject.toml changed since the last install.
   local stamp="$VENV/.paysim-installed" digest
   digest=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)

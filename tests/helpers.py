@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from paysim.config import Settings, load_settings
+from paysim.config import OPTIONS_BY_KEY, Settings, load_settings
 
 
 def free_port() -> int:
@@ -34,9 +34,8 @@ def settings_for(flags: dict[str, object]) -> Settings:
 
 def cli_args(flags: dict[str, object]) -> list[str]:
     """The same flags as `paysim` command-line arguments."""
-    names = {"stack.dir": "--stack-dir", "stack.kafka_port": "--kafka-port",
-             "stack.controller_port": "--controller-port", "stack.redis_port": "--redis-port"}
-    return [arg for key, value in flags.items() for arg in (names[key], str(value))]
+    return [arg for key, value in flags.items()
+            for arg in (OPTIONS_BY_KEY[key].flag_name, str(value))]
 
 
 def run_paysim(*args: str, env: dict[str, str] | None = None,

@@ -13,6 +13,9 @@ from paysim.cli.stack import stack
 from paysim.cli.topics import topics
 from paysim.errors import PaysimError
 
+# Click 8.2+ raises this for a group called with no arguments; older ones print help.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="paysim")
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure ends as one line on stderr and a non-zero exit code."""
     try:
         code = cli.main(args=argv, prog_name="paysim", standalone_mode=False)
+    except NO_ARGS_IS_HELP as exc:  # a bare `paysim` or `paysim stack`: help, not an error
+        click.echo(exc.ctx.get_help())
+        code = 0
     except click.UsageError as exc:
         hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx else ""
         _fail(exc.format_message() + hint, exc.exit_code)

@@ -63,8 +63,8 @@ class Component(ABC):
     def version(self) -> str: ...
 
     @abstractmethod
-    def answers(self, timeout: float) -> bool:
-        """True when the service answers a real request (metadata, PING)."""
+    def answers(self, address: str, timeout: float) -> bool:
+        """True when the service at ``address`` answers a real request (metadata, PING)."""
 
     def wipe(self) -> None:
         """Delete everything the component stored, so the next start is a first start."""
@@ -82,11 +82,15 @@ class Component(ABC):
     def log_paths(self) -> list[Path]:
         return [self.output_path]
 
-    def log_tail(self) -> list[str]:
+    def log_sizes(self) -> dict[Path, int]:
+        """Where each log ends now, so a later tail shows only what came after."""
+        return {path: path.stat().st_size if path.exists() else 0 for path in self.log_paths()}
+
+    def log_tail(self, since: dict[Path, int] | None = None) -> list[str]:
         lines: list[str] = []
         for path in self.log_paths():
-            tail = tail_lines(path)
+            tail = tail_lines(path, start=(since or {}).get(path, 0))
             if tail:
                 lines.append(f"--- {path} (last {len(tail)} lines)")
                 lines.extend(tail)
-        return lines or [f"(no log written under {self.home})"]
+        return lines or [f"(nothing new in the logs under {self.home})"]

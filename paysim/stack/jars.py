@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
@@ -44,11 +45,20 @@ def ensure_kafka_jars(cache_dir: Path, announce=print) -> Path:
     libs = libs_dir(cache_dir)
     if jars_ready(cache_dir):
         return libs
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # Two first starts at once (two stack folders, one cache) fetch once, not over each other.
+    with (libs.parent / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if jars_ready(cache_dir):
+            return libs
+        return _fetch(libs, announce)
+
+
+def _fetch(libs: Path, announce) -> Path:
     mvn, missing = find_mvn()
     raise_if_missing([missing] if missing else [])
     announce(f"Fetching the Kafka {kafka_version()} broker jars from Maven Central into "
              f"{libs.parent} (once)")
-    libs.parent.mkdir(parents=True, exist_ok=True)
     # Copy into a scratch folder and rename at the end, so an interrupted fetch leaves no
     # half-filled libs folder behind.
     with tempfile.TemporaryDirectory(dir=libs.parent, prefix=".fetch-") as scratch:

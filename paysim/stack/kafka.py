@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -71,6 +72,12 @@ Configuration:
         - ref: STDOUT
         - ref: BROKER
 """
+
+
+def _properties_value(value: str) -> str:
+    """Java reads .properties as ISO-8859-1: escape backslashes and anything non-ASCII."""
+    escaped = value.replace("\\", "\\\\")
+    return "".join(c if ord(c) < 128 else f"\\u{ord(c):04x}" for c in escaped)
 
 
 def new_cluster_id() -> str:
@@ -145,9 +152,13 @@ class KafkaBroker(Component):
         ensure_kafka_jars(self.settings.cache_dir, announce)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.properties_path.write_text(
-            "".join(f"{key}={value}\n" for key, value in self.server_properties().items())
+            "".join(f"{key}={_properties_value(value)}\n"
+                    for key, value in self.server_properties().items())
         )
-        (self.home / "log4j2.yaml").write_text(LOG4J2_YAML.format(log_dir=self.home))
+        # A JSON string is a valid YAML double-quoted scalar, escapes and all.
+        (self.home / "log4j2.yaml").write_text(
+            LOG4J2_YAML.format(log_dir=json.dumps(str(self.home))[1:-1])
+        )
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage()
 
@@ -168,6 +179,7 @@ class KafkaBroker(Component):
              "kafka.tools.StorageTool", "format", "-t", id_path.read_text().strip(),
              "-c", str(self.properties_path), "--ignore-formatted"],
             log=self.home / "format.log", what="formatting the Kafka storage folder",
+            timeout=self.settings.start_timeout,
         )
 
     def command(self) -> list[str]:
@@ -179,5 +191,5 @@ class KafkaBroker(Component):
             "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.properties_path),
         ]
 
-    def answers(self, timeout: float) -> bool:
-        return cluster_metadata({"bootstrap.servers": self.address}, timeout) is not None
+    def answers(self, address: str, timeout: float) -> bool:
+        return cluster_metadata({"bootstrap.servers": address}, timeout) is not None

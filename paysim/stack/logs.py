@@ -8,10 +8,12 @@ from pathlib import Path
 TAIL_LINES = 15
 
 
-def tail_lines(path: Path, count: int = TAIL_LINES) -> list[str]:
-    """The last ``count`` lines of a text file; empty when it does not exist."""
+def tail_lines(path: Path, count: int = TAIL_LINES, start: int = 0) -> list[str]:
+    """The last ``count`` lines of a text file after byte ``start``; empty when none."""
     try:
-        with path.open(errors="replace") as handle:
-            return [line.rstrip("\n") for line in deque(handle, maxlen=count)]
+        with path.open("rb") as handle:
+            handle.seek(start if start <= path.stat().st_size else 0)
+            lines = deque(handle, maxlen=count)
     except OSError:
         return []
+    return [line.decode(errors="replace").rstrip("\n") for line in lines]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from paysim.config import StackSettings
 from paysim.errors import PaysimError
@@ -71,6 +75,20 @@ class LocalStack:
         # Redis first: it is up in milliseconds while the broker's JVM starts.
         self.components: list[Component] = [RedisServer(settings), KafkaBroker(settings)]
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One stack command at a time per stack folder: two `up`s at once would each start
+        processes and overwrite each other's pid records."""
+        try:
+            self.settings.dir.mkdir(parents=True, exist_ok=True)
+            handle = (self.settings.dir / ".lock").open("a")
+        except OSError as exc:
+            raise PaysimError(f"cannot use the stack folder {self.settings.dir}: "
+                              f"{exc.strerror}") from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def record(self, component: Component) -> ProcessRecord | None:
         return ProcessRecord.load(component.record_path)
 
@@ -80,38 +98,58 @@ class LocalStack:
 
     def prepare(self) -> None:
         """Check every program is installed and fetch the broker's jars; start nothing."""
-        raise_if_missing([item for c in self.components for item in c.missing_programs()])
-        ensure_kafka_jars(self.settings.cache_dir, self.announce)
+        with self._locked():
+            raise_if_missing([item for c in self.components for item in c.missing_programs()])
+            ensure_kafka_jars(self.settings.cache_dir, self.announce)
 
     def up(self, fresh: bool = False) -> list[StartResult]:
         """Start what is not running and wait until every component answers."""
-        if fresh:
-            self.down()
-            for component in self.components:
-                self.announce(f"wiping {component.name} data in {component.data_dir}")
-                component.wipe()
-        results: dict[str, StartResult] = {}
-        to_start = []
+        with self._locked():
+            if fresh:
+                self._down()
+                for component in self.components:
+                    self.announce(f"wiping {component.name} data in {component.data_dir}")
+                    component.wipe()
+            running = {c.name: record for c in self.components if (record := self.running(c))}
+            to_start = [c for c in self.components if c.name not in running]
+            raise_if_missing([item for c in to_start for item in c.missing_programs()])
+            for component in to_start:
+                self._check_ports_free(component)
+            started: dict[str, tuple[ProcessRecord, float, dict]] = {}
+            try:
+                for component in to_start:
+                    _in_folder(component.home, component.home.mkdir, parents=True,
+                               exist_ok=True)
+                    _in_folder(component.home, component.prepare, self.announce)
+                for component in to_start:
+                    started[component.name] = self._start(component)
+                results = []
+                for component in self.components:
+                    if component.name in started:
+                        record, began, log_sizes = started[component.name]
+                        self._wait_until_answering(component, record, log_sizes)
+                        seconds = time.monotonic() - began
+                    else:
+                        record, seconds = running[component.name], 0.0
+                        # Running is not answering: a second `up` right after an interrupted
+                        # one must also wait for the broker to be ready.
+                        self._wait_until_answering(component, record, component.log_sizes())
+                    results.append(StartResult(component.name, component.name in started,
+                                               record.pid, record.address, seconds))
+                return results
+            except PaysimError as exc:
+                self._undo(started, exc)
+                raise
+
+    def _undo(self, started: dict[str, tuple[ProcessRecord, float, dict]],
+              error: PaysimError) -> None:
+        """Stop what this `up` started, so a failed `up` leaves nothing half-running."""
         for component in self.components:
-            record = self.running(component)
-            if record:
-                results[component.name] = StartResult(component.name, False, record.pid,
-                                                      record.address, 0.0)
-            else:
-                to_start.append(component)
-        raise_if_missing([item for c in to_start for item in c.missing_programs()])
-        for component in to_start:
-            self._check_ports_free(component)
-        for component in to_start:
-            component.home.mkdir(parents=True, exist_ok=True)
-            component.prepare(self.announce)
-        started = {c.name: self._start(c) for c in to_start}
-        for component in to_start:
-            record, began = started[component.name]
-            self._wait_until_answering(component, record)
-            results[component.name] = StartResult(component.name, True, record.pid,
-                                                  record.address, time.monotonic() - began)
-        return [results[c.name] for c in self.components]
+            if component.name in started and self.running(component):
+                stop(started[component.name][0].pid, self.settings.stop_timeout)
+                error.details.append(f"stopped {component.name}, which this `up` had started")
+            if component.name in started:
+                component.record_path.unlink(missing_ok=True)
 
     def _check_ports_free(self, component: Component) -> None:
         for port in component.ports():
@@ -122,34 +160,38 @@ class LocalStack:
                     f"{component.port_flags}"
                 )
 
-    def _start(self, component: Component) -> tuple[ProcessRecord, float]:
+    def _start(self, component: Component) -> tuple[ProcessRecord, float, dict]:
+        log_sizes = component.log_sizes()
         began = time.monotonic()
         pid = start_detached(component.command(), component.output_path, component.home)
         record = ProcessRecord(pid=pid, address=component.address, version=component.version(),
                                started_at=time.time(), boot_ticks=boot_ticks(pid) or 0)
         record.save(component.record_path)
-        return record, began
+        return record, began, log_sizes
 
-    def _wait_until_answering(self, component: Component, record: ProcessRecord) -> None:
+    def _wait_until_answering(self, component: Component, record: ProcessRecord,
+                              log_sizes: dict) -> None:
         def answering() -> bool:
             if not is_alive(record.pid):
                 component.record_path.unlink(missing_ok=True)
                 raise PaysimError(f"{component.name} exited while starting",
-                                  details=component.log_tail())
-            return component.answers(PROBE_TIMEOUT_S)
+                                  details=component.log_tail(log_sizes))
+            return component.answers(record.address, PROBE_TIMEOUT_S)
 
         if wait_until(answering, self.settings.start_timeout):
             return
-        stop(record.pid, self.settings.stop_timeout)
-        component.record_path.unlink(missing_ok=True)
         raise PaysimError(
             f"{component.name} did not answer on {record.address} within "
-            f"{self.settings.start_timeout:.0f} s; stopped it",
-            details=component.log_tail(),
+            f"{self.settings.start_timeout:.0f} s",
+            details=component.log_tail(log_sizes),
         )
 
     def down(self) -> list[StopResult]:
         """Stop every running component; an empty list means nothing was running."""
+        with self._locked():
+            return self._down()
+
+    def _down(self) -> list[StopResult]:
         results = []
         for component in reversed(self.components):
             record = self.running(component)
@@ -167,10 +209,20 @@ class LocalStack:
         if record is None:
             return ComponentStatus(component.name, "down", None, component.address,
                                    component.version(), str(component.data_dir), None)
-        state = "up" if component.answers(PROBE_TIMEOUT_S) else "not answering"
-        return ComponentStatus(component.name, state, record.pid, record.address, record.version,
-                               str(component.data_dir), time.time() - record.started_at)
+        # The recorded address: the one it was started on, whatever the flags say now.
+        answers = component.answers(record.address, PROBE_TIMEOUT_S)
+        return ComponentStatus(component.name, "up" if answers else "not answering", record.pid,
+                               record.address, record.version, str(component.data_dir),
+                               time.time() - record.started_at)
 
     def pids(self) -> list[int]:
         return [record.pid for c in self.components if (record := self.running(c))]
 
+
+def _in_folder(folder: Path, action: Callable[..., object], *args: object,
+               **kwargs: object) -> None:
+    """Run a step that writes under ``folder``; a file-system failure becomes one line."""
+    try:
+        action(*args, **kwargs)
+    except OSError as exc:
+        raise PaysimError(f"cannot write under {folder}: {exc.strerror or exc}") from None

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import cache
 
 from paysim.errors import MissingPrerequisite
 
@@ -37,6 +38,7 @@ def java_executable() -> str | None:
     return shutil.which("java")
 
 
+@cache
 def java_major_version(java: str) -> int | None:
     """The major version `java -version` reports (8 for 1.8), or None when it cannot say."""
     try:

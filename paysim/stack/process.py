@@ -28,7 +28,10 @@ class ProcessRecord:
     boot_ticks: int
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)) + "\n")
+        # Written aside and renamed: a reader never sees half a record.
+        scratch = path.with_name(f".{path.name}.{os.getpid()}")
+        scratch.write_text(json.dumps(asdict(self)) + "\n")
+        os.replace(scratch, path)
 
     @classmethod
     def load(cls, path: Path) -> ProcessRecord | None:
@@ -92,7 +95,8 @@ def stop(pid: int, grace_s: float) -> bool:
         except ProcessLookupError:
             return sig == signal.SIGKILL
         except PermissionError:
-            os.kill(pid, sig)
+            raise PaysimError(
+                f"not allowed to signal pid {pid}: it belongs to another user") from None
         if wait_until(lambda: not is_alive(pid), timeout=wait_s, interval=0.05):
             return sig == signal.SIGKILL
     return True

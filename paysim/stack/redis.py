@@ -16,6 +16,11 @@ from paysim.stack.prerequisites import Missing, find_redis_server
 PERSISTENCE_SETTINGS: dict[str, str] = {"appendonly": "yes", "appendfsync": "everysec"}
 
 
+def _quote(value: str) -> str:
+    """A redis.conf argument: double-quoted, with backslashes and quotes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 @cache
 def _server_version(server: str) -> str:
     try:
@@ -56,13 +61,16 @@ class RedisServer(Component):
             "dir": str(self.data_dir),
             "logfile": str(self.home / "redis.log"),
             "daemonize": "no",
-            "save": '""',
+            "save": "",
             **PERSISTENCE_SETTINGS,
         }
 
     def prepare(self, announce: Announce) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text("".join(f"{k} {v}\n" for k, v in self.conf().items()))
+        # Quoted: a folder name with spaces is one argument to redis-server.
+        self.conf_path.write_text(
+            "".join(f"{k} {_quote(v)}\n" for k, v in self.conf().items())
+        )
 
     def command(self) -> list[str]:
         server, missing = find_redis_server()
@@ -70,8 +78,9 @@ class RedisServer(Component):
             raise AssertionError(f"redis-server vanished after the prerequisite check: {missing}")
         return [server, str(self.conf_path)]
 
-    def answers(self, timeout: float) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
+    def answers(self, address: str, timeout: float) -> bool:
+        host, _, port = address.rpartition(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=timeout,
                              socket_connect_timeout=timeout)
         try:
             return bool(client.ping())

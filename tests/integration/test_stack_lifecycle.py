@@ -7,6 +7,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ class CliStack:
 
 @pytest.fixture(scope="module")
 def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
-    stack = CliStack(private_stack_flags(tmp_path_factory.mktemp("lifecycle")))
+    # A space and a non-ASCII letter in the path: configs must quote and escape it.
+    stack = CliStack(private_stack_flags(tmp_path_factory.mktemp("life cycle é")))
     try:
         yield stack
     finally:
@@ -125,3 +127,51 @@ def test_down_leaves_no_started_process_and_a_second_down_is_fine(cli_stack: Cli
     again = cli_stack.run("stack", "down")
     assert again.returncode == 0
     assert "nothing to stop" in again.stdout
+
+
+def test_a_failed_start_reports_fresh_log_lines_and_stops_what_it_started(
+    tmp_path: Path,
+) -> None:
+    stack = CliStack(private_stack_flags(tmp_path / "stack"))
+    try:
+        stack.up()
+        assert stack.run("stack", "down").returncode == 0
+        meta = stack.settings.stack.dir / "kafka" / "data" / "meta.properties"
+        meta.write_text("this is not a properties file for any broker\n")
+
+        failed = stack.run("stack", "up")
+
+        assert failed.returncode == 1
+        lines = failed.stderr.splitlines()
+        assert lines[0] == "paysim: error: kafka exited while starting"
+        assert "Traceback" not in failed.stderr
+        assert "stopped redis, which this `up` had started" in failed.stderr
+        # Only what this start wrote: the earlier clean run's shutdown is not in the tail.
+        assert "shutting down" not in failed.stderr.lower()
+        code, status = stack.status()
+        assert code == 1
+        assert {entry["state"] for entry in status.values()} == {"down"}
+
+        fresh = stack.run("stack", "up", "--fresh")
+        assert fresh.returncode == 0, fresh.stderr
+        assert "wiping kafka data" in fresh.stdout
+        assert stack.status()[0] == 0
+    finally:
+        stack.run("stack", "down")
+
+
+def test_two_ups_at_once_start_each_component_once(tmp_path: Path) -> None:
+    stack = CliStack(private_stack_flags(tmp_path / "stack"))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda _: stack.run("stack", "up"), range(2)))
+        assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+        output = results[0].stdout + results[1].stdout
+        assert output.count("kafka  started") == 1
+        assert output.count("kafka  already running") == 1
+        _, status = stack.status()
+        pids = [entry["pid"] for entry in status.values()]
+        assert stack.run("stack", "down").returncode == 0
+        assert not [pid for pid in pids if is_alive(pid)]
+    finally:
+        stack.run("stack", "down")

@@ -45,6 +45,12 @@ def test_kafka_runs_the_pinned_version_with_the_single_node_settings(services: d
     )
 
 
+def test_data_lives_on_the_named_volumes(services: dict) -> None:
+    kafka_dir = services["kafka"]["environment"]["KAFKA_LOG_DIRS"]
+    assert f"kafka-data:{kafka_dir}" in services["kafka"]["volumes"]
+    assert "redis-data:/data" in services["redis"]["volumes"]
+
+
 def test_redis_keeps_an_append_only_file(services: dict) -> None:
     command = services["redis"]["command"]
     for key, value in PERSISTENCE_SETTINGS.items():

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from paysim.config import load_settings
+from paysim.config import load_settings, settings_env
 from paysim.errors import ConfigError
+from paysim.kafka_clients import admin_client, client_config
 
 
 def write_config(tmp_path: Path, text: str) -> str:
@@ -59,7 +60,7 @@ def test_kafka_client_properties_pass_through_from_file_and_env(tmp_path: Path) 
 
     settings = load_settings(env=env, config_file=config)
 
-    assert settings.kafka_client == {"security.protocol": "SASL_SSL",
+    assert settings.kafka.client == {"security.protocol": "SASL_SSL",
                                      "sasl.mechanism": "SCRAM-SHA-512",
                                      "sasl.username": "paysim"}
 
@@ -78,6 +79,9 @@ def test_config_file_from_env_variable(tmp_path: Path) -> None:
         ({"kafka.bootstrap": "nohost"}, {}, "--bootstrap: expected host:port"),
         ({}, {"PAYSIM_STACK_START_TIMEOUT": "-1"}, "expected a number of seconds > 0"),
         ({}, {"PAYSIM_TOPICS_PARTITIONS": "0"}, "PAYSIM_TOPICS_PARTITIONS: expected a whole"),
+        ({}, {"PAYSIM_STACK_START_TIMEOUT": "nan"}, "expected a number of seconds > 0"),
+        ({}, {"PAYSIM_STACK_STOP_TIMEOUT": "inf"}, "expected a number of seconds > 0"),
+        ({}, {"PAYSIM_ISSUER_DECLINE_RATE": "1.5"}, "expected a ratio from 0 to 1"),
     ],
 )
 def test_bad_values_name_their_source(flags: dict, env: dict, message: str) -> None:
@@ -103,6 +107,32 @@ def test_bad_config_files_give_one_line(tmp_path: Path, text: str, message: str)
         load_settings(env={}, config_file=config)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_non_utf8_config_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "paysim.toml"
+    path.write_bytes(b"[stack]\nkafka_port = \xff\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_settings(env={}, config_file=str(path))
+
+
+def test_bootstrap_setting_beats_a_passed_through_bootstrap_servers() -> None:
+    settings = load_settings({"kafka.bootstrap": "flag:1"},
+                             env={"PAYSIM_KAFKA_BOOTSTRAP_SERVERS": "env:2"})
+    assert client_config(settings)["bootstrap.servers"] == "flag:1"
+
+
+def test_unknown_kafka_client_property_is_a_config_error() -> None:
+    settings = load_settings(env={"PAYSIM_KAFKA_NO_SUCH_PROPERTY": "1"})
+    with pytest.raises(ConfigError, match="Kafka client settings"):
+        admin_client(settings)
+
+
+def test_settings_survive_the_trip_through_child_environment(tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[kafka.client]\n"sasl.mechanism" = "PLAIN"\n'
+                                    '[issuer]\ndecline_rate = 0.25\n')
+    settings = load_settings({"stack.kafka_port": 19092}, env={}, config_file=config)
+    assert load_settings(env=settings_env(settings)) == settings
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
