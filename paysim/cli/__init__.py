@@ -9,6 +9,8 @@ import traceback
 import click
 
 from paysim import __version__
+from paysim.cli.payments import send, status
+from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
 from paysim.errors import PaysimError
@@ -23,8 +25,8 @@ def cli() -> None:
     """paysim: a card-payment pipeline on Kafka and Redis, and a load tool to drive it."""
 
 
-cli.add_command(stack)
-cli.add_command(topics)
+for command in (run_all_command, send, status, ps, stop, stack, topics, service):
+    cli.add_command(command)
 
 
 def _fail(message: str, code: int, details: list[str] | None = None) -> None:

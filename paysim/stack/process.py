@@ -7,8 +7,9 @@ import json
 import os
 import signal
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from paysim.errors import PaysimError
 from paysim.stack.logs import tail_lines
@@ -26,6 +27,7 @@ class ProcessRecord:
     # The kernel's start time of the process (clock ticks since boot): with the pid it names
     # one process for good, so a reused pid is never mistaken for ours.
     boot_ticks: int
+    details: dict[str, Any] = field(default_factory=dict)  # anything else its owner keeps
 
     def save(self, path: Path) -> None:
         # Written aside and renamed: a reader never sees half a record.

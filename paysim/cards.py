@@ -1,0 +1,137 @@
+"""Card numbers: Luhn, networks from the BIN, expiry, masking, tokens, and edge encryption."""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import hashlib
+import hmac
+import os
+from datetime import UTC, datetime
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MIN_PAN_DIGITS = 12
+MAX_PAN_DIGITS = 19
+
+
+class CardBlock(msgspec.Struct, frozen=True):
+    """What a cardholder types. Exists only at the edge; encrypted on the requested topic."""
+
+    number: str
+    exp_month: int
+    exp_year: int
+    cvv: str
+
+
+def luhn_valid(pan: str) -> bool:
+    if not pan.isdigit():
+        return False
+    total = 0
+    for position, char in enumerate(reversed(pan)):
+        digit = int(char)
+        if position % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def luhn_complete(partial: str) -> str:
+    """Append the check digit that makes ``partial`` Luhn-valid."""
+    for check in "0123456789":
+        if luhn_valid(partial + check):
+            return partial + check
+    raise AssertionError("unreachable: one of ten digits always completes a Luhn number")
+
+
+def well_formed_pan(pan: str) -> bool:
+    """Card-check 14: 12 to 19 digits passing Luhn."""
+    return pan.isdigit() and MIN_PAN_DIGITS <= len(pan) <= MAX_PAN_DIGITS and luhn_valid(pan)
+
+
+def _in(prefix: str, low: int, high: int) -> bool:
+    return prefix.isdigit() and low <= int(prefix) <= high
+
+
+def network(pan: str) -> str:
+    """The card network from the BIN (issuer identification number) ranges."""
+    if pan.startswith("4"):
+        return "visa"
+    if _in(pan[:2], 51, 55) or _in(pan[:4], 2221, 2720):
+        return "mastercard"
+    if pan[:2] in ("34", "37"):
+        return "amex"
+    if _in(pan[:4], 3528, 3589):
+        return "jcb"
+    # Discover's 622126-622925 sits inside UnionPay's 62 block, so test it first.
+    if pan.startswith("6011") or _in(pan[:3], 644, 649) or pan.startswith("65") or _in(
+        pan[:6], 622126, 622925
+    ):
+        return "discover"
+    if pan.startswith("62"):
+        return "unionpay"
+    if pan[:2] in ("36", "38", "39") or _in(pan[:3], 300, 305):
+        return "diners"
+    return "unknown"
+
+
+def cvv_length(card_network: str) -> int:
+    return 4 if card_network == "amex" else 3
+
+
+def valid_cvv(cvv: str, card_network: str) -> bool:
+    """Card-check N7: digits only, 4 for Amex, 3 for the others."""
+    return cvv.isdigit() and len(cvv) == cvv_length(card_network)
+
+
+def expired(exp_month: int, exp_year: int, now: datetime) -> bool:
+    """Card-check 54: a card is good through the last moment of its expiry month, UTC."""
+    if exp_year < 100:  # "27" on the card means 2027
+        exp_year += 2000
+    if not 1 <= exp_month <= 12 or not 2000 <= exp_year <= 9999:
+        return True
+    last_day = calendar.monthrange(exp_year, exp_month)[1]
+    end = datetime(exp_year, exp_month, last_day, 23, 59, 59, 999999, tzinfo=UTC)
+    return now > end
+
+
+def mask(pan: str) -> str:
+    """First 6 and last 4 digits, the rest starred: 411111******1111."""
+    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+
+
+def tokenize(pan: str, key: bytes) -> str:
+    """A stable card token: keyed HMAC-SHA256 of the PAN (not reversible without the key)."""
+    return "tok_" + hmac.new(key, pan.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+_card_encoder = msgspec.json.Encoder()
+_card_decoder = msgspec.json.Decoder(CardBlock)
+
+
+class CardCipher:
+    """AES-256-GCM for the card block on the requested topic: nonce || ciphertext+tag."""
+
+    NONCE_BYTES = 12
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def encrypt(self, card: CardBlock, associated: bytes) -> str:
+        # The payment id is bound as associated data: a card block cannot be moved to
+        # another payment without failing authentication.
+        nonce = os.urandom(self.NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, _card_encoder.encode(card), associated)
+        return base64.b64encode(nonce + sealed).decode()
+
+    def decrypt(self, blob: str, associated: bytes) -> CardBlock:
+        """The card block; ValueError when it is not a valid sealed block for this payment."""
+        try:
+            raw = base64.b64decode(blob, validate=True)
+            plain = self._aead.decrypt(raw[: self.NONCE_BYTES], raw[self.NONCE_BYTES :],
+                                       associated)
+            return _card_decoder.decode(plain)
+        except (InvalidTag, ValueError, msgspec.DecodeError) as exc:
+            raise ValueError("card block cannot be decrypted with the configured key") from exc

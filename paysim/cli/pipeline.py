@@ -1,0 +1,178 @@
+"""`paysim run-all`, `ps`, `stop`, and `service` (one service, as run-all starts it)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+import click
+from rich.live import Live
+from rich.table import Table
+
+from paysim import store
+from paysim.cli.options import with_settings
+from paysim.cli.render import console, print_json
+from paysim.config import Settings
+from paysim.services.runner import SERVICE_NAMES, run_service
+from paysim.supervisor import (
+    ALL_SERVICES,
+    Supervisor,
+    expected_names,
+    read_heartbeats,
+    run_all,
+    running_supervisor,
+    start_in_background,
+    stop_background,
+    view,
+)
+
+STATE_STYLE = {"up": "green", "starting": "yellow", "restarting": "red", "down": "red"}
+
+
+def instance_options(command):
+    for service in ("notifier", "processor", "authorizer"):
+        command = click.option(f"--{service}s", f"{service}s", type=click.IntRange(1, 16),
+                               default=1, show_default=True,
+                               help=f"{service} processes in its consumer group")(command)
+    return command
+
+
+class RateMeter:
+    """Messages per second per service, from successive processed counts."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[float, int]] = {}
+
+    def rate(self, name: str, processed: int) -> float:
+        now = time.monotonic()
+        then, before = self.last.get(name, (now, processed))
+        self.last[name] = (now, processed)
+        return (processed - before) / (now - then) if now > then else 0.0
+
+
+def services_table(supervisor: Supervisor, beats: dict, meter: RateMeter) -> Table:
+    table = Table("service", "state", "pid", "restarts", "processed", "rate/s", "lag",
+                  "dead letters", title="paysim services (Ctrl-C stops them all)")
+    for row in view(supervisor.children, beats):
+        table.add_row(row.name, f"[{STATE_STYLE[row.state]}]{row.state}[/]",
+                      str(row.pid or "-"), str(row.restarts), f"{row.processed:,}",
+                      f"{meter.rate(row.name, row.processed):,.0f}", f"{row.lag:,}",
+                      str(row.dead_letters))
+    return table
+
+
+@click.command("run-all")
+@instance_options
+@click.option("--detach", is_flag=True, help="Run in the background; see `paysim ps`, "
+              "`paysim stop`.")
+@click.option("--no-live", is_flag=True, help="Plain log lines instead of the live panel.")
+@with_settings("http.port", "http.host")
+def run_all_command(settings: Settings, authorizers: int, processors: int, notifiers: int,
+                    detach: bool, no_live: bool) -> None:
+    """Start the authorizer, processor, notifier and HTTP API as local processes.
+
+    Starts the local stack first when no Kafka or Redis is configured and none answers.
+    Restarts a service that dies; Ctrl-C or SIGTERM stops everything cleanly."""
+    counts = {"authorizer": authorizers, "processor": processors, "notifier": notifiers}
+    if detach:
+        argv = ["run-all", "--no-live", f"--authorizers={authorizers}",
+                f"--processors={processors}", f"--notifiers={notifiers}"]
+        already = running_supervisor(settings)
+        with console.status("starting the services in the background"):
+            record = start_in_background(settings, counts, argv)
+        verb = "already running" if already else "started"
+        console.print(f"paysim services {verb} (supervisor pid {record.pid}); HTTP API on "
+                      f"http://{settings.http.host}:{settings.http.port}; logs in "
+                      f"{settings.services.dir / 'logs'}. `paysim ps` shows them, "
+                      "`paysim stop` stops them.")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    live_panel = console.is_terminal and not no_live
+    client = store.connect(settings)
+    meter = RateMeter()
+    live = Live(console=console, refresh_per_second=2, transient=False) if live_panel else None
+
+    def announce(line: str) -> None:
+        (live.console if live else console).print(line)
+
+    def tick(supervisor: Supervisor) -> None:
+        if live:
+            live.update(services_table(supervisor, read_heartbeats(client), meter))
+
+    if live:
+        live.start()
+    try:
+        run_all(settings, counts, announce, stop, tick)
+    finally:
+        if live:
+            live.stop()
+        client.close()
+    console.print("all services stopped")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@with_settings()
+@click.pass_context
+def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
+    """Show the running services (from their heartbeats). Exit 1 if any expected one is down."""
+    record = running_supervisor(settings)
+    counts = {name: 1 for name in ALL_SERVICES}
+    if record:
+        counts.update(record.details.get("counts", {}))
+    client = store.connect(settings)
+    try:
+        beats = read_heartbeats(client)
+    finally:
+        client.close()
+    rows = []
+    now = time.time()
+    for name in sorted(set(expected_names(counts)) | beats.keys()):
+        beat = beats.get(name)
+        rows.append({
+            "name": name, "state": "up" if beat else "down",
+            "pid": int(beat["pid"]) if beat else None,
+            "processed": int(beat["processed"]) if beat else 0,
+            "dead_letters": int(beat["dead_letters"]) if beat else 0,
+            "lag": int(beat["lag"]) if beat else 0,
+            "uptime_s": round(now - float(beat["started_at"]), 1) if beat else None,
+        })
+    if as_json:
+        print_json({"supervisor_pid": record.pid if record else None, "services": rows})
+    else:
+        table = Table("service", "state", "pid", "processed", "lag", "dead letters", "uptime",
+                      caption=f"supervisor pid {record.pid}" if record
+                      else "no `paysim run-all` supervisor is running")
+        for row in rows:
+            table.add_row(row["name"], f"[{STATE_STYLE[row['state']]}]{row['state']}[/]",
+                          str(row["pid"] or "-"), f"{row['processed']:,}", f"{row['lag']:,}",
+                          str(row["dead_letters"]),
+                          f"{row['uptime_s']:.0f} s" if row["uptime_s"] is not None else "-")
+        console.print(table)
+    if any(row["state"] != "up" for row in rows):
+        ctx.exit(1)
+
+
+@click.command()
+@with_settings()
+def stop(settings: Settings) -> None:
+    """Stop the services a `paysim run-all` started (SIGTERM: batches finish and commit)."""
+    with console.status("stopping the services"):
+        record = stop_background(settings)
+    if record is None:
+        console.print("nothing to stop: no `paysim run-all` is running")
+    else:
+        console.print(f"stopped paysim services (supervisor pid {record.pid})")
+
+
+@click.command(hidden=True)
+@click.argument("name", type=click.Choice(SERVICE_NAMES))
+@click.option("--instance", type=click.IntRange(0, 99), default=0)
+@with_settings()
+def service(settings: Settings, name: str, instance: int) -> None:
+    """Run one service in the foreground (what run-all starts)."""
+    sys.exit(run_service(name, settings, instance))

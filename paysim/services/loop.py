@@ -1,0 +1,291 @@
+"""The one consume-decide-produce loop every service runs, inside Kafka transactions.
+
+Per batch: decode each message (undecodable ones become dead letters), let the service decide
+each one, then in one Kafka transaction produce every output, write Redis in one pipeline and
+commit the consumed offsets. Any failure aborts the transaction, rewinds the consumer to the
+start of the batch and tries again after a backoff: nothing is lost and the process lives on.
+Only a fatal Kafka error (this producer fenced by a newer instance) ends the process, for the
+supervisor to restart it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from paysim import store
+from paysim.config import Settings
+from paysim.kafka_clients import client_config
+from paysim.schema import Codec, DeadLetter, SchemaError, encode, now_us
+from paysim.topics import ensure_topics
+
+T = TypeVar("T", bound=msgspec.Struct)
+HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_TTL_S = 5
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: str | None
+    value: bytes
+
+
+@dataclass
+class Counters:
+    processed: int = 0
+    dead_letters: int = 0
+    aborted_batches: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 3.11
+    """A service's decide step; the loop does everything else."""
+
+    name: str
+    codec: Codec[T]
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis_client
+
+    @property
+    @abstractmethod
+    def input_topic(self) -> str: ...
+
+    def prepare(self, items: list[T]) -> None:
+        """Batch-wide reads before the per-message decisions (one Redis round trip)."""
+
+    @abstractmethod
+    def decide(self, item: T, pipe: redis.client.Pipeline) -> list[Output]:
+        """The outputs for one message; Redis writes go into ``pipe``."""
+
+
+class Rejected(Exception):
+    """A message that decodes but cannot be taken (say, a card block that does not decrypt):
+    it goes to the dead-letter topic with this reason."""
+
+
+class FatalServiceError(Exception):
+    """The process cannot go on (for example: fenced by a newer instance)."""
+
+
+def dead_letter(service: str, message: Message, reason: str, topic: str) -> Output:
+    key = message.key()
+    letter = DeadLetter(
+        service=service, source_topic=message.topic(), partition=message.partition(),
+        offset=message.offset(), reason=reason[:500],
+        key=base64.b64encode(key).decode() if key is not None else None,
+        original=base64.b64encode(message.value() or b"").decode(), at=now_us(),
+    )
+    return Output(topic, None, encode(letter))
+
+
+class ServiceLoop(Generic[T]):
+    def __init__(self, service: Service[T], settings: Settings, instance: int = 0,
+                 stop: threading.Event | None = None) -> None:
+        self.service = service
+        self.settings = settings
+        self.instance = instance
+        self.stop = stop or threading.Event()
+        self.counters = Counters()
+        self.log = logging.getLogger(f"paysim.{service.name}")
+        group = f"paysim-{service.name}"
+        self.consumer = Consumer(client_config(settings, **{
+            "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed", "enable.partition.eof": False,
+            "logger": self.log,
+        }))
+        # Stable per service instance, so a restart fences the dead process at once and
+        # aborts its open transaction instead of leaving it to time out.
+        self.producer = Producer(client_config(settings, **{
+            "transactional.id": f"{group}-{instance}", "linger.ms": 5,
+            "compression.type": "lz4", "logger": self.log,
+        }))
+        self._last_heartbeat = 0.0
+
+    def run(self) -> None:
+        ensure_topics(self.settings)
+        self._kafka_call(self.producer.init_transactions, 60)
+        self.consumer.subscribe([self.service.input_topic])
+        self.log.info("started: group paysim-%s, instance %d", self.service.name, self.instance)
+        backoff = 0.1
+        try:
+            while not self.stop.is_set():
+                self._heartbeat()
+                messages = [m for m in self.consumer.consume(
+                    num_messages=self.settings.services.batch_size, timeout=0.2)
+                    if self._usable(m)]
+                if not messages:
+                    continue
+                if self._process(messages):
+                    backoff = 0.1
+                else:
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+        finally:
+            self._close()
+
+    def _usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.fatal():
+            raise FatalServiceError(f"consumer: {error.str()}")
+        self.log.warning("consumer: %s", error.str())
+        return False
+
+    def _process(self, messages: list[Message]) -> bool:
+        """One transaction for the batch; False (and the batch rewound) when it had to abort."""
+        try:
+            self._transact(messages)
+            return True
+        except FatalServiceError:
+            raise
+        except (KafkaException, redis.RedisError) as exc:
+            self.counters.aborted_batches += 1
+            self.log.warning("batch of %d aborted, will retry: %s", len(messages),
+                             _describe(exc))
+            self._abort()
+            self._rewind(messages)
+            return False
+
+    def _transact(self, messages: list[Message]) -> None:
+        dlq = self.settings.topics.dlq
+        outputs: list[Output] = []
+        decoded: list[tuple[Message, T]] = []
+        for message in messages:
+            try:
+                decoded.append((message, self.service.codec.decode(message.value())))
+            except SchemaError as exc:
+                outputs.append(dead_letter(self.service.name, message, str(exc), dlq))
+        self.service.prepare([item for _, item in decoded])
+        pipe = self.service.redis.pipeline(transaction=False)
+        for message, item in decoded:
+            try:
+                outputs.extend(self.service.decide(item, pipe))
+            except (KafkaException, redis.RedisError):
+                raise
+            except Rejected as exc:
+                outputs.append(dead_letter(self.service.name, message, str(exc), dlq))
+            except Exception as exc:  # a message that breaks the rule code must not stop us
+                self.log.exception("cannot decide message %s/%d@%d", message.topic(),
+                                   message.partition(), message.offset())
+                outputs.append(dead_letter(self.service.name, message,
+                                           f"internal error: {type(exc).__name__}: {exc}", dlq))
+        self._kafka_call(self.producer.begin_transaction)
+        for output in outputs:
+            self._produce(output)
+        pipe.execute()
+        positions = self.consumer.position(self.consumer.assignment())
+        self._kafka_call(self.producer.send_offsets_to_transaction, positions,
+                         self.consumer.consumer_group_metadata(), 30)
+        self._kafka_call(self.producer.commit_transaction, 60)
+        dead = sum(1 for o in outputs if o.topic == dlq)
+        self.counters.processed += len(messages) - dead
+        self.counters.dead_letters += dead
+
+    def _produce(self, output: Output) -> None:
+        while True:
+            try:
+                self.producer.produce(output.topic, key=output.key, value=output.value)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then go on
+                self.producer.poll(0.05)
+
+    def _kafka_call(self, call: Any, *args: Any) -> Any:
+        """Run a transactional call, retrying what Kafka says is retriable."""
+        for attempt in range(10):
+            try:
+                return call(*args)
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal():
+                    raise FatalServiceError(f"{call.__name__}: {error.str()}") from None
+                if not error.retriable() or attempt == 9:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        return None
+
+    def _abort(self) -> None:
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                raise FatalServiceError(f"abort_transaction: {error.str()}") from None
+            # Nothing to abort (the failure came before begin_transaction) is fine.
+            if error.code() != KafkaError._STATE:
+                self.log.warning("abort_transaction: %s", error.str())
+
+    def _rewind(self, messages: list[Message]) -> None:
+        """Seek each partition back to the first offset of the batch, to read it again."""
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic(), message.partition())
+            first[key] = min(first.get(key, message.offset()), message.offset())
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in assigned:  # else the new owner reads it from the commit
+                try:
+                    self.consumer.seek(TopicPartition(topic, partition, offset))
+                except KafkaException as exc:
+                    self.log.warning("seek %s/%d: %s", topic, partition, _describe(exc))
+
+    def lag(self) -> int:
+        total = 0
+        for tp in self.consumer.assignment():
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                position = self.consumer.position([tp])[0].offset
+            except KafkaException:
+                continue
+            if high >= 0 and position >= 0:
+                total += max(0, high - position)
+        return total
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if now - self._last_heartbeat < HEARTBEAT_EVERY_S:
+            return
+        self._last_heartbeat = now
+        key = store.heartbeat_key(self.service.name, self.instance)
+        try:
+            pipe = self.service.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping={
+                "service": self.service.name, "instance": self.instance, "pid": os.getpid(),
+                "processed": self.counters.processed,
+                "dead_letters": self.counters.dead_letters,
+                "aborted_batches": self.counters.aborted_batches,
+                "started_at": self.counters.started_at, "seen_at": now, "lag": self.lag(),
+            })
+            pipe.expire(key, HEARTBEAT_TTL_S)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self.log.warning("heartbeat not written: %s", exc)
+
+    def _close(self) -> None:
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            self.log.warning("consumer close: %s", _describe(exc))
+        self.producer.flush(10)
+        self.log.info("stopped after %d messages (%d dead letters)", self.counters.processed,
+                      self.counters.dead_letters)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,77 @@
+"""Processor: the issuer. Settles each authorized payment against its card's ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis
+
+from paysim import decisions, money, store
+from paysim.config import Settings
+from paysim.decisions import IssuerRates, Status
+from paysim.schema import PROCESSED, Codec, PaymentAuthorized, PaymentOutcome, encode, now_us
+from paysim.services.loop import Output, Service
+
+
+def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:
+    # What fixes the issuer's random answers: the same generated payment (same --seed) gets
+    # the same answer in every run, whatever its payment id.
+    return (item.token, item.amount, item.currency, item.merchant.id, item.seq)
+
+
+class Processor(Service[PaymentAuthorized]):
+    name = "processor"
+    codec = Codec(PaymentAuthorized)
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+        super().__init__(settings, redis_client)
+        self.rates = IssuerRates(settings.issuer.decline_rate, settings.issuer.fault_rate)
+        self.settle = redis_client.register_script(store.SETTLE_LUA)
+        self._answers: dict[str, str] = {}
+
+    @property
+    def input_topic(self) -> str:
+        return self.settings.topics.authorized
+
+    def prepare(self, items: list[PaymentAuthorized]) -> None:
+        """Issuer prechecks, then one pipeline of ledger settlements for the rest."""
+        self._answers = {}
+        to_settle = []
+        for item in items:
+            answer = decisions.issuer_precheck(item.test_reason, self.rates,
+                                               *issuer_identity(item))
+            if answer is None:
+                to_settle.append(item)
+            else:
+                self._answers[item.payment_id] = answer
+        if not to_settle:
+            return
+        ttl = self.settings.redis.ledger_ttl
+        pipe = self.redis.pipeline(transaction=False)
+        for item in to_settle:
+            profile = decisions.card_profile(item.token, item.test_reason)
+            day = datetime.fromtimestamp(item.stages.get("requested", now_us()) / 1e6,
+                                         UTC).strftime("%Y%m%d")
+            self.settle(
+                keys=[store.ledger_key(item.run_id, item.token),
+                      store.settle_marker_key(item.payment_id)],
+                args=[item.amount, item.currency,
+                      money.minor_units(profile.credit_limit_usd, item.currency),
+                      money.minor_units(profile.daily_limit_usd, item.currency), day, ttl],
+                client=pipe,
+            )
+        for item, answer in zip(to_settle, pipe.execute(), strict=True):
+            self._answers[item.payment_id] = answer.decode()  # a reason code, as bytes
+
+    def decide(self, item: PaymentAuthorized, pipe: redis.client.Pipeline) -> list[Output]:
+        code = self._answers[item.payment_id]
+        outcome = PaymentOutcome(
+            payment_id=item.payment_id, run_id=item.run_id, seq=item.seq, amount=item.amount,
+            currency=item.currency, merchant=item.merchant, callback_url=item.callback_url,
+            stages={**item.stages, PROCESSED: now_us()},
+            status=Status.APPROVED if code == decisions.APPROVED else Status.DECLINED,
+            reason_code=code, reason_text=decisions.reason_text(code), token=item.token,
+            masked_pan=item.masked_pan, network=item.network,
+        )
+        store.write_outcome(pipe, outcome, self.settings.redis.outcome_ttl)
+        return [Output(self.settings.topics.results, item.token, encode(outcome))]

@@ -1,0 +1,61 @@
+"""Run one service in this process until SIGTERM or SIGINT: `paysim service NAME`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from confluent_kafka import KafkaException
+
+from paysim import store
+from paysim.config import Settings
+from paysim.secrets import load_keys
+from paysim.services.authorizer import Authorizer
+from paysim.services.loop import FatalServiceError, Service, ServiceLoop
+from paysim.services.notifier import Notifier
+from paysim.services.processor import Processor
+from paysim.services.webhook_dispatch import WebhookDispatcher
+
+SERVICE_NAMES = ("authorizer", "processor", "notifier", "http")
+
+
+def configure_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def build(name: str, settings: Settings) -> Service:
+    client = store.connect(settings)
+    if name == "authorizer":
+        return Authorizer(settings, client, load_keys(settings))
+    if name == "processor":
+        return Processor(settings, client)
+    if name == "notifier":
+        return Notifier(settings, client)
+    raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
+
+
+def run_service(name: str, settings: Settings, instance: int) -> int:
+    """Run until asked to stop; the exit code tells the supervisor whether to restart."""
+    configure_logging()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if name == "http":
+        from paysim.http_api import serve  # Flask and waitress load only where served
+
+        serve(settings, stop)
+        return 0
+    service = build(name, settings)
+    if name == "notifier":
+        WebhookDispatcher(settings, service.redis, load_keys(settings).webhook_secret,
+                          f"notifier-{instance}", stop).start()
+    log = logging.getLogger(f"paysim.{name}")
+    try:
+        ServiceLoop(service, settings, instance, stop).run()
+    except (FatalServiceError, KafkaException) as exc:
+        log.error("stopping: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,129 @@
+"""Everything paysim keeps in Redis: outcomes, the card ledger, run streams, heartbeats."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from paysim.config import Settings
+from paysim.schema import STAGES, PaymentOutcome
+
+WEBHOOK_STREAM = "paysim:webhooks"
+WEBHOOK_GROUP = "paysim-webhooks"
+
+
+def connect(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                socket_connect_timeout=5, health_check_interval=30)
+
+
+def result_key(payment_id: str) -> str:
+    """The seed's contract: GET payment_result_<id> -> approved | declined."""
+    return f"payment_result_{payment_id}"
+
+
+def outcome_key(payment_id: str) -> str:
+    return f"paysim:payment:{payment_id}"
+
+
+def run_stream_key(run_id: str) -> str:
+    """One entry per payment of the run once its client was notified."""
+    return f"paysim:run:{run_id}:done"
+
+
+def heartbeat_key(service: str, instance: int) -> str:
+    return f"paysim:svc:{service}:{instance}"
+
+
+def idempotency_key(key: str) -> str:
+    return f"paysim:idem:{key}"
+
+
+def outcome_fields(outcome: PaymentOutcome) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "payment_id": outcome.payment_id, "run_id": outcome.run_id, "seq": outcome.seq,
+        "status": outcome.status, "reason_code": outcome.reason_code,
+        "reason_text": outcome.reason_text, "amount": outcome.amount,
+        "currency": outcome.currency, "merchant": json.dumps(
+            {"id": outcome.merchant.id, "name": outcome.merchant.name,
+             "mcc": outcome.merchant.mcc, "country": outcome.merchant.country}),
+        "masked_pan": outcome.masked_pan or "", "token": outcome.token or "",
+        "network": outcome.network or "", "callback_url": outcome.callback_url or "",
+    }
+    for stage, at in outcome.stages.items():
+        fields[f"t_{stage}"] = at
+    return fields
+
+
+def write_outcome(pipe: redis.client.Pipeline, outcome: PaymentOutcome, ttl: int,
+                  **extra: Any) -> None:
+    """The plain status under the seed's key, and the whole outcome as a hash beside it."""
+    pipe.set(result_key(outcome.payment_id), outcome.status, ex=ttl)
+    key = outcome_key(outcome.payment_id)
+    pipe.hset(key, mapping={**outcome_fields(outcome), **extra})
+    pipe.expire(key, ttl)
+
+
+def done_entry(outcome: PaymentOutcome) -> dict[str, Any]:
+    """What `paysim send` reads back for each payment of its run."""
+    entry: dict[str, Any] = {"payment_id": outcome.payment_id, "status": outcome.status,
+                             "reason_code": outcome.reason_code, "amount": outcome.amount,
+                             "currency": outcome.currency, "seq": outcome.seq}
+    for stage, at in outcome.stages.items():
+        entry[f"t_{stage}"] = at
+    return entry
+
+
+def read_outcome(client: redis.Redis, payment_id: str) -> dict[str, str] | None:
+    raw = client.hgetall(outcome_key(payment_id))
+    if not raw:
+        return None
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def stage_times(outcome: dict[str, str]) -> dict[str, int]:
+    return {stage: int(outcome[f"t_{stage}"]) for stage in STAGES if f"t_{stage}" in outcome}
+
+
+# Settles one payment against its card's ledger, once: a marker per payment holds the answer,
+# so a batch processed again after a crash gets the same answer and debits nothing twice.
+# KEYS: ledger hash, settle marker. ARGV: amount, currency, credit limit, daily limit, day, ttl.
+SETTLE_LUA = """
+local done = redis.call('GET', KEYS[2])
+if done then return done end
+local cur = ARGV[2]
+local limit_f, spent_f = 'limit:' .. cur, 'spent:' .. cur
+local dlimit_f, day_f = 'dlimit:' .. cur, 'day:' .. cur .. ':' .. ARGV[5]
+redis.call('HSETNX', KEYS[1], limit_f, ARGV[3])
+redis.call('HSETNX', KEYS[1], dlimit_f, ARGV[4])
+local amount = tonumber(ARGV[1])
+local limit = tonumber(redis.call('HGET', KEYS[1], limit_f))
+local spent = tonumber(redis.call('HGET', KEYS[1], spent_f) or '0')
+local dlimit = tonumber(redis.call('HGET', KEYS[1], dlimit_f))
+local today = tonumber(redis.call('HGET', KEYS[1], day_f) or '0')
+local result
+if today + amount > dlimit then
+  result = '61'
+elseif spent + amount > limit then
+  result = '51'
+else
+  redis.call('HINCRBY', KEYS[1], spent_f, amount)
+  redis.call('HINCRBY', KEYS[1], day_f, amount)
+  redis.call('HINCRBY', KEYS[1], 'debits', 1)
+  result = '00'
+end
+redis.call('SET', KEYS[2], result, 'EX', ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return result
+"""
+
+
+def ledger_key(run_id: str, token: str) -> str:
+    # Per run: the same --seed replays the same ledger, and runs do not drain each other's cards.
+    return f"paysim:ledger:{run_id}:{token}"
+
+
+def settle_marker_key(payment_id: str) -> str:
+    return f"paysim:settled:{payment_id}"

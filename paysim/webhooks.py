@@ -1,0 +1,78 @@
+"""Signed webhooks, the way payment providers sign them, and the check receivers run.
+
+Header: ``Paysim-Signature: t=<unix seconds>,v1=<hex>`` where the hex is HMAC-SHA256 over
+``<t>.<raw body>`` with the shared secret. Receivers reject a timestamp older than 300 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+SIGNATURE_HEADER = "Paysim-Signature"
+TOLERANCE_S = 300
+
+
+class SignatureError(ValueError):
+    """The signature header is missing, malformed, stale, or does not match."""
+
+
+def _mac(secret: bytes, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(body: bytes, secret: bytes, timestamp: int | None = None) -> str:
+    """The header value for ``body``."""
+    at = int(time.time()) if timestamp is None else timestamp
+    return f"t={at},v1={_mac(secret, at, body)}"
+
+
+def verify(body: bytes, header: str | None, secret: bytes, tolerance_s: int = TOLERANCE_S,
+           now: float | None = None) -> int:
+    """Check a received webhook; return its timestamp, or raise SignatureError saying why."""
+    if not header:
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        name, sep, value = item.strip().partition("=")
+        if sep:
+            parts.setdefault(name, []).append(value)
+    try:
+        timestamp = int(parts["t"][0])
+    except (KeyError, ValueError):
+        raise SignatureError("signature header has no valid t=") from None
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        raise SignatureError(f"timestamp {timestamp} is outside the {tolerance_s} s tolerance")
+    expected = _mac(secret, timestamp, body)
+    # Several v1 values may be sent while a secret is being rotated; any match is enough.
+    if not any(hmac.compare_digest(expected, given) for given in parts.get("v1", [])):
+        raise SignatureError("no v1 signature matches the body")
+    return timestamp
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivered: bool
+    http_status: int | None
+    error: str | None
+
+
+def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float) -> Attempt:
+    """One signed POST; 2xx is delivered."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret),
+        "Paysim-Event-Id": event_id, "User-Agent": "paysim-webhooks/1",
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Attempt(200 <= response.status < 300, response.status, None)
+    except urllib.error.HTTPError as exc:
+        return Attempt(False, exc.code, f"HTTP {exc.code}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Attempt(False, None, str(reason)[:200])
