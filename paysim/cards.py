@@ -26,8 +26,13 @@ class CardBlock(msgspec.Struct, frozen=True):
     cvv: str
 
 
+def ascii_digits(text: str) -> bool:
+    """Only 0-9: str.isdigit() also takes other scripts' digits and superscripts."""
+    return text.isascii() and text.isdigit()
+
+
 def luhn_valid(pan: str) -> bool:
-    if not pan.isdigit():
+    if not ascii_digits(pan):
         return False
     total = 0
     for position, char in enumerate(reversed(pan)):
@@ -48,11 +53,11 @@ def luhn_complete(partial: str) -> str:
 
 def well_formed_pan(pan: str) -> bool:
     """Card-check 14: 12 to 19 digits passing Luhn."""
-    return pan.isdigit() and MIN_PAN_DIGITS <= len(pan) <= MAX_PAN_DIGITS and luhn_valid(pan)
+    return MIN_PAN_DIGITS <= len(pan) <= MAX_PAN_DIGITS and luhn_valid(pan)
 
 
 def _in(prefix: str, low: int, high: int) -> bool:
-    return prefix.isdigit() and low <= int(prefix) <= high
+    return ascii_digits(prefix) and low <= int(prefix) <= high
 
 
 def network(pan: str) -> str:
@@ -83,7 +88,7 @@ def cvv_length(card_network: str) -> int:
 
 def valid_cvv(cvv: str, card_network: str) -> bool:
     """Card-check N7: digits only, 4 for Amex, 3 for the others."""
-    return cvv.isdigit() and len(cvv) == cvv_length(card_network)
+    return ascii_digits(cvv) and len(cvv) == cvv_length(card_network)
 
 
 def expired(exp_month: int, exp_year: int, now: datetime) -> bool:

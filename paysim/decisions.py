@@ -55,7 +55,7 @@ def check_card(card: cards.CardBlock, amount: int, currency: str, now: datetime,
                max_amount_usd: float) -> CardCheck:
     """The card checks in the order the reason-code table gives; the first failure decides."""
     number = card.number
-    card_network = cards.network(number) if number.isdigit() else "unknown"
+    card_network = cards.network(number) if cards.ascii_digits(number) else "unknown"
     if not cards.well_formed_pan(number):
         return CardCheck("14", card_network)
     if cards.expired(card.exp_month, card.exp_year, now):

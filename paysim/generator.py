@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -41,7 +42,8 @@ NETWORKS: dict[str, tuple[float, tuple[str, ...], int]] = {
     "amex": (0.08, ("34", "37"), 15),
     "discover": (0.06, ("6011", "65"), 16),
     "jcb": (0.05, ("3528", "3589"), 16),
-    "unionpay": (0.06, ("62",), 16),
+    # Not 622126-622925: that block inside UnionPay's 62 is Discover's.
+    "unionpay": (0.06, ("621", "623", "624", "625", "626", "628"), 16),
 }
 CARD_CHECKS = ("14", "54", "N7", "13", "12")
 NOT_CURRENCIES = ("XYZ", "ABC", "QQQ", "ZZZ")
@@ -135,18 +137,19 @@ class PaymentStream:
         self.max_amount_usd = max_amount_usd
         self._targets = self.mix.targets()
         self._reason_of_test_card = {code: pan for pan, code in decisions.TEST_CARDS.items()}
+        self._seq = 0
 
-    def __iter__(self):
-        seq = 0
+    def __iter__(self) -> Iterator[GeneratedPayment]:
         while True:
-            yield self.next(seq)
-            seq += 1
+            yield self.next()
 
     def take(self, count: int) -> list[GeneratedPayment]:
-        return [self.next(seq) for seq in range(count)]
+        """The next ``count`` payments; numbering goes on from the previous call."""
+        return [self.next() for _ in range(count)]
 
-    def next(self, seq: int) -> GeneratedPayment:
+    def next(self) -> GeneratedPayment:
         rng = self.rng
+        seq, self._seq = self._seq, self._seq + 1
         holder = rng.choice(self.population.cardholders)
         merchant = rng.choice(self.population.merchants)
         currency = COUNTRIES[merchant.country]

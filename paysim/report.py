@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 from paysim import decisions, money
 from paysim.schema import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
@@ -56,7 +57,8 @@ class Summary:
 
 def percentile(sorted_values: list[float], pct: float) -> float:
     """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    # Exact arithmetic: 99.9 / 100 * 1000 is 999.0000000000001 in floats, one rank too far.
+    rank = max(1, math.ceil(Fraction(str(pct)) / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
 
 

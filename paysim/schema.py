@@ -21,9 +21,10 @@ PROCESSED = "processed"
 NOTIFIED = "notified"
 STAGES = (REQUESTED, AUTHORIZED, PROCESSED, NOTIFIED)
 
-UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# \Z, not $: $ also matches before a trailing newline.
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
 Uuid = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
@@ -34,8 +35,8 @@ def now_us() -> int:
 class Merchant(msgspec.Struct, frozen=True):
     id: Text
     name: Text
-    mcc: Annotated[str, msgspec.Meta(pattern=r"^\d{4}$")]
-    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
+    mcc: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}\Z")]
+    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z")]
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,6 +136,8 @@ class Codec(Generic[T]):  # Generic, not PEP 695: paysim supports Python 3.11
             raise SchemaError(f"{self.kind.__name__} schema: {exc}") from None
         except msgspec.DecodeError as exc:
             raise SchemaError(f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise SchemaError("JSON nested too deeply") from None
         if getattr(message, "v", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise SchemaError(f"unsupported schema version {message.v} (this paysim reads "
                               f"{SCHEMA_VERSION})")

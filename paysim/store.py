@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from typing import Any
 
 import redis
@@ -35,6 +38,31 @@ def run_stream_key(run_id: str) -> str:
 
 def heartbeat_key(service: str, instance: int) -> str:
     return f"paysim:svc:{service}:{instance}"
+
+
+HEARTBEAT_TTL_S = 5
+HEARTBEAT_FRESH_S = 3.0  # older than this, the service is taken for gone
+
+
+def write_heartbeat(client: redis.Redis, service: str, instance: int, *, processed: int,
+                    dead_letters: int, aborted_batches: int, started_at: float,
+                    lag: int) -> None:
+    """What `paysim ps` and run-all's panel show; expires unless renewed every second."""
+    key = heartbeat_key(service, instance)
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(key, mapping={
+        "service": service, "instance": instance, "pid": os.getpid(), "processed": processed,
+        "dead_letters": dead_letters, "aborted_batches": aborted_batches,
+        "started_at": started_at, "seen_at": time.time(), "lag": lag,
+    })
+    pipe.expire(key, HEARTBEAT_TTL_S)
+    pipe.execute()
+
+
+def clear_heartbeat(client: redis.Redis, service: str, instance: int) -> None:
+    """A clean stop says so at once instead of letting the heartbeat expire."""
+    with contextlib.suppress(redis.RedisError):  # else it expires on its own
+        client.delete(heartbeat_key(service, instance))
 
 
 def idempotency_key(key: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from paysim import __version__
+from paysim import __version__, store
 from paysim.config import Settings, settings_env
 from paysim.errors import PaysimError
 from paysim.kafka_clients import cluster_metadata
@@ -187,9 +187,10 @@ def read_heartbeats(client: redis.Redis) -> dict[str, dict[str, str]]:
     for key in keys:
         pipe.hgetall(key)
     beats = {}
+    now = time.time()
     for raw in pipe.execute():
         beat = {k.decode(): v.decode() for k, v in raw.items()}
-        if "service" in beat:
+        if "service" in beat and now - float(beat["seen_at"]) < store.HEARTBEAT_FRESH_S:
             beats[f"{beat['service']}-{beat['instance']}"] = beat
     return beats
 

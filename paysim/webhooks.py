@@ -41,16 +41,20 @@ def verify(body: bytes, header: str | None, secret: bytes, tolerance_s: int = TO
         name, sep, value = item.strip().partition("=")
         if sep:
             parts.setdefault(name, []).append(value)
-    try:
-        timestamp = int(parts["t"][0])
-    except (KeyError, ValueError):
-        raise SignatureError("signature header has no valid t=") from None
+    text = parts.get("t", [""])[0]
+    # Ten digits cover Unix time to the year 2286; longer is no timestamp at all.
+    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+        raise SignatureError("signature header has no valid t=")
+    timestamp = int(text)
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_s:
         raise SignatureError(f"timestamp {timestamp} is outside the {tolerance_s} s tolerance")
     expected = _mac(secret, timestamp, body)
     # Several v1 values may be sent while a secret is being rotated; any match is enough.
-    if not any(hmac.compare_digest(expected, given) for given in parts.get("v1", [])):
+    # As bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+    wanted = expected.encode()
+    if not any(hmac.compare_digest(wanted, given.encode(errors="replace"))
+               for given in parts.get("v1", [])):
         raise SignatureError("no v1 signature matches the body")
     return timestamp
 

@@ -17,8 +17,17 @@ def stack_flags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="session")
-def settings(stack_flags: dict[str, object]) -> Settings:
-    return settings_for(stack_flags)
+def service_flags(stack_flags: dict[str, object],
+                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The stack's flags plus private folders for keys and service logs."""
+    home = tmp_path_factory.mktemp("paysim-home")
+    return {**stack_flags, "secrets.file": str(home / "secrets.json"),
+            "services.dir": str(home / "services")}
+
+
+@pytest.fixture(scope="session")
+def settings(service_flags: dict[str, object]) -> Settings:
+    return settings_for(service_flags)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from paysim.services.loop import Output, Rejected, Service
 
 
 def masked_or_none(number: str) -> str | None:
-    digits = number.isdigit() and len(number) >= cards.MIN_PAN_DIGITS
+    digits = cards.ascii_digits(number) and len(number) >= cards.MIN_PAN_DIGITS
     return cards.mask(number) if digits else None
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -31,7 +30,6 @@ from paysim.topics import ensure_topics
 
 T = TypeVar("T", bound=msgspec.Struct)
 HEARTBEAT_EVERY_S = 1.0
-HEARTBEAT_TTL_S = 5
 MAX_BACKOFF_S = 5.0
 
 
@@ -105,6 +103,8 @@ class ServiceLoop(Generic[T]):
         self.consumer = Consumer(client_config(settings, **{
             "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "isolation.level": "read_committed", "enable.partition.eof": False,
+            # A killed instance's partitions move on after 6 s (the broker's minimum), not 45.
+            "session.timeout.ms": 6000, "heartbeat.interval.ms": 1500,
             "logger": self.log,
         }))
         # Stable per service instance, so a restart fences the dead process at once and
@@ -260,18 +260,13 @@ class ServiceLoop(Generic[T]):
         if now - self._last_heartbeat < HEARTBEAT_EVERY_S:
             return
         self._last_heartbeat = now
-        key = store.heartbeat_key(self.service.name, self.instance)
         try:
-            pipe = self.service.redis.pipeline(transaction=False)
-            pipe.hset(key, mapping={
-                "service": self.service.name, "instance": self.instance, "pid": os.getpid(),
-                "processed": self.counters.processed,
-                "dead_letters": self.counters.dead_letters,
-                "aborted_batches": self.counters.aborted_batches,
-                "started_at": self.counters.started_at, "seen_at": now, "lag": self.lag(),
-            })
-            pipe.expire(key, HEARTBEAT_TTL_S)
-            pipe.execute()
+            store.write_heartbeat(
+                self.service.redis, self.service.name, self.instance,
+                processed=self.counters.processed, dead_letters=self.counters.dead_letters,
+                aborted_batches=self.counters.aborted_batches,
+                started_at=self.counters.started_at, lag=self.lag(),
+            )
         except redis.RedisError as exc:
             self.log.warning("heartbeat not written: %s", exc)
 
@@ -281,6 +276,7 @@ class ServiceLoop(Generic[T]):
         except (KafkaException, RuntimeError) as exc:
             self.log.warning("consumer close: %s", _describe(exc))
         self.producer.flush(10)
+        store.clear_heartbeat(self.service.redis, self.service.name, self.instance)
         self.log.info("stopped after %d messages (%d dead letters)", self.counters.processed,
                       self.counters.dead_letters)
 

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaException
 
 from paysim import store
 from paysim.config import Settings
+from paysim.errors import PaysimError
 from paysim.secrets import load_keys
 from paysim.services.authorizer import Authorizer
 from paysim.services.loop import FatalServiceError, Service, ServiceLoop
@@ -43,16 +44,20 @@ def run_service(name: str, settings: Settings, instance: int) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    log = logging.getLogger(f"paysim.{name}")
     if name == "http":
         from paysim.http_api import serve  # Flask and waitress load only where served
 
-        serve(settings, stop)
+        try:
+            serve(settings, stop)
+        except (PaysimError, KafkaException) as exc:
+            log.error("stopping: %s", exc)
+            return 1
         return 0
     service = build(name, settings)
     if name == "notifier":
         WebhookDispatcher(settings, service.redis, load_keys(settings).webhook_secret,
                           f"notifier-{instance}", stop).start()
-    log = logging.getLogger(f"paysim.{name}")
     try:
         ServiceLoop(service, settings, instance, stop).run()
     except (FatalServiceError, KafkaException) as exc:

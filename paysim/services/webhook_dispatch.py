@@ -88,12 +88,15 @@ class WebhookDispatcher(threading.Thread):
             if not attempt.delivered:
                 self.log.warning("webhook for %s failed after %d attempts: %s", payment_id,
                                  tries, attempt.error)
+            key = store.outcome_key(payment_id)
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(store.outcome_key(payment_id), mapping={
+            pipe.hset(key, mapping={
                 "webhook_status": state, "webhook_attempts": tries,
                 "webhook_http_status": attempt.http_status or 0,
                 "webhook_error": attempt.error or "",
             })
+            # Should the outcome have expired meanwhile, the hset made it anew: let it expire.
+            pipe.expire(key, self.settings.redis.outcome_ttl, nx=True)
             pipe.xack(store.WEBHOOK_STREAM, store.WEBHOOK_GROUP, entry_id)
             pipe.xdel(store.WEBHOOK_STREAM, entry_id)
             pipe.execute()

@@ -1,0 +1,626 @@
+"""The HTTP API on the real broker and redis-server: card checks, Kafka, idempotency, serving."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from flask import Flask
+from flask.testing import FlaskClient
+
+from paysim import cards, decisions, store
+from paysim.config import Settings
+from paysim.http_api import create_app, serve
+from paysim.kafka_clients import client_config
+from paysim.schema import (
+    REQUESTED,
+    Codec,
+    Merchant,
+    Notification,
+    PaymentOutcome,
+    PaymentRequested,
+)
+from paysim.secrets import Keys
+from paysim.stack.manager import LocalStack
+from paysim.topics import ensure_topics
+from paysim.waiting import wait_until
+from tests.helpers import free_port, settings_for
+
+VISA = "4242424242424242"
+AMEX = "378282246310005"
+NEXT_YEAR = datetime.now(UTC).year + 1
+LAST_YEAR = datetime.now(UTC).year - 1
+
+
+def card_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"card_number": VISA, "exp_month": 12, "exp_year": NEXT_YEAR,
+                            "cvv": "987", "amount": 1250, "currency": "USD"}
+    body.update(changes)
+    return body
+
+
+@pytest.fixture(scope="module")
+def http_settings(local_stack: LocalStack, stack_flags: dict[str, object]) -> Settings:
+    """The shared stack, with requested and notifications topics of this module's own, so
+    counting the records on them counts only what these tests produced."""
+    suffix = uuid.uuid4().hex[:8]
+    http_flags = {**stack_flags, "topics.requested": f"test.http.requested.{suffix}",
+                  "topics.notifications": f"test.http.notifications.{suffix}"}
+    settings = settings_for(http_flags)
+    ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys(card_key=os.urandom(32), token_key=os.urandom(32), webhook_secret=os.urandom(32))
+
+
+@pytest.fixture(scope="module")
+def redis_client(http_settings: Settings) -> Iterator[redis.Redis]:
+    client = store.connect(http_settings)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def app(http_settings: Settings, keys: Keys, redis_client: redis.Redis) -> Iterator[Flask]:
+    producer = Producer(client_config(http_settings, **{"enable.idempotence": True,
+                                                        "linger.ms": 2}))
+    yield create_app(http_settings, keys, producer, redis_client)
+    assert producer.flush(10) == 0
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+class TopicReader:
+    """Counts and reads back what is on one topic, from a fresh consumer group."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.partitions = settings.topics.partitions
+        self.consumer = Consumer(client_config(settings, **{
+            "group.id": f"test-http-{uuid.uuid4()}", "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }))
+
+    def count(self) -> int:
+        """Records on the topic now (every produce in these tests waits for its ack)."""
+        total = 0
+        for partition in range(self.partitions):
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=10)
+            total += high - low
+        return total
+
+    def all_records(self, expected: int, timeout: float = 30) -> list[Any]:
+        """Every record from the beginning, once at least ``expected`` arrived."""
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                              for p in range(self.partitions)])
+        records: list[Any] = []
+
+        def more() -> bool:
+            for message in self.consumer.consume(num_messages=500, timeout=0.2):
+                assert message.error() is None, message.error()
+                records.append(message)
+            return len(records) >= expected
+
+        assert wait_until(more, timeout), f"{len(records)} of {expected} records on {self.topic}"
+        self.consumer.unassign()
+        return records
+
+    def ready(self) -> bool:
+        """True once every partition of a freshly created topic has a leader that answers."""
+        try:
+            self.count()
+        except KafkaException:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture(scope="module")
+def requested(http_settings: Settings) -> Iterator[TopicReader]:
+    reader = TopicReader(http_settings, http_settings.topics.requested)
+    assert wait_until(reader.ready, 30), "the new topic's partitions have no leader"
+    yield reader
+    reader.close()
+
+
+@pytest.fixture(scope="module")
+def notifications(http_settings: Settings) -> Iterator[TopicReader]:
+    reader = TopicReader(http_settings, http_settings.topics.notifications)
+    assert wait_until(reader.ready, 30), "the new topic's partitions have no leader"
+    yield reader
+    reader.close()
+
+
+def find_requested(reader: TopicReader, payment_id: str) -> Any:
+    matches = [record for record in reader.all_records(reader.count())
+               if Codec(PaymentRequested).decode(record.value()).payment_id == payment_id]
+    assert len(matches) == 1, f"{len(matches)} records for payment {payment_id}"
+    return matches[0]
+
+
+# ---------------------------------------------------------------------------- card checks
+
+
+@pytest.mark.parametrize(("changes", "code"), [
+    pytest.param({"card_number": "4242424242424241"}, "14", id="14-bad-luhn"),
+    pytest.param({"card_number": cards.luhn_complete("4242424242")}, "14", id="14-too-short"),
+    pytest.param({"card_number": "4242 4242 4242 4242"}, "14", id="14-not-digits"),
+    pytest.param({"exp_year": LAST_YEAR}, "54", id="54-expired"),
+    pytest.param({"exp_month": 13}, "54", id="54-no-such-month"),
+    pytest.param({"cvv": "12"}, "N7", id="N7-visa-cvv-short"),
+    pytest.param({"cvv": "1234"}, "N7", id="N7-visa-cvv-long"),
+    pytest.param({"card_number": AMEX, "cvv": "123"}, "N7", id="N7-amex-needs-4"),
+    pytest.param({"cvv": "12a"}, "N7", id="N7-cvv-not-digits"),
+    pytest.param({"amount": 0}, "13", id="13-zero"),
+    pytest.param({"amount": -5}, "13", id="13-negative"),
+    pytest.param({"amount": 1_000_001}, "13", id="13-above-max"),
+    pytest.param({"currency": "XYZ"}, "12", id="12-not-iso-4217"),
+])
+def test_failing_card_check_is_400_with_reason_and_nothing_produced(
+    client: FlaskClient, requested: TopicReader, changes: dict[str, Any], code: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = requested.count()
+    with caplog.at_level(logging.DEBUG):
+        response = client.post("/authorize", json=card_body(**changes))
+
+    assert response.status_code == 400
+    assert response.get_json() == {"error": decisions.reason_text(code), "reason_code": code}
+    assert requested.count() == before
+    body = card_body(**changes)
+    assert body["card_number"] not in caplog.text
+
+
+def test_amount_limit_is_the_configured_maximum(client: FlaskClient,
+                                                http_settings: Settings) -> None:
+    # 10 000 USD is the default maximum: exactly that is accepted, a cent more is not.
+    assert http_settings.issuer.max_amount_usd == 10_000
+    assert client.post("/authorize", json=card_body(amount=1_000_000)).status_code == 200
+    assert client.post("/authorize", json=card_body(amount=1_000_001)).status_code == 400
+
+
+# ---------------------------------------------------------------------------- accepted
+
+
+def test_valid_payment_is_on_the_requested_topic_sealed(
+    client: FlaskClient, requested: TopicReader, keys: Keys, caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = requested.count()
+    merchant = {"id": "m-1", "name": "Corner Shop", "mcc": "5411", "country": "GB"}
+    body = card_body(cvv="987", amount=4599, currency="EUR", merchant=merchant,
+                     callback_url="https://example.test/hooks/paysim")
+    with caplog.at_level(logging.DEBUG):
+        response = client.post("/authorize", json=body)
+
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert answer["status"] == "accepted"
+    payment_id = answer["payment_id"]
+    assert str(uuid.UUID(payment_id)) == payment_id
+    assert requested.count() == before + 1
+
+    record = find_requested(requested, payment_id)
+    raw = record.value()
+    assert VISA.encode() not in raw
+    assert b'"987"' not in raw
+    assert b'"cvv"' not in raw and b'"card_number"' not in raw
+    assert record.key() == cards.tokenize(VISA, keys.token_key).encode()
+    message = Codec(PaymentRequested).decode(raw)
+    assert (message.run_id, message.seq, message.amount, message.currency) == (
+        "http", 0, 4599, "EUR")
+    assert message.merchant == Merchant(id="m-1", name="Corner Shop", mcc="5411",
+                                        country="GB")
+    assert message.callback_url == "https://example.test/hooks/paysim"
+    assert set(message.stages) == {REQUESTED}
+    card = cards.CardCipher(keys.card_key).decrypt(message.card, payment_id.encode())
+    assert card == cards.CardBlock(number=VISA, exp_month=12, exp_year=NEXT_YEAR, cvv="987")
+    # Bound to its payment: the block does not open under another payment id.
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        cards.CardCipher(keys.card_key).decrypt(message.card, str(uuid.uuid4()).encode())
+    assert VISA not in caplog.text
+
+
+def test_amex_with_four_digit_cvv_and_default_merchant(
+    client: FlaskClient, requested: TopicReader, keys: Keys,
+) -> None:
+    response = client.post("/authorize", json=card_body(card_number=AMEX, cvv="4321"))
+
+    assert response.status_code == 200, response.get_json()
+    payment_id = response.get_json()["payment_id"]
+    record = find_requested(requested, payment_id)
+    assert AMEX.encode() not in record.value() and b'"4321"' not in record.value()
+    message = Codec(PaymentRequested).decode(record.value())
+    assert message.merchant == Merchant(id="web", name="paysim web checkout", mcc="5999",
+                                        country="US")
+    assert message.callback_url is None
+    card = cards.CardCipher(keys.card_key).decrypt(message.card, payment_id.encode())
+    assert (card.number, card.cvv) == (AMEX, "4321")
+
+
+# ---------------------------------------------------------------------------- bad requests
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    pytest.param(b'{"card_number": "4242', "JSON", id="malformed-json"),
+    pytest.param(b"", "empty", id="empty-body"),
+    pytest.param(b'["not", "an", "object"]', "object", id="array-body"),
+    pytest.param(b"\xff\xfe", "JSON", id="not-utf8"),
+    pytest.param(json.dumps({k: v for k, v in card_body().items() if k != "cvv"}).encode(),
+                 "'cvv'", id="missing-cvv"),
+    pytest.param(json.dumps(card_body(amount="12")).encode(), "'amount'", id="amount-string"),
+    pytest.param(json.dumps(card_body(amount=True)).encode(), "'amount'", id="amount-true"),
+    pytest.param(json.dumps(card_body(amount=12.5)).encode(), "'amount'", id="amount-float"),
+    pytest.param(json.dumps(card_body(exp_month="12")).encode(), "'exp_month'",
+                 id="exp-month-string"),
+    pytest.param(json.dumps(card_body(card_number=4242424242424242)).encode(),
+                 "'card_number'", id="card-number-int"),
+    pytest.param(json.dumps(card_body(tip=100)).encode(), "'tip'", id="unknown-field"),
+    pytest.param(json.dumps(card_body(merchant={"id": "m", "name": "n", "mcc": "54",
+                                                "country": "US"})).encode(),
+                 "'merchant.mcc'", id="merchant-mcc"),
+    pytest.param(json.dumps(card_body(merchant={"id": "m", "name": "n", "mcc": "5411"})
+                            ).encode(), "'merchant.country'", id="merchant-missing-country"),
+    pytest.param(json.dumps(card_body(merchant="shop")).encode(), "'merchant'",
+                 id="merchant-not-object"),
+    pytest.param(json.dumps(card_body(callback_url="ftp://example.test/x")).encode(),
+                 "'callback_url'", id="callback-not-http"),
+])
+def test_bad_request_is_400_naming_the_problem(
+    client: FlaskClient, requested: TopicReader, data: bytes, needle: str,
+) -> None:
+    before = requested.count()
+    response = client.post("/authorize", data=data, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.mimetype == "application/json"
+    answer = response.get_json()
+    assert list(answer) == ["error"]
+    assert needle in answer["error"] and "\n" not in answer["error"]
+    assert VISA not in answer["error"]
+    assert requested.count() == before
+
+
+def test_body_over_64_kib_is_413(client: FlaskClient, requested: TopicReader) -> None:
+    before = requested.count()
+    body = json.dumps(card_body(card_number="4" * 70 * 1024)).encode()
+    assert len(body) > 70 * 1024
+
+    response = client.post("/authorize", data=body, content_type="application/json")
+
+    assert response.status_code == 413
+    assert "64 KiB" in response.get_json()["error"]
+    assert requested.count() == before
+
+
+def test_unknown_route_and_wrong_method_are_json(client: FlaskClient) -> None:
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404
+    assert missing.mimetype == "application/json"
+    assert set(missing.get_json()) == {"error"}
+
+    wrong = client.get("/authorize")
+    assert wrong.status_code == 405
+    assert wrong.mimetype == "application/json"
+    assert "POST" in wrong.headers["Allow"]
+    assert set(wrong.get_json()) == {"error"}
+
+
+# ---------------------------------------------------------------------------- idempotency
+
+
+def test_same_idempotency_key_and_body_replays_one_payment(
+    client: FlaskClient, requested: TopicReader,
+) -> None:
+    before = requested.count()
+    headers = {"Idempotency-Key": f"test-{uuid.uuid4()}"}
+    body = json.dumps(card_body(amount=777)).encode()
+
+    first = client.post("/authorize", data=body, headers=headers,
+                        content_type="application/json")
+    second = client.post("/authorize", data=body, headers=headers,
+                         content_type="application/json")
+
+    assert first.status_code == second.status_code == 200
+    assert first.get_json() == second.get_json()
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert requested.count() == before + 1
+    find_requested(requested, first.get_json()["payment_id"])  # exactly one record
+
+
+def test_same_idempotency_key_with_another_body_is_422(
+    client: FlaskClient, requested: TopicReader,
+) -> None:
+    headers = {"Idempotency-Key": f"test-{uuid.uuid4()}"}
+    assert client.post("/authorize", json=card_body(amount=100), headers=headers
+                       ).status_code == 200
+    before = requested.count()
+
+    response = client.post("/authorize", json=card_body(amount=200), headers=headers)
+
+    assert response.status_code == 422
+    assert "different" in response.get_json()["error"]
+    assert requested.count() == before
+
+
+def test_idempotency_key_still_pending_is_409(
+    client: FlaskClient, requested: TopicReader, redis_client: redis.Redis,
+) -> None:
+    key = f"test-{uuid.uuid4()}"
+    body = json.dumps(card_body()).encode()
+    # What a first request holds while it waits for Kafka.
+    redis_client.set(store.idempotency_key(key), json.dumps(
+        {"hash": hashlib.sha256(body).hexdigest(), "state": "pending"}), ex=60)
+    before = requested.count()
+
+    response = client.post("/authorize", data=body, headers={"Idempotency-Key": key},
+                           content_type="application/json")
+
+    assert response.status_code == 409
+    assert requested.count() == before
+
+
+def test_declined_card_answer_is_stored_and_replayed(
+    client: FlaskClient, redis_client: redis.Redis,
+) -> None:
+    key = f"test-{uuid.uuid4()}"
+    body = card_body(currency="XYZ")
+
+    first = client.post("/authorize", json=body, headers={"Idempotency-Key": key})
+    second = client.post("/authorize", json=body, headers={"Idempotency-Key": key})
+
+    assert first.status_code == second.status_code == 400
+    assert first.get_json() == second.get_json() == {
+        "error": decisions.reason_text("12"), "reason_code": "12"}
+    stored = json.loads(redis_client.get(store.idempotency_key(key)))
+    assert (stored["state"], stored["status"]) == ("done", 400)
+    assert 86000 < redis_client.ttl(store.idempotency_key(key)) <= 86400
+
+
+# ---------------------------------------------------------------------------- outcomes
+
+
+def write_outcome(client: redis.Redis, settings: Settings, callback_url: str | None = None
+                  ) -> PaymentOutcome:
+    outcome = PaymentOutcome(
+        payment_id=str(uuid.uuid4()), run_id="test-http", seq=3, amount=1999,
+        currency="USD", merchant=Merchant(id="m-9", name="Book Shop", mcc="5942",
+                                          country="US"),
+        callback_url=callback_url, stages={REQUESTED: 1_700_000_000_000_000,
+                                           "notified": 1_700_000_000_500_000},
+        status="approved", reason_code="00", reason_text="approved",
+        token="tok_test", masked_pan=cards.mask(VISA), network="visa",
+    )
+    pipe = client.pipeline(transaction=False)
+    store.write_outcome(pipe, outcome, settings.redis.outcome_ttl, notification="sent")
+    pipe.execute()
+    return outcome
+
+
+def test_notify_client_needs_a_transaction_id(client: FlaskClient) -> None:
+    for body in ({}, {"transaction_id": 42}, {"transaction_id": ""}):
+        response = client.post("/notify_client", json=body)
+        assert response.status_code == 400
+        assert "transaction_id" in response.get_json()["error"]
+    assert client.post("/notify_client", data=b"{", content_type="application/json"
+                       ).status_code == 400
+
+
+def test_notify_client_unknown_transaction_is_404(
+    client: FlaskClient, notifications: TopicReader,
+) -> None:
+    before = notifications.count()
+    response = client.post("/notify_client", json={"transaction_id": str(uuid.uuid4())})
+
+    assert response.status_code == 404
+    assert set(response.get_json()) == {"error"}
+    assert notifications.count() == before
+
+
+def test_notify_client_sends_the_notification_again(
+    client: FlaskClient, http_settings: Settings, redis_client: redis.Redis,
+    notifications: TopicReader,
+) -> None:
+    outcome = write_outcome(redis_client, http_settings, "http://127.0.0.1:9/hooks")
+    before = notifications.count()
+
+    response = client.post("/notify_client", json={"transaction_id": outcome.payment_id})
+
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert answer["transaction_id"] == outcome.payment_id
+    assert answer["outcome"] == store.read_outcome(redis_client, outcome.payment_id)
+    assert answer["outcome"]["status"] == "approved"
+    assert notifications.count() == before + 1
+    records = [r for r in notifications.all_records(before + 1)
+               if r.key() == outcome.payment_id.encode()]
+    assert len(records) == 1
+    sent = Codec(Notification).decode(records[0].value())
+    assert sent.event_id.startswith("evt_resend_")
+    assert (sent.payment_id, sent.run_id, sent.status, sent.reason_code, sent.amount,
+            sent.currency, sent.masked_pan) == (outcome.payment_id, "test-http", "approved",
+                                                "00", 1999, "USD", cards.mask(VISA))
+    # The webhook is queued for the dispatcher with the same event; taken off again so that
+    # no dispatcher in a later test tries to deliver it.
+    queued = [(entry_id, fields) for entry_id, fields
+              in redis_client.xrange(store.WEBHOOK_STREAM)
+              if fields[b"event_id"] == sent.event_id.encode()]
+    assert len(queued) == 1
+    entry_id, fields = queued[0]
+    redis_client.xdel(store.WEBHOOK_STREAM, entry_id)
+    assert fields[b"url"] == b"http://127.0.0.1:9/hooks"
+    assert Codec(Notification).decode(fields[b"body"]) == sent
+
+
+def test_notify_client_without_callback_queues_no_webhook(
+    client: FlaskClient, http_settings: Settings, redis_client: redis.Redis,
+) -> None:
+    outcome = write_outcome(redis_client, http_settings)
+    length = redis_client.xlen(store.WEBHOOK_STREAM)
+
+    response = client.post("/notify_client", json={"transaction_id": outcome.payment_id})
+
+    assert response.status_code == 200
+    assert redis_client.xlen(store.WEBHOOK_STREAM) == length
+
+
+def test_get_payment(client: FlaskClient, http_settings: Settings,
+                     redis_client: redis.Redis) -> None:
+    outcome = write_outcome(redis_client, http_settings)
+
+    found = client.get(f"/payments/{outcome.payment_id}")
+    missing = client.get(f"/payments/{uuid.uuid4()}")
+
+    assert found.status_code == 200
+    stored = found.get_json()
+    assert stored == store.read_outcome(redis_client, outcome.payment_id)
+    assert (stored["payment_id"], stored["status"], stored["reason_code"], stored["amount"]) == (
+        outcome.payment_id, "approved", "00", "1999")
+    assert missing.status_code == 404
+    assert set(missing.get_json()) == {"error"}
+
+
+def test_healthz(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_redis_down_is_503_not_a_traceback(http_settings: Settings, keys: Keys) -> None:
+    # A real client to a port where nothing listens.
+    nowhere = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0",
+                                   socket_connect_timeout=1, socket_timeout=1)
+    producer = Producer(client_config(http_settings))
+    client = create_app(http_settings, keys, producer, nowhere).test_client()
+
+    health = client.get("/healthz")
+    payment = client.get(f"/payments/{uuid.uuid4()}")
+    keyed = client.post("/authorize", json=card_body(),
+                        headers={"Idempotency-Key": f"test-{uuid.uuid4()}"})
+
+    for response in (health, payment, keyed):
+        assert response.status_code == 503
+        assert set(response.get_json()) == {"error"}
+        assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_kafka_down_is_503_and_frees_the_idempotency_key(
+    http_settings: Settings, keys: Keys, redis_client: redis.Redis,
+) -> None:
+    # A real producer to a port where no broker listens; it gives up on a record after 1 s.
+    dead = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}",
+                     "message.timeout.ms": 1000, "logger": logging.getLogger("test.dead")})
+    client = create_app(http_settings, keys, dead, redis_client).test_client()
+    key = f"test-{uuid.uuid4()}"
+
+    response = client.post("/authorize", json=card_body(), headers={"Idempotency-Key": key})
+
+    assert response.status_code == 503
+    assert "Kafka" in response.get_json()["error"]
+    assert redis_client.get(store.idempotency_key(key)) is None  # the client may retry
+
+
+# ---------------------------------------------------------------------------- serve()
+
+
+def http_call(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            assert exc.headers.get_content_type() == "application/json"
+            return exc.code, json.loads(exc.read())
+
+
+def answers(url: str) -> bool:
+    try:
+        return http_call(url)[0] == 200
+    except OSError:
+        return False
+
+
+def test_serve_answers_over_http_and_stops(
+    http_settings: Settings, stack_flags: dict[str, object], redis_client: redis.Redis,
+    requested: TopicReader,
+) -> None:
+    port = free_port()
+    secrets = {f"secrets.{name}": base64.b64encode(os.urandom(32)).decode()
+               for name in ("card_key", "token_key", "webhook_secret")}
+    settings = settings_for({**stack_flags, **secrets, "http.port": port,
+                             "topics.requested": http_settings.topics.requested,
+                             "topics.notifications": http_settings.topics.notifications})
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve(settings, stop)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="test-http-serve", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: answers(f"{base}/healthz") or bool(failures), 30)
+        assert not failures, failures
+        before = requested.count()
+
+        status, answer = http_call(f"{base}/authorize", card_body(amount=4242))
+        assert (status, answer["status"]) == (200, "accepted")
+        record = find_requested(requested, answer["payment_id"])
+        card_key = base64.b64decode(secrets["secrets.card_key"])
+        card = cards.CardCipher(card_key).decrypt(
+            Codec(PaymentRequested).decode(record.value()).card, answer["payment_id"].encode())
+        assert card.number == VISA
+
+        status, answer = http_call(f"{base}/authorize", card_body(cvv="1"))
+        assert (status, answer) == (400, {"error": "CVV check failed", "reason_code": "N7"})
+        status, answer = http_call(f"{base}/nowhere")
+        assert status == 404 and set(answer) == {"error"}
+        assert requested.count() == before + 1
+
+        heartbeat = store.heartbeat_key("http", 0)
+
+        def beat_counts() -> bool:
+            fields = redis_client.hgetall(heartbeat)
+            return int(fields.get(b"processed", 0)) >= 4
+
+        assert wait_until(beat_counts, 10)
+        fields = {k.decode(): v.decode() for k, v in redis_client.hgetall(heartbeat).items()}
+        assert (fields["service"], fields["instance"], fields["lag"]) == ("http", "0", "0")
+        assert (fields["dead_letters"], fields["aborted_batches"]) == ("0", "0")
+        assert int(fields["pid"]) == os.getpid()
+        assert float(fields["started_at"]) <= float(fields["seen_at"])
+        assert 0 < redis_client.ttl(heartbeat) <= 5
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "serve() did not return after stop was set"
+    assert not failures, failures
+    assert not answers(f"{base}/healthz")

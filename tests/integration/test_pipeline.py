@@ -1,0 +1,278 @@
+"""The whole pipeline as a user runs it: `paysim run-all --detach`, `send`, `status`, `stop`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from paysim import decisions, store, webhooks
+from paysim.config import Settings, settings_env
+from paysim.generator import Mix, PaymentStream, build_population
+from paysim.kafka_clients import client_config
+from paysim.schema import Codec, DeadLetter
+from paysim.secrets import load_keys
+from paysim.stack.process import is_alive
+from paysim.waiting import wait_until
+from tests.helpers import free_port, run_paysim, settings_for
+from tests.integration.kafka_helpers import read_topic
+
+
+@pytest.fixture(scope="module")
+def pipeline(local_stack, service_flags: dict[str, object]) -> Iterator[Settings]:
+    """run-all in the background against the test stack, with no random issuer declines so
+    every outcome is the one the generator injected."""
+    settings = settings_for({**service_flags, "http.port": free_port(),
+                             "issuer.decline_rate": 0, "issuer.fault_rate": 0})
+    started = run_paysim("run-all", "--detach", env=settings_env(settings))
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield settings
+    finally:
+        run_paysim("stop", env=settings_env(settings))
+
+
+def paysim(settings: Settings, *args: str):
+    return run_paysim(*args, env=settings_env(settings))
+
+
+def send(settings: Settings, *args: str) -> dict:
+    result = paysim(settings, "send", "--json", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def injected(seed: int, count: int, settings: Settings) -> Counter:
+    stream = PaymentStream(build_population(seed), seed, Mix(), settings.issuer.max_amount_usd)
+    return Counter(p.expected or decisions.APPROVED for p in stream.take(count))
+
+
+def reason_counts(summary: dict) -> dict[str, int]:
+    return {row["reason_code"]: row["count"] for row in summary["reasons"]}
+
+
+def run_payment_ids(settings: Settings, run_id: str) -> list[dict[str, str]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return [{k.decode(): v.decode() for k, v in fields.items()}
+                for _, fields in client.xrange(store.run_stream_key(run_id))]
+    finally:
+        client.close()
+
+
+def test_thousand_payments_get_exactly_the_injected_outcomes(pipeline: Settings) -> None:
+    summary = send(pipeline, "--count", "1000", "--seed", "424242")
+
+    assert summary["completed"] == 1000
+    assert summary["missing"] == []
+    expected = injected(424242, 1000, pipeline)
+    assert reason_counts(summary) == dict(expected)
+    # Every documented test card and every card check shows up with its reason code.
+    assert set(decisions.TEST_CARDS.values()) | {"14", "54", "N7", "13", "12"} <= set(expected)
+    assert summary["end_to_end"]["count"] == 1000
+
+
+def test_the_same_seed_gives_the_same_outcomes(pipeline: Settings) -> None:
+    first = send(pipeline, "--count", "300", "--seed", "77")
+    second = send(pipeline, "--count", "300", "--seed", "77")
+    assert first["run_id"] != second["run_id"]
+    assert reason_counts(first) == reason_counts(second)
+    assert first["approved_amounts"] == second["approved_amounts"]
+
+
+def test_status_shows_the_four_stages_of_a_delivered_payment(pipeline: Settings) -> None:
+    summary = send(pipeline, "--count", "50", "--seed", "5", "--bad-share", "0",
+                   "--test-card-share", "0")
+    entry = run_payment_ids(pipeline, summary["run_id"])[0]
+
+    result = paysim(pipeline, "status", entry["payment_id"], "--json")
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["status"] == "approved"
+    assert [row["stage"] for row in shown["timeline"]] == [
+        "requested", "authorized", "processed", "notified"]
+    assert all(row["ms_since_previous"] >= 0 for row in shown["timeline"][1:])
+    table = paysim(pipeline, "status", entry["payment_id"])
+    assert "notified" in table.stdout and "approved" in table.stdout
+
+
+def test_status_of_an_unknown_payment_is_one_line_and_exit_1(pipeline: Settings) -> None:
+    result = paysim(pipeline, "status", str(uuid.uuid4()))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no payment" in result.stderr
+
+
+def test_poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on(
+    pipeline: Settings,
+) -> None:
+    marker = uuid.uuid4().hex
+    topics = pipeline.topics
+    poison = {
+        topics.requested: f"not json {marker}".encode(),
+        topics.authorized: json.dumps({"v": 1, "marker": marker}).encode(),
+        topics.results: b"\xff\xfe" + marker.encode(),
+    }
+    sealed_garbage = json.dumps({  # fits the schema; the card block does not decrypt
+        "payment_id": str(uuid.uuid4()), "run_id": marker, "amount": 100, "currency": "USD",
+        "merchant": {"id": "m1", "name": "x", "mcc": "5411", "country": "US"},
+        "stages": {"requested": 1}, "card": base64.b64encode(b"x" * 40).decode(),
+    }).encode()
+    producer = Producer(client_config(pipeline))
+    for topic, value in poison.items():
+        producer.produce(topic, value=value)
+    producer.produce(topics.requested, value=sealed_garbage)
+    assert producer.flush(30) == 0
+
+    codec = Codec(DeadLetter)
+    letters: dict[bytes, DeadLetter] = {}
+    wanted = {*poison.values(), sealed_garbage}
+
+    def all_dead_lettered() -> bool:
+        for raw in read_topic(pipeline, topics.dlq):
+            letter = codec.decode(raw)
+            letters[base64.b64decode(letter.original)] = letter
+        return wanted <= letters.keys()
+
+    assert wait_until(all_dead_lettered, timeout=60, interval=0.5)
+    for topic, value in poison.items():
+        assert letters[value].source_topic == topic
+        assert letters[value].reason
+    assert "decrypt" in letters[sealed_garbage].reason
+
+    after = send(pipeline, "--count", "100", "--seed", "9")
+    assert after["completed"] == 100
+
+
+def _pan_hits(blob: bytes, pans: set[bytes]) -> list[bytes]:
+    return [pan for pan in pans if pan in blob]
+
+
+def test_no_pan_or_cvv_leaves_the_edge(pipeline: Settings) -> None:
+    seed, count = 31337, 500
+    send(pipeline, "--count", str(count), "--seed", str(seed))
+    stream = PaymentStream(build_population(seed), seed, Mix(), pipeline.issuer.max_amount_usd)
+    pans = {p.card.number.encode() for p in stream.take(count)}
+    pans |= {pan.encode() for pan in decisions.TEST_CARDS}
+
+    topics = pipeline.topics
+    for topic in (topics.requested, topics.authorized, topics.results, topics.notifications,
+                  topics.dlq):
+        for value in read_topic(pipeline, topic):
+            assert not _pan_hits(value, pans), f"a PAN on {topic}"
+            assert b'"cvv"' not in value, f"a CVV field on {topic}"
+
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key).decode()
+            if kind == "string":
+                blob = client.get(key) or b""
+            elif kind == "hash":
+                blob = b" ".join(k + b"=" + v for k, v in client.hgetall(key).items())
+            elif kind == "stream":
+                blob = b" ".join(b" ".join(k + b"=" + v for k, v in fields.items())
+                                 for _, fields in client.xrange(key))
+            else:
+                blob = b""
+            assert not _pan_hits(key + blob, pans), f"a PAN in Redis key {key!r}"
+            # A field named cvv (as a hash/stream field or a JSON key); the reason text
+            # "CVV check failed" is not one.
+            assert b" cvv=" not in b" " + blob.lower(), f"a CVV field in Redis key {key!r}"
+            assert b'"cvv"' not in blob.lower(), f"a CVV field in Redis key {key!r}"
+    finally:
+        client.close()
+
+    logs = pipeline.services.dir / "logs"
+    for log in logs.glob("*.log"):
+        assert not _pan_hits(log.read_bytes(), pans), f"a PAN in {log}"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_signed_webhooks_reach_the_client_and_verify(pipeline: Settings) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        summary = send(pipeline, "--count", "20", "--seed", "8", "--callback-url", url)
+        assert summary["completed"] == 20
+        assert wait_until(lambda: len(_Receiver.received) >= 20, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    secret = load_keys(pipeline).webhook_secret
+    event_ids = set()
+    for headers, body in _Receiver.received:
+        webhooks.verify(body, headers.get(webhooks.SIGNATURE_HEADER), secret)
+        event = json.loads(body)
+        assert headers["Paysim-Event-Id"] == event["event_id"]
+        event_ids.add(event["event_id"])
+    assert len(event_ids) == 20
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        ids = [e["payment_id"] for e in run_payment_ids(pipeline, summary["run_id"])]
+
+        def delivered() -> bool:
+            states = {store.read_outcome(client, i).get("webhook_status") for i in ids}
+            return states == {"delivered"}
+
+        assert wait_until(delivered, timeout=30)
+    finally:
+        client.close()
+
+
+def ps(settings: Settings) -> dict[str, dict]:
+    result = paysim(settings, "ps", "--json")
+    return {row["name"]: row for row in json.loads(result.stdout)["services"]}
+
+
+def test_a_killed_service_is_restarted_and_nothing_is_lost(pipeline: Settings) -> None:
+    before = ps(pipeline)["processor-0"]
+    assert before["state"] == "up"
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def back() -> bool:
+        now = ps(pipeline)["processor-0"]
+        return now["state"] == "up" and now["pid"] != before["pid"]
+
+    assert wait_until(back, timeout=60, interval=0.5)
+    summary = send(pipeline, "--count", "200", "--seed", "11")
+    assert summary["completed"] == 200
+    assert reason_counts(summary) == dict(injected(11, 200, pipeline))
+
+
+def test_stop_leaves_no_service_running(pipeline: Settings) -> None:
+    pids = [row["pid"] for row in ps(pipeline).values()]
+    assert all(pids)
+
+    result = paysim(pipeline, "stop")
+
+    assert result.returncode == 0, result.stderr
+    assert "stopped paysim services" in result.stdout
+    assert not [pid for pid in pids if is_alive(pid)]
+    assert paysim(pipeline, "ps", "--json").returncode == 1
+    again = paysim(pipeline, "stop")
+    assert again.returncode == 0 and "nothing to stop" in again.stdout

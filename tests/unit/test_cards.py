@@ -1,0 +1,333 @@
+"""Card numbers: Luhn, BIN networks, CVV, expiry, masking, tokens and the card-block cipher."""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from paysim import cards
+
+KNOWN_VALID = [
+    "4242424242424242",  # Visa
+    "378282246310005",  # Amex
+    "6011111111111117",  # Discover
+    "5555555555554444",  # Mastercard
+    "2221000000000009",  # Mastercard 2-series
+    "3530111333300000",  # JCB
+    "6200000000000005",  # UnionPay
+]
+ONE_MICROSECOND = timedelta(microseconds=1)
+# Unicode decimal digits that are not ASCII: superscript two, and Arabic-Indic "4242...".
+SUPERSCRIPT_PAN = "4242\u00b242424242424"
+ARABIC_INDIC_PAN = "\u0664\u0662" * 8
+
+
+# ---------------------------------------------------------------------------- Luhn
+
+
+@pytest.mark.parametrize("pan", KNOWN_VALID)
+def test_known_numbers_pass_luhn(pan: str) -> None:
+    assert cards.luhn_valid(pan)
+    assert cards.well_formed_pan(pan)
+
+
+@pytest.mark.parametrize("pan", KNOWN_VALID)
+def test_every_one_digit_change_fails_luhn(pan: str) -> None:
+    for position, original in enumerate(pan):
+        for digit in "0123456789":
+            if digit != original:
+                changed = pan[:position] + digit + pan[position + 1 :]
+                assert not cards.luhn_valid(changed), changed
+
+
+@pytest.mark.parametrize("pan", ["", "4242 4242 4242 4242", "4242-4242-4242-4242",
+                                 "424242424242424a", "-4242424242424242", "+4242424242424242"])
+def test_non_digits_fail_luhn(pan: str) -> None:
+    assert not cards.luhn_valid(pan)
+    assert not cards.well_formed_pan(pan)
+
+
+@pytest.mark.parametrize("pan", [SUPERSCRIPT_PAN, ARABIC_INDIC_PAN],
+                         ids=["superscript-two", "arabic-indic"])
+def test_non_ascii_digits_are_not_a_card_number(pan: str) -> None:
+    # str.isdigit() is true for both; a PAN is ASCII digits only.
+    assert not cards.luhn_valid(pan)
+    assert not cards.well_formed_pan(pan)
+
+
+@pytest.mark.parametrize("pan", KNOWN_VALID)
+def test_luhn_complete_restores_the_check_digit(pan: str) -> None:
+    assert cards.luhn_complete(pan[:-1]) == pan
+
+
+@pytest.mark.parametrize("partial", ["0", "4", "12345", "400000000000", "999999999999999999"])
+def test_luhn_complete_appends_one_valid_digit(partial: str) -> None:
+    complete = cards.luhn_complete(partial)
+    assert complete[:-1] == partial
+    assert len(complete) == len(partial) + 1
+    assert cards.luhn_valid(complete)
+
+
+# ---------------------------------------------------------------------------- length bounds
+
+
+@pytest.mark.parametrize(("length", "ok"), [(11, False), (12, True), (13, True), (16, True),
+                                            (19, True), (20, False)])
+def test_well_formed_pan_length_bounds(length: int, ok: bool) -> None:
+    pan = cards.luhn_complete("4" + "0" * (length - 2))
+    assert len(pan) == length
+    assert cards.luhn_valid(pan)
+    assert cards.well_formed_pan(pan) is ok
+
+
+def test_bounds_constants() -> None:
+    assert (cards.MIN_PAN_DIGITS, cards.MAX_PAN_DIGITS) == (12, 19)
+
+
+# ---------------------------------------------------------------------------- networks
+
+
+@pytest.mark.parametrize(("pan", "expected"), [
+    ("4242424242424242", "visa"),
+    ("4000000000000002", "visa"),
+    ("5105105105105100", "mastercard"),
+    ("5555555555554444", "mastercard"),
+    ("5000000000000000", "unknown"),
+    ("5600000000000000", "unknown"),
+    # Mastercard 2-series: 2221 to 2720 inclusive.
+    ("2221000000000009", "mastercard"),
+    ("2720990000000000", "mastercard"),
+    ("2500000000000000", "mastercard"),
+    ("2220990000000000", "unknown"),
+    ("2721000000000000", "unknown"),
+    # Amex 34 and 37 only.
+    ("340000000000000", "amex"),
+    ("378282246310005", "amex"),
+    ("350000000000000", "unknown"),
+    ("330000000000000", "unknown"),
+    # JCB 3528 to 3589.
+    ("3528000000000000", "jcb"),
+    ("3530111333300000", "jcb"),
+    ("3589000000000000", "jcb"),
+    ("3527000000000000", "unknown"),
+    ("3590000000000000", "unknown"),
+    # Discover: 6011, 644-649, 65, and 622126-622925 inside UnionPay's 62.
+    ("6011111111111117", "discover"),
+    ("6440000000000000", "discover"),
+    ("6490000000000000", "discover"),
+    ("6500000000000000", "discover"),
+    ("6221260000000000", "discover"),
+    ("6229250000000000", "discover"),
+    ("6221250000000000", "unionpay"),
+    ("6229260000000000", "unionpay"),
+    ("6200000000000005", "unionpay"),
+    ("6280000000000000", "unionpay"),
+    ("6010000000000000", "unknown"),
+    ("6430000000000000", "unknown"),
+    # Diners: 300-305, 36, 38, 39.
+    ("30000000000000", "diners"),
+    ("30500000000000", "diners"),
+    ("36000000000000", "diners"),
+    ("38000000000000", "diners"),
+    ("39000000000000", "diners"),
+    ("30600000000000", "unknown"),
+    # Unknown.
+    ("1234567812345670", "unknown"),
+    ("9999999999999995", "unknown"),
+    ("7000000000000000", "unknown"),
+    ("", "unknown"),
+])
+def test_network_from_bin(pan: str, expected: str) -> None:
+    assert cards.network(pan) == expected
+
+
+# ---------------------------------------------------------------------------- CVV
+
+
+@pytest.mark.parametrize(("cvv", "card_network", "ok"), [
+    ("1234", "amex", True),
+    ("123", "amex", False),
+    ("12345", "amex", False),
+    ("123", "visa", True),
+    ("1234", "visa", False),
+    ("12", "visa", False),
+    ("123", "mastercard", True),
+    ("123", "unknown", True),
+    ("12a", "visa", False),
+    ("12a4", "amex", False),
+    (" 123", "visa", False),
+    ("", "visa", False),
+    ("-12", "visa", False),
+])
+def test_cvv_rules(cvv: str, card_network: str, ok: bool) -> None:
+    assert cards.valid_cvv(cvv, card_network) is ok
+
+
+def test_cvv_length() -> None:
+    assert cards.cvv_length("amex") == 4
+    for other in ("visa", "mastercard", "discover", "jcb", "unionpay", "diners", "unknown"):
+        assert cards.cvv_length(other) == 3
+
+
+# ---------------------------------------------------------------------------- expiry
+
+
+def test_good_through_the_last_microsecond_of_the_month() -> None:
+    last = datetime(2027, 6, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    assert not cards.expired(6, 2027, last)
+    assert cards.expired(6, 2027, last + ONE_MICROSECOND)
+    assert cards.expired(6, 2027, datetime(2027, 7, 1, tzinfo=UTC))
+
+
+def test_not_expired_before_or_during_the_month() -> None:
+    assert not cards.expired(6, 2027, datetime(2027, 6, 1, tzinfo=UTC))
+    assert not cards.expired(6, 2027, datetime(2020, 1, 1, tzinfo=UTC))
+
+
+def test_december_rolls_over_into_next_year() -> None:
+    last = datetime(2027, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert not cards.expired(12, 2027, last)
+    assert cards.expired(12, 2027, datetime(2028, 1, 1, tzinfo=UTC))
+
+
+def test_february_leap_and_common_years() -> None:
+    assert not cards.expired(2, 2028, datetime(2028, 2, 29, 23, 59, 59, 999999, tzinfo=UTC))
+    assert not cards.expired(2, 2027, datetime(2027, 2, 28, 23, 59, 59, 999999, tzinfo=UTC))
+    assert cards.expired(2, 2027, datetime(2027, 3, 1, tzinfo=UTC))
+
+
+def test_two_digit_years_mean_2000s() -> None:
+    last = datetime(2027, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert not cards.expired(12, 27, last)
+    assert cards.expired(12, 27, last + ONE_MICROSECOND)
+    assert cards.expired(1, 26, datetime(2026, 2, 1, tzinfo=UTC))
+
+
+def test_expiry_is_judged_in_utc() -> None:
+    # 00:30 on 1 January at UTC+1 is still 31 December in UTC.
+    plus_one = timezone(timedelta(hours=1))
+    assert not cards.expired(12, 2027, datetime(2028, 1, 1, 0, 30, tzinfo=plus_one))
+    # 23:30 on 31 December at UTC-1 is already January in UTC.
+    minus_one = timezone(timedelta(hours=-1))
+    assert cards.expired(12, 2027, datetime(2027, 12, 31, 23, 30, tzinfo=minus_one))
+
+
+@pytest.mark.parametrize("month", [0, 13, -1, 100])
+def test_impossible_months_count_as_expired(month: int) -> None:
+    assert cards.expired(month, 2030, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("year", [1999, 150, 10000, -5])
+def test_impossible_years_count_as_expired(year: int) -> None:
+    assert cards.expired(6, year, datetime(1990, 1, 1, tzinfo=UTC))
+
+
+# ---------------------------------------------------------------------------- masking
+
+
+@pytest.mark.parametrize(("pan", "masked"), [
+    ("4242424242424242", "424242******4242"),
+    ("378282246310005", "378282*****0005"),
+    ("123456789012", "123456**9012"),
+    ("4000000000000000006", "400000*********0006"),
+])
+def test_mask_keeps_first_six_and_last_four(pan: str, masked: str) -> None:
+    assert cards.mask(pan) == masked
+    assert len(cards.mask(pan)) == len(pan)
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+def test_tokenize_is_stable_per_key_and_differs_across_keys() -> None:
+    pan = "4242424242424242"
+    key_a, key_b = b"a" * 32, b"b" * 32
+    token = cards.tokenize(pan, key_a)
+    assert token == cards.tokenize(pan, key_a)
+    assert token != cards.tokenize(pan, key_b)
+    assert token != cards.tokenize("5555555555554444", key_a)
+    assert token.startswith("tok_")
+    assert len(token) == 4 + 32
+
+
+@pytest.mark.parametrize("pan", KNOWN_VALID)
+def test_token_never_contains_the_pan(pan: str) -> None:
+    for key in (b"k" * 32, b"\x00" * 32, os.urandom(32)):
+        token = cards.tokenize(pan, key)
+        assert pan not in token
+        assert pan[-4:] + pan[:6] not in token
+
+
+# ---------------------------------------------------------------------------- cipher
+
+CARD = cards.CardBlock(number="4242424242424242", exp_month=12, exp_year=2030, cvv="123")
+PAYMENT_ID = b"0b6f5c1e-2d3a-4b5c-8d9e-0f1a2b3c4d5e"
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)
+
+
+def test_cipher_round_trip(key: bytes) -> None:
+    cipher = cards.CardCipher(key)
+    blob = cipher.encrypt(CARD, PAYMENT_ID)
+    assert isinstance(blob, str)
+    assert CARD.number not in blob
+    assert cipher.decrypt(blob, PAYMENT_ID) == CARD
+
+
+def test_each_encryption_uses_a_fresh_nonce(key: bytes) -> None:
+    cipher = cards.CardCipher(key)
+    first, second = cipher.encrypt(CARD, PAYMENT_ID), cipher.encrypt(CARD, PAYMENT_ID)
+    assert first != second
+    assert cipher.decrypt(first, PAYMENT_ID) == cipher.decrypt(second, PAYMENT_ID) == CARD
+
+
+def test_a_block_from_another_payment_fails(key: bytes) -> None:
+    cipher = cards.CardCipher(key)
+    blob = cipher.encrypt(CARD, PAYMENT_ID)
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        cipher.decrypt(blob, b"another-payment-id")
+
+
+def test_the_wrong_key_fails(key: bytes) -> None:
+    blob = cards.CardCipher(key).encrypt(CARD, PAYMENT_ID)
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        cards.CardCipher(bytes(b ^ 1 for b in key)).decrypt(blob, PAYMENT_ID)
+
+
+@pytest.mark.parametrize("index", [0, 5, 11, 12, 20, -1])  # nonce, body and tag bytes
+def test_a_tampered_block_fails(key: bytes, index: int) -> None:
+    cipher = cards.CardCipher(key)
+    raw = bytearray(base64.b64decode(cipher.encrypt(CARD, PAYMENT_ID)))
+    raw[index] ^= 0x01
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        cipher.decrypt(base64.b64encode(bytes(raw)).decode(), PAYMENT_ID)
+
+
+def test_a_truncated_block_fails(key: bytes) -> None:
+    cipher = cards.CardCipher(key)
+    raw = base64.b64decode(cipher.encrypt(CARD, PAYMENT_ID))
+    for cut in (1, 16, len(raw) - 12):
+        with pytest.raises(ValueError, match="cannot be decrypted"):
+            cipher.decrypt(base64.b64encode(raw[:-cut]).decode(), PAYMENT_ID)
+
+
+@pytest.mark.parametrize("blob", ["", "not base64!!", "AAAA", "AAA", "====", "\u00e9t\u00e9",
+                                  "QUJD\nREVG", base64.b64encode(b"x" * 40).decode()])
+def test_garbage_fails_with_value_error(key: bytes, blob: str) -> None:
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        cards.CardCipher(key).decrypt(blob, PAYMENT_ID)
+
+
+def test_sealed_json_that_is_not_a_card_block_fails(key: bytes) -> None:
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, b'{"number": 4242}', PAYMENT_ID)
+    blob = base64.b64encode(nonce + sealed).decode()
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        cards.CardCipher(key).decrypt(blob, PAYMENT_ID)

@@ -1,0 +1,205 @@
+"""Messages on the topics: valid ones round-trip, every invalid one is a one-line SchemaError."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from paysim import schema
+from paysim.schema import (
+    Codec,
+    DeadLetter,
+    Merchant,
+    Notification,
+    PaymentAuthorized,
+    PaymentOutcome,
+    PaymentRequested,
+    SchemaError,
+    encode,
+)
+
+PAYMENT_ID = "0b6f5c1e-2d3a-4b5c-8d9e-0f1a2b3c4d5e"
+MERCHANT = Merchant(id="m00001", name="Acme Groceries", mcc="5411", country="US")
+COMMON: dict[str, object] = {
+    "payment_id": PAYMENT_ID, "run_id": "run-20260101-000000-abcdef", "seq": 7,
+    "amount": 1234, "currency": "USD", "merchant": MERCHANT,
+    "stages": {"requested": 1_700_000_000_000_000},
+}
+
+MESSAGES: list[msgspec.Struct] = [
+    PaymentRequested(**COMMON, card="bm9uY2UrY2lwaGVydGV4dA=="),
+    PaymentRequested(**{**COMMON, "callback_url": "http://127.0.0.1:9/hook"}, card="x"),
+    PaymentAuthorized(**COMMON, token="tok_" + "a" * 32, masked_pan="424242******4242",
+                      network="visa", exp_month=12, exp_year=2030),
+    PaymentAuthorized(**COMMON, token="tok_" + "b" * 32, masked_pan="400000******9995",
+                      network="visa", exp_month=1, exp_year=27, test_reason="51"),
+    PaymentOutcome(**COMMON, status="approved", reason_code="00", reason_text="approved",
+                   token="tok_" + "a" * 32, masked_pan="424242******4242", network="visa"),
+    PaymentOutcome(**COMMON, status="declined", reason_code="14",
+                   reason_text="invalid card number"),
+    Notification(event_id="evt_1", payment_id=PAYMENT_ID, run_id="r", status="approved",
+                 reason_code="00", amount=1234, currency="USD", masked_pan=None,
+                 notified_at=1_700_000_000_000_000),
+    DeadLetter(service="authorizer", source_topic="payments.requested", partition=3,
+               offset=42, reason="not valid JSON", key=None, original="e30=", at=1),
+]
+
+
+def valid_requested() -> dict[str, object]:
+    return json.loads(encode(MESSAGES[0]))
+
+
+def assert_one_line_schema_error(codec: Codec, raw: bytes | None) -> SchemaError:
+    with pytest.raises(SchemaError) as caught:
+        codec.decode(raw)
+    message = str(caught.value)
+    assert message
+    assert "\n" not in message
+    assert "\r" not in message
+    return caught.value
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: msgspec.Struct) -> None:
+    decoded = Codec(type(message)).decode(encode(message))
+    assert decoded == message
+    assert type(decoded) is type(message)
+
+
+def test_encoded_messages_carry_the_version() -> None:
+    for message in MESSAGES:
+        assert json.loads(encode(message))["v"] == schema.SCHEMA_VERSION == 1
+
+
+def test_missing_optional_fields_take_their_defaults() -> None:
+    raw = valid_requested()
+    for name in ("v", "seq", "callback_url"):
+        raw.pop(name, None)
+    decoded = Codec(PaymentRequested).decode(json.dumps(raw).encode())
+    assert (decoded.v, decoded.seq, decoded.callback_url) == (1, 0, None)
+
+
+def test_schema_error_is_a_value_error() -> None:
+    assert issubclass(SchemaError, ValueError)
+
+
+def test_none_is_a_schema_error() -> None:
+    error = assert_one_line_schema_error(Codec(PaymentRequested), None)
+    assert "empty message" in str(error)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"{not json}", b'{"amount": }', b"\xff\xfe",
+                                 b"{\n\n", b"nul", b'{"amount": 1,}'])
+def test_invalid_json_is_a_schema_error(raw: bytes) -> None:
+    error = assert_one_line_schema_error(Codec(PaymentRequested), raw)
+    assert str(error).startswith("not valid JSON")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("amount", "1234"),
+    ("amount", None),
+    ("amount", True),
+    ("seq", "7"),
+    ("currency", 840),
+    ("currency", "usd"),
+    ("currency", "USDX"),
+    ("merchant", "m00001"),
+    ("merchant", {"id": "m1", "name": "A", "mcc": "54a1", "country": "US"}),
+    ("merchant", {"id": "m1", "name": "A", "mcc": "5411", "country": "USA"}),
+    ("merchant", {"id": "m1", "name": "", "mcc": "5411", "country": "US"}),
+    ("stages", {"requested": "soon"}),
+    ("stages", [1, 2]),
+    ("run_id", ""),
+    ("run_id", "r" * 201),
+    ("card", 123),
+    ("callback_url", 5),
+    ("v", "1"),
+])
+def test_wrong_types_are_schema_errors(field: str, value: object) -> None:
+    raw = valid_requested()
+    raw[field] = value
+    error = assert_one_line_schema_error(Codec(PaymentRequested), json.dumps(raw).encode())
+    assert str(error).startswith("PaymentRequested schema:")
+
+
+@pytest.mark.parametrize("field", ["payment_id", "run_id", "amount", "currency", "merchant",
+                                   "stages", "card"])
+def test_missing_required_field_is_a_schema_error(field: str) -> None:
+    raw = valid_requested()
+    del raw[field]
+    error = assert_one_line_schema_error(Codec(PaymentRequested), json.dumps(raw).encode())
+    assert field in str(error)
+
+
+@pytest.mark.parametrize("amount", [1234.0, 12.34, 1e3])
+def test_a_float_amount_is_a_schema_error(amount: float) -> None:
+    compact = json.dumps(valid_requested(), separators=(",", ":"))
+    raw = compact.replace('"amount":1234', f'"amount":{amount!r}')
+    assert f'"amount":{amount!r}' in raw
+    error = assert_one_line_schema_error(Codec(PaymentRequested), raw.encode())
+    assert "amount" in str(error)
+
+
+@pytest.mark.parametrize("payment_id", [
+    "not-a-uuid",
+    "",
+    PAYMENT_ID.upper(),
+    PAYMENT_ID.replace("-", ""),
+    PAYMENT_ID + "0",
+    PAYMENT_ID[:-1],
+    "{" + PAYMENT_ID + "}",
+    PAYMENT_ID + "\n",  # `$` in UUID_PATTERN also matches before a final newline
+])
+def test_a_bad_payment_id_is_a_schema_error(payment_id: str) -> None:
+    raw = valid_requested()
+    raw["payment_id"] = payment_id
+    error = assert_one_line_schema_error(Codec(PaymentRequested), json.dumps(raw).encode())
+    assert "payment_id" in str(error)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("currency", "USD\n"),
+    ("merchant", {"id": "m1", "name": "A", "mcc": "5411\n", "country": "US"}),
+    ("merchant", {"id": "m1", "name": "A", "mcc": "5411", "country": "US\n"}),
+], ids=["currency", "mcc", "country"])
+def test_a_trailing_newline_does_not_fit_a_pattern(field: str, value: object) -> None:
+    raw = valid_requested()
+    raw[field] = value
+    assert_one_line_schema_error(Codec(PaymentRequested), json.dumps(raw).encode())
+
+
+@pytest.mark.parametrize("version", [0, 2, 99, -1])
+def test_a_wrong_schema_version_is_a_schema_error(version: int) -> None:
+    raw = valid_requested()
+    raw["v"] = version
+    error = assert_one_line_schema_error(Codec(PaymentRequested), json.dumps(raw).encode())
+    assert f"unsupported schema version {version}" in str(error)
+
+
+@pytest.mark.parametrize("kind", [PaymentAuthorized, PaymentOutcome, Notification, DeadLetter])
+def test_other_kinds_check_the_version_too(kind: type[msgspec.Struct]) -> None:
+    message = next(m for m in MESSAGES if type(m) is kind)
+    raw = json.loads(encode(message))
+    raw["v"] = 2
+    assert_one_line_schema_error(Codec(kind), json.dumps(raw).encode())
+
+
+def test_another_kind_of_message_is_a_schema_error() -> None:
+    notification = next(m for m in MESSAGES if isinstance(m, Notification))
+    assert_one_line_schema_error(Codec(PaymentRequested), encode(notification))
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"1", b'"text"', b"null", b"true"])
+def test_a_non_object_is_a_schema_error(raw: bytes) -> None:
+    assert_one_line_schema_error(Codec(PaymentRequested), raw)
+
+
+def test_deeply_nested_unknown_field_is_a_schema_error() -> None:
+    # About 2 kB from any producer on the topic; it must become a dead letter, not escape the
+    # loop's `except SchemaError`.
+    depth = 1_000
+    raw = json.dumps(valid_requested())[:-1].encode() + (
+        b', "extra": ' + b"[" * depth + b"]" * depth + b"}")
+    assert_one_line_schema_error(Codec(PaymentRequested), raw)
