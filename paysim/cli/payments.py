@@ -13,7 +13,7 @@ from rich.table import Table
 
 from paysim import money, store
 from paysim.cli.options import with_settings
-from paysim.cli.render import console, print_json
+from paysim.cli.render import console, err_console, print_json
 from paysim.config import Settings
 from paysim.errors import PaysimError
 from paysim.generator import Mix
@@ -108,8 +108,8 @@ def send(ctx: click.Context, settings: Settings, count: int, seed: int | None, v
     if summary.missing:
         listed = ", ".join(summary.missing[:10])
         more = f" and {len(summary.missing) - 10} more" if len(summary.missing) > 10 else ""
-        console.print(f"[red]{len(summary.missing)} payments had no outcome after "
-                      f"{timeout:.0f} s:[/] {listed}{more}", stderr=not as_json)
+        err_console.print(f"[red]{len(summary.missing)} payments had no outcome after "
+                          f"{timeout:.0f} s:[/] {listed}{more}")
         ctx.exit(1)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 
 console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
 
 
 def print_json(data: Any) -> None:

@@ -259,9 +259,31 @@ def test_a_killed_service_is_restarted_and_nothing_is_lost(pipeline: Settings) -
         return now["state"] == "up" and now["pid"] != before["pid"]
 
     assert wait_until(back, timeout=60, interval=0.5)
+    said = (pipeline.services.dir / "run-all.log").read_text()
+    assert f"processor-0 exited with code -{signal.SIGKILL.value}" in said
+    assert "processor-0 restarted" in said
     summary = send(pipeline, "--count", "200", "--seed", "11")
     assert summary["completed"] == 200
     assert reason_counts(summary) == dict(injected(11, 200, pipeline))
+
+
+def test_send_through_the_http_api_gets_the_injected_outcomes(pipeline: Settings) -> None:
+    summary = send(pipeline, "--count", "300", "--seed", "12", "--via", "http")
+    assert summary["completed"] == 300
+    assert reason_counts(summary) == dict(injected(12, 300, pipeline))
+
+
+def test_payments_without_an_outcome_are_listed_with_exit_1(pipeline: Settings) -> None:
+    processor = ps(pipeline)["processor-0"]["pid"]
+    os.kill(processor, signal.SIGSTOP)  # authorized payments now wait at the processor
+    try:
+        result = paysim(pipeline, "send", "--count", "20", "--seed", "13", "--bad-share", "0",
+                        "--test-card-share", "0", "--timeout", "2")
+    finally:
+        os.kill(processor, signal.SIGCONT)
+    assert result.returncode == 1
+    assert "20 payments had no outcome after 2 s" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_stop_leaves_no_service_running(pipeline: Settings) -> None:

@@ -1,0 +1,40 @@
+"""`paysim run-all` in the foreground: SIGTERM stops every service cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+from paysim.config import Settings, settings_env
+from paysim.stack.process import is_alive
+from paysim.waiting import wait_until
+from tests.helpers import free_port, run_paysim, settings_for
+
+
+def test_sigterm_stops_all_services_and_exits_0(local_stack, service_flags, tmp_path) -> None:
+    settings: Settings = settings_for({**service_flags, "http.port": free_port(),
+                                       "services.dir": str(tmp_path / "services")})
+    env = settings_env(settings)
+    process = subprocess.Popen([sys.executable, "-m", "paysim", "run-all", "--no-live"],
+                               env={**env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        def all_up() -> bool:
+            rows = json.loads(run_paysim("ps", "--json", env=env).stdout)["services"]
+            return len(rows) == 4 and all(row["state"] == "up" for row in rows)
+
+        assert wait_until(all_up, timeout=90, interval=0.5)
+        rows = json.loads(run_paysim("ps", "--json", env=env).stdout)["services"]
+        pids = [row["pid"] for row in rows]
+
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "all services stopped" in out
+    assert not [pid for pid in pids if is_alive(pid)]
+    assert not (settings.services.dir / "run-all.json").exists()
