@@ -421,7 +421,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             pipe = redis_client.pipeline(transaction=False)
             notifier.queue_webhook(pipe, outcome.callback_url, notification)
             pipe.execute()
-        return _json(200, {"transaction_id": payment_id, "outcome": stored})
+        return _json(200, {"transaction_id": payment_id,
+                           "outcome": store.outcome_view(stored)})
 
     @app.get("/payments/<payment_id>")
     def payment(payment_id: str) -> Response:
@@ -429,7 +430,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         if stored is None:
             return _error(404, f"no outcome for payment {_short(payment_id)} "
                                "(unknown, not finished, or expired)")
-        return _json(200, stored)
+        return _json(200, store.outcome_view(stored))
 
     @app.get("/healthz")
     def healthz() -> Response:

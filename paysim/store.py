@@ -111,6 +111,33 @@ def read_outcome(client: redis.Redis, payment_id: str) -> dict[str, str] | None:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def outcome_view(stored: dict[str, str]) -> dict[str, Any]:
+    """A stored outcome as API clients want it: numbers as numbers, the merchant as an
+    object, stage times together, empty fields as null."""
+    try:
+        merchant = json.loads(stored.get("merchant") or "{}")
+    except ValueError:
+        merchant = {}
+    view: dict[str, Any] = {
+        "payment_id": stored.get("payment_id"), "run_id": stored.get("run_id"),
+        "seq": int(stored.get("seq") or 0), "status": stored.get("status"),
+        "reason_code": stored.get("reason_code"), "reason_text": stored.get("reason_text"),
+        "amount": int(stored.get("amount") or 0), "currency": stored.get("currency"),
+        "merchant": merchant, "stages": stage_times(stored),
+        "notification": stored.get("notification") or None,
+    }
+    for name in ("masked_pan", "token", "network", "callback_url"):
+        view[name] = stored.get(name) or None
+    if stored.get("webhook_status"):
+        view["webhook"] = {
+            "status": stored["webhook_status"],
+            "attempts": int(stored.get("webhook_attempts") or 0),
+            "http_status": int(stored.get("webhook_http_status") or 0) or None,
+            "error": stored.get("webhook_error") or None,
+        }
+    return view
+
+
 def stage_times(outcome: dict[str, str]) -> dict[str, int]:
     return {stage: int(outcome[f"t_{stage}"]) for stage in STAGES if f"t_{stage}" in outcome}
 

@@ -87,8 +87,13 @@ install_paysim() {
   digest=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
   if [[ ! -f $stamp || $(cat "$stamp") != "$digest" ]]; then
     say "installing paysim and its dependencies into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+    # Output to a log: setuptools' warnings about editable installs are noise here.
+    local log="$VENV/pip-install.log"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"; } > "$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      die "pip could not install paysim (full log: $log)"
+    fi
     echo "$digest" > "$stamp"
   fi
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from datetime import UTC, datetime
 
@@ -130,31 +129,31 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
         client.close()
     if outcome is None:
         raise PaysimError(f"no payment {txn_id} (unknown, or its outcome expired)")
-    times = store.stage_times(outcome)
+    view = store.outcome_view(outcome)
     timeline, previous = [], None
     for stage in STAGES:
-        if stage in times:
-            since = (times[stage] - previous) / 1000 if previous is not None else None
-            timeline.append({"stage": stage, "at": _iso(times[stage]),
-                             "ms_since_previous": since})
-            previous = times[stage]
+        if stage in view["stages"]:
+            at = view["stages"][stage]
+            since = (at - previous) / 1000 if previous is not None else None
+            timeline.append({"stage": stage, "at": _iso(at), "ms_since_previous": since})
+            previous = at
     if as_json:
-        merchant = json.loads(outcome.get("merchant") or "{}")
-        print_json({**outcome, "merchant": merchant, "timeline": timeline})
+        print_json({**view, "timeline": timeline})
         return
-    style = STATUS_STYLE.get(outcome["status"], "white")
-    merchant = json.loads(outcome.get("merchant") or "{}")
-    amount = money.format_amount(int(outcome["amount"]), outcome["currency"]) \
-        if outcome["currency"] in money.EXPONENT else f"{outcome['amount']} {outcome['currency']}"
-    console.print(f"payment  {outcome['payment_id']}  (run {outcome['run_id']})")
-    console.print(f"outcome  [{style}]{outcome['status']}[/]  {outcome['reason_code']} "
-                  f"{outcome['reason_text']}")
+    style = STATUS_STYLE.get(view["status"], "white")
+    merchant = view["merchant"]
+    currency = view["currency"]
+    amount = (money.format_amount(view["amount"], currency) if money.is_currency(currency)
+              else f"{view['amount']} {currency}")
+    webhook = view.get("webhook", {}).get("status", "none")
+    console.print(f"payment  {view['payment_id']}  (run {view['run_id']})")
+    console.print(f"outcome  [{style}]{view['status']}[/]  {view['reason_code']} "
+                  f"{view['reason_text']}")
     console.print(f"amount   {amount}")
-    console.print(f"card     {outcome.get('masked_pan') or '-'}  {outcome.get('network') or ''}")
+    console.print(f"card     {view['masked_pan'] or '-'}  {view['network'] or ''}")
     console.print(f"merchant {merchant.get('name', '-')} ({merchant.get('id', '-')}, MCC "
                   f"{merchant.get('mcc', '-')}, {merchant.get('country', '-')})")
-    webhook = outcome.get("webhook_status", "none")
-    console.print(f"notified {outcome.get('notification', 'not yet')}; webhook {webhook}")
+    console.print(f"notified {view['notification'] or 'not yet'}; webhook {webhook}")
     table = Table("stage", "at (UTC)", "since previous")
     for row in timeline:
         since = row["ms_since_previous"]

@@ -450,7 +450,9 @@ def test_notify_client_sends_the_notification_again(
     assert response.status_code == 200, response.get_json()
     answer = response.get_json()
     assert answer["transaction_id"] == outcome.payment_id
-    assert answer["outcome"] == store.read_outcome(redis_client, outcome.payment_id)
+    assert answer["outcome"] == store.outcome_view(
+        store.read_outcome(redis_client, outcome.payment_id))
+    assert answer["outcome"]["amount"] == outcome.amount
     assert answer["outcome"]["status"] == "approved"
     assert notifications.count() == before + 1
     records = [r for r in notifications.all_records(before + 1)
@@ -494,9 +496,10 @@ def test_get_payment(client: FlaskClient, http_settings: Settings,
 
     assert found.status_code == 200
     stored = found.get_json()
-    assert stored == store.read_outcome(redis_client, outcome.payment_id)
+    assert stored == store.outcome_view(store.read_outcome(redis_client, outcome.payment_id))
     assert (stored["payment_id"], stored["status"], stored["reason_code"], stored["amount"]) == (
-        outcome.payment_id, "approved", "00", "1999")
+        outcome.payment_id, "approved", "00", 1999)
+    assert stored["merchant"]["mcc"] == outcome.merchant.mcc
     assert missing.status_code == 404
     assert set(missing.get_json()) == {"error"}
 
