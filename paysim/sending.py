@@ -23,6 +23,7 @@ from paysim.generator import GeneratedPayment, Mix, PaymentStream, build_populat
 from paysim.kafka_clients import client_config
 from paysim.schema import REQUESTED, PaymentRequested, encode, now_us
 from paysim.secrets import Keys, load_keys
+from paysim.waiting import wait_until
 
 READ_BATCH = 2000
 HTTP_WORKERS = 16
@@ -85,9 +86,24 @@ class KafkaIngress:
         self.keys = keys
         self.cipher = cards.CardCipher(keys.card_key)
         self.errors: list[str] = []
+        self._idempotence_state = ""
         self.producer = Producer(client_config(settings, **{
             "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4",
+            "statistics.interval.ms": 50, "stats_cb": self._on_stats,
         }))
+        self._wait_until_ready()
+
+    def _on_stats(self, stats_json: str) -> None:
+        self._idempotence_state = json.loads(stats_json).get("eos", {}).get("idemp_state", "")
+
+    def _wait_until_ready(self) -> None:
+        """An idempotent producer sends nothing until the broker gave it a producer id (about
+        0.5 s). Waiting here keeps that start-up out of the first payments' latency."""
+        ready = wait_until(lambda: self.producer.poll(0.05) is not None and
+                           self._idempotence_state == "Assigned", timeout=15, interval=0)
+        if not ready:
+            raise PaysimError(f"Kafka at {self.settings.kafka_bootstrap} gave the sender no "
+                              f"producer id in 15 s (state {self._idempotence_state or 'none'})")
 
     def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> str:
         message = _request(payment, run_id, self.keys, self.cipher, callback_url)
