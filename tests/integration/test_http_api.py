@@ -137,20 +137,21 @@ class TopicReader:
         self.consumer.close()
 
 
-@pytest.fixture(scope="module")
-def requested(http_settings: Settings) -> Iterator[TopicReader]:
-    reader = TopicReader(http_settings, http_settings.topics.requested)
+def _reader(settings: Settings, topic: str) -> Iterator[TopicReader]:
+    reader = TopicReader(settings, topic)
     assert wait_until(reader.ready, 30), "the new topic's partitions have no leader"
     yield reader
     reader.close()
+
+
+@pytest.fixture(scope="module")
+def requested(http_settings: Settings) -> Iterator[TopicReader]:
+    yield from _reader(http_settings, http_settings.topics.requested)
 
 
 @pytest.fixture(scope="module")
 def notifications(http_settings: Settings) -> Iterator[TopicReader]:
-    reader = TopicReader(http_settings, http_settings.topics.notifications)
-    assert wait_until(reader.ready, 30), "the new topic's partitions have no leader"
-    yield reader
-    reader.close()
+    yield from _reader(http_settings, http_settings.topics.notifications)
 
 
 def find_requested(reader: TopicReader, payment_id: str) -> Any:
