@@ -114,12 +114,21 @@ def card_profile(token: str, forced_reason: str | None) -> CardProfile:
 class IssuerRates:
     decline_rate: float = 0.0  # share answered 05
     fault_rate: float = 0.0  # share answered 91
+    # (start, end) in Unix microseconds: while one is open the issuer answers 91 to everything.
+    outages: tuple[tuple[int, int], ...] = ()
+    added_latency_ms: float = 0.0  # how long each batch waits on the issuer
+
+    def in_outage(self, at_us: int) -> bool:
+        return any(start <= at_us < end for start, end in self.outages)
 
 
-def issuer_precheck(forced_reason: str | None, rates: IssuerRates, *identity: object) -> str | None:
+def issuer_precheck(forced_reason: str | None, rates: IssuerRates, now_us: int,
+                    *identity: object) -> str | None:
     """What the issuer answers before the ledger is consulted, or None to go on to it."""
     if forced_reason in FORCED_BY_ISSUER:
         return forced_reason
+    if rates.in_outage(now_us):
+        return "91"
     if rates.fault_rate and draw("fault", *identity) < rates.fault_rate:
         return "91"
     if rates.decline_rate and draw("decline", *identity) < rates.decline_rate:

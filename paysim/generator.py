@@ -65,6 +65,18 @@ class Mix:
 
 
 @dataclass(frozen=True)
+class PopulationSpec:
+    """Who pays where: sizes, country and network weights, and a scale on ticket sizes."""
+
+    cardholders: int = 2000
+    merchants: int = 300
+    countries: tuple[tuple[str, float], ...] = tuple(zip(COUNTRIES, COUNTRY_WEIGHTS,
+                                                         strict=True))
+    networks: tuple[tuple[str, float], ...] = tuple((n, v[0]) for n, v in NETWORKS.items())
+    amount_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class Cardholder:
     name: str
     card: cards.CardBlock
@@ -88,37 +100,39 @@ class Population:
     typical_usd: dict[str, float] = field(default_factory=dict)  # merchant id -> typical ticket
 
 
-def _pan(rng: random.Random, prefixes: tuple[str, ...], length: int) -> str:
+def make_pan(rng: random.Random, prefixes: tuple[str, ...], length: int) -> str:
     prefix = rng.choice(prefixes)
     body = prefix + "".join(rng.choice("0123456789") for _ in range(length - len(prefix) - 1))
     return cards.luhn_complete(body)
 
 
-def build_population(seed: int, cardholders: int = 2000, merchants: int = 300) -> Population:
+def build_population(seed: int, spec: PopulationSpec | None = None) -> Population:
+    spec = spec or PopulationSpec()
     faker = Faker()
     faker.seed_instance(seed)
     rng = random.Random(seed)
-    names = list(NETWORKS)
-    weights = [NETWORKS[n][0] for n in names]
+    names = [name for name, _ in spec.networks]
+    weights = [weight for _, weight in spec.networks]
     this_year = datetime.now(UTC).year
     holders = []
-    for _ in range(cardholders):
+    for _ in range(spec.cardholders):
         network = rng.choices(names, weights)[0]
         _, prefixes, length = NETWORKS[network]
         card = cards.CardBlock(
-            number=_pan(rng, prefixes, length), exp_month=rng.randint(1, 12),
+            number=make_pan(rng, prefixes, length), exp_month=rng.randint(1, 12),
             exp_year=this_year + rng.randint(1, 5),
             cvv="".join(rng.choice("0123456789") for _ in range(cards.cvv_length(network))),
         )
         holders.append(Cardholder(faker.name(), card, network))
     shops, typical = [], {}
-    countries = list(COUNTRIES)
-    for index in range(merchants):
+    countries = [country for country, _ in spec.countries]
+    country_weights = [weight for _, weight in spec.countries]
+    for index in range(spec.merchants):
         mcc = rng.choice(list(MCCS))
         merchant = Merchant(id=f"m{index:05d}", name=faker.company()[:60], mcc=mcc,
-                            country=rng.choices(countries, COUNTRY_WEIGHTS)[0])
+                            country=rng.choices(countries, country_weights)[0])
         shops.append(merchant)
-        typical[merchant.id] = MCCS[mcc][1]
+        typical[merchant.id] = MCCS[mcc][1] * spec.amount_scale
     return Population(holders, shops, typical)
 
 

@@ -1,67 +1,24 @@
-"""`paysim send`: generate payments, push them into the pipeline, read every outcome back."""
+"""The two ways payments enter the pipeline: straight onto Kafka, or the HTTP API."""
 
 from __future__ import annotations
 
 import json
 import secrets
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import redis
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 
-from paysim import cards, store
+from paysim import cards
 from paysim.config import Settings
 from paysim.errors import PaysimError
-from paysim.generator import GeneratedPayment, Mix, PaymentStream, build_population
+from paysim.generator import GeneratedPayment
 from paysim.kafka_clients import client_config
 from paysim.schema import REQUESTED, PaymentRequested, encode, now_us
-from paysim.secrets import Keys, load_keys
+from paysim.secrets import Keys
 from paysim.waiting import wait_until
-
-READ_BATCH = 2000
-HTTP_WORKERS = 16
-
-
-@dataclass(frozen=True)
-class SendOptions:
-    count: int
-    seed: int
-    via: str = "kafka"  # or "http"
-    timeout: float = 120.0
-    mix: Mix = field(default_factory=Mix)
-    callback_url: str | None = None
-
-
-@dataclass
-class SentPayment:
-    payment_id: str
-    seq: int
-    expected: str | None
-    amount: int
-    currency: str
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    sent: list[SentPayment]
-    outcomes: dict[str, dict[str, str]]  # payment id -> done entry (see store.done_entry)
-    started_us: int
-    finished_us: int
-
-    @property
-    def missing(self) -> list[SentPayment]:
-        return [p for p in self.sent if p.payment_id not in self.outcomes]
-
-
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 def new_run_id() -> str:
@@ -172,66 +129,3 @@ class HttpIngress:
 
     def finish(self) -> None:
         pass
-
-
-def collect(client: redis.Redis, run_id: str, wanted: set[str],
-            outcomes: dict[str, dict[str, str]], deadline: float,
-            progress: Progress | None = None) -> None:
-    """Read the run's stream of notified payments until every wanted one came or time is up."""
-    key, last_id = store.run_stream_key(run_id), "0"
-    while not wanted <= outcomes.keys() and time.monotonic() < deadline:
-        block_ms = max(1, min(500, int((deadline - time.monotonic()) * 1000)))
-        for _, entries in client.xread({key: last_id}, count=READ_BATCH, block=block_ms) or []:
-            for entry_id, fields in entries:
-                last_id = entry_id
-                entry = {k.decode(): v.decode() for k, v in fields.items()}
-                outcomes.setdefault(entry["payment_id"], entry)  # a replay adds nothing
-        if progress:
-            progress("outcomes", len(wanted & outcomes.keys()), len(wanted))
-
-
-def run_send(settings: Settings, options: SendOptions, progress: Progress | None = None,
-             run_id: str | None = None) -> RunResult:
-    run_id = run_id or new_run_id()
-    stream = PaymentStream(build_population(options.seed), options.seed, options.mix,
-                           settings.issuer.max_amount_usd)
-    client = store.connect(settings)
-    outcomes: dict[str, dict[str, str]] = {}
-    sent: list[SentPayment] = []
-    started = now_us()
-    try:
-        if options.via == "http":
-            ingress = HttpIngress(settings)
-            with ThreadPoolExecutor(HTTP_WORKERS) as pool:
-                payments = stream.take(options.count)
-                answers = pool.map(lambda p: ingress.send(p, run_id, options.callback_url),
-                                   payments)
-                for payment, (payment_id, immediate) in zip(payments, answers, strict=True):
-                    sent.append(SentPayment(payment_id, payment.seq, payment.expected,
-                                            payment.amount, payment.currency))
-                    if immediate:
-                        outcomes[payment_id] = immediate
-                    if progress:
-                        progress("sent", len(sent), options.count)
-        else:
-            kafka = KafkaIngress(settings, load_keys(settings))
-            for payment in stream.take(options.count):
-                payment_id = kafka.send(payment, run_id, options.callback_url)
-                sent.append(SentPayment(payment_id, payment.seq, payment.expected,
-                                        payment.amount, payment.currency))
-                if progress and len(sent) % 100 == 0:
-                    progress("sent", len(sent), options.count)
-            kafka.finish()
-            if progress:
-                progress("sent", len(sent), options.count)
-        wanted = {p.payment_id for p in sent}
-        collect(client, run_id, wanted, outcomes, time.monotonic() + options.timeout, progress)
-    except KafkaException as exc:
-        raise PaysimError(f"Kafka at {settings.kafka_bootstrap}: {exc.args[0].str()}") from None
-    except redis.RedisError as exc:
-        raise PaysimError(f"Redis at {settings.redis_url}: {exc}") from None
-    finally:
-        client.close()
-    last_notified = max((int(o["t_notified"]) for o in outcomes.values() if "t_notified" in o),
-                        default=None)
-    return RunResult(run_id, sent, outcomes, started, last_notified or now_us())

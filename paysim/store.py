@@ -36,6 +36,11 @@ def run_stream_key(run_id: str) -> str:
     return f"paysim:run:{run_id}:done"
 
 
+def run_issuer_key(run_id: str) -> str:
+    """A run's issuer behaviour (JSON), set by `paysim send` from its scenario."""
+    return f"paysim:run:{run_id}:issuer"
+
+
 def heartbeat_key(service: str, instance: int) -> str:
     return f"paysim:svc:{service}:{instance}"
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import random
+import json
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 import redis
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from paysim import money, store
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, err_console, print_json
 from paysim.config import Settings
 from paysim.errors import PaysimError
-from paysim.generator import Mix
-from paysim.report import Summary, summarize
+from paysim.load.plan import SendRequest, check_thresholds, plan_run
+from paysim.load.report import build_report
+from paysim.load.runner import LoadRun, Tick
 from paysim.schema import STAGES
-from paysim.sending import SendOptions, run_send
 from paysim.supervisor import read_heartbeats
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
@@ -40,76 +44,183 @@ def require_services(settings: Settings, via: str) -> None:
                           "`paysim run-all` (or `paysim run-all --detach`)")
 
 
-def render_summary(summary: Summary, seed: int) -> None:
-    console.print(f"run [bold]{summary.run_id}[/]  seed {seed}  sent {summary.sent:,}  "
-                  f"completed {summary.completed:,}  in {summary.elapsed_s:.2f} s  "
-                  f"({summary.throughput_per_s:,.0f} payments/s)")
-    outcomes = Table("status", "code", "reason", "count", "share", title="outcomes")
-    for row in summary.reasons:
-        outcomes.add_row(f"[{STATUS_STYLE.get(row.status, 'white')}]{row.status}[/]",
-                         row.reason_code, row.reason_text, f"{row.count:,}",
-                         f"{row.share:.1%}")
-    console.print(outcomes)
-    if summary.approved_amounts:
+
+
+def render_report(report: dict) -> None:
+    """The end-of-run summary: load, outcomes, amounts, latency, thresholds."""
+    load, outcomes = report["load"], report["outcomes"]
+    console.print(
+        f"run [bold]{report['run_id']}[/]"
+        + (f"  scenario {report['scenario']}" if report["scenario"] else "")
+        + f"  seed {report['seed']}  sent {load['sent']:,}  completed "
+        f"{outcomes['completed']:,}  in {report['duration_s']:.2f} s  "
+        f"({outcomes['throughput_per_s']:,.0f} payments/s)")
+    if load["mode"] == "open":
+        achieved, target = load["achieved_rate"], load["target_rate"] or 0.0
+        short = bool(target) and achieved < 0.98 * target
+        mark = ("[red]", "[/]") if short else ("", "")
+        console.print(
+            f"load     target {target:,.1f}/s  achieved {mark[0]}{achieved:,.1f}/s{mark[1]}  "
+            f"dropped {load['dropped']:,}  send delay p99 "
+            f"{load['send_delay'].get('p99_ms', 0):.1f} ms"
+            + ("  [red](the generator could not keep up)[/]" if short else ""))
+    table = Table("status", "code", "reason", "count", "share", title="outcomes")
+    for row in outcomes["by_reason"]:
+        table.add_row(f"[{STATUS_STYLE.get(row['status'], 'white')}]{row['status']}[/]",
+                      row["reason_code"], row["reason_text"], f"{row['count']:,}",
+                      f"{row['share']:.1%}")
+    console.print(table)
+    if outcomes["approved_amounts"]:
         amounts = Table("currency", "approved amount", title="approved amounts")
-        for currency, amount in summary.approved_amounts.items():
-            amounts.add_row(currency, amount)
+        for currency, amount in outcomes["approved_amounts"].items():
+            amounts.add_row(currency, amount["formatted"])
         console.print(amounts)
-    latency = Table("stage", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", title="latency")
-    rows = [("end to end", summary.end_to_end), *summary.stages.items()]
-    for name, stats in rows:
-        if stats:
-            latency.add_row(name, f"{stats.count:,}", f"{stats.p50_ms:.1f}",
-                            f"{stats.p90_ms:.1f}", f"{stats.p99_ms:.1f}", f"{stats.max_ms:.1f}")
+    latency = Table("stage", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+                    title="latency")
+    for name, stats in [("end to end", report["latency"]["end_to_end"]),
+                        *report["latency"]["stages"].items()]:
+        if stats["count"]:
+            latency.add_row(name, f"{stats['count']:,}", *(f"{stats[k]:.1f}" for k in (
+                "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")))
     console.print(latency)
+    if report["thresholds"]:
+        checks = Table("threshold", "over", "actual", "result", title="thresholds")
+        for check in report["thresholds"]:
+            actual = "-" if check["actual"] is None else f"{check['actual']:,.4g}"
+            verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+            if check["failed_windows"]:
+                worst = check["worst_window"]
+                verdict += (f" [red]({check['failed_windows']} windows; first from "
+                            f"{worst['start_s']} s: {worst['actual']})[/]")
+            over = f"run + each {check['window_s']} s" if check["window_s"] else "run"
+            checks.add_row(check["expression"], over, actual, verdict)
+        console.print(checks)
+
+
+class LiveProgress:
+    """Progress while sending: a live line on a terminal, a plain line every 5 s elsewhere."""
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self.live = (Live(console=out, refresh_per_second=4, transient=True)
+                     if out.is_terminal else None)
+        self.last_line = 0.0
+
+    def __enter__(self) -> LiveProgress:
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.live:
+            self.live.stop()
+
+    def __call__(self, tick: Tick) -> None:
+        target = f" (target {tick.target_rate:,.0f}/s)" if tick.target_rate is not None else ""
+        p99 = f"{tick.rolling_p99_ms:,.1f} ms" if tick.rolling_p99_ms is not None else "-"
+        line = (f"{tick.elapsed_s:6.1f} s  sent {tick.sent:,}/{tick.scheduled:,}  completed "
+                f"{tick.completed:,}  in flight {tick.in_flight:,}  rate "
+                f"{tick.current_rate:,.0f}/s{target}  approved {tick.approved:,}  declined "
+                f"{tick.declined:,}  p99 (last 5 s) {p99}"
+                + (f"  dropped {tick.dropped:,}" if tick.dropped else ""))
+        if self.live:
+            self.live.update(Text(line))
+        elif time.monotonic() - self.last_line >= 5:
+            self.last_line = time.monotonic()
+            self.out.print(line)
 
 
 @click.command()
-@click.option("--count", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
-              help="Payments to send.")
+@click.option("--count", type=click.IntRange(1, 100_000_000),
+              help="Payments to send; alone: as fast as possible. [default: 1000]")
+@click.option("--rate", type=click.FloatRange(min=0.001),
+              help="Open model: payments per second on schedule, whatever the pipeline does.")
+@click.option("--duration", help="With --rate: how long, e.g. 60s, 2m.")
+@click.option("--stage", "stages", multiple=True, metavar="DURATION:RATE",
+              help="A ramp stage, e.g. --stage 30s:100 --stage 1m:500 (repeatable).")
+@click.option("--start-rate", type=click.FloatRange(min=0),
+              help="Rate the first --stage ramps from. [default: 0]")
+@click.option("--scenario", type=click.Path(dir_okay=False),
+              help="A scenario file (scenarios/*.toml); flags override its values.")
+@click.option("--replay", type=click.Path(dir_okay=False),
+              help="Send the payments of a --record file (same schedule unless --rate), or "
+              "of a PaySim-format CSV.")
+@click.option("--record", type=click.Path(dir_okay=False),
+              help="Write what is sent, with send offsets, as JSON lines (fake cards only).")
 @click.option("--seed", type=int, help="Seed: the same seed sends the same payments and gets "
-              "the same outcomes. Default: a random one, printed.")
+              "the same outcomes. Default: the scenario's, else a random one (printed).")
 @click.option("--via", type=click.Choice(["kafka", "http"]), default="kafka", show_default=True,
               help="Ingress: straight onto Kafka, or through the HTTP API.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
-              help="Seconds to wait for the last outcome.")
-@click.option("--bad-share", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-              help="Share of payments with a bad card, split over the five card checks.")
-@click.option("--test-card-share", type=click.FloatRange(0, 1), default=0.03,
-              show_default=True, help="Share of payments with a documented test card.")
+              help="Seconds to wait for outcomes after the last send.")
+@click.option("--bad-share", type=click.FloatRange(0, 1),
+              help="Share of payments with a bad card, split over the five card checks. "
+              "[default: 0.05]")
+@click.option("--test-card-share", type=click.FloatRange(0, 1),
+              help="Share of payments with a documented test card. [default: 0.03]")
+@click.option("--threshold", "thresholds", multiple=True, metavar="EXPR[@WINDOW]",
+              help="Pass/fail check, e.g. 'p99_ms < 250' or 'p99_ms < 250 @ 10s' "
+              "(repeatable); any failure exits 1.")
 @click.option("--callback-url", help="Webhook URL every payment carries (signed POST).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write report.json here.")
+@click.option("--html", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @with_settings("http.port", "http.host")
 @click.pass_context
-def send(ctx: click.Context, settings: Settings, count: int, seed: int | None, via: str,
-         timeout: float, bad_share: float, test_card_share: float, callback_url: str | None,
-         as_json: bool) -> None:
-    """Send fake card payments through the pipeline and report their outcomes."""
-    if bad_share + test_card_share > 1:
-        raise click.BadParameter("--bad-share and --test-card-share add up to more than 1")
+def send(ctx: click.Context, settings: Settings, count: int | None, rate: float | None,
+         duration: str | None, stages: tuple[str, ...], start_rate: float | None,
+         scenario: str | None, replay: str | None, record: str | None, seed: int | None,
+         via: str, timeout: float, bad_share: float | None, test_card_share: float | None,
+         thresholds: tuple[str, ...], callback_url: str | None, out: str | None,
+         html: str | None, as_json: bool) -> None:
+    """Send fake card payments through the pipeline and report what happened.
+
+    Alone, --count sends as fast as it can. --rate (with --duration or --count), --stage or a
+    scenario sends on an open-model schedule: latency counts from each payment's intended
+    send time, so a stalled pipeline shows in the figures."""
     if callback_url and not callback_url.startswith(("http://", "https://")):
         raise click.BadParameter("must be an http:// or https:// URL", param_hint="--callback-url")
-    seed = random.randrange(2**31) if seed is None else seed
+    request = SendRequest(
+        count=count, rate=rate, duration=duration, stages=stages, start_rate=start_rate,
+        scenario=scenario, replay=replay, record=record, seed=seed, bad_share=bad_share,
+        test_card_share=test_card_share, thresholds=thresholds, via=via, timeout=timeout,
+        callback_url=callback_url)
+    plan, options, checks, _ = plan_run(settings, request)
     require_services(settings, via)
-    options = SendOptions(count=count, seed=seed, via=via, timeout=timeout,
-                          mix=Mix(bad_share, test_card_share), callback_url=callback_url)
-    show = console.is_terminal and not as_json
-    with Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True, disable=not show) as bar:
-        tasks = {phase: bar.add_task(phase, total=count) for phase in ("sent", "outcomes")}
-        result = run_send(settings, options,
-                          lambda phase, done, total: bar.update(tasks[phase], completed=done))
-    summary = summarize(result)
+    with LiveProgress(err_console if as_json else console) as progress:
+        metrics, info = LoadRun(settings, plan, options).run(progress)
+    report = build_report(metrics, info)
+    report["thresholds"] = check_thresholds(report, metrics, checks)
+    report["passed"] = all(t["passed"] for t in report["thresholds"])
+    write_outputs(report, out, html)
     if as_json:
-        print_json({"seed": seed, **summary.as_dict()})
+        print_json(report)
     else:
-        render_summary(summary, seed)
-    if summary.missing:
-        listed = ", ".join(summary.missing[:10])
-        more = f" and {len(summary.missing) - 10} more" if len(summary.missing) > 10 else ""
-        err_console.print(f"[red]{len(summary.missing)} payments had no outcome after "
+        render_report(report)
+    outcomes = report["outcomes"]
+    if outcomes["lost"]:
+        listed = ", ".join(outcomes["lost_ids"][:10])
+        more = f" and {outcomes['lost'] - 10} more" if outcomes["lost"] > 10 else ""
+        err_console.print(f"[red]{outcomes['lost']} payments had no outcome after "
                           f"{timeout:.0f} s:[/] {listed}{more}")
+    failed = [t["expression"] for t in report["thresholds"] if not t["passed"]]
+    if failed:
+        err_console.print(f"[red]thresholds failed: {'; '.join(failed)}[/]")
+    if outcomes["lost"] or failed:
         ctx.exit(1)
+
+
+def write_outputs(report: dict, out: str | None, html: str | None) -> None:
+    try:
+        if out:
+            Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        if html:
+            from paysim.load.html import render_html  # only when asked for
+
+            Path(html).write_text(render_html(report))
+    except OSError as exc:
+        raise PaysimError(f"cannot write the report: {exc.strerror}: {exc.filename}") from None
 
 
 def _iso(us: int) -> str:

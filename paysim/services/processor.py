@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime
 
 import redis
@@ -19,6 +21,25 @@ def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:
     return (item.token, item.amount, item.currency, item.merchant.id, item.seq)
 
 
+RUN_RATES_KEPT = 1000
+
+
+def issuer_rates_from_json(raw: bytes) -> IssuerRates:
+    data = json.loads(raw)
+    return IssuerRates(
+        decline_rate=float(data.get("decline_rate", 0.0)),
+        fault_rate=float(data.get("fault_rate", 0.0)),
+        outages=tuple((int(start), int(end)) for start, end in data.get("outages", [])),
+        added_latency_ms=float(data.get("added_latency_ms", 0.0)),
+    )
+
+
+def issuer_rates_json(rates: IssuerRates) -> str:
+    return json.dumps({"decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
+                       "outages": [list(window) for window in rates.outages],
+                       "added_latency_ms": rates.added_latency_ms})
+
+
 class Processor(Service[PaymentAuthorized]):
     name = "processor"
     codec = Codec(PaymentAuthorized)
@@ -28,17 +49,34 @@ class Processor(Service[PaymentAuthorized]):
         self.rates = IssuerRates(settings.issuer.decline_rate, settings.issuer.fault_rate)
         self.settle = redis_client.register_script(store.SETTLE_LUA)
         self._answers: dict[str, str] = {}
+        self._run_rates: dict[str, IssuerRates] = {}
 
     @property
     def input_topic(self) -> str:
         return self.settings.topics.authorized
 
+    def _rates_for(self, run_ids: set[str]) -> dict[str, IssuerRates]:
+        """Each run's issuer behaviour: set by its sender, else this processor's settings."""
+        unknown = [run for run in run_ids if run not in self._run_rates]
+        if unknown:
+            for run, raw in zip(unknown, self.redis.mget(
+                    [store.run_issuer_key(run) for run in unknown]), strict=True):
+                self._run_rates[run] = issuer_rates_from_json(raw) if raw else self.rates
+            while len(self._run_rates) > RUN_RATES_KEPT:  # oldest first
+                self._run_rates.pop(next(iter(self._run_rates)))
+        return {run: self._run_rates[run] for run in run_ids}
+
     def prepare(self, items: list[PaymentAuthorized]) -> None:
         """Issuer prechecks, then one pipeline of ledger settlements for the rest."""
         self._answers = {}
         to_settle = []
+        rates = self._rates_for({item.run_id for item in items})
+        now = now_us()
+        latency_ms = max((rates[item.run_id].added_latency_ms for item in items), default=0.0)
+        if latency_ms > 0:
+            time.sleep(latency_ms / 1000)  # the issuer answering slowly, once per batch
         for item in items:
-            answer = decisions.issuer_precheck(item.test_reason, self.rates,
+            answer = decisions.issuer_precheck(item.test_reason, rates[item.run_id], now,
                                                *issuer_identity(item))
             if answer is None:
                 to_settle.append(item)

@@ -58,8 +58,8 @@ def injected(seed: int, count: int, settings: Settings) -> Counter:
     return Counter(p.expected or decisions.APPROVED for p in stream.take(count))
 
 
-def reason_counts(summary: dict) -> dict[str, int]:
-    return {row["reason_code"]: row["count"] for row in summary["reasons"]}
+def reason_counts(report: dict) -> dict[str, int]:
+    return {row["reason_code"]: row["count"] for row in report["outcomes"]["by_reason"]}
 
 
 def run_payment_ids(settings: Settings, run_id: str) -> list[dict[str, str]]:
@@ -74,13 +74,13 @@ def run_payment_ids(settings: Settings, run_id: str) -> list[dict[str, str]]:
 def test_thousand_payments_get_exactly_the_injected_outcomes(pipeline: Settings) -> None:
     summary = send(pipeline, "--count", "1000", "--seed", "424242")
 
-    assert summary["completed"] == 1000
-    assert summary["missing"] == []
+    assert summary["outcomes"]["completed"] == 1000
+    assert summary["outcomes"]["lost"] == 0
     expected = injected(424242, 1000, pipeline)
     assert reason_counts(summary) == dict(expected)
     # Every documented test card and every card check shows up with its reason code.
     assert set(decisions.TEST_CARDS.values()) | {"14", "54", "N7", "13", "12"} <= set(expected)
-    assert summary["end_to_end"]["count"] == 1000
+    assert summary["latency"]["end_to_end"]["count"] == 1000
 
 
 def test_the_same_seed_gives_the_same_outcomes(pipeline: Settings) -> None:
@@ -88,7 +88,7 @@ def test_the_same_seed_gives_the_same_outcomes(pipeline: Settings) -> None:
     second = send(pipeline, "--count", "300", "--seed", "77")
     assert first["run_id"] != second["run_id"]
     assert reason_counts(first) == reason_counts(second)
-    assert first["approved_amounts"] == second["approved_amounts"]
+    assert first["outcomes"]["approved_amounts"] == second["outcomes"]["approved_amounts"]
 
 
 def test_status_shows_the_four_stages_of_a_delivered_payment(pipeline: Settings) -> None:
@@ -152,7 +152,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on(
     assert "decrypt" in letters[sealed_garbage].reason
 
     after = send(pipeline, "--count", "100", "--seed", "9")
-    assert after["completed"] == 100
+    assert after["outcomes"]["completed"] == 100
 
 
 def _pan_hits(blob: bytes, pans: set[bytes]) -> list[bytes]:
@@ -218,7 +218,7 @@ def test_signed_webhooks_reach_the_client_and_verify(pipeline: Settings) -> None
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
         summary = send(pipeline, "--count", "20", "--seed", "8", "--callback-url", url)
-        assert summary["completed"] == 20
+        assert summary["outcomes"]["completed"] == 20
         assert wait_until(lambda: len(_Receiver.received) >= 20, timeout=60)
     finally:
         server.shutdown()
@@ -263,13 +263,13 @@ def test_a_killed_service_is_restarted_and_nothing_is_lost(pipeline: Settings) -
     assert f"processor-0 exited with code -{signal.SIGKILL.value}" in said
     assert "processor-0 restarted" in said
     summary = send(pipeline, "--count", "200", "--seed", "11")
-    assert summary["completed"] == 200
+    assert summary["outcomes"]["completed"] == 200
     assert reason_counts(summary) == dict(injected(11, 200, pipeline))
 
 
 def test_send_through_the_http_api_gets_the_injected_outcomes(pipeline: Settings) -> None:
     summary = send(pipeline, "--count", "300", "--seed", "12", "--via", "http")
-    assert summary["completed"] == 300
+    assert summary["outcomes"]["completed"] == 300
     assert reason_counts(summary) == dict(injected(12, 300, pipeline))
 
 

@@ -10,6 +10,8 @@ from paysim import cards, decisions, money
 from paysim.cards import CardBlock
 from paysim.decisions import IssuerRates, card_profile, check_card, draw, issuer_precheck
 
+NOW_US = 1_800_000_000_000_000  # Unix microseconds; no outage is open then
+
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 MAX_USD = 10_000.0
 VISA = CardBlock("4242424242424242", 12, 2030, "123")
@@ -181,7 +183,7 @@ NO_RATES = IssuerRates()
 @pytest.mark.parametrize(("pan", "code"), list(decisions.TEST_CARDS.items()))
 def test_precheck_for_each_test_card(pan: str, code: str) -> None:
     forced = decisions.TEST_CARDS[pan]
-    answer = issuer_precheck(forced, NO_RATES, "payment-1")
+    answer = issuer_precheck(forced, NO_RATES, NOW_US, "payment-1")
     if code in decisions.FORCED_BY_ISSUER:
         assert answer == code
     else:  # 51 and 61 come from the ledger, not the precheck
@@ -191,33 +193,35 @@ def test_precheck_for_each_test_card(pan: str, code: str) -> None:
 
 @pytest.mark.parametrize("forced", sorted(decisions.FORCED_BY_ISSUER))
 def test_forced_answer_beats_the_rates(forced: str) -> None:
-    assert issuer_precheck(forced, IssuerRates(decline_rate=1.0, fault_rate=1.0), "p") == forced
+    every = IssuerRates(decline_rate=1.0, fault_rate=1.0)
+    assert issuer_precheck(forced, every, NOW_US, "p") == forced
 
 
 def test_zero_rates_never_answer() -> None:
-    assert all(issuer_precheck(None, NO_RATES, f"payment-{i}") is None for i in range(2_000))
+    answers = [issuer_precheck(None, NO_RATES, NOW_US, f"payment-{i}") for i in range(2_000)]
+    assert set(answers) == {None}
 
 
 def test_rate_one_always_answers() -> None:
     ids = [f"payment-{i}" for i in range(500)]
-    assert {issuer_precheck(None, IssuerRates(fault_rate=1.0), i) for i in ids} == {"91"}
-    assert {issuer_precheck(None, IssuerRates(decline_rate=1.0), i) for i in ids} == {"05"}
+    assert {issuer_precheck(None, IssuerRates(fault_rate=1.0), NOW_US, i) for i in ids} == {"91"}
+    assert {issuer_precheck(None, IssuerRates(decline_rate=1.0), NOW_US, i) for i in ids} == {"05"}
     # The fault is drawn first.
     both = IssuerRates(decline_rate=1.0, fault_rate=1.0)
-    assert {issuer_precheck(None, both, i) for i in ids} == {"91"}
+    assert {issuer_precheck(None, both, NOW_US, i) for i in ids} == {"91"}
 
 
 def test_rates_in_between_answer_about_that_share() -> None:
     rates = IssuerRates(decline_rate=0.3)
-    answers = [issuer_precheck(None, rates, f"payment-{i}") for i in range(10_000)]
+    answers = [issuer_precheck(None, rates, NOW_US, f"payment-{i}") for i in range(10_000)]
     assert set(answers) == {None, "05"}
     assert 0.27 < answers.count("05") / len(answers) < 0.33
 
 
 def test_precheck_is_deterministic_per_identity() -> None:
     rates = IssuerRates(decline_rate=0.5, fault_rate=0.2)
-    first = [issuer_precheck(None, rates, "run", i) for i in range(300)]
-    again = [issuer_precheck(None, rates, "run", i) for i in range(300)]
+    first = [issuer_precheck(None, rates, NOW_US, "run", i) for i in range(300)]
+    again = [issuer_precheck(None, rates, NOW_US, "run", i) for i in range(300)]
     assert first == again
     assert len(set(first)) == 3
 
@@ -259,3 +263,12 @@ def test_regular_profiles_are_deterministic_per_token() -> None:
 @pytest.mark.parametrize("forced", [None, "05", "41", "43", "96"])
 def test_other_forced_reasons_get_the_regular_profile(forced: str | None) -> None:
     assert card_profile("tok_abc", forced) == card_profile("tok_abc", None)
+
+
+def test_an_open_outage_answers_91_and_a_closed_one_does_not() -> None:
+    rates = IssuerRates(outages=((NOW_US, NOW_US + 1_000_000),))
+    assert issuer_precheck(None, rates, NOW_US, "p") == "91"
+    assert issuer_precheck(None, rates, NOW_US + 999_999, "p") == "91"
+    assert issuer_precheck(None, rates, NOW_US + 1_000_000, "p") is None
+    assert issuer_precheck(None, rates, NOW_US - 1, "p") is None
+    assert issuer_precheck("41", rates, NOW_US, "p") == "41"  # a test card's answer comes first

@@ -70,8 +70,8 @@ def test_iterating_gives_the_same_sequence_as_take(population: generator.Populat
 
 
 def test_different_seeds_differ() -> None:
-    one = generator.build_population(1, cardholders=200, merchants=50)
-    two = generator.build_population(2, cardholders=200, merchants=50)
+    one = generator.build_population(1, generator.PopulationSpec(cardholders=200, merchants=50))
+    two = generator.build_population(2, generator.PopulationSpec(cardholders=200, merchants=50))
     assert [h.card.number for h in one.cardholders] != [h.card.number for h in two.cardholders]
     assert [h.name for h in one.cardholders] != [h.name for h in two.cardholders]
     assert [m.name for m in one.merchants] != [m.name for m in two.merchants]
@@ -85,7 +85,7 @@ def test_different_stream_seeds_differ(population: generator.Population) -> None
 
 
 def test_population_sizes_are_honoured() -> None:
-    small = generator.build_population(5, cardholders=17, merchants=3)
+    small = generator.build_population(5, generator.PopulationSpec(cardholders=17, merchants=3))
     assert len(small.cardholders) == 17
     assert len(small.merchants) == 3
     assert set(small.typical_usd) == {m.id for m in small.merchants}

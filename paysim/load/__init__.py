@@ -1,0 +1,1 @@
+"""The load engine: open-model schedules, scenarios, thresholds and run reports."""

@@ -1,0 +1,175 @@
+"""From what the user asked (flags, a scenario, a replay file) to what the runner does."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from paysim.config import Settings
+from paysim.decisions import IssuerRates
+from paysim.errors import ConfigError
+from paysim.generator import Mix, PaymentStream, PopulationSpec, build_population
+from paysim.load.metrics import RunMetrics
+from paysim.load.replay import read_paysim_csv, read_record
+from paysim.load.report import run_values, window_values
+from paysim.load.runner import Plan, RunOptions
+from paysim.load.scenario import THRESHOLD_METRICS, Scenario, load_scenario
+from paysim.load.schedule import Profile, Stage, parse_duration
+from paysim.load.thresholds import Threshold, evaluate, parse_threshold
+
+DEFAULT_COUNT = 1000
+PAYSIM_CSV_RATE = 100.0
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """`paysim send`'s flags; None means not given (a scenario's value, else the default)."""
+
+    count: int | None = None
+    rate: float | None = None
+    duration: str | None = None
+    stages: tuple[str, ...] = ()  # "30s:100" each
+    start_rate: float | None = None
+    scenario: str | None = None
+    replay: str | None = None
+    record: str | None = None
+    seed: int | None = None
+    bad_share: float | None = None
+    test_card_share: float | None = None
+    thresholds: tuple[str, ...] = ()  # "p99_ms < 250" or "p99_ms < 250 @ 10s"
+    via: str = "kafka"
+    timeout: float = 120.0
+    callback_url: str | None = None
+
+
+def _stage(text: str) -> Stage:
+    length, sep, rate = text.partition(":")
+    try:
+        stage = Stage(parse_duration(length), float(rate))
+    except ValueError:
+        stage = None
+    if not sep or stage is None or stage.duration_s <= 0 or stage.target_rate < 0:
+        raise ConfigError(f"--stage: expected DURATION:RATE such as 30s:100, got {text!r}")
+    return stage
+
+
+def _threshold(text: str) -> Threshold:
+    expression, _, window = text.partition("@")
+    try:
+        seconds = int(parse_duration(window)) if window.strip() else None
+        return parse_threshold(expression, seconds, THRESHOLD_METRICS)
+    except ValueError as exc:
+        raise ConfigError(f"--threshold: expected {exc}") from None
+
+
+def _profile(request: SendRequest, scenario: Scenario | None) -> tuple[Profile | None, int]:
+    if request.stages:
+        profile = Profile(tuple(_stage(s) for s in request.stages),
+                          start_rate=request.start_rate or 0.0)
+    elif request.rate is not None:
+        if request.duration is not None:
+            try:
+                length = parse_duration(request.duration)
+            except ValueError as exc:
+                raise ConfigError(f"--duration: expected {exc}") from None
+        elif request.count is not None:
+            length = request.count / request.rate
+        else:
+            raise ConfigError("--rate needs --duration or --count")
+        profile = Profile.constant(request.rate, length)
+    elif request.count is not None:
+        return None, request.count
+    elif scenario is not None:
+        if scenario.profile is not None:
+            return scenario.profile, scenario.profile.expected_count()
+        return None, scenario.count or DEFAULT_COUNT
+    else:
+        return None, DEFAULT_COUNT
+    count = profile.expected_count()
+    if request.count is not None:
+        count = min(count, request.count)
+    if count < 1:
+        raise ConfigError("the load profile schedules no payment: raise --rate or --duration")
+    return profile, count
+
+
+def plan_run(settings: Settings, request: SendRequest) -> tuple[Plan, RunOptions,
+                                                                 list[Threshold], int]:
+    """The plan, the runner's options, the thresholds, and the seed used."""
+    scenario = load_scenario(request.scenario) if request.scenario else None
+    seed = request.seed if request.seed is not None else (
+        scenario.seed if scenario and scenario.seed is not None else random.randrange(2**31))
+    thresholds = list(scenario.thresholds if scenario else ()) + [
+        _threshold(t) for t in request.thresholds]
+    options = RunOptions(
+        via=request.via, timeout=request.timeout, callback_url=request.callback_url,
+        record=Path(request.record) if request.record else None,
+    )
+    if scenario:
+        spec = scenario.issuer
+        options = replace(options, issuer=IssuerRates(spec.decline_rate, spec.fault_rate, (),
+                                                      spec.added_latency_ms),
+                          issuer_outages_s=spec.outages_s)
+    if request.replay:
+        return _replay_plan(request, seed, scenario), options, thresholds, seed
+
+    mix = scenario.mix if scenario else Mix()
+    if request.bad_share is not None or request.test_card_share is not None:
+        mix = Mix(mix.bad_card_share if request.bad_share is None else request.bad_share,
+                  mix.test_card_share if request.test_card_share is None
+                  else request.test_card_share)
+    if mix.bad_card_share + mix.test_card_share > 1:
+        raise ConfigError("--bad-share and --test-card-share add up to more than 1")
+    population = build_population(seed, scenario.population if scenario else PopulationSpec())
+    stream = PaymentStream(population, seed, mix, settings.issuer.max_amount_usd)
+    profile, count = _profile(request, scenario)
+    plan = Plan(payments=iter(stream), count=count,
+                offsets=profile.offsets() if profile else None, profile=profile,
+                scenario=scenario.name if scenario else None, seed=seed)
+    return plan, options, thresholds, seed
+
+
+def _replay_plan(request: SendRequest, seed: int, scenario: Scenario | None) -> Plan:
+    path = Path(request.replay)
+    if path.suffix.lower() == ".csv":
+        payments = read_paysim_csv(path)
+        offsets = None
+        rate = request.rate or PAYSIM_CSV_RATE
+    else:
+        _, recorded = read_record(path)
+        if not recorded:
+            raise ConfigError(f"{path}: no payments recorded")
+        payments = [payment for payment, _ in recorded]
+        offsets = [offset for _, offset in recorded]
+        rate = request.rate
+    count = len(payments) if request.count is None else min(request.count, len(payments))
+    if rate is not None:  # the same payments at a constant rate
+        profile = Profile.constant(rate, count / rate)
+        offsets = profile.offsets()
+    else:
+        profile = Profile.constant(count / max(offsets[-1], 1e-3), max(offsets[-1], 1e-3))
+        offsets = iter(offsets)
+    return Plan(payments=iter(payments), count=count, offsets=offsets, profile=profile,
+                scenario=scenario.name if scenario else f"replay of {path.name}", seed=seed)
+
+
+def check_thresholds(report: dict[str, Any], metrics: RunMetrics,
+                     thresholds: list[Threshold]) -> list[dict[str, Any]]:
+    """Each threshold over the whole run and, where it has a window, every full window."""
+    run = run_values(report, metrics)
+    last = max((s["second"] for s in report["timeline"] if s["sent"]), default=-1)
+    results = []
+    for threshold in thresholds:
+        windows = []
+        if threshold.window_s:
+            size = threshold.window_s
+            for first in itertools.count(0, size):
+                if first + size - 1 > last:
+                    break
+                windows.append((first, window_values(metrics, first, first + size - 1,
+                                                     report["load"]["target_rate"])))
+        results.append(evaluate(threshold, run, windows))
+    return results

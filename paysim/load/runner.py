@@ -1,0 +1,327 @@
+"""Run a load: send each payment at its intended time, read outcomes as they come, measure.
+
+Three threads: the scheduler sends (straight onto Kafka, or through the HTTP API with a pool of
+workers), the collector reads the run's stream of notified payments, and a ticker reports
+progress. A payment that cannot be sent on time is sent late, with its send delay recorded;
+one more than ``max_send_delay_s`` late is dropped and counted, as k6 counts dropped
+iterations, so a generator that cannot keep up says so instead of quietly sending less.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from confluent_kafka import KafkaException
+
+from paysim import store
+from paysim.config import Settings
+from paysim.decisions import IssuerRates
+from paysim.errors import PaysimError
+from paysim.generator import GeneratedPayment
+from paysim.load.metrics import RunMetrics
+from paysim.load.report import RunInfo
+from paysim.load.schedule import Profile
+from paysim.schema import now_us
+from paysim.secrets import load_keys
+from paysim.sending import HttpIngress, KafkaIngress, new_run_id
+from paysim.services.processor import issuer_rates_json
+
+TICK_S = 0.5
+HTTP_WORKERS = 32
+READ_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to send and when. ``offsets`` None means a burst: as fast as possible."""
+
+    payments: Iterator[GeneratedPayment]
+    count: int
+    offsets: Iterable[float] | None = None
+    profile: Profile | None = None
+    scenario: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    via: str = "kafka"
+    timeout: float = 120.0  # seconds to wait for outcomes after the last send
+    callback_url: str | None = None
+    record: Path | None = None
+    max_send_delay_s: float = 5.0
+    issuer: IssuerRates | None = None  # the run's issuer; None: the processor's settings
+    issuer_outages_s: tuple[tuple[float, float], ...] = ()  # relative to the run's start
+
+
+@dataclass
+class Tick:
+    elapsed_s: float
+    sent: int
+    completed: int
+    dropped: int
+    scheduled: int
+    target_rate: float | None
+    current_rate: float
+    approved: int
+    declined: int
+    rolling_p99_ms: float | None
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.completed
+
+
+@dataclass
+class _Ledger:
+    """Sent payments and their intended times, shared by the scheduler and the collector."""
+
+    intended: dict[str, int] = field(default_factory=dict)
+    outcomes: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class LoadRun:
+    def __init__(self, settings: Settings, plan: Plan, options: RunOptions,
+                 run_id: str | None = None) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.options = options
+        self.run_id = run_id or new_run_id()
+        self.ledger = _Ledger()
+        self.sending_done = threading.Event()
+        self.stop = threading.Event()
+        self.metrics: RunMetrics | None = None
+        self.errors: list[str] = []
+        self._last_outcome_us: int | None = None
+
+    def run(self, on_tick: Callable[[Tick], None] | None = None) -> tuple[RunMetrics, RunInfo]:
+        client = store.connect(self.settings)
+        try:
+            ingress = self._ingress()
+            started = now_us()
+            self.metrics = RunMetrics(started)
+            self._publish_issuer(client, started)
+            collector = threading.Thread(target=self._collect, args=(client,), daemon=True)
+            collector.start()
+            ticker = None
+            if on_tick:
+                ticker = threading.Thread(target=self._tick, args=(on_tick,), daemon=True)
+                ticker.start()
+            try:
+                self._send_all(ingress, started)
+            finally:
+                self.sending_done.set()
+            collector.join()
+            self.stop.set()
+            if ticker:
+                ticker.join()
+                on_tick(self._snapshot())
+            if self.errors:
+                raise PaysimError(self.errors[0])
+        except KafkaException as exc:
+            raise PaysimError(f"Kafka at {self.settings.kafka_bootstrap}: "
+                              f"{exc.args[0].str()}") from None
+        except redis.RedisError as exc:
+            raise PaysimError(f"Redis at {self.settings.redis_url}: {exc}") from None
+        finally:
+            self.stop.set()
+            client.close()
+        with self.ledger.lock:
+            lost = [pid for pid in self.ledger.intended if pid not in self.ledger.outcomes]
+        profile = self.plan.profile
+        info = RunInfo(
+            run_id=self.run_id, seed=self.plan.seed, via=self.options.via,
+            mode="burst" if self.plan.offsets is None else "open",
+            scenario=self.plan.scenario,
+            target_rate=round(profile.mean_rate(), 3) if profile else None,
+            stages=[{"duration_s": s.duration_s, "target_rate": s.target_rate}
+                    for s in profile.stages] if profile else [],
+            scheduled=self.plan.count, lost_ids=lost,
+            finished_us=self._last_outcome_us or now_us(),
+        )
+        return self.metrics, info
+
+    # ---------------------------------------------------------------- sending
+
+    def _ingress(self) -> KafkaIngress | HttpIngress:
+        if self.options.via == "http":
+            return HttpIngress(self.settings)
+        return KafkaIngress(self.settings, load_keys(self.settings))
+
+    def _publish_issuer(self, client: redis.Redis, started_us: int) -> None:
+        if self.options.issuer is None:
+            return
+        outages = tuple((started_us + int(a * 1e6), started_us + int(b * 1e6))
+                        for a, b in self.options.issuer_outages_s)
+        rates = IssuerRates(self.options.issuer.decline_rate, self.options.issuer.fault_rate,
+                            outages, self.options.issuer.added_latency_ms)
+        client.set(store.run_issuer_key(self.run_id), issuer_rates_json(rates),
+                   ex=self.settings.redis.outcome_ttl)
+
+    def _send_all(self, ingress: KafkaIngress | HttpIngress, started_us: int) -> None:
+        record = self.options.record.open("w") if self.options.record else None
+        pool = ThreadPoolExecutor(HTTP_WORKERS) if isinstance(ingress, HttpIngress) else None
+        try:
+            if record:
+                record.write(json.dumps({"paysim_record": 1, "run_id": self.run_id,
+                                         "seed": self.plan.seed,
+                                         "scenario": self.plan.scenario}) + "\n")
+            start = time.monotonic()
+            offsets = self.plan.offsets
+            for index, payment in enumerate(self.plan.payments):
+                if index >= self.plan.count or self.stop.is_set():
+                    break
+                offset = next(offsets, None) if offsets is not None else None
+                if offsets is not None and offset is None:
+                    break
+                if offset is not None:
+                    if not self._wait_until(start + offset):
+                        break
+                    late = time.monotonic() - (start + offset)
+                    if late > self.options.max_send_delay_s:
+                        self.metrics.record_drop()
+                        continue
+                    intended = started_us + int(offset * 1e6)
+                else:
+                    intended = None
+                if record:
+                    record.write(record_line(payment, offset if offset is not None
+                                             else (time.monotonic() - start)) + "\n")
+                if pool:
+                    pool.submit(self._send_http, ingress, payment, intended)
+                else:
+                    self._send_kafka(ingress, payment, intended)
+        finally:
+            if pool:
+                pool.shutdown(wait=True)
+            if isinstance(ingress, KafkaIngress):
+                ingress.finish()
+            if record:
+                record.close()
+
+    def _wait_until(self, due: float) -> bool:
+        while True:
+            left = due - time.monotonic()
+            if left <= 0:
+                return True
+            if self.stop.wait(min(left, 0.05)):
+                return False
+
+    def _send_kafka(self, ingress: KafkaIngress, payment: GeneratedPayment,
+                    intended: int | None) -> None:
+        sent = now_us()
+        payment_id = ingress.send(payment, self.run_id, self.options.callback_url)
+        self._sent(payment_id, intended if intended is not None else sent, sent)
+
+    def _send_http(self, ingress: HttpIngress, payment: GeneratedPayment,
+                   intended: int | None) -> None:
+        try:
+            sent = now_us()
+            payment_id, immediate = ingress.send(payment, self.run_id, self.options.callback_url)
+            self._sent(payment_id, intended if intended is not None else sent, sent)
+            if immediate:  # declined at the edge: its outcome is the HTTP answer
+                self._outcome({**immediate, "amount": str(payment.amount),
+                               "currency": payment.currency, "t_notified": str(now_us())})
+        except PaysimError as exc:
+            self.errors.append(str(exc))
+            self.stop.set()
+
+    def _sent(self, payment_id: str, intended: int, sent: int) -> None:
+        with self.ledger.lock:
+            self.ledger.intended[payment_id] = intended
+        self.metrics.record_send(intended, sent)
+
+    # ---------------------------------------------------------------- collecting
+
+    def _outcome(self, entry: dict[str, str]) -> None:
+        payment_id = entry["payment_id"]
+        with self.ledger.lock:
+            if payment_id in self.ledger.outcomes or payment_id not in self.ledger.intended:
+                return  # a replayed duplicate, or (rarely) read before its send was noted
+            self.ledger.outcomes.add(payment_id)
+            intended = self.ledger.intended[payment_id]
+        self.metrics.record_outcome(entry, intended)
+        notified = int(entry.get("t_notified", 0)) or None
+        if notified and (self._last_outcome_us is None or notified > self._last_outcome_us):
+            self._last_outcome_us = notified
+
+    def _collect(self, client: redis.Redis) -> None:
+        key, last_id = store.run_stream_key(self.run_id), "0"
+        early: list[dict[str, str]] = []  # read before the sender noted their send
+        deadline = None
+        while True:
+            if self.sending_done.is_set() and deadline is None:
+                deadline = time.monotonic() + self.options.timeout
+            with self.ledger.lock:
+                all_in = len(self.ledger.outcomes) >= len(self.ledger.intended)
+            if self.sending_done.is_set() and all_in and not early:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            try:
+                read = client.xread({key: last_id}, count=READ_BATCH, block=200) or []
+            except redis.RedisError:
+                if self.stop.wait(0.5):
+                    return
+                continue
+            entries = early
+            early = []
+            for _, batch in read:
+                for entry_id, fields in batch:
+                    last_id = entry_id
+                    entries.append({k.decode(): v.decode() for k, v in fields.items()})
+            for entry in entries:
+                with self.ledger.lock:
+                    known = entry["payment_id"] in self.ledger.intended
+                if known:
+                    self._outcome(entry)
+                else:
+                    early.append(entry)
+
+    # ---------------------------------------------------------------- progress
+
+    def _snapshot(self) -> Tick:
+        metrics = self.metrics
+        now = now_us()
+        elapsed = (now - metrics.started_us) / 1e6
+        with metrics.lock:
+            second = metrics.seconds.get(int(elapsed) - 1)
+            approved = sum(n for (status, _), n in metrics.reasons.items()
+                           if status == "approved")
+            sent, completed, dropped = metrics.sent, metrics.completed, metrics.dropped
+        profile = self.plan.profile
+        return Tick(
+            elapsed_s=elapsed, sent=sent, completed=completed, dropped=dropped,
+            scheduled=self.plan.count,
+            target_rate=profile.rate_at(elapsed) if profile else None,
+            current_rate=float(second.sent) if second else 0.0,
+            approved=approved, declined=completed - approved,
+            rolling_p99_ms=metrics.rolling_p99_ms(now),
+        )
+
+    def _tick(self, on_tick: Callable[[Tick], None]) -> None:
+        while not self.stop.wait(TICK_S):
+            on_tick(self._snapshot())
+
+
+def record_line(payment: GeneratedPayment, offset_s: float) -> str:
+    """One line of a --record file: a fake payment and when it was meant to be sent."""
+    card = payment.card
+    return json.dumps({
+        "seq": payment.seq, "offset_s": round(offset_s, 6),
+        "card": {"number": card.number, "exp_month": card.exp_month,
+                 "exp_year": card.exp_year, "cvv": card.cvv},
+        "amount": payment.amount, "currency": payment.currency,
+        "merchant": {"id": payment.merchant.id, "name": payment.merchant.name,
+                     "mcc": payment.merchant.mcc, "country": payment.merchant.country},
+        "expected": payment.expected,
+    })
+

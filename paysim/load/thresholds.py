@@ -1,0 +1,77 @@
+"""Pass/fail thresholds, as in k6: ``p99_ms < 250``, ``achieved_rate >= 0.98 * target``.
+
+A threshold holds over the whole run and, when it has a window, over every full window of the
+run as well, so a collapse late in a long run cannot pass on the average.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+    "<": operator.lt, ">": operator.gt,
+}
+_EXPRESSION = re.compile(
+    r"^\s*(?P<metric>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|==|!=|<|>)\s*"
+    r"(?P<number>-?\d+(?:\.\d+)?)\s*(?P<target>\*\s*target)?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    expression: str
+    metric: str
+    op: str
+    number: float
+    times_target: bool  # "0.98 * target": the bound scales with the target rate
+    window_s: int | None = None
+
+    def bound(self, values: Mapping[str, float]) -> float:
+        return self.number * values.get("target", 0.0) if self.times_target else self.number
+
+    def holds(self, values: Mapping[str, float]) -> tuple[bool, float | None]:
+        """(passed, actual); a metric the run never produced fails."""
+        actual = values.get(self.metric)
+        if actual is None:
+            return False, None
+        return OPERATORS[self.op](actual, self.bound(values)), actual
+
+
+def parse_threshold(text: str, window_s: int | None = None,
+                    known: set[str] | None = None) -> Threshold:
+    """Parse one expression; ValueError says what was expected."""
+    match = _EXPRESSION.match(text)
+    if not match:
+        raise ValueError("an expression like 'p99_ms < 250' or "
+                         f"'achieved_rate >= 0.98 * target', got {text!r}")
+    metric = match["metric"]
+    if known is not None and metric not in known:
+        raise ValueError(f"a known metric ({', '.join(sorted(known))}), got {metric!r}")
+    return Threshold(text.strip(), metric, match["op"], float(match["number"]),
+                     match["target"] is not None, window_s)
+
+
+def evaluate(threshold: Threshold, run: Mapping[str, float],
+             windows: list[tuple[int, Mapping[str, float]]]) -> dict[str, Any]:
+    """The threshold's verdict for report.json: over the run, and its worst window."""
+    passed, actual = threshold.holds(run)
+    result: dict[str, Any] = {"expression": threshold.expression,
+                              "window_s": threshold.window_s, "bound": threshold.bound(run),
+                              "actual": actual, "passed": passed, "failed_windows": 0,
+                              "worst_window": None}
+    if threshold.window_s:
+        worst = None
+        for start, values in windows:
+            ok, value = threshold.holds(values)
+            if not ok:
+                result["failed_windows"] += 1
+                if worst is None:
+                    worst = {"start_s": start, "actual": value}
+        result["worst_window"] = worst
+        result["passed"] = passed and result["failed_windows"] == 0
+    return result
