@@ -75,6 +75,8 @@ class Profile:
 def parse_duration(text: str) -> float:
     """'90s', '2m', '1h30m', '500ms' or a plain number of seconds -> seconds."""
     text = str(text).strip().lower()
+    if not text:
+        raise ValueError("a duration like 90s, 2m, 1h30m or 500ms, got ''")
     try:
         return float(text)
     except ValueError:

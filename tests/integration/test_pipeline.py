@@ -8,67 +8,29 @@ import os
 import signal
 import threading
 import uuid
-from collections import Counter
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-import pytest
 import redis
 from confluent_kafka import Producer
 
 from paysim import decisions, store, webhooks
-from paysim.config import Settings, settings_env
+from paysim.config import Settings
 from paysim.generator import Mix, PaymentStream, build_population
 from paysim.kafka_clients import client_config
 from paysim.schema import Codec, DeadLetter
 from paysim.secrets import load_keys
 from paysim.stack.process import is_alive
 from paysim.waiting import wait_until
-from tests.helpers import free_port, run_paysim, settings_for
+from tests.helpers import free_port
 from tests.integration.kafka_helpers import read_topic
-
-
-@pytest.fixture(scope="module")
-def pipeline(local_stack, service_flags: dict[str, object]) -> Iterator[Settings]:
-    """run-all in the background against the test stack, with no random issuer declines so
-    every outcome is the one the generator injected."""
-    settings = settings_for({**service_flags, "http.port": free_port(),
-                             "issuer.decline_rate": 0, "issuer.fault_rate": 0})
-    started = run_paysim("run-all", "--detach", env=settings_env(settings))
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        yield settings
-    finally:
-        run_paysim("stop", env=settings_env(settings))
-
-
-def paysim(settings: Settings, *args: str):
-    return run_paysim(*args, env=settings_env(settings))
-
-
-def send(settings: Settings, *args: str) -> dict:
-    result = paysim(settings, "send", "--json", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
-
-
-def injected(seed: int, count: int, settings: Settings) -> Counter:
-    stream = PaymentStream(build_population(seed), seed, Mix(), settings.issuer.max_amount_usd)
-    return Counter(p.expected or decisions.APPROVED for p in stream.take(count))
-
-
-def reason_counts(report: dict) -> dict[str, int]:
-    return {row["reason_code"]: row["count"] for row in report["outcomes"]["by_reason"]}
-
-
-def run_payment_ids(settings: Settings, run_id: str) -> list[dict[str, str]]:
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        return [{k.decode(): v.decode() for k, v in fields.items()}
-                for _, fields in client.xrange(store.run_stream_key(run_id))]
-    finally:
-        client.close()
+from tests.integration.pipeline_helpers import (
+    injected,
+    paysim,
+    reason_counts,
+    run_payment_ids,
+    send,
+)
 
 
 def test_thousand_payments_get_exactly_the_injected_outcomes(pipeline: Settings) -> None:

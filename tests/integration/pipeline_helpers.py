@@ -1,0 +1,42 @@
+"""The pipeline as the integration tests run it: `paysim run-all --detach` and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+
+import redis
+
+from paysim import decisions, store
+from paysim.config import Settings, settings_env
+from paysim.generator import Mix, PaymentStream, build_population
+from tests.helpers import run_paysim
+
+
+def paysim(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_paysim(*args, env=settings_env(settings))
+
+
+def send(settings: Settings, *args: str) -> dict:
+    result = paysim(settings, "send", "--json", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def injected(seed: int, count: int, settings: Settings) -> Counter:
+    stream = PaymentStream(build_population(seed), seed, Mix(), settings.issuer.max_amount_usd)
+    return Counter(p.expected or decisions.APPROVED for p in stream.take(count))
+
+
+def reason_counts(report: dict) -> dict[str, int]:
+    return {row["reason_code"]: row["count"] for row in report["outcomes"]["by_reason"]}
+
+
+def run_payment_ids(settings: Settings, run_id: str) -> list[dict[str, str]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return [{k.decode(): v.decode() for k, v in fields.items()}
+                for _, fields in client.xrange(store.run_stream_key(run_id))]
+    finally:
+        client.close()

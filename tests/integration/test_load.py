@@ -1,0 +1,147 @@
+"""The load engine on the real pipeline: open-model rates, thresholds, record and replay."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import jsonschema
+
+from paysim.config import Settings
+from paysim.load.replay import read_record
+from tests.integration.pipeline_helpers import paysim, reason_counts, send
+
+
+def ps_pid(settings: Settings, name: str) -> int:
+    rows = json.loads(paysim(settings, "ps", "--json").stdout)["services"]
+    return next(row["pid"] for row in rows if row["name"] == name)
+
+
+def test_a_fixed_rate_sends_rate_times_duration_on_an_even_schedule(
+    pipeline: Settings, tmp_path: Path,
+) -> None:
+    record = tmp_path / "run.jsonl"
+    report = send(pipeline, "--rate", "100", "--duration", "5s", "--seed", "3",
+                  "--record", str(record))
+
+    assert abs(report["load"]["sent"] - 500) <= 10  # within 2% of rate x duration
+    assert report["load"]["mode"] == "open"
+    assert report["load"]["target_rate"] == 100
+    assert report["outcomes"]["lost"] == 0
+    _, recorded = read_record(record)
+    offsets = [offset for _, offset in recorded]
+    assert len(offsets) == report["load"]["sent"]
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    assert all(abs(gap - 0.01) < 1e-6 for gap in gaps), "intended times 10 ms apart"
+
+
+def test_a_paused_processor_shows_in_p99_because_latency_counts_from_intended_time(
+    pipeline: Settings,
+) -> None:
+    processor = ps_pid(pipeline, "processor-0")
+    pause_s = 2.0
+    resumed = threading.Event()
+
+    def pause_once_sending() -> None:
+        # The fault itself lasts a known time; that is what the run must report.
+        os.kill(processor, signal.SIGSTOP)
+        resumed.wait(pause_s)
+        os.kill(processor, signal.SIGCONT)
+
+    # Pause 1 s into a 6 s run at 100/s: ~200 payments are due while the processor sleeps.
+    timer = threading.Timer(1.0, pause_once_sending)
+    timer.start()
+    try:
+        report = send(pipeline, "--rate", "100", "--duration", "6s", "--seed", "4",
+                      "--bad-share", "0", "--test-card-share", "0")
+    finally:
+        timer.join()
+        os.kill(processor, signal.SIGCONT)
+    e2e = report["latency"]["end_to_end"]
+    assert report["outcomes"]["lost"] == 0
+    assert e2e["p99_ms"] >= 0.75 * pause_s * 1000, e2e
+    assert e2e["max_ms"] >= 0.9 * pause_s * 1000, e2e
+    # The sender kept its schedule through the pause: the stall is the pipeline's.
+    assert report["load"]["send_delay"]["p99_ms"] < 200
+
+
+def test_a_threshold_that_must_fail_exits_1_and_says_so(pipeline: Settings) -> None:
+    result = paysim(pipeline, "send", "--count", "50", "--seed", "6",
+                    "--threshold", "p99_ms < 0.001", "--threshold", "lost == 0")
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+    assert "thresholds failed: p99_ms < 0.001" in result.stderr
+
+
+def test_a_windowed_threshold_fails_on_a_bad_window_even_if_the_run_passes(
+    pipeline: Settings,
+) -> None:
+    processor = ps_pid(pipeline, "processor-0")
+    timer = threading.Timer(2.0, lambda: (os.kill(processor, signal.SIGSTOP),
+                                          threading.Event().wait(1.5),
+                                          os.kill(processor, signal.SIGCONT)))
+    timer.start()
+    try:
+        result = paysim(pipeline, "send", "--rate", "50", "--duration", "8s", "--seed", "8",
+                        "--json", "--threshold", "p90_ms < 1000",
+                        "--threshold", "p90_ms < 1000 @ 2s")
+    finally:
+        timer.join()
+        os.kill(processor, signal.SIGCONT)
+    report = json.loads(result.stdout)
+    whole, windowed = report["thresholds"]
+    assert whole["passed"], whole  # the pause is under 10% of the run
+    assert not windowed["passed"] and windowed["failed_windows"] >= 1, windowed
+    assert result.returncode == 1
+
+
+def test_replaying_a_record_sends_the_same_payments_and_gets_the_same_outcomes(
+    pipeline: Settings, tmp_path: Path,
+) -> None:
+    record = tmp_path / "burst.jsonl"
+    first = send(pipeline, "--count", "300", "--seed", "10", "--record", str(record))
+
+    again = send(pipeline, "--replay", str(record))
+
+    assert again["load"]["sent"] == 300
+    assert reason_counts(again) == reason_counts(first)
+    assert again["outcomes"]["approved_amounts"] == first["outcomes"]["approved_amounts"]
+    faster = send(pipeline, "--replay", str(record), "--rate", "500")
+    assert faster["load"]["target_rate"] == 500
+    assert reason_counts(faster) == reason_counts(first)
+
+
+def test_a_paysim_csv_replays_with_one_outcome_per_row(pipeline: Settings,
+                                                       tmp_path: Path) -> None:
+    rows = ["step,type,amount,nameOrig,oldbalanceOrg,newbalanceOrig,nameDest,oldbalanceDest,"
+            "newbalanceDest,isFraud,isFlaggedFraud"]
+    kinds = ["PAYMENT", "TRANSFER", "CASH_OUT", "DEBIT", "CASH_IN"]
+    for i in range(25):
+        rows.append(f"{1 + i // 10},{kinds[i % 5]},{(i + 1) * 13.57:.2f},C{1000 + i % 7},"
+                    f"5000.00,4000.00,M{2000 + i % 4},0.0,0.0,0,0")
+    csv = tmp_path / "paysim.csv"
+    csv.write_text("\n".join(rows) + "\n")
+
+    report = send(pipeline, "--replay", str(csv), "--rate", "100")
+
+    assert report["load"]["sent"] == 25
+    assert report["outcomes"]["completed"] == 25
+    assert report["outcomes"]["lost"] == 0
+
+
+def test_report_files_are_written_and_valid(pipeline: Settings, tmp_path: Path) -> None:
+    out, html = tmp_path / "report.json", tmp_path / "report.html"
+    send(pipeline, "--rate", "50", "--duration", "3s", "--seed", "12", "--out", str(out),
+         "--html", str(html))
+    report = json.loads(out.read_text())
+    schema = json.loads((Path(__file__).resolve().parents[2] / "paysim" / "load"
+                         / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    page = html.read_text()
+    assert report["run_id"] in page
+    for forbidden in ("http://", "https://", "<link", " src="):
+        assert forbidden not in page
