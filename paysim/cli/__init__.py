@@ -11,6 +11,7 @@ import click
 from paysim import __version__
 from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
+from paysim.cli.report import report as report_group
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
 from paysim.errors import PaysimError
@@ -25,7 +26,7 @@ def cli() -> None:
     """paysim: a card-payment pipeline on Kafka and Redis, and a load tool to drive it."""
 
 
-for command in (run_all_command, send, status, ps, stop, stack, topics, service):
+for command in (run_all_command, send, status, ps, stop, report_group, stack, topics, service):
     cli.add_command(command)
 
 

@@ -90,7 +90,7 @@ def render_report(report: dict) -> None:
             verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
             if check["failed_windows"]:
                 worst = check["worst_window"]
-                verdict += (f" [red]({check['failed_windows']} windows; first from "
+                verdict += (f" [red]({check['failed_windows']} windows; worst from "
                             f"{worst['start_s']} s: {worst['actual']})[/]")
             over = f"run + each {check['window_s']} s" if check["window_s"] else "run"
             checks.add_row(check["expression"], over, actual, verdict)

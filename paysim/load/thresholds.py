@@ -56,6 +56,19 @@ def parse_threshold(text: str, window_s: int | None = None,
                      match["target"] is not None, window_s)
 
 
+def _worst(threshold: Threshold, failed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The failing window furthest past the bound: the highest value under an upper bound,
+    the lowest under a lower one; for == and != the first."""
+    measured = [w for w in failed if w["actual"] is not None]
+    if not measured:
+        return failed[0] if failed else None
+    if threshold.op in ("<", "<="):
+        return max(measured, key=lambda w: w["actual"])
+    if threshold.op in (">", ">="):
+        return min(measured, key=lambda w: w["actual"])
+    return measured[0]
+
+
 def evaluate(threshold: Threshold, run: Mapping[str, float],
              windows: list[tuple[int, Mapping[str, float]]]) -> dict[str, Any]:
     """The threshold's verdict for report.json: over the run, and its worst window."""
@@ -65,13 +78,12 @@ def evaluate(threshold: Threshold, run: Mapping[str, float],
                               "actual": actual, "passed": passed, "failed_windows": 0,
                               "worst_window": None}
     if threshold.window_s:
-        worst = None
+        failed = []
         for start, values in windows:
             ok, value = threshold.holds(values)
             if not ok:
-                result["failed_windows"] += 1
-                if worst is None:
-                    worst = {"start_s": start, "actual": value}
-        result["worst_window"] = worst
+                failed.append({"start_s": start, "actual": value})
+        result["failed_windows"] = len(failed)
+        result["worst_window"] = _worst(threshold, failed)
         result["passed"] = passed and result["failed_windows"] == 0
     return result

@@ -61,13 +61,18 @@ def test_thresholds_compare_and_scale_with_the_target() -> None:
     assert parse_threshold("p99_ms < 250").holds({}) == (False, None)
 
 
-def test_a_windowed_threshold_reports_its_first_failing_window() -> None:
-    threshold = parse_threshold("p99_ms < 100", window_s=10)
-    windows = [(0, {"p99_ms": 50.0}), (10, {"p99_ms": 400.0}), (20, {"p99_ms": 90.0})]
-    result = evaluate(threshold, {"p99_ms": 80.0}, windows)
+def test_a_windowed_threshold_reports_its_worst_failing_window() -> None:
+    upper = parse_threshold("p99_ms < 100", window_s=10)
+    windows = [(0, {"p99_ms": 150.0}), (10, {"p99_ms": 400.0}), (20, {"p99_ms": 90.0})]
+    result = evaluate(upper, {"p99_ms": 80.0}, windows)
     assert not result["passed"]
-    assert result["failed_windows"] == 1
+    assert result["failed_windows"] == 2
     assert result["worst_window"] == {"start_s": 10, "actual": 400.0}
+    lower = parse_threshold("approved_ratio > 0.9", window_s=10)
+    windows = [(0, {"approved_ratio": 0.8}), (10, {"approved_ratio": 0.2}),
+               (20, {"approved_ratio": 0.95})]
+    assert evaluate(lower, {"approved_ratio": 0.95}, windows)["worst_window"] == {
+        "start_s": 10, "actual": 0.2}
 
 
 @pytest.mark.parametrize("text", ["p99 < 250", "p99_ms << 1", "p99_ms < abc", "< 5",
