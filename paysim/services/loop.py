@@ -111,6 +111,7 @@ class ServiceLoop(Generic[T]):
         # aborts its open transaction instead of leaving it to time out.
         self.producer = Producer(client_config(settings, **{
             "transactional.id": f"{group}-{instance}", "linger.ms": 5,
+            "retry.backoff.ms": 5, "retry.backoff.max.ms": 50,
             "compression.type": "lz4", "logger": self.log,
         }))
         self._last_heartbeat = 0.0
