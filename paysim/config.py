@@ -184,6 +184,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("secrets.webhook_secret", _text, lambda: None, "shared secret signing webhooks"),
     Option("services.batch_size", _whole_number(1), lambda: 500,
            "messages a service takes per transaction"),
+    Option("services.stuck_after", _seconds, lambda: 30.0,
+           "seconds without a heartbeat after which run-all kills a service as stuck"),
     Option("services.dir", _path, lambda: _data_home() / "paysim" / "services",
            "where run-all keeps the services' logs and its pid record"),
 )
@@ -260,6 +262,7 @@ class SecretSettings:
 @dataclass(frozen=True)
 class ServiceSettings:
     batch_size: int
+    stuck_after: float
     dir: Path
 
 

@@ -13,12 +13,12 @@ logged, echoed back in an error, or kept anywhere but inside the sealed card blo
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import threading
 import time
 import traceback
-import urllib.parse
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +34,7 @@ from werkzeug.exceptions import HTTPException
 from paysim import cards, decisions, store
 from paysim.config import Settings
 from paysim.errors import PaysimError
-from paysim.kafka_clients import client_config
+from paysim.kafka_clients import client_config, error_text, produce
 from paysim.schema import (
     REQUESTED,
     Merchant,
@@ -46,6 +46,7 @@ from paysim.schema import (
 from paysim.secrets import Keys, load_keys
 from paysim.services import notifier
 from paysim.topics import ensure_topics
+from paysim.webhooks import valid_callback_url
 
 log = logging.getLogger("paysim.http")
 
@@ -55,7 +56,6 @@ DELIVERY_TIMEOUT_S = 10.0
 IDEMPOTENCY_PENDING_TTL_S = 60
 IDEMPOTENCY_DONE_TTL_S = 86400
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-MAX_URL_CHARS = 2048
 THREADS = 8
 HEARTBEAT_EVERY_S = 1.0
 HEARTBEAT_TTL_S = 5
@@ -72,6 +72,7 @@ _REQUIRED: dict[str, type] = {
 # run_id and seq let a load tool (`paysim send --via http`) tag its payments as one run.
 _OPTIONAL = ("merchant", "callback_url", "run_id", "seq")
 HTTP_RUN_ID = "http"
+MAX_SEQ = 2**53 - 1  # what JSON readers everywhere hold exactly
 _MERCHANT_FIELDS = ("id", "name", "mcc", "country")
 _TYPE_NAMES = {str: "a string", int: "a whole number"}
 
@@ -128,6 +129,8 @@ def _body_object() -> tuple[bytes, dict[str, Any]]:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return raw, body
@@ -164,9 +167,7 @@ def _merchant(value: Any) -> Merchant:
 def _callback_url(value: Any) -> str:
     if not isinstance(value, str):
         raise BadRequest("field 'callback_url' must be a string")
-    parsed = urllib.parse.urlsplit(value)
-    if (len(value) > MAX_URL_CHARS or parsed.scheme not in ("http", "https")
-            or not parsed.hostname or any(ch.isspace() for ch in value)):
+    if not valid_callback_url(value):
         raise BadRequest("field 'callback_url' must be an http:// or https:// URL")
     return value
 
@@ -180,8 +181,8 @@ def _run_fields(body: dict[str, Any]) -> tuple[str, int]:
     seq = body.get("seq")
     if seq is None:
         seq = 0
-    elif not _typed(seq, int) or seq < 0:
-        raise BadRequest("field 'seq' must be a whole number >= 0")
+    elif not _typed(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise BadRequest(f"field 'seq' must be a whole number from 0 to {MAX_SEQ}")
     return run_id, seq
 
 
@@ -211,8 +212,11 @@ def _authorize_fields(body: dict[str, Any]) -> tuple[cards.CardBlock, int, str, 
 
 
 def deliver(producer: Producer, topic: str, key: str, value: bytes,
-            timeout: float = DELIVERY_TIMEOUT_S) -> str | None:
+            timeout: float = DELIVERY_TIMEOUT_S + 2) -> str | None:
     """Produce one record and wait for the broker's acknowledgement.
+
+    The wait outlasts the producer's own message.timeout.ms (DELIVERY_TIMEOUT_S), so the
+    answer is final: a record reported as failed will not be delivered later.
 
     None when it was acknowledged, otherwise one line saying why not. Safe from many threads:
     whichever thread polls serves every delivery report, each report sets its own event.
@@ -225,16 +229,12 @@ def deliver(producer: Producer, topic: str, key: str, value: bytes,
         done.set()
 
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-            break
-        except BufferError:  # the local queue is full: let deliveries drain first
-            if time.monotonic() >= deadline:
-                return "the Kafka producer queue is full"
-            producer.poll(0.05)
-        except KafkaException as exc:
-            return _kafka_text(exc)
+    try:
+        produce(producer, topic, value, key=key, on_delivery=on_delivery, deadline=deadline)
+    except BufferError:
+        return "the Kafka producer queue is full"
+    except KafkaException as exc:
+        return error_text(exc)
     while not done.is_set():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -244,22 +244,17 @@ def deliver(producer: Producer, topic: str, key: str, value: bytes,
     return None if error is None else error.str()
 
 
-def _kafka_text(exc: KafkaException) -> str:
-    if exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return type(exc).__name__
-
-
 # ---------------------------------------------------------------------------- idempotency
 
 
 class _Idempotency:
     """One Idempotency-Key: reserved before the work, then holding the answer to replay."""
 
-    def __init__(self, client: redis.Redis, key: str, body: bytes) -> None:
+    def __init__(self, client: redis.Redis, key: str, body: bytes, secret: bytes) -> None:
         self.client = client
         self.redis_key = store.idempotency_key(key)
-        self.hash = hashlib.sha256(body).hexdigest()
+        # Keyed: the body holds a PAN and CVV, and a bare hash of them could be brute-forced.
+        self.hash = hmac.new(secret, body, hashlib.sha256).hexdigest()
 
     def reserve(self) -> Response | None:
         """None when this request may do the work; else the answer to give instead."""
@@ -372,7 +367,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         if key is None:
             status, answer = authorize_once(*fields)
             return _json(status, answer)
-        idem = _Idempotency(redis_client, key, raw)
+        idem = _Idempotency(redis_client, key, raw, keys.token_key)
         earlier = idem.reserve()
         if earlier is not None:
             return earlier

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from paysim.config import Settings
 from paysim.errors import ConfigError
 
 # librdkafka reports every refused connection; while a broker starts that is expected noise.
-_quiet = logging.getLogger("paysim.kafka.quiet")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
+quiet_logger = logging.getLogger("paysim.kafka.quiet")
+quiet_logger.addHandler(logging.NullHandler())
+quiet_logger.propagate = False
 
 
 def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 def admin_client(settings: Settings, **overrides: Any) -> AdminClient:
     """An admin client that keeps librdkafka's connection chatter out of the terminal."""
     try:
-        return AdminClient(client_config(settings, logger=_quiet, **overrides))
+        return AdminClient(client_config(settings, logger=quiet_logger, **overrides))
     except KafkaException as exc:
         raise ConfigError(f"Kafka client settings: {exc.args[0].str()}") from None
 
@@ -38,7 +39,7 @@ def admin_client(settings: Settings, **overrides: Any) -> AdminClient:
 def cluster_metadata(config: Mapping[str, Any], timeout: float) -> ClusterMetadata | None:
     """The cluster's metadata, or None when no broker answers within ``timeout`` seconds."""
     try:
-        admin = AdminClient({**config, "logger": _quiet})
+        admin = AdminClient({**config, "logger": quiet_logger})
     except KafkaException as exc:
         raise ConfigError(f"Kafka client settings: {exc.args[0].str()}") from None
     try:
@@ -46,3 +47,25 @@ def cluster_metadata(config: Mapping[str, Any], timeout: float) -> ClusterMetada
     except KafkaException:
         return None
     return metadata if metadata.brokers else None
+
+
+def produce(producer: Producer, topic: str, value: bytes, key: str | None = None,
+            on_delivery: Any = None, deadline: float | None = None) -> None:
+    """Produce, waiting for room when the local queue is full instead of failing.
+
+    BufferError still escapes once ``deadline`` (a time.monotonic() value) has passed."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            return
+        except BufferError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            producer.poll(0.05)
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a Kafka (or any) exception."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return f"{type(exc).__name__}: {exc}"

@@ -105,8 +105,13 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     partition: int
     offset: int
     reason: str
-    key: str | None  # base64
-    original: str  # base64 of the message value as it arrived
+    key: str | None  # base64; None where the original is withheld
+    # base64 of the value as it arrived (at most the first 64 KiB: see ``truncated``); None
+    # for the edge topic, whose malformed records may hold card data in clear.
+    original: str | None
+    original_size: int = 0
+    original_sha256: str = ""
+    truncated: bool = False
     at: int
 
 

@@ -15,7 +15,7 @@ from paysim import cards
 from paysim.config import Settings
 from paysim.errors import PaysimError
 from paysim.generator import GeneratedPayment
-from paysim.kafka_clients import client_config
+from paysim.kafka_clients import client_config, produce, quiet_logger
 from paysim.schema import REQUESTED, PaymentRequested, encode, now_us
 from paysim.secrets import Keys
 from paysim.waiting import wait_until
@@ -46,7 +46,7 @@ class KafkaIngress:
         self._idempotence_state = ""
         self.producer = Producer(client_config(settings, **{
             "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4",
-            "statistics.interval.ms": 50, "stats_cb": self._on_stats,
+            "statistics.interval.ms": 50, "stats_cb": self._on_stats, "logger": quiet_logger,
         }))
         self._wait_until_ready()
 
@@ -67,13 +67,8 @@ class KafkaIngress:
         # Keyed by card token: one card's payments stay in order end to end, so the same seed
         # settles against the ledger in the same order.
         key = cards.tokenize(payment.card.number, self.keys.token_key)
-        while True:
-            try:
-                self.producer.produce(self.settings.topics.requested, key=key,
-                                      value=encode(message), on_delivery=self._delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        produce(self.producer, self.settings.topics.requested, encode(message), key=key,
+                on_delivery=self._delivered)
         self.producer.poll(0)
         return message.payment_id
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
@@ -31,6 +33,7 @@ ALL_SERVICES = (*PIPELINE, "http")
 FIRST_RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 HEALTHY_AFTER_S = 30.0  # a child that ran this long restarts again without delay
+WATCH_EVERY_S = 2.0
 PR_SET_PDEATHSIG = 1
 
 Announce = Callable[[str], None]
@@ -53,6 +56,7 @@ class Child:
     restart_at: float | None = None
     delay: float = FIRST_RESTART_DELAY_S
     last_exit: int | None = None
+    last_seen: float = 0.0  # when its heartbeat last changed (or it started)
 
     @property
     def name(self) -> str:
@@ -127,8 +131,28 @@ class Supervisor:
                 command, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
-        child.started_at = time.time()
+        child.started_at = child.last_seen = time.time()
         child.restart_at = None
+
+    def watch(self, beats: dict[str, dict[str, str]]) -> None:
+        """Kill a running child whose heartbeat has been silent for `services.stuck_after`.
+
+        A service writes its heartbeat between batches; silent that long it is stuck
+        (librdkafka can hang in a transactional call after a broker restart, past its own
+        timeout). Killed, it is restarted like any child that dies."""
+        now = time.time()
+        stuck_after = self.settings.services.stuck_after
+        for child in self.children:
+            if not child.running:
+                continue
+            beat = beats.get(child.name)
+            if beat and int(beat.get("pid", 0)) == child.pid:
+                child.last_seen = max(child.last_seen, float(beat["seen_at"]))
+            if now - child.last_seen > stuck_after:
+                self.announce(f"{child.name} sent no heartbeat for {stuck_after:.0f} s: "
+                              "killed as stuck")
+                child.process.kill()
+                child.process.wait(10)
 
     def poll(self) -> None:
         """Restart children that died, each after its backoff."""
@@ -236,34 +260,53 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
             stop: threading.Event, tick: Callable[[Supervisor], None] | None = None) -> None:
     """Start everything, keep it running until ``stop`` is set, then stop it all cleanly."""
     settings.services.dir.mkdir(parents=True, exist_ok=True)
-    other = running_supervisor(settings)
-    if other and other.pid != os.getpid():
-        raise PaysimError(f"paysim services already run (supervisor pid {other.pid}); "
-                          "`paysim stop` stops them")
-    prepare_run(settings, announce)
+    # Held for the supervisor's life: a second run-all on the same folder would start a second
+    # set of services fencing the first (they share transactional ids).
+    lock = (settings.services.dir / "run-all.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        other = running_supervisor(settings)
+        raise PaysimError("paysim services already run"
+                          + (f" (supervisor pid {other.pid})" if other else "")
+                          + "; `paysim stop` stops them") from None
     ProcessRecord(pid=os.getpid(), address=f"{settings.http.host}:{settings.http.port}",
                   version=__version__, started_at=time.time(),
                   boot_ticks=boot_ticks(os.getpid()) or 0,
                   details={"counts": counts}).save(record_path(settings))
-    supervisor = Supervisor(settings, counts, announce)
+    supervisor = None
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
     try:
+        prepare_run(settings, announce)
+        supervisor = Supervisor(settings, counts, announce)
         supervisor.start_all()
+        last_watch = time.monotonic()
         while not stop.wait(0.5):
             supervisor.poll()
+            if time.monotonic() - last_watch >= WATCH_EVERY_S:
+                last_watch = time.monotonic()
+                # While Redis is away there are no heartbeats to judge by.
+                with contextlib.suppress(redis.RedisError):
+                    supervisor.watch(read_heartbeats(client))
             if tick:
                 tick(supervisor)
     finally:
-        announce("stopping the services")
-        supervisor.stop_all()
+        if supervisor is not None:
+            announce("stopping the services")
+            supervisor.stop_all()
         record_path(settings).unlink(missing_ok=True)
+        client.close()
+        lock.close()
 
 
 def start_in_background(settings: Settings, counts: dict[str, int], argv: list[str],
-                        timeout: float = 120.0) -> ProcessRecord:
-    """`run-all --detach`: a supervisor of its own, returned once every service is up."""
+                        timeout: float = 120.0) -> tuple[ProcessRecord, bool]:
+    """`run-all --detach`: a supervisor of its own, returned (with True) once every service
+    is up; or the one already running (with False)."""
     record = running_supervisor(settings)
     if record:
-        return record
+        return record, False
     settings.services.dir.mkdir(parents=True, exist_ok=True)
     log = settings.services.dir / "run-all.log"
     start = log.stat().st_size if log.exists() else 0
@@ -278,6 +321,8 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
 
     def all_up() -> bool:
         if process.poll() is not None:
+            if running_supervisor(settings):  # another run-all got there first
+                return True
             raise PaysimError(f"run-all exited with code {process.returncode} while starting",
                               details=tail_lines(log, start=start))
         try:
@@ -293,9 +338,11 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
                               details=tail_lines(log, start=start))
     finally:
         client.close()
-    record = ProcessRecord.load(record_path(settings))
-    assert record is not None, "a running supervisor writes its record first"
-    return record
+    record = running_supervisor(settings)
+    if record is None:
+        raise PaysimError("run-all stopped right after starting", details=tail_lines(log,
+                                                                                    start=start))
+    return record, record.pid == process.pid
 
 
 def stop_background(settings: Settings) -> ProcessRecord | None:

@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
 SIGNATURE_HEADER = "Paysim-Signature"
 TOLERANCE_S = 300
+MAX_URL_CHARS = 2048
+
+
+def valid_callback_url(url: object) -> bool:
+    """An http(s) URL with a host, no spaces, at most 2048 characters: the one check every
+    entry point (HTTP API, CLI, Kafka) applies before a payment may carry it."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (
+            parts.port is None or 0 < parts.port < 65536)
+    except ValueError:
+        return False
 
 
 class SignatureError(ValueError):
@@ -67,7 +83,9 @@ class Attempt:
 
 
 def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float) -> Attempt:
-    """One signed POST; 2xx is delivered."""
+    """One signed POST; 2xx is delivered. Never raises: a failure is in the Attempt."""
+    if not valid_callback_url(url):
+        return Attempt(False, None, "not an http(s) URL")
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret),
         "Paysim-Event-Id": event_id, "User-Agent": "paysim-webhooks/1",
@@ -77,6 +95,6 @@ def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float) ->
             return Attempt(200 <= response.status < 300, response.status, None)
     except urllib.error.HTTPError as exc:
         return Attempt(False, exc.code, f"HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         return Attempt(False, None, str(reason)[:200])

@@ -7,6 +7,8 @@ import sys
 import traceback
 
 import click
+import redis
+from confluent_kafka import KafkaException
 
 from paysim import __version__
 from paysim.cli.payments import send, status
@@ -15,6 +17,7 @@ from paysim.cli.report import report as report_group
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
 from paysim.errors import PaysimError
+from paysim.kafka_clients import error_text
 
 # Click 8.2+ raises this for a group called with no arguments; older ones print help.
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except PaysimError as exc:
         _fail(str(exc), exc.exit_code, exc.details)
+    except redis.RedisError as exc:  # Redis went away under a command that had reached it
+        _fail(f"Redis: {exc}", 1)
+    except KafkaException as exc:
+        _fail(f"Kafka: {error_text(exc)}", 1)
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("PAYSIM_DEBUG"):
             traceback.print_exc()

@@ -24,6 +24,7 @@ from paysim.load.report import build_report
 from paysim.load.runner import LoadRun, Tick
 from paysim.schema import STAGES
 from paysim.supervisor import read_heartbeats
+from paysim.webhooks import valid_callback_url
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
 
@@ -179,7 +180,7 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
     Alone, --count sends as fast as it can. --rate (with --duration or --count), --stage or a
     scenario sends on an open-model schedule: latency counts from each payment's intended
     send time, so a stalled pipeline shows in the figures."""
-    if callback_url and not callback_url.startswith(("http://", "https://")):
+    if callback_url is not None and not valid_callback_url(callback_url):
         raise click.BadParameter("must be an http:// or https:// URL", param_hint="--callback-url")
     request = SendRequest(
         count=count, rate=rate, duration=duration, stages=stages, start_rate=start_rate,

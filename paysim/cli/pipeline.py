@@ -8,6 +8,7 @@ import threading
 import time
 
 import click
+import redis
 from rich.live import Live
 from rich.table import Table
 
@@ -79,10 +80,9 @@ def run_all_command(settings: Settings, authorizers: int, processors: int, notif
     if detach:
         argv = ["run-all", "--no-live", f"--authorizers={authorizers}",
                 f"--processors={processors}", f"--notifiers={notifiers}"]
-        already = running_supervisor(settings)
         with console.status("starting the services in the background"):
-            record = start_in_background(settings, counts, argv)
-        verb = "already running" if already else "started"
+            record, started = start_in_background(settings, counts, argv)
+        verb = "started" if started else "already running"
         console.print(f"paysim services {verb} (supervisor pid {record.pid}); HTTP API on "
                       f"http://{settings.http.host}:{settings.http.port}; logs in "
                       f"{settings.services.dir / 'logs'}. `paysim ps` shows them, "
@@ -101,7 +101,11 @@ def run_all_command(settings: Settings, authorizers: int, processors: int, notif
 
     def tick(supervisor: Supervisor) -> None:
         if live:
-            live.update(services_table(supervisor, read_heartbeats(client), meter))
+            try:
+                beats = read_heartbeats(client)
+            except redis.RedisError:
+                beats = {}  # Redis away: the panel shows what the supervisor itself knows
+            live.update(services_table(supervisor, beats, meter))
 
     if live:
         live.start()

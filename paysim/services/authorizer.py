@@ -20,6 +20,7 @@ from paysim.schema import (
 )
 from paysim.secrets import Keys
 from paysim.services.loop import Output, Rejected, Service
+from paysim.webhooks import valid_callback_url
 
 
 def masked_or_none(number: str) -> str | None:
@@ -56,6 +57,7 @@ def authorize(request: PaymentRequested, card: cards.CardBlock, settings: Settin
 class Authorizer(Service[PaymentRequested]):
     name = "authorizer"
     codec = Codec(PaymentRequested)
+    dead_letters_keep_original = False  # the edge topic: a bad record may hold a clear PAN
 
     def __init__(self, settings: Settings, redis_client: redis.Redis, keys: Keys) -> None:
         super().__init__(settings, redis_client)
@@ -71,6 +73,8 @@ class Authorizer(Service[PaymentRequested]):
             card = self.cipher.decrypt(item.card, item.payment_id.encode())
         except ValueError as exc:
             raise Rejected(str(exc)) from None
+        if item.callback_url is not None and not valid_callback_url(item.callback_url):
+            raise Rejected("callback_url is not an http(s) URL")
         verdict = authorize(item, card, self.settings, self.token_key)
         if isinstance(verdict, PaymentAuthorized):
             return [Output(self.settings.topics.authorized, verdict.token, encode(verdict))]

@@ -11,6 +11,7 @@ supervisor to restart it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 import time
@@ -24,13 +25,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from paysim import store
 from paysim.config import Settings
-from paysim.kafka_clients import client_config
+from paysim.kafka_clients import client_config, error_text, produce
 from paysim.schema import Codec, DeadLetter, SchemaError, encode, now_us
 from paysim.topics import ensure_topics
 
 T = TypeVar("T", bound=msgspec.Struct)
 HEARTBEAT_EVERY_S = 1.0
-MAX_BACKOFF_S = 5.0
+# Under the 3 s after which `ps` takes a silent service for gone.
+MAX_BACKOFF_S = 2.0
+# A dead letter keeps at most this much of the original (the record itself stays on its topic,
+# at the partition and offset the letter names); more would not fit in one Kafka record.
+DEAD_LETTER_MAX_ORIGINAL = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 
 
     name: str
     codec: Codec[T]
+    # Whether dead letters may carry the original bytes (not on the edge topic: card data).
+    dead_letters_keep_original = True
 
     def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
         self.settings = settings
@@ -79,13 +86,21 @@ class FatalServiceError(Exception):
     """The process cannot go on (for example: fenced by a newer instance)."""
 
 
-def dead_letter(service: str, message: Message, reason: str, topic: str) -> Output:
-    key = message.key()
+def dead_letter(service: str, message: Message, reason: str, topic: str,
+                keep_original: bool = True) -> Output:
+    """A record the service could not take, why, and (within limits) its original bytes.
+
+    ``keep_original`` is False for the edge topic: a malformed record there may hold a card
+    number in clear, which must not travel further; its hash and size identify it."""
+    key, value = message.key(), message.value() or b""
+    kept = value[:DEAD_LETTER_MAX_ORIGINAL] if keep_original else b""
     letter = DeadLetter(
         service=service, source_topic=message.topic(), partition=message.partition(),
         offset=message.offset(), reason=reason[:500],
-        key=base64.b64encode(key).decode() if key is not None else None,
-        original=base64.b64encode(message.value() or b"").decode(), at=now_us(),
+        key=base64.b64encode(key).decode() if key is not None and keep_original else None,
+        original=base64.b64encode(kept).decode() if keep_original else None,
+        original_size=len(value), original_sha256=hashlib.sha256(value).hexdigest(),
+        truncated=keep_original and len(value) > len(kept), at=now_us(),
     )
     return Output(topic, None, encode(letter))
 
@@ -169,53 +184,83 @@ class ServiceLoop(Generic[T]):
         except (KafkaException, redis.RedisError) as exc:
             self.counters.aborted_batches += 1
             self.log.warning("batch of %d aborted, will retry: %s", len(messages),
-                             _describe(exc))
+                             error_text(exc))
             self._abort()
             self._rewind(messages)
             return False
 
+    def _dead(self, message: Message, reason: str) -> Output:
+        return dead_letter(self.service.name, message, reason, self.settings.topics.dlq,
+                           self.service.dead_letters_keep_original)
+
+    def _decide_all(self, decoded: list[tuple[Message, T]],
+                    outputs: list[Output]) -> redis.client.Pipeline:
+        """Each record's outputs; a record that breaks the rules' code becomes a dead letter."""
+        pipe = self.service.redis.pipeline(transaction=False)
+        try:
+            self.service.prepare([item for _, item in decoded])
+            groups = [decoded]
+        except (KafkaException, redis.RedisError):
+            raise
+        except Exception:  # one record broke the batch-wide step: take them one at a time
+            self.log.exception("batch preparation failed; deciding record by record")
+            groups = [[pair] for pair in decoded]
+        for group in groups:
+            if len(groups) > 1:
+                try:
+                    self.service.prepare([item for _, item in group])
+                except (KafkaException, redis.RedisError):
+                    raise
+                except Exception as exc:
+                    message = group[0][0]
+                    outputs.append(self._dead(message, f"internal error: {type(exc).__name__}"))
+                    continue
+            for message, item in group:
+                try:
+                    outputs.extend(self.service.decide(item, pipe))
+                except (KafkaException, redis.RedisError):
+                    raise
+                except Rejected as exc:
+                    outputs.append(self._dead(message, str(exc)))
+                except Exception as exc:
+                    self.log.exception("cannot decide record %s/%d@%d", message.topic(),
+                                       message.partition(), message.offset())
+                    outputs.append(self._dead(message,
+                                              f"internal error: {type(exc).__name__}: {exc}"))
+        return pipe
+
     def _transact(self, messages: list[Message]) -> None:
-        dlq = self.settings.topics.dlq
+        # A rebalance between fetching and here may have taken partitions away: their records
+        # belong to the new owner now, and processing them too would doubly produce.
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        messages = [m for m in messages if (m.topic(), m.partition()) in assigned]
+        if not messages:
+            return
         outputs: list[Output] = []
         decoded: list[tuple[Message, T]] = []
         for message in messages:
             try:
                 decoded.append((message, self.service.codec.decode(message.value())))
             except SchemaError as exc:
-                outputs.append(dead_letter(self.service.name, message, str(exc), dlq))
-        self.service.prepare([item for _, item in decoded])
-        pipe = self.service.redis.pipeline(transaction=False)
-        for message, item in decoded:
-            try:
-                outputs.extend(self.service.decide(item, pipe))
-            except (KafkaException, redis.RedisError):
-                raise
-            except Rejected as exc:
-                outputs.append(dead_letter(self.service.name, message, str(exc), dlq))
-            except Exception as exc:  # a message that breaks the rule code must not stop us
-                self.log.exception("cannot decide message %s/%d@%d", message.topic(),
-                                   message.partition(), message.offset())
-                outputs.append(dead_letter(self.service.name, message,
-                                           f"internal error: {type(exc).__name__}: {exc}", dlq))
+                outputs.append(self._dead(message, str(exc)))
+        pipe = self._decide_all(decoded, outputs)
         self._kafka_call(self.producer.begin_transaction)
         for output in outputs:
-            self._produce(output)
+            produce(self.producer, output.topic, output.value, key=output.key)
         pipe.execute()
-        positions = self.consumer.position(self.consumer.assignment())
-        self._kafka_call(self.producer.send_offsets_to_transaction, positions,
+        # The offsets to commit come from the batch itself, not from the consumer's position,
+        # which a rebalance may have moved.
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic(), message.partition())
+            next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
+        self._kafka_call(self.producer.send_offsets_to_transaction,
+                         [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
                          self.consumer.consumer_group_metadata(), 30)
         self._kafka_call(self.producer.commit_transaction, 60)
-        dead = sum(1 for o in outputs if o.topic == dlq)
+        dead = sum(1 for o in outputs if o.topic == self.settings.topics.dlq)
         self.counters.processed += len(messages) - dead
         self.counters.dead_letters += dead
-
-    def _produce(self, output: Output) -> None:
-        while True:
-            try:
-                self.producer.produce(output.topic, key=output.key, value=output.value)
-                return
-            except BufferError:  # local queue full: let deliveries drain, then go on
-                self.producer.poll(0.05)
 
     def _kafka_call(self, call: Any, *args: Any) -> Any:
         """Run a transactional call, retrying what Kafka says is retriable."""
@@ -254,7 +299,10 @@ class ServiceLoop(Generic[T]):
                 try:
                     self.consumer.seek(TopicPartition(topic, partition, offset))
                 except KafkaException as exc:
-                    self.log.warning("seek %s/%d: %s", topic, partition, _describe(exc))
+                    # Going on would skip the batch at the next commit: restart instead, to
+                    # resume from the committed offset.
+                    raise FatalServiceError(f"seek {topic}/{partition}: "
+                                            f"{error_text(exc)}") from None
 
     def lag(self) -> int:
         total = 0
@@ -287,14 +335,10 @@ class ServiceLoop(Generic[T]):
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
-            self.log.warning("consumer close: %s", _describe(exc))
+            self.log.warning("consumer close: %s", error_text(exc))
         self.producer.flush(10)
         store.clear_heartbeat(self.service.redis, self.service.name, self.instance)
         self.log.info("stopped after %d messages (%d dead letters)", self.counters.processed,
                       self.counters.dead_letters)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return f"{type(exc).__name__}: {exc}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -12,7 +13,7 @@ from paysim import decisions, money, store
 from paysim.config import Settings
 from paysim.decisions import IssuerRates, Status
 from paysim.schema import PROCESSED, Codec, PaymentAuthorized, PaymentOutcome, encode, now_us
-from paysim.services.loop import Output, Service
+from paysim.services.loop import Output, Rejected, Service
 
 
 def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:
@@ -49,6 +50,7 @@ class Processor(Service[PaymentAuthorized]):
         self.rates = IssuerRates(settings.issuer.decline_rate, settings.issuer.fault_rate)
         self.settle = redis_client.register_script(store.SETTLE_LUA)
         self._answers: dict[str, str] = {}
+        self._rejected: dict[str, str] = {}
         self._run_rates: dict[str, IssuerRates] = {}
 
     @property
@@ -61,10 +63,20 @@ class Processor(Service[PaymentAuthorized]):
         if unknown:
             for run, raw in zip(unknown, self.redis.mget(
                     [store.run_issuer_key(run) for run in unknown]), strict=True):
-                self._run_rates[run] = issuer_rates_from_json(raw) if raw else self.rates
+                self._run_rates[run] = self._parse_rates(run, raw)
             while len(self._run_rates) > RUN_RATES_KEPT:  # oldest first
                 self._run_rates.pop(next(iter(self._run_rates)))
         return {run: self._run_rates[run] for run in run_ids}
+
+    def _parse_rates(self, run: str, raw: bytes | None) -> IssuerRates:
+        if not raw:
+            return self.rates
+        try:
+            return issuer_rates_from_json(raw)
+        except (ValueError, TypeError, AttributeError):
+            logging.getLogger("paysim.processor").warning(
+                "run %s has an unreadable issuer setting; using the defaults", run)
+            return self.rates
 
     def prepare(self, items: list[PaymentAuthorized]) -> None:
         """Issuer prechecks, then one pipeline of ledger settlements for the rest."""
@@ -75,7 +87,11 @@ class Processor(Service[PaymentAuthorized]):
         latency_ms = max((rates[item.run_id].added_latency_ms for item in items), default=0.0)
         if latency_ms > 0:
             time.sleep(latency_ms / 1000)  # the issuer answering slowly, once per batch
+        self._rejected: dict[str, str] = {}
         for item in items:
+            if not money.is_currency(item.currency):  # the authorizer never passes one on
+                self._rejected[item.payment_id] = f"unknown currency {item.currency!r}"
+                continue
             answer = decisions.issuer_precheck(item.test_reason, rates[item.run_id], now,
                                                *issuer_identity(item))
             if answer is None:
@@ -85,11 +101,11 @@ class Processor(Service[PaymentAuthorized]):
         if not to_settle:
             return
         ttl = self.settings.redis.ledger_ttl
+        # The daily limit counts by the day the issuer processes the payment, in UTC.
+        day = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%d")
         pipe = self.redis.pipeline(transaction=False)
         for item in to_settle:
             profile = decisions.card_profile(item.token, item.test_reason)
-            day = datetime.fromtimestamp(item.stages.get("requested", now_us()) / 1e6,
-                                         UTC).strftime("%Y%m%d")
             self.settle(
                 keys=[store.ledger_key(item.run_id, item.token),
                       store.settle_marker_key(item.payment_id)],
@@ -102,6 +118,8 @@ class Processor(Service[PaymentAuthorized]):
             self._answers[item.payment_id] = answer.decode()  # a reason code, as bytes
 
     def decide(self, item: PaymentAuthorized, pipe: redis.client.Pipeline) -> list[Output]:
+        if item.payment_id in self._rejected:
+            raise Rejected(self._rejected[item.payment_id])
         code = self._answers[item.payment_id]
         outcome = PaymentOutcome(
             payment_id=item.payment_id, run_id=item.run_id, seq=item.seq, amount=item.amount,

@@ -78,34 +78,46 @@ class WebhookDispatcher(threading.Thread):
 
     def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
-            payment_id = fields[b"payment_id"].decode()
-            result = self._post_with_retries(fields[b"url"].decode(), fields[b"body"],
-                                             fields[b"event_id"].decode())
+            try:
+                payment_id = fields[b"payment_id"].decode()
+                result = self._post_with_retries(fields[b"url"].decode(), fields[b"body"],
+                                                 fields[b"event_id"].decode())
+            except (KeyError, UnicodeDecodeError) as exc:
+                # A malformed entry can never be delivered: record and drop it, not retry it.
+                self.log.warning("webhook entry %s is malformed (%s): dropped", entry_id, exc)
+                self._finish(entry_id, None, webhooks.Attempt(False, None, "malformed entry"), 0)
+                return
             if result is None:
                 return  # not acknowledged: delivered after the restart
             attempt, tries = result
-            state = "delivered" if attempt.delivered else "failed"
             if not attempt.delivered:
                 self.log.warning("webhook for %s failed after %d attempts: %s", payment_id,
                                  tries, attempt.error)
-            key = store.outcome_key(payment_id)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(key, mapping={
-                "webhook_status": state, "webhook_attempts": tries,
-                "webhook_http_status": attempt.http_status or 0,
-                "webhook_error": attempt.error or "",
-            })
-            # Should the outcome have expired meanwhile, the hset made it anew: let it expire.
-            pipe.expire(key, self.settings.redis.outcome_ttl, nx=True)
-            pipe.xack(store.WEBHOOK_STREAM, store.WEBHOOK_GROUP, entry_id)
-            pipe.xdel(store.WEBHOOK_STREAM, entry_id)
-            pipe.execute()
+            self._finish(entry_id, payment_id, attempt, tries)
         except redis.RedisError as exc:
             self.log.warning("webhook state not recorded (will be retried): %s", exc)
         except Exception:
             self.log.exception("webhook entry %s cannot be delivered", entry_id)
         finally:
             self.slots.release()
+
+
+    def _finish(self, entry_id: bytes, payment_id: str | None, attempt: webhooks.Attempt,
+                tries: int) -> None:
+        """Record the delivery's final state on the outcome and take the entry off the queue."""
+        pipe = self.redis.pipeline(transaction=False)
+        if payment_id is not None:
+            key = store.outcome_key(payment_id)
+            pipe.hset(key, mapping={
+                "webhook_status": "delivered" if attempt.delivered else "failed",
+                "webhook_attempts": tries, "webhook_http_status": attempt.http_status or 0,
+                "webhook_error": attempt.error or "",
+            })
+            # Should the outcome have expired meanwhile, the hset made it anew: let it expire.
+            pipe.expire(key, self.settings.redis.outcome_ttl, nx=True)
+        pipe.xack(store.WEBHOOK_STREAM, store.WEBHOOK_GROUP, entry_id)
+        pipe.xdel(store.WEBHOOK_STREAM, entry_id)
+        pipe.execute()
 
 
 def backoffs(attempts: int) -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -287,6 +288,10 @@ def test_amex_with_four_digit_cvv_and_default_merchant(
                  id="merchant-not-object"),
     pytest.param(json.dumps(card_body(callback_url="ftp://example.test/x")).encode(),
                  "'callback_url'", id="callback-not-http"),
+    pytest.param(json.dumps(card_body(callback_url="http://[::1")).encode(),
+                 "'callback_url'", id="callback-unparseable"),
+    pytest.param(json.dumps(card_body(seq=2**70)).encode(), "'seq'", id="seq-too-large"),
+    pytest.param(b"[" * 30_000, "nested too deeply", id="nested-too-deep"),
 ])
 def test_bad_request_is_400_naming_the_problem(
     client: FlaskClient, requested: TopicReader, data: bytes, needle: str,
@@ -366,13 +371,14 @@ def test_same_idempotency_key_with_another_body_is_422(
 
 
 def test_idempotency_key_still_pending_is_409(
-    client: FlaskClient, requested: TopicReader, redis_client: redis.Redis,
+    client: FlaskClient, requested: TopicReader, redis_client: redis.Redis, keys: Keys,
 ) -> None:
     key = f"test-{uuid.uuid4()}"
     body = json.dumps(card_body()).encode()
-    # What a first request holds while it waits for Kafka.
+    # What a first request holds while it waits for Kafka: a keyed fingerprint of its body.
+    fingerprint = hmac.new(keys.token_key, body, hashlib.sha256).hexdigest()
     redis_client.set(store.idempotency_key(key), json.dumps(
-        {"hash": hashlib.sha256(body).hexdigest(), "state": "pending"}), ex=60)
+        {"hash": fingerprint, "state": "pending"}), ex=60)
     before = requested.count()
 
     response = client.post("/authorize", data=body, headers={"Idempotency-Key": key},
@@ -628,3 +634,15 @@ def test_serve_answers_over_http_and_stops(
     assert not thread.is_alive(), "serve() did not return after stop was set"
     assert not failures, failures
     assert not answers(f"{base}/healthz")
+
+
+def test_the_idempotency_record_holds_no_plain_hash_of_the_card(
+    client: FlaskClient, redis_client: redis.Redis,
+) -> None:
+    key = f"test-{uuid.uuid4()}"
+    body = json.dumps(card_body()).encode()
+    client.post("/authorize", data=body, headers={"Idempotency-Key": key},
+                content_type="application/json")
+    stored = redis_client.get(store.idempotency_key(key))
+    assert stored is not None
+    assert hashlib.sha256(body).hexdigest().encode() not in stored

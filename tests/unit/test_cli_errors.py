@@ -89,3 +89,15 @@ def test_bad_flags_give_one_line(args: list[str], code: int, fragment: str) -> N
 def test_bad_env_value_gives_one_line() -> None:
     result = run_paysim("stack", "status", env={"PAYSIM_STACK_REDIS_PORT": "redis"})
     assert_one_line_error(result, 2, "PAYSIM_STACK_REDIS_PORT: expected a whole number")
+
+
+def test_redis_unreachable_is_one_line() -> None:
+    result = run_paysim("ps", "--redis-url", "redis://127.0.0.1:1/0")
+    assert_one_line_error(result, 1, "Redis")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://example.com/x", "file:///etc/passwd",
+                                 "http:// spaces.example"])
+def test_a_bad_callback_url_is_refused_before_anything_is_sent(url: str) -> None:
+    result = run_paysim("send", "--count", "1", "--callback-url", url)
+    assert_one_line_error(result, 2, "--callback-url")
