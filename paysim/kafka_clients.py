@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from paysim.config import Settings
@@ -69,3 +70,29 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return exc.args[0].str()
     return f"{type(exc).__name__}: {exc}"
+
+
+def read_topic(settings: Settings, topic: str, quiet_polls: int = 3) -> list[bytes]:
+    """Every record value on a topic, from the start until it goes quiet.
+
+    Not to the end offsets: on a transactional topic the last offsets are commit markers that
+    a read_committed consumer steps over without ever reporting. Callers read what was
+    committed before they called, so a few empty polls in a row mean the end."""
+    consumer = Consumer(client_config(settings, **{
+        "group.id": f"paysim-reader-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+        "enable.auto.commit": False, "logger": quiet_logger,
+    }))
+    try:
+        consumer.subscribe([topic])
+        values: list[bytes] = []
+        empty = 0
+        while empty < quiet_polls:
+            batch = consumer.consume(num_messages=5000, timeout=0.5)
+            if not batch and consumer.assignment():
+                empty += 1
+                continue
+            empty = 0
+            values.extend(m.value() or b"" for m in batch if m.error() is None)
+        return values
+    finally:
+        consumer.close()

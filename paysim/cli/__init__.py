@@ -11,6 +11,7 @@ import redis
 from confluent_kafka import KafkaException
 
 from paysim import __version__
+from paysim.cli.audit import audit
 from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.report import report as report_group
@@ -29,7 +30,8 @@ def cli() -> None:
     """paysim: a card-payment pipeline on Kafka and Redis, and a load tool to drive it."""
 
 
-for command in (run_all_command, send, status, ps, stop, report_group, stack, topics, service):
+for command in (run_all_command, send, status, audit, ps, stop, report_group, stack, topics,
+                service):
     cli.add_command(command)
 
 

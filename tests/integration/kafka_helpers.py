@@ -46,30 +46,3 @@ def consume_all(settings: Settings, topic: str, expected: int,
     finally:
         consumer.close()
     return received
-
-
-def read_topic(settings: Settings, topic: str, quiet_polls: int = 3) -> list[bytes]:
-    """Every record value on the topic, read from the start until it goes quiet.
-
-    Not to its end offsets: on a transactional topic the last offsets are commit markers that
-    a read_committed consumer steps over without ever reporting. Callers read what was
-    committed before they call, so a few empty polls in a row mean the end.
-    """
-    consumer = Consumer(client_config(settings, **{
-        "group.id": f"test-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-    }))
-    try:
-        consumer.subscribe([topic])
-        values: list[bytes] = []
-        empty = 0
-        while empty < quiet_polls:
-            batch = consumer.consume(num_messages=1000, timeout=0.5)
-            if not batch and consumer.assignment():
-                empty += 1
-                continue
-            empty = 0
-            values.extend(m.value() or b"" for m in batch if m.error() is None)
-        return values
-    finally:
-        consumer.close()

@@ -18,13 +18,12 @@ from confluent_kafka import Producer
 from paysim import decisions, store, webhooks
 from paysim.config import Settings
 from paysim.generator import Mix, PaymentStream, build_population
-from paysim.kafka_clients import client_config
+from paysim.kafka_clients import client_config, read_topic
 from paysim.schema import Codec, DeadLetter, PaymentRequested, SchemaError
 from paysim.secrets import load_keys
 from paysim.stack.process import is_alive
 from paysim.waiting import wait_until
 from tests.helpers import free_port
-from tests.integration.kafka_helpers import read_topic
 from tests.integration.pipeline_helpers import (
     injected,
     paysim,

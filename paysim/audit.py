@@ -1,0 +1,282 @@
+"""`paysim audit`: did every payment get exactly one outcome, and was none settled twice?
+`paysim audit --pci`: is there card data anywhere past the edge?
+
+Reconciliation reads what was sent from payments.requested (its source of truth: the card is
+sealed, the run id and amount are not), the final outcomes from payments.results and from
+Redis, and each card's ledger. Run it within the outcome TTL (one hour by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from paysim import cards, store
+from paysim.config import Settings
+from paysim.kafka_clients import read_topic
+from paysim.schema import Codec, DeadLetter, PaymentOutcome, PaymentRequested, SchemaError
+
+LISTED = 20  # ids listed per finding; the counts are complete
+
+
+@dataclass
+class LedgerMismatch:
+    run_id: str
+    token: str
+    currency: str
+    ledger_spent: int
+    approved_total: int
+    ledger_debits: int
+    approved_count: int
+
+
+@dataclass
+class AuditReport:
+    run_id: str | None
+    runs: int = 0
+    sent: int = 0
+    outcomes: int = 0  # sent payments with an outcome in Redis
+    results_records: int = 0
+    lost: list[str] = field(default_factory=list)  # sent, no outcome in Redis
+    lost_count: int = 0
+    doubled: list[str] = field(default_factory=list)  # more than one result record
+    doubled_count: int = 0
+    disagreeing: list[str] = field(default_factory=list)  # Redis and results topic differ
+    disagreeing_count: int = 0
+    ledger_mismatches: list[LedgerMismatch] = field(default_factory=list)
+    ledgers_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost_count or self.doubled_count or self.disagreeing_count
+                    or self.ledger_mismatches)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _decode_all(settings: Settings, topic: str, codec: Codec) -> Iterator[Any]:
+    for value in read_topic(settings, topic):
+        try:
+            yield codec.decode(value)
+        except SchemaError:
+            continue  # malformed input; the services dead-lettered it
+
+
+def reconcile(settings: Settings, run_id: str | None = None) -> AuditReport:
+    report = AuditReport(run_id=run_id)
+    sent: dict[str, PaymentRequested] = {}
+    for message in _decode_all(settings, settings.topics.requested, Codec(PaymentRequested)):
+        if run_id is None or message.run_id == run_id:
+            sent.setdefault(message.payment_id, message)
+    results: dict[str, list[PaymentOutcome]] = defaultdict(list)
+    for outcome in _decode_all(settings, settings.topics.results, Codec(PaymentOutcome)):
+        if outcome.payment_id in sent:
+            results[outcome.payment_id].append(outcome)
+    report.sent = len(sent)
+    report.runs = len({m.run_id for m in sent.values()})
+    report.results_records = sum(len(v) for v in results.values())
+
+    client = store.connect(settings)
+    try:
+        ids = list(sent)
+        stored: dict[str, str | None] = {}
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start:start + 2000]
+            pipe = client.pipeline(transaction=False)
+            for payment_id in chunk:
+                pipe.hget(store.outcome_key(payment_id), "status")
+            for payment_id, status in zip(chunk, pipe.execute(), strict=True):
+                stored[payment_id] = status.decode() if status else None
+        for payment_id in ids:
+            records = results.get(payment_id, [])
+            if stored[payment_id] is None:
+                report.lost_count += 1
+                if len(report.lost) < LISTED:
+                    report.lost.append(payment_id)
+                continue
+            report.outcomes += 1
+            if len({(r.status, r.reason_code) for r in records}) > 1 or len(records) > 1:
+                report.doubled_count += 1
+                if len(report.doubled) < LISTED:
+                    report.doubled.append(payment_id)
+            if records and records[0].status != stored[payment_id]:
+                report.disagreeing_count += 1
+                if len(report.disagreeing) < LISTED:
+                    report.disagreeing.append(payment_id)
+        _check_ledgers(client, results, report)
+    finally:
+        client.close()
+    return report
+
+
+def _check_ledgers(client: redis.Redis, results: dict[str, list[PaymentOutcome]],
+                   report: AuditReport) -> None:
+    """Each card's ledger against its approved payments: spent == sum of approved amounts per
+    currency, debits == approved count (a payment debited twice shows in both)."""
+    approved: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    approved_count: Counter[tuple[str, str]] = Counter()
+    for records in results.values():
+        outcome = records[0]
+        if outcome.status == "approved" and outcome.token:
+            approved[(outcome.run_id, outcome.token)][outcome.currency] += outcome.amount
+            approved_count[(outcome.run_id, outcome.token)] += 1
+    cards_seen = {(o[0].run_id, o[0].token) for o in results.values()
+                  if o[0].token and o[0].reason_code in ("00", "51", "61")}
+    keys = sorted(cards_seen)
+    pipe = client.pipeline(transaction=False)
+    for run, token in keys:
+        pipe.hgetall(store.ledger_key(run, token))
+    for (run, token), raw in zip(keys, pipe.execute(), strict=True):
+        ledger = {k.decode(): int(v) for k, v in raw.items()}
+        report.ledgers_checked += 1
+        debits = ledger.get("debits", 0)
+        currencies = {k.split(":", 1)[1] for k in ledger if k.startswith("spent:")}
+        currencies |= set(approved[(run, token)])
+        for currency in sorted(currencies):
+            spent = ledger.get(f"spent:{currency}", 0)
+            total = approved[(run, token)][currency]
+            if spent != total:
+                report.ledger_mismatches.append(LedgerMismatch(
+                    run, token, currency, spent, total, debits, approved_count[(run, token)]))
+        if not currencies and debits != approved_count[(run, token)]:
+            report.ledger_mismatches.append(LedgerMismatch(
+                run, token, "-", 0, 0, debits, approved_count[(run, token)]))
+
+
+# ------------------------------------------------------------------------- card data scan
+
+# A run of 13-19 digits standing alone: not inside a hex token, a UUID or a base64 string,
+# where digits border letters.
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])\d{13,19}(?![0-9A-Za-z])")
+CVV_NAMES = {"cvv", "cvc", "cvv2", "cvc2", "csc", "card_verification"}
+# Fields that hold 16-digit microsecond timestamps, which pass Luhn one time in ten.
+TIME_FIELDS = {"at", "notified_at", "seen_at", "started_at"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    where: str  # topic/partition@offset, redis key, or log file:line
+    what: str  # "PAN-like 411111******1111" (masked) or "CVV field 'cvv'"
+
+
+def _is_time_field(name: str) -> bool:
+    return name in TIME_FIELDS or name.startswith("t_") or name == "stages"
+
+
+def _pans_in(text: str) -> list[str]:
+    return [run for run in _DIGIT_RUN.findall(text) if cards.luhn_valid(run)]
+
+
+def _scan_value(value: Any, where: str, findings: list[Finding], name: str = "") -> None:
+    """Walk decoded JSON: card-number-like strings or numbers, and CVV-named fields."""
+    if name and name.lower() in CVV_NAMES:
+        findings.append(Finding(where, f"CVV field {name!r}"))
+    if name and _is_time_field(name):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _scan_value(item, where, findings, str(key))
+    elif isinstance(value, list):
+        for item in value:
+            _scan_value(item, where, findings, name)
+    elif isinstance(value, str | int) and not isinstance(value, bool):
+        for pan in _pans_in(str(value)):
+            findings.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
+
+
+def _scan_bytes(raw: bytes, where: str, findings: list[Finding]) -> None:
+    text = raw.decode(errors="replace")
+    try:
+        _scan_value(json.loads(text), where, findings)
+    except ValueError:
+        for pan in _pans_in(text):
+            findings.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
+        if re.search(r'"?(cvv2?|cvc2?)"?\s*[:=]', text, re.IGNORECASE):
+            findings.append(Finding(where, "CVV field"))
+
+
+def scan_card_data(settings: Settings) -> tuple[list[Finding], dict[str, int]]:
+    """Every topic after the edge, every Redis key, every service log; findings masked."""
+    findings: list[Finding] = []
+    scanned: Counter[str] = Counter()
+    topics = settings.topics
+    dead = Codec(DeadLetter)
+    for topic in (topics.authorized, topics.results, topics.notifications, topics.dlq):
+        for index, value in enumerate(read_topic(settings, topic)):
+            where = f"{topic} record {index}"
+            scanned["records"] += 1
+            if topic == topics.dlq:
+                try:
+                    letter = dead.decode(value)
+                except SchemaError:
+                    _scan_bytes(value, where, findings)
+                    continue
+                value = base64.b64decode(letter.original or "")
+            _scan_bytes(value, where, findings)
+    client = store.connect(settings)
+    try:
+        for key in client.scan_iter(count=1000):
+            scanned["redis keys"] += 1
+            name = key.decode(errors="replace")
+            for pan in _pans_in(name):
+                findings.append(Finding(f"redis key {name}", f"PAN-like {cards.mask(pan)}"))
+            _scan_redis(client, key, f"redis {name}", findings)
+    finally:
+        client.close()
+    logs = settings.services.dir / "logs"
+    for log in sorted(logs.glob("*.log*")) if logs.is_dir() else []:
+        scanned["log files"] += 1
+        _scan_log(log, findings)
+    return findings, dict(scanned)
+
+
+def _scan_redis(client: redis.Redis, key: bytes, where: str, findings: list[Finding]) -> None:
+    kind = client.type(key).decode()
+    if kind == "string":
+        _scan_bytes(client.get(key) or b"", where, findings)
+    elif kind == "hash":
+        fields = {k.decode(errors="replace"): v.decode(errors="replace")
+                  for k, v in client.hgetall(key).items()}
+        _scan_value(_json_fields(fields), where, findings)
+    elif kind == "stream":
+        for _, entry in client.xrange(key):
+            fields = {k.decode(errors="replace"): v.decode(errors="replace")
+                      for k, v in entry.items()}
+            _scan_value(_json_fields(fields), where, findings)
+    elif kind in ("list", "set", "zset"):
+        members = (client.lrange(key, 0, -1) if kind == "list" else
+                   client.smembers(key) if kind == "set" else client.zrange(key, 0, -1))
+        for member in members:
+            _scan_bytes(member, where, findings)
+
+
+def _json_fields(fields: dict[str, str]) -> dict[str, Any]:
+    """Hash fields, with values that are JSON (merchant, webhook bodies) decoded too."""
+    decoded: dict[str, Any] = {}
+    for name, value in fields.items():
+        try:
+            decoded[name] = json.loads(value) if value[:1] in "{[" else value
+        except ValueError:
+            decoded[name] = value
+    return decoded
+
+
+def _scan_log(path: Path, findings: list[Finding]) -> None:
+    try:
+        with path.open(errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                for pan in _pans_in(line):
+                    findings.append(Finding(f"{path}:{number}", f"PAN-like {cards.mask(pan)}"))
+                if re.search(r'"?(cvv2?|cvc2?)"?\s*[:=]\s*"?\d{3,4}', line, re.IGNORECASE):
+                    findings.append(Finding(f"{path}:{number}", "CVV value"))
+    except OSError:
+        return

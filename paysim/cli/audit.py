@@ -1,0 +1,79 @@
+"""`paysim audit`: reconcile a run's payments, or scan for card data with --pci."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from paysim.audit import LISTED, reconcile, scan_card_data
+from paysim.cli.options import with_settings
+from paysim.cli.render import console, err_console, print_json
+from paysim.config import Settings
+
+
+@click.command()
+@click.option("--run", "run_id", help="One run's payments (default: every payment sent).")
+@click.option("--pci", is_flag=True,
+              help="Instead, scan every topic after the edge, Redis and the service logs for "
+              "anything like a card number (13-19 digits passing Luhn) or a CVV field.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_settings()
+@click.pass_context
+def audit(ctx: click.Context, settings: Settings, run_id: str | None, pci: bool,
+          as_json: bool) -> None:
+    """Check that every payment sent got exactly one outcome and was settled at most once.
+
+    Lost: sent, no outcome. Doubled: more than one final outcome. Ledger: each card's balance
+    against the sum of its approved payments. Exit 1 on any discrepancy."""
+    if pci:
+        with console.status("scanning topics, Redis and logs for card data"):
+            findings, scanned = scan_card_data(settings)
+        if as_json:
+            print_json({"findings": [f.__dict__ for f in findings], "scanned": scanned,
+                        "ok": not findings})
+        else:
+            console.print("scanned " + ", ".join(f"{n:,} {what}" for what, n in scanned.items()))
+            if findings:
+                table = Table("where", "what", title="card data found (masked)")
+                for finding in findings[:100]:
+                    table.add_row(finding.where, finding.what)
+                console.print(table)
+            else:
+                console.print("[green]no card number or CVV found past the edge[/]")
+        if findings:
+            err_console.print(f"[red]{len(findings)} findings of card data[/]")
+            ctx.exit(1)
+        return
+    with console.status("reading the topics, Redis and the ledgers"):
+        report = reconcile(settings, run_id)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        table = Table("check", "count", "result", title=f"audit of {run_id or 'every run'}")
+
+        def row(name: str, count: int, bad: bool) -> None:
+            table.add_row(name, f"{count:,}", "[red]FAIL[/]" if bad else "[green]ok[/]")
+
+        row("payments sent", report.sent, report.sent == 0 and run_id is not None)
+        row("with an outcome", report.outcomes, False)
+        row("lost (no outcome)", report.lost_count, bool(report.lost_count))
+        row("doubled (more than one outcome)", report.doubled_count, bool(report.doubled_count))
+        row("Redis and results topic disagree", report.disagreeing_count,
+            bool(report.disagreeing_count))
+        row("card ledgers checked", report.ledgers_checked, False)
+        row("ledgers not matching approvals", len(report.ledger_mismatches),
+            bool(report.ledger_mismatches))
+        console.print(table)
+        for name, ids in (("lost", report.lost), ("doubled", report.doubled),
+                          ("disagreeing", report.disagreeing)):
+            if ids:
+                console.print(f"{name} (first {LISTED}): {', '.join(ids)}")
+        for mismatch in report.ledger_mismatches[:LISTED]:
+            console.print(f"ledger {mismatch.run_id} {mismatch.token} {mismatch.currency}: "
+                          f"spent {mismatch.ledger_spent} in {mismatch.ledger_debits} debits, "
+                          f"approved {mismatch.approved_total} in {mismatch.approved_count}")
+    if run_id is not None and report.sent == 0:
+        err_console.print(f"[red]no payment of run {run_id} on {settings.topics.requested}[/]")
+        ctx.exit(1)
+    if not report.ok:
+        ctx.exit(1)

@@ -1,0 +1,77 @@
+"""`paysim audit` finds nothing wrong after a clean run, and finds what a test breaks."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from paysim import store
+from paysim.config import Settings
+from tests.integration.pipeline_helpers import paysim, run_payment_ids, send
+
+
+def audit(settings: Settings, *args: str) -> tuple[int, dict]:
+    result = paysim(settings, "audit", "--json", *args)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_a_clean_run_reconciles(pipeline: Settings) -> None:
+    run = send(pipeline, "--count", "500", "--seed", "21")["run_id"]
+
+    code, report = audit(pipeline, "--run", run)
+
+    assert code == 0, report
+    assert report["sent"] == 500 and report["outcomes"] == 500
+    assert report["lost_count"] == report["doubled_count"] == 0
+    assert report["ledger_mismatches"] == [] and report["ledgers_checked"] > 0
+
+
+def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None:
+    run = send(pipeline, "--count", "200", "--seed", "22", "--bad-share", "0",
+               "--test-card-share", "0")["run_id"]
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        entries = run_payment_ids(pipeline, run)
+        approved = next(e for e in entries if e["status"] == "approved")
+        outcome = store.read_outcome(client, approved["payment_id"])
+        ledger = store.ledger_key(run, outcome["token"])
+        # The same payment settled a second time.
+        client.hincrby(ledger, f"spent:{outcome['currency']}", int(outcome["amount"]))
+        client.hincrby(ledger, "debits", 1)
+        # And another payment's outcome gone.
+        gone = next(e for e in entries if e["payment_id"] != approved["payment_id"])
+        client.delete(store.outcome_key(gone["payment_id"]))
+    finally:
+        client.close()
+
+    code, report = audit(pipeline, "--run", run)
+
+    assert code == 1
+    assert report["lost"] == [gone["payment_id"]]
+    mismatch = report["ledger_mismatches"][0]
+    assert mismatch["token"] == outcome["token"]
+    assert mismatch["ledger_spent"] == mismatch["approved_total"] + int(outcome["amount"])
+    assert mismatch["ledger_debits"] == mismatch["approved_count"] + 1
+    table = paysim(pipeline, "audit", "--run", run)
+    assert table.returncode == 1 and "FAIL" in table.stdout
+
+
+def test_pci_scan_is_clean_after_a_run_and_finds_a_planted_pan(pipeline: Settings) -> None:
+    send(pipeline, "--count", "300", "--seed", "23")
+    code, report = audit(pipeline, "--pci")
+    assert code == 0, report["findings"][:5]
+    assert report["scanned"]["records"] > 0 and report["scanned"]["redis keys"] > 0
+
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        client.set("paysim:test:leak", "card 4111111111111111 left here")
+        code, report = audit(pipeline, "--pci")
+        table = paysim(pipeline, "audit", "--pci")
+    finally:
+        client.delete("paysim:test:leak")
+    assert code == 1
+    assert {"where": "redis paysim:test:leak", "what": "PAN-like 411111******1111"} in (
+        report["findings"])
+    assert table.returncode == 1
+    assert "4111111111111111" not in table.stdout + table.stderr  # never shown in clear
