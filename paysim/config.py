@@ -150,14 +150,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("stack.controller_port", _port, lambda: 9093, "local KRaft controller port",
            metavar="PORT"),
     Option("stack.redis_port", _port, lambda: 6379, "local redis-server port", metavar="PORT"),
+    Option("stack.brokers", _whole_number(1, 9), lambda: 1,
+           "Kafka nodes in the local stack; 3 makes a KRaft cluster with replication 3 and "
+           "min.insync.replicas 2 (node n listens on the ports + 2(n-1))", "--brokers", "N"),
     Option("stack.kafka_heap_mb", _whole_number(128), lambda: 512, "local broker heap in MiB"),
     Option("stack.start_timeout", _seconds, lambda: 90.0,
            "seconds to wait for a component to answer"),
     Option("stack.stop_timeout", _seconds, lambda: 30.0,
            "seconds between SIGTERM and SIGKILL"),
     Option("topics.partitions", _whole_number(1), lambda: 6, "partitions per paysim topic"),
-    Option("topics.replication_factor", _whole_number(1), lambda: 1,
-           "replication factor of paysim topics"),
+    Option("topics.replication_factor", _whole_number(1), lambda: None,
+           "replication factor of paysim topics [default: 1, or 3 on a local 3-node stack]"),
     Option("topics.requested", _text, lambda: "payments.requested", "ingress topic"),
     Option("topics.authorized", _text, lambda: "payments.authorized", "authorized payments"),
     Option("topics.results", _text, lambda: "payments.results", "final outcomes"),
@@ -213,15 +216,20 @@ class StackSettings:
     kafka_port: int
     controller_port: int
     redis_port: int
+    brokers: int
     kafka_heap_mb: int
     start_timeout: float
     stop_timeout: float
+
+    def broker_ports(self, node: int) -> tuple[int, int]:
+        """(client port, controller port) of local node ``node`` (1-based)."""
+        return self.kafka_port + 2 * (node - 1), self.controller_port + 2 * (node - 1)
 
 
 @dataclass(frozen=True)
 class TopicSettings:
     partitions: int
-    replication_factor: int
+    replication_factor: int | None  # None: 1, or up to 3 on a local multi-node stack
     requested: str
     authorized: str
     results: str
@@ -280,8 +288,17 @@ class Settings:
 
     @property
     def kafka_bootstrap(self) -> str:
-        """The configured bootstrap servers, or the local stack's broker."""
-        return self.kafka.bootstrap or f"127.0.0.1:{self.stack.kafka_port}"
+        """The configured bootstrap servers, or the local stack's brokers."""
+        return self.kafka.bootstrap or ",".join(
+            f"127.0.0.1:{self.stack.broker_ports(node)[0]}"
+            for node in range(1, self.stack.brokers + 1))
+
+    @property
+    def replication_factor(self) -> int:
+        """Of paysim's topics: as configured, else 3 (at most) on a local multi-node stack."""
+        if self.topics.replication_factor is not None:
+            return self.topics.replication_factor
+        return min(3, self.stack.brokers) if self.kafka.bootstrap is None else 1
 
     @property
     def redis_url(self) -> str:

@@ -34,7 +34,7 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsR
     if missing:
         futures = admin.create_topics(
             [NewTopic(name, num_partitions=settings.topics.partitions,
-                      replication_factor=settings.topics.replication_factor)
+                      replication_factor=settings.replication_factor)
              for name in missing],
             operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S,
         )

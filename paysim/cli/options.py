@@ -13,7 +13,8 @@ from paysim.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, OPTIONS_BY_KEY, load_
 # Flags on every command: where the services paysim talks to are.
 CONNECTION_KEYS = ("kafka.bootstrap", "redis.url")
 # Flags of the local stack commands: where it keeps its files and which ports it takes.
-STACK_KEYS = ("stack.dir", "stack.kafka_port", "stack.controller_port", "stack.redis_port")
+STACK_KEYS = ("stack.dir", "stack.kafka_port", "stack.controller_port", "stack.redis_port",
+              "stack.brokers")
 
 
 def _param(key: str) -> str:

@@ -31,8 +31,9 @@ def prepare(settings: Settings) -> None:
     """Check java, mvn and redis-server are installed and fetch the Kafka jars; start nothing."""
     local = _local_stack(settings)
     local.prepare()
+    width = max(len(c.name) for c in local.components) + 1
     for component in local.components:
-        console.print(f"{component.name:<6} {component.version():<8} ready to start")
+        console.print(f"{component.name:<{width}} {component.version():<8} ready to start")
     console.print(f"Kafka jars in {libs_dir(settings.stack.cache_dir)}")
 
 
@@ -44,12 +45,13 @@ def up(settings: Settings, fresh: bool) -> None:
     local = _local_stack(settings)
     with console.status("starting the local stack"):
         results = local.up(fresh=fresh)
+    width = max(len(r.name) for r in results) + 1
     for result in results:
         if result.started:
-            console.print(f"{result.name:<6} [green]started[/]          pid {result.pid:<8} "
+            console.print(f"{result.name:<{width}} [green]started[/]          pid {result.pid:<8} "
                           f"{result.address:<16} ready in {result.seconds:.1f} s")
         else:
-            console.print(f"{result.name:<6} [cyan]already running[/]  pid {result.pid:<8} "
+            console.print(f"{result.name:<{width}} [cyan]already running[/]  pid {result.pid:<8} "
                           f"{result.address}")
 
 
@@ -62,9 +64,10 @@ def down(settings: Settings) -> None:
         results = local.down()
     if not results:
         console.print(f"nothing to stop: no paysim stack runs under {settings.stack.dir}")
+    width = max((len(r.name) for r in results), default=0) + 1
     for result in results:
         how = "killed after the grace period" if result.killed else "stopped"
-        console.print(f"{result.name:<6} {how} (pid {result.pid})")
+        console.print(f"{result.name:<{width}} {how} (pid {result.pid})")
 
 
 @stack.command()

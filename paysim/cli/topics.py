@@ -22,6 +22,6 @@ def ensure(settings: Settings) -> None:
     report = ensure_topics(settings)
     for name in report.created:
         console.print(f"created  {name}  ({settings.topics.partitions} partitions, "
-                      f"replication factor {settings.topics.replication_factor})")
+                      f"replication factor {settings.replication_factor})")
     for name in report.existing:
         console.print(f"exists   {name}")

@@ -7,13 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from paysim.config import StackSettings
 from paysim.kafka_clients import cluster_metadata
 from paysim.stack.component import Announce, Component
 from paysim.stack.jars import ensure_kafka_jars, jars_ready, kafka_version, libs_dir
 from paysim.stack.prerequisites import Missing, find_java, find_mvn
 from paysim.stack.process import run_logged
-
-NODE_ID = 1
 
 # What a single node needs for transactions and consumer groups to work at once: every
 # internal topic at replication factor 1 / min ISR 1 (else init_transactions() times out with
@@ -88,15 +87,39 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+def cluster_settings(nodes: int) -> dict[str, str]:
+    """SINGLE_NODE_SETTINGS, or for several nodes: internal topics and defaults replicated
+    to 3 (at most) with 2 in sync, so a cluster of 3 goes on with one node down."""
+    if nodes == 1:
+        return dict(SINGLE_NODE_SETTINGS)
+    replicas, in_sync = str(min(3, nodes)), str(min(2, nodes))
+    return {
+        **SINGLE_NODE_SETTINGS,
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": in_sync,
+        "default.replication.factor": replicas,
+        "min.insync.replicas": in_sync,
+    }
+
+
 class KafkaBroker(Component):
-    name = "kafka"
+    """Node ``node`` of the local cluster (broker and controller in one process)."""
+
+    def __init__(self, settings: StackSettings, node: int = 1) -> None:
+        super().__init__(settings)
+        self.node = node
+        # One node keeps the plain name (and the folder it always had).
+        self.name = "kafka" if settings.brokers == 1 else f"kafka-{node}"
 
     @property
     def port(self) -> int:
-        return self.settings.kafka_port
+        return self.settings.broker_ports(self.node)[0]
 
     def ports(self) -> list[int]:
-        return [self.settings.kafka_port, self.settings.controller_port]
+        return list(self.settings.broker_ports(self.node))
 
     @property
     def port_flags(self) -> str:
@@ -126,22 +149,31 @@ class KafkaBroker(Component):
 
     def wipe(self) -> None:
         super().wipe()
-        (self.home / "cluster.id").unlink(missing_ok=True)
+        self.cluster_id_path.unlink(missing_ok=True)
+
+    @property
+    def cluster_id_path(self) -> Path:
+        # Every node of a cluster is formatted with the same id.
+        if self.settings.brokers == 1:
+            return self.home / "cluster.id"
+        return self.settings.dir / "kafka-cluster.id"
 
     def server_properties(self) -> dict[str, str]:
         s = self.settings
+        client, controller = s.broker_ports(self.node)
+        voters = ",".join(f"{n}@127.0.0.1:{s.broker_ports(n)[1]}"
+                          for n in range(1, s.brokers + 1))
         return {
             "process.roles": "broker,controller",
-            "node.id": str(NODE_ID),
-            "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{s.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},"
-                         f"CONTROLLER://127.0.0.1:{s.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
+            "node.id": str(self.node),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{client}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir),
-            **SINGLE_NODE_SETTINGS,
+            **cluster_settings(s.brokers),
             # Sized for a laptop: two cores, a 512 MiB heap.
             "num.network.threads": "2",
             "num.io.threads": "2",
@@ -170,7 +202,7 @@ class KafkaBroker(Component):
 
     def _format_storage(self) -> None:
         # The cluster id is kept: a formatted log folder rejects any other id.
-        id_path = self.home / "cluster.id"
+        id_path = self.cluster_id_path
         if not id_path.exists():
             id_path.write_text(new_cluster_id() + "\n")
         run_logged(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from paysim.stack.redis import RedisServer
 from paysim.waiting import wait_until
 
 PROBE_TIMEOUT_S = 2.0
+PORT_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,14 +69,40 @@ def port_in_use(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def port_holder(port: int) -> str:
+    """Which local process listens on ``port`` ("pid 123 (java)"), as far as /proc tells."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    pid = fd_dir.parent.name
+                    name = (fd_dir.parent / "comm").read_text().strip()
+                    return f"pid {pid} ({name})"
+        except OSError:
+            continue
+    return "a process this user cannot see"
+
+
 class LocalStack:
     """The Kafka broker and redis-server that paysim runs under ``settings.dir``."""
 
     def __init__(self, settings: StackSettings, announce: Announce = print) -> None:
         self.settings = settings
         self.announce = announce
-        # Redis first: it is up in milliseconds while the broker's JVM starts.
-        self.components: list[Component] = [RedisServer(settings), KafkaBroker(settings)]
+        # Redis first: it is up in milliseconds while the brokers' JVMs start.
+        self.components: list[Component] = [RedisServer(settings)] + [
+            KafkaBroker(settings, node) for node in range(1, settings.brokers + 1)]
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -153,11 +182,14 @@ class LocalStack:
 
     def _check_ports_free(self, component: Component) -> None:
         for port in component.ports():
-            if port_in_use(port):
+            # A process just killed (or a child it forked, like redis-server's AOF rewrite) can
+            # hold its port for a moment after: give it a few seconds before calling it taken.
+            if not wait_until(lambda port=port: not port_in_use(port), timeout=PORT_GRACE_S,
+                              interval=0.1):
                 raise PaysimError(
-                    f"port {port} on 127.0.0.1 is taken by a process paysim did not start; stop "
-                    f"it, or give the local {component.name} other ports with "
-                    f"{component.port_flags}"
+                    f"port {port} on 127.0.0.1 is taken by {port_holder(port)}, which paysim "
+                    f"did not start; stop it, or give the local {component.name} other ports "
+                    f"with {component.port_flags}"
                 )
 
     def _start(self, component: Component) -> tuple[ProcessRecord, float, dict]:
@@ -192,14 +224,26 @@ class LocalStack:
             return self._down()
 
     def _down(self) -> list[StopResult]:
-        results = []
-        for component in reversed(self.components):
-            record = self.running(component)
-            if record:
-                killed = stop(record.pid, self.settings.stop_timeout)
-                results.append(StopResult(component.name, record.pid, killed))
-            component.record_path.unlink(missing_ok=True)
-        return results
+        """Stop every component that runs under the stack folder, also one started with other
+        flags (a `stack up --brokers 3` followed by a plain `stack down`)."""
+        configured = {c.name: c.record_path for c in self.components}
+        found = {path.parent.name: path for path in self.settings.dir.glob("*/pid.json")}
+        running = []
+        for name, record_path in sorted({**found, **configured}.items()):
+            record = ProcessRecord.load(record_path)
+            if is_running(record):
+                running.append((name, record))
+            else:
+                record_path.unlink(missing_ok=True)
+        # All at once: a cluster's nodes stopped one by one leave the last waiting for a
+        # controller quorum that is gone; together, each finishes its controlled shutdown.
+        with ThreadPoolExecutor(max(1, len(running))) as pool:
+            killed = list(pool.map(lambda item: stop(item[1].pid, self.settings.stop_timeout),
+                                   running))
+        for name, _ in running:
+            (self.settings.dir / name / "pid.json").unlink(missing_ok=True)
+        return [StopResult(name, record.pid, was_killed)
+                for (name, record), was_killed in zip(running, killed, strict=True)]
 
     def status(self) -> list[ComponentStatus]:
         return [self._status(component) for component in self.components]

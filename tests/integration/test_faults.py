@@ -43,17 +43,18 @@ def service_pid(settings: Settings, name: str) -> int | None:
 
 def kill_service(settings: Settings, name: str) -> str:
     # Wait until the supervisor has it back up from any earlier kill, then kill it again.
-    assert wait_until(lambda: service_pid(settings, name) is not None, timeout=60, interval=0.5)
-    pid = service_pid(settings, name)
-    os.kill(pid, signal.SIGKILL)
-    return f"SIGKILL {name} (pid {pid})"
+    seen: list[int] = []
+    assert wait_until(lambda: bool(seen.append(service_pid(settings, name)) or seen[-1]),
+                      timeout=60, interval=0.5)
+    os.kill(seen[-1], signal.SIGKILL)
+    return f"SIGKILL {name} (pid {seen[-1]})"
 
 
 def restart_component(stack: LocalStack, name: str) -> str:
     component = next(c for c in stack.components if c.name == name)
     record = stack.running(component)
     assert record is not None
-    os.kill(record.pid, signal.SIGKILL)
+    os.killpg(record.pid, signal.SIGKILL)  # the component and any child it forked
     assert wait_until(lambda: not is_alive(record.pid), timeout=10)
     stack.up()
     return f"SIGKILL {name} (pid {record.pid}), restarted"
@@ -115,3 +116,18 @@ def test_every_payment_gets_one_outcome_through_kills_and_restarts(
     assert found["ledger_mismatches"] == []
     e2e = report["latency"]["end_to_end"]
     print(f"end to end p50 {e2e['p50_ms']} ms, p99 {e2e['p99_ms']} ms, max {e2e['max_ms']} ms")
+    print(fault_windows(report, [at for at, _ in faults], done))
+
+
+def fault_windows(report: dict, times: list[float], labels: list[str]) -> str:
+    """Per fault: the payments completing before the next fault whose second's p99 rose above
+    a second (the ones it delayed) and the worst end-to-end latency among them."""
+    seconds = {row["second"]: row for row in report["timeline"]}
+    ends = [*times[1:], max(seconds, default=0) + 1]
+    lines = ["fault                                        delayed  worst ms"]
+    for label, start, end in zip(labels, times, ends, strict=True):
+        rows = [seconds[s] for s in range(int(start), int(end)) if s in seconds]
+        slow = [r for r in rows if r.get("p99_ms", 0) > 1000]
+        worst = max((r.get("max_ms", 0) for r in rows), default=0)
+        lines.append(f"{label[7:]:<44} {sum(r['completed'] for r in slow):>7,}  {worst:>8,.0f}")
+    return "\n".join(lines)
