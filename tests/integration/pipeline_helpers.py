@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -12,6 +14,17 @@ from paysim import decisions, store
 from paysim.config import Settings, settings_env
 from paysim.generator import Mix, PaymentStream, build_population
 from tests.helpers import run_paysim
+
+
+@contextmanager
+def running_pipeline(settings: Settings) -> Iterator[Settings]:
+    """`paysim run-all --detach` with these settings, stopped on the way out."""
+    started = run_paysim("run-all", "--detach", env=settings_env(settings))
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield settings
+    finally:
+        run_paysim("stop", env=settings_env(settings))
 
 
 def paysim(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

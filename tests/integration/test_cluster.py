@@ -14,6 +14,7 @@ from paysim.config import Settings, settings_env
 from paysim.kafka_clients import admin_client
 from paysim.stack.manager import LocalStack
 from tests.helpers import free_port, free_port_run, run_paysim, settings_for
+from tests.integration.pipeline_helpers import running_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
     stack = LocalStack(settings.stack, announce=print)
     try:
         stack.up()
-        started = run_paysim("run-all", "--detach", env=settings_env(settings))
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield settings, stack
+        with running_pipeline(settings):
+            yield settings, stack
     finally:
-        run_paysim("stop", env=settings_env(settings))
         stack.down()
 
 

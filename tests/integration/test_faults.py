@@ -16,7 +16,7 @@ from paysim.stack.manager import LocalStack
 from paysim.stack.process import is_alive
 from paysim.waiting import wait_until
 from tests.helpers import free_port, run_paysim, settings_for
-from tests.integration.pipeline_helpers import paysim
+from tests.integration.pipeline_helpers import paysim, running_pipeline
 
 RATE, SECONDS = 250, 80  # 20,000 payments
 
@@ -25,14 +25,9 @@ RATE, SECONDS = 250, 80  # 20,000 payments
 def fault_pipeline(local_stack, service_flags: dict[str, object]) -> Iterator[Settings]:
     """Its own run-all whose watchdog replaces a silent service after 10 s: after a broker
     restart librdkafka can hang a transactional call well past its own timeout."""
-    settings = settings_for({**service_flags, "http.port": free_port(),
-                             "services.stuck_after": 10})
-    started = run_paysim("run-all", "--detach", env=settings_env(settings))
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
+    with running_pipeline(settings_for({**service_flags, "http.port": free_port(),
+                                        "services.stuck_after": 10})) as settings:
         yield settings
-    finally:
-        run_paysim("stop", env=settings_env(settings))
 
 
 def service_pid(settings: Settings, name: str) -> int | None:
