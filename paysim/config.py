@@ -305,9 +305,6 @@ class Settings:
         """The configured Redis URL, or the local stack's redis-server."""
         return self.redis.url or f"redis://127.0.0.1:{self.stack.redis_port}/0"
 
-    @property
-    def uses_local_stack(self) -> bool:
-        return self.kafka.bootstrap is None and self.redis.url is None
 
 
 _SECTIONS = {"kafka": KafkaSettings, "redis": RedisSettings, "stack": StackSettings,

@@ -57,8 +57,6 @@ IDEMPOTENCY_PENDING_TTL_S = 60
 IDEMPOTENCY_DONE_TTL_S = 86400
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 THREADS = 8
-HEARTBEAT_EVERY_S = 1.0
-HEARTBEAT_TTL_S = 5
 SHUTDOWN_GRACE_S = DELIVERY_TIMEOUT_S + 2  # an answer waiting on Kafka may finish
 LOOP_SLICE_S = 0.2
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -483,7 +481,7 @@ def _heartbeat(client: redis.Redis, counters: Counters, stop: threading.Event) -
                                   started_at=counters.started_at, lag=0)
         except redis.RedisError as exc:
             log.warning("heartbeat not written: %s", exc)
-        if stop.wait(HEARTBEAT_EVERY_S):
+        if stop.wait(store.HEARTBEAT_EVERY_S):
             store.clear_heartbeat(client, SERVICE, 0)
             return
 

@@ -45,6 +45,7 @@ def heartbeat_key(service: str, instance: int) -> str:
     return f"paysim:svc:{service}:{instance}"
 
 
+HEARTBEAT_EVERY_S = 1.0
 HEARTBEAT_TTL_S = 5
 HEARTBEAT_FRESH_S = 3.0  # older than this, the service is taken for gone
 

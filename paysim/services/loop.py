@@ -30,7 +30,6 @@ from paysim.schema import Codec, DeadLetter, SchemaError, encode, now_us
 from paysim.topics import ensure_topics
 
 T = TypeVar("T", bound=msgspec.Struct)
-HEARTBEAT_EVERY_S = 1.0
 # Under the 3 s after which `ps` takes a silent service for gone.
 MAX_BACKOFF_S = 2.0
 # A dead letter keeps at most this much of the original (the record itself stays on its topic,
@@ -318,7 +317,7 @@ class ServiceLoop(Generic[T]):
 
     def _heartbeat(self) -> None:
         now = time.time()
-        if now - self._last_heartbeat < HEARTBEAT_EVERY_S:
+        if now - self._last_heartbeat < store.HEARTBEAT_EVERY_S:
             return
         self._last_heartbeat = now
         try:
