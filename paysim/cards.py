@@ -34,13 +34,15 @@ def ascii_digits(text: str) -> bool:
 def luhn_valid(pan: str) -> bool:
     if not ascii_digits(pan):
         return False
-    total = 0
-    for position, char in enumerate(reversed(pan)):
-        digit = int(char)
-        if position % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
+    # Slices and table lookups instead of a per-digit loop: the authorizer checks every card.
+    digits = pan.encode()
+    kept = sum(digits[-1::-2]) - 48 * len(digits[-1::-2])
+    doubled = sum(_LUHN_DOUBLED[d] for d in digits[-2::-2])
+    return (kept + doubled) % 10 == 0
+
+
+# The Luhn value of each ASCII digit's byte when doubled (2 * d, minus 9 past 9).
+_LUHN_DOUBLED = {48 + d: (2 * d - 9 if d > 4 else 2 * d) for d in range(10)}
 
 
 def luhn_complete(partial: str) -> str:

@@ -25,8 +25,10 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def _request(payment: GeneratedPayment, run_id: str, keys: Keys, cipher: cards.CardCipher,
-             callback_url: str | None) -> PaymentRequested:
+def request_message(payment: GeneratedPayment, run_id: str, cipher: cards.CardCipher,
+                    callback_url: str | None) -> PaymentRequested:
+    """The payments.requested message for a generated payment: its card sealed for the
+    authorizer, under a new payment id."""
     payment_id = str(uuid.uuid4())
     return PaymentRequested(
         payment_id=payment_id, run_id=run_id, seq=payment.seq, amount=payment.amount,
@@ -63,7 +65,7 @@ class KafkaIngress:
                               f"producer id in 15 s (state {self._idempotence_state or 'none'})")
 
     def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> str:
-        message = _request(payment, run_id, self.keys, self.cipher, callback_url)
+        message = request_message(payment, run_id, self.cipher, callback_url)
         # Keyed by card token: one card's payments stay in order end to end, so the same seed
         # settles against the ledger in the same order.
         key = cards.tokenize(payment.card.number, self.keys.token_key)

@@ -206,14 +206,9 @@ class ServiceView:
 
 def read_heartbeats(client: redis.Redis) -> dict[str, dict[str, str]]:
     """Live services by name ("processor-0"), from their heartbeat hashes."""
-    keys = list(client.scan_iter(match="paysim:svc:*", count=500))
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.hgetall(key)
     beats = {}
     now = time.time()
-    for raw in pipe.execute():
-        beat = {k.decode(): v.decode() for k, v in raw.items()}
+    for beat in store.read_heartbeat_hashes(client):
         if "service" in beat and now - float(beat["seen_at"]) < store.HEARTBEAT_FRESH_S:
             beats[f"{beat['service']}-{beat['instance']}"] = beat
     return beats

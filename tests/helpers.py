@@ -3,55 +3,30 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from paysim.config import OPTIONS_BY_KEY, Settings, load_settings
+from paysim.stack import ports
 
-# Below Linux's ephemeral range (32768-60999): a client reconnecting to a dead broker on an
-# ephemeral port can be given that very port as its own and connect to itself, and the
-# restarted broker then finds its port taken.
-PORT_RANGE = (20000, 32767)
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    for _ in range(1000):
-        port = random.randint(*PORT_RANGE)
-        if _bindable(port):
-            return port
-    raise AssertionError("no free port below the ephemeral range")
+free_port = ports.free_port
+_bindable = ports.bindable
 
 
 def free_port_run(count: int, step: int = 2) -> int:
     """A port p with p, p+step, ... p+(count-1)*step all free (a multi-node stack's nodes)."""
     for _ in range(100):
         base = free_port()
-        ports = [base + i * step for i in range(count)]
-        if max(ports) <= PORT_RANGE[1] and all(_bindable(port) for port in ports):
+        run = [base + i * step for i in range(count)]
+        if max(run) <= ports.PORT_RANGE[1] and all(_bindable(port) for port in run):
             return base
     raise AssertionError(f"no run of {count} free ports found")
 
 
 def private_stack_flags(stack_dir: Path) -> dict[str, object]:
     """Flags for a stack of its own: a temporary folder and free ports."""
-    return {
-        "stack.dir": str(stack_dir),
-        "stack.kafka_port": free_port(),
-        "stack.controller_port": free_port(),
-        "stack.redis_port": free_port(),
-    }
+    return ports.private_stack_flags(str(stack_dir))
 
 
 def settings_for(flags: dict[str, object]) -> Settings:

@@ -62,7 +62,10 @@ class RunMetrics:
 
     def _second(self, at_us: int) -> Second:
         index = max(0, (at_us - self.started_us) // 1_000_000)
-        return self.seconds.setdefault(index, Second())
+        second = self.seconds.get(index)
+        if second is None:  # not setdefault: a histogram is costly to build for nothing
+            second = self.seconds[index] = Second()
+        return second
 
     def record_send(self, intended_us: int, sent_us: int) -> None:
         with self.lock:

@@ -277,7 +277,10 @@ class LoadRun:
             for _, batch in read:
                 for entry_id, fields in batch:
                     last_id = entry_id
-                    entries.append({k.decode(): v.decode() for k, v in fields.items()})
+                    try:
+                        entries.append(store.read_done_entry(fields))
+                    except ValueError:
+                        continue  # not written by a notifier: nothing of this run's
             for entry in entries:
                 with self.ledger.lock:
                     known = entry["payment_id"] in self.ledger.intended

@@ -78,5 +78,6 @@ class Authorizer(Service[PaymentRequested]):
         verdict = authorize(item, card, self.settings, self.token_key)
         if isinstance(verdict, PaymentAuthorized):
             return [Output(self.settings.topics.authorized, verdict.token, encode(verdict))]
-        store.write_outcome(pipe, verdict, self.settings.redis.outcome_ttl)
+        store.write_decision(pipe, verdict.payment_id, verdict.status,
+                             self.settings.redis.outcome_ttl)
         return [Output(self.settings.topics.results, verdict.payment_id, encode(verdict))]

@@ -100,21 +100,19 @@ class Processor(Service[PaymentAuthorized]):
                 self._answers[item.payment_id] = answer
         if not to_settle:
             return
-        ttl = self.settings.redis.ledger_ttl
         # The daily limit counts by the day the issuer processes the payment, in UTC.
         day = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%d")
-        pipe = self.redis.pipeline(transaction=False)
+        keys: list[str] = []
+        args: list[object] = [self.settings.redis.ledger_ttl, day]
         for item in to_settle:
             profile = decisions.card_profile(item.token, item.test_reason)
-            self.settle(
-                keys=[store.ledger_key(item.run_id, item.token),
-                      store.settle_marker_key(item.payment_id)],
-                args=[item.amount, item.currency,
-                      money.minor_units(profile.credit_limit_usd, item.currency),
-                      money.minor_units(profile.daily_limit_usd, item.currency), day, ttl],
-                client=pipe,
-            )
-        for item, answer in zip(to_settle, pipe.execute(), strict=True):
+            keys += (store.ledger_key(item.run_id, item.token),
+                     store.settle_marker_key(item.payment_id))
+            args += (item.amount, item.currency,
+                     money.minor_units(profile.credit_limit_usd, item.currency),
+                     money.minor_units(profile.daily_limit_usd, item.currency))
+        answers = self.settle(keys=keys, args=args)
+        for item, answer in zip(to_settle, answers, strict=True):
             self._answers[item.payment_id] = answer.decode()  # a reason code, as bytes
 
     def decide(self, item: PaymentAuthorized, pipe: redis.client.Pipeline) -> list[Output]:
@@ -129,5 +127,6 @@ class Processor(Service[PaymentAuthorized]):
             reason_code=code, reason_text=decisions.reason_text(code), token=item.token,
             masked_pan=item.masked_pan, network=item.network,
         )
-        store.write_outcome(pipe, outcome, self.settings.redis.outcome_ttl)
+        store.write_decision(pipe, outcome.payment_id, outcome.status,
+                             self.settings.redis.outcome_ttl)
         return [Output(self.settings.topics.results, item.token, encode(outcome))]

@@ -49,7 +49,7 @@ def reason_counts(report: dict) -> dict[str, int]:
 def run_payment_ids(settings: Settings, run_id: str) -> list[dict[str, str]]:
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        return [{k.decode(): v.decode() for k, v in fields.items()}
+        return [store.read_done_entry(fields)
                 for _, fields in client.xrange(store.run_stream_key(run_id))]
     finally:
         client.close()
