@@ -12,6 +12,7 @@ from confluent_kafka import KafkaException
 
 from paysim import __version__
 from paysim.cli.audit import audit
+from paysim.cli.bench import bench
 from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.report import report as report_group
@@ -31,7 +32,7 @@ def cli() -> None:
 
 
 for command in (run_all_command, send, status, audit, ps, stop, report_group, stack, topics,
-                service):
+                service, bench):
     cli.add_command(command)
 
 

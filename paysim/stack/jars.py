@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fcntl
-import shutil
+import hashlib
 import tempfile
 import xml.etree.ElementTree as ET
 from importlib import resources
@@ -24,12 +24,25 @@ def pom_text() -> str:
     return resources.files("paysim.stack").joinpath(POM_NAME).read_text()
 
 
-def kafka_version() -> str:
-    """The Kafka version pinned in the shipped pom."""
+def _version_in(pom: str) -> str:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = ET.fromstring(pom_text()).find("m:properties/m:kafka.version", ns)
+    node = ET.fromstring(pom).find("m:properties/m:kafka.version", ns)
     assert node is not None and node.text, "kafka.version missing from the shipped pom"
     return node.text.strip()
+
+
+def kafka_version() -> str:
+    """The Kafka version pinned in the shipped pom."""
+    return _version_in(pom_text())
+
+
+def completion_marker(pom: str | None = None) -> str:
+    """What libs/.complete holds once the jars of ``pom`` (the shipped one by default) are in.
+
+    The version names the folder; the hash makes a cache fetched from an older pom of the same
+    version (one without a jar added since) count as not ready, so it is fetched again once."""
+    text = pom_text() if pom is None else pom
+    return f"{_version_in(text)} sha256:{hashlib.sha256(text.encode()).hexdigest()}\n"
 
 
 def libs_dir(cache_dir: Path) -> Path:
@@ -37,7 +50,10 @@ def libs_dir(cache_dir: Path) -> Path:
 
 
 def jars_ready(cache_dir: Path) -> bool:
-    return (libs_dir(cache_dir) / COMPLETE_MARKER).is_file()
+    try:
+        return (libs_dir(cache_dir) / COMPLETE_MARKER).read_text() == completion_marker()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def ensure_kafka_jars(cache_dir: Path, announce=print) -> Path:
@@ -70,8 +86,11 @@ def _fetch(libs: Path, announce) -> Path:
         run_logged(command, log, "mvn fetching the Kafka jars", timeout=MVN_TIMEOUT_S)
         if not any((work / "libs").glob("kafka_2.13-*.jar")):
             raise PaysimError("mvn finished but fetched no kafka_2.13 jar", details=tail_lines(log))
-        (work / "libs" / COMPLETE_MARKER).write_text(kafka_version() + "\n")
+        (work / "libs" / COMPLETE_MARKER).write_text(completion_marker())
         if libs.exists():
-            shutil.rmtree(libs)
+            # Refetched after a pom change: a broker may be running from the old folder. Moved
+            # aside rather than deleted first, the path is missing for an instant, not for the
+            # whole delete; the scratch folder's cleanup deletes it.
+            libs.rename(work / "replaced-libs")
         (work / "libs").rename(libs)
     return libs

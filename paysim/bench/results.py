@@ -1,0 +1,146 @@
+"""The benchmark's results: the targets it checks, bench/results.json's shape, and its table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+from paysim.bench.phases import PhaseFigures
+from paysim.bench.resources import Usage
+
+SCHEMA = "paysim-bench/1"
+SERVICES = ("authorizer", "processor", "notifier")
+MIB = 2**20
+
+# The targets of the performance issue, on a 2-core machine running everything.
+SATURATION_MIN_PER_S = 5000.0
+SATURATION_MIN_COUNT = 200_000
+OPEN_MODEL_RATE = 2000.0
+OPEN_MODEL_P99_MAX_MS = 100.0
+RSS_GROWTH_MAX = 0.10
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    bound: str
+    actual: str
+    met: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "bound": self.bound, "actual": self.actual, "met": self.met}
+
+
+def usage_figures(usage: Usage, payments: int) -> dict[str, Any]:
+    return {
+        "pid": usage.pid,
+        "rss_start_mib": round(usage.rss[0] / MIB, 1) if usage.rss else None,
+        "rss_end_mib": round(usage.rss[-1] / MIB, 1) if usage.rss else None,
+        "rss_first_tenth_mib": round(usage.rss_window_mean(first=True) / MIB, 1),
+        "rss_last_tenth_mib": round(usage.rss_window_mean(first=False) / MIB, 1),
+        "rss_growth_pct": round(usage.rss_growth * 100, 1),
+        "cpu_s": round(usage.cpu_s, 2),
+        "cpu_s_per_1000": round(usage.cpu_s / payments * 1000, 3) if payments else None,
+    }
+
+
+def targets(saturation: dict[str, Any], open_model: list[dict[str, Any]],
+            resources: dict[str, dict[str, Any]]) -> list[Target]:
+    found = [Target(
+        f"end to end, exactly-once, over {saturation['completed']:,} payments",
+        f">= {SATURATION_MIN_PER_S:,.0f}/s over >= {SATURATION_MIN_COUNT:,}",
+        f"{saturation['throughput_per_s']:,.0f}/s",
+        saturation["throughput_per_s"] >= SATURATION_MIN_PER_S
+        and saturation["completed"] >= SATURATION_MIN_COUNT and saturation["lost"] == 0,
+    )]
+    for phase in open_model:
+        if phase["target_rate"] == OPEN_MODEL_RATE:
+            p99 = phase["latency"]["end_to_end"].get("p99_ms", float("inf"))
+            found.append(Target(f"p99 end to end at {OPEN_MODEL_RATE:,.0f}/s open model",
+                                f"<= {OPEN_MODEL_P99_MAX_MS:g} ms", f"{p99:,.1f} ms",
+                                p99 <= OPEN_MODEL_P99_MAX_MS and phase["lost"] == 0))
+    for name in SERVICES:
+        if name in resources:
+            growth = resources[name]["rss_growth_pct"]
+            found.append(Target(f"{name} RSS growth, first to last tenth of the saturation run",
+                                f"< {RSS_GROWTH_MAX * 100:g}%", f"{growth:+.1f}%",
+                                growth < RSS_GROWTH_MAX * 100))
+    return found
+
+
+def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
+                  reference: dict[str, Any], saturation: PhaseFigures,
+                  open_model: list[PhaseFigures], usage: list[Usage]) -> dict[str, Any]:
+    burst = saturation.as_dict()
+    producer_rate = reference["producer"]["records_per_s"]
+    burst["ratio_to_kafka_producer"] = (round(saturation.throughput_per_s / producer_rate, 4)
+                                        if producer_rate else None)
+    rates = [phase.as_dict() for phase in open_model]
+    resources = {u.name: usage_figures(u, saturation.completed) for u in usage}
+    return {
+        "schema": SCHEMA, "started_at": started.isoformat(timespec="seconds"), "quick": quick,
+        "machine": machine, "reference": reference, "saturation": burst, "open_model": rates,
+        "resources": resources,
+        "targets": [t.as_dict() for t in targets(burst, rates, resources)],
+    }
+
+
+def _ms(block: dict[str, float]) -> str:
+    return " / ".join(f"{block[key]:,.1f}" if key in block else "-"
+                      for key in ("p50_ms", "p99_ms", "p99_9_ms"))
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """The one table bench/run prints."""
+    title = "paysim benchmark" + (" (--quick: shorter than the targets ask)"
+                                  if results["quick"] else "")
+    table = Table(title=title, show_lines=False)
+    for column in ("phase", "measure", "figure", "target"):
+        table.add_column(column, overflow="fold")
+    ref = results["reference"]
+    producer, consumer = ref["producer"], ref["consumer"]
+    size = f"{ref['records']:,} x {ref['record_bytes']} B"
+    table.add_row("Kafka producer perf tool", f"messages/s ({size}, acks=all, lz4)",
+                  f"{producer['records_per_s']:,.0f} ({producer['mb_per_s']:.1f} MB/s)", "")
+    table.add_row("", "latency avg / p99 ms",
+                  f"{producer['avg_latency_ms']:,.1f} / {producer['p99_ms']:,.0f}", "")
+    table.add_row("Kafka consumer perf tool", "messages/s",
+                  f"{consumer['records_per_s']:,.0f} ({consumer['mb_per_s']:.1f} MB/s)", "",
+                  end_section=True)
+    burst = results["saturation"]
+    verdicts = {t["name"]: t for t in results["targets"]}
+    first = results["targets"][0]
+    table.add_row("paysim at saturation", f"payments/s end to end, exactly-once "
+                  f"({burst['completed']:,} of {burst['sent']:,}, lost {burst['lost']})",
+                  f"{burst['throughput_per_s']:,.0f}", _verdict(first))
+    table.add_row("", "ratio to Kafka's producer tool",
+                  f"{burst['ratio_to_kafka_producer']:.3f}", "")
+    table.add_row("", "end to end p50 / p99 / p99.9 ms", _ms(burst["latency"]["end_to_end"]),
+                  "", end_section=True)
+    for phase in results["open_model"]:
+        rate = phase["target_rate"]
+        name = f"p99 end to end at {rate:,.0f}/s open model"
+        table.add_row(f"open model {rate:,.0f}/s",
+                      f"achieved rate (sent {phase['sent']:,}, lost {phase['lost']}, "
+                      f"dropped {phase['dropped']})", f"{phase['achieved_rate']:,.1f}/s", "")
+        for stage, block in phase["latency"].items():
+            table.add_row("", f"{stage.replace('_', ' ')} p50 / p99 / p99.9 ms", _ms(block),
+                          _verdict(verdicts[name]) if stage == "end_to_end" and
+                          name in verdicts else "")
+        table.add_section()
+    for name, figures in results["resources"].items():
+        growth = next((t for t in results["targets"] if t["name"].startswith(f"{name} RSS")),
+                      None)
+        table.add_row(name if name != "generator" else "generator (paysim send)",
+                      "RSS start -> end MiB (first -> last tenth); CPU s per 1,000 payments",
+                      f"{figures['rss_start_mib']} -> {figures['rss_end_mib']} "
+                      f"({figures['rss_growth_pct']:+.1f}%); {figures['cpu_s_per_1000']:.3f}",
+                      _verdict(growth) if growth else "")
+    return table
+
+
+def _verdict(target: dict[str, Any]) -> str:
+    return f"{target['bound']}: {'met' if target['met'] else 'MISSED'}"

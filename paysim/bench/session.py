@@ -1,0 +1,178 @@
+"""One benchmark from start to end: a private local stack, the pipeline, every phase, results.
+
+The benchmark brings up a stack of its own (a temporary folder, free ports) so that it starts
+from empty topics and an empty Redis, and never touches the stack a user is running.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from paysim import cards, store
+from paysim.bench import reference
+from paysim.bench.machine import machine_facts
+from paysim.bench.phases import PhaseFigures, open_model, saturation
+from paysim.bench.resources import Sampler
+from paysim.bench.results import build_results
+from paysim.config import Settings, load_settings, settings_env
+from paysim.errors import PaysimError
+from paysim.generator import Mix, PaymentStream, build_population
+from paysim.load.runner import Tick
+from paysim.schema import encode
+from paysim.secrets import load_keys
+from paysim.sending import new_run_id, request_message
+from paysim.stack.manager import LocalStack
+from paysim.stack.ports import free_port, private_stack_flags
+from paysim.stack.prerequisites import find_java, find_redis_server
+from paysim.supervisor import read_heartbeats
+from paysim.waiting import wait_until
+
+Announce = Callable[[str], None]
+SERVICES = ("authorizer-0", "processor-0", "notifier-0")
+REFERENCE_TOPIC = "bench.reference"
+PAYLOAD_SAMPLES = 1000
+WARM_UP_PAYMENTS = 2000
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    count: int = 200_000  # payments at saturation, and records for Kafka's perf tools
+    rates: tuple[float, ...] = (1000.0, 2000.0, 5000.0)
+    duration_s: float = 60.0  # of each open-model rate
+    seed: int = 7
+    quick: bool = False
+
+    @classmethod
+    def quick_run(cls) -> BenchOptions:
+        return cls(count=20_000, duration_s=10.0, quick=True)
+
+
+def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str, Any]:
+    """Every phase on a fresh private stack; the results as bench/results.json holds them."""
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="paysim-bench-") as scratch:
+        settings = load_settings({
+            **private_stack_flags(str(Path(scratch) / "stack")),
+            "secrets.file": str(Path(scratch) / "secrets.json"),
+            "services.dir": str(Path(scratch) / "services"),
+            "http.port": free_port(),
+        }, env={})
+        facts = machine_facts(find_java()[0], find_redis_server()[0])
+        stack = LocalStack(settings.stack, announce=lambda line: announce(f"stack: {line}"))
+        try:
+            stack.up()
+            payloads = sample_payloads(settings, options.seed)
+            announce(f"reference: Kafka's perf tools, {options.count:,} records of "
+                     f"{mean_size(payloads)} bytes")
+            kafka_reference = reference_figures(settings, payloads, options.count, announce)
+            with running_services(settings) as pids:
+                pids = {**pids, **stack_pids(stack), "generator": os.getpid()}
+                announce(f"warm-up: {WARM_UP_PAYMENTS:,} payments (not measured)")
+                saturation(settings, WARM_UP_PAYMENTS, options.seed + 1)
+                announce(f"saturation: {options.count:,} payments as fast as they go")
+                with Sampler(pids) as sampler:
+                    burst = saturation(settings, options.count, options.seed,
+                                       progress(announce, "saturation"))
+                rates: list[PhaseFigures] = []
+                for rate in options.rates:
+                    announce(f"open model: {rate:,.0f}/s for {options.duration_s:g} s")
+                    rates.append(open_model(settings, rate, options.duration_s,
+                                            options.seed + int(rate),
+                                            progress(announce, f"{rate:,.0f}/s")))
+        finally:
+            stack.down()
+    return build_results(
+        started=started, quick=options.quick, machine=facts, reference=kafka_reference,
+        saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
+    )
+
+
+def sample_payloads(settings: Settings, seed: int) -> list[bytes]:
+    """Real payments.requested messages (sealed card and all), for Kafka's producer tool."""
+    cipher = cards.CardCipher(load_keys(settings).card_key)
+    stream = PaymentStream(build_population(seed), seed, Mix(), settings.issuer.max_amount_usd)
+    run_id = new_run_id()
+    return [encode(request_message(payment, run_id, cipher, None))
+            for payment in stream.take(PAYLOAD_SAMPLES)]
+
+
+def mean_size(payloads: list[bytes]) -> int:
+    return round(sum(map(len, payloads)) / len(payloads))
+
+
+def reference_figures(settings: Settings, payloads: list[bytes], count: int,
+                      announce: Announce = print) -> dict[str, Any]:
+    """Kafka's own producer and consumer perf tools, with the settings paysim's sender uses."""
+    producer = reference.run_producer_perf(
+        settings, REFERENCE_TOPIC, payloads, count,
+        {"acks": "all", "enable.idempotence": "true", "linger.ms": "5",
+         "compression.type": "lz4"}, announce=announce)
+    consumer = reference.run_consumer_perf(settings, REFERENCE_TOPIC, count, announce=announce)
+    return {"records": count, "record_bytes": mean_size(payloads),
+            "producer": asdict(producer), "consumer": asdict(consumer)}
+
+
+@contextmanager
+def running_services(settings: Settings) -> Iterator[dict[str, int]]:
+    """`paysim run-all --detach` on the private stack; the services' pids; stopped after."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSIM_")}
+    env.update(settings_env(settings))
+    paysim = [sys.executable, "-m", "paysim"]
+    started = subprocess.run([*paysim, "run-all", "--detach"], env=env, capture_output=True,
+                             text=True, timeout=180, check=False)
+    if started.returncode != 0:
+        raise PaysimError("the pipeline did not start: " +
+                          (started.stderr.strip().splitlines() or ["no message"])[-1])
+    try:
+        yield service_pids(settings)
+    finally:
+        subprocess.run([*paysim, "stop"], env=env, capture_output=True, timeout=120,
+                       check=False)
+
+
+def service_pids(settings: Settings) -> dict[str, int]:
+    client = store.connect(settings)
+    try:
+        beats: dict[str, dict[str, str]] = {}
+
+        def all_reporting() -> bool:
+            beats.update(read_heartbeats(client))
+            return all(name in beats for name in SERVICES)
+
+        if not wait_until(all_reporting, timeout=60, interval=0.2):
+            raise PaysimError(f"services not reporting after 60 s: "
+                              f"{sorted(set(SERVICES) - set(beats))}")
+        return {name.removesuffix("-0"): int(beats[name]["pid"]) for name in SERVICES}
+    finally:
+        client.close()
+
+
+def stack_pids(stack: LocalStack) -> dict[str, int]:
+    names = {"kafka": "broker", "redis": "redis"}
+    return {names.get(status.name, status.name): status.pid for status in stack.status()
+            if status.pid is not None}
+
+
+def progress(announce: Announce, label: str) -> Callable[[Tick], None]:
+    """A line every few seconds while a phase runs."""
+    last = [time.monotonic()]
+
+    def on_tick(tick: Tick) -> None:
+        if time.monotonic() - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = time.monotonic()
+        announce(f"  {label}: {tick.elapsed_s:5.1f} s  sent {tick.sent:,}  "
+                 f"completed {tick.completed:,}")
+
+    return on_tick

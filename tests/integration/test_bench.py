@@ -1,0 +1,48 @@
+"""bench/run's core, small: a private stack, Kafka's perf tools, paysim at saturation and at a
+fixed rate, every figure filled in, and the private stack gone afterwards."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+
+from paysim.bench.resources import rss_bytes
+from paysim.bench.results import results_table
+from paysim.bench.session import BenchOptions, run_benchmark
+
+
+def test_a_small_benchmark_fills_in_every_figure() -> None:
+    lines: list[str] = []
+    results = run_benchmark(BenchOptions(count=3000, rates=(300.0,), duration_s=3.0, seed=11),
+                            announce=lines.append)
+
+    reference = results["reference"]
+    assert reference["records"] == 3000 and reference["record_bytes"] > 300
+    assert reference["producer"]["records"] == 3000
+    assert reference["producer"]["records_per_s"] > 0
+    assert reference["consumer"]["records_per_s"] > 0
+
+    burst = results["saturation"]
+    assert burst["sent"] == burst["completed"] == 3000 and burst["lost"] == 0
+    assert burst["throughput_per_s"] > 0 and burst["ratio_to_kafka_producer"] > 0
+    assert set(burst["latency"]) == {"end_to_end", "authorizer", "processor", "notifier"}
+
+    [fixed] = results["open_model"]
+    assert fixed["target_rate"] == 300.0 and fixed["sent"] == 900 and fixed["lost"] == 0
+    assert 250 < fixed["achieved_rate"] < 350
+
+    for name in ("authorizer", "processor", "notifier", "broker", "redis", "generator"):
+        figures = results["resources"][name]
+        assert figures["rss_start_mib"] > 1 and figures["cpu_s"] > 0, name
+        # The private stack and its services are stopped at the end.
+        if name != "generator":
+            assert rss_bytes(figures["pid"]) is None, name
+
+    assert {t["name"].split(",")[0] for t in results["targets"]} >= {"end to end"}
+    json.dumps(results)  # what bench/results.json holds
+    out = io.StringIO()
+    Console(file=out, width=160).print(results_table(results))
+    assert "paysim at saturation" in out.getvalue()
+    assert any(line.startswith("saturation: 3,000 payments") for line in lines)

@@ -1,0 +1,137 @@
+"""The benchmark's own logic: memory and CPU sampling, its summary of a run, targets, table."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from rich.console import Console
+
+from paysim.bench.phases import PhaseFigures, figures_from_report
+from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
+from paysim.bench.results import build_results, results_table, targets
+from tests.helpers import run_paysim
+from tests.unit.test_cli_errors import assert_one_line_error
+
+MIB = 2**20
+
+
+def phase(rate: float | None, *, throughput: float = 6000.0, completed: int = 200_000,
+          p99: float = 80.0, lost: int = 0) -> PhaseFigures:
+    block = {"p50_ms": 20.0, "p99_ms": p99, "p99_9_ms": p99 * 1.5, "max_ms": p99 * 2}
+    return PhaseFigures(
+        run_id="run-x", target_rate=rate, sent=completed + lost, completed=completed, lost=lost,
+        dropped=0, duration_s=completed / throughput, throughput_per_s=throughput,
+        achieved_rate=rate or throughput,
+        latency={"end_to_end": block, "authorizer": block, "processor": block,
+                 "notifier": block},
+    )
+
+
+def usage(name: str, first_mib: int, last_mib: int, cpu_s: float = 5.0) -> Usage:
+    samples = [first_mib * MIB] * 10 + [(first_mib + last_mib) // 2 * MIB] * 80 + \
+        [last_mib * MIB] * 10
+    return Usage(name, 1, cpu_start_s=1.0, cpu_end_s=1.0 + cpu_s, rss=samples)
+
+
+def results(**overrides: object) -> dict:
+    arguments = {
+        "started": datetime(2026, 11, 25, tzinfo=UTC), "quick": False,
+        "machine": {"cores": 2},
+        "reference": {"records": 200_000, "record_bytes": 446,
+                      "producer": {"records_per_s": 100_000.0, "mb_per_s": 42.0,
+                                   "avg_latency_ms": 400.0, "p99_ms": 600},
+                      "consumer": {"records_per_s": 250_000.0, "mb_per_s": 100.0}},
+        "saturation": phase(None),
+        "open_model": [phase(1000.0, p99=50.0), phase(2000.0, p99=80.0),
+                       phase(5000.0, p99=400.0)],
+        "usage": [usage("authorizer", 70, 72), usage("processor", 70, 71),
+                  usage("notifier", 70, 90), usage("broker", 250, 300)],
+    }
+    arguments.update(overrides)
+    return build_results(**arguments)
+
+
+def test_rss_growth_compares_the_first_and_last_tenth_of_the_samples() -> None:
+    grown = usage("authorizer", 100, 120)
+    assert grown.rss_window_mean(first=True) == 100 * MIB
+    assert grown.rss_window_mean(first=False) == 120 * MIB
+    assert abs(grown.rss_growth - 0.20) < 1e-9
+    assert Usage("x", 1, 0.0).rss_growth == 0.0  # no samples: no growth, no error
+
+
+def test_a_process_cpu_and_memory_come_from_proc() -> None:
+    assert rss_bytes(os.getpid()) > 10 * MIB
+    assert cpu_seconds(os.getpid()) > 0
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert rss_bytes(gone.pid) is None and cpu_seconds(gone.pid) is None
+
+
+def test_the_sampler_records_memory_and_cpu_spent_while_it_ran() -> None:
+    with Sampler({"me": os.getpid()}, interval_s=0.01) as sampler:
+        deadline = cpu_seconds(os.getpid()) + 0.05
+        while cpu_seconds(os.getpid()) < deadline:
+            sum(range(10_000))
+    mine = sampler.usage["me"]
+    assert len(mine.rss) >= 2
+    assert mine.cpu_s >= 0.05
+
+
+def test_figures_from_a_send_report() -> None:
+    block = {"count": 10, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "p99_9_ms": 4.0,
+             "max_ms": 5.0, "histogram": "x"}
+    report = {
+        "run_id": "run-1", "duration_s": 2.0,
+        "load": {"target_rate": 5.0, "sent": 10, "dropped": 0, "achieved_rate": 5.0},
+        "outcomes": {"completed": 10, "lost": 0, "throughput_per_s": 5.0},
+        "latency": {"end_to_end": block, "stages": {"authorizer": block}},
+    }
+    figures = figures_from_report(report)
+    assert figures.completed == 10 and figures.throughput_per_s == 5.0
+    assert figures.latency["end_to_end"] == {"p50_ms": 1.0, "p99_ms": 3.0, "p99_9_ms": 4.0,
+                                             "max_ms": 5.0}
+    assert set(figures.latency) == {"end_to_end", "authorizer"}
+
+
+def test_targets_met_and_missed() -> None:
+    found = {t["name"]: t for t in results()["targets"]}
+    assert found["end to end, exactly-once, over 200,000 payments"]["met"] is True
+    assert found["p99 end to end at 2,000/s open model"]["met"] is True
+    assert found["authorizer RSS growth, first to last tenth of the saturation run"]["met"]
+    assert not found["notifier RSS growth, first to last tenth of the saturation run"]["met"]
+    assert not any(name.startswith("broker") for name in found)  # services only
+
+    slow = results(saturation=phase(None, throughput=4000.0),
+                   open_model=[phase(2000.0, p99=150.0)])
+    verdicts = [t["met"] for t in slow["targets"]][:2]
+    assert verdicts == [False, False]
+
+
+def test_too_few_payments_or_a_lost_one_misses_the_saturation_target() -> None:
+    short = targets(phase(None, completed=20_000).as_dict(), [], {})
+    lossy = targets(phase(None, lost=1).as_dict(), [], {})
+    assert not short[0].met and not lossy[0].met
+
+
+def test_results_keep_the_ratio_to_kafka_and_the_cost_per_1000_payments() -> None:
+    kept = results()
+    assert kept["saturation"]["ratio_to_kafka_producer"] == 0.06
+    assert kept["resources"]["authorizer"]["cpu_s_per_1000"] == 0.025  # 5 s / 200,000
+    assert kept["resources"]["notifier"]["rss_growth_pct"] == 28.6
+
+
+def test_the_table_shows_every_phase_and_each_verdict() -> None:
+    out = io.StringIO()
+    Console(file=out, width=160).print(results_table(results()))
+    text = out.getvalue()
+    for fragment in ("Kafka producer perf tool", "100,000", "paysim at saturation", "6,000",
+                     "open model 2,000/s", "<= 100 ms: met", "< 10%: MISSED", "broker"):
+        assert fragment in text, fragment
+
+
+def test_bench_refuses_a_bad_duration_in_one_line() -> None:
+    assert_one_line_error(run_paysim("bench", "--duration", "soon"), 2, "--duration")
