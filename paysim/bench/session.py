@@ -22,7 +22,7 @@ from paysim import cards, store
 from paysim.bench import reference
 from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, open_model, saturation
-from paysim.bench.resources import Sampler
+from paysim.bench.resources import Sampler, rss_bytes
 from paysim.bench.results import build_results
 from paysim.config import Settings, load_settings, settings_env
 from paysim.errors import PaysimError
@@ -41,7 +41,9 @@ Announce = Callable[[str], None]
 SERVICES = ("authorizer-0", "processor-0", "notifier-0")
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000
-WARM_UP_PAYMENTS = 2000
+# Enough for the broker's JIT and the services' buffers to settle, so that the saturation run
+# measures a steady state (memory at the services' start is reported too).
+WARM_UP_PAYMENTS = 20_000
 PROGRESS_EVERY_S = 5.0
 
 
@@ -78,14 +80,18 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             kafka_reference = reference_figures(settings, payloads, options.count, announce)
             with running_services(settings) as pids:
                 pids = {**pids, **stack_pids(stack), "generator": os.getpid()}
-                announce(f"warm-up: {WARM_UP_PAYMENTS:,} payments (not measured)")
-                saturation(settings, WARM_UP_PAYMENTS, options.seed + 1)
+                at_start = {name: rss_bytes(pid) for name, pid in pids.items()}
+                warm_up = min(WARM_UP_PAYMENTS, options.count)
+                announce(f"warm-up: {warm_up:,} payments (not measured)")
+                saturation(settings, warm_up, options.seed + 1)
+                fresh_redis(settings)
                 announce(f"saturation: {options.count:,} payments as fast as they go")
                 with Sampler(pids) as sampler:
                     burst = saturation(settings, options.count, options.seed,
                                        progress(announce, "saturation"))
                 rates: list[PhaseFigures] = []
                 for rate in options.rates:
+                    fresh_redis(settings)
                     announce(f"open model: {rate:,.0f}/s for {options.duration_s:g} s")
                     rates.append(open_model(settings, rate, options.duration_s,
                                             options.seed + int(rate),
@@ -95,7 +101,21 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
     return build_results(
         started=started, quick=options.quick, machine=facts, reference=kafka_reference,
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
+        rss_at_start=at_start,
     )
+
+
+def fresh_redis(settings: Settings) -> None:
+    """Each phase starts from an empty Redis, as a run of its own would. Otherwise the
+    outcomes of earlier phases (over a GB by the last one) make Redis rewrite its append-only
+    file during the later phases, and that rewrite, not the pipeline, sets their tail latency.
+    The services' heartbeats go with the flush; they are back within a second."""
+    client = store.connect(settings)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    service_pids(settings)
 
 
 def sample_payloads(settings: Settings, seed: int) -> list[bytes]:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from paysim.bench.results import results_table
 from paysim.bench.session import BenchOptions, run_benchmark
@@ -55,5 +56,6 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     results = run_benchmark(options, announce=lambda line: err_console.print(line))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    console.print(results_table(results))
+    # Wide enough for the table's rows on one line each, also when piped to a file.
+    Console(highlight=False, width=max(console.width, 140)).print(results_table(results))
     console.print(f"results written to {out}")
