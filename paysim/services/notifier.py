@@ -69,8 +69,8 @@ class Notifier(Service[PaymentOutcome]):
         ttl = self.settings.redis.outcome_ttl
         store.write_outcome(pipe, outcome, ttl, notification="sent",
                             webhook_status="pending" if item.callback_url else "none")
+        store.add_done_entry(pipe, outcome)
         done = store.run_stream_key(item.run_id)
-        pipe.xadd(done, store.done_entry(outcome))
         if done not in self._streams_renewed:  # once per run and batch is enough
             self._streams_renewed.add(done)
             pipe.expire(done, ttl)
