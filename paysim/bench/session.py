@@ -106,15 +106,23 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
 
 
 def fresh_redis(settings: Settings) -> None:
-    """Each phase starts from an empty Redis, as a run of its own would. Otherwise the
-    outcomes of earlier phases (over a GB by the last one) make Redis rewrite its append-only
-    file during the later phases, and that rewrite, not the pipeline, sets their tail latency.
-    The services' heartbeats go with the flush; they are back within a second."""
+    """Each phase starts from an empty Redis with a compacted append-only file, as a run of
+    its own would. Otherwise the earlier phases' outcomes (over a GB by the last one) make
+    Redis rewrite its append-only file during a later phase, and that rewrite, not the
+    pipeline, sets the phase's tail latency. The services' heartbeats go with the flush; they
+    are back within a second."""
     client = store.connect(settings)
     try:
         client.flushdb()
+        client.bgrewriteaof()
+        compacted = wait_until(
+            lambda: not any(client.info("persistence")[flag] for flag in
+                            ("aof_rewrite_in_progress", "aof_rewrite_scheduled")),
+            timeout=60, interval=0.1)
     finally:
         client.close()
+    if not compacted:
+        raise PaysimError("Redis did not finish rewriting its append-only file in 60 s")
     service_pids(settings)
 
 
