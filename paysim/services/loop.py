@@ -120,11 +120,13 @@ class ServiceLoop(Generic[T]):
             # A killed instance's partitions move on after 6 s (the broker's minimum), not 45.
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 1500,
             # librdkafka prefetches up to 64 MB by default: with a backlog, each service's
-            # memory grew by 140% (66 -> 208 MiB) over 200,000 payments. 2 MB still holds
-            # about 4,500 payments, nine batches ahead. A full queue pauses fetching for
+            # memory grew by 140% (66 -> 208 MiB) over 200,000 payments. 1 MB queued (about
+            # 2,300 payments, four batches ahead) and 1 MB per fetch keep a loaded service
+            # within 10 MB of an idle one. A full queue pauses fetching for
             # fetch.queue.backoff.ms, 1 s by default: that pause cost a quarter of the
             # throughput (9,400 -> 7,300 payments/s) until it was cut to 5 ms.
-            "queued.max.messages.kbytes": 2048, "fetch.queue.backoff.ms": 5,
+            "queued.max.messages.kbytes": 1024, "fetch.max.bytes": 1024 * 1024,
+            "fetch.queue.backoff.ms": 5,
             "logger": self.log,
         }))
         # Stable per service instance, so a restart fences the dead process at once and
