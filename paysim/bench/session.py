@@ -41,9 +41,11 @@ Announce = Callable[[str], None]
 SERVICES = ("authorizer-0", "processor-0", "notifier-0")
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000
-# Enough for the broker's JIT and the services' buffers to settle, so that the saturation run
-# measures a steady state (memory at the services' start is reported too).
-WARM_UP_PAYMENTS = 20_000
+# Enough for the broker's JIT and for each service to reach the memory it holds under load
+# (its batches, librdkafka's buffers: 5-10 MB above idle, reached some seconds into a
+# backlog), so that the saturation run's RSS growth measures the run, not the ramp from idle.
+# Memory at the services' start is reported too.
+WARM_UP_PAYMENTS = 100_000
 PROGRESS_EVERY_S = 5.0
 
 
