@@ -30,7 +30,7 @@ def _duration(text: str | None) -> float | None:
 
 @click.command()
 @click.option("--quick", is_flag=True,
-              help="A short version: 20,000 payments and 10 s per rate (about 2 minutes).")
+              help="A short version: 20,000 payments and 10 s per rate (about a minute).")
 @click.option("--count", type=click.IntRange(1000, 10_000_000),
               help="Payments at saturation, and records for Kafka's perf tools. "
               "[default: 200,000; --quick 20,000]")
