@@ -52,8 +52,10 @@ def test_a_paused_processor_shows_in_p99_because_latency_counts_from_intended_ti
         resumed.wait(pause_s)
         os.kill(processor, signal.SIGCONT)
 
-    # Pause 1 s into a 6 s run at 100/s: ~200 payments are due while the processor sleeps.
-    timer = threading.Timer(1.0, pause_once_sending)
+    # Pause 2.5 s after `paysim send` starts (it sends its first payment about 1 s in: Python
+    # start-up, the producer id), for 2 s of a 6 s run at 100/s: ~200 payments are due while
+    # the processor sleeps, whatever the machine's start-up time.
+    timer = threading.Timer(2.5, pause_once_sending)
     timer.start()
     try:
         report = send(pipeline, "--rate", "100", "--duration", "6s", "--seed", "4",

@@ -78,7 +78,7 @@ def test_the_sampler_records_memory_and_cpu_spent_while_it_ran() -> None:
             sum(range(10_000))
     mine = sampler.usage["me"]
     assert len(mine.rss) >= 2
-    assert mine.cpu_s >= 0.05
+    assert mine.cpu_s >= 0.04  # /proc counts in 10 ms ticks
 
 
 def test_figures_from_a_send_report() -> None:
