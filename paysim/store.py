@@ -156,17 +156,15 @@ class DoneEntry(msgspec.Struct, frozen=True):
 _done_decoder = msgspec.json.Decoder(DoneEntry)
 
 
-def done_entry(outcome: PaymentOutcome) -> dict[str, bytes]:
-    """The run stream's entry for a notified payment: one encoded field."""
-    entry = DoneEntry(outcome.payment_id, outcome.status, outcome.reason_code, outcome.amount,
-                      outcome.currency, outcome.seq, outcome.stages)
-    return {"o": encode(entry)}
+DONE_FIELD = "o"  # a run stream entry's one field: the encoded DoneEntry
 
 
 def add_done_entry(pipe: redis.client.Pipeline, outcome: PaymentOutcome) -> None:
-    """XADD the payment to its run's stream (paysim send reads it back)."""
-    [(name, value)] = done_entry(outcome).items()
-    pipe.execute_command("XADD", run_stream_key(outcome.run_id), "*", name, value)
+    """XADD the notified payment to its run's stream (paysim send reads it back)."""
+    entry = DoneEntry(outcome.payment_id, outcome.status, outcome.reason_code, outcome.amount,
+                      outcome.currency, outcome.seq, outcome.stages)
+    pipe.execute_command("XADD", run_stream_key(outcome.run_id), "*", DONE_FIELD,
+                         encode(entry))
 
 
 def read_done_entry(fields: dict[bytes, bytes]) -> dict[str, str]:
@@ -174,7 +172,7 @@ def read_done_entry(fields: dict[bytes, bytes]) -> dict[str, str]:
 
     Raises ValueError for an entry paysim did not write."""
     try:
-        entry = _done_decoder.decode(fields[b"o"])
+        entry = _done_decoder.decode(fields[DONE_FIELD.encode()])
     except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"not a paysim run stream entry: {exc}") from None
     flat = {"payment_id": entry.payment_id, "status": entry.status,

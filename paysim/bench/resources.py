@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -91,7 +90,3 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._sample()
-
-
-def wall_clock() -> float:
-    return time.monotonic()

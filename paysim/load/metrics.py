@@ -85,7 +85,7 @@ class RunMetrics:
             self.dropped += 1
 
     def record_outcome(self, entry: dict[str, str], intended_us: int | None = None) -> None:
-        """One payment's done entry (store.done_entry). End-to-end latency runs from its
+        """One payment's done entry (store.read_done_entry). End-to-end latency runs from its
         intended send time when it had one: a stalled pipeline cannot hide behind a sender
         that waited for it (no coordinated omission)."""
         times = {k[2:]: int(v) for k, v in entry.items() if k.startswith("t_")}

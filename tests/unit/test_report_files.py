@@ -57,7 +57,7 @@ def steady(ms: float) -> LatencyModel:
 
 def outcome_entry(index: int, intended_us: int, sent_us: int, e2e_us: int, code: str,
                   currency: str, amount: int) -> dict[str, Any]:
-    """A done entry as store.done_entry gives it, with the intended time in t_intended."""
+    """A done entry as store.read_done_entry gives it, with the intended time in t_intended."""
     status = "approved" if code == "00" else "declined"
     authorized = sent_us + max(1, e2e_us // 5)
     entry: dict[str, Any] = {
