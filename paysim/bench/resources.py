@@ -11,12 +11,14 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss_bytes(pid: int) -> int | None:
-    """Resident set size now; None once the process is gone."""
+    """Resident set size now; None once the process is gone (a zombie, exited but not yet
+    reaped by its parent, still has /proc entries but no resident pages)."""
     try:
         with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * PAGE_BYTES
+            pages = int(statm.read().split()[1])
     except (OSError, IndexError, ValueError):
         return None
+    return pages * PAGE_BYTES if pages else None
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from paysim.bench.phases import PhaseFigures, figures_from_report
 from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
 from paysim.bench.results import build_results, results_table, targets
+from paysim.waiting import wait_until
 from tests.helpers import run_paysim
 from tests.unit.test_cli_errors import assert_one_line_error
 
@@ -66,9 +67,10 @@ def test_rss_growth_compares_the_first_and_last_tenth_of_the_samples() -> None:
 def test_a_process_cpu_and_memory_come_from_proc() -> None:
     assert rss_bytes(os.getpid()) > 10 * MIB
     assert cpu_seconds(os.getpid()) > 0
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    assert rss_bytes(gone.pid) is None and cpu_seconds(gone.pid) is None
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_until(lambda: rss_bytes(zombie.pid) is None, timeout=10)  # exited, not reaped
+    zombie.wait()
+    assert rss_bytes(zombie.pid) is None and cpu_seconds(zombie.pid) is None
 
 
 def test_the_sampler_records_memory_and_cpu_spent_while_it_ran() -> None:
