@@ -7,8 +7,6 @@ from empty topics and an empty Redis, and never touches the stack a user is runn
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +22,7 @@ from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, open_model, saturation
 from paysim.bench.resources import Sampler, rss_bytes
 from paysim.bench.results import build_results
-from paysim.config import Settings, load_settings, settings_env
+from paysim.config import Settings, load_settings
 from paysim.errors import PaysimError
 from paysim.generator import Mix, PaymentStream, build_population
 from paysim.load.runner import Tick
@@ -34,11 +32,12 @@ from paysim.sending import new_run_id, request_message
 from paysim.stack.manager import LocalStack
 from paysim.stack.ports import free_port, private_stack_flags
 from paysim.stack.prerequisites import find_java, find_redis_server
-from paysim.supervisor import read_heartbeats
+from paysim.supervisor import read_heartbeats, start_in_background, stop_background
 from paysim.waiting import wait_until
 
 Announce = Callable[[str], None]
-SERVICES = ("authorizer-0", "processor-0", "notifier-0")
+SERVICE_NAMES = ("authorizer", "processor", "notifier")
+SERVICES = tuple(f"{name}-0" for name in SERVICE_NAMES)
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000
 # Enough for the broker's JIT and for each service to reach the memory it holds under load
@@ -155,20 +154,14 @@ def reference_figures(settings: Settings, payloads: list[bytes], count: int,
 
 @contextmanager
 def running_services(settings: Settings) -> Iterator[dict[str, int]]:
-    """`paysim run-all --detach` on the private stack; the services' pids; stopped after."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSIM_")}
-    env.update(settings_env(settings))
-    paysim = [sys.executable, "-m", "paysim"]
-    started = subprocess.run([*paysim, "run-all", "--detach"], env=env, capture_output=True,
-                             text=True, timeout=180, check=False)
-    if started.returncode != 0:
-        raise PaysimError("the pipeline did not start: " +
-                          (started.stderr.strip().splitlines() or ["no message"])[-1])
+    """The services as `paysim run-all --detach` starts them (the same core), their pids;
+    stopped on the way out."""
+    start_in_background(settings, {name: 1 for name in SERVICE_NAMES}, [
+        "run-all", "--no-live", *(f"--{name}s=1" for name in SERVICE_NAMES)])
     try:
         yield service_pids(settings)
     finally:
-        subprocess.run([*paysim, "stop"], env=env, capture_output=True, timeout=120,
-                       check=False)
+        stop_background(settings)
 
 
 def service_pids(settings: Settings) -> dict[str, int]:
