@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from paysim.config import Settings
+from paysim.infra.config import Settings
 from paysim.stack.manager import LocalStack
 from tests.helpers import private_stack_flags, settings_for
 

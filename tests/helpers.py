@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from paysim.config import OPTIONS_BY_KEY, Settings, load_settings
+from paysim.infra.config import OPTIONS_BY_KEY, Settings, load_settings
 from paysim.stack import ports
 
 free_port = ports.free_port

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from paysim.config import Settings
+from paysim.infra.config import Settings
 from paysim.load.plan import SendRequest, plan_run
 from paysim.load.report import build_report
 from paysim.load.runner import LoadRun, Tick

@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from paysim.config import Settings
-from paysim.errors import PaysimError
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.topics import ensure_topics
 from paysim.stack.jars import ensure_kafka_jars
 from paysim.stack.logs import tail_lines
 from paysim.stack.prerequisites import find_java, raise_if_missing
-from paysim.topics import ensure_topics
 
 PRODUCER_TOOL = "org.apache.kafka.tools.ProducerPerformance"
 CONSUMER_TOOL = "org.apache.kafka.tools.ConsumerPerformance"

@@ -16,24 +16,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from paysim import cards, store
 from paysim.bench import reference
 from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, open_model, saturation
 from paysim.bench.resources import Sampler, rss_bytes
 from paysim.bench.results import build_results
-from paysim.config import Settings, load_settings
-from paysim.errors import PaysimError
-from paysim.generator import Mix, PaymentStream, build_population
+from paysim.domain import cards
+from paysim.domain.messages import encode
+from paysim.infra.config import Settings, load_settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.secrets import load_keys
+from paysim.infra.waiting import wait_until
+from paysim.load.generator import Mix, PaymentStream, build_population
+from paysim.load.ingress import new_run_id, request_message
 from paysim.load.runner import Tick
-from paysim.schema import encode
-from paysim.secrets import load_keys
-from paysim.sending import new_run_id, request_message
+from paysim.ops.supervisor import read_heartbeats, start_in_background, stop_background
+from paysim.pipeline import store
 from paysim.stack.manager import LocalStack
 from paysim.stack.ports import free_port, private_stack_flags
 from paysim.stack.prerequisites import find_java, find_redis_server
-from paysim.supervisor import read_heartbeats, start_in_background, stop_background
-from paysim.waiting import wait_until
 
 Announce = Callable[[str], None]
 SERVICE_NAMES = ("authorizer", "processor", "notifier")

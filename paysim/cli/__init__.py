@@ -18,8 +18,8 @@ from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.report import report as report_group
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
-from paysim.errors import PaysimError
-from paysim.kafka_clients import error_text
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import error_text
 
 # Click 8.2+ raises this for a group called with no arguments; older ones print help.
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())

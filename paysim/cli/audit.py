@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from paysim.audit import LISTED, reconcile, scan_card_data
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, err_console, print_json
-from paysim.config import Settings
+from paysim.infra.config import Settings
+from paysim.ops.audit import LISTED, reconcile, scan_card_data
 
 
 @click.command()

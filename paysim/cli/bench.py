@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 
 from paysim.cli.render import console, err_console
-from paysim.errors import ConfigError
+from paysim.infra.errors import ConfigError
 from paysim.load.schedule import parse_duration
 
 

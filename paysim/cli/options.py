@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from paysim.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, OPTIONS_BY_KEY, load_settings
+from paysim.infra.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, OPTIONS_BY_KEY, load_settings
 
 # Flags on every command: where the services paysim talks to are.
 CONNECTION_KEYS = ("kafka.bootstrap", "redis.url")

@@ -14,17 +14,18 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from paysim import money, store
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, err_console, print_json
-from paysim.config import Settings
-from paysim.errors import PaysimError
+from paysim.domain import money
+from paysim.domain.messages import STAGES
+from paysim.domain.webhooks import valid_callback_url
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
 from paysim.load.plan import SendRequest, check_thresholds, plan_run
 from paysim.load.report import build_report
 from paysim.load.runner import LoadRun, Tick
-from paysim.schema import STAGES
-from paysim.supervisor import read_heartbeats
-from paysim.webhooks import valid_callback_url
+from paysim.ops.supervisor import read_heartbeats
+from paysim.pipeline import store
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
 

@@ -12,12 +12,10 @@ import redis
 from rich.live import Live
 from rich.table import Table
 
-from paysim import store
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, print_json
-from paysim.config import Settings
-from paysim.services.runner import SERVICE_NAMES, run_service
-from paysim.supervisor import (
+from paysim.infra.config import Settings
+from paysim.ops.supervisor import (
     ALL_SERVICES,
     Supervisor,
     expected_names,
@@ -28,6 +26,8 @@ from paysim.supervisor import (
     stop_background,
     view,
 )
+from paysim.pipeline import store
+from paysim.pipeline.process import SERVICE_NAMES, run_service
 
 STATE_STYLE = {"up": "green", "starting": "yellow", "restarting": "red", "down": "red"}
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from paysim.cli.options import STACK_KEYS, with_settings
 from paysim.cli.render import console, print_json
-from paysim.config import Settings
+from paysim.infra.config import Settings
 from paysim.stack.jars import libs_dir
 from paysim.stack.manager import LocalStack
 

@@ -6,8 +6,8 @@ import click
 
 from paysim.cli.options import with_settings
 from paysim.cli.render import console
-from paysim.config import Settings
-from paysim.topics import ensure_topics
+from paysim.infra.config import Settings
+from paysim.infra.topics import ensure_topics
 
 
 @click.group()

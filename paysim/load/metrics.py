@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from paysim.schema import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
+from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
 
 MAX_LATENCY_US = 3_600_000_000
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from paysim.config import Settings
-from paysim.decisions import IssuerRates
-from paysim.errors import ConfigError
-from paysim.generator import Mix, PaymentStream, PopulationSpec, build_population
+from paysim.domain.decisions import IssuerRates
+from paysim.infra.config import Settings
+from paysim.infra.errors import ConfigError
+from paysim.load.generator import Mix, PaymentStream, PopulationSpec, build_population
 from paysim.load.metrics import RunMetrics
 from paysim.load.replay import read_paysim_csv, read_record
 from paysim.load.report import run_values, window_values

@@ -15,10 +15,10 @@ import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from paysim import cards, money
-from paysim.errors import ConfigError
-from paysim.generator import NETWORKS, GeneratedPayment, make_pan
-from paysim.schema import Merchant
+from paysim.domain import cards, money
+from paysim.domain.messages import Merchant
+from paysim.infra.errors import ConfigError
+from paysim.load.generator import NETWORKS, GeneratedPayment, make_pan
 
 PAYSIM_COLUMNS = ("step", "type", "amount", "nameOrig", "nameDest")
 # What each PaySim transaction type is, as a card merchant category.

@@ -13,7 +13,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from paysim import decisions, money
+from paysim.domain import decisions, money
 from paysim.load.metrics import PERCENTILES, RunMetrics, new_histogram
 
 SCHEMA = "paysim.report/1"

@@ -18,7 +18,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from paysim.errors import ConfigError
+from paysim.infra.errors import ConfigError
 from paysim.load.report import SCHEMA
 
 SCHEMA_FILE = "report.schema.json"

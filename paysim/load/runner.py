@@ -21,18 +21,18 @@ from pathlib import Path
 import redis
 from confluent_kafka import KafkaException
 
-from paysim import store
-from paysim.config import Settings
-from paysim.decisions import IssuerRates
-from paysim.errors import PaysimError
-from paysim.generator import GeneratedPayment
+from paysim.domain.decisions import IssuerRates
+from paysim.domain.messages import now_us
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.secrets import load_keys
+from paysim.load.generator import GeneratedPayment
+from paysim.load.ingress import HttpIngress, KafkaIngress, new_run_id
 from paysim.load.metrics import RunMetrics
 from paysim.load.report import RunInfo
 from paysim.load.schedule import Profile
-from paysim.schema import now_us
-from paysim.secrets import load_keys
-from paysim.sending import HttpIngress, KafkaIngress, new_run_id
-from paysim.services.processor import issuer_rates_json
+from paysim.pipeline import store
+from paysim.pipeline.processor import issuer_rates_json
 
 TICK_S = 0.5
 SCHEDULER_SWITCH_INTERVAL_S = 0.0005

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paysim import decisions
-from paysim.errors import ConfigError
-from paysim.generator import COUNTRIES, NETWORKS, Mix, PopulationSpec
+from paysim.domain import decisions
+from paysim.infra.errors import ConfigError
+from paysim.load.generator import COUNTRIES, NETWORKS, Mix, PopulationSpec
 from paysim.load.schedule import Profile, Stage, parse_duration
 from paysim.load.thresholds import Threshold, parse_threshold
 

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from paysim.config import StackSettings
+from paysim.infra.config import StackSettings
 from paysim.stack.logs import tail_lines
 from paysim.stack.prerequisites import Missing
 

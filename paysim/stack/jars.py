@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from importlib import resources
 from pathlib import Path
 
-from paysim.errors import PaysimError
+from paysim.infra.errors import PaysimError
 from paysim.stack.logs import tail_lines
 from paysim.stack.prerequisites import find_mvn, raise_if_missing
 from paysim.stack.process import run_logged

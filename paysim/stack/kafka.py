@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from paysim.config import StackSettings
-from paysim.kafka_clients import cluster_metadata
+from paysim.infra.config import StackSettings
+from paysim.infra.kafka import cluster_metadata
 from paysim.stack.component import Announce, Component
 from paysim.stack.jars import ensure_kafka_jars, jars_ready, kafka_version, libs_dir
 from paysim.stack.prerequisites import Missing, find_java, find_mvn

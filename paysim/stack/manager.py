@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from paysim.config import StackSettings
-from paysim.errors import PaysimError
+from paysim.infra.config import StackSettings
+from paysim.infra.errors import PaysimError
+from paysim.infra.waiting import wait_until
 from paysim.stack.component import Announce, Component
 from paysim.stack.jars import ensure_kafka_jars
 from paysim.stack.kafka import KafkaBroker
@@ -27,7 +28,6 @@ from paysim.stack.process import (
     stop,
 )
 from paysim.stack.redis import RedisServer
-from paysim.waiting import wait_until
 
 PROBE_TIMEOUT_S = 2.0
 PORT_GRACE_S = 5.0

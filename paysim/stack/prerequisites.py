@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from functools import cache
 
-from paysim.errors import MissingPrerequisite
+from paysim.infra.errors import MissingPrerequisite
 
 MIN_JAVA = 17
 

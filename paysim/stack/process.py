@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paysim.errors import PaysimError
+from paysim.infra.errors import PaysimError
+from paysim.infra.waiting import wait_until
 from paysim.stack.logs import tail_lines
-from paysim.waiting import wait_until
 
 
 @dataclass(frozen=True)

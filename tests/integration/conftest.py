@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from paysim.config import Settings
+from paysim.infra.config import Settings
 from tests.helpers import free_port, settings_for
 from tests.integration.pipeline_helpers import running_pipeline
 

@@ -7,8 +7,8 @@ import uuid
 
 from confluent_kafka import Consumer, Producer
 
-from paysim.config import Settings
-from paysim.kafka_clients import client_config
+from paysim.infra.config import Settings
+from paysim.infra.kafka import client_config
 
 
 def produce_numbered(settings: Settings, topic: str, count: int, keys: int = 10) -> None:

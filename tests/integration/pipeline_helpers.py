@@ -10,9 +10,10 @@ from contextlib import contextmanager
 
 import redis
 
-from paysim import decisions, store
-from paysim.config import Settings, settings_env
-from paysim.generator import Mix, PaymentStream, build_population
+from paysim.domain import decisions
+from paysim.infra.config import Settings, settings_env
+from paysim.load.generator import Mix, PaymentStream, build_population
+from paysim.pipeline import store
 from tests.helpers import run_paysim
 
 

@@ -6,8 +6,8 @@ import json
 
 import redis
 
-from paysim import store
-from paysim.config import Settings
+from paysim.infra.config import Settings
+from paysim.pipeline import store
 from tests.integration.pipeline_helpers import paysim, run_payment_ids, send
 
 

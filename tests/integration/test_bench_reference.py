@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 
-from paysim import cards
 from paysim.bench.reference import run_consumer_perf, run_producer_perf
-from paysim.config import Settings
-from paysim.generator import PaymentStream, build_population
-from paysim.kafka_clients import admin_client
-from paysim.schema import encode
-from paysim.sending import new_run_id, request_message
+from paysim.domain import cards
+from paysim.domain.messages import encode
+from paysim.infra.config import Settings
+from paysim.infra.kafka import admin_client
+from paysim.load.generator import PaymentStream, build_population
+from paysim.load.ingress import new_run_id, request_message
 from paysim.stack.manager import LocalStack
 
 RECORDS = 20_000

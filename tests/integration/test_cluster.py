@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from paysim.config import Settings, settings_env
-from paysim.kafka_clients import admin_client
+from paysim.infra.config import Settings, settings_env
+from paysim.infra.kafka import admin_client
 from paysim.stack.manager import LocalStack
 from tests.helpers import free_port, free_port_run, run_paysim, settings_for
 from tests.integration.pipeline_helpers import running_pipeline

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from paysim.config import Settings, settings_env
+from paysim.infra.config import Settings, settings_env
+from paysim.infra.waiting import wait_until
 from paysim.stack.manager import LocalStack
 from paysim.stack.process import is_alive
-from paysim.waiting import wait_until
 from tests.helpers import free_port, run_paysim, settings_for
 from tests.integration.pipeline_helpers import paysim, running_pipeline
 

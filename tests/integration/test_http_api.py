@@ -22,11 +22,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from flask import Flask
 from flask.testing import FlaskClient
 
-from paysim import cards, decisions, store
-from paysim.config import Settings
-from paysim.http_api import create_app, serve
-from paysim.kafka_clients import client_config
-from paysim.schema import (
+from paysim.domain import cards, decisions
+from paysim.domain.messages import (
     REQUESTED,
     Codec,
     Merchant,
@@ -34,10 +31,14 @@ from paysim.schema import (
     PaymentOutcome,
     PaymentRequested,
 )
-from paysim.secrets import Keys
+from paysim.edge.app import create_app, serve
+from paysim.infra.config import Settings
+from paysim.infra.kafka import client_config
+from paysim.infra.secrets import Keys
+from paysim.infra.topics import ensure_topics
+from paysim.infra.waiting import wait_until
+from paysim.pipeline import store
 from paysim.stack.manager import LocalStack
-from paysim.topics import ensure_topics
-from paysim.waiting import wait_until
 from tests.helpers import free_port, settings_for
 
 VISA = "4242424242424242"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 
-from paysim.config import Settings
+from paysim.infra.config import Settings
 from paysim.load.replay import read_record
 from tests.integration.pipeline_helpers import paysim, reason_counts, send
 

@@ -15,14 +15,15 @@ from typing import ClassVar
 import redis
 from confluent_kafka import Producer
 
-from paysim import decisions, store, webhooks
-from paysim.config import Settings
-from paysim.generator import Mix, PaymentStream, build_population
-from paysim.kafka_clients import client_config, read_topic
-from paysim.schema import Codec, DeadLetter, PaymentRequested, SchemaError
-from paysim.secrets import load_keys
+from paysim.domain import decisions, webhooks
+from paysim.domain.messages import Codec, DeadLetter, PaymentRequested, SchemaError
+from paysim.infra.config import Settings
+from paysim.infra.kafka import client_config, read_topic
+from paysim.infra.secrets import load_keys
+from paysim.infra.waiting import wait_until
+from paysim.load.generator import Mix, PaymentStream, build_population
+from paysim.pipeline import store
 from paysim.stack.process import is_alive
-from paysim.waiting import wait_until
 from tests.helpers import free_port
 from tests.integration.pipeline_helpers import (
     injected,

@@ -8,9 +8,9 @@ import signal
 import subprocess
 import sys
 
-from paysim.config import Settings, settings_env
+from paysim.infra.config import Settings, settings_env
+from paysim.infra.waiting import wait_until
 from paysim.stack.process import is_alive
-from paysim.waiting import wait_until
 from tests.helpers import free_port, run_paysim, settings_for
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from paysim.config import Settings, settings_env
+from paysim.infra.config import Settings, settings_env
 from tests.integration.pipeline_helpers import paysim
 
 

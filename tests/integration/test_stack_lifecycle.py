@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from paysim.config import Settings
+from paysim.infra.config import Settings
+from paysim.infra.topics import ensure_topics
+from paysim.infra.waiting import wait_until
 from paysim.stack.process import is_alive
-from paysim.topics import ensure_topics
-from paysim.waiting import wait_until
 from tests.helpers import cli_args, private_stack_flags, run_paysim, settings_for
 from tests.integration.kafka_helpers import consume_all, produce_numbered
 

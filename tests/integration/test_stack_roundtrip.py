@@ -8,10 +8,10 @@ from collections import defaultdict
 import redis
 from confluent_kafka.admin import NewTopic
 
-from paysim.config import Settings
-from paysim.kafka_clients import admin_client
+from paysim.infra.config import Settings
+from paysim.infra.kafka import admin_client
+from paysim.infra.topics import ensure_topics
 from paysim.stack.manager import LocalStack
-from paysim.topics import ensure_topics
 from tests.integration.kafka_helpers import consume_all, produce_numbered
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from paysim.audit import Finding, _scan_bytes
+from paysim.ops.audit import Finding, _scan_bytes
 
 
 def scan(raw: bytes) -> list[Finding]:

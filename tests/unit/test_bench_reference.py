@@ -15,7 +15,7 @@ from paysim.bench.reference import (
     parse_consumer_output,
     parse_producer_output,
 )
-from paysim.errors import PaysimError
+from paysim.infra.errors import PaysimError
 from tests.helpers import settings_for
 
 # Captured from the Kafka 4.1.1 tools against a local broker (OpenJDK 17).

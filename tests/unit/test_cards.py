@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from paysim import cards
+from paysim.domain import cards
 
 KNOWN_VALID = [
     "4242424242424242",  # Visa

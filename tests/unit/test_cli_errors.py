@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from paysim.config import load_settings
+from paysim.infra.config import load_settings
 from paysim.stack.jars import jars_ready
 from tests.helpers import cli_args, private_stack_flags, run_paysim
 

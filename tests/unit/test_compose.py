@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paysim.config import load_settings
+from paysim.infra.config import load_settings
 from paysim.stack.jars import kafka_version
 from paysim.stack.kafka import SINGLE_NODE_SETTINGS
 from paysim.stack.redis import PERSISTENCE_SETTINGS

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from paysim.config import load_settings, settings_env
-from paysim.errors import ConfigError
-from paysim.kafka_clients import admin_client, client_config
+from paysim.infra.config import load_settings, settings_env
+from paysim.infra.errors import ConfigError
+from paysim.infra.kafka import admin_client, client_config
 
 
 def write_config(tmp_path: Path, text: str) -> str:

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from paysim import cards, decisions, money
-from paysim.cards import CardBlock
-from paysim.decisions import IssuerRates, card_profile, check_card, draw, issuer_precheck
+from paysim.domain import cards, decisions, money
+from paysim.domain.cards import CardBlock
+from paysim.domain.decisions import IssuerRates, card_profile, check_card, draw, issuer_precheck
 
 NOW_US = 1_800_000_000_000_000  # Unix microseconds; no outage is open then
 

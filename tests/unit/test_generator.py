@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from paysim import cards, decisions, generator
-from paysim.generator import CARD_CHECKS, COUNTRIES, GeneratedPayment, Mix, PaymentStream
+from paysim.domain import cards, decisions
+from paysim.load import generator
+from paysim.load.generator import CARD_CHECKS, COUNTRIES, GeneratedPayment, Mix, PaymentStream
 
 SEED = 1234
 MAX_USD = 10_000.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from paysim.errors import PaysimError
+from paysim.infra.errors import PaysimError
 from paysim.stack import jars
 from paysim.stack.jars import (
     COMPLETE_MARKER,

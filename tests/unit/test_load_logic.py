@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from paysim.errors import ConfigError
+from paysim.infra.errors import ConfigError
 from paysim.load.replay import read_paysim_csv, read_record
 from paysim.load.scenario import load_scenario
 from paysim.load.schedule import Profile, Stage, parse_duration

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from paysim import generator, money
+from paysim.domain import money
+from paysim.load import generator
 
 
 @pytest.mark.parametrize(("code", "places"), [

@@ -24,7 +24,7 @@ import paysim.cli
 from paysim.cli import render
 from paysim.cli import report as cli_report
 from paysim.cli.report import report as report_group
-from paysim.errors import ConfigError
+from paysim.infra.errors import ConfigError
 from paysim.load.html import embed_json, nice_step, render_html
 from paysim.load.metrics import RunMetrics
 from paysim.load.report import RunInfo, build_report, run_values, window_values

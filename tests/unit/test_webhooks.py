@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from paysim.webhooks import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, sign, verify
+from paysim.domain.webhooks import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, sign, verify
 
 BODY = b'{"event_id":"evt_1","status":"approved","amount":1234,"currency":"USD"}'
 SECRET = b"whsec_test_secret"

@@ -17,16 +17,17 @@ from pathlib import Path
 
 import redis
 
-from paysim import __version__, store
-from paysim.config import Settings, settings_env
-from paysim.errors import PaysimError
-from paysim.kafka_clients import cluster_metadata
+from paysim import __version__
+from paysim.infra.config import Settings, settings_env
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import cluster_metadata
+from paysim.infra.topics import ensure_topics
+from paysim.infra.waiting import wait_until
+from paysim.pipeline import store
 from paysim.stack.logs import tail_lines
 from paysim.stack.manager import LocalStack
 from paysim.stack.process import ProcessRecord, boot_ticks, is_alive, is_running
 from paysim.stack.process import stop as stop_process
-from paysim.topics import ensure_topics
-from paysim.waiting import wait_until
 
 PIPELINE = ("authorizer", "processor", "notifier")
 ALL_SERVICES = (*PIPELINE, "http")

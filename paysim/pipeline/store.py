@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 import redis
 
-from paysim.config import Settings
-from paysim.schema import STAGES, PaymentOutcome, encode
+from paysim.domain.messages import STAGES, PaymentOutcome, encode
+from paysim.infra.config import Settings
 
 WEBHOOK_STREAM = "paysim:webhooks"
 WEBHOOK_GROUP = "paysim-webhooks"

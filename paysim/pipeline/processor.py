@@ -9,11 +9,19 @@ from datetime import UTC, datetime
 
 import redis
 
-from paysim import decisions, money, store
-from paysim.config import Settings
-from paysim.decisions import IssuerRates, Status
-from paysim.schema import PROCESSED, Codec, PaymentAuthorized, PaymentOutcome, encode, now_us
-from paysim.services.loop import Output, Rejected, Service
+from paysim.domain import decisions, money
+from paysim.domain.decisions import IssuerRates, Status
+from paysim.domain.messages import (
+    PROCESSED,
+    Codec,
+    PaymentAuthorized,
+    PaymentOutcome,
+    encode,
+    now_us,
+)
+from paysim.infra.config import Settings
+from paysim.pipeline import store
+from paysim.pipeline.loop import Output, Rejected, Service
 
 
 def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:

@@ -11,8 +11,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
-from paysim.config import Settings
-from paysim.errors import ConfigError
+from paysim.infra.config import Settings
+from paysim.infra.errors import ConfigError
 
 # librdkafka reports every refused connection; while a broker starts that is expected noise.
 quiet_logger = logging.getLogger("paysim.kafka.quiet")

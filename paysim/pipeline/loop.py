@@ -23,11 +23,11 @@ import msgspec
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from paysim import store
-from paysim.config import Settings
-from paysim.kafka_clients import client_config, error_text, produce
-from paysim.schema import Codec, DeadLetter, SchemaError, encode, now_us
-from paysim.topics import ensure_topics
+from paysim.domain.messages import Codec, DeadLetter, SchemaError, encode, now_us
+from paysim.infra.config import Settings
+from paysim.infra.kafka import client_config, error_text, produce
+from paysim.infra.topics import ensure_topics
+from paysim.pipeline import store
 
 T = TypeVar("T", bound=msgspec.Struct)
 # Under the 3 s after which `ps` takes a silent service for gone.

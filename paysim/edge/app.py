@@ -31,11 +31,8 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer
 from werkzeug.exceptions import HTTPException
 
-from paysim import cards, decisions, store
-from paysim.config import Settings
-from paysim.errors import PaysimError
-from paysim.kafka_clients import client_config, error_text, produce
-from paysim.schema import (
+from paysim.domain import cards, decisions
+from paysim.domain.messages import (
     REQUESTED,
     Merchant,
     PaymentOutcome,
@@ -43,10 +40,14 @@ from paysim.schema import (
     encode,
     now_us,
 )
-from paysim.secrets import Keys, load_keys
+from paysim.domain.webhooks import valid_callback_url
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import client_config, error_text, produce
+from paysim.infra.secrets import Keys, load_keys
+from paysim.infra.topics import ensure_topics
+from paysim.pipeline import store
 from paysim.services import notifier
-from paysim.topics import ensure_topics
-from paysim.webhooks import valid_callback_url
 
 log = logging.getLogger("paysim.http")
 

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Producer
 
-from paysim import cards
-from paysim.config import Settings
-from paysim.errors import PaysimError
-from paysim.generator import GeneratedPayment
-from paysim.kafka_clients import client_config, produce, quiet_logger
-from paysim.schema import REQUESTED, PaymentRequested, encode, now_us
-from paysim.secrets import Keys
-from paysim.waiting import wait_until
+from paysim.domain import cards
+from paysim.domain.messages import REQUESTED, PaymentRequested, encode, now_us
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import client_config, produce, quiet_logger
+from paysim.infra.secrets import Keys
+from paysim.infra.waiting import wait_until
+from paysim.load.generator import GeneratedPayment
 
 
 def new_run_id() -> str:

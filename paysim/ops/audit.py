@@ -19,10 +19,11 @@ from typing import Any
 
 import redis
 
-from paysim import cards, store
-from paysim.config import Settings
-from paysim.kafka_clients import read_topic
-from paysim.schema import Codec, DeadLetter, PaymentOutcome, PaymentRequested, SchemaError
+from paysim.domain import cards
+from paysim.domain.messages import Codec, DeadLetter, PaymentOutcome, PaymentRequested, SchemaError
+from paysim.infra.config import Settings
+from paysim.infra.kafka import read_topic
+from paysim.pipeline import store
 
 LISTED = 20  # ids listed per finding; the counts are complete
 

@@ -8,10 +8,10 @@ import uuid
 import msgspec
 import redis
 
-from paysim import store
-from paysim.config import Settings
-from paysim.schema import NOTIFIED, Codec, Notification, PaymentOutcome, encode, now_us
-from paysim.services.loop import Output, Service
+from paysim.domain.messages import NOTIFIED, Codec, Notification, PaymentOutcome, encode, now_us
+from paysim.infra.config import Settings
+from paysim.pipeline import store
+from paysim.pipeline.loop import Output, Service
 
 EVENT_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4c1b-9a57-3f2e1d0c9b8a")
 

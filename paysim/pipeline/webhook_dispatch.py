@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from paysim import store, webhooks
-from paysim.config import Settings
+from paysim.domain import webhooks
+from paysim.infra.config import Settings
+from paysim.pipeline import store
 
 MAX_IN_FLIGHT = 64
 WORKERS = 8

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
-from paysim.config import Settings
-from paysim.errors import PaysimError
-from paysim.kafka_clients import admin_client
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import admin_client
 
 ADMIN_TIMEOUT_S = 30.0
 

@@ -6,10 +6,9 @@ from datetime import UTC, datetime
 
 import redis
 
-from paysim import cards, decisions, store
-from paysim.config import Settings
-from paysim.decisions import Status
-from paysim.schema import (
+from paysim.domain import cards, decisions
+from paysim.domain.decisions import Status
+from paysim.domain.messages import (
     AUTHORIZED,
     Codec,
     PaymentAuthorized,
@@ -18,9 +17,11 @@ from paysim.schema import (
     encode,
     now_us,
 )
-from paysim.secrets import Keys
-from paysim.services.loop import Output, Rejected, Service
-from paysim.webhooks import valid_callback_url
+from paysim.domain.webhooks import valid_callback_url
+from paysim.infra.config import Settings
+from paysim.infra.secrets import Keys
+from paysim.pipeline import store
+from paysim.pipeline.loop import Output, Rejected, Service
 
 
 def masked_or_none(number: str) -> str | None:

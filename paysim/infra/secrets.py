@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from paysim.config import Settings
-from paysim.errors import ConfigError
+from paysim.infra.config import Settings
+from paysim.infra.errors import ConfigError
 
 _NAMES = ("card_key", "token_key", "webhook_secret")
 

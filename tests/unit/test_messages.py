@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from paysim import schema
-from paysim.schema import (
+from paysim.domain import messages
+from paysim.domain.messages import (
     Codec,
     DeadLetter,
     Merchant,
@@ -70,7 +70,7 @@ def test_round_trip(message: msgspec.Struct) -> None:
 
 def test_encoded_messages_carry_the_version() -> None:
     for message in MESSAGES:
-        assert json.loads(encode(message))["v"] == schema.SCHEMA_VERSION == 1
+        assert json.loads(encode(message))["v"] == messages.SCHEMA_VERSION == 1
 
 
 def test_missing_optional_fields_take_their_defaults() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from paysim import cards, money
+from paysim.domain import cards, money
 
 
 class Status(StrEnum):

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 import msgspec
 from faker import Faker
 
-from paysim import cards, decisions, money
-from paysim.schema import Merchant
+from paysim.domain import cards, decisions, money
+from paysim.domain.messages import Merchant
 
 # Merchant category codes (ISO 18245) with a typical ticket in US dollars.
 MCCS: dict[str, tuple[str, float]] = {

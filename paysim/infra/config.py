@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from paysim.errors import ConfigError
+from paysim.infra.errors import ConfigError
 
 CONFIG_ENV = "PAYSIM_CONFIG"
 DEFAULT_CONFIG_FILE = "paysim.toml"

@@ -9,15 +9,15 @@ import threading
 
 from confluent_kafka import KafkaException
 
-from paysim import store
-from paysim.config import Settings
-from paysim.errors import PaysimError
-from paysim.secrets import load_keys
-from paysim.services.authorizer import Authorizer
-from paysim.services.loop import FatalServiceError, Service, ServiceLoop
-from paysim.services.notifier import Notifier
-from paysim.services.processor import Processor
-from paysim.services.webhook_dispatch import WebhookDispatcher
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.secrets import load_keys
+from paysim.pipeline import store
+from paysim.pipeline.authorizer import Authorizer
+from paysim.pipeline.loop import FatalServiceError, Service, ServiceLoop
+from paysim.pipeline.notifier import Notifier
+from paysim.pipeline.processor import Processor
+from paysim.pipeline.webhook_dispatch import WebhookDispatcher
 
 SERVICE_NAMES = ("authorizer", "processor", "notifier", "http")
 
@@ -46,7 +46,7 @@ def run_service(name: str, settings: Settings, instance: int) -> int:
         signal.signal(sig, lambda *_: stop.set())
     log = logging.getLogger(f"paysim.{name}")
     if name == "http":
-        from paysim.http_api import serve  # Flask and waitress load only where served
+        from paysim.edge.app import serve  # Flask and waitress load only where served
 
         try:
             serve(settings, stop)
