@@ -31,13 +31,13 @@ from paysim.load.generator import Mix, PaymentStream, build_population
 from paysim.load.ingress import new_run_id, request_message
 from paysim.load.runner import Tick
 from paysim.ops.supervisor import read_heartbeats, start_in_background, stop_background
-from paysim.pipeline import store
+from paysim.pipeline import registry, store
 from paysim.stack.manager import LocalStack
 from paysim.stack.ports import free_port, private_stack_flags
 from paysim.stack.prerequisites import find_java, find_redis_server
 
 Announce = Callable[[str], None]
-SERVICE_NAMES = ("authorizer", "processor", "notifier")
+SERVICE_NAMES = tuple(spec.name for spec in registry.PIPELINE)
 SERVICES = tuple(f"{name}-0" for name in SERVICE_NAMES)
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000

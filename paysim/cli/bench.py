@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from paysim.cli.render import console, err_console
 from paysim.infra.errors import ConfigError
@@ -48,7 +50,6 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     at saturation, then open-model runs at fixed rates; samples each process's memory and
     CPU. Prints one table and writes the results as JSON."""
     # Imported here: the benchmark's modules would add 0.13 s to every other command's start.
-    from paysim.bench.results import results_table
     from paysim.bench.session import BenchOptions, run_benchmark
 
     options = BenchOptions.quick_run() if quick else BenchOptions()
@@ -61,3 +62,65 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     # Wide enough for the table's rows on one line each, also when piped to a file.
     Console(highlight=False, width=max(console.width, 140)).print(results_table(results))
     console.print(f"results written to {out}")
+
+
+def _ms(block: dict[str, float]) -> str:
+    return " / ".join(f"{block[key]:,.1f}" if key in block else "-"
+                      for key in ("p50_ms", "p99_ms", "p99_9_ms"))
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """The one table bench/run prints."""
+    title = "paysim benchmark" + (" (--quick: smaller than the targets ask)"
+                                  if results["quick"] else "")
+    table = Table(title=title)
+    for column in ("phase", "measure", "figure", "target"):
+        table.add_column(column, no_wrap=True)
+    ref = results["reference"]
+    producer, consumer = ref["producer"], ref["consumer"]
+    table.add_row("Kafka producer perf tool",
+                  f"msgs/s ({ref['records']:,} x {ref['record_bytes']} B, acks=all)",
+                  f"{producer['records_per_s']:,.0f} ({producer['mb_per_s']:.1f} MB/s)", "")
+    table.add_row("Kafka consumer perf tool", "msgs/s",
+                  f"{consumer['records_per_s']:,.0f} ({consumer['mb_per_s']:.1f} MB/s)", "",
+                  end_section=True)
+    burst = results["saturation"]
+    verdicts = {t["name"]: t for t in results["targets"]}
+    table.add_row("paysim at saturation",
+                  f"payments/s, exactly-once ({burst['completed']:,} done, "
+                  f"{burst['lost']} lost)",
+                  f"{burst['throughput_per_s']:,.0f}", _verdict(results["targets"][0]))
+    table.add_row("", "ratio to Kafka's producer tool",
+                  f"{burst['ratio_to_kafka_producer']:.3f}", "")
+    table.add_row("", "end to end p50/p99/p99.9 ms", _ms(burst["latency"]["end_to_end"]),
+                  "", end_section=True)
+    for phase in results["open_model"]:
+        rate = phase["target_rate"]
+        name = f"p99 end to end at {rate:,.0f}/s open model"
+        table.add_row(f"open model {rate:,.0f}/s",
+                      f"achieved/s ({phase['lost']} lost, {phase['dropped']} dropped)",
+                      f"{phase['achieved_rate']:,.1f}", "")
+        for stage, block in phase["latency"].items():
+            verdict = _verdict(verdicts[name]) if stage == "end_to_end" and name in verdicts \
+                else ""
+            table.add_row("", f"{stage.replace('_', ' ')} p50/p99/p99.9 ms", _ms(block),
+                          verdict)
+        table.add_section()
+    for name, figures in results["resources"].items():
+        growth = next((t for t in results["targets"] if t["name"].startswith(f"{name} RSS")),
+                      None)
+        table.add_row(name, "RSS MiB idle; 1st -> last tenth; CPU s/1k",
+                      f"{_mib(figures.get('rss_at_start_mib'))}; "
+                      f"{_mib(figures['rss_first_tenth_mib'])} -> "
+                      f"{_mib(figures['rss_last_tenth_mib'])} "
+                      f"({figures['rss_growth_pct']:+.1f}%); {figures['cpu_s_per_1000']:.3f}",
+                      _verdict(growth) if growth else "")
+    return table
+
+
+def _verdict(target: dict[str, Any]) -> str:
+    return f"{target['bound']}: {'met' if target['met'] else 'MISSED'}"

@@ -25,7 +25,7 @@ from paysim.load.plan import SendRequest, check_thresholds, plan_run
 from paysim.load.report import build_report
 from paysim.load.runner import LoadRun, Tick
 from paysim.ops.supervisor import read_heartbeats
-from paysim.pipeline import store
+from paysim.pipeline import registry, store
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
 
@@ -39,7 +39,7 @@ def require_services(settings: Settings, via: str) -> None:
         raise PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}") from None
     finally:
         client.close()
-    needed = ["authorizer", "processor", "notifier"] + (["http"] if via == "http" else [])
+    needed = [spec.name for spec in registry.ALL if spec.in_pipeline or via == "http"]
     missing = [name for name in needed if name not in running]
     if missing:
         raise PaysimError(f"no {', '.join(missing)} running: start the pipeline with "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
@@ -16,9 +17,7 @@ from paysim.cli.options import with_settings
 from paysim.cli.render import console, print_json
 from paysim.infra.config import Settings
 from paysim.ops.supervisor import (
-    ALL_SERVICES,
     Supervisor,
-    expected_names,
     read_heartbeats,
     run_all,
     running_supervisor,
@@ -26,18 +25,28 @@ from paysim.ops.supervisor import (
     stop_background,
     view,
 )
-from paysim.pipeline import store
-from paysim.pipeline.process import SERVICE_NAMES, run_service
+from paysim.pipeline import registry, store
+from paysim.pipeline.process import run_pipeline_service
 
 STATE_STYLE = {"up": "green", "starting": "yellow", "restarting": "red", "down": "red"}
 
 
+SCALABLE = tuple(spec.name for spec in registry.ALL if spec.scalable)
+
+
 def instance_options(command):
-    for service in ("notifier", "processor", "authorizer"):
-        command = click.option(f"--{service}s", f"{service}s", type=click.IntRange(1, 16),
+    """--<name>s N for every service that scales, handed to the command as ``counts``."""
+    for name in reversed(SCALABLE):
+        command = click.option(f"--{name}s", f"count_{name}", type=click.IntRange(1, 16),
                                default=1, show_default=True,
-                               help=f"{service} processes in its consumer group")(command)
-    return command
+                               help=f"{name} processes in its consumer group")(command)
+
+    @functools.wraps(command)
+    def with_counts(*args, **kwargs):
+        counts = {name: kwargs.pop(f"count_{name}") for name in SCALABLE}
+        return command(*args, counts=counts, **kwargs)
+
+    return with_counts
 
 
 class RateMeter:
@@ -70,16 +79,14 @@ def services_table(supervisor: Supervisor, beats: dict, meter: RateMeter) -> Tab
               "`paysim stop`.")
 @click.option("--no-live", is_flag=True, help="Plain log lines instead of the live panel.")
 @with_settings("http.port", "http.host")
-def run_all_command(settings: Settings, authorizers: int, processors: int, notifiers: int,
-                    detach: bool, no_live: bool) -> None:
+def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
+                    no_live: bool) -> None:
     """Start the authorizer, processor, notifier and HTTP API as local processes.
 
     Starts the local stack first when no Kafka or Redis is configured and none answers.
     Restarts a service that dies; Ctrl-C or SIGTERM stops everything cleanly."""
-    counts = {"authorizer": authorizers, "processor": processors, "notifier": notifiers}
     if detach:
-        argv = ["run-all", "--no-live", f"--authorizers={authorizers}",
-                f"--processors={processors}", f"--notifiers={notifiers}"]
+        argv = ["run-all", "--no-live", *(f"--{name}s={n}" for name, n in counts.items())]
         with console.status("starting the services in the background"):
             record, started = start_in_background(settings, counts, argv)
         verb = "started" if started else "already running"
@@ -125,7 +132,7 @@ def run_all_command(settings: Settings, authorizers: int, processors: int, notif
 def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
     """Show the running services (from their heartbeats). Exit 1 if any expected one is down."""
     record = running_supervisor(settings)
-    counts = {name: 1 for name in ALL_SERVICES}
+    counts = {name: 1 for name in registry.NAMES}
     if record:
         counts.update(record.details.get("counts", {}))
     client = store.connect(settings)
@@ -135,7 +142,7 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
         client.close()
     rows = []
     now = time.time()
-    for name in sorted(set(expected_names(counts)) | beats.keys()):
+    for name in sorted(set(registry.instance_names(counts)) | beats.keys()):
         beat = beats.get(name)
         rows.append({
             "name": name, "state": "up" if beat else "down",
@@ -174,9 +181,14 @@ def stop(settings: Settings) -> None:
 
 
 @click.command(hidden=True)
-@click.argument("name", type=click.Choice(SERVICE_NAMES))
+@click.argument("name", type=click.Choice(registry.NAMES))
 @click.option("--instance", type=click.IntRange(0, 99), default=0)
 @with_settings()
 def service(settings: Settings, name: str, instance: int) -> None:
     """Run one service in the foreground (what run-all starts)."""
-    sys.exit(run_service(name, settings, instance))
+    spec = registry.by_name(name)
+    if spec.in_pipeline:
+        sys.exit(run_pipeline_service(spec, settings, instance))
+    from paysim.edge.app import run_edge  # Flask and waitress load only where served
+
+    sys.exit(run_edge(settings))

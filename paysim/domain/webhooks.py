@@ -1,4 +1,4 @@
-"""Signed webhooks, the way payment providers sign them, and the check receivers run.
+"""Webhook signatures, the way payment providers sign them, and the check receivers run.
 
 Header: ``Paysim-Signature: t=<unix seconds>,v1=<hex>`` where the hex is HMAC-SHA256 over
 ``<t>.<raw body>`` with the shared secret. Receivers reject a timestamp older than 300 s.
@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from dataclasses import dataclass
 
 SIGNATURE_HEADER = "Paysim-Signature"
 TOLERANCE_S = 300
@@ -73,28 +69,3 @@ def verify(body: bytes, header: str | None, secret: bytes, tolerance_s: int = TO
                for given in parts.get("v1", [])):
         raise SignatureError("no v1 signature matches the body")
     return timestamp
-
-
-@dataclass(frozen=True)
-class Attempt:
-    delivered: bool
-    http_status: int | None
-    error: str | None
-
-
-def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float) -> Attempt:
-    """One signed POST; 2xx is delivered. Never raises: a failure is in the Attempt."""
-    if not valid_callback_url(url):
-        return Attempt(False, None, "not an http(s) URL")
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret),
-        "Paysim-Event-Id": event_id, "User-Agent": "paysim-webhooks/1",
-    })
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Attempt(200 <= response.status < 300, response.status, None)
-    except urllib.error.HTTPError as exc:
-        return Attempt(False, exc.code, f"HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Attempt(False, None, str(reason)[:200])

@@ -46,12 +46,12 @@ from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config, error_text, produce
 from paysim.infra.secrets import Keys, load_keys
 from paysim.infra.topics import ensure_topics
-from paysim.pipeline import store
-from paysim.services import notifier
+from paysim.pipeline import notifications, store
+from paysim.pipeline.process import run_process
+from paysim.pipeline.registry import HTTP
 
 log = logging.getLogger("paysim.http")
 
-SERVICE = "http"
 MAX_BODY_BYTES = 64 * 1024
 DELIVERY_TIMEOUT_S = 10.0
 IDEMPOTENCY_PENDING_TTL_S = 60
@@ -404,7 +404,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         except ValueError as exc:
             log.warning("outcome of %s cannot be notified: %s", _short(payment_id), exc)
             return _error(500, f"the outcome of this transaction cannot be read: {exc}")
-        notification = notifier.notification_for(
+        notification = notifications.notification_for(
             outcome, f"evt_resend_{uuid.uuid4().hex}", now_us())
         failure = deliver(producer, topics.notifications, outcome.payment_id,
                           encode(notification))
@@ -413,7 +413,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             return _error(503, f"notification not sent, Kafka is unavailable: {failure}")
         if outcome.callback_url:
             pipe = redis_client.pipeline(transaction=False)
-            notifier.queue_webhook(pipe, outcome.callback_url, notification)
+            notifications.queue_webhook(pipe, outcome.callback_url, notification)
             pipe.execute()
         return _json(200, {"transaction_id": payment_id,
                            "outcome": store.outcome_view(stored)})
@@ -477,13 +477,13 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
 def _heartbeat(client: redis.Redis, counters: Counters, stop: threading.Event) -> None:
     while True:
         try:
-            store.write_heartbeat(client, SERVICE, 0, processed=counters.answered,
+            store.write_heartbeat(client, HTTP.name, 0, processed=counters.answered,
                                   dead_letters=0, aborted_batches=0,
                                   started_at=counters.started_at, lag=0)
         except redis.RedisError as exc:
             log.warning("heartbeat not written: %s", exc)
         if stop.wait(store.HEARTBEAT_EVERY_S):
-            store.clear_heartbeat(client, SERVICE, 0)
+            store.clear_heartbeat(client, HTTP.name, 0)
             return
 
 
@@ -563,3 +563,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         if remaining:
             log.warning("%d records not delivered at shutdown", remaining)
         client.close()
+
+
+def run_edge(settings: Settings) -> int:
+    """The HTTP API as a service process (what `paysim service http` runs)."""
+    return run_process(HTTP.name, lambda stop: serve(settings, stop))

@@ -12,13 +12,15 @@ from datetime import UTC, datetime
 from confluent_kafka import Producer
 
 from paysim.domain import cards
-from paysim.domain.messages import REQUESTED, PaymentRequested, encode, now_us
+from paysim.domain.decisions import Status
+from paysim.domain.messages import NOTIFIED, REQUESTED, PaymentRequested, encode, now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config, produce, quiet_logger
 from paysim.infra.secrets import Keys
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import GeneratedPayment
+from paysim.pipeline.store import DoneEntry
 
 
 def new_run_id() -> str:
@@ -92,7 +94,7 @@ class HttpIngress:
         self.url = f"http://{settings.http.host}:{settings.http.port}/authorize"
 
     def send(self, payment: GeneratedPayment, run_id: str,
-             callback_url: str | None) -> tuple[str, dict[str, str] | None]:
+             callback_url: str | None) -> tuple[str, DoneEntry | None]:
         """The payment id, and its outcome when the edge declined it at once."""
         body: dict[str, object] = {
             "card_number": payment.card.number, "exp_month": payment.card.exp_month,
@@ -114,9 +116,9 @@ class HttpIngress:
             answer = json.loads(exc.read() or b"{}")
             if exc.code == 400 and "reason_code" in answer:
                 payment_id = str(uuid.uuid4())
-                return payment_id, {"payment_id": payment_id, "status": "declined",
-                                    "reason_code": answer["reason_code"],
-                                    "t_requested": str(requested)}
+                return payment_id, DoneEntry(
+                    payment_id, Status.DECLINED, answer["reason_code"], payment.amount,
+                    payment.currency, payment.seq, {REQUESTED: requested, NOTIFIED: now_us()})
             raise PaysimError(f"HTTP API at {self.url} answered {exc.code}: "
                               f"{answer.get('error', 'no error message')}") from None
         except (urllib.error.URLError, OSError) as exc:

@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
+from paysim.domain.messages import NOTIFIED, REQUESTED
+from paysim.pipeline import registry
+from paysim.pipeline.store import DoneEntry
 
 MAX_LATENCY_US = 3_600_000_000
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
-# Each stage's latency: from the time it was handed the payment to the time it passed it on.
-# Payments the authorizer declines skip the processor: their notifier span starts at AUTHORIZED.
-STAGE_SPANS: dict[str, tuple[str, str]] = {
-    "authorizer": (REQUESTED, AUTHORIZED),
-    "processor": (AUTHORIZED, PROCESSED),
-    "notifier": (PROCESSED, NOTIFIED),
-}
+# Each service's latency: from the time it was handed the payment (the stage time of the
+# latest service before it that saw the payment; the request time for the first) to the stage
+# time it stamped. Payments the authorizer declines skip the processor: their notifier span
+# starts at the authorizer's stamp.
+STAGE_STAMPS: dict[str, str] = {spec.name: spec.stamps for spec in registry.PIPELINE
+                                if spec.stamps is not None}
 
 
 def new_histogram() -> HdrHistogram:
@@ -50,7 +51,7 @@ class RunMetrics:
         self.started_us = started_us
         self.lock = threading.Lock()
         self.end_to_end = new_histogram()
-        self.stages = {name: new_histogram() for name in STAGE_SPANS}
+        self.stages = {name: new_histogram() for name in STAGE_STAMPS}
         self.send_delay = new_histogram()
         self.reasons: Counter[tuple[str, str]] = Counter()
         self.approved_amounts: Counter[str] = Counter()
@@ -84,34 +85,37 @@ class RunMetrics:
         with self.lock:
             self.dropped += 1
 
-    def record_outcome(self, entry: dict[str, str], intended_us: int | None = None) -> None:
-        """One payment's done entry (store.read_done_entry). End-to-end latency runs from its
-        intended send time when it had one: a stalled pipeline cannot hide behind a sender
-        that waited for it (no coordinated omission)."""
-        times = {k[2:]: int(v) for k, v in entry.items() if k.startswith("t_")}
+    def record_outcome(self, entry: DoneEntry, intended_us: int | None = None) -> None:
+        """One payment's done entry. End-to-end latency runs from its intended send time when
+        it had one: a stalled pipeline cannot hide behind a sender that waited for it (no
+        coordinated omission)."""
+        times = entry.stages
         start = intended_us if intended_us is not None else times.get(REQUESTED)
         with self.lock:
             self.completed += 1
-            self.reasons[(entry["status"], entry["reason_code"])] += 1
-            if entry["status"] == "approved":
-                self.approved_amounts[entry["currency"]] += int(entry["amount"])
+            self.reasons[(entry.status, entry.reason_code)] += 1
+            if entry.status == "approved":
+                self.approved_amounts[entry.currency] += entry.amount
             end = times.get(NOTIFIED)
             second = self._second(end if end is not None else start or self.started_us)
             second.completed += 1
-            if entry["status"] == "approved":
+            if entry.status == "approved":
                 second.approved += 1
             else:
                 second.declined += 1
-            second.reasons[entry["reason_code"]] += 1
+            second.reasons[entry.reason_code] += 1
             if start is not None and end is not None:
                 latency = max(1, end - start)
                 self.end_to_end.record_value(latency)
                 second.latency.record_value(latency)
-            for stage, (begin, finish) in STAGE_SPANS.items():
-                if stage == "notifier" and PROCESSED not in times:
-                    begin = AUTHORIZED
-                if begin in times and finish in times:
-                    self.stages[stage].record_value(max(1, times[finish] - times[begin]))
+            last_stamp: int | None = None
+            for index, (name, stamp) in enumerate(STAGE_STAMPS.items()):
+                handed = times.get(REQUESTED) if index == 0 else last_stamp
+                stamped = times.get(stamp)
+                if handed is not None and stamped is not None:
+                    self.stages[name].record_value(max(1, stamped - handed))
+                if stamped is not None:
+                    last_stamp = stamped
 
     def rolling_p99_ms(self, now_us: int, window_s: int = 5) -> float | None:
         """p99 end-to-end over the last ``window_s`` seconds, for the live display."""

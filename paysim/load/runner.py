@@ -22,7 +22,7 @@ import redis
 from confluent_kafka import KafkaException
 
 from paysim.domain.decisions import IssuerRates
-from paysim.domain.messages import now_us
+from paysim.domain.messages import NOTIFIED, now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.secrets import load_keys
@@ -33,6 +33,7 @@ from paysim.load.report import RunInfo
 from paysim.load.schedule import Profile
 from paysim.pipeline import store
 from paysim.pipeline.processor import issuer_rates_json
+from paysim.pipeline.store import DoneEntry
 
 TICK_S = 0.5
 SCHEDULER_SWITCH_INTERVAL_S = 0.0005
@@ -237,9 +238,8 @@ class LoadRun:
             sent = now_us()
             payment_id, immediate = ingress.send(payment, self.run_id, self.options.callback_url)
             self._sent(payment_id, intended if intended is not None else sent, sent)
-            if immediate:  # declined at the edge: its outcome is the HTTP answer
-                self._outcome({**immediate, "amount": str(payment.amount),
-                               "currency": payment.currency, "t_notified": str(now_us())})
+            if immediate is not None:  # declined at the edge: its outcome is the HTTP answer
+                self._outcome(immediate)
         except PaysimError as exc:
             self.errors.append(str(exc))
             self.stop.set()
@@ -251,21 +251,21 @@ class LoadRun:
 
     # ---------------------------------------------------------------- collecting
 
-    def _outcome(self, entry: dict[str, str]) -> None:
-        payment_id = entry["payment_id"]
+    def _outcome(self, entry: DoneEntry) -> None:
+        payment_id = entry.payment_id
         with self.ledger.lock:
             if payment_id in self.ledger.outcomes or payment_id not in self.ledger.intended:
                 return  # a replayed duplicate, or (rarely) read before its send was noted
             self.ledger.outcomes.add(payment_id)
             intended = self.ledger.intended[payment_id]
         self.metrics.record_outcome(entry, intended)
-        notified = int(entry.get("t_notified", 0)) or None
+        notified = entry.stages.get(NOTIFIED)
         if notified and (self._last_outcome_us is None or notified > self._last_outcome_us):
             self._last_outcome_us = notified
 
     def _collect(self, client: redis.Redis) -> None:
         key, last_id = store.run_stream_key(self.run_id), "0"
-        early: list[dict[str, str]] = []  # read before the sender noted their send
+        early: list[DoneEntry] = []  # read before the sender noted their send
         deadline = None
         while True:
             if self.sending_done.is_set() and deadline is None:
@@ -293,7 +293,7 @@ class LoadRun:
                         continue  # not written by a notifier: nothing of this run's
             for entry in entries:
                 with self.ledger.lock:
-                    known = entry["payment_id"] in self.ledger.intended
+                    known = entry.payment_id in self.ledger.intended
                 if known:
                     self._outcome(entry)
                 else:

@@ -23,14 +23,12 @@ from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import cluster_metadata
 from paysim.infra.topics import ensure_topics
 from paysim.infra.waiting import wait_until
-from paysim.pipeline import store
+from paysim.pipeline import registry, store
 from paysim.stack.logs import tail_lines
 from paysim.stack.manager import LocalStack
 from paysim.stack.process import ProcessRecord, boot_ticks, is_alive, is_running
 from paysim.stack.process import stop as stop_process
 
-PIPELINE = ("authorizer", "processor", "notifier")
-ALL_SERVICES = (*PIPELINE, "http")
 FIRST_RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 HEALTHY_AFTER_S = 30.0  # a child that ran this long restarts again without delay
@@ -117,7 +115,7 @@ class Supervisor:
         logs = self.settings.services.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.children = [Child(service, i, logs / f"{service}-{i}.log")
-                         for service in ALL_SERVICES for i in range(self.counts.get(service, 1))]
+                         for service in registry.NAMES for i in range(self.counts.get(service, 1))]
         self.env = {**os.environ, **settings_env(self.settings)}
 
     def start_all(self) -> None:
@@ -248,10 +246,6 @@ def running_supervisor(settings: Settings) -> ProcessRecord | None:
     return record if is_running(record) else None
 
 
-def expected_names(counts: dict[str, int]) -> list[str]:
-    return [f"{s}-{i}" for s in ALL_SERVICES for i in range(counts.get(s, 1))]
-
-
 def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
             stop: threading.Event, tick: Callable[[Supervisor], None] | None = None) -> None:
     """Start everything, keep it running until ``stop`` is set, then stop it all cleanly."""
@@ -313,7 +307,7 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
             env={**os.environ, **settings_env(settings)},
         )
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
-    wanted = set(expected_names(counts))
+    wanted = set(registry.instance_names(counts))
 
     def all_up() -> bool:
         if process.poll() is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -22,6 +23,9 @@ from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
 from paysim.pipeline import store
 from paysim.pipeline.loop import Output, Rejected, Service
+
+if TYPE_CHECKING:
+    from paysim.pipeline.registry import ServiceSpec
 
 
 def masked_or_none(number: str) -> str | None:
@@ -56,18 +60,14 @@ def authorize(request: PaymentRequested, card: cards.CardBlock, settings: Settin
 
 
 class Authorizer(Service[PaymentRequested]):
-    name = "authorizer"
     codec = Codec(PaymentRequested)
     dead_letters_keep_original = False  # the edge topic: a bad record may hold a clear PAN
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis, keys: Keys) -> None:
-        super().__init__(settings, redis_client)
+    def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis,
+                 keys: Keys) -> None:
+        super().__init__(spec, settings, redis_client)
         self.cipher = cards.CardCipher(keys.card_key)
         self.token_key = keys.token_key
-
-    @property
-    def input_topic(self) -> str:
-        return self.settings.topics.requested
 
     def decide(self, item: PaymentRequested, pipe: redis.client.Pipeline) -> list[Output]:
         try:

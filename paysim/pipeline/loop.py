@@ -17,7 +17,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 import redis
@@ -28,6 +28,9 @@ from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config, error_text, produce
 from paysim.infra.topics import ensure_topics
 from paysim.pipeline import store
+
+if TYPE_CHECKING:
+    from paysim.pipeline.registry import ServiceSpec
 
 T = TypeVar("T", bound=msgspec.Struct)
 # Under the 3 s after which `ps` takes a silent service for gone.
@@ -55,18 +58,15 @@ class Counters:
 class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 3.11
     """A service's decide step; the loop does everything else."""
 
-    name: str
     codec: Codec[T]
     # Whether dead letters may carry the original bytes (not on the edge topic: card data).
     dead_letters_keep_original = True
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+    def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
+        self.name = spec.name
+        self.input_topic = spec.topic(settings)
         self.settings = settings
         self.redis = redis_client
-
-    @property
-    @abstractmethod
-    def input_topic(self) -> str: ...
 
     def prepare(self, items: list[T]) -> None:
         """Batch-wide reads before the per-message decisions (one Redis round trip)."""

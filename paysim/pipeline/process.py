@@ -1,4 +1,4 @@
-"""Run one service in this process until SIGTERM or SIGINT: `paysim service NAME`."""
+"""One service as a process until SIGTERM or SIGINT: what `paysim service NAME` runs."""
 
 from __future__ import annotations
 
@@ -6,20 +6,15 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from confluent_kafka import KafkaException
 
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
-from paysim.infra.secrets import load_keys
 from paysim.pipeline import store
-from paysim.pipeline.authorizer import Authorizer
-from paysim.pipeline.loop import FatalServiceError, Service, ServiceLoop
-from paysim.pipeline.notifier import Notifier
-from paysim.pipeline.processor import Processor
-from paysim.pipeline.webhook_dispatch import WebhookDispatcher
-
-SERVICE_NAMES = ("authorizer", "processor", "notifier", "http")
+from paysim.pipeline.loop import FatalServiceError, ServiceLoop
+from paysim.pipeline.registry import ServiceSpec
 
 
 def configure_logging() -> None:
@@ -27,40 +22,29 @@ def configure_logging() -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def build(name: str, settings: Settings) -> Service:
-    client = store.connect(settings)
-    if name == "authorizer":
-        return Authorizer(settings, client, load_keys(settings))
-    if name == "processor":
-        return Processor(settings, client)
-    if name == "notifier":
-        return Notifier(settings, client)
-    raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
-
-
-def run_service(name: str, settings: Settings, instance: int) -> int:
-    """Run until asked to stop; the exit code tells the supervisor whether to restart."""
+def run_process(name: str, body: Callable[[threading.Event], None]) -> int:
+    """Run ``body(stop)`` with ``stop`` set by SIGTERM or SIGINT. The exit code tells the
+    supervisor whether to restart: 1 when the service had to stop, 0 when asked to."""
     configure_logging()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log = logging.getLogger(f"paysim.{name}")
-    if name == "http":
-        from paysim.edge.app import serve  # Flask and waitress load only where served
-
-        try:
-            serve(settings, stop)
-        except (PaysimError, KafkaException) as exc:
-            log.error("stopping: %s", exc)
-            return 1
-        return 0
-    service = build(name, settings)
-    if name == "notifier":
-        WebhookDispatcher(settings, service.redis, load_keys(settings).webhook_secret,
-                          f"notifier-{instance}", stop).start()
     try:
-        ServiceLoop(service, settings, instance, stop).run()
-    except (FatalServiceError, KafkaException) as exc:
-        log.error("stopping: %s", exc)
+        body(stop)
+    except (FatalServiceError, PaysimError, KafkaException) as exc:
+        logging.getLogger(f"paysim.{name}").error("stopping: %s", exc)
         return 1
     return 0
+
+
+def run_pipeline_service(spec: ServiceSpec, settings: Settings, instance: int) -> int:
+    """A pipeline service's loop, and its extra threads, until asked to stop."""
+
+    def body(stop: threading.Event) -> None:
+        client = store.connect(settings)
+        service = spec.build(settings, client)
+        for thread in spec.threads(settings, client, instance, stop):
+            thread.start()
+        ServiceLoop(service, settings, instance, stop).run()
+
+    return run_process(spec.name, body)

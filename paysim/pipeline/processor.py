@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -22,6 +23,9 @@ from paysim.domain.messages import (
 from paysim.infra.config import Settings
 from paysim.pipeline import store
 from paysim.pipeline.loop import Output, Rejected, Service
+
+if TYPE_CHECKING:
+    from paysim.pipeline.registry import ServiceSpec
 
 
 def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:
@@ -50,20 +54,15 @@ def issuer_rates_json(rates: IssuerRates) -> str:
 
 
 class Processor(Service[PaymentAuthorized]):
-    name = "processor"
     codec = Codec(PaymentAuthorized)
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
-        super().__init__(settings, redis_client)
+    def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
+        super().__init__(spec, settings, redis_client)
         self.rates = IssuerRates(settings.issuer.decline_rate, settings.issuer.fault_rate)
         self.settle = redis_client.register_script(store.SETTLE_LUA)
         self._answers: dict[str, str] = {}
         self._rejected: dict[str, str] = {}
         self._run_rates: dict[str, IssuerRates] = {}
-
-    @property
-    def input_topic(self) -> str:
-        return self.settings.topics.authorized
 
     def _rates_for(self, run_ids: set[str]) -> dict[str, IssuerRates]:
         """Each run's issuer behaviour: set by its sender, else this processor's settings."""
@@ -82,7 +81,7 @@ class Processor(Service[PaymentAuthorized]):
         try:
             return issuer_rates_from_json(raw)
         except (ValueError, TypeError, AttributeError):
-            logging.getLogger("paysim.processor").warning(
+            logging.getLogger(__name__).warning(
                 "run %s has an unreadable issuer setting; using the defaults", run)
             return self.rates
 

@@ -167,20 +167,12 @@ def add_done_entry(pipe: redis.client.Pipeline, outcome: PaymentOutcome) -> None
                          encode(entry))
 
 
-def read_done_entry(fields: dict[bytes, bytes]) -> dict[str, str]:
-    """A run stream entry as flat text fields: payment_id, status, ..., t_<stage>.
-
-    Raises ValueError for an entry paysim did not write."""
+def read_done_entry(fields: dict[bytes, bytes]) -> DoneEntry:
+    """A run stream entry, typed. Raises ValueError for an entry paysim did not write."""
     try:
-        entry = _done_decoder.decode(fields[DONE_FIELD.encode()])
+        return _done_decoder.decode(fields[DONE_FIELD.encode()])
     except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"not a paysim run stream entry: {exc}") from None
-    flat = {"payment_id": entry.payment_id, "status": entry.status,
-            "reason_code": entry.reason_code, "amount": str(entry.amount),
-            "currency": entry.currency, "seq": str(entry.seq)}
-    for stage, at in entry.stages.items():
-        flat[f"t_{stage}"] = str(at)
-    return flat
 
 
 def read_outcome(client: redis.Redis, payment_id: str) -> dict[str, str] | None:

@@ -7,13 +7,17 @@ after a restart (at least once; the event id lets the client deduplicate).
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import redis
 
-from paysim.domain import webhooks
+from paysim.domain.webhooks import SIGNATURE_HEADER, sign, valid_callback_url
 from paysim.infra.config import Settings
 from paysim.pipeline import store
 
@@ -66,11 +70,11 @@ class WebhookDispatcher(threading.Thread):
         return [entry for _, entries in read for entry in entries]
 
     def _post_with_retries(self, url: str, body: bytes,
-                           event: str) -> tuple[webhooks.Attempt, int] | None:
+                           event: str) -> tuple[Attempt, int] | None:
         """The last attempt and how many were made; None when stopped before an answer."""
         attempts = self.settings.webhook.max_attempts
         for tries, backoff in enumerate(backoffs(attempts), start=1):
-            attempt = webhooks.post(url, body, self.secret, event, self.settings.webhook.timeout)
+            attempt = post(url, body, self.secret, event, self.settings.webhook.timeout)
             if attempt.delivered or tries == attempts:
                 return attempt, tries
             if self.stop_event.wait(backoff):
@@ -86,7 +90,7 @@ class WebhookDispatcher(threading.Thread):
             except (KeyError, UnicodeDecodeError) as exc:
                 # A malformed entry can never be delivered: record and drop it, not retry it.
                 self.log.warning("webhook entry %s is malformed (%s): dropped", entry_id, exc)
-                self._finish(entry_id, None, webhooks.Attempt(False, None, "malformed entry"), 0)
+                self._finish(entry_id, None, Attempt(False, None, "malformed entry"), 0)
                 return
             if result is None:
                 return  # not acknowledged: delivered after the restart
@@ -103,7 +107,7 @@ class WebhookDispatcher(threading.Thread):
             self.slots.release()
 
 
-    def _finish(self, entry_id: bytes, payment_id: str | None, attempt: webhooks.Attempt,
+    def _finish(self, entry_id: bytes, payment_id: str | None, attempt: Attempt,
                 tries: int) -> None:
         """Record the delivery's final state on the outcome and take the entry off the queue."""
         pipe = self.redis.pipeline(transaction=False)
@@ -124,3 +128,28 @@ class WebhookDispatcher(threading.Thread):
 def backoffs(attempts: int) -> list[float]:
     """The wait after each failed attempt: 0.5 s, doubling, at most 30 s."""
     return [min(FIRST_BACKOFF_S * 2**i, MAX_BACKOFF_S) for i in range(attempts)]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivered: bool
+    http_status: int | None
+    error: str | None
+
+
+def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float) -> Attempt:
+    """One signed POST; 2xx is delivered. Never raises: a failure is in the Attempt."""
+    if not valid_callback_url(url):
+        return Attempt(False, None, "not an http(s) URL")
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret),
+        "Paysim-Event-Id": event_id, "User-Agent": "paysim-webhooks/1",
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Attempt(200 <= response.status < 300, response.status, None)
+    except urllib.error.HTTPError as exc:
+        return Attempt(False, exc.code, f"HTTP {exc.code}")
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Attempt(False, None, str(reason)[:200])

@@ -47,7 +47,7 @@ def reason_counts(report: dict) -> dict[str, int]:
     return {row["reason_code"]: row["count"] for row in report["outcomes"]["by_reason"]}
 
 
-def run_payment_ids(settings: Settings, run_id: str) -> list[dict[str, str]]:
+def run_done_entries(settings: Settings, run_id: str) -> list[store.DoneEntry]:
     client = redis.Redis.from_url(settings.redis_url)
     try:
         return [store.read_done_entry(fields)

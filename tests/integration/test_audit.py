@@ -8,7 +8,7 @@ import redis
 
 from paysim.infra.config import Settings
 from paysim.pipeline import store
-from tests.integration.pipeline_helpers import paysim, run_payment_ids, send
+from tests.integration.pipeline_helpers import paysim, run_done_entries, send
 
 
 def audit(settings: Settings, *args: str) -> tuple[int, dict]:
@@ -32,9 +32,9 @@ def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None
                "--test-card-share", "0")["run_id"]
     client = redis.Redis.from_url(pipeline.redis_url)
     try:
-        entries = run_payment_ids(pipeline, run)
-        approved = next(e for e in entries if e["status"] == "approved")
-        outcome = store.read_outcome(client, approved["payment_id"])
+        entries = run_done_entries(pipeline, run)
+        approved = next(e for e in entries if e.status == "approved")
+        outcome = store.read_outcome(client, approved.payment_id)
         ledger = store.ledger_key(run, outcome["token"])
         # The same payment settled a second time.
         client.hincrby(ledger, f"spent:{outcome['currency']}", int(outcome["amount"]))

@@ -9,8 +9,8 @@ import json
 from rich.console import Console
 
 from paysim.bench.resources import rss_bytes
-from paysim.bench.results import results_table
 from paysim.bench.session import BenchOptions, run_benchmark
+from paysim.cli.bench import results_table
 
 
 def test_a_small_benchmark_fills_in_every_figure() -> None:

@@ -29,7 +29,7 @@ from tests.integration.pipeline_helpers import (
     injected,
     paysim,
     reason_counts,
-    run_payment_ids,
+    run_done_entries,
     send,
 )
 
@@ -57,9 +57,9 @@ def test_the_same_seed_gives_the_same_outcomes(pipeline: Settings) -> None:
 def test_status_shows_the_four_stages_of_a_delivered_payment(pipeline: Settings) -> None:
     summary = send(pipeline, "--count", "50", "--seed", "5", "--bad-share", "0",
                    "--test-card-share", "0")
-    entry = run_payment_ids(pipeline, summary["run_id"])[0]
+    entry = run_done_entries(pipeline, summary["run_id"])[0]
 
-    result = paysim(pipeline, "status", entry["payment_id"], "--json")
+    result = paysim(pipeline, "status", entry.payment_id, "--json")
 
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
@@ -67,7 +67,7 @@ def test_status_shows_the_four_stages_of_a_delivered_payment(pipeline: Settings)
     assert [row["stage"] for row in shown["timeline"]] == [
         "requested", "authorized", "processed", "notified"]
     assert all(row["ms_since_previous"] >= 0 for row in shown["timeline"][1:])
-    table = paysim(pipeline, "status", entry["payment_id"])
+    table = paysim(pipeline, "status", entry.payment_id)
     assert "notified" in table.stdout and "approved" in table.stdout
 
 
@@ -230,7 +230,7 @@ def test_signed_webhooks_reach_the_client_and_verify(pipeline: Settings) -> None
     assert len(event_ids) == 20
     client = redis.Redis.from_url(pipeline.redis_url)
     try:
-        ids = [e["payment_id"] for e in run_payment_ids(pipeline, summary["run_id"])]
+        ids = [e["payment_id"] for e in run_done_entries(pipeline, summary["run_id"])]
 
         def delivered() -> bool:
             states = {store.read_outcome(client, i).get("webhook_status") for i in ids}

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from paysim.bench.phases import PhaseFigures, figures_from_report
 from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
-from paysim.bench.results import build_results, results_table, targets
+from paysim.bench.results import build_results, targets
+from paysim.cli.bench import results_table
 from paysim.infra.waiting import wait_until
 from tests.helpers import run_paysim
 from tests.unit.test_cli_errors import assert_one_line_error

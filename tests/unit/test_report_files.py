@@ -40,6 +40,7 @@ from paysim.load.report_compare import (
     validate_report,
 )
 from paysim.load.thresholds import evaluate, parse_threshold
+from paysim.pipeline.store import DoneEntry
 
 T0 = 1_700_000_000_000_000  # the run's start, Unix microseconds
 SECOND = 1_000_000
@@ -56,19 +57,16 @@ def steady(ms: float) -> LatencyModel:
 
 
 def outcome_entry(index: int, intended_us: int, sent_us: int, e2e_us: int, code: str,
-                  currency: str, amount: int) -> dict[str, Any]:
-    """A done entry as store.read_done_entry gives it, with the intended time in t_intended."""
+                  currency: str, amount: int) -> DoneEntry:
+    """A done entry as store.read_done_entry gives it, notified ``e2e_us`` after its intended
+    send time."""
     status = "approved" if code == "00" else "declined"
     authorized = sent_us + max(1, e2e_us // 5)
-    entry: dict[str, Any] = {
-        "payment_id": f"00000000-0000-4000-8000-{index:012d}", "status": status,
-        "reason_code": code, "amount": amount, "currency": currency,
-        "t_intended": intended_us, "t_requested": sent_us, "t_authorized": authorized,
-        "t_notified": intended_us + e2e_us,
-    }
+    stages = {"requested": sent_us, "authorized": authorized, "notified": intended_us + e2e_us}
     if code not in AUTHORIZER_DECLINES:
-        entry["t_processed"] = authorized + max(1, e2e_us // 2)
-    return entry
+        stages["processed"] = authorized + max(1, e2e_us // 2)
+    return DoneEntry(f"00000000-0000-4000-8000-{index:012d}", status, code, amount, currency,
+                     index, stages)
 
 
 def synthetic_report(rates: Sequence[int], latency: LatencyModel | None = None, *,

@@ -1,0 +1,90 @@
+"""Every service paysim runs, in one place: its name, what it consumes, the stage time it
+stamps, how it is built, its extra threads, and whether `run-all --<name>s N` scales it.
+
+Every other list of services (run-all's children and flags, `ps`, `send`'s readiness check,
+the per-stage latency spans, the benchmark) is read from here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED
+from paysim.infra.config import Settings
+from paysim.infra.secrets import load_keys
+from paysim.pipeline.authorizer import Authorizer
+from paysim.pipeline.loop import Service
+from paysim.pipeline.notifier import Notifier
+from paysim.pipeline.processor import Processor
+from paysim.pipeline.webhook_dispatch import WebhookDispatcher
+
+Threads = Callable[[Settings, redis.Redis, int, threading.Event], list[threading.Thread]]
+
+
+def no_threads(*_: object) -> list[threading.Thread]:
+    return []
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    summary: str
+    # The TopicSettings field naming the topic it consumes; None for the HTTP edge.
+    input_topic: str | None = None
+    stamps: str | None = None  # the stage time it adds to each message
+    factory: Callable[[ServiceSpec, Settings, redis.Redis], Service] | None = None
+    threads: Threads = no_threads  # started beside its loop, stopped with it
+    scalable: bool = True  # `run-all --<name>s N` runs N instances in its consumer group
+
+    @property
+    def in_pipeline(self) -> bool:
+        """A consumer of the pipeline's topics (not the HTTP edge)."""
+        return self.factory is not None
+
+    def topic(self, settings: Settings) -> str:
+        assert self.input_topic is not None, f"{self.name} consumes no topic"
+        return getattr(settings.topics, self.input_topic)
+
+    def build(self, settings: Settings, client: redis.Redis) -> Service:
+        assert self.factory is not None, f"{self.name} is not a pipeline service"
+        return self.factory(self, settings, client)
+
+
+def _webhook_dispatcher(settings: Settings, client: redis.Redis, instance: int,
+                        stop: threading.Event) -> list[threading.Thread]:
+    return [WebhookDispatcher(settings, client, load_keys(settings).webhook_secret,
+                              f"{NOTIFIER.name}-{instance}", stop)]
+
+
+AUTHORIZER = ServiceSpec(
+    "authorizer", "checks the card, tokenizes it, passes the payment on or declines it",
+    input_topic="requested", stamps=AUTHORIZED,
+    factory=lambda spec, settings, client: Authorizer(spec, settings, client,
+                                                      load_keys(settings)))
+PROCESSOR = ServiceSpec(
+    "processor", "the issuer: settles each authorized payment against its card's ledger",
+    input_topic="authorized", stamps=PROCESSED, factory=Processor)
+NOTIFIER = ServiceSpec(
+    "notifier", "confirms each outcome in Redis, notifies the client, queues webhooks",
+    input_topic="results", stamps=NOTIFIED, factory=Notifier, threads=_webhook_dispatcher)
+HTTP = ServiceSpec("http", "the HTTP API (the seed's endpoints)", scalable=False)
+
+PIPELINE: tuple[ServiceSpec, ...] = (AUTHORIZER, PROCESSOR, NOTIFIER)
+ALL: tuple[ServiceSpec, ...] = (*PIPELINE, HTTP)
+NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL)
+
+
+def by_name(name: str) -> ServiceSpec:
+    for spec in ALL:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown service {name!r}; known: {', '.join(NAMES)}")
+
+
+def instance_names(counts: dict[str, int]) -> list[str]:
+    """Every instance a run-all with these counts runs ("processor-0", ...); one by default."""
+    return [f"{spec.name}-{i}" for spec in ALL for i in range(counts.get(spec.name, 1))]
