@@ -30,7 +30,7 @@ from paysim.infra.waiting import wait_until
 from paysim.load.generator import Mix, PaymentStream, build_population
 from paysim.load.ingress import new_run_id, request_message
 from paysim.load.runner import Tick
-from paysim.ops.supervisor import read_heartbeats, start_in_background, stop_background
+from paysim.ops.run_all import start_in_background, stop_background
 from paysim.pipeline import registry, store
 from paysim.stack.manager import LocalStack
 from paysim.stack.ports import free_port, private_stack_flags
@@ -168,16 +168,16 @@ def running_services(settings: Settings) -> Iterator[dict[str, int]]:
 def service_pids(settings: Settings) -> dict[str, int]:
     client = store.connect(settings)
     try:
-        beats: dict[str, dict[str, str]] = {}
+        beats: dict[str, store.Heartbeat] = {}
 
         def all_reporting() -> bool:
-            beats.update(read_heartbeats(client))
+            beats.update(store.read_heartbeats(client))
             return all(name in beats for name in SERVICES)
 
         if not wait_until(all_reporting, timeout=60, interval=0.2):
             raise PaysimError(f"services not reporting after 60 s: "
                               f"{sorted(set(SERVICES) - set(beats))}")
-        return {name.removesuffix("-0"): int(beats[name]["pid"]) for name in SERVICES}
+        return {beats[name].service: beats[name].pid for name in SERVICES}
     finally:
         client.close()
 

@@ -24,7 +24,6 @@ from paysim.infra.errors import PaysimError
 from paysim.load.plan import SendRequest, check_thresholds, plan_run
 from paysim.load.report import build_report
 from paysim.load.runner import LoadRun, Tick
-from paysim.ops.supervisor import read_heartbeats
 from paysim.pipeline import registry, store
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
@@ -34,7 +33,7 @@ def require_services(settings: Settings, via: str) -> None:
     """Fail at once, not after the timeout, when nothing would process the payments."""
     client = store.connect(settings)
     try:
-        running = {name.rsplit("-", 1)[0] for name in read_heartbeats(client)}
+        running = {beat.service for beat in store.read_heartbeats(client).values()}
     except redis.RedisError as exc:
         raise PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}") from None
     finally:

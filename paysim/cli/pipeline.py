@@ -16,15 +16,9 @@ from rich.table import Table
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, print_json
 from paysim.infra.config import Settings
-from paysim.ops.supervisor import (
-    Supervisor,
-    read_heartbeats,
-    run_all,
-    running_supervisor,
-    start_in_background,
-    stop_background,
-    view,
-)
+from paysim.ops.panel import view
+from paysim.ops.run_all import run_all, running_supervisor, start_in_background, stop_background
+from paysim.ops.supervisor import Supervisor
 from paysim.pipeline import registry, store
 from paysim.pipeline.process import run_pipeline_service
 
@@ -62,7 +56,8 @@ class RateMeter:
         return (processed - before) / (now - then) if now > then else 0.0
 
 
-def services_table(supervisor: Supervisor, beats: dict, meter: RateMeter) -> Table:
+def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
+                   meter: RateMeter) -> Table:
     table = Table("service", "state", "pid", "restarts", "processed", "rate/s", "lag",
                   "dead letters", title="paysim services (Ctrl-C stops them all)")
     for row in view(supervisor.children, beats):
@@ -109,7 +104,7 @@ def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
     def tick(supervisor: Supervisor) -> None:
         if live:
             try:
-                beats = read_heartbeats(client)
+                beats = store.read_heartbeats(client)
             except redis.RedisError:
                 beats = {}  # Redis away: the panel shows what the supervisor itself knows
             live.update(services_table(supervisor, beats, meter))
@@ -137,7 +132,7 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
         counts.update(record.details.get("counts", {}))
     client = store.connect(settings)
     try:
-        beats = read_heartbeats(client)
+        beats = store.read_heartbeats(client)
     finally:
         client.close()
     rows = []
@@ -146,11 +141,11 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
         beat = beats.get(name)
         rows.append({
             "name": name, "state": "up" if beat else "down",
-            "pid": int(beat["pid"]) if beat else None,
-            "processed": int(beat["processed"]) if beat else 0,
-            "dead_letters": int(beat["dead_letters"]) if beat else 0,
-            "lag": int(beat["lag"]) if beat else 0,
-            "uptime_s": round(now - float(beat["started_at"]), 1) if beat else None,
+            "pid": beat.pid if beat else None,
+            "processed": beat.processed if beat else 0,
+            "dead_letters": beat.dead_letters if beat else 0,
+            "lag": beat.lag if beat else 0,
+            "uptime_s": round(now - beat.started_at, 1) if beat else None,
         })
     if as_json:
         print_json({"supervisor_pid": record.pid if record else None, "services": rows})

@@ -32,7 +32,6 @@ from paysim.load.metrics import RunMetrics
 from paysim.load.report import RunInfo
 from paysim.load.schedule import Profile
 from paysim.pipeline import store
-from paysim.pipeline.processor import issuer_rates_json
 from paysim.pipeline.store import DoneEntry
 
 TICK_S = 0.5
@@ -171,8 +170,7 @@ class LoadRun:
                         for a, b in self.options.issuer_outages_s)
         rates = IssuerRates(self.options.issuer.decline_rate, self.options.issuer.fault_rate,
                             outages, self.options.issuer.added_latency_ms)
-        client.set(store.run_issuer_key(self.run_id), issuer_rates_json(rates),
-                   ex=self.settings.redis.outcome_ttl)
+        store.write_run_issuer(client, self.run_id, rates, self.settings.redis.outcome_ttl)
 
     def _send_all(self, ingress: KafkaIngress | HttpIngress) -> None:
         record = self.options.record.open("w") if self.options.record else None

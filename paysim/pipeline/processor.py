@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -37,22 +36,6 @@ def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:
 RUN_RATES_KEPT = 1000
 
 
-def issuer_rates_from_json(raw: bytes) -> IssuerRates:
-    data = json.loads(raw)
-    return IssuerRates(
-        decline_rate=float(data.get("decline_rate", 0.0)),
-        fault_rate=float(data.get("fault_rate", 0.0)),
-        outages=tuple((int(start), int(end)) for start, end in data.get("outages", [])),
-        added_latency_ms=float(data.get("added_latency_ms", 0.0)),
-    )
-
-
-def issuer_rates_json(rates: IssuerRates) -> str:
-    return json.dumps({"decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
-                       "outages": [list(window) for window in rates.outages],
-                       "added_latency_ms": rates.added_latency_ms})
-
-
 class Processor(Service[PaymentAuthorized]):
     codec = Codec(PaymentAuthorized)
 
@@ -79,7 +62,7 @@ class Processor(Service[PaymentAuthorized]):
         if not raw:
             return self.rates
         try:
-            return issuer_rates_from_json(raw)
+            return store.decode_run_issuer(raw)
         except (ValueError, TypeError, AttributeError):
             logging.getLogger(__name__).warning(
                 "run %s has an unreadable issuer setting; using the defaults", run)

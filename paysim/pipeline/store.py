@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import redis
 
+from paysim.domain.decisions import IssuerRates
 from paysim.domain.messages import STAGES, PaymentOutcome, encode
 from paysim.infra.config import Settings
 
@@ -40,6 +41,26 @@ def run_stream_key(run_id: str) -> str:
 def run_issuer_key(run_id: str) -> str:
     """A run's issuer behaviour (JSON), set by `paysim send` from its scenario."""
     return f"paysim:run:{run_id}:issuer"
+
+
+def write_run_issuer(client: redis.Redis, run_id: str, rates: IssuerRates, ttl: int) -> None:
+    """The issuer behaviour the processor applies to this run's payments only."""
+    client.set(run_issuer_key(run_id), json.dumps({
+        "decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
+        "outages": [list(window) for window in rates.outages],
+        "added_latency_ms": rates.added_latency_ms}), ex=ttl)
+
+
+def decode_run_issuer(raw: bytes) -> IssuerRates:
+    """A run's issuer behaviour as write_run_issuer stored it; ValueError, TypeError or
+    AttributeError when it is not."""
+    data = json.loads(raw)
+    return IssuerRates(
+        decline_rate=float(data.get("decline_rate", 0.0)),
+        fault_rate=float(data.get("fault_rate", 0.0)),
+        outages=tuple((int(start), int(end)) for start, end in data.get("outages", [])),
+        added_latency_ms=float(data.get("added_latency_ms", 0.0)),
+    )
 
 
 def heartbeat_key(service: str, instance: int) -> str:
@@ -72,18 +93,47 @@ def write_heartbeat(client: redis.Redis, service: str, instance: int, *, process
     pipe.execute()
 
 
-def read_heartbeat_hashes(client: redis.Redis) -> list[dict[str, str]]:
-    """Every heartbeat still in Redis; expired ones leave the index on the way."""
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """What a running service last reported (`paysim ps`, run-all's panel and watchdog)."""
+
+    service: str
+    instance: int
+    pid: int
+    processed: int
+    dead_letters: int
+    aborted_batches: int
+    started_at: float
+    seen_at: float
+    lag: int
+
+    @property
+    def name(self) -> str:
+        """The instance's name, as run-all and `ps` show it: "processor-0"."""
+        return f"{self.service}-{self.instance}"
+
+
+def read_heartbeats(client: redis.Redis,
+                    fresh_s: float = HEARTBEAT_FRESH_S) -> dict[str, Heartbeat]:
+    """The services that reported within ``fresh_s``, by instance name; expired heartbeats
+    leave the index on the way."""
     keys = sorted(client.smembers(HEARTBEAT_INDEX))
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.hgetall(key)
-    beats, expired = [], []
+    beats, expired = {}, []
+    now = time.time()
     for key, raw in zip(keys, pipe.execute(), strict=True):
-        if raw:
-            beats.append({k.decode(): v.decode() for k, v in raw.items()})
-        else:
+        if not raw:
             expired.append(key)
+            continue
+        try:
+            # Hash fields are text: strict=False reads "12" as the int the struct declares.
+            beat = msgspec.convert({k.decode(): v.decode() for k, v in raw.items()}, Heartbeat,
+                                   strict=False)
+        except (msgspec.ValidationError, UnicodeDecodeError):
+            continue  # not written by a paysim service
+        if now - beat.seen_at < fresh_s:
+            beats[beat.name] = beat
     if expired:
         client.srem(HEARTBEAT_INDEX, *expired)
     return beats

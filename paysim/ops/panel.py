@@ -1,0 +1,41 @@
+"""What run-all's live panel shows of each service: the supervisor's children joined with their
+heartbeats."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from paysim.ops.supervisor import Child
+from paysim.pipeline import store
+from paysim.stack.process import is_alive
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    name: str
+    state: str  # up, starting, restarting, down
+    pid: int | None
+    restarts: int
+    processed: int
+    dead_letters: int
+    lag: int
+    uptime_s: float | None
+
+
+def view(children: list[Child], beats: dict[str, store.Heartbeat]) -> list[ServiceView]:
+    """Each child as the live panel shows it: the supervisor's view joined with its heartbeat."""
+    rows = []
+    for child in children:
+        beat = beats.get(child.name)
+        alive = child.running and child.pid is not None and is_alive(child.pid)
+        if not alive:
+            state = "restarting" if child.restart_at else "down"
+        else:
+            state = "up" if beat and beat.pid == child.pid else "starting"
+        rows.append(ServiceView(
+            child.name, state, child.pid if alive else None, child.restarts,
+            beat.processed if beat else 0, beat.dead_letters if beat else 0,
+            beat.lag if beat else 0, time.time() - child.started_at if alive else None,
+        ))
+    return rows

@@ -1,0 +1,56 @@
+"""Before run-all starts services: Kafka and Redis answer (the local stack is started when none is
+configured and none answers), and the topics exist."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import cluster_metadata
+from paysim.infra.topics import ensure_topics
+from paysim.stack.manager import LocalStack
+
+Announce = Callable[[str], None]
+
+
+def answering(settings: Settings) -> tuple[bool, bool]:
+    """(Kafka answers, Redis answers) at the configured addresses."""
+    kafka = cluster_metadata({"bootstrap.servers": settings.kafka_bootstrap,
+                              **settings.kafka.client}, timeout=3) is not None
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        redis_ok = bool(client.ping())
+    except redis.RedisError:
+        redis_ok = False
+    finally:
+        client.close()
+    return kafka, redis_ok
+
+
+def ensure_services_reachable(settings: Settings, announce: Announce) -> None:
+    """Kafka and Redis must answer; start the local stack for whatever is not configured."""
+    kafka_ok, redis_ok = answering(settings)
+    if kafka_ok and redis_ok:
+        return
+    local_needed = (not kafka_ok and settings.kafka.bootstrap is None) or (
+        not redis_ok and settings.redis.url is None)
+    if local_needed:
+        announce("no Kafka or Redis answers on the defaults: starting the local stack")
+        for result in LocalStack(settings.stack, announce).up():
+            announce(f"  {result.name} {'started' if result.started else 'already running'} "
+                     f"on {result.address}")
+        kafka_ok, redis_ok = answering(settings)
+    if not kafka_ok:
+        raise PaysimError(f"Kafka at {settings.kafka_bootstrap} does not answer")
+    if not redis_ok:
+        raise PaysimError(f"Redis at {settings.redis_url} does not answer")
+
+
+def prepare_run(settings: Settings, announce: Announce) -> None:
+    ensure_services_reachable(settings, announce)
+    report = ensure_topics(settings)
+    if report.created:
+        announce(f"created topics: {', '.join(report.created)}")

@@ -1,0 +1,138 @@
+"""`paysim run-all` in the foreground or detached, and `paysim stop`: the single-instance lock,
+the supervisor's pid record, the loop that keeps the services running."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from paysim import __version__
+from paysim.infra.config import Settings, settings_env
+from paysim.infra.errors import PaysimError
+from paysim.infra.waiting import wait_until
+from paysim.ops.readiness import Announce, prepare_run
+from paysim.ops.supervisor import Supervisor
+from paysim.pipeline import registry, store
+from paysim.stack.logs import tail_lines
+from paysim.stack.process import ProcessRecord, boot_ticks, is_running
+from paysim.stack.process import stop as stop_process
+
+WATCH_EVERY_S = 2.0
+
+
+def record_path(settings: Settings) -> Path:
+    return settings.services.dir / "run-all.json"
+
+
+def running_supervisor(settings: Settings) -> ProcessRecord | None:
+    record = ProcessRecord.load(record_path(settings))
+    return record if is_running(record) else None
+
+
+def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
+            stop: threading.Event, tick: Callable[[Supervisor], None] | None = None) -> None:
+    """Start everything, keep it running until ``stop`` is set, then stop it all cleanly."""
+    settings.services.dir.mkdir(parents=True, exist_ok=True)
+    # Held for the supervisor's life: a second run-all on the same folder would start a second
+    # set of services fencing the first (they share transactional ids).
+    lock = (settings.services.dir / "run-all.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        other = running_supervisor(settings)
+        raise PaysimError("paysim services already run"
+                          + (f" (supervisor pid {other.pid})" if other else "")
+                          + "; `paysim stop` stops them") from None
+    ProcessRecord(pid=os.getpid(), address=f"{settings.http.host}:{settings.http.port}",
+                  version=__version__, started_at=time.time(),
+                  boot_ticks=boot_ticks(os.getpid()) or 0,
+                  details={"counts": counts}).save(record_path(settings))
+    supervisor = None
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        prepare_run(settings, announce)
+        supervisor = Supervisor(settings, counts, announce)
+        supervisor.start_all()
+        last_watch = time.monotonic()
+        while not stop.wait(0.5):
+            supervisor.poll()
+            if time.monotonic() - last_watch >= WATCH_EVERY_S:
+                last_watch = time.monotonic()
+                # While Redis is away there are no heartbeats to judge by.
+                with contextlib.suppress(redis.RedisError):
+                    supervisor.watch(store.read_heartbeats(client))
+            if tick:
+                tick(supervisor)
+    finally:
+        if supervisor is not None:
+            announce("stopping the services")
+            supervisor.stop_all()
+        record_path(settings).unlink(missing_ok=True)
+        client.close()
+        lock.close()
+
+
+def start_in_background(settings: Settings, counts: dict[str, int], argv: list[str],
+                        timeout: float = 120.0) -> tuple[ProcessRecord, bool]:
+    """`run-all --detach`: a supervisor of its own, returned (with True) once every service
+    is up; or the one already running (with False)."""
+    record = running_supervisor(settings)
+    if record:
+        return record, False
+    settings.services.dir.mkdir(parents=True, exist_ok=True)
+    log = settings.services.dir / "run-all.log"
+    start = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as out, open(os.devnull, "rb") as devnull:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "paysim", *argv], stdin=devnull, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **settings_env(settings)},
+        )
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    wanted = set(registry.instance_names(counts))
+
+    def all_up() -> bool:
+        if process.poll() is not None:
+            if running_supervisor(settings):  # another run-all got there first
+                return True
+            raise PaysimError(f"run-all exited with code {process.returncode} while starting",
+                              details=tail_lines(log, start=start))
+        try:
+            beats = store.read_heartbeats(client)
+        except redis.RedisError:
+            return False  # the local stack may still be starting
+        return wanted <= beats.keys()
+
+    try:
+        if not wait_until(all_up, timeout, interval=0.25):
+            process.terminate()
+            raise PaysimError(f"the services did not all report within {timeout:.0f} s",
+                              details=tail_lines(log, start=start))
+    finally:
+        client.close()
+    record = running_supervisor(settings)
+    if record is None:
+        raise PaysimError("run-all stopped right after starting", details=tail_lines(log,
+                                                                                    start=start))
+    return record, record.pid == process.pid
+
+
+def stop_background(settings: Settings) -> ProcessRecord | None:
+    """Stop a detached run-all and its services; None when none was running."""
+    record = running_supervisor(settings)
+    if record is None:
+        record_path(settings).unlink(missing_ok=True)
+        return None
+    stop_process(record.pid, grace_s=60.0)
+    record_path(settings).unlink(missing_ok=True)
+    return record
