@@ -40,15 +40,15 @@ def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None
         client.hincrby(ledger, f"spent:{outcome['currency']}", int(outcome["amount"]))
         client.hincrby(ledger, "debits", 1)
         # And another payment's outcome gone.
-        gone = next(e for e in entries if e["payment_id"] != approved["payment_id"])
-        client.delete(store.outcome_key(gone["payment_id"]))
+        gone = next(e for e in entries if e.payment_id != approved.payment_id)
+        client.delete(store.outcome_key(gone.payment_id))
     finally:
         client.close()
 
     code, report = audit(pipeline, "--run", run)
 
     assert code == 1
-    assert report["lost"] == [gone["payment_id"]]
+    assert report["lost"] == [gone.payment_id]
     mismatch = report["ledger_mismatches"][0]
     assert mismatch["token"] == outcome["token"]
     assert mismatch["ledger_spent"] == mismatch["approved_total"] + int(outcome["amount"])

@@ -230,7 +230,7 @@ def test_signed_webhooks_reach_the_client_and_verify(pipeline: Settings) -> None
     assert len(event_ids) == 20
     client = redis.Redis.from_url(pipeline.redis_url)
     try:
-        ids = [e["payment_id"] for e in run_done_entries(pipeline, summary["run_id"])]
+        ids = [e.payment_id for e in run_done_entries(pipeline, summary["run_id"])]
 
         def delivered() -> bool:
             states = {store.read_outcome(client, i).get("webhook_status") for i in ids}
