@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import redis
 
@@ -22,10 +21,7 @@ from paysim.domain.webhooks import valid_callback_url
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
 from paysim.pipeline import store
-from paysim.pipeline.loop import Output, Rejected, Service
-
-if TYPE_CHECKING:
-    from paysim.pipeline.registry import ServiceSpec
+from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 
 
 def masked_or_none(number: str) -> str | None:

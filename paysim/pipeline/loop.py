@@ -15,36 +15,24 @@ import hashlib
 import logging
 import threading
 import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic
 
-import msgspec
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from paysim.domain.messages import Codec, DeadLetter, SchemaError, encode, now_us
+from paysim.domain.messages import DeadLetter, SchemaError, encode, now_us
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config, error_text, produce
 from paysim.infra.topics import ensure_topics
 from paysim.pipeline import store
+from paysim.pipeline.service import Output, Rejected, Service, T
 
-if TYPE_CHECKING:
-    from paysim.pipeline.registry import ServiceSpec
-
-T = TypeVar("T", bound=msgspec.Struct)
 # Under the 3 s after which `ps` takes a silent service for gone.
 MAX_BACKOFF_S = 2.0
 # A dead letter keeps at most this much of the original (the record itself stays on its topic,
 # at the partition and offset the letter names); more would not fit in one Kafka record.
 DEAD_LETTER_MAX_ORIGINAL = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Output:
-    topic: str
-    key: str | None
-    value: bytes
 
 
 @dataclass
@@ -53,32 +41,6 @@ class Counters:
     dead_letters: int = 0
     aborted_batches: int = 0
     started_at: float = field(default_factory=time.time)
-
-
-class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 3.11
-    """A service's decide step; the loop does everything else."""
-
-    codec: Codec[T]
-    # Whether dead letters may carry the original bytes (not on the edge topic: card data).
-    dead_letters_keep_original = True
-
-    def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
-        self.name = spec.name
-        self.input_topic = spec.topic(settings)
-        self.settings = settings
-        self.redis = redis_client
-
-    def prepare(self, items: list[T]) -> None:
-        """Batch-wide reads before the per-message decisions (one Redis round trip)."""
-
-    @abstractmethod
-    def decide(self, item: T, pipe: redis.client.Pipeline) -> list[Output]:
-        """The outputs for one message; Redis writes go into ``pipe``."""
-
-
-class Rejected(Exception):
-    """A message that decodes but cannot be taken (say, a card block that does not decrypt):
-    it goes to the dead-letter topic with this reason."""
 
 
 class FatalServiceError(Exception):

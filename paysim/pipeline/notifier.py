@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 import redis
 
 from paysim.domain.messages import NOTIFIED, Codec, PaymentOutcome, encode, now_us
 from paysim.infra.config import Settings
 from paysim.pipeline import store
-from paysim.pipeline.loop import Output, Service
 from paysim.pipeline.notifications import event_id, notification_for, queue_webhook
+from paysim.pipeline.service import Output, Service, ServiceSpec
 
-if TYPE_CHECKING:
-    from paysim.pipeline.registry import ServiceSpec
 
 class Notifier(Service[PaymentOutcome]):
     codec = Codec(PaymentOutcome)

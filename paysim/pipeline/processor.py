@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import redis
 
@@ -21,10 +20,7 @@ from paysim.domain.messages import (
 )
 from paysim.infra.config import Settings
 from paysim.pipeline import store
-from paysim.pipeline.loop import Output, Rejected, Service
-
-if TYPE_CHECKING:
-    from paysim.pipeline.registry import ServiceSpec
+from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 
 
 def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:

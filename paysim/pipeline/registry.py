@@ -8,8 +8,6 @@ the per-stage latency spans, the benchmark) is read from here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
 
@@ -17,41 +15,10 @@ from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED
 from paysim.infra.config import Settings
 from paysim.infra.secrets import load_keys
 from paysim.pipeline.authorizer import Authorizer
-from paysim.pipeline.loop import Service
 from paysim.pipeline.notifier import Notifier
 from paysim.pipeline.processor import Processor
+from paysim.pipeline.service import ServiceSpec
 from paysim.pipeline.webhook_dispatch import WebhookDispatcher
-
-Threads = Callable[[Settings, redis.Redis, int, threading.Event], list[threading.Thread]]
-
-
-def no_threads(*_: object) -> list[threading.Thread]:
-    return []
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    summary: str
-    # The TopicSettings field naming the topic it consumes; None for the HTTP edge.
-    input_topic: str | None = None
-    stamps: str | None = None  # the stage time it adds to each message
-    factory: Callable[[ServiceSpec, Settings, redis.Redis], Service] | None = None
-    threads: Threads = no_threads  # started beside its loop, stopped with it
-    scalable: bool = True  # `run-all --<name>s N` runs N instances in its consumer group
-
-    @property
-    def in_pipeline(self) -> bool:
-        """A consumer of the pipeline's topics (not the HTTP edge)."""
-        return self.factory is not None
-
-    def topic(self, settings: Settings) -> str:
-        assert self.input_topic is not None, f"{self.name} consumes no topic"
-        return getattr(settings.topics, self.input_topic)
-
-    def build(self, settings: Settings, client: redis.Redis) -> Service:
-        assert self.factory is not None, f"{self.name} is not a pipeline service"
-        return self.factory(self, settings, client)
 
 
 def _webhook_dispatcher(settings: Settings, client: redis.Redis, instance: int,
