@@ -68,7 +68,9 @@ def dead_letter(service: str, message: Message, reason: str, topic: str,
 
 class ServiceLoop(Generic[T]):
     def __init__(self, service: Service[T], settings: Settings, instance: int = 0,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, *, consumer: Consumer | None = None,
+                 producer: Producer | None = None) -> None:
+        """``consumer`` and ``producer`` replace the Kafka clients built here (tests)."""
         self.service = service
         self.settings = settings
         self.instance = instance
@@ -76,7 +78,7 @@ class ServiceLoop(Generic[T]):
         self.counters = Counters()
         self.log = logging.getLogger(f"paysim.{service.name}")
         group = f"paysim-{service.name}"
-        self.consumer = Consumer(client_config(settings, **{
+        self.consumer = consumer if consumer is not None else Consumer(client_config(settings, **{
             "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "isolation.level": "read_committed", "enable.partition.eof": False,
             # A killed instance's partitions move on after 6 s (the broker's minimum), not 45.
@@ -95,7 +97,7 @@ class ServiceLoop(Generic[T]):
         # aborts its open transaction instead of leaving it to time out. No linger: a batch's
         # records are all produced at once and the commit right after sends them anyway;
         # lingering only delayed the commit (1,000/s open model: p50 112 -> 65 ms).
-        self.producer = Producer(client_config(settings, **{
+        self.producer = producer if producer is not None else Producer(client_config(settings, **{
             "transactional.id": f"{group}-{instance}", "linger.ms": 0,
             "retry.backoff.ms": 5, "retry.backoff.max.ms": 50,
             "compression.type": "lz4", "logger": self.log,

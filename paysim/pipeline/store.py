@@ -45,10 +45,13 @@ def run_issuer_key(run_id: str) -> str:
 
 def write_run_issuer(client: redis.Redis, run_id: str, rates: IssuerRates, ttl: int) -> None:
     """The issuer behaviour the processor applies to this run's payments only."""
-    client.set(run_issuer_key(run_id), json.dumps({
-        "decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
-        "outages": [list(window) for window in rates.outages],
-        "added_latency_ms": rates.added_latency_ms}), ex=ttl)
+    client.set(run_issuer_key(run_id), encode_run_issuer(rates), ex=ttl)
+
+
+def encode_run_issuer(rates: IssuerRates) -> bytes:
+    return json.dumps({"decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
+                       "outages": [list(window) for window in rates.outages],
+                       "added_latency_ms": rates.added_latency_ms}).encode()
 
 
 def decode_run_issuer(raw: bytes) -> IssuerRates:

@@ -1,0 +1,330 @@
+"""Plain-Python stand-ins for what the pipeline calls on confluent_kafka's Consumer and Producer
+and on redis-py's client and pipeline: enough behaviour for the loop and the services' decide
+steps to run without a broker or a redis-server, and a record of every call to assert on."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from paysim.infra.config import Settings, load_settings
+from paysim.infra.secrets import Keys
+
+Partition = tuple[str, int]
+
+
+class FakeMessage:
+    """A consumed record (or a consumer error event when ``error`` is given)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None,
+                 key: bytes | None = None, error: KafkaError | None = None) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._value, self._key, self._error = value, key, error
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+
+class Stop(threading.Event):
+    """The loop's stop event; its backoff waits are recorded and return at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout if timeout is not None else -1.0)
+        return self.is_set()
+
+
+class FakeConsumer:
+    """Delivers ``records`` partition by partition from each partition's position; seek moves
+    the position back as the real consumer does. Once nothing is left, poll() sets ``stop``,
+    so ServiceLoop.run() returns when the records are used up."""
+
+    MAX_CALLS = 1000  # a loop that never ends stops here, and its test fails on what it sees
+
+    def __init__(self, stop: threading.Event, records: Iterable[FakeMessage]) -> None:
+        self.stop = stop
+        self.logs: dict[Partition, list[FakeMessage]] = {}
+        for record in records:
+            self.logs.setdefault((record.topic(), record.partition()), []).append(record)
+        self.positions = {tp: log[0].offset() for tp, log in self.logs.items()}
+        self.assigned: set[Partition] = set(self.logs)
+        self.events: list[FakeMessage] = []  # error events, delivered before any record
+        self.revoke_on_fetch: set[Partition] = set()  # a rebalance right after a fetch
+        self.seeks: list[tuple[str, int, int]] = []
+        self.subscribed: list[str] = []
+        self.group_metadata = object()
+        self.closed = False
+        self.calls = 0
+
+    def subscribe(self, topics: list[str]) -> None:
+        self.subscribed = list(topics)
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        self.calls += 1
+        if self.calls > self.MAX_CALLS:
+            self.stop.set()
+            return []
+        batch = self.events[:num_messages]
+        del self.events[:len(batch)]
+        for tp in sorted(self.assigned):
+            for record in self.logs.get(tp, []):
+                if len(batch) >= num_messages:
+                    break
+                if record.offset() >= self.positions[tp]:
+                    batch.append(record)
+                    self.positions[tp] = record.offset() + 1
+        if batch:
+            self.assigned -= self.revoke_on_fetch
+            self.revoke_on_fetch = set()
+        return batch
+
+    def poll(self, timeout: float | None = None) -> FakeMessage | None:
+        batch = self.consume(1)
+        if batch:
+            return batch[0]
+        self.stop.set()  # idle: the test's records are used up
+        return None
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+        self.positions[(partition.topic, partition.partition)] = partition.offset
+
+    def consumer_group_metadata(self) -> object:
+        return self.group_metadata
+
+    def get_watermark_offsets(self, partition: TopicPartition,
+                              cached: bool = False) -> tuple[int, int]:
+        log = self.logs[(partition.topic, partition.partition)]
+        return log[0].offset(), log[-1].offset() + 1
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.positions[(tp.topic, tp.partition)])
+                for tp in partitions]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass(frozen=True)
+class Produced:
+    topic: str
+    key: str | None
+    value: bytes
+
+
+@dataclass
+class Transaction:
+    records: list[Produced] = field(default_factory=list)
+    offsets: list[tuple[str, int, int]] = field(default_factory=list)
+    group_metadata: object = None
+
+
+def kafka_error(code: int = KafkaError._TRANSPORT, reason: str = "broker gone", *,
+                fatal: bool = False, retriable: bool = False) -> KafkaException:
+    return KafkaException(KafkaError(code, reason, fatal=fatal, retriable=retriable))
+
+
+class FakeProducer:
+    """A transactional producer: records reach ``committed`` only through commit_transaction;
+    an aborted transaction's records are dropped. ``fail_on`` makes a call raise."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.current: Transaction | None = None
+        self.committed: list[Transaction] = []
+        self.aborted: list[Transaction] = []
+        self.abort_calls = 0
+        self.flushed = False
+        self._failures: dict[tuple[str, int], BaseException] = {}
+        self._calls: dict[str, int] = {}
+
+    def fail_on(self, method: str, exc: BaseException, call: int = 1) -> None:
+        """Raise ``exc`` from the ``call``-th call of ``method`` (counting from 1)."""
+        self._failures[(method, call)] = exc
+
+    def _enter(self, method: str) -> None:
+        self._calls[method] = self._calls.get(method, 0) + 1
+        failure = self._failures.pop((method, self._calls[method]), None)
+        if failure is not None:
+            raise failure
+
+    def _in_transaction(self, method: str) -> Transaction:
+        if self.current is None:
+            raise KafkaException(KafkaError(KafkaError._STATE, f"{method}: no transaction"))
+        return self.current
+
+    def init_transactions(self, timeout: float | None = None) -> None:
+        self._enter("init_transactions")
+        self.initialized = True
+
+    def begin_transaction(self) -> None:
+        self._enter("begin_transaction")
+        if self.current is not None:
+            raise KafkaException(KafkaError(KafkaError._STATE, "transaction already open"))
+        self.current = Transaction()
+
+    def produce(self, topic: str, value: bytes | None = None, key: str | None = None,
+                on_delivery: Callable[..., Any] | None = None) -> None:
+        self._enter("produce")
+        self._in_transaction("produce").records.append(Produced(topic, key, value or b""))
+
+    def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: object,
+                                    timeout: float | None = None) -> None:
+        self._enter("send_offsets_to_transaction")
+        transaction = self._in_transaction("send_offsets_to_transaction")
+        transaction.offsets = sorted((tp.topic, tp.partition, tp.offset) for tp in offsets)
+        transaction.group_metadata = metadata
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        self._enter("commit_transaction")
+        self.committed.append(self._in_transaction("commit_transaction"))
+        self.current = None
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        self.abort_calls += 1
+        self._enter("abort_transaction")
+        self.aborted.append(self._in_transaction("abort_transaction"))
+        self.current = None
+
+    def poll(self, timeout: float | None = None) -> int:
+        return 0
+
+    def flush(self, timeout: float | None = None) -> int:
+        self.flushed = True
+        return 0
+
+    @property
+    def records(self) -> list[Produced]:
+        """Every committed record, in order."""
+        return [record for transaction in self.committed for record in transaction.records]
+
+
+Command = tuple[Any, ...]
+
+
+class FakePipeline:
+    """Queues commands; execute() hands them to the client's log, or raises the error the
+    client holds for one of their keys."""
+
+    def __init__(self, client: FakeRedis) -> None:
+        self.client = client
+        self.commands: list[Command] = []
+
+    def execute_command(self, *args: Any) -> FakePipeline:
+        self.commands.append(args)
+        return self
+
+    def expire(self, name: str, time: int) -> FakePipeline:
+        return self.execute_command("EXPIRE", name, time)
+
+    def xadd(self, name: str, fields: dict[str, Any], id: str = "*",
+             **_: Any) -> FakePipeline:
+        return self.execute_command("XADD", name, id, dict(fields))
+
+    def hset(self, name: str, key: str | None = None, value: Any = None,
+             mapping: dict[str, Any] | None = None) -> FakePipeline:
+        return self.execute_command("HSET", name, dict(mapping or {key: value}))
+
+    def sadd(self, name: str, *values: Any) -> FakePipeline:
+        return self.execute_command("SADD", name, *values)
+
+    def srem(self, name: str, *values: Any) -> FakePipeline:
+        return self.execute_command("SREM", name, *values)
+
+    def delete(self, *names: str) -> FakePipeline:
+        return self.execute_command("DEL", *names)
+
+    def execute(self) -> list[Any]:
+        for i, (prefix, error) in enumerate(self.client.execute_failures):
+            if any(len(c) > 1 and str(c[1]).startswith(prefix) for c in self.commands):
+                del self.client.execute_failures[i]
+                raise error
+        done, self.commands = self.commands, []
+        self.client.executed.extend(done)
+        self.client.executions.append(done)
+        return [True] * len(done)
+
+
+class FakeScript:
+    """A registered Lua script: answers with ``client.script_answers(keys, args)``."""
+
+    def __init__(self, client: FakeRedis, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.calls: list[tuple[list[str], list[Any]]] = []
+
+    def __call__(self, keys: list[str], args: list[Any]) -> list[bytes]:
+        self.calls.append((list(keys), list(args)))
+        return self.client.script_answers(keys, args)
+
+
+class FakeRedis:
+    def __init__(self) -> None:
+        self.strings: dict[str, bytes] = {}
+        self.executed: list[Command] = []  # every command of every executed pipeline
+        self.executions: list[list[Command]] = []  # the same, pipeline by pipeline
+        # (key prefix, error): the next pipeline writing a key with that prefix raises it.
+        self.execute_failures: list[tuple[str, Exception]] = []
+        self.mget_calls: list[list[str]] = []
+        self.scripts: list[FakeScript] = []
+        # Each settle marker's answer: approved unless a test says otherwise.
+        self.script_answers: Callable[[list[str], list[Any]], list[bytes]] = (
+            lambda keys, _: [b"00"] * (len(keys) // 2))
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        self.mget_calls.append(list(keys))
+        return [self.strings.get(key) for key in keys]
+
+    def register_script(self, source: str) -> FakeScript:
+        script = FakeScript(self, source)
+        self.scripts.append(script)
+        return script
+
+    def commands(self, name: str, key: str | None = None) -> list[Command]:
+        """The executed commands called ``name`` (on ``key`` when given)."""
+        return [c for c in self.executed
+                if c[0] == name and (key is None or (len(c) > 1 and c[1] == key))]
+
+
+# Fixed keys, configured in the settings so that nothing reads or writes a secrets file.
+KEYS = Keys(card_key=bytes(range(32)), token_key=bytes(range(32, 64)),
+            webhook_secret=bytes(range(64, 96)))
+
+
+def pure_settings(flags: dict[str, object] | None = None) -> Settings:
+    """Settings for tests without a stack: the fixed keys, no environment, ``flags`` on top."""
+    return load_settings({
+        "secrets.card_key": base64.b64encode(KEYS.card_key).decode(),
+        "secrets.token_key": base64.b64encode(KEYS.token_key).decode(),
+        "secrets.webhook_secret": base64.b64encode(KEYS.webhook_secret).decode(),
+        **(flags or {}),
+    }, env={})

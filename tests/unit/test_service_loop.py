@@ -1,0 +1,409 @@
+"""The consume-decide-produce loop (paysim.pipeline.loop.ServiceLoop) with fake Kafka clients
+and a fake Redis: one transaction per batch, abort and rewind on failure, dead letters, fatal
+errors, and records of partitions taken away by a rebalance."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+import redis
+from confluent_kafka import KafkaError
+
+from paysim.domain.cards import CardBlock, CardCipher
+from paysim.domain.messages import Codec, DeadLetter, Merchant, PaymentRequested, encode
+from paysim.infra.config import Settings
+from paysim.pipeline import loop, store
+from paysim.pipeline.loop import DEAD_LETTER_MAX_ORIGINAL, FatalServiceError, ServiceLoop
+from paysim.pipeline.registry import AUTHORIZER
+from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
+from tests.unit.fakes import (
+    KEYS,
+    FakeConsumer,
+    FakeMessage,
+    FakeProducer,
+    FakeRedis,
+    Produced,
+    Stop,
+    kafka_error,
+    pure_settings,
+)
+
+SETTINGS = pure_settings({"services.batch_size": 10})
+IN = SETTINGS.topics.authorized  # the test service's input topic
+OUT = "pongs"
+DLQ = SETTINGS.topics.dlq
+
+
+class Ping(msgspec.Struct, frozen=True):
+    id: str
+    fail: str = ""  # "reject", "crash" or "prepare": how deciding this record goes wrong
+
+
+class PingService(Service[Ping]):
+    """Answers each ping with a pong and a Redis write; fails as the ping asks."""
+
+    codec = Codec(Ping)
+
+    def prepare(self, items: list[Ping]) -> None:
+        if any(item.fail == "prepare" for item in items):
+            raise ValueError("cannot prepare")
+
+    def decide(self, item: Ping, pipe: redis.client.Pipeline) -> list[Output]:
+        if item.fail == "reject":
+            raise Rejected(f"{item.id} is not welcome")
+        if item.fail == "crash":
+            raise RuntimeError(f"{item.id} broke the rules")
+        pipe.execute_command("SET", f"seen:{item.id}", "1")
+        return [Output(OUT, item.id, b"pong " + item.id.encode())]
+
+
+PINGER = ServiceSpec("pinger", "answers pings", input_topic="authorized", factory=PingService)
+
+
+def ping(partition: int, offset: int, fail: str = "", topic: str = IN) -> FakeMessage:
+    name = f"p{partition}-{offset}"
+    return FakeMessage(topic, partition, offset, encode(Ping(name, fail)), key=name.encode())
+
+
+def name_of(message: FakeMessage) -> str:
+    return (message.key() or b"").decode()
+
+
+def pong(message: FakeMessage) -> Produced:
+    return Produced(OUT, name_of(message), b"pong " + name_of(message).encode())
+
+
+class Harness:
+    """A ServiceLoop on fakes; run() returns once the consumer has nothing left."""
+
+    def __init__(self, records: list[FakeMessage], spec: ServiceSpec = PINGER,
+                 settings: Settings = SETTINGS) -> None:
+        self.stop = Stop()
+        self.redis = FakeRedis()
+        self.consumer = FakeConsumer(self.stop, records)
+        self.producer = FakeProducer()
+        self.service = spec.build(settings, self.redis)  # type: ignore[arg-type]
+        self.loop = ServiceLoop(
+            self.service, settings, stop=self.stop,
+            consumer=self.consumer, producer=self.producer)  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        self.loop.run()
+
+    def seen(self) -> list[str]:
+        """The ids whose Redis write reached Redis, in order."""
+        return [c[1].removeprefix("seen:") for c in self.redis.commands("SET")
+                if c[1].startswith("seen:")]
+
+    def letters(self) -> list[DeadLetter]:
+        return [msgspec.json.decode(r.value, type=DeadLetter) for r in self.producer.records
+                if r.topic == DLQ]
+
+
+@pytest.fixture(autouse=True)
+def no_topic_admin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """run() creates the topics with an admin client first: there is no broker here."""
+    created: list[Settings] = []
+    monkeypatch.setattr(loop, "ensure_topics", created.append)
+    yield
+    assert created, "run() should have ensured its topics"
+
+
+# ------------------------------------------------------------------------ one transaction
+
+
+def test_a_batch_is_one_transaction_with_its_outputs_and_its_own_offsets() -> None:
+    p0 = [ping(0, offset) for offset in range(10, 17)]  # 7 records, batches of up to 4
+    p1 = [ping(1, offset) for offset in (40, 41)]
+    harness = Harness([*p0, *p1], settings=pure_settings({"services.batch_size": 4}))
+    harness.run()
+
+    assert harness.producer.initialized
+    assert harness.consumer.subscribed == [IN]
+    first, second, third = harness.producer.committed
+    assert first.records == [pong(m) for m in p0[:4]]
+    assert first.offsets == [(IN, 0, 14)]  # the next offset after the batch, not further
+    assert second.records == [pong(m) for m in [*p0[4:], p1[0]]]
+    assert second.offsets == [(IN, 0, 17), (IN, 1, 41)]
+    assert third.records == [pong(p1[1])]
+    assert third.offsets == [(IN, 1, 42)]
+    assert {t.group_metadata for t in harness.producer.committed} == {
+        harness.consumer.group_metadata}
+    assert harness.seen() == [name_of(m) for m in [*p0, *p1]]
+    assert harness.loop.counters.processed == 9
+    assert harness.loop.counters.dead_letters == 0
+    assert harness.loop.counters.aborted_batches == 0
+    assert harness.producer.aborted == [] and harness.consumer.seeks == []
+    assert harness.consumer.closed and harness.producer.flushed
+
+
+def test_the_redis_writes_of_a_batch_go_in_one_pipeline() -> None:
+    harness = Harness([ping(0, 0), ping(1, 5), ping(0, 1)])
+    harness.run()
+    batch_pipelines = [commands for commands in harness.redis.executions
+                       if any(c[0] == "SET" for c in commands)]
+    assert batch_pipelines == [[("SET", "seen:p0-0", "1"), ("SET", "seen:p0-1", "1"),
+                                ("SET", "seen:p1-5", "1")]]
+
+
+# ------------------------------------------------------------------------ abort and retry
+
+
+REDIS_DOWN = redis.ConnectionError("Connection refused")
+
+
+@pytest.mark.parametrize(("method", "call", "error"), [
+    ("begin_transaction", 1, kafka_error(KafkaError._TRANSPORT)),
+    ("produce", 3, kafka_error(KafkaError._MSG_TIMED_OUT)),  # two records already produced
+    ("send_offsets_to_transaction", 1, kafka_error(KafkaError._TIMED_OUT)),
+    ("commit_transaction", 1, kafka_error(KafkaError.COORDINATOR_NOT_AVAILABLE)),
+    ("redis", 1, REDIS_DOWN),
+])
+def test_a_failure_aborts_rewinds_each_partition_and_the_retry_produces_once(
+        method: str, call: int, error: Exception) -> None:
+    records = [ping(0, 10), ping(0, 11), ping(1, 40), ping(1, 41), ping(2, 7)]
+    harness = Harness(records)
+    if method == "redis":
+        harness.redis.execute_failures.append(("seen:", error))
+    else:
+        harness.producer.fail_on(method, error, call)
+    harness.run()
+
+    assert harness.loop.counters.aborted_batches == 1
+    assert harness.producer.abort_calls == 1
+    assert sorted(harness.consumer.seeks) == [(IN, 0, 10), (IN, 1, 40), (IN, 2, 7)]
+    assert harness.stop.waits == [0.1]  # the backoff before the retry
+    [transaction] = harness.producer.committed
+    assert transaction.records == [pong(m) for m in records]  # each output once
+    assert transaction.offsets == [(IN, 0, 12), (IN, 1, 42), (IN, 2, 8)]
+    assert harness.loop.counters.processed == 5
+
+
+def test_the_aborted_transaction_keeps_none_of_its_records() -> None:
+    records = [ping(0, 0), ping(0, 1)]
+    harness = Harness(records)
+    harness.producer.fail_on("commit_transaction", kafka_error())
+    harness.run()
+    [aborted] = harness.producer.aborted
+    assert aborted.records == [pong(m) for m in records]  # produced, then thrown away
+    assert harness.producer.records == [pong(m) for m in records]
+
+
+def test_failures_in_a_row_double_the_backoff() -> None:
+    harness = Harness([ping(0, 0)])
+    for call in (1, 2, 3):
+        harness.producer.fail_on("commit_transaction", kafka_error(), call)
+    harness.run()
+    assert harness.stop.waits == [0.1, 0.2, 0.4]
+    assert harness.loop.counters.aborted_batches == 3
+    assert harness.producer.records == [pong(ping(0, 0))]
+
+
+def test_a_retriable_kafka_error_is_retried_in_place_without_an_abort() -> None:
+    harness = Harness([ping(0, 0), ping(0, 1)])
+    harness.producer.fail_on("commit_transaction",
+                             kafka_error(KafkaError._TIMED_OUT, retriable=True))
+    harness.run()
+    assert harness.loop.counters.aborted_batches == 0
+    assert harness.producer.aborted == [] and harness.consumer.seeks == []
+    assert len(harness.producer.committed) == 1
+
+
+# ------------------------------------------------------------------------ dead letters
+
+
+def test_bad_records_become_dead_letters_and_the_rest_of_the_batch_goes_through() -> None:
+    good_a, good_b = ping(0, 0), ping(0, 6)
+    bad = [
+        FakeMessage(IN, 0, 1, b"{not json", key=b"k1"),
+        FakeMessage(IN, 0, 2, None, key=b"k2"),  # no value at all
+        FakeMessage(IN, 0, 3, b'{"name": "ping"}', key=b"k3"),  # JSON, not a Ping
+        ping(0, 4, fail="reject"),
+        ping(0, 5, fail="crash"),
+    ]
+    harness = Harness([good_a, *bad, good_b])
+    harness.run()
+
+    [transaction] = harness.producer.committed
+    assert [r for r in transaction.records if r.topic == OUT] == [pong(good_a), pong(good_b)]
+    assert transaction.offsets == [(IN, 0, 7)]  # the dead letters' offsets are consumed too
+    letters = harness.letters()
+    assert [(d.source_topic, d.partition, d.offset) for d in letters] == [
+        (IN, 0, offset) for offset in range(1, 6)]
+    reasons = [d.reason for d in letters]
+    assert reasons[0].startswith("not valid JSON")
+    assert reasons[1] == "empty message (no value)"
+    assert reasons[2].startswith("Ping schema")
+    assert reasons[3] == "p0-4 is not welcome"
+    assert reasons[4] == "internal error: RuntimeError: p0-5 broke the rules"
+    for letter, message in zip(letters, bad, strict=True):
+        value = message.value() or b""
+        assert letter.service == "pinger"
+        assert letter.key == base64.b64encode(name_of(message).encode()).decode()
+        assert letter.original == base64.b64encode(value).decode()
+        assert letter.original_size == len(value)
+        assert letter.original_sha256 == hashlib.sha256(value).hexdigest()
+        assert not letter.truncated
+    assert harness.seen() == ["p0-0", "p0-6"]
+    assert harness.loop.counters.processed == 2
+    assert harness.loop.counters.dead_letters == 5
+
+
+def test_a_huge_bad_record_keeps_only_the_first_64_kib() -> None:
+    value = b"[" * (DEAD_LETTER_MAX_ORIGINAL + 100)
+    harness = Harness([FakeMessage(IN, 0, 0, value)])
+    harness.run()
+    [letter] = harness.letters()
+    assert base64.b64decode(letter.original or "") == value[:DEAD_LETTER_MAX_ORIGINAL]
+    assert letter.truncated
+    assert letter.original_size == len(value)
+    assert letter.original_sha256 == hashlib.sha256(value).hexdigest()
+
+
+def test_a_record_that_breaks_the_batch_wide_step_alone_is_a_dead_letter() -> None:
+    records = [ping(0, 0), ping(0, 1, fail="prepare"), ping(0, 2)]
+    harness = Harness(records)
+    harness.run()
+    [letter] = harness.letters()
+    assert (letter.offset, letter.reason) == (1, "internal error: ValueError")
+    assert [r for r in harness.producer.records if r.topic == OUT] == [
+        pong(records[0]), pong(records[2])]
+    assert harness.loop.counters.aborted_batches == 0
+
+
+def request_with_card(card: str) -> PaymentRequested:
+    return PaymentRequested(
+        payment_id=str(uuid.uuid4()), run_id="r1", amount=1_000, currency="USD",
+        merchant=Merchant(id="m1", name="Shop", mcc="5411", country="US"),
+        stages={"requested": 1}, card=card)
+
+
+def test_the_edge_topics_dead_letters_withhold_the_original_bytes() -> None:
+    pan = "4242424242424242"
+    topic = SETTINGS.topics.requested
+    # A record a sender got wrong, with the card in clear, and a card block sealed for
+    # another payment (it does not decrypt for this one).
+    sealed = CardCipher(KEYS.card_key).encrypt(CardBlock(pan, 12, 2040, "123"), b"other")
+    records = [
+        FakeMessage(topic, 0, 0, b'{"card": {"number": "' + pan.encode() + b'"}', key=b"tok"),
+        FakeMessage(topic, 0, 1, encode(request_with_card(sealed)), key=b"tok"),
+    ]
+    harness = Harness(records, spec=AUTHORIZER)
+    harness.run()
+
+    letters = harness.letters()
+    assert [d.offset for d in letters] == [0, 1]
+    assert letters[1].reason == "card block cannot be decrypted with the configured key"
+    for letter, message in zip(letters, records, strict=True):
+        value = message.value() or b""
+        assert letter.service == "authorizer"
+        assert letter.original is None and letter.key is None
+        assert letter.original_size == len(value)
+        assert letter.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert not any(pan.encode() in r.value for r in harness.producer.records)
+
+
+# ------------------------------------------------------------------------ fatal errors
+
+
+FENCED = kafka_error(KafkaError._FENCED, "producer fenced by a newer instance", fatal=True)
+
+
+def test_a_fenced_producer_ends_the_loop_without_committing() -> None:
+    harness = Harness([ping(0, 0), ping(0, 1)])
+    harness.producer.fail_on("commit_transaction", FENCED)
+    with pytest.raises(FatalServiceError, match="commit_transaction: producer fenced"):
+        harness.run()
+    assert harness.producer.committed == []
+    assert harness.loop.counters.aborted_batches == 0  # not a batch to retry
+    assert harness.consumer.seeks == []
+    assert harness.consumer.closed and harness.producer.flushed
+    heartbeat = store.heartbeat_key("pinger", 0)
+    assert harness.redis.commands("DEL", heartbeat), "a stopped service clears its heartbeat"
+
+
+def test_a_fatal_error_while_aborting_ends_the_loop() -> None:
+    harness = Harness([ping(0, 0)])
+    harness.producer.fail_on("commit_transaction", kafka_error())
+    harness.producer.fail_on("abort_transaction", FENCED)
+    with pytest.raises(FatalServiceError, match="abort_transaction"):
+        harness.run()
+    assert harness.producer.committed == []
+    assert harness.consumer.closed
+
+
+def test_a_fatal_consumer_error_ends_the_loop() -> None:
+    harness = Harness([ping(0, 0)])
+    harness.consumer.events.append(FakeMessage(
+        IN, 0, -1, None, error=KafkaError(KafkaError._FATAL, "consumer fenced", fatal=True)))
+    with pytest.raises(FatalServiceError, match="consumer: consumer fenced"):
+        harness.run()
+    assert harness.producer.committed == []
+
+
+def test_a_consumer_error_that_is_not_fatal_is_skipped() -> None:
+    record = ping(0, 0)
+    harness = Harness([record])
+    harness.consumer.events.append(FakeMessage(
+        IN, 0, -1, None, error=KafkaError(KafkaError._TRANSPORT, "broker down")))
+    harness.run()
+    [transaction] = harness.producer.committed
+    assert transaction.records == [pong(record)]
+    assert transaction.offsets == [(IN, 0, 1)]
+
+
+def test_a_producer_fenced_at_start_ends_the_loop_before_subscribing() -> None:
+    harness = Harness([ping(0, 0)])
+    harness.producer.fail_on("init_transactions", FENCED)
+    with pytest.raises(FatalServiceError, match="init_transactions"):
+        harness.run()
+    assert harness.consumer.subscribed == []
+
+
+# ------------------------------------------------------------------------ rebalances
+
+
+def test_records_of_partitions_no_longer_assigned_are_dropped() -> None:
+    kept = [ping(0, 10), ping(0, 11)]
+    taken = [ping(1, 40), ping(1, 41)]
+    harness = Harness([*kept, *taken])
+    harness.consumer.revoke_on_fetch = {(IN, 1)}  # a rebalance right after the fetch
+    harness.run()
+    [transaction] = harness.producer.committed
+    assert transaction.records == [pong(m) for m in kept]
+    assert transaction.offsets == [(IN, 0, 12)]  # nothing committed for the new owner's
+    assert harness.seen() == ["p0-10", "p0-11"]
+    assert harness.loop.counters.processed == 2
+
+
+def test_a_batch_whose_partitions_were_all_taken_opens_no_transaction() -> None:
+    harness = Harness([ping(1, 0), ping(1, 1)])
+    harness.consumer.revoke_on_fetch = {(IN, 1)}
+    harness.run()
+    assert harness.producer.committed == [] and harness.producer.aborted == []
+    assert harness.seen() == []
+    assert harness.loop.counters.processed == 0
+
+
+def test_a_rewind_leaves_partitions_taken_meanwhile_to_their_new_owner() -> None:
+    records = [ping(0, 10), ping(1, 40)]
+    harness = Harness(records)
+    commit = harness.producer.commit_transaction
+
+    def rebalance_then_fail(timeout: float | None = None) -> None:
+        harness.consumer.assigned.discard((IN, 1))  # partition 1 moves to another instance
+        harness.producer.commit_transaction = commit  # type: ignore[method-assign]
+        raise kafka_error()
+
+    harness.producer.commit_transaction = rebalance_then_fail  # type: ignore[method-assign]
+    harness.run()
+    assert harness.consumer.seeks == [(IN, 0, 10)]  # the new owner reads 40 from the commit
+    assert harness.loop.counters.aborted_batches == 1
+    [transaction] = harness.producer.committed
+    assert transaction.records == [pong(records[0])]
+    assert transaction.offsets == [(IN, 0, 11)]
