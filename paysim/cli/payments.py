@@ -236,12 +236,12 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
     """Show one payment: outcome, card, amount, reason and its timeline through the stages."""
     client = store.connect(settings)
     try:
-        outcome = store.read_outcome(client, txn_id)
+        stored = store.read_outcome(client, txn_id)
     finally:
         client.close()
-    if outcome is None:
+    if stored is None:
         raise PaysimError(f"no payment {txn_id} (unknown, or its outcome expired)")
-    view = store.outcome_view(outcome)
+    view = store.outcome_view(stored)
     timeline, previous = [], None
     for stage in STAGES:
         if stage in view["stages"]:

@@ -7,10 +7,17 @@ time (Unix microseconds) it entered each stage, for per-stage latency.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Annotated, Generic, TypeVar
+import typing
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
+
+from paysim.domain import cards
+from paysim.domain.webhooks import valid_callback_url
 
 SCHEMA_VERSION = 1
 
@@ -21,11 +28,32 @@ PROCESSED = "processed"
 NOTIFIED = "notified"
 STAGES = (REQUESTED, AUTHORIZED, PROCESSED, NOTIFIED)
 
+
+class Check:
+    """A rule on a field that no msgspec.Meta constraint can say, declared beside the field's
+    type (``Annotated[str, Meta(...), Check(...)]``). msgspec ignores it when decoding; the
+    HTTP edge applies it with the rest of the declaration, the Kafka services through
+    ``failed_check``. ``brief`` completes "<field> is not ...".
+    """
+
+    def __init__(self, predicate: Callable[[Any], bool], brief: str) -> None:
+        self.predicate = predicate
+        self.brief = brief
+
+
+# Field types, declared once for the topics and the HTTP API. A description completes
+# "field '<name>' must be ...": the HTTP API's answer when a value breaks the constraint.
 # \Z, not $: $ also matches before a trailing newline.
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
 Uuid = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
+                                   description="1 to 200 characters")]
+Mcc = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}\Z", description="4 digits")]
+Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z",
+                                      description="2 capital letters (ISO 3166)")]
+CallbackUrl = Annotated[str, msgspec.Meta(description="an http:// or https:// URL"),
+                        Check(valid_callback_url, "an http(s) URL")]
 
 
 def now_us() -> int:
@@ -35,8 +63,8 @@ def now_us() -> int:
 class Merchant(msgspec.Struct, frozen=True):
     id: Text
     name: Text
-    mcc: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}\Z")]
-    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z")]
+    mcc: Mcc
+    country: Country
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,7 +77,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     amount: int
     currency: Currency
     merchant: Merchant
-    callback_url: str | None = None
+    callback_url: CallbackUrl | None = None
     stages: dict[str, int]
 
 
@@ -57,6 +85,21 @@ class PaymentRequested(Message, frozen=True, kw_only=True):
     """On payments.requested: the card block sealed with AES-GCM (paysim.cards.CardCipher)."""
 
     card: str
+
+
+def new_payment_request(card: cards.CardBlock, cipher: cards.CardCipher, *, run_id: str,
+                        seq: int, amount: int, currency: str, merchant: Merchant,
+                        callback_url: str | None,
+                        requested_at: int | None = None) -> PaymentRequested:
+    """A payment entering the pipeline, under a new payment id: its card sealed for the
+    authorizer and bound to that id, its ``requested`` stage at ``requested_at`` (now)."""
+    payment_id = str(uuid.uuid4())
+    at = now_us() if requested_at is None else requested_at
+    return PaymentRequested(
+        payment_id=payment_id, run_id=run_id, seq=seq, amount=amount, currency=currency,
+        merchant=merchant, callback_url=callback_url, stages={REQUESTED: at},
+        card=cipher.encrypt(card, payment_id.encode()),
+    )
 
 
 class PaymentAuthorized(Message, frozen=True, kw_only=True):
@@ -116,6 +159,31 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 encode = msgspec.json.Encoder().encode
+
+
+@functools.cache
+def declared_checks(kind: type[msgspec.Struct]) -> tuple[tuple[str, Check], ...]:
+    """The Check of each field of ``kind`` that declares one, in field order."""
+    hints = typing.get_type_hints(kind, include_extras=True)
+    found = []
+    for name in kind.__struct_fields__:
+        for declared in (hints[name], *typing.get_args(hints[name])):  # X or Optional[X]
+            if typing.get_origin(declared) is Annotated:
+                found += [(name, meta) for meta in declared.__metadata__
+                          if isinstance(meta, Check)]
+    return tuple(found)
+
+
+def failed_check(message: msgspec.Struct) -> str | None:
+    """What is wrong with the first field whose declared Check fails ("callback_url is not an
+    http(s) URL"), else None.
+    Separate from decoding: the Kafka services reject such a message (a dead letter) as
+    they reject an unreadable card block, not as a schema error."""
+    for name, check in declared_checks(type(message)):
+        value = getattr(message, name)
+        if value is not None and not check.predicate(value):
+            return f"{name} is not {check.brief}"
+    return None
 
 
 class SchemaError(ValueError):

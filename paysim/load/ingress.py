@@ -13,7 +13,14 @@ from confluent_kafka import Producer
 
 from paysim.domain import cards
 from paysim.domain.decisions import Status
-from paysim.domain.messages import NOTIFIED, REQUESTED, PaymentRequested, encode, now_us
+from paysim.domain.messages import (
+    NOTIFIED,
+    REQUESTED,
+    PaymentRequested,
+    encode,
+    new_payment_request,
+    now_us,
+)
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config, produce, quiet_logger
@@ -31,12 +38,9 @@ def request_message(payment: GeneratedPayment, run_id: str, cipher: cards.CardCi
                     callback_url: str | None) -> PaymentRequested:
     """The payments.requested message for a generated payment: its card sealed for the
     authorizer, under a new payment id."""
-    payment_id = str(uuid.uuid4())
-    return PaymentRequested(
-        payment_id=payment_id, run_id=run_id, seq=payment.seq, amount=payment.amount,
-        currency=payment.currency, merchant=payment.merchant, callback_url=callback_url,
-        stages={REQUESTED: now_us()}, card=cipher.encrypt(payment.card, payment_id.encode()),
-    )
+    return new_payment_request(
+        payment.card, cipher, run_id=run_id, seq=payment.seq, amount=payment.amount,
+        currency=payment.currency, merchant=payment.merchant, callback_url=callback_url)
 
 
 class KafkaIngress:

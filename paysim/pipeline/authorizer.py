@@ -15,9 +15,9 @@ from paysim.domain.messages import (
     PaymentOutcome,
     PaymentRequested,
     encode,
+    failed_check,
     now_us,
 )
-from paysim.domain.webhooks import valid_callback_url
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
 from paysim.pipeline import store
@@ -70,8 +70,9 @@ class Authorizer(Service[PaymentRequested]):
             card = self.cipher.decrypt(item.card, item.payment_id.encode())
         except ValueError as exc:
             raise Rejected(str(exc)) from None
-        if item.callback_url is not None and not valid_callback_url(item.callback_url):
-            raise Rejected("callback_url is not an http(s) URL")
+        problem = failed_check(item)  # the callback_url's rule, as the HTTP API applies it
+        if problem is not None:
+            raise Rejected(problem)
         verdict = authorize(item, card, self.settings, self.token_key)
         if isinstance(verdict, PaymentAuthorized):
             return [Output(self.settings.topics.authorized, verdict.token, encode(verdict))]

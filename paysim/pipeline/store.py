@@ -153,22 +153,6 @@ def idempotency_key(key: str) -> str:
     return f"paysim:idem:{key}"
 
 
-def outcome_fields(outcome: PaymentOutcome) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "payment_id": outcome.payment_id, "run_id": outcome.run_id, "seq": outcome.seq,
-        "status": outcome.status, "reason_code": outcome.reason_code,
-        "reason_text": outcome.reason_text, "amount": outcome.amount,
-        "currency": outcome.currency, "merchant": json.dumps(
-            {"id": outcome.merchant.id, "name": outcome.merchant.name,
-             "mcc": outcome.merchant.mcc, "country": outcome.merchant.country}),
-        "masked_pan": outcome.masked_pan or "", "token": outcome.token or "",
-        "network": outcome.network or "", "callback_url": outcome.callback_url or "",
-    }
-    for stage, at in outcome.stages.items():
-        fields[f"t_{stage}"] = at
-    return fields
-
-
 def write_decision(pipe: redis.client.Pipeline, payment_id: str, status: str, ttl: int) -> None:
     """The seed's contract, written by whichever service decided: GET payment_result_<id>."""
     # execute_command, not pipe.set(): redis-py's argument checks on set() were 7% of the
@@ -228,52 +212,70 @@ def read_done_entry(fields: dict[bytes, bytes]) -> DoneEntry:
         raise ValueError(f"not a paysim run stream entry: {exc}") from None
 
 
-def read_outcome(client: redis.Redis, payment_id: str) -> dict[str, str] | None:
-    """The stored outcome as flat text fields (outcome_fields' names plus what the notifier
-    and the webhook dispatcher added); None when there is none or it cannot be read."""
+class WebhookState(msgspec.Struct, frozen=True):
+    """Where a payment's webhook stands: pending or none (set by the notifier), delivered or
+    failed (set by the dispatcher, with its attempts and the last answer or error)."""
+
+    status: str
+    attempts: int = 0
+    http_status: int | None = None
+    error: str | None = None
+
+
+class StoredOutcome(msgspec.Struct, frozen=True):
+    """A payment's outcome as kept in Redis, with what was told about it since."""
+
+    outcome: PaymentOutcome
+    notification: str | None = None  # "sent" once the notifier confirmed the outcome
+    webhook: WebhookState | None = None
+
+
+def read_outcome(client: redis.Redis, payment_id: str) -> StoredOutcome | None:
+    """The stored outcome; None when there is none or it cannot be read."""
     raw = client.hgetall(outcome_key(payment_id))
     if not raw:
         return None
     stored = {k.decode(): v.decode() for k, v in raw.items()}
-    doc = stored.pop("doc", None)
+    doc = stored.get("doc")
     if doc is None:
         return None  # only a late webhook update, on an outcome that expired
     try:
         outcome = _outcome_decoder.decode(doc)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return {**{k: str(v) for k, v in outcome_fields(outcome).items()}, **stored}
-
-
-def outcome_view(stored: dict[str, str]) -> dict[str, Any]:
-    """A stored outcome as API clients want it: numbers as numbers, the merchant as an
-    object, stage times together, empty fields as null."""
-    try:
-        merchant = json.loads(stored.get("merchant") or "{}")
-    except ValueError:
-        merchant = {}
-    view: dict[str, Any] = {
-        "payment_id": stored.get("payment_id"), "run_id": stored.get("run_id"),
-        "seq": int(stored.get("seq") or 0), "status": stored.get("status"),
-        "reason_code": stored.get("reason_code"), "reason_text": stored.get("reason_text"),
-        "amount": int(stored.get("amount") or 0), "currency": stored.get("currency"),
-        "merchant": merchant, "stages": stage_times(stored),
-        "notification": stored.get("notification") or None,
-    }
-    for name in ("masked_pan", "token", "network", "callback_url"):
-        view[name] = stored.get(name) or None
+    webhook = None
     if stored.get("webhook_status"):
-        view["webhook"] = {
-            "status": stored["webhook_status"],
-            "attempts": int(stored.get("webhook_attempts") or 0),
-            "http_status": int(stored.get("webhook_http_status") or 0) or None,
-            "error": stored.get("webhook_error") or None,
-        }
+        # An empty field (the dispatcher writes "" and 0 for none) reads as None.
+        webhook = WebhookState(
+            status=stored["webhook_status"],
+            attempts=int(stored.get("webhook_attempts") or 0),
+            http_status=int(stored.get("webhook_http_status") or 0) or None,
+            error=stored.get("webhook_error") or None,
+        )
+    # The hash's own status field is the outcome's, written beside it for the audit.
+    outcome = msgspec.structs.replace(outcome, status=stored.get("status", outcome.status))
+    return StoredOutcome(outcome, stored.get("notification") or None, webhook)
+
+
+def outcome_view(stored: StoredOutcome) -> dict[str, Any]:
+    """A stored outcome as API clients want it (GET /payments/<id>, `paysim status --json`):
+    the merchant as an object, the known stage times in pipeline order, empty fields as
+    null, and the webhook block once a webhook state was recorded."""
+    outcome = stored.outcome
+    view: dict[str, Any] = {
+        "payment_id": outcome.payment_id, "run_id": outcome.run_id, "seq": outcome.seq,
+        "status": outcome.status, "reason_code": outcome.reason_code,
+        "reason_text": outcome.reason_text, "amount": outcome.amount,
+        "currency": outcome.currency, "merchant": msgspec.to_builtins(outcome.merchant),
+        "stages": {stage: outcome.stages[stage] for stage in STAGES
+                   if stage in outcome.stages},
+        "notification": stored.notification,
+        "masked_pan": outcome.masked_pan or None, "token": outcome.token or None,
+        "network": outcome.network or None, "callback_url": outcome.callback_url or None,
+    }
+    if stored.webhook is not None:
+        view["webhook"] = msgspec.to_builtins(stored.webhook)
     return view
-
-
-def stage_times(outcome: dict[str, str]) -> dict[str, int]:
-    return {stage: int(outcome[f"t_{stage}"]) for stage in STAGES if f"t_{stage}" in outcome}
 
 
 # Settles a batch of payments against their cards' ledgers, in order, each once: a marker per

@@ -34,10 +34,12 @@ def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None
     try:
         entries = run_done_entries(pipeline, run)
         approved = next(e for e in entries if e.status == "approved")
-        outcome = store.read_outcome(client, approved.payment_id)
-        ledger = store.ledger_key(run, outcome["token"])
+        stored = store.read_outcome(client, approved.payment_id)
+        assert stored is not None and stored.outcome.token is not None
+        outcome = stored.outcome
+        ledger = store.ledger_key(run, outcome.token)
         # The same payment settled a second time.
-        client.hincrby(ledger, f"spent:{outcome['currency']}", int(outcome["amount"]))
+        client.hincrby(ledger, f"spent:{outcome.currency}", outcome.amount)
         client.hincrby(ledger, "debits", 1)
         # And another payment's outcome gone.
         gone = next(e for e in entries if e.payment_id != approved.payment_id)
@@ -50,8 +52,8 @@ def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None
     assert code == 1
     assert report["lost"] == [gone.payment_id]
     mismatch = report["ledger_mismatches"][0]
-    assert mismatch["token"] == outcome["token"]
-    assert mismatch["ledger_spent"] == mismatch["approved_total"] + int(outcome["amount"])
+    assert mismatch["token"] == outcome.token
+    assert mismatch["ledger_spent"] == mismatch["approved_total"] + outcome.amount
     assert mismatch["ledger_debits"] == mismatch["approved_count"] + 1
     table = paysim(pipeline, "audit", "--run", run)
     assert table.returncode == 1 and "FAIL" in table.stdout

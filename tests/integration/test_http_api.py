@@ -31,7 +31,8 @@ from paysim.domain.messages import (
     PaymentOutcome,
     PaymentRequested,
 )
-from paysim.edge.app import create_app, serve
+from paysim.edge.app import create_app
+from paysim.edge.server import serve
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config
 from paysim.infra.secrets import Keys

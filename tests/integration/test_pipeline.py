@@ -232,9 +232,12 @@ def test_signed_webhooks_reach_the_client_and_verify(pipeline: Settings) -> None
     try:
         ids = [e.payment_id for e in run_done_entries(pipeline, summary["run_id"])]
 
+        def webhook_status(payment_id: str) -> str | None:
+            stored = store.read_outcome(client, payment_id)
+            return stored.webhook.status if stored and stored.webhook else None
+
         def delivered() -> bool:
-            states = {store.read_outcome(client, i).get("webhook_status") for i in ids}
-            return states == {"delivered"}
+            return {webhook_status(i) for i in ids} == {"delivered"}
 
         assert wait_until(delivered, timeout=30)
     finally:

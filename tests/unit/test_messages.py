@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from paysim.domain import messages
+from paysim.domain import cards, messages
 from paysim.domain.messages import (
     Codec,
     DeadLetter,
@@ -203,3 +203,32 @@ def test_deeply_nested_unknown_field_is_a_schema_error() -> None:
     raw = json.dumps(valid_requested())[:-1].encode() + (
         b', "extra": ' + b"[" * depth + b"]" * depth + b"}")
     assert_one_line_schema_error(Codec(PaymentRequested), raw)
+
+
+def test_a_new_payment_request_has_its_card_sealed_under_its_own_id() -> None:
+    key = bytes(range(32))
+    card = cards.CardBlock(number="4242424242424242", exp_month=12, exp_year=2030, cvv="987")
+    first, second = (
+        messages.new_payment_request(card, cards.CardCipher(key), run_id="r", seq=4,
+                                     amount=100, currency="EUR", merchant=MERCHANT,
+                                     callback_url=None, requested_at=123)
+        for _ in range(2))
+    assert first.payment_id != second.payment_id
+    assert Codec(PaymentRequested).decode(encode(first)) == first
+    assert (first.run_id, first.seq, first.amount, first.currency, first.merchant,
+            first.callback_url, first.stages) == ("r", 4, 100, "EUR", MERCHANT, None,
+                                                  {"requested": 123})
+    assert cards.CardCipher(key).decrypt(first.card, first.payment_id.encode()) == card
+    with pytest.raises(ValueError):
+        cards.CardCipher(key).decrypt(first.card, second.payment_id.encode())
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    (None, None),
+    ("https://example.test/hook", None),
+    ("ftp://example.test/x", "callback_url is not an http(s) URL"),
+    ("http://[::1", "callback_url is not an http(s) URL"),
+])
+def test_the_declared_callback_url_check(url: str | None, problem: str | None) -> None:
+    message = PaymentRequested(**{**COMMON, "callback_url": url}, card="x")
+    assert messages.failed_check(message) == problem

@@ -1,0 +1,127 @@
+"""Serving the HTTP API: waitress with a graceful stop, the heartbeat, the service process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+import waitress
+from confluent_kafka import Producer
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer
+
+from paysim.edge.app import Counters, create_app
+from paysim.edge.delivery import DELIVERY_TIMEOUT_S
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import client_config
+from paysim.infra.secrets import load_keys
+from paysim.infra.topics import ensure_topics
+from paysim.pipeline import store
+from paysim.pipeline.process import run_process
+from paysim.pipeline.registry import HTTP
+
+log = logging.getLogger("paysim.http")
+
+THREADS = 8
+SHUTDOWN_GRACE_S = DELIVERY_TIMEOUT_S + 2  # an answer waiting on Kafka may finish
+LOOP_SLICE_S = 0.2
+
+
+def _heartbeat(client: redis.Redis, counters: Counters, stop: threading.Event) -> None:
+    while True:
+        try:
+            store.write_heartbeat(client, HTTP.name, 0, processed=counters.answered,
+                                  dead_letters=0, aborted_batches=0,
+                                  started_at=counters.started_at, lag=0)
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written: %s", exc)
+        if stop.wait(store.HEARTBEAT_EVERY_S):
+            store.clear_heartbeat(client, HTTP.name, 0)
+            return
+
+
+def _socket_map(server: Any) -> dict[int, Any]:
+    # One listen address gives a TcpWSGIServer (``_map``), several a MultiSocketServer (``map``).
+    return server._map if hasattr(server, "_map") else server.map
+
+
+def _busy(channel: Any) -> bool:
+    """A connection with a request arriving or being answered, or a response not yet sent."""
+    return bool(getattr(channel, "request", None) is not None
+                or getattr(channel, "requests", None)
+                or getattr(channel, "total_outbufs_len", 0))
+
+
+def _run_until(server: Any, stop: threading.Event) -> None:
+    """Waitress's event loop until ``stop`` is set, then a graceful close.
+
+    The loop runs here in slices rather than through ``server.run()`` closed from another
+    thread: ``server.close()`` closes the trigger pipe the worker threads write to when a
+    response is ready, so closing it under a request in flight breaks that response (or writes
+    into whatever file reuses the descriptor). Here everything is closed from the loop's own
+    thread: first the listening sockets, then, once the answers in flight are sent (at most
+    SHUTDOWN_GRACE_S), the worker threads and every connection.
+    """
+    socket_map = _socket_map(server)
+    use_poll = server.adj.asyncore_use_poll
+    listeners = [obj for obj in socket_map.values() if isinstance(obj, BaseWSGIServer)]
+    while not stop.is_set() and socket_map:
+        wasyncore.loop(timeout=LOOP_SLICE_S, map=socket_map, use_poll=use_poll, count=1)
+    for listener in listeners:  # stop accepting; the trigger stays open for the answers
+        wasyncore.dispatcher.close(listener)
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    # Read what clients sent before the stop (their requests get answered), then wait for
+    # the answers in flight.
+    wasyncore.loop(timeout=0, map=socket_map, use_poll=use_poll, count=1)
+    while (any(_busy(obj) for obj in list(socket_map.values()))
+           and time.monotonic() < deadline):
+        wasyncore.loop(timeout=0.05, map=socket_map, use_poll=use_poll, count=1)
+    server.task_dispatcher.shutdown(timeout=1)
+    wasyncore.close_all(socket_map)
+
+
+def serve(settings: Settings, stop: threading.Event) -> None:
+    """Serve the HTTP API with waitress on settings.http.host:port until ``stop`` is set."""
+    keys = load_keys(settings)
+    ensure_topics(settings)
+    host, port = settings.http.host, settings.http.port
+    producer = Producer(client_config(settings, **{
+        "enable.idempotence": True, "linger.ms": 2,
+        # Give up on a record when the request gives up on it, so that a 503 does not leave
+        # the payment queued to be delivered after all.
+        "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000), "logger": log,
+    }))
+    client = store.connect(settings)
+    ended = threading.Event()
+    heartbeat: threading.Thread | None = None
+    app = create_app(settings, keys, producer, client)
+    counters: Counters = app.extensions["paysim.counters"]
+    try:
+        try:
+            server = waitress.create_server(app, host=host, port=port, threads=THREADS)
+        except OSError as exc:
+            raise PaysimError(f"the HTTP API cannot listen on {host}:{port}: "
+                              f"{exc.strerror or exc}") from None
+        heartbeat = threading.Thread(target=_heartbeat, args=(client, counters, ended),
+                                     name="http-heartbeat", daemon=True)
+        heartbeat.start()
+        log.info("HTTP API listening on http://%s:%d", host, port)
+        _run_until(server, stop)
+        log.info("HTTP API stopped after %d requests", counters.answered)
+    finally:
+        ended.set()
+        if heartbeat is not None:
+            heartbeat.join(5)
+        remaining = producer.flush(DELIVERY_TIMEOUT_S)
+        if remaining:
+            log.warning("%d records not delivered at shutdown", remaining)
+        client.close()
+
+
+def run_edge(settings: Settings) -> int:
+    """The HTTP API as a service process (what `paysim service http` runs)."""
+    return run_process(HTTP.name, lambda stop: serve(settings, stop))
