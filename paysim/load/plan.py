@@ -102,8 +102,9 @@ def _profile(request: SendRequest, scenario: Scenario | None) -> tuple[Profile |
 
 
 def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
-    """The run a request asks for; every mistake in it is a ConfigError, before anything is
-    sent. The seed used is the plan's (a random one when neither flag nor scenario sets it)."""
+    """The run a request asks for. A mistake in the request is a ConfigError here, before
+    anything is sent. The seed used is the plan's: the flag's, else the scenario's, else a
+    random one."""
     scenario = load_scenario(request.scenario) if request.scenario else None
     seed = request.seed if request.seed is not None else (
         scenario.seed if scenario and scenario.seed is not None else random.randrange(2**31))

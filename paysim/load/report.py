@@ -112,7 +112,9 @@ class TimelineSecond(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=Tr
 
 
 class RunReport(msgspec.Struct, frozen=True):
-    schema: str
+    """One run's report: report.json's top level."""
+
+    schema: str  # SCHEMA
     run_id: str
     scenario: str | None
     seed: int | None

@@ -222,10 +222,10 @@ class LoadRun:
     def _send(self, ingress: Ingress, payment: GeneratedPayment, intended: int | None) -> None:
         """Send one payment; ``intended`` None (a burst) counts from the actual send."""
         sent_us = now_us()
-        sent = ingress.send(payment, self.run_id, self.options.callback_url)
-        self._sent(sent.payment_id, intended if intended is not None else sent_us, sent_us)
-        if sent.outcome is not None:
-            self._outcome(sent.outcome)
+        handed = ingress.send(payment, self.run_id, self.options.callback_url)
+        self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
+        if handed.outcome is not None:  # declined at the edge: the answer is its outcome
+            self._outcome(handed.outcome)
 
     def _send_pooled(self, ingress: Ingress, payment: GeneratedPayment,
                      intended: int | None) -> None:
