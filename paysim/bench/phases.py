@@ -12,10 +12,9 @@ from typing import Any
 
 from paysim.infra.config import Settings
 from paysim.load.plan import SendRequest, plan_run
-from paysim.load.report import build_report
-from paysim.load.runner import LoadRun, Tick
-
-LATENCY_KEYS = ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")
+from paysim.load.report import LatencyBlock, RunReport
+from paysim.load.run import run_load
+from paysim.load.runner import Tick
 
 
 @dataclass(frozen=True)
@@ -31,31 +30,36 @@ class PhaseFigures:
     duration_s: float
     throughput_per_s: float  # completed / (first send to last outcome)
     achieved_rate: float  # sent / (first send to last send)
-    latency: dict[str, dict[str, float]]  # "end_to_end" and each stage -> LATENCY_KEYS
+    latency: dict[str, dict[str, float]]  # "end_to_end" and each stage -> _kept(block)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def figures_from_report(report: dict[str, Any]) -> PhaseFigures:
-    """The benchmark's summary of a `paysim send` report (report.json's shape)."""
-    blocks = {"end_to_end": report["latency"]["end_to_end"], **report["latency"]["stages"]}
+def _kept(block: LatencyBlock) -> dict[str, float]:
+    """The latency figures the benchmark keeps (results.json's keys), those measured."""
+    figures = {"p50_ms": block.p50_ms, "p99_ms": block.p99_ms, "p99_9_ms": block.p99_9_ms,
+               "max_ms": block.max_ms}
+    return {key: value for key, value in figures.items() if value is not None}
+
+
+def figures_from_report(report: RunReport) -> PhaseFigures:
+    """The benchmark's summary of a `paysim send` report."""
+    latency = report.latency
+    blocks = {"end_to_end": latency.end_to_end, **latency.stages}
     return PhaseFigures(
-        run_id=report["run_id"], target_rate=report["load"]["target_rate"],
-        sent=report["load"]["sent"], completed=report["outcomes"]["completed"],
-        lost=report["outcomes"]["lost"], dropped=report["load"]["dropped"],
-        duration_s=report["duration_s"], throughput_per_s=report["outcomes"]["throughput_per_s"],
-        achieved_rate=report["load"]["achieved_rate"],
-        latency={name: {key: block[key] for key in LATENCY_KEYS if key in block}
-                 for name, block in blocks.items()},
+        run_id=report.run_id, target_rate=report.load.target_rate, sent=report.load.sent,
+        completed=report.outcomes.completed, lost=report.outcomes.lost,
+        dropped=report.load.dropped, duration_s=report.duration_s,
+        throughput_per_s=report.outcomes.throughput_per_s,
+        achieved_rate=report.load.achieved_rate,
+        latency={name: _kept(block) for name, block in blocks.items()},
     )
 
 
 def run_phase(settings: Settings, request: SendRequest,
               on_tick: Callable[[Tick], None] | None = None) -> PhaseFigures:
-    plan, options, _, _ = plan_run(settings, request)
-    metrics, info = LoadRun(settings, plan, options).run(on_tick)
-    return figures_from_report(build_report(metrics, info))
+    return figures_from_report(run_load(settings, plan_run(settings, request), on_tick))
 
 
 def saturation(settings: Settings, count: int, seed: int,

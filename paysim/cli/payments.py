@@ -21,9 +21,11 @@ from paysim.domain.messages import STAGES
 from paysim.domain.webhooks import valid_callback_url
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
-from paysim.load.plan import SendRequest, check_thresholds, plan_run
-from paysim.load.report import build_report
-from paysim.load.runner import LoadRun, Tick
+from paysim.load.plan import SendRequest, plan_run
+from paysim.load.report import RunReport
+from paysim.load.report_compare import latency_blocks
+from paysim.load.run import run_load
+from paysim.load.runner import Tick
 from paysim.pipeline import registry, store
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
@@ -47,54 +49,52 @@ def require_services(settings: Settings, via: str) -> None:
 
 
 
-def render_report(report: dict) -> None:
+def render_report(report: RunReport) -> None:
     """The end-of-run summary: load, outcomes, amounts, latency, thresholds."""
-    load, outcomes = report["load"], report["outcomes"]
+    load, outcomes = report.load, report.outcomes
     console.print(
-        f"run [bold]{report['run_id']}[/]"
-        + (f"  scenario {report['scenario']}" if report["scenario"] else "")
-        + f"  seed {report['seed']}  sent {load['sent']:,}  completed "
-        f"{outcomes['completed']:,}  in {report['duration_s']:.2f} s  "
-        f"({outcomes['throughput_per_s']:,.0f} payments/s)")
-    if load["mode"] == "open":
-        achieved, target = load["achieved_rate"], load["target_rate"] or 0.0
+        f"run [bold]{report.run_id}[/]"
+        + (f"  scenario {report.scenario}" if report.scenario else "")
+        + f"  seed {report.seed}  sent {load.sent:,}  completed "
+        f"{outcomes.completed:,}  in {report.duration_s:.2f} s  "
+        f"({outcomes.throughput_per_s:,.0f} payments/s)")
+    if load.mode == "open":
+        achieved, target = load.achieved_rate, load.target_rate or 0.0
         short = bool(target) and achieved < 0.98 * target
         mark = ("[red]", "[/]") if short else ("", "")
+        send_delay_p99 = load.send_delay.p99_ms or 0
         console.print(
             f"load     target {target:,.1f}/s  achieved {mark[0]}{achieved:,.1f}/s{mark[1]}  "
-            f"dropped {load['dropped']:,}  send delay p99 "
-            f"{load['send_delay'].get('p99_ms', 0):.1f} ms"
+            f"dropped {load.dropped:,}  send delay p99 {send_delay_p99:.1f} ms"
             + ("  [red](the generator could not keep up)[/]" if short else ""))
     table = Table("status", "code", "reason", "count", "share", title="outcomes")
-    for row in outcomes["by_reason"]:
-        table.add_row(f"[{STATUS_STYLE.get(row['status'], 'white')}]{row['status']}[/]",
-                      row["reason_code"], row["reason_text"], f"{row['count']:,}",
-                      f"{row['share']:.1%}")
+    for row in outcomes.by_reason:
+        table.add_row(f"[{STATUS_STYLE.get(row.status, 'white')}]{row.status}[/]",
+                      row.reason_code, row.reason_text, f"{row.count:,}", f"{row.share:.1%}")
     console.print(table)
-    if outcomes["approved_amounts"]:
+    if outcomes.approved_amounts:
         amounts = Table("currency", "approved amount", title="approved amounts")
-        for currency, amount in outcomes["approved_amounts"].items():
-            amounts.add_row(currency, amount["formatted"])
+        for currency, amount in outcomes.approved_amounts.items():
+            amounts.add_row(currency, amount.formatted)
         console.print(amounts)
     latency = Table("stage", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
                     title="latency")
-    for name, stats in [("end to end", report["latency"]["end_to_end"]),
-                        *report["latency"]["stages"].items()]:
-        if stats["count"]:
-            latency.add_row(name, f"{stats['count']:,}", *(f"{stats[k]:.1f}" for k in (
-                "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms")))
+    for name, stats in latency_blocks(report):
+        if stats.count:
+            latency.add_row(name, f"{stats.count:,}",
+                            *(f"{value:.1f}" for _, value in stats.percentiles()))
     console.print(latency)
-    if report["thresholds"]:
+    if report.thresholds:
         checks = Table("threshold", "over", "actual", "result", title="thresholds")
-        for check in report["thresholds"]:
-            actual = "-" if check["actual"] is None else f"{check['actual']:,.4g}"
-            verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
-            if check["failed_windows"]:
-                worst = check["worst_window"]
-                verdict += (f" [red]({check['failed_windows']} windows; worst from "
-                            f"{worst['start_s']} s: {worst['actual']})[/]")
-            over = f"run + each {check['window_s']} s" if check["window_s"] else "run"
-            checks.add_row(check["expression"], over, actual, verdict)
+        for check in report.thresholds:
+            actual = "-" if check.actual is None else f"{check.actual:,.4g}"
+            verdict = "[green]pass[/]" if check.passed else "[red]FAIL[/]"
+            if check.failed_windows and check.worst_window is not None:
+                worst = check.worst_window
+                verdict += (f" [red]({check.failed_windows} windows; worst from "
+                            f"{worst.start_s} s: {worst.actual})[/]")
+            over = f"run + each {check.window_s} s" if check.window_s else "run"
+            checks.add_row(check.expression, over, actual, verdict)
         console.print(checks)
 
 
@@ -187,35 +187,33 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
         scenario=scenario, replay=replay, record=record, seed=seed, bad_share=bad_share,
         test_card_share=test_card_share, thresholds=thresholds, via=via, timeout=timeout,
         callback_url=callback_url)
-    plan, options, checks, _ = plan_run(settings, request)
+    # Planned first, so a mistake in the flags is named even when nothing is running.
+    planned = plan_run(settings, request)
     require_services(settings, via)
     with LiveProgress(err_console if as_json else console) as progress:
-        metrics, info = LoadRun(settings, plan, options).run(progress)
-    report = build_report(metrics, info)
-    report["thresholds"] = check_thresholds(report, metrics, checks)
-    report["passed"] = all(t["passed"] for t in report["thresholds"])
+        report = run_load(settings, planned, progress)
     write_outputs(report, out, html)
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
         render_report(report)
-    outcomes = report["outcomes"]
-    if outcomes["lost"]:
-        listed = ", ".join(outcomes["lost_ids"][:10])
-        more = f" and {outcomes['lost'] - 10} more" if outcomes["lost"] > 10 else ""
-        err_console.print(f"[red]{outcomes['lost']} payments had no outcome after "
+    outcomes = report.outcomes
+    if outcomes.lost:
+        listed = ", ".join(outcomes.lost_ids[:10])
+        more = f" and {outcomes.lost - 10} more" if outcomes.lost > 10 else ""
+        err_console.print(f"[red]{outcomes.lost} payments had no outcome after "
                           f"{timeout:.0f} s:[/] {listed}{more}")
-    failed = [t["expression"] for t in report["thresholds"] if not t["passed"]]
+    failed = [t.expression for t in report.failed_thresholds]
     if failed:
         err_console.print(f"[red]thresholds failed: {'; '.join(failed)}[/]")
-    if outcomes["lost"] or failed:
+    if outcomes.lost or failed:
         ctx.exit(1)
 
 
-def write_outputs(report: dict, out: str | None, html: str | None) -> None:
+def write_outputs(report: RunReport, out: str | None, html: str | None) -> None:
     try:
         if out:
-            Path(out).write_text(json.dumps(report, indent=2) + "\n")
+            Path(out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         if html:
             from paysim.load.html import render_html  # only when asked for
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from rich.table import Table
 
 from paysim.cli.payments import render_report as render_send_summary
 from paysim.cli.render import console, print_json
+from paysim.load.report import RunReport
 from paysim.load.report_compare import diff_rows, format_change, format_value, load_report
 
 VERDICT_STYLE = {"better": "green", "worse": "red"}
@@ -19,19 +18,19 @@ def report() -> None:
     """Read run reports (report.json): show one again, or compare two runs."""
 
 
-def render_report(data: dict[str, Any]) -> None:
+def render_report(data: RunReport) -> None:
     """The report as `paysim send` summed the run up, then what send put on stderr."""
     render_send_summary(data)
-    outcomes = data["outcomes"]
-    if outcomes["lost"]:
-        listed = ", ".join(outcomes["lost_ids"][:10])
-        more = outcomes["lost"] - min(10, len(outcomes["lost_ids"]))
-        console.print(f"[red]{outcomes['lost']:,} payments had no outcome:[/] {listed}"
+    outcomes = data.outcomes
+    if outcomes.lost:
+        listed = ", ".join(outcomes.lost_ids[:10])
+        more = outcomes.lost - min(10, len(outcomes.lost_ids))
+        console.print(f"[red]{outcomes.lost:,} payments had no outcome:[/] {listed}"
                       + (f" and {more:,} more" if more > 0 else ""))
-    failed = [t["expression"] for t in data["thresholds"] if not t["passed"]]
+    failed = [t.expression for t in data.failed_thresholds]
     if failed:
         console.print(f"[red]thresholds failed: {'; '.join(failed)}[/]")
-    elif data["thresholds"]:
+    elif data.thresholds:
         console.print("[green]all thresholds passed[/]")
 
 
@@ -42,7 +41,7 @@ def show(path: str, as_json: bool) -> None:
     """Show a run's report.json again, as `paysim send` showed it."""
     data = load_report(path)
     if as_json:
-        print_json(data)
+        print_json(data.to_dict())
     else:
         render_report(data)
 
@@ -60,12 +59,12 @@ def diff(path_a: str, path_b: str, as_json: bool) -> None:
     a, b = load_report(path_a), load_report(path_b)
     rows = diff_rows(a, b)
     if as_json:
-        print_json({"a": {"path": path_a, "run_id": a["run_id"]},
-                    "b": {"path": path_b, "run_id": b["run_id"]},
+        print_json({"a": {"path": path_a, "run_id": a.run_id},
+                    "b": {"path": path_b, "run_id": b.run_id},
                     "rows": [row.as_dict() for row in rows]})
         return
-    console.print(f"A  {path_a}  (run {a['run_id']})")
-    console.print(f"B  {path_b}  (run {b['run_id']})")
+    console.print(f"A  {path_a}  (run {a.run_id})")
+    console.print(f"B  {path_b}  (run {b.run_id})")
     table = Table("figure", "A", "B", "change", "change %", title="B compared with A")
     for row in rows:
         change, pct = format_change(row)

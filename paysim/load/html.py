@@ -11,16 +11,12 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paysim.load.report_compare import (
-    LATENCY_FIGURES,
-    format_ms,
-    format_value,
-    latency_blocks,
-)
+from paysim.load.report import PERCENTILE_LABELS, RunReport, TimelineSecond
+from paysim.load.report_compare import format_ms, format_value, latency_blocks
 
 # Colours that read on white and for the common colour-vision deficiencies (blue / orange).
 P50_COLOUR = "#1f77b4"
@@ -105,14 +101,14 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}/s"
 
 
-def embed_json(report: dict[str, Any]) -> str:
+def embed_json(report: RunReport) -> str:
     """The report as JSON that cannot end its <script> element or open a comment early.
 
     ``<``, ``>``, ``&``, ``=`` and ``/`` only occur inside JSON strings, where ``\\u003c`` and
     friends mean the same characters, so ``json.loads`` of the element's text gives the report
     back; and no string in it can read as ``</script>``, ``src=`` or ``https://``.
     """
-    text = json.dumps(report, ensure_ascii=True, separators=(",", ":"))
+    text = json.dumps(report.to_dict(), ensure_ascii=True, separators=(",", ":"))
     for char in "<>&=/":
         text = text.replace(char, f"\\u{ord(char):04x}")
     return text
@@ -247,38 +243,37 @@ def line_chart(chart_id: str, title: str, unit: str, series: Sequence[Series],
     return "".join(out)
 
 
-def latency_chart(report: dict[str, Any]) -> str:
-    timeline = report["timeline"]
-    last = max((row["second"] for row in timeline), default=0)
+def latency_chart(report: RunReport) -> str:
+    timeline = report.timeline
+    last = max((row.second for row in timeline), default=0)
     series = [
-        Series("p50_ms", "p50", P50_COLOUR,
-               [(row["second"], row.get("p50_ms")) for row in timeline]),
-        Series("p99_ms", "p99", P99_COLOUR,
-               [(row["second"], row.get("p99_ms")) for row in timeline]),
+        Series("p50_ms", "p50", P50_COLOUR, [(row.second, row.p50_ms) for row in timeline]),
+        Series("p99_ms", "p99", P99_COLOUR, [(row.second, row.p99_ms) for row in timeline]),
     ]
     return line_chart("chart-latency", "End-to-end latency per second (p50, p99)", "ms",
                       series, last)
 
 
-def throughput_chart(report: dict[str, Any]) -> str:
-    timeline = report["timeline"]
-    last = max((row["second"] for row in timeline), default=0)
-    by_second = {row["second"]: row for row in timeline}
+def throughput_chart(report: RunReport) -> str:
+    timeline = report.timeline
+    last = max((row.second for row in timeline), default=0)
+    by_second = {row.second: row for row in timeline}
     seconds = range(last + 1) if timeline else range(0)
 
-    def points(key: str) -> list[tuple[int, float | None]]:
-        return [(s, float(by_second[s][key]) if s in by_second else 0.0) for s in seconds]
+    def points(count: Callable[[TimelineSecond], int]) -> list[tuple[int, float | None]]:
+        # A second with no entry saw nothing: zero, not a gap.
+        return [(s, float(count(by_second[s])) if s in by_second else 0.0) for s in seconds]
 
     series = [
-        Series("completed", "completed", COMPLETED_COLOUR, points("completed")),
-        Series("sent", "sent", SENT_COLOUR, points("sent"), dashed=True),
+        Series("completed", "completed", COMPLETED_COLOUR, points(lambda row: row.completed)),
+        Series("sent", "sent", SENT_COLOUR, points(lambda row: row.sent), dashed=True),
     ]
     return line_chart("chart-throughput", "Throughput per second (sent, completed)",
                       "payments/s", series, last)
 
 
-def outcomes_chart(report: dict[str, Any]) -> str:
-    rows = report["outcomes"]["by_reason"]
+def outcomes_chart(report: RunReport) -> str:
+    rows = report.outcomes.by_reason
     title = "Outcomes by reason"
     if not rows:
         return _empty_chart("chart-outcomes", title, "no outcomes in this run")
@@ -286,24 +281,24 @@ def outcomes_chart(report: dict[str, Any]) -> str:
     top = 40
     height = top + len(rows) * (bar_height + gap) + 12
     left, right = label_width, CHART_WIDTH - value_width
-    largest = max(row["count"] for row in rows)
+    largest = max(row.count for row in rows)
     out = [f'<svg class="chart" id="chart-outcomes" viewBox="0 0 {CHART_WIDTH} {height}" '
            f'role="img" aria-label="{esc(title)}">',
            f'<text class="title" x="16" y="24">{esc(title)}</text>']
     for index, row in enumerate(rows):
         y = top + index * (bar_height + gap)
-        colour = STATUS_COLOURS.get(row["status"], OTHER_COLOUR)
-        width = max(1.0, (right - left) * row["count"] / largest)
-        label = f'{row["reason_code"]}  {row["reason_text"]}'
-        out.append(f'<g class="bar" data-code="{esc(row["reason_code"])}" '
-                   f'data-count="{row["count"]}">')
+        colour = STATUS_COLOURS.get(row.status, OTHER_COLOUR)
+        width = max(1.0, (right - left) * row.count / largest)
+        label = f"{row.reason_code}  {row.reason_text}"
+        out.append(f'<g class="bar" data-code="{esc(row.reason_code)}" '
+                   f'data-count="{row.count}">')
         out.append(f'<text class="legend" x="{left - 10}" y="{y + 15}" text-anchor="end">'
                    f'{esc(label)}</text>')
         out.append(f'<rect x="{left}" y="{y}" width="{_num(width)}" height="{bar_height}" '
-                   f'rx="2" fill="{colour}"><title>{esc(row["status"])} {esc(label)}: '
-                   f'{row["count"]:,} ({row["share"]:.2%})</title></rect>')
+                   f'rx="2" fill="{colour}"><title>{esc(row.status)} {esc(label)}: '
+                   f'{row.count:,} ({row.share:.2%})</title></rect>')
         out.append(f'<text class="tick" x="{_num(left + width + 8)}" y="{y + 15}">'
-                   f'{row["count"]:,}  ({row["share"]:.1%})</text>')
+                   f'{row.count:,}  ({row.share:.1%})</text>')
         out.append("</g>")
     out.append("</svg>")
     return "".join(out)
@@ -329,44 +324,44 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[i
             "</tbody></table>")
 
 
-def summary_table(report: dict[str, Any]) -> str:
-    load, outcomes = report["load"], report["outcomes"]
-    target = load["target_rate"]
+def summary_table(report: RunReport) -> str:
+    load, outcomes = report.load, report.outcomes
+    target = load.target_rate
     if target:
         target_text = _rate(target)
-        share = load["achieved_rate"] / target
-        achieved = f"{_rate(load['achieved_rate'])} ({share:.1%} of target)"
+        share = load.achieved_rate / target
+        achieved = f"{_rate(load.achieved_rate)} ({share:.1%} of target)"
     else:
-        target_text = "none: as fast as possible" if load["mode"] == "burst" else "-"
-        achieved = _rate(load["achieved_rate"])
-    failed = sum(not t["passed"] for t in report["thresholds"])
-    if report["thresholds"]:
+        target_text = "none: as fast as possible" if load.mode == "burst" else "-"
+        achieved = _rate(load.achieved_rate)
+    failed = len(report.failed_thresholds)
+    if report.thresholds:
         verdict = (f'<span class="{"fail" if failed else "pass"}-text">'
-                   f"{len(report['thresholds']) - failed} passed, {failed} failed</span>")
+                   f"{len(report.thresholds) - failed} passed, {failed} failed</span>")
     else:
         verdict = '<span class="note">none set</span>'
-    lost = outcomes["lost"]
+    lost = outcomes.lost
     run = [
-        ("run id", f'<span class="mono">{esc(report["run_id"])}</span>'),
-        ("scenario", esc(report["scenario"] or "-")),
-        ("seed", esc("-" if report["seed"] is None else report["seed"])),
-        ("via", esc(report["via"])),
-        ("started at", esc(report["started_at"])),
-        ("duration", esc(f'{report["duration_s"]:,.3f} s')),
-        ("mode", esc(load["mode"])),
+        ("run id", f'<span class="mono">{esc(report.run_id)}</span>'),
+        ("scenario", esc(report.scenario or "-")),
+        ("seed", esc("-" if report.seed is None else report.seed)),
+        ("via", esc(report.via)),
+        ("started at", esc(report.started_at)),
+        ("duration", esc(f"{report.duration_s:,.3f} s")),
+        ("mode", esc(load.mode)),
         ("thresholds", verdict),
     ]
     figures = [
         ("target rate", esc(target_text)),
         ("achieved rate", esc(achieved)),
-        ("scheduled", _int(load["scheduled"])),
-        ("sent", _int(load["sent"])),
-        ("completed", _int(outcomes["completed"])),
+        ("scheduled", _int(load.scheduled)),
+        ("sent", _int(load.sent)),
+        ("completed", _int(outcomes.completed)),
         ("lost", f'<span class="{"fail-text" if lost else ""}">{_int(lost)}</span>'),
-        ("dropped", _int(load["dropped"])),
-        ("throughput", esc(_rate(outcomes["throughput_per_s"]))),
-        ("approved", esc(f'{outcomes["approved_ratio"]:.2%}')),
-        ("send delay p99", esc(format_value(load["send_delay"].get("p99_ms"), "ms"))),
+        ("dropped", _int(load.dropped)),
+        ("throughput", esc(_rate(outcomes.throughput_per_s))),
+        ("approved", esc(f"{outcomes.approved_ratio:.2%}")),
+        ("send delay p99", esc(format_value(load.send_delay.p99_ms, "ms"))),
     ]
     tables = "".join(
         '<table class="kv"><tbody>'
@@ -375,68 +370,68 @@ def summary_table(report: dict[str, Any]) -> str:
     return f'<div class="columns" id="summary">{tables}</div>'
 
 
-def latency_table(report: dict[str, Any]) -> str:
-    headers = ["stage", "count", "mean ms", *(f"{label} ms" for _, label in LATENCY_FIGURES)]
+def latency_table(report: RunReport) -> str:
+    headers = ["stage", "count", "mean ms", *(f"{label} ms" for label in PERCENTILE_LABELS)]
     rows = []
     for name, block in latency_blocks(report):
-        rows.append([esc(name), _int(block["count"]), esc(format_ms(block.get("mean_ms"))),
-                     *(esc(format_ms(block.get(key))) for key, _ in LATENCY_FIGURES)])
+        rows.append([esc(name), _int(block.count), esc(format_ms(block.mean_ms)),
+                     *(esc(format_ms(value)) for _, value in block.percentiles())])
     return _table(headers, rows, set(range(1, len(headers))), table_id="latency")
 
 
-def outcomes_table(report: dict[str, Any]) -> str:
-    rows = [[f'<span class="{esc(r["status"])}">{esc(r["status"])}</span>',
-             f'<span class="mono">{esc(r["reason_code"])}</span>', esc(r["reason_text"]),
-             _int(r["count"]), esc(f'{r["share"]:.2%}')]
-            for r in report["outcomes"]["by_reason"]]
+def outcomes_table(report: RunReport) -> str:
+    rows = [[f'<span class="{esc(r.status)}">{esc(r.status)}</span>',
+             f'<span class="mono">{esc(r.reason_code)}</span>', esc(r.reason_text),
+             _int(r.count), esc(f"{r.share:.2%}")]
+            for r in report.outcomes.by_reason]
     if not rows:
         return '<p class="note">No payment completed.</p>'
     return _table(["status", "code", "reason", "count", "share"], rows, {3, 4},
                   table_id="outcomes")
 
 
-def amounts_table(report: dict[str, Any]) -> str:
-    amounts = report["outcomes"]["approved_amounts"]
+def amounts_table(report: RunReport) -> str:
+    amounts = report.outcomes.approved_amounts
     if not amounts:
         return '<p class="note">No approved amounts.</p>'
-    rows = [[esc(currency), esc(value["formatted"]), _int(value["minor_units"])]
+    rows = [[esc(currency), esc(value.formatted), _int(value.minor_units)]
             for currency, value in amounts.items()]
     return _table(["currency", "approved amount", "minor units"], rows, {1, 2},
                   table_id="amounts")
 
 
-def thresholds_table(report: dict[str, Any]) -> str:
-    thresholds = report["thresholds"]
+def thresholds_table(report: RunReport) -> str:
+    thresholds = report.thresholds
     if not thresholds:
         return '<p class="note">No thresholds were set for this run.</p>'
     rows, classes = [], []
     for t in thresholds:
-        worst = t["worst_window"]
+        worst = t.worst_window
         worst_text = "-" if worst is None else (
-            ("no value" if worst["actual"] is None else f'{worst["actual"]:,.4g}')
-            + f' (from {worst["start_s"]} s)')
-        result = ('<span class="pass-text">pass</span>' if t["passed"]
+            ("no value" if worst.actual is None else f"{worst.actual:,.4g}")
+            + f" (from {worst.start_s} s)")
+        result = ('<span class="pass-text">pass</span>' if t.passed
                   else '<span class="fail-text">FAIL</span>')
-        rows.append([f'<span class="mono">{esc(t["expression"])}</span>',
-                     esc("whole run" if not t["window_s"] else f'run + each {t["window_s"]} s'),
-                     esc(f'{t["bound"]:,.4g}'),
-                     esc("no value" if t["actual"] is None else f'{t["actual"]:,.4g}'),
-                     _int(t["failed_windows"]), esc(worst_text), result])
-        classes.append("pass" if t["passed"] else "fail")
+        rows.append([f'<span class="mono">{esc(t.expression)}</span>',
+                     esc("whole run" if not t.window_s else f"run + each {t.window_s} s"),
+                     esc(f"{t.bound:,.4g}"),
+                     esc("no value" if t.actual is None else f"{t.actual:,.4g}"),
+                     _int(t.failed_windows), esc(worst_text), result])
+        classes.append("pass" if t.passed else "fail")
     headers = ["threshold", "over", "bound", "actual", "failed windows", "worst failed window",
                "result"]
     return _table(headers, rows, {2, 3, 4}, classes, table_id="thresholds")
 
 
-def lost_section(report: dict[str, Any]) -> str:
-    outcomes = report["outcomes"]
-    if not outcomes["lost"]:
+def lost_section(report: RunReport) -> str:
+    outcomes = report.outcomes
+    if not outcomes.lost:
         return ""
-    ids = outcomes["lost_ids"]
+    ids = outcomes.lost_ids
     listed = "".join(f"<li><code>{esc(i)}</code></li>" for i in ids)
-    more = (f'<p class="note">{outcomes["lost"] - len(ids):,} more not listed.</p>'
-            if outcomes["lost"] > len(ids) else "")
-    return (f'<h2>Lost payments</h2><p class="fail-text">{outcomes["lost"]:,} payments had no '
+    more = (f'<p class="note">{outcomes.lost - len(ids):,} more not listed.</p>'
+            if outcomes.lost > len(ids) else "")
+    return (f'<h2>Lost payments</h2><p class="fail-text">{outcomes.lost:,} payments had no '
             f"outcome.</p><details><summary>payment ids</summary><ul>{listed}</ul></details>"
             + more)
 
@@ -444,18 +439,16 @@ def lost_section(report: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------- page
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: RunReport) -> str:
     """The run report as one self-contained HTML page (inline CSS and SVG, no network)."""
-    thresholds = report["thresholds"]
-    if not thresholds:
+    if not report.thresholds:
         badge = '<span class="badge none">no thresholds</span>'
-    elif report["passed"]:
+    elif report.passed:
         badge = '<span class="badge pass">PASSED</span>'
     else:
         badge = '<span class="badge fail">FAILED</span>'
-    scenario = f' scenario {report["scenario"]}' if report["scenario"] else ""
-    subtitle = (f'{report["run_id"]}{scenario} · {report["started_at"]} · '
-                f'{report["duration_s"]:,.1f} s')
+    scenario = f" scenario {report.scenario}" if report.scenario else ""
+    subtitle = f"{report.run_id}{scenario} · {report.started_at} · {report.duration_s:,.1f} s"
     body = [
         f"<h1>paysim run report {badge}</h1>",
         f'<p class="sub">{esc(subtitle)}</p>',
@@ -474,7 +467,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>Thresholds</h2>", thresholds_table(report),
         lost_section(report),
         "<footer>Made by paysim (schema "
-        f'{esc(report["schema"])}). The full report.json is embedded in this page: the '
+        f"{esc(report.schema)}). The full report.json is embedded in this page: the "
         "element <code>script#paysim-report</code> holds it as JSON.</footer>",
     ]
     return "\n".join([
@@ -484,7 +477,7 @@ def render_html(report: dict[str, Any]) -> str:
         '<meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>paysim report {esc(report['run_id'])}</title>",
+        f"<title>paysim report {esc(report.run_id)}</title>",
         f"<style>{STYLE}</style>",
         "</head>",
         "<body><main>",

@@ -1,4 +1,7 @@
-"""The two ways payments enter the pipeline: straight onto Kafka, or the HTTP API."""
+"""The two ways payments enter the pipeline: straight onto Kafka, or the HTTP API.
+
+Both implement ``Ingress``, so the runner sends through either the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import secrets
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from confluent_kafka import Producer
 
@@ -24,10 +29,33 @@ from paysim.domain.messages import (
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config, produce, quiet_logger
-from paysim.infra.secrets import Keys
+from paysim.infra.secrets import Keys, load_keys
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import GeneratedPayment
 from paysim.pipeline.store import DoneEntry
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A payment handed to the pipeline: its id, and its outcome when the ingress already
+    knows it (the HTTP API declines a bad card at once: the answer is the outcome)."""
+
+    payment_id: str
+    outcome: DoneEntry | None = None
+
+
+class Ingress(Protocol):
+    """Where the runner hands payments over."""
+
+    # How many payments it wants sent at once: 1 sends on the scheduler's own thread, more
+    # through a pool of that many threads (each send then waits for its answer).
+    senders: int
+
+    def send(self, payment: GeneratedPayment, run_id: str,
+             callback_url: str | None) -> Sent: ...
+
+    def finish(self) -> None:
+        """Once every send returned: make sure the pipeline has every payment."""
 
 
 def new_run_id() -> str:
@@ -45,6 +73,8 @@ def request_message(payment: GeneratedPayment, run_id: str, cipher: cards.CardCi
 
 class KafkaIngress:
     """Sends straight onto the requested topic, as a payment gateway would."""
+
+    senders = 1  # produce() only queues: one thread keeps up
 
     def __init__(self, settings: Settings, keys: Keys) -> None:
         self.settings = settings
@@ -70,7 +100,7 @@ class KafkaIngress:
             raise PaysimError(f"Kafka at {self.settings.kafka_bootstrap} gave the sender no "
                               f"producer id in 15 s (state {self._idempotence_state or 'none'})")
 
-    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> str:
+    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> Sent:
         message = request_message(payment, run_id, self.cipher, callback_url)
         # Keyed by card token: one card's payments stay in order end to end, so the same seed
         # settles against the ledger in the same order.
@@ -78,7 +108,7 @@ class KafkaIngress:
         produce(self.producer, self.settings.topics.requested, encode(message), key=key,
                 on_delivery=self._delivered)
         self.producer.poll(0)
-        return message.payment_id
+        return Sent(message.payment_id)
 
     def _delivered(self, error, _message) -> None:
         if error is not None:
@@ -94,12 +124,12 @@ class KafkaIngress:
 class HttpIngress:
     """Sends through the HTTP API (POST /authorize), as a shop's checkout would."""
 
+    senders = 32  # each request waits for its answer
+
     def __init__(self, settings: Settings) -> None:
         self.url = f"http://{settings.http.host}:{settings.http.port}/authorize"
 
-    def send(self, payment: GeneratedPayment, run_id: str,
-             callback_url: str | None) -> tuple[str, DoneEntry | None]:
-        """The payment id, and its outcome when the edge declined it at once."""
+    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> Sent:
         body: dict[str, object] = {
             "card_number": payment.card.number, "exp_month": payment.card.exp_month,
             "exp_year": payment.card.exp_year, "cvv": payment.card.cvv,
@@ -115,14 +145,14 @@ class HttpIngress:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())["payment_id"], None
+                return Sent(json.loads(response.read())["payment_id"])
         except urllib.error.HTTPError as exc:
             answer = json.loads(exc.read() or b"{}")
             if exc.code == 400 and "reason_code" in answer:
                 payment_id = str(uuid.uuid4())
-                return payment_id, DoneEntry(
+                return Sent(payment_id, DoneEntry(
                     payment_id, Status.DECLINED, answer["reason_code"], payment.amount,
-                    payment.currency, payment.seq, {REQUESTED: requested, NOTIFIED: now_us()})
+                    payment.currency, payment.seq, {REQUESTED: requested, NOTIFIED: now_us()}))
             raise PaysimError(f"HTTP API at {self.url} answered {exc.code}: "
                               f"{answer.get('error', 'no error message')}") from None
         except (urllib.error.URLError, OSError) as exc:
@@ -132,3 +162,10 @@ class HttpIngress:
 
     def finish(self) -> None:
         pass
+
+
+def open_ingress(settings: Settings, via: str) -> Ingress:
+    """The ingress ``via`` names: ``kafka`` or ``http``."""
+    if via == "http":
+        return HttpIngress(settings)
+    return KafkaIngress(settings, load_keys(settings))

@@ -18,7 +18,6 @@ from paysim.pipeline import registry
 from paysim.pipeline.store import DoneEntry
 
 MAX_LATENCY_US = 3_600_000_000
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 # Each service's latency: from the time it was handed the payment (the stage time of the
 # latest service before it that saw the payment; the request time for the first) to the stage

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from paysim.domain.decisions import IssuerRates
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError
 from paysim.load.generator import Mix, PaymentStream, PopulationSpec, build_population
-from paysim.load.metrics import RunMetrics
 from paysim.load.replay import read_paysim_csv, read_record
-from paysim.load.report import run_values, window_values
 from paysim.load.runner import Plan, RunOptions
 from paysim.load.scenario import THRESHOLD_METRICS, Scenario, load_scenario
 from paysim.load.schedule import Profile, Stage, parse_duration
-from paysim.load.thresholds import Threshold, evaluate, parse_threshold
+from paysim.load.thresholds import Threshold, parse_threshold
 
 DEFAULT_COUNT = 1000
 PAYSIM_CSV_RATE = 100.0
@@ -43,6 +39,15 @@ class SendRequest:
     via: str = "kafka"
     timeout: float = 120.0
     callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A request worked out: what the runner sends and how, and the thresholds to check."""
+
+    plan: Plan
+    options: RunOptions
+    thresholds: tuple[Threshold, ...]
 
 
 def _stage(text: str) -> Stage:
@@ -96,14 +101,15 @@ def _profile(request: SendRequest, scenario: Scenario | None) -> tuple[Profile |
     return profile, count
 
 
-def plan_run(settings: Settings, request: SendRequest) -> tuple[Plan, RunOptions,
-                                                                 list[Threshold], int]:
-    """The plan, the runner's options, the thresholds, and the seed used."""
+def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
+    """The run a request asks for. A mistake in the request is a ConfigError here, before
+    anything is sent. The seed used is the plan's: the flag's, else the scenario's, else a
+    random one."""
     scenario = load_scenario(request.scenario) if request.scenario else None
     seed = request.seed if request.seed is not None else (
         scenario.seed if scenario and scenario.seed is not None else random.randrange(2**31))
-    thresholds = list(scenario.thresholds if scenario else ()) + [
-        _threshold(t) for t in request.thresholds]
+    thresholds = (*(scenario.thresholds if scenario else ()),
+                  *(_threshold(t) for t in request.thresholds))
     options = RunOptions(
         via=request.via, timeout=request.timeout, callback_url=request.callback_url,
         record=Path(request.record) if request.record else None,
@@ -114,7 +120,7 @@ def plan_run(settings: Settings, request: SendRequest) -> tuple[Plan, RunOptions
                                                       spec.added_latency_ms),
                           issuer_outages_s=spec.outages_s)
     if request.replay:
-        return _replay_plan(request, seed, scenario), options, thresholds, seed
+        return PlannedRun(_replay_plan(request, seed, scenario), options, thresholds)
 
     mix = scenario.mix if scenario else Mix()
     if request.bad_share is not None or request.test_card_share is not None:
@@ -129,7 +135,7 @@ def plan_run(settings: Settings, request: SendRequest) -> tuple[Plan, RunOptions
     plan = Plan(payments=iter(stream), count=count,
                 offsets=profile.offsets() if profile else None, profile=profile,
                 scenario=scenario.name if scenario else None, seed=seed)
-    return plan, options, thresholds, seed
+    return PlannedRun(plan, options, thresholds)
 
 
 def _replay_plan(request: SendRequest, seed: int, scenario: Scenario | None) -> Plan:
@@ -154,22 +160,3 @@ def _replay_plan(request: SendRequest, seed: int, scenario: Scenario | None) -> 
         offsets = iter(offsets)
     return Plan(payments=iter(payments), count=count, offsets=offsets, profile=profile,
                 scenario=scenario.name if scenario else f"replay of {path.name}", seed=seed)
-
-
-def check_thresholds(report: dict[str, Any], metrics: RunMetrics,
-                     thresholds: list[Threshold]) -> list[dict[str, Any]]:
-    """Each threshold over the whole run and, where it has a window, every full window."""
-    run = run_values(report, metrics)
-    last = max((s["second"] for s in report["timeline"] if s["sent"]), default=-1)
-    results = []
-    for threshold in thresholds:
-        windows = []
-        if threshold.window_s:
-            size = threshold.window_s
-            for first in itertools.count(0, size):
-                if first + size - 1 > last:
-                    break
-                windows.append((first, window_values(metrics, first, first + size - 1,
-                                                     report["load"]["target_rate"])))
-        results.append(evaluate(threshold, run, windows))
-    return results

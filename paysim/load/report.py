@@ -3,21 +3,138 @@
 Schema ``paysim.report/1`` (docs/report.md describes each field). Latency figures are in
 milliseconds; each latency block also carries its HdrHistogram, base64-encoded as HdrHistogram
 libraries exchange them, so runs can be merged and compared.
+
+The report is typed (msgspec Structs, in report.json's key order) and written with
+``to_dict``. A field that report.json leaves out when it has no value (a latency block's
+figures when nothing was measured, a second's latency when nothing completed) defaults to
+None and is omitted; a field report.json writes as null has no default and stays.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from hdrh.histogram import HdrHistogram
 
 from paysim.domain import decisions, money
-from paysim.load.metrics import PERCENTILES, RunMetrics, new_histogram
+from paysim.load.metrics import RunMetrics, Second, new_histogram
+from paysim.load.thresholds import Threshold, ThresholdResult, evaluate
 
 SCHEMA = "paysim.report/1"
 LOST_IDS_LISTED = 100
+# The latency columns of every table, as LatencyBlock.percentiles gives them.
+PERCENTILE_LABELS = ("p50", "p90", "p99", "p99.9", "max")
+
+
+class LatencyBlock(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """Latency in ms; the figures are absent (None) when ``count`` is 0."""
+
+    count: int
+    min_ms: float | None = None
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    p99_9_ms: float | None = None
+    max_ms: float | None = None
+    histogram: str | None  # HdrHistogram of µs, base64; null when count is 0
+
+    def percentiles(self) -> tuple[tuple[str, float | None], ...]:
+        """(label, ms) for each of PERCENTILE_LABELS: the tables' latency columns."""
+        return tuple(zip(PERCENTILE_LABELS, (self.p50_ms, self.p90_ms, self.p99_ms,
+                                             self.p99_9_ms, self.max_ms), strict=True))
+
+
+class Load(msgspec.Struct, frozen=True):
+    """The load offered."""
+
+    mode: str  # "open" (scheduled) or "burst" (as fast as possible)
+    target_rate: float | None  # None in burst mode
+    achieved_rate: float
+    stages: list[dict[str, float]]
+    scheduled: int
+    sent: int
+    dropped: int
+    send_delay: LatencyBlock
+
+
+class ReasonRow(msgspec.Struct, frozen=True):
+    status: str
+    reason_code: str
+    reason_text: str
+    count: int
+    share: float
+
+
+class ApprovedAmount(msgspec.Struct, frozen=True):
+    minor_units: int
+    formatted: str
+
+
+class Outcomes(msgspec.Struct, frozen=True):
+    """What came back."""
+
+    completed: int
+    lost: int
+    lost_ids: list[str]  # the first LOST_IDS_LISTED
+    throughput_per_s: float
+    approved_ratio: float
+    declined_ratio: float
+    by_reason: list[ReasonRow]  # most frequent first
+    approved_amounts: dict[str, ApprovedAmount]  # by ISO 4217 code
+
+    @property
+    def approved(self) -> int:
+        return sum(row.count for row in self.by_reason if row.status == "approved")
+
+
+class Latency(msgspec.Struct, frozen=True):
+    end_to_end: LatencyBlock
+    stages: dict[str, LatencyBlock]  # only the stages that saw payments
+
+
+class TimelineSecond(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """One second of the run; the latency figures are absent when nothing completed."""
+
+    second: int
+    sent: int
+    completed: int
+    approved: int
+    declined: int
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+
+
+class RunReport(msgspec.Struct, frozen=True):
+    """One run's report: report.json's top level."""
+
+    schema: str  # SCHEMA
+    run_id: str
+    scenario: str | None
+    seed: int | None
+    via: str
+    started_at: str  # ISO 8601 with the UTC offset
+    duration_s: float
+    load: Load
+    outcomes: Outcomes
+    latency: Latency
+    timeline: list[TimelineSecond]
+    thresholds: list[ThresholdResult]
+    passed: bool  # every threshold passed (also when there are none)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as report.json holds it (plain dicts and lists, in its key order)."""
+        return msgspec.to_builtins(self)
+
+    @property
+    def failed_thresholds(self) -> list[ThresholdResult]:
+        return [t for t in self.thresholds if not t.passed]
 
 
 @dataclass(frozen=True)
@@ -34,84 +151,97 @@ class RunInfo:
     finished_us: int
 
 
-def _key(pct: float) -> str:
-    return f"p{pct:g}".replace(".", "_") + "_ms"
-
-
-def latency_block(histogram: HdrHistogram, with_histogram: bool = True) -> dict[str, Any]:
+def latency_block(histogram: HdrHistogram, with_histogram: bool = True) -> LatencyBlock:
+    """The block of a histogram; ``with_histogram`` False leaves its encoding out (None),
+    which costs more than the figures."""
     count = histogram.get_total_count()
-    block: dict[str, Any] = {"count": count}
-    if count:
-        block["min_ms"] = histogram.get_min_value() / 1000
-        block["mean_ms"] = round(histogram.get_mean_value() / 1000, 3)
-        for pct in PERCENTILES:
-            block[_key(pct)] = histogram.get_value_at_percentile(pct) / 1000
-        block["max_ms"] = histogram.get_max_value() / 1000
-    if with_histogram:
-        block["histogram"] = histogram.encode().decode() if count else None
-    return block
+    if not count:
+        return LatencyBlock(count=0, histogram=None)
+
+    def at(pct: float) -> float:
+        return histogram.get_value_at_percentile(pct) / 1000
+
+    return LatencyBlock(
+        count=count, min_ms=histogram.get_min_value() / 1000,
+        mean_ms=round(histogram.get_mean_value() / 1000, 3),
+        p50_ms=at(50.0), p90_ms=at(90.0), p99_ms=at(99.0), p99_9_ms=at(99.9),
+        max_ms=histogram.get_max_value() / 1000,
+        histogram=histogram.encode().decode() if with_histogram else None,
+    )
 
 
 def build_report(metrics: RunMetrics, info: RunInfo,
-                 thresholds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 thresholds: Sequence[Threshold] = ()) -> RunReport:
+    """The report of a finished run, with each threshold's verdict."""
     with metrics.lock:
         duration_s = max(1e-6, (info.finished_us - metrics.started_us) / 1e6)
         completed = metrics.completed
         reasons = sorted(metrics.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         approved = sum(n for (status, _), n in reasons if status == "approved")
-        report: dict[str, Any] = {
-            "schema": SCHEMA,
-            "run_id": info.run_id,
-            "scenario": info.scenario,
-            "seed": info.seed,
-            "via": info.via,
-            "started_at": datetime.fromtimestamp(metrics.started_us / 1e6, UTC).isoformat(),
-            "duration_s": round(duration_s, 3),
-            "load": {
-                "mode": info.mode,
-                "target_rate": info.target_rate,
-                "achieved_rate": round(metrics.achieved_rate(), 2),
-                "stages": info.stages,
-                "scheduled": info.scheduled,
-                "sent": metrics.sent,
-                "dropped": metrics.dropped,
-                "send_delay": latency_block(metrics.send_delay),
-            },
-            "outcomes": {
-                "completed": completed,
-                "lost": len(info.lost_ids),
-                "lost_ids": info.lost_ids[:LOST_IDS_LISTED],
-                "throughput_per_s": round(completed / duration_s, 1),
-                "approved_ratio": round(approved / completed, 6) if completed else 0.0,
-                "declined_ratio": round(1 - approved / completed, 6) if completed else 0.0,
-                "by_reason": [
-                    {"status": status, "reason_code": code,
-                     "reason_text": decisions.reason_text(code), "count": n,
-                     "share": round(n / completed, 6)}
-                    for (status, code), n in reasons
-                ],
-                "approved_amounts": {
-                    currency: {"minor_units": amount,
-                               "formatted": money.format_amount(amount, currency)}
-                    for currency, amount in sorted(metrics.approved_amounts.items())
-                },
-            },
-            "latency": {
-                "end_to_end": latency_block(metrics.end_to_end),
-                "stages": {name: latency_block(h) for name, h in metrics.stages.items()
-                           if h.get_total_count()},
-            },
-            "timeline": [
-                {"second": index, "sent": sec.sent, "completed": sec.completed,
-                 "approved": sec.approved, "declined": sec.declined,
-                 **{k: v for k, v in latency_block(sec.latency, with_histogram=False).items()
-                    if k in ("p50_ms", "p99_ms", "max_ms")}}
-                for index, sec in sorted(metrics.seconds.items())
-            ],
-        }
-    report["thresholds"] = thresholds or []
-    report["passed"] = all(t["passed"] for t in report["thresholds"])
-    return report
+        started_at = datetime.fromtimestamp(metrics.started_us / 1e6, UTC).isoformat()
+        load = Load(
+            mode=info.mode, target_rate=info.target_rate,
+            achieved_rate=round(metrics.achieved_rate(), 2), stages=info.stages,
+            scheduled=info.scheduled, sent=metrics.sent, dropped=metrics.dropped,
+            send_delay=latency_block(metrics.send_delay),
+        )
+        outcomes = Outcomes(
+            completed=completed, lost=len(info.lost_ids),
+            lost_ids=info.lost_ids[:LOST_IDS_LISTED],
+            throughput_per_s=round(completed / duration_s, 1),
+            approved_ratio=round(approved / completed, 6) if completed else 0.0,
+            declined_ratio=round(1 - approved / completed, 6) if completed else 0.0,
+            by_reason=[ReasonRow(status, code, decisions.reason_text(code), n,
+                                 round(n / completed, 6))
+                       for (status, code), n in reasons],
+            approved_amounts={currency: ApprovedAmount(amount,
+                                                       money.format_amount(amount, currency))
+                              for currency, amount in sorted(metrics.approved_amounts.items())},
+        )
+        latency = Latency(
+            end_to_end=latency_block(metrics.end_to_end),
+            stages={name: latency_block(h) for name, h in metrics.stages.items()
+                    if h.get_total_count()},
+        )
+        timeline = [_timeline_second(index, sec) for index, sec in sorted(metrics.seconds.items())]
+    # Outside the lock: the windows take it again.
+    verdicts = check_thresholds(thresholds, metrics, load, outcomes, timeline)
+    return RunReport(
+        schema=SCHEMA, run_id=info.run_id, scenario=info.scenario, seed=info.seed,
+        via=info.via, started_at=started_at, duration_s=round(duration_s, 3), load=load,
+        outcomes=outcomes, latency=latency, timeline=timeline, thresholds=verdicts,
+        passed=all(t.passed for t in verdicts),
+    )
+
+
+def _timeline_second(index: int, sec: Second) -> TimelineSecond:
+    block = latency_block(sec.latency, with_histogram=False)
+    return TimelineSecond(second=index, sent=sec.sent, completed=sec.completed,
+                          approved=sec.approved, declined=sec.declined, p50_ms=block.p50_ms,
+                          p99_ms=block.p99_ms, max_ms=block.max_ms)
+
+
+# ------------------------------------------------------------------------- thresholds
+
+
+def check_thresholds(thresholds: Sequence[Threshold], metrics: RunMetrics, load: Load,
+                     outcomes: Outcomes, timeline: Sequence[TimelineSecond],
+                     ) -> list[ThresholdResult]:
+    """Each threshold over the whole run and, where it has a window, every full window."""
+    run = run_values(load, outcomes, metrics)
+    last = max((s.second for s in timeline if s.sent), default=-1)
+    results = []
+    for threshold in thresholds:
+        windows = []
+        if threshold.window_s:
+            size = threshold.window_s
+            for first in itertools.count(0, size):
+                if first + size - 1 > last:
+                    break
+                windows.append((first, window_values(metrics, first, first + size - 1,
+                                                     load.target_rate)))
+        results.append(evaluate(threshold, run, windows))
+    return results
 
 
 def window_values(metrics: RunMetrics, first: int, last: int,
@@ -140,9 +270,10 @@ def window_values(metrics: RunMetrics, first: int, last: int,
 
 
 def latency_values(histogram: HdrHistogram, prefix: str = "") -> dict[str, float]:
-    block = latency_block(histogram, with_histogram=False)
-    return {prefix + k.replace("p99_9", "p999"): float(v) for k, v in block.items()
-            if k.endswith("_ms")}
+    """The threshold metrics of a histogram: ``{prefix}p99_ms``, ``{prefix}p999_ms``..."""
+    block = msgspec.structs.asdict(latency_block(histogram, with_histogram=False))
+    return {prefix + name.replace("p99_9", "p999"): float(value)
+            for name, value in block.items() if name.endswith("_ms") and value is not None}
 
 
 def ratio_values(completed: int, approved: int, reasons: dict[str, int]) -> dict[str, float]:
@@ -155,21 +286,18 @@ def ratio_values(completed: int, approved: int, reasons: dict[str, int]) -> dict
     return values
 
 
-def run_values(report: dict[str, Any], metrics: RunMetrics) -> dict[str, float]:
+def run_values(load: Load, outcomes: Outcomes, metrics: RunMetrics) -> dict[str, float]:
     """Threshold metrics over the whole run."""
-    outcomes = report["outcomes"]
     reasons: dict[str, int] = {}
-    for row in outcomes["by_reason"]:
-        reasons[row["reason_code"]] = reasons.get(row["reason_code"], 0) + row["count"]
-    approved = sum(r["count"] for r in outcomes["by_reason"] if r["status"] == "approved")
+    for row in outcomes.by_reason:
+        reasons[row.reason_code] = reasons.get(row.reason_code, 0) + row.count
     values = latency_values(metrics.end_to_end)
     for name, histogram in metrics.stages.items():
         values.update(latency_values(histogram, prefix=f"{name}_"))
     values.update(latency_values(metrics.send_delay, prefix="send_delay_"))
-    values.update(ratio_values(outcomes["completed"], approved, reasons))
-    load = report["load"]
-    values.update({"lost": float(outcomes["lost"]), "dropped": float(load["dropped"]),
-                   "sent": float(load["sent"]), "achieved_rate": float(load["achieved_rate"]),
-                   "target": float(load["target_rate"] or 0.0),
-                   "throughput": float(outcomes["throughput_per_s"])})
+    values.update(ratio_values(outcomes.completed, outcomes.approved, reasons))
+    values.update({"lost": float(outcomes.lost), "dropped": float(load.dropped),
+                   "sent": float(load.sent), "achieved_rate": float(load.achieved_rate),
+                   "target": float(load.target_rate or 0.0),
+                   "throughput": float(outcomes.throughput_per_s)})
     return values

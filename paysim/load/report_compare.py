@@ -15,19 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from paysim.infra.errors import ConfigError
-from paysim.load.report import SCHEMA
+from paysim.load.report import SCHEMA, LatencyBlock, RunReport
 
 SCHEMA_FILE = "report.schema.json"
-
-# The latency figures compared and shown, in the order of the tables: (report key, label).
-LATENCY_FIGURES: tuple[tuple[str, str], ...] = (
-    ("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p99_9_ms", "p99.9"),
-    ("max_ms", "max"),
-)
 END_TO_END = "end to end"
 
 LOWER, HIGHER = "lower", "higher"  # which way a figure is better
@@ -75,7 +70,14 @@ def validate_report(report: Any, name: str = "the report") -> None:
         raise ConfigError(f"{name} does not match the {SCHEMA} schema at {problem}")
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
+def parse_report(data: Any, name: str = "the report") -> RunReport:
+    """A report.json document, validated against the schema, as a RunReport."""
+    validate_report(data, name)
+    # The schema is stricter than the types, so what passed it converts.
+    return msgspec.convert(data, RunReport)
+
+
+def load_report(path: str | Path) -> RunReport:
     """Read and validate one report.json; every failure is a one-line ConfigError."""
     path = Path(path)
     try:
@@ -93,8 +95,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} "
                           f"column {exc.colno}") from None
-    validate_report(report, str(path))
-    return report
+    return parse_report(report, str(path))
 
 
 # ------------------------------------------------------------------------------ comparing
@@ -140,41 +141,33 @@ class Row:
                 "verdict": self.verdict}
 
 
-def latency_blocks(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def latency_blocks(report: RunReport) -> list[tuple[str, LatencyBlock]]:
     """(name, latency block) for end to end, then each stage in the report's order."""
-    latency = report["latency"]
-    return [(END_TO_END, latency["end_to_end"]), *latency["stages"].items()]
+    return [(END_TO_END, report.latency.end_to_end), *report.latency.stages.items()]
 
 
-def _reason_shares(report: dict[str, Any]) -> dict[str, tuple[float, str]]:
+def _reason_shares(report: RunReport) -> dict[str, tuple[float, str]]:
     shares: dict[str, tuple[float, str]] = {}
-    for row in report["outcomes"]["by_reason"]:
-        code = row["reason_code"]
-        before = shares.get(code, (0.0, row["reason_text"]))[0]
-        shares[code] = (before + row["share"], row["reason_text"])
+    for row in report.outcomes.by_reason:
+        before = shares.get(row.reason_code, (0.0, row.reason_text))[0]
+        shares[row.reason_code] = (before + row.share, row.reason_text)
     return shares
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def diff_rows(a: dict[str, Any], b: dict[str, Any]) -> list[Row]:
+def diff_rows(a: RunReport, b: RunReport) -> list[Row]:
     """The key figures of run ``a`` and run ``b``, side by side (b compared with a)."""
     rows = [
-        Row("duration", a["duration_s"], b["duration_s"], "s"),
-        Row("target rate", _number(a["load"]["target_rate"]),
-            _number(b["load"]["target_rate"]), "per_s"),
-        Row("achieved rate", a["load"]["achieved_rate"], b["load"]["achieved_rate"], "per_s",
+        Row("duration", a.duration_s, b.duration_s, "s"),
+        Row("target rate", a.load.target_rate, b.load.target_rate, "per_s"),
+        Row("achieved rate", a.load.achieved_rate, b.load.achieved_rate, "per_s", HIGHER),
+        Row("throughput", a.outcomes.throughput_per_s, b.outcomes.throughput_per_s, "per_s",
             HIGHER),
-        Row("throughput", a["outcomes"]["throughput_per_s"], b["outcomes"]["throughput_per_s"],
-            "per_s", HIGHER),
-        Row("sent", a["load"]["sent"], b["load"]["sent"], "count"),
-        Row("completed", a["outcomes"]["completed"], b["outcomes"]["completed"], "count"),
-        Row("lost", a["outcomes"]["lost"], b["outcomes"]["lost"], "count", LOWER),
-        Row("dropped", a["load"]["dropped"], b["load"]["dropped"], "count", LOWER),
-        Row("approved ratio", a["outcomes"]["approved_ratio"], b["outcomes"]["approved_ratio"],
-            "ratio", HIGHER),
+        Row("sent", a.load.sent, b.load.sent, "count"),
+        Row("completed", a.outcomes.completed, b.outcomes.completed, "count"),
+        Row("lost", a.outcomes.lost, b.outcomes.lost, "count", LOWER),
+        Row("dropped", a.load.dropped, b.load.dropped, "count", LOWER),
+        Row("approved ratio", a.outcomes.approved_ratio, b.outcomes.approved_ratio, "ratio",
+            HIGHER),
     ]
     shares_a, shares_b = _reason_shares(a), _reason_shares(b)
     order = list(shares_a) + [code for code in shares_b if code not in shares_a]
@@ -185,17 +178,17 @@ def diff_rows(a: dict[str, Any], b: dict[str, Any]) -> list[Row]:
     blocks_a, blocks_b = dict(latency_blocks(a)), dict(latency_blocks(b))
     names = list(blocks_a) + [name for name in blocks_b if name not in blocks_a]
     for name in names:
-        block_a, block_b = blocks_a.get(name, {}), blocks_b.get(name, {})
-        for key, label in LATENCY_FIGURES:
-            rows.append(Row(f"{name} {label}", _number(block_a.get(key)),
-                            _number(block_b.get(key)), "ms", LOWER))
-    delay_a, delay_b = a["load"]["send_delay"], b["load"]["send_delay"]
-    rows.append(Row("send delay p99", _number(delay_a.get("p99_ms")),
-                    _number(delay_b.get("p99_ms")), "ms", LOWER))
-    failed_a = sum(not t["passed"] for t in a["thresholds"])
-    failed_b = sum(not t["passed"] for t in b["thresholds"])
-    if a["thresholds"] or b["thresholds"]:
-        rows.append(Row("thresholds failed", failed_a, failed_b, "count", LOWER))
+        # A stage one run has and the other lacks: its figures are missing on that side.
+        absent = LatencyBlock(count=0, histogram=None)
+        figures_a = blocks_a.get(name, absent).percentiles()
+        figures_b = blocks_b.get(name, absent).percentiles()
+        for (label, value_a), (_, value_b) in zip(figures_a, figures_b, strict=True):
+            rows.append(Row(f"{name} {label}", value_a, value_b, "ms", LOWER))
+    rows.append(Row("send delay p99", a.load.send_delay.p99_ms, b.load.send_delay.p99_ms, "ms",
+                    LOWER))
+    if a.thresholds or b.thresholds:
+        rows.append(Row("thresholds failed", len(a.failed_thresholds),
+                        len(b.failed_thresholds), "count", LOWER))
     return rows
 
 

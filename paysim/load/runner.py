@@ -1,10 +1,11 @@
 """Run a load: send each payment at its intended time, read outcomes as they come, measure.
 
-Three threads: the scheduler sends (straight onto Kafka, or through the HTTP API with a pool of
-workers), the collector reads the run's stream of notified payments, and a ticker reports
-progress. A payment that cannot be sent on time is sent late, with its send delay recorded;
-one more than ``max_send_delay_s`` late is dropped and counted, as k6 counts dropped
-iterations, so a generator that cannot keep up says so instead of quietly sending less.
+Three threads: the scheduler sends (itself, or through a pool of workers when the ingress wants
+several senders, as the HTTP API does), the collector reads the run's stream of notified
+payments, and a ticker reports progress. A payment that cannot be sent on time is sent late,
+with its send delay recorded; one more than ``max_send_delay_s`` late is dropped and counted,
+as k6 counts dropped iterations, so a generator that cannot keep up says so instead of quietly
+sending less.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from paysim.domain.decisions import IssuerRates
 from paysim.domain.messages import NOTIFIED, now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
-from paysim.infra.secrets import load_keys
 from paysim.load.generator import GeneratedPayment
-from paysim.load.ingress import HttpIngress, KafkaIngress, new_run_id
+from paysim.load.ingress import Ingress, new_run_id, open_ingress
 from paysim.load.metrics import RunMetrics
 from paysim.load.report import RunInfo
 from paysim.load.schedule import Profile
@@ -36,7 +36,6 @@ from paysim.pipeline.store import DoneEntry
 
 TICK_S = 0.5
 SCHEDULER_SWITCH_INTERVAL_S = 0.0005
-HTTP_WORKERS = 32
 READ_BATCH = 2000
 
 
@@ -107,7 +106,7 @@ class LoadRun:
     def run(self, on_tick: Callable[[Tick], None] | None = None) -> tuple[RunMetrics, RunInfo]:
         client = store.connect(self.settings)
         try:
-            ingress = self._ingress()
+            ingress = open_ingress(self.settings, self.options.via)
             started = now_us()
             self.metrics = RunMetrics(started)
             self._publish_issuer(client, started)
@@ -158,11 +157,6 @@ class LoadRun:
 
     # ---------------------------------------------------------------- sending
 
-    def _ingress(self) -> KafkaIngress | HttpIngress:
-        if self.options.via == "http":
-            return HttpIngress(self.settings)
-        return KafkaIngress(self.settings, load_keys(self.settings))
-
     def _publish_issuer(self, client: redis.Redis, started_us: int) -> None:
         if self.options.issuer is None:
             return
@@ -172,9 +166,9 @@ class LoadRun:
                             outages, self.options.issuer.added_latency_ms)
         store.write_run_issuer(client, self.run_id, rates, self.settings.redis.outcome_ttl)
 
-    def _send_all(self, ingress: KafkaIngress | HttpIngress) -> None:
+    def _send_all(self, ingress: Ingress) -> None:
         record = self.options.record.open("w") if self.options.record else None
-        pool = ThreadPoolExecutor(HTTP_WORKERS) if isinstance(ingress, HttpIngress) else None
+        pool = ThreadPoolExecutor(ingress.senders) if ingress.senders > 1 else None
         try:
             if record:
                 record.write(json.dumps({"paysim_record": 1, "run_id": self.run_id,
@@ -205,14 +199,13 @@ class LoadRun:
                     record.write(record_line(payment, offset if offset is not None
                                              else (time.monotonic() - start)) + "\n")
                 if pool:
-                    pool.submit(self._send_http, ingress, payment, intended)
+                    pool.submit(self._send_pooled, ingress, payment, intended)
                 else:
-                    self._send_kafka(ingress, payment, intended)
+                    self._send(ingress, payment, intended)
         finally:
             if pool:
                 pool.shutdown(wait=True)
-            if isinstance(ingress, KafkaIngress):
-                ingress.finish()
+            ingress.finish()
             if record:
                 record.close()
 
@@ -224,20 +217,19 @@ class LoadRun:
             if self.stop.wait(min(left, 0.05)):
                 return False
 
-    def _send_kafka(self, ingress: KafkaIngress, payment: GeneratedPayment,
-                    intended: int | None) -> None:
-        sent = now_us()
-        payment_id = ingress.send(payment, self.run_id, self.options.callback_url)
-        self._sent(payment_id, intended if intended is not None else sent, sent)
+    def _send(self, ingress: Ingress, payment: GeneratedPayment, intended: int | None) -> None:
+        """Send one payment; ``intended`` None (a burst) counts from the actual send."""
+        sent_us = now_us()
+        handed = ingress.send(payment, self.run_id, self.options.callback_url)
+        self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
+        if handed.outcome is not None:  # declined at the edge: the answer is its outcome
+            self._outcome(handed.outcome)
 
-    def _send_http(self, ingress: HttpIngress, payment: GeneratedPayment,
-                   intended: int | None) -> None:
+    def _send_pooled(self, ingress: Ingress, payment: GeneratedPayment,
+                     intended: int | None) -> None:
+        """``_send`` on a pool thread: a failure stops the run, which reports it."""
         try:
-            sent = now_us()
-            payment_id, immediate = ingress.send(payment, self.run_id, self.options.callback_url)
-            self._sent(payment_id, intended if intended is not None else sent, sent)
-            if immediate is not None:  # declined at the edge: its outcome is the HTTP answer
-                self._outcome(immediate)
+            self._send(ingress, payment, intended)
         except PaysimError as exc:
             self.errors.append(str(exc))
             self.stop.set()

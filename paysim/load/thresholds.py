@@ -10,7 +10,8 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+
+import msgspec
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
@@ -56,34 +57,48 @@ def parse_threshold(text: str, window_s: int | None = None,
                      match["target"] is not None, window_s)
 
 
-def _worst(threshold: Threshold, failed: list[dict[str, Any]]) -> dict[str, Any] | None:
+class WorstWindow(msgspec.Struct, frozen=True):
+    start_s: int  # the window's first second
+    actual: float | None  # the metric in it; None when the window never produced it
+
+
+class ThresholdResult(msgspec.Struct, frozen=True):
+    """A threshold's verdict, as report.json's ``thresholds`` entries hold it."""
+
+    expression: str
+    window_s: int | None
+    bound: float
+    actual: float | None  # over the whole run; None when the run never produced it
+    passed: bool  # over the whole run and in every window
+    failed_windows: int
+    worst_window: WorstWindow | None
+
+
+def _worst(threshold: Threshold, failed: list[WorstWindow]) -> WorstWindow | None:
     """The failing window furthest past the bound: the highest value under an upper bound,
     the lowest under a lower one; for == and != the first."""
-    measured = [w for w in failed if w["actual"] is not None]
+    measured = [w for w in failed if w.actual is not None]
     if not measured:
         return failed[0] if failed else None
     if threshold.op in ("<", "<="):
-        return max(measured, key=lambda w: w["actual"])
+        return max(measured, key=lambda w: w.actual)
     if threshold.op in (">", ">="):
-        return min(measured, key=lambda w: w["actual"])
+        return min(measured, key=lambda w: w.actual)
     return measured[0]
 
 
 def evaluate(threshold: Threshold, run: Mapping[str, float],
-             windows: list[tuple[int, Mapping[str, float]]]) -> dict[str, Any]:
-    """The threshold's verdict for report.json: over the run, and its worst window."""
+             windows: list[tuple[int, Mapping[str, float]]]) -> ThresholdResult:
+    """The threshold's verdict: over the run, and its worst window."""
     passed, actual = threshold.holds(run)
-    result: dict[str, Any] = {"expression": threshold.expression,
-                              "window_s": threshold.window_s, "bound": threshold.bound(run),
-                              "actual": actual, "passed": passed, "failed_windows": 0,
-                              "worst_window": None}
+    failed: list[WorstWindow] = []
     if threshold.window_s:
-        failed = []
         for start, values in windows:
             ok, value = threshold.holds(values)
             if not ok:
-                failed.append({"start_s": start, "actual": value})
-        result["failed_windows"] = len(failed)
-        result["worst_window"] = _worst(threshold, failed)
-        result["passed"] = passed and result["failed_windows"] == 0
-    return result
+                failed.append(WorstWindow(start, value))
+    return ThresholdResult(
+        expression=threshold.expression, window_s=threshold.window_s,
+        bound=threshold.bound(run), actual=actual, passed=passed and not failed,
+        failed_windows=len(failed), worst_window=_worst(threshold, failed),
+    )

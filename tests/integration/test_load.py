@@ -1,4 +1,7 @@
-"""The load engine on the real pipeline: open-model rates, thresholds, record and replay."""
+"""The load engine on the real pipeline: open-model rates, thresholds, record and replay.
+
+`paysim send --json` is read back as the typed report (checked against the schema on the way);
+one run goes through run_load itself, as the benchmark does."""
 
 from __future__ import annotations
 
@@ -12,8 +15,18 @@ from pathlib import Path
 import jsonschema
 
 from paysim.infra.config import Settings
+from paysim.load.plan import SendRequest, plan_run
 from paysim.load.replay import read_record
-from tests.integration.pipeline_helpers import paysim, reason_counts, send
+from paysim.load.report import RunReport
+from paysim.load.report_compare import parse_report
+from paysim.load.run import run_load
+from paysim.load.runner import Tick
+from tests.integration.pipeline_helpers import injected, paysim, send
+
+
+def send_report(settings: Settings, *args: str) -> RunReport:
+    """`paysim send --json` with ``args``, which must exit 0, as the report it printed."""
+    return parse_report(send(settings, *args), "paysim send --json")
 
 
 def ps_pid(settings: Settings, name: str) -> int:
@@ -25,16 +38,16 @@ def test_a_fixed_rate_sends_rate_times_duration_on_an_even_schedule(
     pipeline: Settings, tmp_path: Path,
 ) -> None:
     record = tmp_path / "run.jsonl"
-    report = send(pipeline, "--rate", "100", "--duration", "5s", "--seed", "3",
-                  "--record", str(record))
+    report = send_report(pipeline, "--rate", "100", "--duration", "5s", "--seed", "3",
+                         "--record", str(record))
 
-    assert abs(report["load"]["sent"] - 500) <= 10  # within 2% of rate x duration
-    assert report["load"]["mode"] == "open"
-    assert report["load"]["target_rate"] == 100
-    assert report["outcomes"]["lost"] == 0
+    assert abs(report.load.sent - 500) <= 10  # within 2% of rate x duration
+    assert report.load.mode == "open"
+    assert report.load.target_rate == 100
+    assert report.outcomes.lost == 0
     _, recorded = read_record(record)
     offsets = [offset for _, offset in recorded]
-    assert len(offsets) == report["load"]["sent"]
+    assert len(offsets) == report.load.sent
     gaps = [b - a for a, b in itertools.pairwise(offsets)]
     assert all(abs(gap - 0.01) < 1e-6 for gap in gaps), "intended times 10 ms apart"
 
@@ -58,17 +71,19 @@ def test_a_paused_processor_shows_in_p99_because_latency_counts_from_intended_ti
     timer = threading.Timer(2.5, pause_once_sending)
     timer.start()
     try:
-        report = send(pipeline, "--rate", "100", "--duration", "6s", "--seed", "4",
-                      "--bad-share", "0", "--test-card-share", "0")
+        report = send_report(pipeline, "--rate", "100", "--duration", "6s", "--seed", "4",
+                             "--bad-share", "0", "--test-card-share", "0")
     finally:
         timer.join()
         os.kill(processor, signal.SIGCONT)
-    e2e = report["latency"]["end_to_end"]
-    assert report["outcomes"]["lost"] == 0
-    assert e2e["p99_ms"] >= 0.75 * pause_s * 1000, e2e
-    assert e2e["max_ms"] >= 0.9 * pause_s * 1000, e2e
+    e2e = report.latency.end_to_end
+    assert report.outcomes.lost == 0
+    assert e2e.p99_ms is not None and e2e.max_ms is not None, e2e
+    assert e2e.p99_ms >= 0.75 * pause_s * 1000, e2e
+    assert e2e.max_ms >= 0.9 * pause_s * 1000, e2e
     # The sender kept its schedule through the pause: the stall is the pipeline's.
-    assert report["load"]["send_delay"]["p99_ms"] < 200
+    send_delay_p99 = report.load.send_delay.p99_ms
+    assert send_delay_p99 is not None and send_delay_p99 < 200
 
 
 def test_a_threshold_that_must_fail_exits_1_and_says_so(pipeline: Settings) -> None:
@@ -94,10 +109,11 @@ def test_a_windowed_threshold_fails_on_a_bad_window_even_if_the_run_passes(
     finally:
         timer.join()
         os.kill(processor, signal.SIGCONT)
-    report = json.loads(result.stdout)
-    whole, windowed = report["thresholds"]
-    assert whole["passed"], whole  # the pause is under 10% of the run
-    assert not windowed["passed"] and windowed["failed_windows"] >= 1, windowed
+    report = parse_report(json.loads(result.stdout))
+    whole, windowed = report.thresholds
+    assert whole.passed, whole  # the pause is under 10% of the run
+    assert not windowed.passed and windowed.failed_windows >= 1, windowed
+    assert not report.passed
     assert result.returncode == 1
 
 
@@ -105,16 +121,17 @@ def test_replaying_a_record_sends_the_same_payments_and_gets_the_same_outcomes(
     pipeline: Settings, tmp_path: Path,
 ) -> None:
     record = tmp_path / "burst.jsonl"
-    first = send(pipeline, "--count", "300", "--seed", "10", "--record", str(record))
+    first = send_report(pipeline, "--count", "300", "--seed", "10", "--record", str(record))
 
-    again = send(pipeline, "--replay", str(record))
+    again = send_report(pipeline, "--replay", str(record))
 
-    assert again["load"]["sent"] == 300
-    assert reason_counts(again) == reason_counts(first)
-    assert again["outcomes"]["approved_amounts"] == first["outcomes"]["approved_amounts"]
-    faster = send(pipeline, "--replay", str(record), "--rate", "500")
-    assert faster["load"]["target_rate"] == 500
-    assert reason_counts(faster) == reason_counts(first)
+    # by_reason: each (status, code) with its count, in the same order.
+    assert again.load.sent == 300
+    assert again.outcomes.by_reason == first.outcomes.by_reason
+    assert again.outcomes.approved_amounts == first.outcomes.approved_amounts
+    faster = send_report(pipeline, "--replay", str(record), "--rate", "500")
+    assert faster.load.target_rate == 500
+    assert faster.outcomes.by_reason == first.outcomes.by_reason
 
 
 def test_a_paysim_csv_replays_with_one_outcome_per_row(pipeline: Settings,
@@ -128,11 +145,11 @@ def test_a_paysim_csv_replays_with_one_outcome_per_row(pipeline: Settings,
     csv = tmp_path / "paysim.csv"
     csv.write_text("\n".join(rows) + "\n")
 
-    report = send(pipeline, "--replay", str(csv), "--rate", "100")
+    report = send_report(pipeline, "--replay", str(csv), "--rate", "100")
 
-    assert report["load"]["sent"] == 25
-    assert report["outcomes"]["completed"] == 25
-    assert report["outcomes"]["lost"] == 0
+    assert report.load.sent == 25
+    assert report.outcomes.completed == 25
+    assert report.outcomes.lost == 0
 
 
 def test_report_files_are_written_and_valid(pipeline: Settings, tmp_path: Path) -> None:
@@ -147,3 +164,25 @@ def test_report_files_are_written_and_valid(pipeline: Settings, tmp_path: Path) 
     assert report["run_id"] in page
     for forbidden in ("http://", "https://", "<link", " src="):
         assert forbidden not in page
+
+
+def test_run_load_through_the_http_api_returns_the_report_with_its_verdicts(
+    pipeline: Settings,
+) -> None:
+    """The entry point `paysim send` and the benchmark share, with the ingress that sends from
+    a pool and learns some outcomes (the edge's declines) from its own answers."""
+    ticks: list[Tick] = []
+    request = SendRequest(count=200, seed=14, via="http",
+                          thresholds=("lost == 0", "p99_ms < 0.001"))
+
+    report = run_load(pipeline, plan_run(pipeline, request), ticks.append)
+
+    assert report.via == "http" and report.seed == 14 and report.load.mode == "burst"
+    assert report.load.sent == report.outcomes.completed == 200
+    assert {row.reason_code: row.count for row in report.outcomes.by_reason} == dict(
+        injected(14, 200, pipeline))
+    lost, fast = report.thresholds
+    assert lost.passed and lost.actual == 0
+    assert not fast.passed and not report.passed
+    assert [t.expression for t in report.failed_thresholds] == ["p99_ms < 0.001"]
+    assert ticks and ticks[-1].completed == 200  # the last tick comes after the run

@@ -15,6 +15,7 @@ from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
 from paysim.bench.results import build_results, targets
 from paysim.cli.bench import results_table
 from paysim.infra.waiting import wait_until
+from paysim.load.report import SCHEMA, Latency, LatencyBlock, Load, Outcomes, RunReport
 from tests.helpers import run_paysim
 from tests.unit.test_cli_errors import assert_one_line_error
 
@@ -85,14 +86,19 @@ def test_the_sampler_records_memory_and_cpu_spent_while_it_ran() -> None:
 
 
 def test_figures_from_a_send_report() -> None:
-    block = {"count": 10, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "p99_9_ms": 4.0,
-             "max_ms": 5.0, "histogram": "x"}
-    report = {
-        "run_id": "run-1", "duration_s": 2.0,
-        "load": {"target_rate": 5.0, "sent": 10, "dropped": 0, "achieved_rate": 5.0},
-        "outcomes": {"completed": 10, "lost": 0, "throughput_per_s": 5.0},
-        "latency": {"end_to_end": block, "stages": {"authorizer": block}},
-    }
+    block = LatencyBlock(count=10, min_ms=0.5, mean_ms=1.5, p50_ms=1.0, p90_ms=2.0, p99_ms=3.0,
+                         p99_9_ms=4.0, max_ms=5.0, histogram="x")
+    report = RunReport(
+        schema=SCHEMA, run_id="run-1", scenario=None, seed=1, via="kafka",
+        started_at="2024-01-01T00:00:00+00:00", duration_s=2.0,
+        load=Load(mode="open", target_rate=5.0, achieved_rate=5.0, stages=[], scheduled=10,
+                  sent=10, dropped=0, send_delay=block),
+        outcomes=Outcomes(completed=10, lost=0, lost_ids=[], throughput_per_s=5.0,
+                          approved_ratio=1.0, declined_ratio=0.0, by_reason=[],
+                          approved_amounts={}),
+        latency=Latency(end_to_end=block, stages={"authorizer": block}),
+        timeline=[], thresholds=[], passed=True,
+    )
     figures = figures_from_report(report)
     assert figures.completed == 10 and figures.throughput_per_s == 5.0
     assert figures.latency["end_to_end"] == {"p50_ms": 1.0, "p99_ms": 3.0, "p99_9_ms": 4.0,

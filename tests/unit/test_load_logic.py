@@ -11,7 +11,7 @@ from paysim.infra.errors import ConfigError
 from paysim.load.replay import read_paysim_csv, read_record
 from paysim.load.scenario import load_scenario
 from paysim.load.schedule import Profile, Stage, parse_duration
-from paysim.load.thresholds import evaluate, parse_threshold
+from paysim.load.thresholds import WorstWindow, evaluate, parse_threshold
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").glob("*.toml"))
 
@@ -65,14 +65,14 @@ def test_a_windowed_threshold_reports_its_worst_failing_window() -> None:
     upper = parse_threshold("p99_ms < 100", window_s=10)
     windows = [(0, {"p99_ms": 150.0}), (10, {"p99_ms": 400.0}), (20, {"p99_ms": 90.0})]
     result = evaluate(upper, {"p99_ms": 80.0}, windows)
-    assert not result["passed"]
-    assert result["failed_windows"] == 2
-    assert result["worst_window"] == {"start_s": 10, "actual": 400.0}
+    assert not result.passed
+    assert result.failed_windows == 2
+    assert result.worst_window == WorstWindow(start_s=10, actual=400.0)
     lower = parse_threshold("approved_ratio > 0.9", window_s=10)
     windows = [(0, {"approved_ratio": 0.8}), (10, {"approved_ratio": 0.2}),
                (20, {"approved_ratio": 0.95})]
-    assert evaluate(lower, {"approved_ratio": 0.95}, windows)["worst_window"] == {
-        "start_s": 10, "actual": 0.2}
+    assert evaluate(lower, {"approved_ratio": 0.95}, windows).worst_window == WorstWindow(
+        start_s=10, actual=0.2)
 
 
 @pytest.mark.parametrize("text", ["p99 < 250", "p99_ms << 1", "p99_ms < abc", "< 5",

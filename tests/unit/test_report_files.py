@@ -1,12 +1,12 @@
 """report.json files: the schema, the self-contained HTML page, load/compare, `paysim report`.
 
 The reports are real ones: RunMetrics records synthetic outcome entries (as the collector does)
-and build_report turns them into the paysim.report/1 document.
+and build_report turns them into the paysim.report/1 document, a RunReport; what it writes
+(RunReport.to_dict, as report.json holds it) is checked as JSON.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import re
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from hdrh.histogram import HdrHistogram
@@ -27,7 +28,7 @@ from paysim.cli.report import report as report_group
 from paysim.infra.errors import ConfigError
 from paysim.load.html import embed_json, nice_step, render_html
 from paysim.load.metrics import RunMetrics
-from paysim.load.report import RunInfo, build_report, run_values, window_values
+from paysim.load.report import LatencyBlock, RunInfo, RunReport, build_report
 from paysim.load.report_compare import (
     HIGHER,
     LOWER,
@@ -39,7 +40,7 @@ from paysim.load.report_compare import (
     schema_error,
     validate_report,
 )
-from paysim.load.thresholds import evaluate, parse_threshold
+from paysim.load.thresholds import parse_threshold
 from paysim.pipeline.store import DoneEntry
 
 T0 = 1_700_000_000_000_000  # the run's start, Unix microseconds
@@ -72,7 +73,7 @@ def outcome_entry(index: int, intended_us: int, sent_us: int, e2e_us: int, code:
 def synthetic_report(rates: Sequence[int], latency: LatencyModel | None = None, *,
                      seed: int = 7, run_id: str = "run-a", scenario: str | None = "steady",
                      decline_share: float = 0.1, lost: int = 0, mode: str = "open",
-                     thresholds: Sequence[tuple[str, int | None]] = ()) -> dict[str, Any]:
+                     thresholds: Sequence[tuple[str, int | None]] = ()) -> RunReport:
     """A real report over ``rates[s]`` payments in second s, outcomes from a seeded mix."""
     latency = latency or steady(20.0)
     rng = random.Random(seed)
@@ -102,28 +103,19 @@ def synthetic_report(rates: Sequence[int], latency: LatencyModel | None = None, 
                    scheduled=sum(rates),
                    lost_ids=[f"00000000-0000-4000-8000-{i:012d}" for i in range(1, lost + 1)],
                    finished_us=T0 + (duration + 1) * SECOND)
-    report = build_report(metrics, info)
-    if thresholds:
-        run = run_values(report, metrics)
-        results = []
-        for expression, window in thresholds:
-            windows = ([(start, window_values(metrics, start, start + window - 1, target))
-                        for start in range(0, duration - window + 1, window)]
-                       if window else [])
-            results.append(evaluate(parse_threshold(expression, window), run, windows))
-        report = build_report(metrics, info, results)
-    return report
+    return build_report(metrics, info, [parse_threshold(expression, window)
+                                         for expression, window in thresholds])
 
 
 @pytest.fixture(scope="module")
-def report_a() -> dict[str, Any]:
+def report_a() -> RunReport:
     return synthetic_report([20, 40, 40, 40, 20], steady(20.0),
                             thresholds=[("p99_ms < 1000", None), ("p99_ms < 5", 2),
                                         ("achieved_rate >= 0.9 * target", None)])
 
 
 @pytest.fixture(scope="module")
-def report_b() -> dict[str, Any]:
+def report_b() -> RunReport:
     """The same load as A, twice as slow, with two payments lost."""
     return synthetic_report([20, 40, 40, 40, 20], steady(40.0), run_id="run-b", lost=2,
                             thresholds=[("p99_ms < 1000", None), ("p99_ms < 5", 2),
@@ -131,7 +123,7 @@ def report_b() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def empty_report() -> dict[str, Any]:
+def empty_report() -> RunReport:
     """Nothing sent, nothing completed: an empty timeline and latency blocks with no figures."""
     return synthetic_report([], run_id="run-empty", scenario=None, mode="burst")
 
@@ -143,6 +135,9 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write(tmp_path: Path, name: str, data: Any) -> Path:
+    """A file of ``data``: a report as report.json holds it, JSON of anything else, or text."""
+    if isinstance(data, RunReport):
+        data = data.to_dict()
     path = tmp_path / name
     path.write_text(json.dumps(data) if not isinstance(data, str) else data)
     return path
@@ -156,7 +151,7 @@ def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
 
 
 def test_real_reports_validate(report_a, report_b, empty_report) -> None:
-    for data in (report_a, report_b, empty_report):
+    for data in (report_a.to_dict(), report_b.to_dict(), empty_report.to_dict()):
         assert schema_error(data) is None
         assert schema_error(json.loads(json.dumps(data))) is None  # as written to a file
         validate_report(data)
@@ -164,15 +159,17 @@ def test_real_reports_validate(report_a, report_b, empty_report) -> None:
 
 def test_the_synthetic_reports_carry_what_the_tests_rely_on(report_a, report_b,
                                                            empty_report) -> None:
-    assert report_a["outcomes"]["completed"] == 160
-    assert report_b["outcomes"]["completed"] == 158 and report_b["outcomes"]["lost"] == 2
-    assert {t["passed"] for t in report_a["thresholds"]} == {True, False}
-    assert report_a["passed"] is False
-    assert len(report_a["timeline"]) >= 5 and "p99_ms" in report_a["timeline"][0]
-    assert report_a["latency"]["end_to_end"]["histogram"]
-    assert set(report_a["latency"]["stages"]) == {"authorizer", "processor", "notifier"}
-    assert empty_report["timeline"] == [] and empty_report["outcomes"]["completed"] == 0
-    assert empty_report["latency"]["end_to_end"] == {"count": 0, "histogram": None}
+    assert report_a.outcomes.completed == 160
+    assert report_b.outcomes.completed == 158 and report_b.outcomes.lost == 2
+    assert {t.passed for t in report_a.thresholds} == {True, False}
+    assert report_a.passed is False
+    assert len(report_a.timeline) >= 5 and report_a.timeline[0].p99_ms is not None
+    assert "p99_ms" in report_a.to_dict()["timeline"][0]
+    assert report_a.latency.end_to_end.histogram
+    assert set(report_a.latency.stages) == {"authorizer", "processor", "notifier"}
+    assert empty_report.timeline == [] and empty_report.outcomes.completed == 0
+    assert empty_report.latency.end_to_end == LatencyBlock(count=0, histogram=None)
+    assert empty_report.to_dict()["latency"]["end_to_end"] == {"count": 0, "histogram": None}
 
 
 def _drop(path: Sequence[str | int]) -> Callable[[dict[str, Any]], None]:
@@ -210,7 +207,7 @@ def _set(path: Sequence[str | int], value: Any) -> Callable[[dict[str, Any]], No
      "outcomes.approved_amounts"),
 ])
 def test_broken_reports_fail_with_the_path_of_the_problem(report_a, mutate, where) -> None:
-    broken = copy.deepcopy(report_a)
+    broken = report_a.to_dict()
     mutate(broken)
     problem = schema_error(broken)
     assert problem is not None and problem.startswith(where), problem
@@ -220,7 +217,7 @@ def test_broken_reports_fail_with_the_path_of_the_problem(report_a, mutate, wher
 
 def test_a_report_of_another_schema_is_named_as_such(report_a) -> None:
     with pytest.raises(ConfigError, match=r"schema is 'paysim\.report/2', expected"):
-        validate_report({**report_a, "schema": "paysim.report/2"}, "x.json")
+        validate_report({**report_a.to_dict(), "schema": "paysim.report/2"}, "x.json")
 
 
 # --------------------------------------------------------------------------------- html
@@ -248,7 +245,7 @@ def series_points(page: str, chart_id: str, series: str) -> dict[int, float]:
 def test_html_is_self_contained_and_embeds_the_report(report_a) -> None:
     page = render_html(report_a)
     assert page.startswith("<!DOCTYPE html>")
-    assert embedded(page) == json.loads(json.dumps(report_a))
+    assert embedded(page) == json.loads(json.dumps(report_a.to_dict()))
     assert page.count("<svg") == 3
     for needle in FORBIDDEN_IN_HTML:
         assert needle not in page, needle
@@ -258,32 +255,32 @@ def test_html_is_self_contained_and_embeds_the_report(report_a) -> None:
 
 def test_html_charts_carry_the_timeline_figures(report_a) -> None:
     page = render_html(report_a)
-    timeline = report_a["timeline"]
+    timeline = report_a.timeline
     p50 = series_points(page, "chart-latency", "p50_ms")
     p99 = series_points(page, "chart-latency", "p99_ms")
     completed = series_points(page, "chart-throughput", "completed")
     sent = series_points(page, "chart-throughput", "sent")
     for row in timeline:
-        if "p99_ms" in row:
-            assert p50[row["second"]] == row["p50_ms"]
-            assert p99[row["second"]] == row["p99_ms"]
-        assert completed[row["second"]] == row["completed"]
-        assert sent[row["second"]] == row["sent"]
-    assert sum(completed.values()) == report_a["outcomes"]["completed"]
-    for row in report_a["outcomes"]["by_reason"]:
-        assert f'data-code="{row["reason_code"]}" data-count="{row["count"]}"' in page
+        if row.p99_ms is not None:
+            assert p50[row.second] == row.p50_ms
+            assert p99[row.second] == row.p99_ms
+        assert completed[row.second] == row.completed
+        assert sent[row.second] == row.sent
+    assert sum(completed.values()) == report_a.outcomes.completed
+    for reason in report_a.outcomes.by_reason:
+        assert f'data-code="{reason.reason_code}" data-count="{reason.count}"' in page
 
 
 def test_html_tables_show_the_figures(report_a) -> None:
     page = render_html(report_a)
-    e2e = report_a["latency"]["end_to_end"]
+    e2e = report_a.latency.end_to_end
     latency = page[page.index('id="latency"'):]
     latency = latency[:latency.index("</table>")]
     assert "end to end" in latency and "processor" in latency and "p99.9 ms" in latency
-    assert f'{e2e["p99_ms"]:,.1f}' in latency
-    assert report_a["run_id"] in page and "160" in page
-    for currency, amount in report_a["outcomes"]["approved_amounts"].items():
-        assert amount["formatted"] in page and currency in page
+    assert f"{e2e.p99_ms:,.1f}" in latency
+    assert report_a.run_id in page and "160" in page
+    for currency, amount in report_a.outcomes.approved_amounts.items():
+        assert amount.formatted in page and currency in page
     thresholds = page[page.index('id="thresholds"'):]
     assert thresholds.count('<tr class="pass">') == 2
     assert thresholds.count('<tr class="fail">') == 1
@@ -292,23 +289,22 @@ def test_html_tables_show_the_figures(report_a) -> None:
 
 
 def test_html_escapes_every_text_and_the_json_cannot_close_its_tag(report_a) -> None:
-    hostile = copy.deepcopy(report_a)
-    hostile["scenario"] = "</script><script>alert(1)</script> & <b>bold</b> src=x"
-    hostile["run_id"] = "run-<img src=x onerror=alert(1)>"
-    hostile["via"] = "https://example.invalid/x"
+    hostile = msgspec.structs.replace(
+        report_a, scenario="</script><script>alert(1)</script> & <b>bold</b> src=x",
+        run_id="run-<img src=x onerror=alert(1)>", via="https://example.invalid/x")
     page = render_html(hostile)
     assert page.count("</script>") == 1
     assert "<img" not in page and "<b>" not in page and "src=" not in page
     assert "&lt;&#47;script&gt;&lt;script&gt;alert(1)" in page
     for needle in FORBIDDEN_IN_HTML:
         assert needle not in page, needle
-    assert embedded(page) == hostile
+    assert embedded(page) == hostile.to_dict()
     assert "\\u003c\\u002fscript" in embed_json(hostile)
 
 
 def test_html_of_an_empty_run_renders(empty_report) -> None:
     page = render_html(empty_report)
-    assert embedded(page) == json.loads(json.dumps(empty_report))
+    assert embedded(page) == json.loads(json.dumps(empty_report.to_dict()))
     assert page.count("<svg") == 3 and "no per-second data in this run" in page
     assert "no outcomes in this run" in page and "No thresholds were set" in page
     for needle in FORBIDDEN_IN_HTML:
@@ -317,12 +313,12 @@ def test_html_of_an_empty_run_renders(empty_report) -> None:
 
 def test_html_of_a_run_with_gaps_and_lost_payments() -> None:
     data = synthetic_report([30, 0, 0, 30], steady(5.0), lost=3, decline_share=0.0)
-    assert [row["second"] for row in data["timeline"]] == [0, 3]
+    assert [row.second for row in data.timeline] == [0, 3]
     page = render_html(data)
     assert series_points(page, "chart-throughput", "sent") == {0: 30.0, 1: 0.0, 2: 0.0,
                                                               3: 30.0}
     assert "3 payments had no outcome" in page
-    assert data["outcomes"]["lost_ids"][0] in page
+    assert data.outcomes.lost_ids[0] in page
 
 
 @pytest.mark.parametrize(("span", "step"), [(0, 1.0), (9.3, 2.0), (100, 20.0), (0.7, 0.2),
@@ -335,7 +331,9 @@ def test_nice_step(span: float, step: float) -> None:
 
 
 def test_load_report_reads_a_valid_file(tmp_path: Path, report_a) -> None:
-    assert load_report(write(tmp_path, "a.json", report_a)) == json.loads(json.dumps(report_a))
+    loaded = load_report(write(tmp_path, "a.json", report_a))
+    assert loaded == report_a
+    assert loaded.to_dict() == json.loads(json.dumps(report_a.to_dict()))
 
 
 @pytest.mark.parametrize(("content", "fragments"), [
@@ -357,7 +355,7 @@ def test_load_report_errors_are_one_line(tmp_path: Path, content, fragments) -> 
 
 
 def test_load_report_names_the_first_schema_error_path(tmp_path: Path, report_a) -> None:
-    broken = copy.deepcopy(report_a)
+    broken = report_a.to_dict()
     broken["latency"]["stages"]["notifier"]["p90_ms"] = "fast"
     path = write(tmp_path, "broken.json", broken)
     with pytest.raises(ConfigError, match=r"broken\.json .*latency\.stages\.notifier\.p90_ms"):
@@ -390,21 +388,20 @@ def test_diff_rows_give_the_right_changes(report_a, report_b) -> None:
     assert completed.change_pct == pytest.approx(-1.25)
     assert (rows["lost"].a, rows["lost"].b, rows["lost"].verdict) == (0, 2, "worse")
     ratio = rows["approved ratio"]
-    assert ratio.a == report_a["outcomes"]["approved_ratio"]
-    assert ratio.change == pytest.approx(report_b["outcomes"]["approved_ratio"]
-                                         - report_a["outcomes"]["approved_ratio"])
+    assert ratio.a == report_a.outcomes.approved_ratio
+    assert ratio.change == pytest.approx(report_b.outcomes.approved_ratio
+                                         - report_a.outcomes.approved_ratio)
     p99 = rows["end to end p99"]
-    e2e_a, e2e_b = report_a["latency"]["end_to_end"], report_b["latency"]["end_to_end"]
-    assert (p99.a, p99.b) == (e2e_a["p99_ms"], e2e_b["p99_ms"])
-    assert p99.change_pct == pytest.approx((e2e_b["p99_ms"] - e2e_a["p99_ms"])
-                                           / e2e_a["p99_ms"] * 100)
+    e2e_a, e2e_b = report_a.latency.end_to_end, report_b.latency.end_to_end
+    assert (p99.a, p99.b) == (e2e_a.p99_ms, e2e_b.p99_ms)
+    assert p99.change_pct == pytest.approx((e2e_b.p99_ms - e2e_a.p99_ms) / e2e_a.p99_ms * 100)
     assert 80 < p99.change_pct < 120 and p99.verdict == "worse"  # twice as slow
     for stage in ("authorizer", "processor", "notifier"):
         for label in ("p50", "p90", "p99", "p99.9", "max"):
             assert rows[f"{stage} {label}"].verdict == "worse"
     assert rows["duration"].change == 0 and rows["duration"].verdict is None
-    shares_a = {r["reason_code"]: r["share"] for r in report_a["outcomes"]["by_reason"]}
-    shares_b = {r["reason_code"]: r["share"] for r in report_b["outcomes"]["by_reason"]}
+    shares_a = {r.reason_code: r.share for r in report_a.outcomes.by_reason}
+    shares_b = {r.reason_code: r.share for r in report_b.outcomes.by_reason}
     for code in shares_a.keys() | shares_b.keys():
         row = next(r for name, r in rows.items() if name.startswith(f"share {code} "))
         assert (row.a, row.b) == (shares_a.get(code, 0.0), shares_b.get(code, 0.0))
@@ -430,15 +427,15 @@ def files(tmp_path: Path, report_a, report_b) -> tuple[Path, Path]:
 def test_report_show_prints_the_tables(files, report_a, wide_console) -> None:
     result = CliRunner().invoke(report_group, ["show", str(files[0])])
     assert result.exit_code == 0, result.output
-    e2e = report_a["latency"]["end_to_end"]
+    e2e = report_a.latency.end_to_end
     for fragment in ("run run-a", "scenario steady", "seed 7", "sent 160", "completed 160",
-                     f"achieved {report_a['load']['achieved_rate']:,.1f}/s", "outcomes",
+                     f"achieved {report_a.load.achieved_rate:,.1f}/s", "outcomes",
                      "approved amounts", "latency", "end to end", "processor", "p99.9 ms",
-                     f'{e2e["p99_ms"]:.1f}', "thresholds", "p99_ms < 5", "FAIL",
+                     f"{e2e.p99_ms:.1f}", "thresholds", "p99_ms < 5", "FAIL",
                      "thresholds failed: p99_ms < 5"):
         assert fragment in result.output, fragment
-    for currency, amount in report_a["outcomes"]["approved_amounts"].items():
-        assert f"{currency}" in result.output and amount["formatted"] in result.output
+    for currency, amount in report_a.outcomes.approved_amounts.items():
+        assert f"{currency}" in result.output and amount.formatted in result.output
 
 
 def test_report_show_of_runs_with_losses_or_nothing(tmp_path: Path, report_b, empty_report,
@@ -455,7 +452,7 @@ def test_report_show_of_runs_with_losses_or_nothing(tmp_path: Path, report_b, em
 def test_report_show_json_prints_the_report(files, report_a) -> None:
     result = CliRunner().invoke(report_group, ["show", str(files[0]), "--json"])
     assert result.exit_code == 0
-    assert json.loads(result.output) == json.loads(json.dumps(report_a))
+    assert json.loads(result.output) == json.loads(json.dumps(report_a.to_dict()))
 
 
 def test_report_diff_prints_the_changes(files, wide_console) -> None:
@@ -475,7 +472,7 @@ def test_report_diff_json(files, report_a, report_b) -> None:
     assert rows["lost"] == {"figure": "lost", "a": 0, "b": 2, "unit": "count",
                             "better": "lower", "change": 2, "change_pct": None,
                             "verdict": "worse"}
-    assert rows["end to end p50"]["a"] == report_a["latency"]["end_to_end"]["p50_ms"]
+    assert rows["end to end p50"]["a"] == report_a.latency.end_to_end.p50_ms
 
 
 def test_report_of_a_missing_file_fails(tmp_path: Path, files) -> None:
@@ -522,14 +519,14 @@ def test_report_diff_colours_worse_red_and_better_green(files, monkeypatch) -> N
 
 def test_histograms_decode_to_the_figures_and_merge(report_a, report_b) -> None:
     """What docs/report.md promises: any HdrHistogram library can decode and add them."""
-    blocks = [report_a["latency"]["end_to_end"], report_b["latency"]["end_to_end"]]
-    decoded = [HdrHistogram.decode(block["histogram"]) for block in blocks]
+    blocks = [report_a.latency.end_to_end, report_b.latency.end_to_end]
+    decoded = [HdrHistogram.decode(block.histogram) for block in blocks]
     for block, histogram in zip(blocks, decoded, strict=True):
-        assert histogram.get_total_count() == block["count"]
-        assert histogram.get_value_at_percentile(99) / 1000 == block["p99_ms"]
-        assert histogram.get_max_value() / 1000 == block["max_ms"]
+        assert histogram.get_total_count() == block.count
+        assert histogram.get_value_at_percentile(99) / 1000 == block.p99_ms
+        assert histogram.get_max_value() / 1000 == block.max_ms
     merged = HdrHistogram(1, 3_600_000_000, 3)
     for histogram in decoded:
         merged.add(histogram)
     assert merged.get_total_count() == 160 + 158
-    assert blocks[0]["p50_ms"] < merged.get_value_at_percentile(50) / 1000 < blocks[1]["p50_ms"]
+    assert blocks[0].p50_ms < merged.get_value_at_percentile(50) / 1000 < blocks[1].p50_ms
