@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from paysim.infra.config import Settings
-from paysim.load.plan import SendRequest, plan_run
+from paysim.load.plan import SendRequest
 from paysim.load.report import LatencyBlock, RunReport
 from paysim.load.run import run_load
 from paysim.load.runner import Tick
@@ -59,7 +59,7 @@ def figures_from_report(report: RunReport) -> PhaseFigures:
 
 def run_phase(settings: Settings, request: SendRequest,
               on_tick: Callable[[Tick], None] | None = None) -> PhaseFigures:
-    return figures_from_report(run_load(settings, plan_run(settings, request), on_tick))
+    return figures_from_report(run_load(settings, request, on_tick))
 
 
 def saturation(settings: Settings, count: int, seed: int,

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-import redis
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -21,32 +20,14 @@ from paysim.domain.messages import STAGES
 from paysim.domain.webhooks import valid_callback_url
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
-from paysim.load.plan import SendRequest, plan_run
+from paysim.load.plan import SendRequest
 from paysim.load.report import RunReport
 from paysim.load.report_compare import latency_blocks
 from paysim.load.run import run_load
 from paysim.load.runner import Tick
-from paysim.pipeline import registry, store
+from paysim.pipeline import store
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
-
-
-def require_services(settings: Settings, via: str) -> None:
-    """Fail at once, not after the timeout, when nothing would process the payments."""
-    client = store.connect(settings)
-    try:
-        running = {beat.service for beat in store.read_heartbeats(client).values()}
-    except redis.RedisError as exc:
-        raise PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}") from None
-    finally:
-        client.close()
-    needed = [spec.name for spec in registry.ALL if spec.in_pipeline or via == "http"]
-    missing = [name for name in needed if name not in running]
-    if missing:
-        raise PaysimError(f"no {', '.join(missing)} running: start the pipeline with "
-                          "`paysim run-all` (or `paysim run-all --detach`)")
-
-
 
 
 def render_report(report: RunReport) -> None:
@@ -187,11 +168,8 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
         scenario=scenario, replay=replay, record=record, seed=seed, bad_share=bad_share,
         test_card_share=test_card_share, thresholds=thresholds, via=via, timeout=timeout,
         callback_url=callback_url)
-    # Planned first, so a mistake in the flags is named even when nothing is running.
-    planned = plan_run(settings, request)
-    require_services(settings, via)
     with LiveProgress(err_console if as_json else console) as progress:
-        report = run_load(settings, planned, progress)
+        report = run_load(settings, request, progress)
     write_outputs(report, out, html)
     if as_json:
         print_json(report.to_dict())

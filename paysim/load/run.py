@@ -1,23 +1,48 @@
 """A load run from start to end: the one entry point of `paysim send`, the benchmark and tests.
 
-``plan_run`` (load/plan.py) turns a request into a ``PlannedRun``, raising on any mistake in
-it before anything is sent; ``run_load`` sends it, collects the outcomes and returns the
-report with each threshold's verdict.
+``run_load`` plans the request (load/plan.py: flags, scenario and replay file to a
+``PlannedRun``, raising on any mistake in them before anything is sent), checks that the
+pipeline is running, sends, collects the outcomes, and returns the report with each threshold's
+verdict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import redis
+
 from paysim.infra.config import Settings
-from paysim.load.plan import PlannedRun
+from paysim.infra.errors import PaysimError
+from paysim.load.plan import SendRequest, plan_run
 from paysim.load.report import RunReport, build_report
 from paysim.load.runner import LoadRun, Tick
+from paysim.pipeline import registry, store
 
 
-def run_load(settings: Settings, planned: PlannedRun,
+def run_load(settings: Settings, request: SendRequest,
              on_progress: Callable[[Tick], None] | None = None) -> RunReport:
-    """Run ``planned`` to its end; ``on_progress`` gets a Tick every half second and a last
-    one when the run is over."""
+    """Run what ``request`` asks to its end; ``on_progress`` gets a Tick every half second and
+    a last one when the run is over."""
+    # Planned first, so a mistake in the request is named even when nothing is running.
+    planned = plan_run(settings, request)
+    require_services(settings, request.via)
     metrics, info = LoadRun(settings, planned.plan, planned.options).run(on_progress)
     return build_report(metrics, info, planned.thresholds)
+
+
+def require_services(settings: Settings, via: str) -> None:
+    """Fail at once, not after the timeout, when nothing would process the payments: every
+    pipeline service, and the HTTP edge when payments go through it."""
+    client = store.connect(settings)
+    try:
+        running = {beat.service for beat in store.read_heartbeats(client).values()}
+    except redis.RedisError as exc:
+        raise PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}") from None
+    finally:
+        client.close()
+    needed = [spec.name for spec in registry.ALL if spec.in_pipeline or via == "http"]
+    missing = [name for name in needed if name not in running]
+    if missing:
+        raise PaysimError(f"no {', '.join(missing)} running: start the pipeline with "
+                          "`paysim run-all` (or `paysim run-all --detach`)")

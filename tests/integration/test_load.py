@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 
 from paysim.infra.config import Settings
-from paysim.load.plan import SendRequest, plan_run
+from paysim.load.plan import SendRequest
 from paysim.load.replay import read_record
 from paysim.load.report import RunReport
 from paysim.load.report_compare import parse_report
@@ -175,7 +175,7 @@ def test_run_load_through_the_http_api_returns_the_report_with_its_verdicts(
     request = SendRequest(count=200, seed=14, via="http",
                           thresholds=("lost == 0", "p99_ms < 0.001"))
 
-    report = run_load(pipeline, plan_run(pipeline, request), ticks.append)
+    report = run_load(pipeline, request, ticks.append)
 
     assert report.via == "http" and report.seed == 14 and report.load.mode == "burst"
     assert report.load.sent == report.outcomes.completed == 200
