@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,10 +28,12 @@ from paysim.load.plan import SendRequest
 from paysim.load.report import RunReport
 from paysim.load.report_compare import latency_blocks
 from paysim.load.run import run_load
-from paysim.load.runner import Tick
+from paysim.load.runner import Interrupt, Tick
 from paysim.pipeline import store
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
+# After a Ctrl-C, how long `send` still waits for the outcomes of what it sent.
+INTERRUPT_GRACE_S = 5.0
 
 
 def render_report(report: RunReport) -> None:
@@ -168,8 +174,10 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
         scenario=scenario, replay=replay, record=record, seed=seed, bad_share=bad_share,
         test_card_share=test_card_share, thresholds=thresholds, via=via, timeout=timeout,
         callback_url=callback_url)
-    with LiveProgress(err_console if as_json else console) as progress:
-        report = run_load(settings, request, progress)
+    interrupt = Interrupt(grace_s=min(INTERRUPT_GRACE_S, timeout))
+    with LiveProgress(err_console if as_json else console) as progress, \
+            ctrl_c_requests(interrupt):
+        report = run_load(settings, request, progress, interrupt)
     write_outputs(report, out, html)
     if as_json:
         print_json(report.to_dict())
@@ -179,13 +187,42 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
     if outcomes.lost:
         listed = ", ".join(outcomes.lost_ids[:10])
         more = f" and {outcomes.lost - 10} more" if outcomes.lost > 10 else ""
-        err_console.print(f"[red]{outcomes.lost} payments had no outcome after "
-                          f"{timeout:.0f} s:[/] {listed}{more}")
+        waited = (f"within {interrupt.grace_s:.0f} s of the interrupt" if interrupt.requested
+                  else f"after {timeout:.0f} s")
+        err_console.print(f"[red]{outcomes.lost} payments had no outcome {waited}:[/] "
+                          f"{listed}{more}")
     failed = [t.expression for t in report.failed_thresholds]
     if failed:
         err_console.print(f"[red]thresholds failed: {'; '.join(failed)}[/]")
+    if interrupt.requested:
+        err_console.print(
+            f"interrupted: sent {report.load.sent:,} of {report.load.scheduled:,} payments; "
+            f"the report covers them (run {report.run_id}; `paysim audit --run "
+            f"{report.run_id}` checks it)", soft_wrap=True)
+        ctx.exit(130)
     if outcomes.lost or failed:
         ctx.exit(1)
+
+
+@contextmanager
+def ctrl_c_requests(interrupt: Interrupt) -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) asks the run to stop instead of raising
+    KeyboardInterrupt: the first stops sending, the second stops waiting for outcomes."""
+
+    def on_ctrl_c(*_: object) -> None:
+        first = not interrupt.requested
+        interrupt.request()
+        line = (f"stopping: no more payments are sent; waiting up to {interrupt.grace_s:g} s "
+                "for the outcomes in flight (Ctrl-C again to stop now)" if first
+                else "stopping now: not waiting for more outcomes")
+        # Straight to the descriptor: the handler may run while the console is mid-print.
+        os.write(err_console.file.fileno(), f"{line}\n".encode())
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_outputs(report: RunReport, out: str | None, html: str | None) -> None:

@@ -16,18 +16,21 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.load.plan import SendRequest, plan_run
 from paysim.load.report import RunReport, build_report
-from paysim.load.runner import LoadRun, Tick
+from paysim.load.runner import Interrupt, LoadRun, Tick
 from paysim.pipeline import registry, store
 
 
 def run_load(settings: Settings, request: SendRequest,
-             on_progress: Callable[[Tick], None] | None = None) -> RunReport:
-    """Run what ``request`` asks to its end; ``on_progress`` gets a Tick every half second and
-    a last one when the run is over."""
+             on_progress: Callable[[Tick], None] | None = None,
+             interrupt: Interrupt | None = None) -> RunReport:
+    """Run what ``request`` asks to its end, or until ``interrupt`` stops it early (the report
+    then covers what was sent); ``on_progress`` gets a Tick every half second and a last one
+    when the run is over."""
     # Planned first, so a mistake in the request is named even when nothing is running.
     planned = plan_run(settings, request)
     require_services(settings, request.via)
-    metrics, info = LoadRun(settings, planned.plan, planned.options).run(on_progress)
+    metrics, info = LoadRun(settings, planned.plan, planned.options,
+                            interrupt=interrupt).run(on_progress)
     return build_report(metrics, info, planned.thresholds)
 
 

@@ -80,6 +80,30 @@ class Tick:
         return self.sent - self.completed
 
 
+class Interrupt:
+    """The user's Ctrl-C as a run sees it. The first stops sending and waits at most
+    ``grace_s`` for the outcomes of what was sent; the second stops waiting at once. Either
+    way the run ends with its (partial) report, so it can be audited."""
+
+    def __init__(self, grace_s: float = 5.0) -> None:
+        self.grace_s = grace_s
+        self.stop_sending = threading.Event()
+        self.stop_waiting = threading.Event()
+        self.first_at: float | None = None  # monotonic time of the first request
+
+    def request(self) -> None:
+        """Safe from a signal handler: only sets events."""
+        if self.stop_sending.is_set():
+            self.stop_waiting.set()
+        else:
+            self.first_at = time.monotonic()
+            self.stop_sending.set()
+
+    @property
+    def requested(self) -> bool:
+        return self.stop_sending.is_set()
+
+
 @dataclass
 class _Ledger:
     """Sent payments and their intended times, shared by the scheduler and the collector."""
@@ -91,7 +115,7 @@ class _Ledger:
 
 class LoadRun:
     def __init__(self, settings: Settings, plan: Plan, options: RunOptions,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, interrupt: Interrupt | None = None) -> None:
         self.settings = settings
         self.plan = plan
         self.options = options
@@ -99,6 +123,7 @@ class LoadRun:
         self.ledger = _Ledger()
         self.sending_done = threading.Event()
         self.stop = threading.Event()
+        self.interrupt = interrupt or Interrupt()
         self.metrics: RunMetrics | None = None
         self.errors: list[str] = []
         self._last_outcome_us: int | None = None
@@ -180,7 +205,7 @@ class LoadRun:
             start, schedule_us = time.monotonic(), now_us()
             offsets = self.plan.offsets
             for index, payment in enumerate(self.plan.payments):
-                if index >= self.plan.count or self.stop.is_set():
+                if index >= self.plan.count or self._sending_halted():
                     break
                 offset = next(offsets, None) if offsets is not None else None
                 if offsets is not None and offset is None:
@@ -214,8 +239,12 @@ class LoadRun:
             left = due - time.monotonic()
             if left <= 0:
                 return True
-            if self.stop.wait(min(left, 0.05)):
+            if self.stop.wait(min(left, 0.05)) or self._sending_halted():
                 return False
+
+    def _sending_halted(self) -> bool:
+        """A failed send, or the user, stopped the sending."""
+        return self.stop.is_set() or self.interrupt.requested
 
     def _send(self, ingress: Ingress, payment: GeneratedPayment, intended: int | None) -> None:
         """Send one payment; ``intended`` None (a burst) counts from the actual send."""
@@ -260,6 +289,11 @@ class LoadRun:
         while True:
             if self.sending_done.is_set() and deadline is None:
                 deadline = time.monotonic() + self.options.timeout
+            if self.interrupt.requested and self.interrupt.first_at is not None:
+                cut = self.interrupt.first_at + self.interrupt.grace_s
+                deadline = cut if deadline is None else min(deadline, cut)
+            if self.interrupt.stop_waiting.is_set():
+                return
             with self.ledger.lock:
                 all_in = len(self.ledger.outcomes) >= len(self.ledger.intended)
             if self.sending_done.is_set() and all_in and not early:

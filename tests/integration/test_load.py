@@ -9,18 +9,24 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from typing import IO
 
 import jsonschema
 
-from paysim.infra.config import Settings
+from paysim.infra.config import Settings, settings_env
+from paysim.infra.waiting import wait_until
 from paysim.load.plan import SendRequest
 from paysim.load.replay import read_record
 from paysim.load.report import RunReport
 from paysim.load.report_compare import parse_report
 from paysim.load.run import run_load
 from paysim.load.runner import Tick
+from paysim.pipeline import store
+from paysim.pipeline.registry import NOTIFIER
 from tests.integration.pipeline_helpers import injected, paysim, send
 
 
@@ -186,3 +192,95 @@ def test_run_load_through_the_http_api_returns_the_report_with_its_verdicts(
     assert not fast.passed and not report.passed
     assert [t.expression for t in report.failed_thresholds] == ["p99_ms < 0.001"]
     assert ticks and ticks[-1].completed == 200  # the last tick comes after the run
+
+
+class _Lines:
+    """A child's output, read line by line on a thread, so a test can wait on what it says
+    (and a full pipe never blocks the child)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def saying(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def text(self) -> str:
+        self._thread.join(10)
+        return "".join(self.lines)
+
+
+def start_send(settings: Settings, *args: str) -> tuple[subprocess.Popen[str], _Lines, _Lines]:
+    """`paysim send --json` in the background: the child, its stdout and its stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSIM_")}
+    env.update(settings_env(settings))
+    child = subprocess.Popen([sys.executable, "-m", "paysim", "send", "--json", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return child, _Lines(child.stdout), _Lines(child.stderr)
+
+
+def notified(settings: Settings) -> int:
+    client = store.connect(settings)
+    try:
+        beats = store.read_heartbeats(client)
+    finally:
+        client.close()
+    return sum(beat.processed for beat in beats.values() if beat.service == NOTIFIER.name)
+
+
+def test_ctrl_c_stops_sending_and_prints_the_partial_report_with_its_run_id(
+    pipeline: Settings, tmp_path: Path,
+) -> None:
+    out = tmp_path / "report.json"
+    before = notified(pipeline)
+    child, stdout, stderr = start_send(pipeline, "--rate", "100", "--duration", "120s",
+                                       "--seed", "8", "--out", str(out))
+    try:
+        # Interrupted on progress, not on time: once 200 of its payments came through.
+        assert wait_until(lambda: notified(pipeline) >= before + 200, timeout=90)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=90)
+    finally:
+        child.kill()
+    report = parse_report(json.loads(stdout.text()), "paysim send --json")
+    errors = stderr.text()
+    assert child.returncode == 130, errors
+    assert "stopping: no more payments are sent" in errors
+    assert 200 <= report.load.sent < report.load.scheduled == 12_000
+    assert report.outcomes.completed == report.load.sent  # in flight at the Ctrl-C: waited for
+    assert report.outcomes.lost == 0
+    assert f"interrupted: sent {report.load.sent:,} of 12,000 payments" in errors
+    assert f"paysim audit --run {report.run_id}" in errors
+    assert parse_report(json.loads(out.read_text()), str(out)) == report
+    audit = paysim(pipeline, "audit", "--run", report.run_id, "--json")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_a_second_ctrl_c_stops_waiting_for_outcomes_and_still_names_the_run(
+    pipeline: Settings,
+) -> None:
+    notifier = ps_pid(pipeline, "notifier-0")
+    before = notified(pipeline)
+    child, stdout, stderr = start_send(pipeline, "--rate", "100", "--duration", "120s",
+                                       "--seed", "9")
+    try:
+        assert wait_until(lambda: notified(pipeline) >= before + 100, timeout=90)
+        os.kill(notifier, signal.SIGSTOP)  # nothing more completes: only a second Ctrl-C ends it
+        child.send_signal(signal.SIGINT)
+        assert wait_until(lambda: stderr.saying("stopping: no more payments"), timeout=30)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=90)
+    finally:
+        os.kill(notifier, signal.SIGCONT)
+        child.kill()
+    report = parse_report(json.loads(stdout.text()), "paysim send --json")
+    errors = stderr.text()
+    assert child.returncode == 130, errors
+    assert "stopping now: not waiting for more outcomes" in errors, errors
+    assert report.outcomes.completed < report.load.sent
+    assert f"paysim audit --run {report.run_id}" in errors
