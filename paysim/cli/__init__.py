@@ -15,6 +15,7 @@ from paysim.cli.audit import audit
 from paysim.cli.bench import bench
 from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
+from paysim.cli.render import printable
 from paysim.cli.report import report as report_group
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
@@ -37,9 +38,10 @@ for command in (run_all_command, send, status, audit, ps, stop, report_group, st
 
 
 def _fail(message: str, code: int, details: list[str] | None = None) -> None:
-    print(f"paysim: error: {message}", file=sys.stderr)
+    # Messages quote input (a path, an id, a field's value): its control characters are shown.
+    print(f"paysim: error: {printable(message)}", file=sys.stderr)
     for line in details or []:
-        print(f"  {line}", file=sys.stderr)
+        print(f"  {printable(line)}", file=sys.stderr)
     sys.exit(code)
 
 

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from paysim.cli.options import with_settings
-from paysim.cli.render import console, err_console, print_json
+from paysim.cli.render import console, err_console, print_json, safe
 from paysim.infra.config import Settings
 from paysim.ops.audit import LISTED, reconcile, scan_card_data
 
@@ -36,7 +36,7 @@ def audit(ctx: click.Context, settings: Settings, run_id: str | None, pci: bool,
             if findings:
                 table = Table("where", "what", title="card data found (masked)")
                 for finding in findings[:100]:
-                    table.add_row(finding.where, finding.what)
+                    table.add_row(safe(finding.where), safe(finding.what))
                 console.print(table)
             else:
                 console.print("[green]no card number or CVV found past the edge[/]")
@@ -49,7 +49,8 @@ def audit(ctx: click.Context, settings: Settings, run_id: str | None, pci: bool,
     if as_json:
         print_json(report.as_dict())
     else:
-        table = Table("check", "count", "result", title=f"audit of {run_id or 'every run'}")
+        table = Table("check", "count", "result",
+                      title=f"audit of {safe(run_id) if run_id else 'every run'}")
 
         def row(name: str, count: int, bad: bool) -> None:
             table.add_row(name, f"{count:,}", "[red]FAIL[/]" if bad else "[green]ok[/]")
@@ -67,13 +68,15 @@ def audit(ctx: click.Context, settings: Settings, run_id: str | None, pci: bool,
         for name, ids in (("lost", report.lost), ("doubled", report.doubled),
                           ("disagreeing", report.disagreeing)):
             if ids:
-                console.print(f"{name} (first {LISTED}): {', '.join(ids)}")
+                console.print(f"{name} (first {LISTED}): {safe(', '.join(ids))}")
         for mismatch in report.ledger_mismatches[:LISTED]:
-            console.print(f"ledger {mismatch.run_id} {mismatch.token} {mismatch.currency}: "
+            console.print(f"ledger {safe(mismatch.run_id)} {safe(mismatch.token)} "
+                          f"{safe(mismatch.currency)}: "
                           f"spent {mismatch.ledger_spent} in {mismatch.ledger_debits} debits, "
                           f"approved {mismatch.approved_total} in {mismatch.approved_count}")
     if run_id is not None and report.sent == 0:
-        err_console.print(f"[red]no payment of run {run_id} on {settings.topics.requested}[/]")
+        err_console.print(f"[red]no payment of run {safe(run_id)} on "
+                          f"{safe(settings.topics.requested)}[/]")
         ctx.exit(1)
     if not report.ok:
         ctx.exit(1)

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from paysim.cli.render import console, err_console
+from paysim.cli.render import console, err_console, safe
 from paysim.infra.errors import ConfigError
 from paysim.load.schedule import parse_duration
 
@@ -56,12 +56,13 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     options = replace(options, seed=seed, count=count or options.count,
                       rates=rates or options.rates,
                       duration_s=_duration(duration) or options.duration_s)
-    results = run_benchmark(options, announce=lambda line: err_console.print(line))
+    results = run_benchmark(options, announce=lambda line: err_console.print(safe(line)))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for the table's rows on one line each, also when piped to a file.
-    Console(highlight=False, width=max(console.width, 140)).print(results_table(results))
-    console.print(f"results written to {out}")
+    Console(highlight=False, emoji=False, width=max(console.width, 140)).print(
+        results_table(results))
+    console.print(f"results written to {safe(out)}")
 
 
 def _ms(block: dict[str, float]) -> str:

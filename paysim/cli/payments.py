@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from paysim.cli.options import with_settings
-from paysim.cli.render import console, err_console, print_json
+from paysim.cli.render import console, err_console, print_json, safe
 from paysim.domain import money
 from paysim.domain.messages import STAGES
 from paysim.domain.webhooks import valid_callback_url
@@ -40,8 +40,8 @@ def render_report(report: RunReport) -> None:
     """The end-of-run summary: load, outcomes, amounts, latency, thresholds."""
     load, outcomes = report.load, report.outcomes
     console.print(
-        f"run [bold]{report.run_id}[/]"
-        + (f"  scenario {report.scenario}" if report.scenario else "")
+        f"run [bold]{safe(report.run_id)}[/]"
+        + (f"  scenario {safe(report.scenario)}" if report.scenario else "")
         + f"  seed {report.seed}  sent {load.sent:,}  completed "
         f"{outcomes.completed:,}  in {report.duration_s:.2f} s  "
         f"({outcomes.throughput_per_s:,.0f} payments/s)")
@@ -56,19 +56,20 @@ def render_report(report: RunReport) -> None:
             + ("  [red](the generator could not keep up)[/]" if short else ""))
     table = Table("status", "code", "reason", "count", "share", title="outcomes")
     for row in outcomes.by_reason:
-        table.add_row(f"[{STATUS_STYLE.get(row.status, 'white')}]{row.status}[/]",
-                      row.reason_code, row.reason_text, f"{row.count:,}", f"{row.share:.1%}")
+        table.add_row(f"[{STATUS_STYLE.get(row.status, 'white')}]{safe(row.status)}[/]",
+                      safe(row.reason_code), safe(row.reason_text), f"{row.count:,}",
+                      f"{row.share:.1%}")
     console.print(table)
     if outcomes.approved_amounts:
         amounts = Table("currency", "approved amount", title="approved amounts")
         for currency, amount in outcomes.approved_amounts.items():
-            amounts.add_row(currency, amount.formatted)
+            amounts.add_row(safe(currency), safe(amount.formatted))
         console.print(amounts)
     latency = Table("stage", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
                     title="latency")
     for name, stats in latency_blocks(report):
         if stats.count:
-            latency.add_row(name, f"{stats.count:,}",
+            latency.add_row(safe(name), f"{stats.count:,}",
                             *(f"{value:.1f}" for _, value in stats.percentiles()))
     console.print(latency)
     if report.thresholds:
@@ -81,7 +82,7 @@ def render_report(report: RunReport) -> None:
                 verdict += (f" [red]({check.failed_windows} windows; worst from "
                             f"{worst.start_s} s: {worst.actual})[/]")
             over = f"run + each {check.window_s} s" if check.window_s else "run"
-            checks.add_row(check.expression, over, actual, verdict)
+            checks.add_row(safe(check.expression), over, actual, verdict)
         console.print(checks)
 
 
@@ -115,7 +116,7 @@ class LiveProgress:
             self.live.update(Text(line))
         elif time.monotonic() - self.last_line >= 5:
             self.last_line = time.monotonic()
-            self.out.print(line)
+            self.out.print(Text(line))
 
 
 @click.command()
@@ -185,7 +186,7 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
         render_report(report)
     outcomes = report.outcomes
     if outcomes.lost:
-        listed = ", ".join(outcomes.lost_ids[:10])
+        listed = safe(", ".join(outcomes.lost_ids[:10]))
         more = f" and {outcomes.lost - 10} more" if outcomes.lost > 10 else ""
         waited = (f"within {interrupt.grace_s:.0f} s of the interrupt" if interrupt.requested
                   else f"after {timeout:.0f} s")
@@ -193,12 +194,13 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
                           f"{listed}{more}")
     failed = [t.expression for t in report.failed_thresholds]
     if failed:
-        err_console.print(f"[red]thresholds failed: {'; '.join(failed)}[/]")
+        err_console.print(f"[red]thresholds failed: {safe('; '.join(failed))}[/]")
     if interrupt.requested:
+        run_id = safe(report.run_id)
         err_console.print(
             f"interrupted: sent {report.load.sent:,} of {report.load.scheduled:,} payments; "
-            f"the report covers them (run {report.run_id}; `paysim audit --run "
-            f"{report.run_id}` checks it)", soft_wrap=True)
+            f"the report covers them (run {run_id}; `paysim audit --run {run_id}` checks it)",
+            soft_wrap=True)
         ctx.exit(130)
     if outcomes.lost or failed:
         ctx.exit(1)
@@ -271,16 +273,18 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
     amount = (money.format_amount(view["amount"], currency) if money.is_currency(currency)
               else f"{view['amount']} {currency}")
     webhook = view.get("webhook", {}).get("status", "none")
-    console.print(f"payment  {view['payment_id']}  (run {view['run_id']})")
-    console.print(f"outcome  [{style}]{view['status']}[/]  {view['reason_code']} "
-                  f"{view['reason_text']}")
-    console.print(f"amount   {amount}")
-    console.print(f"card     {view['masked_pan'] or '-'}  {view['network'] or ''}")
-    console.print(f"merchant {merchant.get('name', '-')} ({merchant.get('id', '-')}, MCC "
-                  f"{merchant.get('mcc', '-')}, {merchant.get('country', '-')})")
-    console.print(f"notified {view['notification'] or 'not yet'}; webhook {webhook}")
+    # What Redis holds came from clients (the merchant, the run id through the HTTP API).
+    console.print(f"payment  {safe(view['payment_id'])}  (run {safe(view['run_id'])})")
+    console.print(f"outcome  [{style}]{safe(view['status'])}[/]  {safe(view['reason_code'])} "
+                  f"{safe(view['reason_text'])}")
+    console.print(f"amount   {safe(amount)}")
+    console.print(f"card     {safe(view['masked_pan'] or '-')}  {safe(view['network'] or '')}")
+    console.print(f"merchant {safe(merchant.get('name', '-'))} ({safe(merchant.get('id', '-'))}, "
+                  f"MCC {safe(merchant.get('mcc', '-'))}, {safe(merchant.get('country', '-'))})")
+    console.print(f"notified {safe(view['notification'] or 'not yet')}; webhook {safe(webhook)}")
     table = Table("stage", "at (UTC)", "since previous")
     for row in timeline:
         since = row["ms_since_previous"]
-        table.add_row(row["stage"], row["at"], f"{since:.1f} ms" if since is not None else "-")
+        table.add_row(safe(row["stage"]), row["at"],
+                      f"{since:.1f} ms" if since is not None else "-")
     console.print(table)

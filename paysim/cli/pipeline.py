@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from paysim.cli.options import with_settings
-from paysim.cli.render import console, print_json
+from paysim.cli.render import console, print_json, safe
 from paysim.infra.config import Settings
 from paysim.ops.panel import view
 from paysim.ops.run_all import run_all, running_supervisor, start_in_background, stop_background
@@ -61,7 +61,7 @@ def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
     table = Table("service", "state", "pid", "restarts", "processed", "rate/s", "lag",
                   "dead letters", title="paysim services (Ctrl-C stops them all)")
     for row in view(supervisor.children, beats):
-        table.add_row(row.name, f"[{STATE_STYLE[row.state]}]{row.state}[/]",
+        table.add_row(safe(row.name), f"[{STATE_STYLE[row.state]}]{row.state}[/]",
                       str(row.pid or "-"), str(row.restarts), f"{row.processed:,}",
                       f"{meter.rate(row.name, row.processed):,.0f}", f"{row.lag:,}",
                       str(row.dead_letters))
@@ -86,8 +86,8 @@ def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
             record, started = start_in_background(settings, counts, argv)
         verb = "started" if started else "already running"
         console.print(f"paysim services {verb} (supervisor pid {record.pid}); HTTP API on "
-                      f"http://{settings.http.host}:{settings.http.port}; logs in "
-                      f"{settings.services.dir / 'logs'}. `paysim ps` shows them, "
+                      f"http://{safe(settings.http.host)}:{settings.http.port}; logs in "
+                      f"{safe(settings.services.dir / 'logs')}. `paysim ps` shows them, "
                       "`paysim stop` stops them.")
         return
     stop = threading.Event()
@@ -99,7 +99,7 @@ def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
     live = Live(console=console, refresh_per_second=2, transient=False) if live_panel else None
 
     def announce(line: str) -> None:
-        (live.console if live else console).print(line)
+        (live.console if live else console).print(safe(line))
 
     def tick(supervisor: Supervisor) -> None:
         if live:
@@ -154,7 +154,7 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
                       caption=f"supervisor pid {record.pid}" if record
                       else "no `paysim run-all` supervisor is running")
         for row in rows:
-            table.add_row(row["name"], f"[{STATE_STYLE[row['state']]}]{row['state']}[/]",
+            table.add_row(safe(row["name"]), f"[{STATE_STYLE[row['state']]}]{row['state']}[/]",
                           str(row["pid"] or "-"), f"{row['processed']:,}", f"{row['lag']:,}",
                           str(row["dead_letters"]),
                           f"{row['uptime_s']:.0f} s" if row["uptime_s"] is not None else "-")

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from paysim.cli.payments import render_report as render_send_summary
-from paysim.cli.render import console, print_json
+from paysim.cli.render import console, print_json, safe
 from paysim.load.report import RunReport
 from paysim.load.report_compare import diff_rows, format_change, format_value, load_report
 
@@ -23,13 +23,13 @@ def render_report(data: RunReport) -> None:
     render_send_summary(data)
     outcomes = data.outcomes
     if outcomes.lost:
-        listed = ", ".join(outcomes.lost_ids[:10])
+        listed = safe(", ".join(outcomes.lost_ids[:10]))
         more = outcomes.lost - min(10, len(outcomes.lost_ids))
         console.print(f"[red]{outcomes.lost:,} payments had no outcome:[/] {listed}"
                       + (f" and {more:,} more" if more > 0 else ""))
     failed = [t.expression for t in data.failed_thresholds]
     if failed:
-        console.print(f"[red]thresholds failed: {'; '.join(failed)}[/]")
+        console.print(f"[red]thresholds failed: {safe('; '.join(failed))}[/]")
     elif data.thresholds:
         console.print("[green]all thresholds passed[/]")
 
@@ -63,14 +63,14 @@ def diff(path_a: str, path_b: str, as_json: bool) -> None:
                     "b": {"path": path_b, "run_id": b.run_id},
                     "rows": [row.as_dict() for row in rows]})
         return
-    console.print(f"A  {path_a}  (run {a.run_id})")
-    console.print(f"B  {path_b}  (run {b.run_id})")
+    console.print(f"A  {safe(path_a)}  (run {safe(a.run_id)})")
+    console.print(f"B  {safe(path_b)}  (run {safe(b.run_id)})")
     table = Table("figure", "A", "B", "change", "change %", title="B compared with A")
     for row in rows:
         change, pct = format_change(row)
         style = VERDICT_STYLE.get(row.verdict or "")
         if style:
             change, pct = f"[{style}]{change}[/]", f"[{style}]{pct}[/]"
-        table.add_row(row.figure, format_value(row.a, row.unit), format_value(row.b, row.unit),
-                      change, pct)
+        table.add_row(safe(row.figure), format_value(row.a, row.unit),
+                      format_value(row.b, row.unit), change, pct)
     console.print(table)

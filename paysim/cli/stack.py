@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from paysim.cli.options import STACK_KEYS, with_settings
-from paysim.cli.render import console, print_json
+from paysim.cli.render import console, print_json, safe
 from paysim.infra.config import Settings
 from paysim.stack.jars import libs_dir
 from paysim.stack.manager import LocalStack
@@ -22,7 +22,7 @@ def stack() -> None:
 
 
 def _local_stack(settings: Settings) -> LocalStack:
-    return LocalStack(settings.stack, announce=lambda line: console.print(line))
+    return LocalStack(settings.stack, announce=lambda line: console.print(safe(line)))
 
 
 @stack.command()
@@ -33,8 +33,8 @@ def prepare(settings: Settings) -> None:
     local.prepare()
     width = max(len(c.name) for c in local.components) + 1
     for component in local.components:
-        console.print(f"{component.name:<{width}} {component.version():<8} ready to start")
-    console.print(f"Kafka jars in {libs_dir(settings.stack.cache_dir)}")
+        console.print(f"{component.name:<{width}} {safe(component.version()):<8} ready to start")
+    console.print(f"Kafka jars in {safe(libs_dir(settings.stack.cache_dir))}")
 
 
 @stack.command()
@@ -49,10 +49,10 @@ def up(settings: Settings, fresh: bool) -> None:
     for result in results:
         if result.started:
             console.print(f"{result.name:<{width}} [green]started[/]          pid {result.pid:<8} "
-                          f"{result.address:<16} ready in {result.seconds:.1f} s")
+                          f"{safe(result.address):<16} ready in {result.seconds:.1f} s")
         else:
             console.print(f"{result.name:<{width}} [cyan]already running[/]  pid {result.pid:<8} "
-                          f"{result.address}")
+                          f"{safe(result.address)}")
 
 
 @stack.command()
@@ -63,7 +63,7 @@ def down(settings: Settings) -> None:
     with console.status("stopping the local stack"):
         results = local.down()
     if not results:
-        console.print(f"nothing to stop: no paysim stack runs under {settings.stack.dir}")
+        console.print(f"nothing to stop: no paysim stack runs under {safe(settings.stack.dir)}")
     width = max((len(r.name) for r in results), default=0) + 1
     for result in results:
         how = "killed after the grace period" if result.killed else "stopped"
@@ -82,12 +82,13 @@ def status(ctx: click.Context, settings: Settings, as_json: bool) -> None:
     else:
         root = settings.stack.dir
         table = Table("component", "state", "pid", "address", "version", "uptime", "data folder",
-                      caption=f"data folders are under {root}")
+                      caption=f"data folders are under {safe(root)}")
         for s in statuses:
             table.add_row(
-                s.name, f"[{STATE_STYLE[s.state]}]{s.state}[/]", str(s.pid or "-"), s.address,
-                s.version, f"{s.uptime_s:.0f} s" if s.uptime_s is not None else "-",
-                str(Path(s.data_dir).relative_to(root)),
+                s.name, f"[{STATE_STYLE[s.state]}]{s.state}[/]", str(s.pid or "-"),
+                safe(s.address), safe(s.version),
+                f"{s.uptime_s:.0f} s" if s.uptime_s is not None else "-",
+                safe(Path(s.data_dir).relative_to(root)),
             )
         console.print(table)
     if any(s.state != "up" for s in statuses):

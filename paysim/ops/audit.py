@@ -165,8 +165,15 @@ TIME_FIELDS = {"at", "notified_at", "seen_at", "started_at"}
 
 @dataclass(frozen=True)
 class Finding:
+    """One place card data was found. Both texts are masked as they are made: the location
+    holds the card number whenever it is a Redis key or a file named after one."""
+
     where: str  # topic/partition@offset, redis key, or log file:line
     what: str  # "PAN-like 411111******1111" (masked) or "CVV field 'cvv'"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "where", mask_pans(self.where))
+        object.__setattr__(self, "what", mask_pans(self.what))
 
 
 def _is_time_field(name: str) -> bool:
@@ -175,6 +182,12 @@ def _is_time_field(name: str) -> bool:
 
 def _pans_in(text: str) -> list[str]:
     return [run for run in _DIGIT_RUN.findall(text) if cards.luhn_valid(run)]
+
+
+def mask_pans(text: str) -> str:
+    """``text`` with every card number the scan would find in it masked (first 6, last 4)."""
+    return _DIGIT_RUN.sub(
+        lambda match: cards.mask(run) if cards.luhn_valid(run := match.group()) else run, text)
 
 
 def _scan_value(value: Any, where: str, findings: list[Finding], name: str = "") -> None:
@@ -227,10 +240,7 @@ def scan_card_data(settings: Settings) -> tuple[list[Finding], dict[str, int]]:
     try:
         for key in client.scan_iter(count=1000):
             scanned["redis keys"] += 1
-            name = key.decode(errors="replace")
-            for pan in _pans_in(name):
-                findings.append(Finding(f"redis key {name}", f"PAN-like {cards.mask(pan)}"))
-            _scan_redis(client, key, f"redis {name}", findings)
+            _scan_redis_key(client, key, findings)
     finally:
         client.close()
     logs = settings.services.dir / "logs"
@@ -238,6 +248,14 @@ def scan_card_data(settings: Settings) -> tuple[list[Finding], dict[str, int]]:
         scanned["log files"] += 1
         _scan_log(log, findings)
     return findings, dict(scanned)
+
+
+def _scan_redis_key(client: redis.Redis, key: bytes, findings: list[Finding]) -> None:
+    """The key's name, then what it holds."""
+    name = key.decode(errors="replace")
+    for pan in _pans_in(name):
+        findings.append(Finding(f"redis key {name}", f"PAN-like {cards.mask(pan)}"))
+    _scan_redis(client, key, f"redis {name}", findings)
 
 
 def _scan_redis(client: redis.Redis, key: bytes, where: str, findings: list[Finding]) -> None:

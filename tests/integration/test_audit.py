@@ -6,8 +6,9 @@ import json
 
 import redis
 
-from paysim.infra.config import Settings
+from paysim.infra.config import Settings, settings_env
 from paysim.pipeline import store
+from tests.helpers import run_paysim
 from tests.integration.pipeline_helpers import paysim, run_done_entries, send
 
 
@@ -77,3 +78,32 @@ def test_pci_scan_is_clean_after_a_run_and_finds_a_planted_pan(pipeline: Setting
         report["findings"])
     assert table.returncode == 1
     assert "4111111111111111" not in table.stdout + table.stderr  # never shown in clear
+
+
+def test_pci_scan_prints_card_numbers_in_key_names_and_values_only_masked(
+        pipeline: Settings) -> None:
+    """A card number in a Redis key's name is as much a finding as one in its value, and the
+    key is where the finding is: the audit shows it masked (table and JSON), and shows
+    `paysim:ledger:...` as text, not as the :ledger: emoji."""
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        client.set("paysim:idem:5105105105105100", "card 4111111111111111")
+        client.hset("paysim:ledger:5555555555554444", "debits", "1")
+        code, report = audit(pipeline, "--pci")
+        table = run_paysim("audit", "--pci", env={**settings_env(pipeline), "COLUMNS": "300"})
+    finally:
+        client.delete("paysim:idem:5105105105105100", "paysim:ledger:5555555555554444")
+
+    assert code == 1 and table.returncode == 1, table.stderr
+    findings = report["findings"]
+    assert {"where": "redis key paysim:idem:510510******5100",
+            "what": "PAN-like 510510******5100"} in findings
+    assert {"where": "redis paysim:idem:510510******5100",
+            "what": "PAN-like 411111******1111"} in findings
+    assert {"where": "redis key paysim:ledger:555555******4444",
+            "what": "PAN-like 555555******4444"} in findings
+    printed = json.dumps(report) + table.stdout + table.stderr
+    for pan in ("5105105105105100", "4111111111111111", "5555555555554444"):
+        assert pan not in printed
+    assert "redis key paysim:idem:510510******5100" in table.stdout
+    assert "redis key paysim:ledger:555555******4444" in table.stdout

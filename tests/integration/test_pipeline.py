@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import threading
+import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
@@ -17,14 +18,14 @@ from confluent_kafka import Producer
 
 from paysim.domain import decisions, webhooks
 from paysim.domain.messages import Codec, DeadLetter, PaymentRequested, SchemaError
-from paysim.infra.config import Settings
+from paysim.infra.config import Settings, settings_env
 from paysim.infra.kafka import client_config, read_topic
 from paysim.infra.secrets import load_keys
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import Mix, PaymentStream, build_population
 from paysim.pipeline import store
 from paysim.stack.process import is_alive
-from tests.helpers import free_port
+from tests.helpers import free_port, run_paysim
 from tests.integration.pipeline_helpers import (
     injected,
     paysim,
@@ -69,6 +70,32 @@ def test_status_shows_the_four_stages_of_a_delivered_payment(pipeline: Settings)
     assert all(row["ms_since_previous"] >= 0 for row in shown["timeline"][1:])
     table = paysim(pipeline, "status", entry.payment_id)
     assert "notified" in table.stdout and "approved" in table.stdout
+
+
+def test_status_prints_a_hostile_merchant_name_literally(pipeline: Settings) -> None:
+    """A merchant name from an HTTP client is shown as sent: no markup error, no hidden link, no
+    escape sequence reaching the terminal (its ESC shown as \\x1b)."""
+    name = "Shop [/bold] end [link=http://x]y[/link] \u001b[31m"
+    body = {"card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099,
+            "cvv": "123", "amount": 1250, "currency": "USD",
+            "merchant": {"id": "m-[red]1", "name": name, "mcc": "5411", "country": "US"}}
+    request = urllib.request.Request(
+        f"http://{pipeline.http.host}:{pipeline.http.port}/authorize",
+        data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        payment_id = json.loads(answer.read())["payment_id"]
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        assert wait_until(lambda: store.read_outcome(client, payment_id) is not None, timeout=60)
+    finally:
+        client.close()
+
+    result = run_paysim("status", payment_id, env={**settings_env(pipeline), "COLUMNS": "300"})
+
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    shown = "Shop [/bold] end [link=http://x]y[/link] \\x1b[31m"
+    assert f"merchant {shown} (m-[red]1, MCC 5411, US)" in result.stdout, result.stdout
 
 
 def test_status_of_an_unknown_payment_is_one_line_and_exit_1(pipeline: Settings) -> None:

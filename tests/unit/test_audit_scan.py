@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from paysim.ops.audit import Finding, _scan_bytes
+from paysim.ops.audit import Finding, _scan_bytes, _scan_redis_key
 
 
 def scan(raw: bytes) -> list[Finding]:
@@ -45,3 +45,39 @@ def test_card_data_is_found_and_masked(raw: bytes, what: str) -> None:
 
 def test_a_digit_run_failing_luhn_is_not_a_card() -> None:
     assert scan(json.dumps({"n": "4111111111111112"}).encode()) == []
+
+
+class OneKeyRedis:
+    """Just what the scan asks of Redis about one string key."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def type(self, key: bytes) -> bytes:
+        return b"string"
+
+    def get(self, key: bytes) -> bytes:
+        return self.value
+
+
+def test_a_card_number_in_a_redis_key_name_is_masked_where_it_is_reported() -> None:
+    findings: list[Finding] = []
+    _scan_redis_key(OneKeyRedis(b'{"note": "card 4111111111111111"}'),
+                    b"paysim:idem:5105105105105100", findings)
+
+    assert findings == [
+        Finding("redis key paysim:idem:510510******5100", "PAN-like 510510******5100"),
+        Finding("redis paysim:idem:510510******5100", "PAN-like 411111******1111"),
+    ]
+    assert not any("5105105105105100" in f.where + f.what for f in findings)
+
+
+def test_a_finding_never_holds_a_card_number_in_clear() -> None:
+    finding = Finding("/var/log/4242424242424242/x.log:3", "CVV value near 4111111111111111")
+    assert finding == Finding("/var/log/424242******4242/x.log:3",
+                              "CVV value near 411111******1111")
+    # Digits that are no card number, and what is masked already, stay as they are.
+    assert Finding("payments.results record 1234567890123", "x").where == (
+        "payments.results record 1234567890123")
+    assert Finding("redis paysim:idem:510510******5100", "x").where == (
+        "redis paysim:idem:510510******5100")

@@ -42,6 +42,7 @@ from paysim.load.report_compare import (
 )
 from paysim.load.thresholds import parse_threshold
 from paysim.pipeline.store import DoneEntry
+from tests.helpers import run_paysim
 
 T0 = 1_700_000_000_000_000  # the run's start, Unix microseconds
 SECOND = 1_000_000
@@ -530,3 +531,56 @@ def test_histograms_decode_to_the_figures_and_merge(report_a, report_b) -> None:
         merged.add(histogram)
     assert merged.get_total_count() == 160 + 158
     assert blocks[0].p50_ms < merged.get_value_at_percentile(50) / 1000 < blocks[1].p50_ms
+
+
+# ------------------------------------------------------------------------ hostile reports
+
+HOSTILE = "Shop [/bold] end [link=http://x]y[/link] \x1b[31m"
+HOSTILE_SHOWN = "Shop [/bold] end [link=http://x]y[/link] \\x1b[31m"
+
+
+def test_report_show_prints_hostile_text_literally(tmp_path: Path, report_b) -> None:
+    """A report file is user input: its run id, scenario, reason texts, thresholds and lost ids
+    are printed as written, control characters visible, and nothing breaks the markup."""
+    data = report_b.to_dict()
+    data["run_id"] = f"run {HOSTILE}"
+    data["scenario"] = f"scn [bold]{HOSTILE}"
+    data["outcomes"]["lost_ids"][0] = f"lost {HOSTILE}"
+    data["outcomes"]["by_reason"][0]["reason_text"] = f"why {HOSTILE}"
+    data["thresholds"][1]["expression"] = f"p99_ms < 5 {HOSTILE}"
+    path = write(tmp_path, "hostile.json", data)
+
+    result = run_paysim("report", "show", str(path), env={"COLUMNS": "400"})
+
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+    for fragment in (f"run run {HOSTILE_SHOWN}", f"scenario scn [bold]{HOSTILE_SHOWN}",
+                     f"lost {HOSTILE_SHOWN}", f"why {HOSTILE_SHOWN}",
+                     f"thresholds failed: p99_ms < 5 {HOSTILE_SHOWN}"):
+        assert fragment in result.stdout, fragment
+
+
+def test_report_diff_prints_hostile_paths_and_run_ids_literally(tmp_path: Path,
+                                                               report_a) -> None:
+    data = report_a.to_dict()
+    data["run_id"] = HOSTILE
+    folder = tmp_path / "[red]x"
+    folder.mkdir()
+    path = write(folder, "a.json", data)
+
+    result = run_paysim("report", "diff", str(path), str(path), env={"COLUMNS": "400"})
+
+    assert result.returncode == 0, result.stderr
+    assert f"A  {path}  (run {HOSTILE_SHOWN})" in result.stdout
+    assert "\x1b" not in result.stdout
+
+
+def test_an_error_naming_hostile_input_shows_its_control_characters(tmp_path: Path) -> None:
+    missing = tmp_path / "nope\x1b[2J\rforged line\u202e.json"
+
+    result = run_paysim("report", "show", str(missing))
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("paysim: error: ")
+    assert "nope\\x1b[2J\\rforged line\\u202e.json" in result.stderr
+    assert "\x1b" not in result.stderr and "\r" not in result.stderr
