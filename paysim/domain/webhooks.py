@@ -1,7 +1,9 @@
-"""Webhook signatures, the way payment providers sign them, and the check receivers run.
+"""Webhook signatures, the way Stripe signs them, and the check receivers run.
 
-Header: ``Paysim-Signature: t=<unix seconds>,v1=<hex>`` where the hex is HMAC-SHA256 over
-``<t>.<raw body>`` with the shared secret. Receivers reject a timestamp older than 300 s.
+Header: ``t=<unix seconds>,v1=<hex>`` (sent as ``Stripe-Signature`` and ``Paysim-Signature``)
+where the hex is HMAC-SHA256 over ``<t>.<raw body>``. The key is the secret's UTF-8 when it is
+text (``whsec_...``, as Stripe's libraries use it), or the bytes given (the older base64 secrets,
+decoded). Receivers reject a timestamp more than 300 s away.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 import urllib.parse
 
 SIGNATURE_HEADER = "Paysim-Signature"
+STRIPE_SIGNATURE_HEADER = "Stripe-Signature"
 TOLERANCE_S = 300
 MAX_URL_CHARS = 2048
 
@@ -33,21 +36,28 @@ class SignatureError(ValueError):
     """The signature header is missing, malformed, stale, or does not match."""
 
 
-def _mac(secret: bytes, timestamp: int, body: bytes) -> str:
-    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+def _mac(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    # Stripe's libraries hash the text "<t>.<body>" as UTF-8: the same bytes as these for a
+    # UTF-8 body, which every JSON body is.
+    key = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def sign(body: bytes, secret: bytes, timestamp: int | None = None) -> str:
+def sign(body: bytes, secret: str | bytes, timestamp: int | None = None) -> str:
     """The header value for ``body``."""
     at = int(time.time()) if timestamp is None else timestamp
     return f"t={at},v1={_mac(secret, at, body)}"
 
 
-def verify(body: bytes, header: str | None, secret: bytes, tolerance_s: int = TOLERANCE_S,
+def verify(body: bytes, header: str | None, secret: str | bytes, tolerance_s: int = TOLERANCE_S,
            now: float | None = None) -> int:
-    """Check a received webhook; return its timestamp, or raise SignatureError saying why."""
+    """Check a received webhook; return its timestamp, or raise SignatureError saying why.
+
+    ``header`` is either signature header (the same value); ``secret`` the whsec_ text, or
+    the bytes that are the key."""
     if not header:
-        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+        raise SignatureError(
+            f"missing signature header ({STRIPE_SIGNATURE_HEADER} or {SIGNATURE_HEADER})")
     parts: dict[str, list[str]] = {}
     for item in header.split(","):
         name, sep, value = item.strip().partition("=")

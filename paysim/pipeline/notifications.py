@@ -1,11 +1,13 @@
 """What a client is told about an outcome: the notification record, its stable event id, and
-the webhook queued for it. Used by the notifier and by the edge's POST /notify_client."""
+the webhook queued for it (the notification in Stripe's event envelope). Used by the notifier
+and by the edge's POST /notify_client."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
 
+import msgspec
 import redis
 
 from paysim.domain.messages import Notification, PaymentOutcome, encode
@@ -36,10 +38,32 @@ def notification_for(outcome: PaymentOutcome, event: str, at: int) -> Notificati
     )
 
 
+class EventData(msgspec.Struct, frozen=True):
+    object: Notification
+
+
+class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook's body: Stripe's event envelope around the notification, so that receivers
+    built on Stripe's libraries (stripe.Webhook.construct_event) take it as an event."""
+
+    id: str  # the notification's event id: stable per payment, to deduplicate on
+    object: str = "event"
+    type: str  # payment.approved or payment.declined
+    created: int  # Unix seconds, as Stripe's
+    livemode: bool = False  # a simulator's payments are never live
+    data: EventData
+
+
+def webhook_body(notification: Notification) -> bytes:
+    return encode(WebhookEvent(
+        id=notification.event_id, type=f"payment.{notification.status}",
+        created=notification.notified_at // 1_000_000, data=EventData(notification)))
+
+
 def queue_webhook(pipe: redis.client.Pipeline, url: str, notification: Notification) -> None:
     """Queue a signed POST for the dispatcher; the queue is a Redis stream, so it survives
     a crash of this process."""
     pipe.xadd(store.WEBHOOK_STREAM, {
         "payment_id": notification.payment_id, "event_id": notification.event_id,
-        "url": url, "body": encode(notification),
+        "url": url, "body": webhook_body(notification),
     })

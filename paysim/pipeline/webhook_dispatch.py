@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 import redis
 
-from paysim.domain.webhooks import SIGNATURE_HEADER, sign, valid_callback_url
+from paysim.domain.webhooks import (
+    SIGNATURE_HEADER,
+    STRIPE_SIGNATURE_HEADER,
+    sign,
+    valid_callback_url,
+)
 from paysim.infra.config import Settings
 from paysim.pipeline import store
 
@@ -137,14 +142,21 @@ class Attempt:
     error: str | None
 
 
+def signed_headers(body: bytes, secret: bytes, event_id: str) -> dict[str, str]:
+    """One signature under both names: Stripe's, for receivers on Stripe's libraries, and
+    paysim's own, which receivers set up before already read."""
+    signature = sign(body, secret)
+    return {"Content-Type": "application/json", STRIPE_SIGNATURE_HEADER: signature,
+            SIGNATURE_HEADER: signature, "Paysim-Event-Id": event_id,
+            "User-Agent": "paysim-webhooks/1"}
+
+
 def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float) -> Attempt:
     """One signed POST; 2xx is delivered. Never raises: a failure is in the Attempt."""
     if not valid_callback_url(url):
         return Attempt(False, None, "not an http(s) URL")
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret),
-        "Paysim-Event-Id": event_id, "User-Agent": "paysim-webhooks/1",
-    })
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers=signed_headers(body, secret, event_id))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return Attempt(200 <= response.status < 300, response.status, None)

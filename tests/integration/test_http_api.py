@@ -39,6 +39,7 @@ from paysim.infra.secrets import Keys
 from paysim.infra.topics import ensure_topics
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import store
+from paysim.pipeline.notifications import WebhookEvent
 from paysim.stack.manager import LocalStack
 from tests.helpers import free_port, settings_for
 
@@ -481,7 +482,8 @@ def test_notify_client_sends_the_notification_again(
     entry_id, fields = queued[0]
     redis_client.xdel(store.WEBHOOK_STREAM, entry_id)
     assert fields[b"url"] == b"http://127.0.0.1:9/hooks"
-    assert Codec(Notification).decode(fields[b"body"]) == sent
+    event = Codec(WebhookEvent).decode(fields[b"body"])  # Stripe's envelope around it
+    assert (event.id, event.type, event.data.object) == (sent.event_id, "payment.approved", sent)
 
 
 def test_notify_client_without_callback_queues_no_webhook(

@@ -27,7 +27,7 @@ from paysim.domain.messages import (
 from paysim.infra.config import Settings
 from paysim.pipeline import store
 from paysim.pipeline.authorizer import Authorizer
-from paysim.pipeline.notifications import event_id
+from paysim.pipeline.notifications import WebhookEvent, event_id
 from paysim.pipeline.notifier import Notifier
 from paysim.pipeline.processor import Processor
 from paysim.pipeline.registry import AUTHORIZER, NOTIFIER, PROCESSOR
@@ -365,7 +365,9 @@ def test_a_webhook_is_queued_only_for_a_payment_with_a_callback_url() -> None:
     assert webhook["url"] == CALLBACK
     assert webhook["payment_id"] == with_url.payment_id
     assert webhook["event_id"] == event_id(with_url.payment_id)
-    assert webhook["body"] == outputs[0].value  # the notification, as on the topic
+    body = decode(webhook["body"], WebhookEvent)  # the notification, as on the topic, in
+    assert body.data.object == decode(outputs[0].value, Notification)  # Stripe's envelope
+    assert body.id == webhook["event_id"]
     [hset_without] = [c for c in pipe.commands
                       if c[:2] == ("HSET", store.outcome_key(without.payment_id))]
     assert hset_without[-2:] == ("webhook_status", "none")
