@@ -145,7 +145,7 @@ def parse_expiry(text: str) -> tuple[int, int]:
     if found is None:
         raise ValueError("an expiry must be MM/YY or MM/YYYY")
     month, year = int(found[1]), int(found[2])
-    return month, year + 2000 if len(found[2]) == 2 else year
+    return month, (year + 2000 if len(found[2]) == 2 else year)
 
 
 def mask(pan: str) -> str:
