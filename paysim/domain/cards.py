@@ -7,6 +7,7 @@ import calendar
 import hashlib
 import hmac
 import os
+import re
 from datetime import UTC, datetime
 
 import msgspec
@@ -58,6 +59,35 @@ def well_formed_pan(pan: str) -> bool:
     return MIN_PAN_DIGITS <= len(pan) <= MAX_PAN_DIGITS and luhn_valid(pan)
 
 
+# A card number as people write one: 13 to 19 digits in a row, or in groups of four with a
+# shorter last group (4-4-4-4, 4-4-4-4-3) or Amex's and Diners' 4-6-5 and 4-6-4, separated by
+# single spaces or single dashes, the same throughout. Other groupings are not taken for one:
+# a paysim run id (run-20261124-235405-...) or a date must not be. It stands alone: digits
+# touching a letter or another digit are part of a token (hex, base64), not a card number;
+# the same boundary as `paysim audit --pci`, so the edge refuses what the audit would report.
+# (The first digit comes before the look-behind that checks what precedes it: re then skips
+# to digits at once, which makes text without digits, the usual case, 2-4 times faster.)
+_WRITTEN_PAN = re.compile(
+    r"[0-9](?<![0-9A-Za-z][0-9])"
+    r"(?:[0-9]{12,18}"
+    r"|[0-9]{3}([ -])(?:[0-9]{4}\1){1,3}[0-9]{1,4}"
+    r"|[0-9]{3}([ -])[0-9]{6}\2[0-9]{4,5})"
+    r"(?![0-9A-Za-z])"
+)
+
+
+def contains_card_number(text: str) -> bool:
+    """True when ``text`` holds a Luhn-valid card number of 13 to 19 digits, contiguous or
+    written in groups (see _WRITTEN_PAN). For free-text fields, which must never carry one."""
+    if _WRITTEN_PAN.search(text) is None:  # the usual case, in one call: the authorizer
+        return False                        # checks four fields of every payment
+    for found in _WRITTEN_PAN.finditer(text):
+        digits = found.group().replace(" ", "").replace("-", "")
+        if 13 <= len(digits) <= MAX_PAN_DIGITS and luhn_valid(digits):
+            return True
+    return False
+
+
 def _in(prefix: str, low: int, high: int) -> bool:
     return ascii_digits(prefix) and low <= int(prefix) <= high
 
@@ -102,6 +132,20 @@ def expired(exp_month: int, exp_year: int, now: datetime) -> bool:
     last_day = calendar.monthrange(exp_year, exp_month)[1]
     end = datetime(exp_year, exp_month, last_day, 23, 59, 59, 999999, tzinfo=UTC)
     return now > end
+
+
+_EXPIRY_TEXT = re.compile(r"([0-9]{2})/([0-9]{2}|[0-9]{4})")
+
+
+def parse_expiry(text: str) -> tuple[int, int]:
+    """``MM/YY`` or ``MM/YYYY`` as (month, four-digit year); ValueError for any other form.
+    The month is not range-checked here: month 13 is an expired card (reason 54), as with
+    exp_month."""
+    found = _EXPIRY_TEXT.fullmatch(text)
+    if found is None:
+        raise ValueError("an expiry must be MM/YY or MM/YYYY")
+    month, year = int(found[1]), int(found[2])
+    return month, (year + 2000 if len(found[2]) == 2 else year)
 
 
 def mask(pan: str) -> str:

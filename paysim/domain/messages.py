@@ -33,12 +33,26 @@ class Check:
     """A rule on a field that no msgspec.Meta constraint can say, declared beside the field's
     type (``Annotated[str, Meta(...), Check(...)]``). msgspec ignores it when decoding; the
     HTTP edge applies it with the rest of the declaration, the Kafka services through
-    ``failed_check``. ``brief`` completes "<field> is not ...".
+    ``failed_check``. ``brief`` completes "<field> is not ..."; ``answer``, the HTTP API's
+    one-line answer, completes "field '<field>' ..." (without one, the API answers with the
+    field's description: "must be <description>").
     """
 
-    def __init__(self, predicate: Callable[[Any], bool], brief: str) -> None:
+    def __init__(self, predicate: Callable[[Any], bool], brief: str,
+                 answer: str | None = None) -> None:
         self.predicate = predicate
         self.brief = brief
+        self.answer = answer
+
+
+def _no_card_number(text: str) -> bool:
+    return not cards.contains_card_number(text)
+
+
+# On every free-text field: the edge refuses a card number there (400), the authorizer
+# dead-letters it without its bytes; nothing past the edge may hold one in clear.
+NoCardNumber = Check(_no_card_number, "allowed to hold a card number",
+                     "must not hold a card number (a Luhn-valid run of 13 to 19 digits)")
 
 
 # Field types, declared once for the topics and the HTTP API. A description completes
@@ -48,12 +62,12 @@ UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z
 Uuid = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
-                                   description="1 to 200 characters")]
+                                   description="1 to 200 characters"), NoCardNumber]
 Mcc = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}\Z", description="4 digits")]
 Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z",
                                       description="2 capital letters (ISO 3166)")]
 CallbackUrl = Annotated[str, msgspec.Meta(description="an http:// or https:// URL"),
-                        Check(valid_callback_url, "an http(s) URL")]
+                        Check(valid_callback_url, "an http(s) URL"), NoCardNumber]
 
 
 def now_us() -> int:
@@ -161,7 +175,6 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 encode = msgspec.json.Encoder().encode
 
 
-@functools.cache
 @functools.cache  # per type, not per message: reading the type hints costs tens of µs
 def declared_checks(kind: type[msgspec.Struct]) -> tuple[tuple[str, Check], ...]:
     """The Check of each field of ``kind`` that declares one, in field order."""
@@ -175,15 +188,35 @@ def declared_checks(kind: type[msgspec.Struct]) -> tuple[tuple[str, Check], ...]
     return tuple(found)
 
 
+@functools.cache
+def _checked_paths(kind: type[msgspec.Struct]) -> tuple[tuple[tuple[str, ...], Check], ...]:
+    """Each declared Check of ``kind`` and of the Structs in its fields (the merchant), with
+    the path to its field, in field order."""
+    hints = typing.get_type_hints(kind, include_extras=True)
+    own = declared_checks(kind)
+    found: list[tuple[tuple[str, ...], Check]] = []
+    for name in kind.__struct_fields__:
+        found += [((name,), check) for field, check in own if field == name]
+        for declared in (hints[name], *typing.get_args(hints[name])):  # X or Optional[X]
+            if isinstance(declared, type) and issubclass(declared, msgspec.Struct):
+                found += [((name, *path), check) for path, check in _checked_paths(declared)]
+    return tuple(found)
+
+
 def failed_check(message: msgspec.Struct) -> str | None:
     """What is wrong with the first field whose declared Check fails ("callback_url is not an
-    http(s) URL"), else None.
+    http(s) URL", "merchant.name is not allowed to hold a card number"), else None. Never the
+    value: it may be the very card number the rule keeps out.
     Separate from decoding: the Kafka services reject such a message (a dead letter) as
     they reject an unreadable card block, not as a schema error."""
-    for name, check in declared_checks(type(message)):
-        value = getattr(message, name)
+    for path, check in _checked_paths(type(message)):
+        value: Any = message
+        for name in path:
+            value = getattr(value, name)
+            if value is None:
+                break
         if value is not None and not check.predicate(value):
-            return f"{name} is not {check.brief}"
+            return f"{'.'.join(path)} is not {check.brief}"
     return None
 
 

@@ -32,13 +32,7 @@ from paysim.domain.requests import AuthorizeRequest
 from paysim.edge import idempotency
 from paysim.edge.delivery import deliver
 from paysim.edge.idempotency import Answer, Idempotency
-from paysim.edge.validation import (
-    BadRequest,
-    authorize_request,
-    body_object,
-    short,
-    transaction_id,
-)
+from paysim.edge.validation import BadRequest, authorize_body, notify_body, short
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
 from paysim.pipeline import notifications, store
@@ -46,6 +40,10 @@ from paysim.pipeline import notifications, store
 log = logging.getLogger("paysim.http")
 
 MAX_BODY_BYTES = 64 * 1024
+# The seed's 200 answers, word for word ("payment permitted", "notification sent"): its clients
+# may look for them.
+SEED_AUTHORIZED = "платеж разрешен"
+SEED_NOTIFIED = "отправленное уведомление"
 
 
 class Counters:
@@ -84,8 +82,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     topics = settings.topics
 
     def authorize_once(fields: AuthorizeRequest) -> Answer:
-        card = cards.CardBlock(number=fields.card_number, exp_month=fields.exp_month,
-                               exp_year=fields.exp_year, cvv=fields.cvv)
+        exp_month, exp_year = fields.card_expiry()
+        card = cards.CardBlock(number=fields.card_number, exp_month=exp_month,
+                               exp_year=exp_year, cvv=fields.cvv)
         at = now_us()
         check = decisions.check_card(card, fields.amount, fields.currency,
                                      datetime.fromtimestamp(at / 1e6, UTC),
@@ -103,12 +102,12 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             log.warning("payment %s not accepted: %s", message.payment_id, failure)
             return Answer(503, {"error": f"payment not accepted, Kafka is unavailable: "
                                          f"{failure}"})
-        return Answer(200, {"payment_id": message.payment_id, "status": "accepted"})
+        return Answer(200, {"payment_id": message.payment_id, "status": "accepted",
+                            "message": SEED_AUTHORIZED})
 
     @app.post("/authorize")
     def authorize() -> Response:
-        raw, body = body_object(request)
-        fields = authorize_request(body)
+        raw, fields = authorize_body(request)
         key = idempotency.key_from(request.headers)
         if key is None:
             return _json(*authorize_once(fields))
@@ -135,8 +134,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
 
     @app.post("/notify_client")
     def notify_client() -> Response:
-        _, body = body_object(request)
-        payment_id = transaction_id(body)
+        payment_id = notify_body(request)
         stored = store.read_outcome(redis_client, payment_id)
         if stored is None:
             return _error(404, f"no outcome for transaction {short(payment_id)} "
@@ -153,7 +151,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             pipe = redis_client.pipeline(transaction=False)
             notifications.queue_webhook(pipe, outcome.callback_url, notification)
             pipe.execute()
-        return _json(200, {"transaction_id": payment_id, "outcome": store.outcome_view(stored)})
+        return _json(200, {"transaction_id": payment_id, "message": SEED_NOTIFIED,
+                           "outcome": store.outcome_view(stored)})
 
     @app.get("/payments/<payment_id>")
     def payment(payment_id: str) -> Response:

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import redis
 from werkzeug.datastructures import Headers
 
+from paysim.domain.messages import NoCardNumber
 from paysim.edge.validation import BadRequest
 from paysim.pipeline import store
 
@@ -44,6 +45,8 @@ def key_from(headers: Headers) -> str | None:
     key = key.strip()
     if not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
         raise BadRequest(f"{HEADER} must be 1 to {MAX_KEY_CHARS} printable characters")
+    if not NoCardNumber.predicate(key):  # it would be a Redis key, in clear, for a day
+        raise BadRequest(f"{HEADER} {NoCardNumber.answer}")
     return key
 
 

@@ -7,13 +7,18 @@ the keys in the body:
 
 1. a field the type does not declare: ``unknown field 'x'``;
 2. each required field, in declaration order: ``missing field 'x'``, or ``field 'x' must be a
-   string`` (or a whole number, or an object with ...);
+   string`` (or a whole number, or an object with ...); a group of the type's ``one_of`` (the
+   expiry) where its first field is declared: ``missing <what>`` or ``<what> is given twice``,
+   then the given way's fields as required fields;
 3. each field in declaration order: a given optional field's type, then the field's
-   constraints: ``field 'x' must be <the description declared with the constraint>``; an object
-   field is checked the same way, its names prefixed (``merchant.mcc``).
+   constraints: ``field 'x' must be <the description declared with the constraint>``, or the
+   answer of a failing messages.Check (``field 'x' must not hold a card number ...``); an
+   object field is checked the same way, its names prefixed (``merchant.mcc``).
 
 A description that begins with the type ("a string of 1 to 100 characters") is the answer to a
-wrong type as well.
+wrong type as well. A string holding a lone UTF-16 surrogate (json.loads takes ``"\\ud800"``;
+nothing can encode it afterwards) is refused with its type. ``authorize_body`` and
+``notify_body`` add to every answer which fields the endpoint expects.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import msgspec
 from flask import Request
 
 from paysim.domain.messages import Check, declared_checks
-from paysim.domain.requests import AuthorizeRequest
+from paysim.domain.requests import AuthorizeRequest, OneOf
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -44,10 +49,14 @@ class BadRequest(Exception):
         self.status = status
         self.fields = fields
 
+    def expecting(self, fields: str) -> BadRequest:
+        """The same answer, telling which fields are expected."""
+        return BadRequest(f"{self}; {fields}", self.status, **self.fields)
+
 
 def short(name: str) -> str:
-    """A client-supplied name, safe to put in a one-line error."""
-    name = " ".join(str(name).split())
+    """A client-supplied name, safe to put in a one-line error (a lone surrogate becomes ?)."""
+    name = " ".join(str(name).encode(errors="replace").decode().split())
     return name if len(name) <= 40 else name[:40] + "..."
 
 
@@ -67,6 +76,24 @@ def body_object(request: Request) -> tuple[bytes, dict[str, Any]]:
     return raw, body
 
 
+def authorize_body(request: Request) -> tuple[bytes, AuthorizeRequest]:
+    """The raw POST /authorize body and the request in it. Every BadRequest says which fields
+    are expected: the seed took any JSON, so its clients learn them here."""
+    try:
+        raw, body = body_object(request)
+        return raw, authorize_request(body)
+    except BadRequest as exc:
+        raise exc.expecting(expected_fields(AuthorizeRequest)) from None
+
+
+def notify_body(request: Request) -> str:
+    """The POST /notify_client body's payment id; every BadRequest says what is expected."""
+    try:
+        return transaction_id(body_object(request)[1])
+    except BadRequest as exc:
+        raise exc.expecting("expected fields: transaction_id") from None
+
+
 def authorize_request(body: dict[str, Any]) -> AuthorizeRequest:
     """The POST /authorize body, checked and typed; BadRequest naming the first problem."""
     return typed(body, AuthorizeRequest)
@@ -79,7 +106,36 @@ def transaction_id(body: dict[str, Any]) -> str:
         raise BadRequest("missing field 'transaction_id'")
     if not isinstance(payment_id, str) or not payment_id.strip():
         raise BadRequest("field 'transaction_id' must be a non-empty string")
+    _check_unicode(payment_id, "transaction_id")
     return payment_id
+
+
+@functools.cache
+def expected_fields(kind: type[msgspec.Struct]) -> str:
+    """``kind``'s fields for a client: "expected fields: a, b (or c: <description>), d;
+    optional: e {its fields}, f"."""
+    groups = _groups(kind)
+    by_name = {field.name: field for field in _fields(kind)}
+    required: list[str] = []
+    optional: list[str] = []
+    listed_groups: list[OneOf] = []
+    for field in by_name.values():
+        group = groups.get(field.name)
+        if group is not None:
+            if group not in listed_groups:  # the whole group where its first field is declared
+                listed_groups.append(group)
+                first = group.ways[0]
+                others = ", or ".join(_way(way, by_name, listed=True) for way in group.ways[1:])
+                required += [*first[:-1], f"{first[-1]} (or {others})"]
+        elif field.required:
+            required.append(field.name)
+        elif field.is_object:
+            inner = ", ".join(f.name for f in _fields(field.base))
+            optional.append(f"{field.name} {{{inner}}}")
+        else:
+            optional.append(field.name)
+    listed = "expected fields: " + ", ".join(required)
+    return listed + (f"; optional: {', '.join(optional)}" if optional else "")
 
 
 def typed(body: dict[str, Any], kind: type[S]) -> S:
@@ -144,6 +200,22 @@ def _fields(kind: type[msgspec.Struct]) -> tuple[_Field, ...]:
     return tuple(fields)
 
 
+@functools.cache
+def _groups(kind: type[msgspec.Struct]) -> dict[str, OneOf]:
+    """Each field of a ``one_of`` group of ``kind``, with its group."""
+    declared: tuple[OneOf, ...] = getattr(kind, "one_of", ())
+    return {name: group for group in declared for way in group.ways for name in way}
+
+
+def _way(way: tuple[str, ...], by_name: dict[str, _Field], *, listed: bool = False) -> str:
+    """One way of a group: "exp_month and exp_year", "expiry (MM/YY or MM/YYYY)" (in a list
+    of fields, which has brackets of its own: "expiry: MM/YY or MM/YYYY")."""
+    description = by_name[way[0]].description if len(way) == 1 else None
+    if description:
+        return f"{way[0]}: {description}" if listed else f"{way[0]} ({description})"
+    return " and ".join(way)
+
+
 def _fits(value: Any, kind: Any) -> bool:
     try:
         msgspec.convert(value, kind)  # strict: true is no whole number, 12.5 and "12" neither
@@ -152,10 +224,36 @@ def _fits(value: Any, kind: Any) -> bool:
     return True
 
 
+def _check_unicode(value: str, name: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        # Not the value: it is unprintable, and may hold card data.
+        raise BadRequest(f"field '{name}' must be valid Unicode text (it holds a lone "
+                         "UTF-16 surrogate)") from None
+
+
 def _check_type(value: Any, field: _Field, prefix: str) -> None:
     fits = isinstance(value, dict) if field.is_object else _fits(value, field.base)
     if not fits:
         raise BadRequest(f"field '{prefix}{field.name}' must be {field.type_phrase()}")
+    if isinstance(value, str):
+        _check_unicode(value, prefix + field.name)
+
+
+def _check_group(body: dict[str, Any], kind: type[msgspec.Struct], group: OneOf,
+                 prefix: str) -> None:
+    """Exactly one way of ``group`` given (a field null is one left out), and that way whole."""
+    by_name = {field.name: field for field in _fields(kind)}
+    given = [way for way in group.ways if any(body.get(name) is not None for name in way)]
+    if len(given) != 1:
+        ways = ", or ".join(_way(way, by_name) for way in group.ways)
+        raise BadRequest(f"missing {group.what}: give {ways}" if not given else
+                         f"{group.what} is given twice: give {ways}, not both")
+    for name in given[0]:
+        if name not in body:
+            raise BadRequest(f"missing field '{prefix}{name}'")
+        _check_type(body[name], by_name[name], prefix)
 
 
 def _check_object(body: dict[str, Any], kind: type[msgspec.Struct], prefix: str) -> None:
@@ -165,8 +263,15 @@ def _check_object(body: dict[str, Any], kind: type[msgspec.Struct], prefix: str)
     unknown = sorted(set(body) - {field.name for field in fields})
     if unknown:
         raise BadRequest(f"unknown field '{prefix}{short(unknown[0])}'")
+    groups = _groups(kind)
+    checked_groups: list[OneOf] = []
     for field in fields:
-        if field.required:
+        group = groups.get(field.name)
+        if group is not None:
+            if group not in checked_groups:  # where the group's first field is declared
+                checked_groups.append(group)
+                _check_group(body, kind, group, prefix)
+        elif field.required:
             if field.name not in body:
                 raise BadRequest(f"missing field '{prefix}{field.name}'")
             _check_type(body[field.name], field, prefix)
@@ -178,10 +283,13 @@ def _check_object(body: dict[str, Any], kind: type[msgspec.Struct], prefix: str)
             _check_type(value, field, prefix)
         if field.is_object:
             _check_object(value, field.base, f"{prefix}{field.name}.")
-        elif not (_fits(value, field.declared)
-                  and all(check.predicate(value) for check in field.checks)):
-            wanted = field.description or field.type_phrase()
-            raise BadRequest(f"field '{prefix}{field.name}' must be {wanted}")
+            continue
+        wanted = f"must be {field.description or field.type_phrase()}"
+        if not _fits(value, field.declared):
+            raise BadRequest(f"field '{prefix}{field.name}' {wanted}")
+        for check in field.checks:
+            if not check.predicate(value):
+                raise BadRequest(f"field '{prefix}{field.name}' {check.answer or wanted}")
 
 
 def _without_nulls(body: dict[str, Any], kind: type[msgspec.Struct]) -> dict[str, Any]:

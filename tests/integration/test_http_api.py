@@ -306,8 +306,156 @@ def test_bad_request_is_400_naming_the_problem(
     assert response.mimetype == "application/json"
     answer = response.get_json()
     assert list(answer) == ["error"]
-    assert needle in answer["error"] and "\n" not in answer["error"]
+    problem, _, expected = answer["error"].partition("; expected fields: ")
+    assert needle in problem and "\n" not in answer["error"]
+    assert expected.startswith("card_number, exp_month, exp_year")
     assert VISA not in answer["error"]
+    assert requested.count() == before
+
+
+SEED_FIELDS = ("; expected fields: card_number, exp_month, exp_year (or expiry: MM/YY or "
+               "MM/YYYY), cvv, amount, currency; optional: merchant {id, name, mcc, country}, "
+               "callback_url, run_id, seq")
+NO_PAN = "must not hold a card number (a Luhn-valid run of 13 to 19 digits)"
+
+
+def redis_keys_holding(client: redis.Redis, text: str) -> list[bytes]:
+    return list(client.scan_iter(match=f"*{text}*", count=1000))
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    pytest.param({"run_id": f"run-{VISA}"}, "run_id", id="run_id"),
+    pytest.param({"run_id": "4242 4242 4242 4242"}, "run_id", id="run_id-spaced"),
+    pytest.param({"merchant": {"id": VISA, "name": "n", "mcc": "5411", "country": "US"}},
+                 "merchant.id", id="merchant.id"),
+    pytest.param({"merchant": {"id": "m", "name": f"Shop {AMEX}", "mcc": "5411",
+                               "country": "US"}}, "merchant.name", id="merchant.name"),
+    pytest.param({"callback_url": f"https://example.test/h/{VISA}"}, "callback_url",
+                 id="callback_url"),
+])
+def test_a_card_number_in_a_free_field_is_400_and_kept_nowhere(
+    client: FlaskClient, requested: TopicReader, redis_client: redis.Redis,
+    changes: dict[str, Any], field: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    before = requested.count()
+    key = f"test-{uuid.uuid4()}"
+    with caplog.at_level(logging.DEBUG):
+        response = client.post("/authorize", json=card_body(**changes),
+                               headers={"Idempotency-Key": key})
+
+    assert response.status_code == 400
+    assert response.get_json() == {"error": f"field '{field}' {NO_PAN}{SEED_FIELDS}"}
+    assert requested.count() == before
+    assert redis_client.get(store.idempotency_key(key)) is None
+    for number in (VISA, AMEX, "4242 4242"):
+        assert number not in response.get_data(as_text=True)
+        assert number not in caplog.text
+        assert redis_keys_holding(redis_client, number) == []
+
+
+def test_a_card_number_in_the_idempotency_key_is_400_and_kept_nowhere(
+    client: FlaskClient, requested: TopicReader, redis_client: redis.Redis,
+) -> None:
+    before = requested.count()
+    key = f"order-{VISA}"
+    response = client.post("/authorize", json=card_body(), headers={"Idempotency-Key": key})
+
+    assert response.status_code == 400
+    assert response.get_json() == {"error": f"Idempotency-Key {NO_PAN}"}
+    assert requested.count() == before
+    assert redis_client.get(store.idempotency_key(key)) is None
+    assert redis_keys_holding(redis_client, VISA) == []
+
+
+# Raw bodies: a lone surrogate as a JSON escape, as any client may send it.
+SURROGATE_BODIES = [
+    pytest.param("card_number", b'"card_number": "4242\\ud800"', id="card_number"),
+    pytest.param("cvv", b'"cvv": "\\ud800"', id="cvv"),
+    pytest.param("currency", b'"currency": "US\\udfff"', id="currency"),
+    pytest.param("run_id", b'"run_id": "r\\ud800"', id="run_id"),
+    pytest.param("callback_url", b'"callback_url": "https://e.test/\\ud800"',
+                 id="callback_url"),
+    pytest.param("merchant.name", b'"merchant": {"id": "m", "name": "\\ud800", "mcc": "5411", '
+                 b'"country": "US"}', id="merchant.name"),
+]
+
+
+@pytest.mark.parametrize(("field", "given"), SURROGATE_BODIES)
+def test_a_lone_surrogate_is_400_naming_the_field(
+    client: FlaskClient, requested: TopicReader, field: str, given: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    base = {k: v for k, v in card_body().items() if k != field}
+    data = json.dumps(base).encode()[:-1] + b", " + given + b"}"
+    before = requested.count()
+    with caplog.at_level(logging.DEBUG):
+        response = client.post("/authorize", data=data, content_type="application/json",
+                               headers={"Idempotency-Key": f"test-{uuid.uuid4()}"})
+
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json() == {"error": f"field '{field}' must be valid Unicode text "
+                                            f"(it holds a lone UTF-16 surrogate){SEED_FIELDS}"}
+    assert requested.count() == before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_lone_surrogate_in_the_transaction_id_is_400(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        response = client.post("/notify_client", data=b'{"transaction_id": "t\\ud800"}',
+                               content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": "field 'transaction_id' must be valid Unicode text (it holds a lone UTF-16 "
+                 "surrogate); expected fields: transaction_id"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ---------------------------------------------------------------------------- seed clients
+
+
+@pytest.mark.parametrize("expiry", [f"12/{NEXT_YEAR % 100:02d}", f"12/{NEXT_YEAR}"])
+def test_the_expiry_as_text_and_the_seeds_message(
+    client: FlaskClient, requested: TopicReader, keys: Keys, expiry: str,
+) -> None:
+    body = {k: v for k, v in card_body().items() if k not in ("exp_month", "exp_year")}
+    response = client.post("/authorize", json={**body, "expiry": expiry})
+
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    # The seed's 200 was {"message": "платеж разрешен"}; a client of the seed finds it.
+    assert answer == {"payment_id": answer["payment_id"], "status": "accepted",
+                      "message": "платеж разрешен"}
+    message = Codec(PaymentRequested).decode(
+        find_requested(requested, answer["payment_id"]).value())
+    card = cards.CardCipher(keys.card_key).decrypt(message.card, answer["payment_id"].encode())
+    assert (card.exp_month, card.exp_year) == (12, NEXT_YEAR)
+
+
+def test_an_expired_expiry_as_text_is_declined(client: FlaskClient) -> None:
+    body = {k: v for k, v in card_body().items() if k not in ("exp_month", "exp_year")}
+    response = client.post("/authorize", json={**body, "expiry": f"01/{LAST_YEAR}"})
+    assert response.status_code == 400
+    assert response.get_json() == {"error": decisions.reason_text("54"), "reason_code": "54"}
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    pytest.param({"expiry": "12/30"}, "the card's expiry is given twice: give exp_month and "
+                 "exp_year, or expiry (MM/YY or MM/YYYY), not both", id="both"),
+    pytest.param({"exp_month": None, "exp_year": None}, "missing the card's expiry: give "
+                 "exp_month and exp_year, or expiry (MM/YY or MM/YYYY)", id="neither"),
+    pytest.param({"exp_month": None, "exp_year": None, "expiry": "12-30"},
+                 "field 'expiry' must be MM/YY or MM/YYYY", id="not-mm-yy"),
+])
+def test_the_expiry_one_way_or_the_other(
+    client: FlaskClient, requested: TopicReader, changes: dict[str, Any], problem: str,
+) -> None:
+    before = requested.count()
+    response = client.post("/authorize", json=card_body(**changes))
+    assert response.status_code == 400
+    assert response.get_json() == {"error": problem + SEED_FIELDS}
     assert requested.count() == before
 
 
@@ -433,6 +581,7 @@ def test_notify_client_needs_a_transaction_id(client: FlaskClient) -> None:
         response = client.post("/notify_client", json=body)
         assert response.status_code == 400
         assert "transaction_id" in response.get_json()["error"]
+        assert response.get_json()["error"].endswith("; expected fields: transaction_id")
     assert client.post("/notify_client", data=b"{", content_type="application/json"
                        ).status_code == 400
 
@@ -460,6 +609,7 @@ def test_notify_client_sends_the_notification_again(
     assert response.status_code == 200, response.get_json()
     answer = response.get_json()
     assert answer["transaction_id"] == outcome.payment_id
+    assert answer["message"] == "отправленное уведомление"  # the seed's 200 answer
     assert answer["outcome"] == store.outcome_view(
         store.read_outcome(redis_client, outcome.payment_id))
     assert answer["outcome"]["amount"] == outcome.amount

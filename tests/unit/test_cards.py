@@ -331,3 +331,71 @@ def test_sealed_json_that_is_not_a_card_block_fails(key: bytes) -> None:
     blob = base64.b64encode(nonce + sealed).decode()
     with pytest.raises(ValueError, match="cannot be decrypted"):
         cards.CardCipher(key).decrypt(blob, PAYMENT_ID)
+
+
+# ---------------------------------------------------------------------------- card data in text
+
+
+@pytest.mark.parametrize("text", [
+    "4242424242424242",
+    "run 4242424242424242",
+    "order-378282246310005",  # after a dash
+    "a_4242424242424242_b",  # underscores are not letters
+    "tel:4242424242424242.",
+    "https://shop.example/hook?pan=4242424242424242",
+    "4242 4242 4242 4242",  # as printed on the card
+    "4242-4242-4242-4242",
+    "3782 822463 10005",  # Amex: 4-6-5
+    "3056 930902 5904",  # Diners: 4-6-4
+    "6200 0000 0000 0000 000",  # 19 digits: 4-4-4-4-3
+    cards.luhn_complete("4" * 12),  # 13 digits, the shortest
+    cards.luhn_complete("4" * 18),  # 19 digits, the longest
+])
+def test_a_card_number_in_text_is_found(text: str) -> None:
+    assert cards.contains_card_number(text)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "corner shop",
+    "4242424242424241",  # fails Luhn
+    cards.luhn_complete("4" * 11),  # 12 digits: too short for a card number here
+    cards.luhn_complete("4" * 19),  # 20 digits: too long
+    "4242 4242 4242 4241",
+    "4242  4242  4242  4242",  # double spaces: not how a card number is written
+    "4242 4242-4242 4242",  # mixed separators
+    "42424242 42424242",  # groups of eight
+    "run-20261124-235405-179daf",  # a paysim run id: dates and times are not grouped in fours
+    "tok_4242424242424242aa",  # inside a token: digits touching letters (as paysim audit --pci)
+    "ab4242424242424242",
+    "\u0664\u0662" * 8,  # Arabic-Indic digits are not a PAN
+    "a0b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d",
+])
+def test_text_without_a_card_number(text: str) -> None:
+    assert not cards.contains_card_number(text)
+
+
+def test_every_luhn_valid_length_from_13_to_19_is_found_and_no_other() -> None:
+    for length in range(10, 23):
+        number = cards.luhn_complete("5" * (length - 1))
+        assert cards.contains_card_number(f"x {number} y") == (13 <= length <= 19), length
+
+
+# ---------------------------------------------------------------------------- expiry as text
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("12/30", (12, 2030)),
+    ("01/2031", (1, 2031)),
+    ("13/30", (13, 2030)),  # parsed; the card check declines month 13 (reason 54)
+    ("00/99", (0, 2099)),
+])
+def test_parse_expiry(text: str, expected: tuple[int, int]) -> None:
+    assert cards.parse_expiry(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1230", "12/3", "12/203", "12/20301", "1/30", "12-30",
+                                  " 12/30", "12/30\n", "ab/cd", "\u0661\u0662/30"])
+def test_parse_expiry_refuses_other_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="MM/YY or MM/YYYY"):
+        cards.parse_expiry(text)

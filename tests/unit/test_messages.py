@@ -232,3 +232,25 @@ def test_a_new_payment_request_has_its_card_sealed_under_its_own_id() -> None:
 def test_the_declared_callback_url_check(url: str | None, problem: str | None) -> None:
     message = PaymentRequested(**{**COMMON, "callback_url": url}, card="x")
     assert messages.failed_check(message) == problem
+
+
+PAN = "4242424242424242"
+NO_PAN = "is not allowed to hold a card number"
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({}, None),
+    ({"run_id": f"run {PAN}"}, f"run_id {NO_PAN}"),
+    ({"merchant": Merchant(id=PAN, name="n", mcc="5411", country="US")},
+     f"merchant.id {NO_PAN}"),
+    ({"merchant": Merchant(id="m", name="4242 4242 4242 4242", mcc="5411", country="US")},
+     f"merchant.name {NO_PAN}"),
+    ({"callback_url": f"https://e.test/h?c={PAN}"}, f"callback_url {NO_PAN}"),
+    # The first problem in field order: the run id before the merchant.
+    ({"run_id": PAN, "merchant": Merchant(id=PAN, name="n", mcc="5411", country="US")},
+     f"run_id {NO_PAN}"),
+], ids=["clean", "run_id", "merchant.id", "merchant.name", "callback_url", "first"])
+def test_the_declared_card_number_check(changes: dict[str, object], problem: str | None
+                                        ) -> None:
+    message = PaymentRequested(**{**COMMON, **changes}, card="x")
+    assert messages.failed_check(message) == problem

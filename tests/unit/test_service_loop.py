@@ -308,6 +308,28 @@ def test_the_edge_topics_dead_letters_withhold_the_original_bytes() -> None:
     assert not any(pan.encode() in r.value for r in harness.producer.records)
 
 
+def test_a_card_number_in_a_free_field_is_a_dead_letter_without_the_original() -> None:
+    # A well-formed request whose card block opens, with a card number put in the merchant's
+    # name by its sender: nothing of it goes on, and the dead letter does not keep it.
+    pan = "4242424242424242"
+    topic = SETTINGS.topics.requested
+    good = request_with_card("")
+    written = msgspec.structs.replace(
+        good, merchant=Merchant(id="m1", name=f"Shop {pan}", mcc="5411", country="US"),
+        card=CardCipher(KEYS.card_key).encrypt(CardBlock(pan, 12, 2040, "123"),
+                                               good.payment_id.encode()))
+    value = encode(written)
+    harness = Harness([FakeMessage(topic, 0, 0, value, key=b"tok")], spec=AUTHORIZER)
+    harness.run()
+
+    [letter] = harness.letters()
+    assert letter.reason == "merchant.name is not allowed to hold a card number"
+    assert letter.original is None and letter.key is None
+    assert letter.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert len(harness.producer.records) == 1  # the dead letter alone
+    assert not any(pan.encode() in r.value for r in harness.producer.records)
+
+
 # ------------------------------------------------------------------------ fatal errors
 
 

@@ -148,6 +148,25 @@ def test_a_bad_callback_url_is_rejected(url: str) -> None:
     assert pipe.commands == []
 
 
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"run_id": f"run {PAN}"}, "run_id"),
+    ({"merchant": Merchant(id="m-1", name=f"Shop {PAN}", mcc="5411", country="DE")},
+     "merchant.name"),
+    ({"merchant": Merchant(id="4242-4242-4242-4242", name="Shop", mcc="5411", country="DE")},
+     "merchant.id"),
+    ({"callback_url": f"{CALLBACK}?card={PAN}"}, "callback_url"),
+])
+def test_a_card_number_in_a_free_field_is_rejected_without_echoing_it(
+        changes: dict[str, Any], field: str) -> None:
+    # The card block decrypts and the card is good: only the free field is wrong.
+    item = msgspec.structs.replace(requested(), **changes)
+    pipe = FakePipeline(FakeRedis())
+    with pytest.raises(Rejected) as caught:
+        authorizer().decide(item, pipe)  # type: ignore[arg-type]
+    assert str(caught.value) == f"{field} is not allowed to hold a card number"
+    assert pipe.commands == []
+
+
 # ============================================================================ processor
 
 
