@@ -11,9 +11,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console
 from paysim.infra.errors import ConfigError
-from paysim.load.schedule import parse_duration
+from paysim.load.schedule import MAX_RATE, parse_duration
 
 
 def _duration(text: str | None) -> float | None:
@@ -34,7 +35,7 @@ def _duration(text: str | None) -> float | None:
 @click.option("--count", type=click.IntRange(1000, 10_000_000),
               help="Payments at saturation, and records for Kafka's perf tools. "
               "[default: 200,000; --quick 20,000]")
-@click.option("--rate", "rates", type=click.FloatRange(1, 1_000_000), multiple=True,
+@click.option("--rate", "rates", type=FiniteFloatRange(1, MAX_RATE), multiple=True,
               help="An open-model rate per second (repeatable). [default: 1000 2000 5000]")
 @click.option("--duration", help="How long each rate runs. [default: 60s; --quick 10s]")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the payments.")

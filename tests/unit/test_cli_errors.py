@@ -7,8 +7,11 @@ import shutil
 import socket
 from pathlib import Path
 
+import click
 import pytest
 
+from paysim.cli.bench import bench
+from paysim.cli.payments import send
 from paysim.infra.config import load_settings
 from paysim.stack.jars import jars_ready
 from tests.helpers import cli_args, private_stack_flags, run_paysim
@@ -101,3 +104,50 @@ def test_redis_unreachable_is_one_line() -> None:
 def test_a_bad_callback_url_is_refused_before_anything_is_sent(url: str) -> None:
     result = run_paysim("send", "--count", "1", "--callback-url", url)
     assert_one_line_error(result, 2, "--callback-url")
+
+
+NO_REDIS = ("--redis-url", "redis://127.0.0.1:1/0")
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--rate", "nan", "--count", "5"], "--rate"),
+    (["--stage", "10s:inf"], "--stage"),
+])
+def test_nan_and_inf_in_send_flags_are_bad_input(args: list[str], flag: str) -> None:
+    assert_one_line_error(run_paysim("send", *args, *NO_REDIS), 2, flag)
+
+
+def test_a_ramp_beyond_the_bounds_is_bad_input() -> None:
+    result = run_paysim("send", "--stage", "1h:1000000", *NO_REDIS)
+    assert_one_line_error(result, 2, "--stage", "1,800,000,000", "100,000,000")
+    result = run_paysim("send", "--stage", "10s:1000000000", *NO_REDIS)
+    assert_one_line_error(result, 2, "--stage")
+
+
+def test_nan_in_a_scenario_is_bad_input(tmp_path: Path) -> None:
+    scenario = tmp_path / "nan.toml"
+    scenario.write_text("[issuer]\ndecline_rate = nan\n")
+    result = run_paysim("send", "--scenario", str(scenario), *NO_REDIS)
+    assert_one_line_error(result, 2, "issuer.decline_rate")
+
+
+# Parsed only, not run: were `bench --rate nan` accepted, the benchmark would start.
+@pytest.mark.parametrize(("command", "args", "flag"), [
+    (send, ["--rate", "nan"], "--rate"),
+    (send, ["--rate", "inf"], "--rate"),
+    (send, ["--rate", "2000000"], "--rate"),
+    (send, ["--start-rate", "nan"], "--start-rate"),
+    (send, ["--start-rate", "inf"], "--start-rate"),
+    (send, ["--bad-share", "nan"], "--bad-share"),
+    (send, ["--test-card-share", "nan"], "--test-card-share"),
+    (send, ["--timeout", "nan"], "--timeout"),
+    (send, ["--timeout", "inf"], "--timeout"),
+    (send, ["--count", "100000001"], "--count"),
+    (bench, ["--rate", "nan"], "--rate"),
+    (bench, ["--rate", "inf"], "--rate"),
+])
+def test_number_flags_refuse_nan_inf_and_out_of_bounds(command: click.Command, args: list[str],
+                                                       flag: str) -> None:
+    with pytest.raises(click.BadParameter) as error:
+        command.make_context(command.name, args)
+    assert flag in error.value.format_message()

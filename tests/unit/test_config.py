@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from paysim.infra.config import load_settings, settings_env
+from paysim.infra.config import OPTIONS, OPTIONS_BY_KEY, load_settings, settings_env
 from paysim.infra.errors import ConfigError
 from paysim.infra.kafka import admin_client, client_config
 
@@ -138,3 +138,19 @@ def test_settings_survive_the_trip_through_child_environment(tmp_path: Path) -> 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(env={}, config_file=str(tmp_path / "nope.toml"))
+
+
+NUMERIC_KEYS = [option.key for option in OPTIONS
+                if isinstance(option.default(), int | float) or option.key.endswith("_factor")]
+
+
+@pytest.mark.parametrize("key", NUMERIC_KEYS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_numeric_setting_takes_nan_or_inf(tmp_path: Path, key: str, value: str) -> None:
+    option = OPTIONS_BY_KEY[key]
+    with pytest.raises(ConfigError, match=f"^{option.env}: expected"):
+        load_settings(env={option.env: value})
+    section, name = key.split(".")
+    config = write_config(tmp_path, f"[{section}]\n{name} = {value}\n")
+    with pytest.raises(ConfigError, match=f": {key}: expected"):
+        load_settings(env={}, config_file=config)
