@@ -14,6 +14,7 @@ from rich.table import Table
 from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console
 from paysim.infra.errors import ConfigError
+from paysim.infra.files import writing
 from paysim.load.schedule import MAX_RATE, parse_duration
 
 
@@ -57,9 +58,12 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     options = replace(options, seed=seed, count=count or options.count,
                       rates=rates or options.rates,
                       duration_s=_duration(duration) or options.duration_s)
+    # Checked before the benchmark's minutes, not after them.
+    with writing("the results", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     results = run_benchmark(options, announce=lambda line: err_console.print(line))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    with writing("the results", out):
+        out.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for the table's rows on one line each, also when piped to a file.
     Console(highlight=False, width=max(console.width, 140)).print(results_table(results))
     console.print(f"results written to {out}")

@@ -14,17 +14,7 @@ from paysim.cli.bench import bench
 from paysim.cli.payments import send
 from paysim.infra.config import load_settings
 from paysim.stack.jars import jars_ready
-from tests.helpers import cli_args, private_stack_flags, run_paysim
-
-
-def assert_one_line_error(result, code: int, *fragments: str) -> None:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("paysim: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+from tests.helpers import assert_one_line_error, cli_args, private_stack_flags, run_paysim
 
 
 def path_with_only(tmp_path: Path, *programs: str) -> str:
@@ -151,3 +141,48 @@ def test_number_flags_refuse_nan_inf_and_out_of_bounds(command: click.Command, a
     with pytest.raises(click.BadParameter) as error:
         command.make_context(command.name, args)
     assert flag in error.value.format_message()
+
+
+# Root (as the tests run here) writes through chmod, so an unwritable state folder is made the
+# way that stops root too: a path under a regular file (NotADirectoryError, or FileExistsError
+# from mkdir).
+@pytest.fixture
+def blocker(tmp_path: Path) -> Path:
+    path = tmp_path / "blocker"
+    path.write_text("a file where a folder should be\n")
+    return path
+
+
+UNREACHABLE = {"PAYSIM_REDIS_URL": "redis://127.0.0.1:1/0",
+               "PAYSIM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+
+
+@pytest.mark.parametrize(("args", "setting", "under"), [
+    (["run-all", "--detach"], "PAYSIM_SERVICES_DIR", "services"),
+    (["run-all", "--no-live"], "PAYSIM_SERVICES_DIR", "services"),
+    (["stop"], "PAYSIM_SERVICES_DIR", "services"),
+    (["stack", "prepare"], "PAYSIM_STACK_CACHE_DIR", "cache"),
+])
+def test_an_unwritable_state_folder_is_one_line_naming_it(blocker: Path, args: list[str],
+                                                          setting: str, under: str) -> None:
+    path = blocker / under
+    env = {setting: str(path), **UNREACHABLE}
+    assert_one_line_error(run_paysim(*args, env=env, timeout=60), 1, str(path))
+
+
+@pytest.mark.parametrize("service", ["authorizer", "http"])
+def test_a_service_that_cannot_write_its_secrets_logs_one_line(blocker: Path,
+                                                              service: str) -> None:
+    """A service's failure is a log line (run-all keeps its log), not `paysim: error:`."""
+    path = blocker / "secrets.json"
+    result = run_paysim("service", service, env={"PAYSIM_SECRETS_FILE": str(path),
+                                                 **UNREACHABLE}, timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write the secrets file {path}" in lines[0], lines
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bench_names_an_unwritable_out_before_it_starts(blocker: Path) -> None:
+    out = blocker / "results.json"
+    assert_one_line_error(run_paysim("bench", "--out", str(out), timeout=60), 1, str(out))
