@@ -47,3 +47,16 @@ def run_paysim(*args: str, env: dict[str, str] | None = None,
     child_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "paysim", *args], capture_output=True,
                           text=True, env=child_env, timeout=timeout, check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int,
+                          *fragments: str) -> None:
+    """The CLI failed as it should: exit ``code``, one `paysim: error:` line holding every
+    fragment, no traceback."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("paysim: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout

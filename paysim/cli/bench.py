@@ -11,9 +11,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
 from paysim.infra.errors import ConfigError
-from paysim.load.schedule import parse_duration
+from paysim.infra.files import writing
+from paysim.load.schedule import MAX_RATE, parse_duration
 
 
 def _duration(text: str | None) -> float | None:
@@ -34,7 +36,7 @@ def _duration(text: str | None) -> float | None:
 @click.option("--count", type=click.IntRange(1000, 10_000_000),
               help="Payments at saturation, and records for Kafka's perf tools. "
               "[default: 200,000; --quick 20,000]")
-@click.option("--rate", "rates", type=click.FloatRange(1, 1_000_000), multiple=True,
+@click.option("--rate", "rates", type=FiniteFloatRange(1, MAX_RATE), multiple=True,
               help="An open-model rate per second (repeatable). [default: 1000 2000 5000]")
 @click.option("--duration", help="How long each rate runs. [default: 60s; --quick 10s]")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the payments.")
@@ -56,9 +58,12 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     options = replace(options, seed=seed, count=count or options.count,
                       rates=rates or options.rates,
                       duration_s=_duration(duration) or options.duration_s)
+    # Checked before the benchmark's minutes, not after them.
+    with writing("the results", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     results = run_benchmark(options, announce=lambda line: err_console.print(safe(line)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    with writing("the results", out):
+        out.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for the table's rows on one line each, also when piped to a file.
     Console(highlight=False, emoji=False, width=max(console.width, 140)).print(
         results_table(results))

@@ -8,13 +8,32 @@ from typing import Any
 
 import click
 
-from paysim.infra.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, OPTIONS_BY_KEY, load_settings
+from paysim.infra.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_FILE,
+    OPTIONS_BY_KEY,
+    finite_number,
+    load_settings,
+)
 
 # Flags on every command: where the services paysim talks to are.
 CONNECTION_KEYS = ("kafka.bootstrap", "redis.url")
 # Flags of the local stack commands: where it keeps its files and which ports it takes.
 STACK_KEYS = ("stack.dir", "stack.kafka_port", "stack.controller_port", "stack.redis_port",
               "stack.brokers")
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that refuses nan and inf, which float() takes and a range check lets
+    through (every comparison with nan is False): the type of every number flag."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        try:
+            number = finite_number(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def _param(key: str) -> str:

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from paysim.cli.options import with_settings
+from paysim.cli.options import FiniteFloatRange, with_settings
 from paysim.cli.render import console, err_console, print_json, safe
 from paysim.domain import money
 from paysim.domain.messages import STAGES
@@ -29,6 +29,7 @@ from paysim.load.report import RunReport
 from paysim.load.report_compare import latency_blocks
 from paysim.load.run import run_load
 from paysim.load.runner import Interrupt, Tick
+from paysim.load.schedule import MAX_RATE, MAX_SCHEDULED
 from paysim.pipeline import store
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
@@ -120,14 +121,14 @@ class LiveProgress:
 
 
 @click.command()
-@click.option("--count", type=click.IntRange(1, 100_000_000),
+@click.option("--count", type=click.IntRange(1, MAX_SCHEDULED),
               help="Payments to send; alone: as fast as possible. [default: 1000]")
-@click.option("--rate", type=click.FloatRange(min=0.001),
+@click.option("--rate", type=FiniteFloatRange(0.001, MAX_RATE),
               help="Open model: payments per second on schedule, whatever the pipeline does.")
 @click.option("--duration", help="With --rate: how long, e.g. 60s, 2m.")
 @click.option("--stage", "stages", multiple=True, metavar="DURATION:RATE",
               help="A ramp stage, e.g. --stage 30s:100 --stage 1m:500 (repeatable).")
-@click.option("--start-rate", type=click.FloatRange(min=0),
+@click.option("--start-rate", type=FiniteFloatRange(0, MAX_RATE),
               help="Rate the first --stage ramps from. [default: 0]")
 @click.option("--scenario", type=click.Path(dir_okay=False),
               help="A scenario file (scenarios/*.toml); flags override its values.")
@@ -140,12 +141,12 @@ class LiveProgress:
               "the same outcomes. Default: the scenario's, else a random one (printed).")
 @click.option("--via", type=click.Choice(["kafka", "http"]), default="kafka", show_default=True,
               help="Ingress: straight onto Kafka, or through the HTTP API.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(min=0.1), default=120.0, show_default=True,
               help="Seconds to wait for outcomes after the last send.")
-@click.option("--bad-share", type=click.FloatRange(0, 1),
+@click.option("--bad-share", type=FiniteFloatRange(0, 1),
               help="Share of payments with a bad card, split over the five card checks. "
               "[default: 0.05]")
-@click.option("--test-card-share", type=click.FloatRange(0, 1),
+@click.option("--test-card-share", type=FiniteFloatRange(0, 1),
               help="Share of payments with a documented test card. [default: 0.03]")
 @click.option("--threshold", "thresholds", multiple=True, metavar="EXPR[@WINDOW]",
               help="Pass/fail check, e.g. 'p99_ms < 250' or 'p99_ms < 250 @ 10s' "

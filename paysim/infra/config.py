@@ -56,17 +56,32 @@ def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[Any], i
 _port = _whole_number(1, 65535)
 
 
+def finite_number(raw: Any) -> float:
+    """``raw`` (a number, or text such as a flag's '2.5') as a float; ValueError otherwise.
+
+    The one check of nan and inf for every number a user gives (flags, settings, scenario
+    files): float() takes 'nan' and 'inf', TOML has both, and a range check does not stop them
+    (every comparison with nan is False; inf passes a bound left open)."""
+    if isinstance(raw, bool):
+        raise ValueError(f"a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"a finite number, got {raw!r}")
+    return value
+
+
 def _positive(what: str) -> Callable[[Any], float]:
     expected = f"{what} > 0"
 
     def parse(raw: Any) -> float:
-        if isinstance(raw, bool):
-            raise ValueError(expected)
         try:
-            value = float(raw)
-        except (TypeError, ValueError):
+            value = finite_number(raw)
+        except ValueError:
             raise ValueError(expected) from None
-        if not (value > 0 and math.isfinite(value)):
+        if value <= 0:
             raise ValueError(expected)
         return value
 
@@ -78,10 +93,10 @@ _seconds = _positive("a number of seconds")
 
 def _ratio(raw: Any) -> float:
     try:
-        value = float(raw)
-    except (TypeError, ValueError):
+        value = finite_number(raw)
+    except ValueError:
         raise ValueError("a ratio from 0 to 1") from None
-    if not 0 <= value <= 1 or isinstance(raw, bool):
+    if not 0 <= value <= 1:
         raise ValueError("a ratio from 0 to 1")
     return value
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError
+from paysim.infra.files import owner_only, writing
 
 _NAMES = ("card_key", "token_key", "webhook_secret")
 WEBHOOK_SECRET_PREFIX = "whsec_"
@@ -43,19 +44,20 @@ def _new_value(name: str) -> str:
 def _generated(path: Path) -> dict[str, str]:
     """Read the secrets file, creating it (mode 0600) first if no process has yet."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = {name: _new_value(name) for name in _NAMES}
-        scratch = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(fresh, handle)
-        try:
-            # link() fails if another process created the file first: then theirs wins.
-            os.link(scratch, path)
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink(missing_ok=True)
+        with owner_only(), writing("the secrets file", path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = {name: _new_value(name) for name in _NAMES}
+            scratch = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(fresh, handle)
+            try:
+                # link() fails if another process created the file first: then theirs wins.
+                os.link(scratch, path)
+            except FileExistsError:
+                pass
+            finally:
+                scratch.unlink(missing_ok=True)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:

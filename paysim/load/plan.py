@@ -7,13 +7,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from paysim.domain.decisions import IssuerRates
-from paysim.infra.config import Settings
+from paysim.infra.config import Settings, finite_number
 from paysim.infra.errors import ConfigError
 from paysim.load.generator import Mix, PaymentStream, PopulationSpec, build_population
 from paysim.load.replay import read_paysim_csv, read_record
 from paysim.load.runner import Plan, RunOptions
 from paysim.load.scenario import THRESHOLD_METRICS, Scenario, load_scenario
-from paysim.load.schedule import Profile, Stage, parse_duration
+from paysim.load.schedule import (
+    MAX_RATE,
+    Profile,
+    Stage,
+    parse_duration,
+    scheduled_count,
+)
 from paysim.load.thresholds import Threshold, parse_threshold
 
 DEFAULT_COUNT = 1000
@@ -53,11 +59,13 @@ class PlannedRun:
 def _stage(text: str) -> Stage:
     length, sep, rate = text.partition(":")
     try:
-        stage = Stage(parse_duration(length), float(rate))
+        stage = Stage(parse_duration(length), finite_number(rate))
     except ValueError:
         stage = None
-    if not sep or stage is None or stage.duration_s <= 0 or stage.target_rate < 0:
-        raise ConfigError(f"--stage: expected DURATION:RATE such as 30s:100, got {text!r}")
+    if (not sep or stage is None or stage.duration_s <= 0
+            or not 0 <= stage.target_rate <= MAX_RATE):
+        raise ConfigError(f"--stage: expected DURATION:RATE such as 30s:100 (a rate from 0 to "
+                          f"{MAX_RATE:,}/s), got {text!r}")
     return stage
 
 
@@ -74,7 +82,9 @@ def _profile(request: SendRequest, scenario: Scenario | None) -> tuple[Profile |
     if request.stages:
         profile = Profile(tuple(_stage(s) for s in request.stages),
                           start_rate=request.start_rate or 0.0)
+        source = "--stage"
     elif request.rate is not None:
+        source = "--rate"
         if request.duration is not None:
             try:
                 length = parse_duration(request.duration)
@@ -93,9 +103,10 @@ def _profile(request: SendRequest, scenario: Scenario | None) -> tuple[Profile |
         return None, scenario.count or DEFAULT_COUNT
     else:
         return None, DEFAULT_COUNT
-    count = profile.expected_count()
-    if request.count is not None:
-        count = min(count, request.count)
+    try:
+        count = scheduled_count(profile, request.count)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if count < 1:
         raise ConfigError("the load profile schedules no payment: raise --rate or --duration")
     return profile, count

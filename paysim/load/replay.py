@@ -17,6 +17,7 @@ from pathlib import Path
 
 from paysim.domain import cards, money
 from paysim.domain.messages import Merchant
+from paysim.infra.config import finite_number
 from paysim.infra.errors import ConfigError
 from paysim.load.generator import NETWORKS, GeneratedPayment, make_pan
 
@@ -59,7 +60,7 @@ def read_record(path: Path) -> tuple[dict, list[tuple[GeneratedPayment, float]]]
                                   mcc=str(merchant["mcc"]), country=str(merchant["country"])),
                 expected=data.get("expected"),
             )
-            offset = float(data["offset_s"])
+            offset = finite_number(data["offset_s"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}:{number}: not a recorded payment ({exc})") from None
         payments.append((payment, offset))
@@ -104,7 +105,7 @@ def read_paysim_csv(path: Path) -> list[GeneratedPayment]:
         try:
             for row in reader:
                 kind = row["type"].strip().upper()
-                amount = round(float(row["amount"]) * 10 ** money.exponent("USD"))
+                amount = round(finite_number(row["amount"]) * 10 ** money.exponent("USD"))
                 destination = row["nameDest"].strip()
                 payments.append(GeneratedPayment(
                     seq=len(payments), card=card_for_account(row["nameOrig"].strip()),

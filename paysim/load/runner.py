@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import redis
 from confluent_kafka import KafkaException
@@ -26,6 +27,7 @@ from paysim.domain.decisions import IssuerRates
 from paysim.domain.messages import NOTIFIED, now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
+from paysim.infra.files import writing
 from paysim.load.generator import GeneratedPayment
 from paysim.load.ingress import Ingress, new_run_id, open_ingress
 from paysim.load.metrics import RunMetrics
@@ -129,6 +131,11 @@ class LoadRun:
         self._last_outcome_us: int | None = None
 
     def run(self, on_tick: Callable[[Tick], None] | None = None) -> tuple[RunMetrics, RunInfo]:
+        # Opened first: a record file that cannot be written stops the run before it sends.
+        record = None
+        if self.options.record:
+            with writing("the record file", self.options.record):
+                record = self.options.record.open("w")
         client = store.connect(self.settings)
         try:
             ingress = open_ingress(self.settings, self.options.via)
@@ -146,7 +153,7 @@ class LoadRun:
             switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(SCHEDULER_SWITCH_INTERVAL_S)
             try:
-                self._send_all(ingress)
+                self._send_all(ingress, record)
             finally:
                 sys.setswitchinterval(switch_interval)
                 self.sending_done.set()
@@ -165,6 +172,8 @@ class LoadRun:
         finally:
             self.stop.set()
             client.close()
+            if record:  # also when the run failed before sending (closing twice is harmless)
+                record.close()
         with self.ledger.lock:
             lost = [pid for pid in self.ledger.intended if pid not in self.ledger.outcomes]
         profile = self.plan.profile
@@ -191,8 +200,7 @@ class LoadRun:
                             outages, self.options.issuer.added_latency_ms)
         store.write_run_issuer(client, self.run_id, rates, self.settings.redis.outcome_ttl)
 
-    def _send_all(self, ingress: Ingress) -> None:
-        record = self.options.record.open("w") if self.options.record else None
+    def _send_all(self, ingress: Ingress, record: TextIO | None) -> None:
         pool = ThreadPoolExecutor(ingress.senders) if ingress.senders > 1 else None
         try:
             if record:

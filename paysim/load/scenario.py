@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from paysim.domain import decisions
+from paysim.infra.config import finite_number
 from paysim.infra.errors import ConfigError
 from paysim.load.generator import COUNTRIES, NETWORKS, Mix, PopulationSpec
-from paysim.load.schedule import Profile, Stage, parse_duration
+from paysim.load.schedule import (
+    MAX_RATE,
+    MAX_SCHEDULED,
+    Profile,
+    Stage,
+    parse_duration,
+    scheduled_count,
+)
 from paysim.load.thresholds import Threshold, parse_threshold
 
 THRESHOLD_METRICS = (
@@ -84,18 +92,21 @@ class _Reader:
 
 def _number(low: float, high: float | None = None) -> Callable[[Any], float]:
     def parse(raw: Any) -> float:
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
+        if not isinstance(raw, int | float):  # a TOML number, not text
             raise ValueError
-        if raw < low or (high is not None and raw > high):
+        value = finite_number(raw)
+        if value < low or (high is not None and value > high):
             raise ValueError
-        return float(raw)
+        return value
 
     return parse
 
 
-def _whole(low: int) -> Callable[[Any], int]:
+def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int) or raw < low:
+            raise ValueError
+        if high is not None and raw > high:
             raise ValueError
         return raw
 
@@ -123,11 +134,12 @@ def _weights(known: set[str], what: str) -> Callable[[Any], tuple[tuple[str, flo
             raise ValueError
         pairs = []
         for name, weight in raw.items():
-            if name not in known or isinstance(weight, bool) or not isinstance(
-                    weight, int | float) or weight < 0:
+            if name not in known or not isinstance(weight, int | float):
                 raise ValueError
-            pairs.append((name, float(weight)))
-        if not sum(w for _, w in pairs):
+            pairs.append((name, finite_number(weight)))
+        total = sum(w for _, w in pairs)
+        # Finite weights can still add up to inf (two of 1e308).
+        if any(w < 0 for _, w in pairs) or not 0 < total < float("inf"):
             raise ValueError
         return tuple(pairs)
 
@@ -135,6 +147,7 @@ def _weights(known: set[str], what: str) -> Callable[[Any], tuple[tuple[str, flo
 
 
 RATIO = "a number from 0 to 1"
+RATE = f"payments per second from 0 to {MAX_RATE:,}"
 DURATION = "a duration like 30s, 2m or 1h30m"
 
 
@@ -222,28 +235,37 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def _load_profile(load: _Reader) -> tuple[Profile | None, int | None]:
     load.check_keys({"rate", "duration", "count", "start_rate", "stages"})
-    rate = load.get("rate", _number(0.001), "payments per second > 0", None)
+    rate = load.get("rate", _number(0.001, MAX_RATE),
+                    f"payments per second from 0.001 to {MAX_RATE:,}", None)
     duration = load.get("duration", _duration, DURATION, None)
-    count = load.get("count", _whole(1), "a whole number >= 1", None)
+    count = load.get("count", _whole(1, MAX_SCHEDULED),
+                     f"a whole number from 1 to {MAX_SCHEDULED:,}", None)
     stages = []
     for stage in load.items("stages"):
         stage.check_keys({"duration", "target"})
         length = stage.get("duration", _duration, DURATION, None)
-        target = stage.get("target", _number(0), "payments per second >= 0", None)
+        target = stage.get("target", _number(0, MAX_RATE), RATE, None)
         if length is None or target is None or length <= 0:
             raise stage.fail("duration" if length is None or length <= 0 else "target",
-                             DURATION if length is None or length <= 0
-                             else "payments per second >= 0",
+                             DURATION if length is None or length <= 0 else RATE,
                              stage.table.get("duration" if length is None else "target"))
         stages.append(Stage(length, target))
     if stages:
         if rate is not None or duration is not None:
             raise load.fail("stages", "either stages or rate and duration, not both", "both")
-        start = load.get("start_rate", _number(0), "payments per second >= 0", 0.0)
-        return Profile(tuple(stages), start_rate=start), None
+        start = load.get("start_rate", _number(0, MAX_RATE), RATE, 0.0)
+        return _bounded(load, Profile(tuple(stages), start_rate=start)), None
     if rate is not None:
         if duration is None and count is None:
             raise load.fail("duration", f"{DURATION} (or count) with rate", None)
         length = duration if duration is not None else count / rate
-        return Profile.constant(rate, length), None
+        return _bounded(load, Profile.constant(rate, length)), None
     return None, count
+
+
+def _bounded(load: _Reader, profile: Profile) -> Profile:
+    try:
+        scheduled_count(profile)
+    except ValueError as exc:
+        raise ConfigError(f"{load.path}: {load.prefix.rstrip('.')}: {exc}") from None
+    return profile

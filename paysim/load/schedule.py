@@ -12,6 +12,14 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from paysim.infra.config import finite_number
+
+# The bounds of every load profile, whatever describes it (--rate, --stage, --start-rate,
+# --count, a scenario's load table, replay --rate): one generator process sends far less than
+# MAX_RATE, and a run keeps a ledger entry per payment it schedules.
+MAX_RATE = 1_000_000  # payments per second
+MAX_SCHEDULED = 100_000_000  # payments in one run
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -32,13 +40,17 @@ class Profile:
     def duration_s(self) -> float:
         return sum(stage.duration_s for stage in self.stages)
 
-    def expected_count(self) -> int:
-        """Payments the profile schedules in all: the integral of its rate."""
+    def scheduled(self) -> float:
+        """The integral of the rate: payments the profile schedules (inf past float range)."""
         total, rate = 0.0, self.start_rate
         for stage in self.stages:
             total += (rate + stage.target_rate) / 2 * stage.duration_s
             rate = stage.target_rate
-        return math.floor(total + 1e-9)
+        return total
+
+    def expected_count(self) -> int:
+        """Payments the profile schedules in all."""
+        return math.floor(self.scheduled() + 1e-9)
 
     def rate_at(self, t: float) -> float:
         """The target rate ``t`` seconds into the run."""
@@ -72,15 +84,36 @@ class Profile:
             begin, rate, done = begin + length, r1, done + stage_total
 
 
+def scheduled_count(profile: Profile, limit: int | None = None) -> int:
+    """Payments ``profile`` schedules, at most ``limit``; ValueError past MAX_SCHEDULED."""
+    total = profile.scheduled()
+    if limit is not None:
+        total = min(total, limit)
+    if total > MAX_SCHEDULED:
+        would = f"{math.floor(total):,}" if math.isfinite(total) else "endless"
+        raise ValueError(f"the profile would schedule {would} payments; at most "
+                         f"{MAX_SCHEDULED:,} a run")
+    return math.floor(total + 1e-9)
+
+
+_DURATION = "a duration like 90s, 2m, 1h30m or 500ms"
+
+
 def parse_duration(text: str) -> float:
-    """'90s', '2m', '1h30m', '500ms' or a plain number of seconds -> seconds."""
+    """'90s', '2m', '1h30m', '500ms' or a plain number of seconds -> seconds (finite)."""
     text = str(text).strip().lower()
-    if not text:
-        raise ValueError("a duration like 90s, 2m, 1h30m or 500ms, got ''")
     try:
-        return float(text)
+        seconds = finite_number(text)
     except ValueError:
-        pass
+        seconds = _with_units(text)
+    if not math.isfinite(seconds):  # digits enough to overflow, such as 400 nines
+        raise ValueError(f"{_DURATION}, got {text!r}")
+    return seconds
+
+
+def _with_units(text: str) -> float:
+    if not text:
+        raise ValueError(f"{_DURATION}, got ''")
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     total, number = 0.0, ""
     i = 0
@@ -92,9 +125,9 @@ def parse_duration(text: str) -> float:
             continue
         unit = "ms" if text.startswith("ms", i) else char
         if unit not in units or not number:
-            raise ValueError(f"a duration like 90s, 2m, 1h30m or 500ms, got {text!r}")
+            raise ValueError(f"{_DURATION}, got {text!r}")
         total += float(number) * units[unit]
         number, i = "", i + len(unit)
     if number:
-        raise ValueError(f"a duration like 90s, 2m, 1h30m or 500ms, got {text!r}")
+        raise ValueError(f"{_DURATION}, got {text!r}")
     return total

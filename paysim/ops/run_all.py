@@ -18,6 +18,7 @@ import redis
 from paysim import __version__
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.errors import PaysimError
+from paysim.infra.files import PRIVATE_UMASK, owner_only, writing
 from paysim.infra.waiting import wait_until
 from paysim.ops.readiness import Announce, prepare_run
 from paysim.ops.supervisor import Supervisor
@@ -38,13 +39,19 @@ def running_supervisor(settings: Settings) -> ProcessRecord | None:
     return record if is_running(record) else None
 
 
+def _services_folder(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    return writing("the services folder", settings.services.dir)
+
+
+@owner_only()
 def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
             stop: threading.Event, tick: Callable[[Supervisor], None] | None = None) -> None:
     """Start everything, keep it running until ``stop`` is set, then stop it all cleanly."""
-    settings.services.dir.mkdir(parents=True, exist_ok=True)
-    # Held for the supervisor's life: a second run-all on the same folder would start a second
-    # set of services fencing the first (they share transactional ids).
-    lock = (settings.services.dir / "run-all.lock").open("a")
+    with _services_folder(settings):
+        settings.services.dir.mkdir(parents=True, exist_ok=True)
+        # Held for the supervisor's life: a second run-all on the same folder would start a
+        # second set of services fencing the first (they share transactional ids).
+        lock = (settings.services.dir / "run-all.lock").open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -82,6 +89,7 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
         lock.close()
 
 
+@owner_only()
 def start_in_background(settings: Settings, counts: dict[str, int], argv: list[str],
                         timeout: float = 120.0) -> tuple[ProcessRecord, bool]:
     """`run-all --detach`: a supervisor of its own, returned (with True) once every service
@@ -89,13 +97,15 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
     record = running_supervisor(settings)
     if record:
         return record, False
-    settings.services.dir.mkdir(parents=True, exist_ok=True)
     log = settings.services.dir / "run-all.log"
-    start = log.stat().st_size if log.exists() else 0
-    with log.open("ab") as out, open(os.devnull, "rb") as devnull:
+    with _services_folder(settings):
+        settings.services.dir.mkdir(parents=True, exist_ok=True)
+        start = log.stat().st_size if log.exists() else 0
+        out = log.open("ab")
+    with out, open(os.devnull, "rb") as devnull:
         process = subprocess.Popen(
             [sys.executable, "-m", "paysim", *argv], stdin=devnull, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, umask=PRIVATE_UMASK,
             env={**os.environ, **settings_env(settings)},
         )
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
@@ -131,7 +141,8 @@ def stop_background(settings: Settings) -> ProcessRecord | None:
     """Stop a detached run-all and its services; None when none was running."""
     record = running_supervisor(settings)
     if record is None:
-        record_path(settings).unlink(missing_ok=True)
+        with _services_folder(settings):
+            record_path(settings).unlink(missing_ok=True)
         return None
     stop_process(record.pid, grace_s=60.0)
     record_path(settings).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paysim.infra.config import Settings, settings_env
+from paysim.infra.files import PRIVATE_UMASK
 from paysim.pipeline import registry, store
 
 FIRST_RESTART_DELAY_S = 1.0
@@ -81,7 +82,7 @@ class Supervisor:
         with child.log_path.open("ab") as log, open(os.devnull, "rb") as devnull:
             child.process = subprocess.Popen(
                 command, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=_die_with_parent, umask=PRIVATE_UMASK,
             )
         child.started_at = child.last_seen = time.time()
         child.restart_at = None

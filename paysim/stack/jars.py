@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from paysim.infra.errors import PaysimError
+from paysim.infra.files import writing
 from paysim.stack.logs import tail_lines
 from paysim.stack.prerequisites import find_mvn, raise_if_missing
 from paysim.stack.process import run_logged
@@ -61,9 +62,11 @@ def ensure_kafka_jars(cache_dir: Path, announce=print) -> Path:
     libs = libs_dir(cache_dir)
     if jars_ready(cache_dir):
         return libs
-    libs.parent.mkdir(parents=True, exist_ok=True)
+    with writing("the jar cache", libs.parent):
+        libs.parent.mkdir(parents=True, exist_ok=True)
+        lock = (libs.parent / ".lock").open("a")
     # Two first starts at once (two stack folders, one cache) fetch once, not over each other.
-    with (libs.parent / ".lock").open("a") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if jars_ready(cache_dir):
             return libs

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from paysim.infra.config import StackSettings
 from paysim.infra.errors import PaysimError
+from paysim.infra.files import owner_only
 from paysim.infra.waiting import wait_until
 from paysim.stack.component import Announce, Component
 from paysim.stack.jars import ensure_kafka_jars
@@ -108,15 +109,18 @@ class LocalStack:
     def _locked(self) -> Iterator[None]:
         """One stack command at a time per stack folder: two `up`s at once would each start
         processes and overwrite each other's pid records."""
-        try:
-            self.settings.dir.mkdir(parents=True, exist_ok=True)
-            handle = (self.settings.dir / ".lock").open("a")
-        except OSError as exc:
-            raise PaysimError(f"cannot use the stack folder {self.settings.dir}: "
-                              f"{exc.strerror}") from None
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+        # Everything written in the stack folder while locked (configs, logs, pid records) is
+        # its owner's alone.
+        with owner_only():
+            try:
+                self.settings.dir.mkdir(parents=True, exist_ok=True)
+                handle = (self.settings.dir / ".lock").open("a")
+            except OSError as exc:
+                raise PaysimError(f"cannot use the stack folder {self.settings.dir}: "
+                                  f"{exc.strerror}") from None
+            with handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                yield
 
     def record(self, component: Component) -> ProcessRecord | None:
         return ProcessRecord.load(component.record_path)

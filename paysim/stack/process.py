@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from paysim.infra.errors import PaysimError
+from paysim.infra.files import PRIVATE_UMASK
 from paysim.infra.waiting import wait_until
 from paysim.stack.logs import tail_lines
 
@@ -84,7 +85,7 @@ def start_detached(argv: list[str], output: Path, cwd: Path) -> int:
     with output.open("ab") as out, open(os.devnull, "rb") as devnull:
         process = subprocess.Popen(
             argv, stdin=devnull, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, umask=PRIVATE_UMASK,
         )
     return process.pid
 
@@ -110,7 +111,8 @@ def run_logged(argv: list[str], log: Path, what: str, timeout: float = 900) -> N
     try:
         with log.open("w") as out:
             result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                                    check=False, stdin=subprocess.DEVNULL)
+                                    check=False, stdin=subprocess.DEVNULL,
+                                    umask=PRIVATE_UMASK)
     except subprocess.TimeoutExpired:
         raise PaysimError(f"{what} did not finish in {timeout:.0f} s",
                           details=tail_lines(log)) from None

@@ -7,21 +7,14 @@ import shutil
 import socket
 from pathlib import Path
 
+import click
 import pytest
 
+from paysim.cli.bench import bench
+from paysim.cli.payments import send
 from paysim.infra.config import load_settings
 from paysim.stack.jars import jars_ready
-from tests.helpers import cli_args, private_stack_flags, run_paysim
-
-
-def assert_one_line_error(result, code: int, *fragments: str) -> None:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("paysim: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+from tests.helpers import assert_one_line_error, cli_args, private_stack_flags, run_paysim
 
 
 def path_with_only(tmp_path: Path, *programs: str) -> str:
@@ -101,3 +94,95 @@ def test_redis_unreachable_is_one_line() -> None:
 def test_a_bad_callback_url_is_refused_before_anything_is_sent(url: str) -> None:
     result = run_paysim("send", "--count", "1", "--callback-url", url)
     assert_one_line_error(result, 2, "--callback-url")
+
+
+NO_REDIS = ("--redis-url", "redis://127.0.0.1:1/0")
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--rate", "nan", "--count", "5"], "--rate"),
+    (["--stage", "10s:inf"], "--stage"),
+])
+def test_nan_and_inf_in_send_flags_are_bad_input(args: list[str], flag: str) -> None:
+    assert_one_line_error(run_paysim("send", *args, *NO_REDIS), 2, flag)
+
+
+def test_a_ramp_beyond_the_bounds_is_bad_input() -> None:
+    result = run_paysim("send", "--stage", "1h:1000000", *NO_REDIS)
+    assert_one_line_error(result, 2, "--stage", "1,800,000,000", "100,000,000")
+    result = run_paysim("send", "--stage", "10s:1000000000", *NO_REDIS)
+    assert_one_line_error(result, 2, "--stage")
+
+
+def test_nan_in_a_scenario_is_bad_input(tmp_path: Path) -> None:
+    scenario = tmp_path / "nan.toml"
+    scenario.write_text("[issuer]\ndecline_rate = nan\n")
+    result = run_paysim("send", "--scenario", str(scenario), *NO_REDIS)
+    assert_one_line_error(result, 2, "issuer.decline_rate")
+
+
+# Parsed only, not run: were `bench --rate nan` accepted, the benchmark would start.
+@pytest.mark.parametrize(("command", "args", "flag"), [
+    (send, ["--rate", "nan"], "--rate"),
+    (send, ["--rate", "inf"], "--rate"),
+    (send, ["--rate", "2000000"], "--rate"),
+    (send, ["--start-rate", "nan"], "--start-rate"),
+    (send, ["--start-rate", "inf"], "--start-rate"),
+    (send, ["--bad-share", "nan"], "--bad-share"),
+    (send, ["--test-card-share", "nan"], "--test-card-share"),
+    (send, ["--timeout", "nan"], "--timeout"),
+    (send, ["--timeout", "inf"], "--timeout"),
+    (send, ["--count", "100000001"], "--count"),
+    (bench, ["--rate", "nan"], "--rate"),
+    (bench, ["--rate", "inf"], "--rate"),
+])
+def test_number_flags_refuse_nan_inf_and_out_of_bounds(command: click.Command, args: list[str],
+                                                       flag: str) -> None:
+    with pytest.raises(click.BadParameter) as error:
+        command.make_context(command.name, args)
+    assert flag in error.value.format_message()
+
+
+# Root (as the tests run here) writes through chmod, so an unwritable state folder is made the
+# way that stops root too: a path under a regular file (NotADirectoryError, or FileExistsError
+# from mkdir).
+@pytest.fixture
+def blocker(tmp_path: Path) -> Path:
+    path = tmp_path / "blocker"
+    path.write_text("a file where a folder should be\n")
+    return path
+
+
+UNREACHABLE = {"PAYSIM_REDIS_URL": "redis://127.0.0.1:1/0",
+               "PAYSIM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+
+
+@pytest.mark.parametrize(("args", "setting", "under"), [
+    (["run-all", "--detach"], "PAYSIM_SERVICES_DIR", "services"),
+    (["run-all", "--no-live"], "PAYSIM_SERVICES_DIR", "services"),
+    (["stop"], "PAYSIM_SERVICES_DIR", "services"),
+    (["stack", "prepare"], "PAYSIM_STACK_CACHE_DIR", "cache"),
+])
+def test_an_unwritable_state_folder_is_one_line_naming_it(blocker: Path, args: list[str],
+                                                          setting: str, under: str) -> None:
+    path = blocker / under
+    env = {setting: str(path), **UNREACHABLE}
+    assert_one_line_error(run_paysim(*args, env=env, timeout=60), 1, str(path))
+
+
+@pytest.mark.parametrize("service", ["authorizer", "http"])
+def test_a_service_that_cannot_write_its_secrets_logs_one_line(blocker: Path,
+                                                              service: str) -> None:
+    """A service's failure is a log line (run-all keeps its log), not `paysim: error:`."""
+    path = blocker / "secrets.json"
+    result = run_paysim("service", service, env={"PAYSIM_SECRETS_FILE": str(path),
+                                                 **UNREACHABLE}, timeout=60)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write the secrets file {path}" in lines[0], lines
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bench_names_an_unwritable_out_before_it_starts(blocker: Path) -> None:
+    out = blocker / "results.json"
+    assert_one_line_error(run_paysim("bench", "--out", str(out), timeout=60), 1, str(out))

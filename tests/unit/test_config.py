@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from paysim.infra.config import load_settings, settings_env
-from paysim.infra.errors import ConfigError
+from paysim.infra.config import OPTIONS, OPTIONS_BY_KEY, load_settings, settings_env
+from paysim.infra.errors import ConfigError, PaysimError
 from paysim.infra.kafka import admin_client, client_config
+from paysim.infra.secrets import load_keys
 
 
 def write_config(tmp_path: Path, text: str) -> str:
@@ -138,3 +139,28 @@ def test_settings_survive_the_trip_through_child_environment(tmp_path: Path) -> 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(env={}, config_file=str(tmp_path / "nope.toml"))
+
+
+NUMERIC_KEYS = [option.key for option in OPTIONS
+                if isinstance(option.default(), int | float) or option.key.endswith("_factor")]
+
+
+@pytest.mark.parametrize("key", NUMERIC_KEYS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_numeric_setting_takes_nan_or_inf(tmp_path: Path, key: str, value: str) -> None:
+    option = OPTIONS_BY_KEY[key]
+    with pytest.raises(ConfigError, match=f"^{option.env}: expected"):
+        load_settings(env={option.env: value})
+    section, name = key.split(".")
+    config = write_config(tmp_path, f"[{section}]\n{name} = {value}\n")
+    with pytest.raises(ConfigError, match=f": {key}: expected"):
+        load_settings(env={}, config_file=config)
+
+
+def test_an_unwritable_secrets_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder should be\n")
+    path = tmp_path / "blocker" / "secrets.json"
+    with pytest.raises(PaysimError) as error:
+        load_keys(load_settings(env={"PAYSIM_SECRETS_FILE": str(path)}))
+    assert error.value.exit_code == 1
+    assert str(path) in str(error.value) and "\n" not in str(error.value)

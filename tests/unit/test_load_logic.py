@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 
+from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
+from paysim.load.plan import SendRequest, plan_run
 from paysim.load.replay import read_paysim_csv, read_record
 from paysim.load.scenario import load_scenario
 from paysim.load.schedule import Profile, Stage, parse_duration
@@ -145,3 +148,90 @@ def test_paysim_csv_accounts_map_to_stable_cards(tmp_path: Path) -> None:
     path.write_text("step,type,amount\n1,PAYMENT,1\n")
     with pytest.raises(ConfigError, match="no column 'nameOrig'"):
         read_paysim_csv(path)
+
+
+# nan passes every range comparison (each is False) and inf passes any open-ended one: both
+# reached the schedule's integer arithmetic and ended as "internal error" (issue 17).
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("[load]\nrate = nan\nduration = '10s'\n", "load.rate: expected"),
+    ("[load]\nrate = inf\nduration = '10s'\n", "load.rate: expected"),
+    ("[load]\nrate = 10\nduration = 'inf'\n", "load.duration: expected"),
+    ("[load]\nrate = 10\nduration = 'nan'\n", "load.duration: expected"),
+    ("[load]\nrate = 10\nduration = 1e400\n", "load.duration: expected"),
+    ("[load]\nstart_rate = nan\nstages = [{ duration = '5s', target = 5 }]\n",
+     "load.start_rate: expected"),
+    ("[load]\nstages = [{ duration = '5s', target = inf }]\n", "load.stages[0].target"),
+    ("[load]\nstages = [{ duration = 'inf', target = 5 }]\n", "load.stages[0].duration"),
+    ("[population]\namount_scale = nan\n", "population.amount_scale: expected"),
+    ("[population]\namount_scale = inf\n", "population.amount_scale: expected"),
+    ("[population]\ncountries = { US = inf }\n", "population.countries: expected"),
+    ("[population]\nnetworks = { visa = nan }\n", "population.networks: expected"),
+    ("[mix]\nbad_card_share = nan\n", "mix.bad_card_share: expected"),
+    ("[issuer]\ndecline_rate = nan\n", "issuer.decline_rate: expected"),
+    ("[issuer]\nfault_rate = nan\n", "issuer.fault_rate: expected"),
+    ("[issuer]\nadded_latency_ms = nan\n", "issuer.added_latency_ms: expected"),
+    ("[issuer]\noutages = [{ start = '10s', end = 'inf' }]\n", "issuer.outages[0].end"),
+    ("[issuer]\noutages = [{ start = 'nan', end = '20s' }]\n", "issuer.outages[0].start"),
+    ("[[thresholds]]\nexpr = 'p99_ms < 5'\nwindow = 'inf'\n", "thresholds[0].window"),
+])
+def test_nan_and_inf_in_a_scenario_are_one_line_naming_the_key(tmp_path: Path, text: str,
+                                                               fragment: str) -> None:
+    test_malformed_scenarios_are_one_line_naming_the_key(tmp_path, text, fragment)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "infinity", "1e400", "1e400s"])
+def test_durations_are_finite(text: str) -> None:
+    with pytest.raises(ValueError, match="a duration like"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("[load]\nrate = 2000000\nduration = '10s'\n", "load.rate: expected payments per second"),
+    ("[load]\nstages = [{ duration = '5s', target = 1e9 }]\n", "load.stages[0].target"),
+    ("[load]\ncount = 1000000000\n", "load.count: expected a whole number from 1 to"),
+    # A ramp to the highest rate over an hour: 1.8 billion payments.
+    ("[load]\nstages = [{ duration = '1h', target = 1000000 }]\n",
+     "load: the profile would schedule 1,800,000,000 payments; at most 100,000,000"),
+    ("[load]\nrate = 1000\nduration = '1000000s'\n",
+     "load: the profile would schedule 1,000,000,000 payments; at most 100,000,000"),
+])
+def test_a_scenario_within_the_rate_and_count_bounds(tmp_path: Path, text: str,
+                                                     fragment: str) -> None:
+    test_malformed_scenarios_are_one_line_naming_the_key(tmp_path, text, fragment)
+
+
+@pytest.mark.parametrize(("request_", "fragment"), [
+    (SendRequest(stages=("10s:inf",)), "--stage: expected"),
+    (SendRequest(stages=("10s:nan",)), "--stage: expected"),
+    (SendRequest(stages=("inf:10",)), "--stage: expected"),
+    (SendRequest(stages=("nan:10",)), "--stage: expected"),
+    (SendRequest(stages=("10s:1000000000",)), "--stage: expected"),
+    (SendRequest(rate=10, duration="inf"), "--duration: expected"),
+    (SendRequest(rate=10, duration="nan"), "--duration: expected"),
+    (SendRequest(stages=("1h:1000000",)),
+     "--stage: the profile would schedule 1,800,000,000 payments; at most 100,000,000"),
+    (SendRequest(rate=1_000_000, duration="1000s"),
+     "--rate: the profile would schedule 1,000,000,000 payments; at most 100,000,000"),
+])
+def test_flags_of_a_profile_out_of_bounds_are_one_line(request_: SendRequest,
+                                                       fragment: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        plan_run(load_settings(env={}), request_)
+    assert fragment in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_count_caps_what_a_long_profile_schedules() -> None:
+    planned = plan_run(load_settings(env={}), SendRequest(rate=1_000_000, duration="1000s",
+                                                          count=1000, seed=1))
+    assert planned.plan.count == 1000
+
+
+def test_replay_offsets_must_be_finite(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"paysim_record": 1}\n' + json.dumps({
+        "seq": 0, "amount": 100, "currency": "USD", "offset_s": "nan",
+        "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2099, "cvv": "123"},
+        "merchant": {"id": "m", "name": "M", "mcc": "5999", "country": "US"}}) + "\n")
+    with pytest.raises(ConfigError, match=r"r.jsonl:2: not a recorded payment"):
+        read_record(path)
