@@ -76,16 +76,23 @@ _WRITTEN_PAN = re.compile(
 )
 
 
-def contains_card_number(text: str) -> bool:
-    """True when ``text`` holds a Luhn-valid card number of 13 to 19 digits, contiguous or
-    written in groups (see _WRITTEN_PAN). For free-text fields, which must never carry one."""
+def card_numbers_in(text: str) -> list[tuple[tuple[int, int], str]]:
+    """Each Luhn-valid card number of 13 to 19 digits in ``text``, contiguous or written in
+    groups (see _WRITTEN_PAN): where it stands, and its digits."""
     if _WRITTEN_PAN.search(text) is None:  # the usual case, in one call: the authorizer
-        return False                        # checks four fields of every payment
-    for found in _WRITTEN_PAN.finditer(text):
-        digits = found.group().replace(" ", "").replace("-", "")
+        return []                           # checks four fields of every payment
+    found = []
+    for match in _WRITTEN_PAN.finditer(text):
+        digits = match.group().replace(" ", "").replace("-", "")
         if 13 <= len(digits) <= MAX_PAN_DIGITS and luhn_valid(digits):
-            return True
-    return False
+            found.append((match.span(), digits))
+    return found
+
+
+def contains_card_number(text: str) -> bool:
+    """True when ``text`` holds a card number (card_numbers_in). For free-text fields, which
+    must never carry one."""
+    return bool(card_numbers_in(text))
 
 
 def _in(prefix: str, low: int, high: int) -> bool:
