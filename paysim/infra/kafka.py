@@ -92,8 +92,10 @@ def read_topic(settings: Settings, topic: str, timeout: float | None = None) -> 
     The end of each partition is its last stable offset (what a read_committed consumer may
     read), taken at the start; the fetcher reports reaching it (partition EOF) even when the
     last offsets are transaction markers it steps over without returning. Raises PaysimError
-    when the topic does not exist, or when Kafka does not answer or the read has not reached
-    every end within ``timeout`` seconds (default: the kafka.timeout setting)."""
+    when the topic does not exist, when Kafka does not answer within ``timeout`` seconds
+    (default: the kafka.timeout setting), or when the read then goes that long without
+    getting nearer the ends (a large topic may take longer as a whole; the ends are fixed, so
+    the read is bounded)."""
     timeout = settings.kafka.timeout if timeout is None else timeout
     deadline = time.monotonic() + timeout
 
@@ -116,27 +118,29 @@ def read_topic(settings: Settings, topic: str, timeout: float | None = None) -> 
                     for partition in found.partitions}
         except KafkaException as exc:
             raise no_answer(settings, timeout, exc) from None
-        values, unread = _read_to(consumer, topic, ends, deadline)
+        values, unread = _read_to(consumer, topic, ends, timeout)
     finally:
         consumer.close()
     if unread:
-        raise PaysimError(f"reading {topic} from Kafka at {settings.kafka_bootstrap}: "
-                          f"{unread} of {len(ends)} partitions not read to their end in "
-                          f"{timeout:g} s (the kafka.timeout setting)")
+        raise PaysimError(f"reading {topic} from Kafka at {settings.kafka_bootstrap}: nothing "
+                          f"came for {timeout:g} s (the kafka.timeout setting) with {unread} of "
+                          f"{len(ends)} partitions not read to their end")
     return values
 
 
 def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
-             deadline: float) -> tuple[list[bytes], int]:
+             idle_timeout: float) -> tuple[list[bytes], int]:
     """The values of each partition from its start to ``ends[partition]``, and how many
-    partitions were not read to their end by ``deadline``."""
+    partitions were not read to their end when nothing came for ``idle_timeout`` seconds."""
     pending = {partition for partition, end in ends.items() if end > 0}
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in pending])
     values: list[bytes] = []
+    deadline = time.monotonic() + idle_timeout
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
             break
+        before = (len(values), len(pending))
         for message in consumer.consume(num_messages=5000, timeout=min(left, 0.5)):
             partition, offset, error = message.partition(), message.offset(), message.error()
             if error is not None:
@@ -152,4 +156,6 @@ def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
                 values.append(message.value() or b"")
             if offset >= ends[partition] - 1:
                 pending.discard(partition)
+        if (len(values), len(pending)) != before:  # nearer the ends: errors alone are not
+            deadline = time.monotonic() + idle_timeout
     return values, len(pending)
