@@ -250,7 +250,7 @@ def _iso(us: int) -> str:
 @with_settings()
 def status(settings: Settings, txn_id: str, as_json: bool) -> None:
     """Show one payment: outcome, card, amount, reason and its timeline through the stages."""
-    client = store.connect(settings)
+    client = store.connect_answering(settings)
     try:
         stored = store.read_outcome(client, txn_id)
     finally:

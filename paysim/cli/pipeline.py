@@ -130,7 +130,7 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
     counts = {name: 1 for name in registry.NAMES}
     if record:
         counts.update(record.details.get("counts", {}))
-    client = store.connect(settings)
+    client = store.connect_answering(settings)
     try:
         beats = store.read_heartbeats(client)
     finally:

@@ -149,6 +149,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("kafka.bootstrap", _bootstrap, lambda: None,
            "Kafka bootstrap servers; unset means the local stack", "--bootstrap",
            "HOST:PORT[,...]"),
+    Option("kafka.timeout", _seconds, lambda: 30.0,
+           "seconds a command waits for Kafka to answer or a topic read to end before it fails"),
     Option("redis.url", _redis_url, lambda: None,
            "Redis URL (redis://, rediss://, unix://); unset means the local stack", "--redis-url",
            "URL"),
@@ -214,6 +216,7 @@ _OPTION_ENVS = {option.env for option in OPTIONS}
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str | None  # None: the local stack
+    timeout: float  # seconds a command waits on Kafka before it fails
     client: Mapping[str, str]  # pass-through client properties (SASL, SSL, ...)
 
 

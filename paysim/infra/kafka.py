@@ -8,11 +8,18 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from paysim.infra.config import Settings
-from paysim.infra.errors import ConfigError
+from paysim.infra.errors import ConfigError, PaysimError
 
 # librdkafka reports every refused connection; while a broker starts that is expected noise.
 quiet_logger = logging.getLogger("paysim.kafka.quiet")
@@ -72,27 +79,83 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def read_topic(settings: Settings, topic: str, quiet_polls: int = 3) -> list[bytes]:
-    """Every record value on a topic, from the start until it goes quiet.
+def no_answer(settings: Settings, timeout: float, exc: BaseException | None = None) -> PaysimError:
+    """The one line for Kafka not answering within ``timeout`` seconds."""
+    detail = f": {error_text(exc)}" if exc is not None else ""
+    return PaysimError(f"Kafka at {settings.kafka_bootstrap} did not answer in {timeout:g} s"
+                       f"{detail}")
 
-    Not to the end offsets: on a transactional topic the last offsets are commit markers that
-    a read_committed consumer steps over without ever reporting. Callers read what was
-    committed before they called, so a few empty polls in a row mean the end."""
+
+def read_topic(settings: Settings, topic: str, timeout: float | None = None) -> list[bytes]:
+    """Every committed record value on a topic, up to the end it had when the read started.
+
+    The end of each partition is its last stable offset (what a read_committed consumer may
+    read), taken at the start; the fetcher reports reaching it (partition EOF) even when the
+    last offsets are transaction markers it steps over without returning. Raises PaysimError
+    when the topic does not exist, when Kafka does not answer within ``timeout`` seconds
+    (default: the kafka.timeout setting), or when the read then goes that long without
+    getting nearer the ends (a large topic may take longer as a whole; the ends are fixed, so
+    the read is bounded)."""
+    timeout = settings.kafka.timeout if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        return max(deadline - time.monotonic(), 0.001)
+
     consumer = Consumer(client_config(settings, **{
-        "group.id": f"paysim-reader-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False, "logger": quiet_logger,
+        "group.id": f"paysim-reader-{uuid.uuid4()}", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "enable.partition.eof": True,
+        "logger": quiet_logger,
     }))
     try:
-        consumer.subscribe([topic])
-        values: list[bytes] = []
-        empty = 0
-        while empty < quiet_polls:
-            batch = consumer.consume(num_messages=5000, timeout=0.5)
-            if not batch and consumer.assignment():
-                empty += 1
-                continue
-            empty = 0
-            values.extend(m.value() or b"" for m in batch if m.error() is None)
-        return values
+        try:
+            found = consumer.list_topics(topic, timeout=remaining()).topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                raise PaysimError(f"topic {topic} does not exist on Kafka at "
+                                  f"{settings.kafka_bootstrap}")
+            ends = {partition: consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=remaining())[1]
+                    for partition in found.partitions}
+        except KafkaException as exc:
+            raise no_answer(settings, timeout, exc) from None
+        values, unread = _read_to(consumer, topic, ends, timeout)
     finally:
         consumer.close()
+    if unread:
+        raise PaysimError(f"reading {topic} from Kafka at {settings.kafka_bootstrap}: nothing "
+                          f"came for {timeout:g} s (the kafka.timeout setting) with {unread} of "
+                          f"{len(ends)} partitions not read to their end")
+    return values
+
+
+def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
+             idle_timeout: float) -> tuple[list[bytes], int]:
+    """The values of each partition from its start to ``ends[partition]``, and how many
+    partitions were not read to their end when nothing came for ``idle_timeout`` seconds."""
+    pending = {partition for partition, end in ends.items() if end > 0}
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in pending])
+    values: list[bytes] = []
+    deadline = time.monotonic() + idle_timeout
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        before = (len(values), len(pending))
+        for message in consumer.consume(num_messages=5000, timeout=min(left, 0.5)):
+            partition, offset, error = message.partition(), message.offset(), message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                if (error.code() == KafkaError._PARTITION_EOF and partition in pending
+                        and offset >= ends[partition]):
+                    pending.discard(partition)
+                continue  # others are transient (a broker reconnecting): the deadline bounds
+            if partition not in pending:
+                continue
+            if offset < ends[partition]:
+                values.append(message.value() or b"")
+            if offset >= ends[partition] - 1:
+                pending.discard(partition)
+        if (len(values), len(pending)) != before:  # nearer the ends: errors alone are not
+            deadline = time.monotonic() + idle_timeout
+    return values, len(pending)

@@ -9,9 +9,7 @@ from confluent_kafka.admin import NewTopic
 
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
-from paysim.infra.kafka import admin_client
-
-ADMIN_TIMEOUT_S = 30.0
+from paysim.infra.kafka import admin_client, no_answer
 
 
 @dataclass(frozen=True)
@@ -24,11 +22,11 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsR
     """Create each missing topic with the configured partitions and replication factor."""
     wanted = names if names is not None else settings.topics.names()
     admin = admin_client(settings)
+    timeout = settings.kafka.timeout
     try:
-        present = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+        present = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise PaysimError(f"Kafka at {settings.kafka_bootstrap} did not answer in "
-                          f"{ADMIN_TIMEOUT_S:.0f} s: {exc.args[0].str()}") from None
+        raise no_answer(settings, timeout, exc) from None
     missing = [name for name in wanted if name not in present]
     created = []
     if missing:
@@ -36,7 +34,7 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsR
             [NewTopic(name, num_partitions=settings.topics.partitions,
                       replication_factor=settings.replication_factor)
              for name in missing],
-            operation_timeout=ADMIN_TIMEOUT_S, request_timeout=ADMIN_TIMEOUT_S,
+            operation_timeout=timeout, request_timeout=timeout,
         )
         for name, future in futures.items():
             try:

@@ -94,11 +94,13 @@ class KafkaIngress:
     def _wait_until_ready(self) -> None:
         """An idempotent producer sends nothing until the broker gave it a producer id (about
         0.5 s). Waiting here keeps that start-up out of the first payments' latency."""
+        timeout = self.settings.kafka.timeout
         ready = wait_until(lambda: self.producer.poll(0.05) is not None and
-                           self._idempotence_state == "Assigned", timeout=15, interval=0)
+                           self._idempotence_state == "Assigned", timeout=timeout, interval=0)
         if not ready:
             raise PaysimError(f"Kafka at {self.settings.kafka_bootstrap} gave the sender no "
-                              f"producer id in 15 s (state {self._idempotence_state or 'none'})")
+                              f"producer id in {timeout:g} s (state "
+                              f"{self._idempotence_state or 'none'})")
 
     def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> Sent:
         message = request_message(payment, run_id, self.cipher, callback_url)

@@ -41,7 +41,7 @@ def require_services(settings: Settings, via: str) -> None:
     try:
         running = {beat.service for beat in store.read_heartbeats(client).values()}
     except redis.RedisError as exc:
-        raise PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}") from None
+        raise store.unreachable(settings, exc) from None
     finally:
         client.close()
     needed = [spec.name for spec in registry.ALL if spec.in_pipeline or via == "http"]

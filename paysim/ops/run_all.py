@@ -89,6 +89,9 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
         lock.close()
 
 
+ERROR_PREFIX = "paysim: error: "  # how the CLI starts the one line of a failure
+
+
 @owner_only()
 def start_in_background(settings: Settings, counts: dict[str, int], argv: list[str],
                         timeout: float = 120.0) -> tuple[ProcessRecord, bool]:
@@ -115,8 +118,14 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
         if process.poll() is not None:
             if running_supervisor(settings):  # another run-all got there first
                 return True
+            lines = tail_lines(log, start=start)
+            # The child's own one-line error, when it gave one, is the whole story.
+            reason = next((line.removeprefix(ERROR_PREFIX) for line in reversed(lines)
+                           if line.startswith(ERROR_PREFIX)), None)
+            if reason is not None:
+                raise PaysimError(f"run-all could not start: {reason} (log: {log})")
             raise PaysimError(f"run-all exited with code {process.returncode} while starting",
-                              details=tail_lines(log, start=start))
+                              details=lines)
         try:
             beats = store.read_heartbeats(client)
         except redis.RedisError:

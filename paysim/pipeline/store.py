@@ -14,14 +14,33 @@ import redis
 from paysim.domain.decisions import IssuerRates
 from paysim.domain.messages import STAGES, PaymentOutcome, encode
 from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
 
 WEBHOOK_STREAM = "paysim:webhooks"
 WEBHOOK_GROUP = "paysim-webhooks"
 
 
 def connect(settings: Settings) -> redis.Redis:
+    # The timeouts bound every wait on a Redis that does not answer: 5 s to connect, 10 s a reply.
     return redis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                 socket_connect_timeout=5, health_check_interval=30)
+
+
+def unreachable(settings: Settings, exc: redis.RedisError) -> PaysimError:
+    """The one line for a Redis that does not answer, naming where it was looked for."""
+    return PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}")
+
+
+def connect_answering(settings: Settings) -> redis.Redis:
+    """A client whose Redis answered a PING: a command fails here, naming the URL, rather
+    than with a bare connection error halfway through its work."""
+    client = connect(settings)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise unreachable(settings, exc) from None
+    return client
 
 
 def result_key(payment_id: str) -> str:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import redis
+from confluent_kafka import Producer
 
+from paysim.domain.messages import encode
 from paysim.infra.config import Settings, settings_env
+from paysim.infra.kafka import client_config
 from paysim.pipeline import store
 from tests.helpers import run_paysim
 from tests.integration.pipeline_helpers import paysim, run_done_entries, send
@@ -58,6 +61,54 @@ def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None
     assert mismatch["ledger_debits"] == mismatch["approved_count"] + 1
     table = paysim(pipeline, "audit", "--run", run)
     assert table.returncode == 1 and "FAIL" in table.stdout
+
+
+def test_a_doubled_outcome_is_found(pipeline: Settings) -> None:
+    run = send(pipeline, "--count", "50", "--seed", "24")["run_id"]
+    doubled = run_done_entries(pipeline, run)[0].payment_id
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        stored = store.read_outcome(client, doubled)
+    finally:
+        client.close()
+    assert stored is not None
+    # The same payment's outcome a second time on the results topic, as a service that
+    # lost its transaction fencing would write it.
+    producer = Producer(client_config(pipeline))
+    producer.produce(pipeline.topics.results, key=doubled, value=encode(stored.outcome))
+    assert producer.flush(30) == 0
+
+    code, report = audit(pipeline, "--run", run)
+    table = paysim(pipeline, "audit", "--run", run)
+
+    assert code == 1
+    assert report["doubled"] == [doubled] and report["doubled_count"] == 1
+    assert report["disagreeing_count"] == report["lost_count"] == 0
+    assert report["results_records"] == 51
+    assert table.returncode == 1 and f"doubled (first 20): {doubled}" in table.stdout
+
+
+def test_redis_disagreeing_with_the_results_topic_is_found(pipeline: Settings) -> None:
+    run = send(pipeline, "--count", "50", "--seed", "25")["run_id"]
+    entries = run_done_entries(pipeline, run)
+    flipped = {"approved": "declined", "declined": "approved"}
+    by_hash, by_result = entries[0], entries[1]
+    client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        # One payment's outcome hash, another's payment_result_<id>, changed after the fact.
+        client.hset(store.outcome_key(by_hash.payment_id), "status", flipped[by_hash.status])
+        client.set(store.result_key(by_result.payment_id), flipped[by_result.status])
+    finally:
+        client.close()
+
+    code, report = audit(pipeline, "--run", run)
+    table = paysim(pipeline, "audit", "--run", run)
+
+    assert code == 1
+    assert sorted(report["disagreeing"]) == sorted([by_hash.payment_id, by_result.payment_id])
+    assert report["disagreeing_count"] == 2 and report["doubled_count"] == 0
+    assert table.returncode == 1
+    assert by_hash.payment_id in table.stdout and by_result.payment_id in table.stdout
 
 
 def test_pci_scan_is_clean_after_a_run_and_finds_a_planted_pan(pipeline: Settings) -> None:

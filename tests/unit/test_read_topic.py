@@ -1,0 +1,81 @@
+"""Reading partitions to fixed ends: done at each end, never past it, and bounded when nothing
+comes (the real broker's side is in tests/integration/test_read_topic.py)."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaError
+
+from paysim.infra.kafka import _read_to
+from tests.unit.fakes import FakeMessage
+
+TOPIC = "t"
+
+
+class ScriptedConsumer:
+    """Hands out one scripted batch per consume() call, then nothing (after the timeout)."""
+
+    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+        self.batches = list(batches)
+        self.assigned: list[int] = []
+
+    def assign(self, partitions) -> None:
+        self.assigned = sorted(p.partition for p in partitions)
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        if self.batches:
+            return self.batches.pop(0)
+        time.sleep(timeout)  # stands in for the broker's silence
+        return []
+
+
+def record(partition: int, offset: int) -> FakeMessage:
+    return FakeMessage(TOPIC, partition, offset, f"{partition}:{offset}".encode())
+
+
+def eof(partition: int, offset: int) -> FakeMessage:
+    return FakeMessage(TOPIC, partition, offset, None,
+                       error=KafkaError(KafkaError._PARTITION_EOF))
+
+
+def test_each_partition_is_read_to_its_end_and_no_further() -> None:
+    consumer = ScriptedConsumer([
+        [record(0, 0), record(0, 1), record(1, 0)],
+        # Partition 1 ends in a transaction marker at offset 2: only the EOF says it is done.
+        [eof(1, 3), record(0, 2), record(0, 3)],  # 0:3 came after the read started
+    ])
+
+    values, unread = _read_to(consumer, TOPIC, {0: 3, 1: 3, 2: 0}, idle_timeout=5)
+
+    assert unread == 0
+    assert consumer.assigned == [0, 1]  # the empty partition is not read at all
+    assert sorted(values) == [b"0:0", b"0:1", b"0:2", b"1:0"]
+
+
+def test_silence_ends_the_read_after_the_idle_timeout() -> None:
+    transient = FakeMessage(TOPIC, -1, -1001, None, error=KafkaError(KafkaError._TRANSPORT))
+    consumer = ScriptedConsumer([[record(0, 0)], [transient], [transient]])
+
+    started = time.monotonic()
+    values, unread = _read_to(consumer, TOPIC, {0: 5, 1: 2}, idle_timeout=0.3)
+    took = time.monotonic() - started
+
+    assert (values, unread) == ([b"0:0"], 2)  # transport errors are no progress
+    assert 0.3 <= took < 2
+
+
+def test_a_read_that_keeps_progressing_may_outlast_the_idle_timeout() -> None:
+    class Slow(ScriptedConsumer):
+        def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+            if self.batches:
+                time.sleep(0.1)
+            return super().consume(num_messages, timeout)
+
+    consumer = Slow([[record(0, offset)] for offset in range(5)])
+
+    started = time.monotonic()
+    values, unread = _read_to(consumer, TOPIC, {0: 5}, idle_timeout=0.25)
+
+    assert unread == 0 and len(values) == 5
+    assert time.monotonic() - started > 0.25

@@ -1,0 +1,60 @@
+"""Every command that talks to Kafka or Redis fails with one line, in bounded time, naming what
+it could not reach, when nothing answers there (no stack needed: the addresses are dead)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_paysim
+from tests.unit.test_cli_errors import assert_one_line_error
+
+DEAD_KAFKA = "127.0.0.1:1"
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+KAFKA_TIMEOUT_S = 2  # PAYSIM_KAFKA_TIMEOUT: short, so each test takes seconds
+# What a command may take beyond the Kafka timeout: interpreter start, imports, one Redis
+# connection refused. A command that waits out librdkafka's own 30 s or more fails this.
+SLACK_S = 10
+
+
+@pytest.fixture
+def dead_env(tmp_path: Path) -> dict[str, str]:
+    """Both services at dead addresses, the Kafka timeout short, and private folders: no
+    supervisor record or local stack of the developer's is seen or started."""
+    return {"PAYSIM_KAFKA_BOOTSTRAP": DEAD_KAFKA, "PAYSIM_REDIS_URL": DEAD_REDIS,
+            "PAYSIM_KAFKA_TIMEOUT": str(KAFKA_TIMEOUT_S),
+            "PAYSIM_SERVICES_DIR": str(tmp_path / "services"),
+            "PAYSIM_STACK_DIR": str(tmp_path / "stack"),
+            "PAYSIM_SECRETS_FILE": str(tmp_path / "secrets.json")}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        # audit checks Redis before it reads whole topics; the scan reads the topics first.
+        (["audit"], f"Redis at {DEAD_REDIS}"),
+        (["audit", "--run", "r1", "--json"], f"Redis at {DEAD_REDIS}"),
+        (["audit", "--pci"], f"Kafka at {DEAD_KAFKA} did not answer in {KAFKA_TIMEOUT_S} s"),
+        (["send", "--count", "1"], f"Redis at {DEAD_REDIS}"),
+        (["status", "some-payment"], f"Redis at {DEAD_REDIS}"),
+        (["ps"], f"Redis at {DEAD_REDIS}"),
+        (["run-all", "--no-live"], f"Kafka at {DEAD_KAFKA}"),
+        (["run-all", "--detach"], f"Kafka at {DEAD_KAFKA}"),
+        (["topics", "ensure"], f"Kafka at {DEAD_KAFKA} did not answer in {KAFKA_TIMEOUT_S} s"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_dead_kafka_and_redis_give_one_line_in_bounded_time(
+        args: list[str], fragment: str, dead_env: dict[str, str]) -> None:
+    started = time.monotonic()
+    result = run_paysim(*args, env=dead_env, timeout=KAFKA_TIMEOUT_S + 50)
+    took = time.monotonic() - started
+    assert_one_line_error(result, 1, fragment)
+    assert took < KAFKA_TIMEOUT_S + SLACK_S, f"took {took:.1f} s"
+
+
+def test_the_kafka_timeout_is_a_checked_setting(dead_env: dict[str, str]) -> None:
+    result = run_paysim("topics", "ensure", env={**dead_env, "PAYSIM_KAFKA_TIMEOUT": "0"})
+    assert_one_line_error(result, 2, "PAYSIM_KAFKA_TIMEOUT: expected a number of seconds > 0")
