@@ -19,9 +19,21 @@ WEBHOOK_STREAM = "paysim:webhooks"
 WEBHOOK_GROUP = "paysim-webhooks"
 
 
-def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                socket_connect_timeout=5, health_check_interval=30)
+def connect(settings: Settings, timeout: float = 10.0) -> redis.Redis:
+    """A client of the configured Redis; ``timeout`` bounds every command (connecting: 5 s
+    at most)."""
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                socket_connect_timeout=min(timeout, 5.0),
+                                health_check_interval=30)
+
+
+HEALTH_PROBE_KEY = "paysim:healthz"
+
+
+def probe_write(client: redis.Redis) -> None:
+    """One small write that expires: raises when Redis refuses writes (OOM at maxmemory, a
+    read-only replica, a failed snapshot with stop-writes-on-bgsave-error), which PING hides."""
+    client.set(HEALTH_PROBE_KEY, "1", px=5000)
 
 
 def result_key(payment_id: str) -> str:
