@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException
 from paysim.domain import cards, decisions
 from paysim.domain.messages import encode, new_payment_request, now_us
 from paysim.domain.requests import AuthorizeRequest
+from paysim.domain.webhooks import refused_callback
 from paysim.edge import idempotency
 from paysim.edge.delivery import deliver
 from paysim.edge.health import HealthChecker
@@ -39,6 +40,7 @@ from paysim.edge.validation import BadRequest, authorize_body, notify_body, shor
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
 from paysim.pipeline import notifications, store
+from paysim.pipeline.webhook_dispatch import callback_policy
 
 log = logging.getLogger("paysim.http")
 
@@ -85,6 +87,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     app.extensions["paysim.counters"] = counters
     cipher = cards.CardCipher(keys.card_key)
     topics = settings.topics
+    # The URL as written, no DNS here: the dispatcher checks the addresses when it connects.
+    policy = callback_policy(settings)
 
     def authorize_once(fields: AuthorizeRequest) -> Answer:
         exp_month, exp_year = fields.card_expiry()
@@ -113,6 +117,10 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     @app.post("/authorize")
     def authorize() -> Response:
         raw, fields = authorize_body(request)
+        if fields.callback_url is not None:
+            refusal = refused_callback(fields.callback_url, policy)
+            if refusal is not None:
+                raise BadRequest(f"field 'callback_url' is refused: {refusal}")
         key = idempotency.key_from(request.headers)
         if key is None:
             return _json(*authorize_once(fields))

@@ -342,6 +342,26 @@ SEED_FIELDS = ("; expected fields: card_number, exp_month, exp_year (or expiry: 
 NO_PAN = "must not hold a card number (a Luhn-valid run of 13 to 19 digits)"
 
 
+@pytest.mark.parametrize(("url", "why"), [
+    ("redis", "paysim's own Redis"), ("kafka", "paysim's own Kafka"),
+    ("http://localhost:8080/hook", "paysim's own HTTP API"),
+    ("ftp://hooks.example.com/", "must be an http:// or https:// URL"),
+])
+def test_a_callback_url_to_paysim_itself_is_400(
+    client: FlaskClient, requested: TopicReader, http_settings: Settings, url: str, why: str,
+) -> None:
+    ports = {"redis": http_settings.stack.redis_port, "kafka": http_settings.stack.kafka_port}
+    if url in ports:
+        url = f"http://127.0.0.1:{ports[url]}/"
+    before = requested.count()
+    response = client.post("/authorize", json=card_body(callback_url=url))
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error.startswith("field 'callback_url'") and why in error
+    assert "\n" not in error
+    assert requested.count() == before
+
+
 def redis_keys_holding(client: redis.Redis, text: str) -> list[bytes]:
     return list(client.scan_iter(match=f"*{text}*", count=1000))
 
