@@ -20,8 +20,8 @@ from rich.text import Text
 from paysim.cli.options import FiniteFloatRange, with_settings
 from paysim.cli.render import console, err_console, print_json, safe
 from paysim.domain import money
-from paysim.domain.messages import STAGES
-from paysim.domain.webhooks import valid_callback_url
+from paysim.domain.messages import STAGES, CallbackUrl, failed_value_check
+from paysim.domain.webhooks import refused_callback
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.load.plan import SendRequest
@@ -31,6 +31,7 @@ from paysim.load.run import run_load
 from paysim.load.runner import Interrupt, Tick
 from paysim.load.schedule import MAX_RATE, MAX_SCHEDULED
 from paysim.pipeline import store
+from paysim.pipeline.webhook_dispatch import callback_policy
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
 # After a Ctrl-C, how long `send` still waits for the outcomes of what it sent.
@@ -120,6 +121,17 @@ class LiveProgress:
             self.out.print(Text(line))
 
 
+def check_callback_url(url: str, settings: Settings) -> None:
+    """The declared checks of a callback URL (an http(s) URL, no card number), then where it
+    may go (paysim's own ports, webhook.allow: as written, without DNS); exit 2 saying why."""
+    problem = failed_value_check(CallbackUrl, url)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--callback-url")
+    refusal = refused_callback(url, callback_policy(settings))
+    if refusal is not None:
+        raise click.BadParameter(f"refused: {refusal}", param_hint="--callback-url")
+
+
 @click.command()
 @click.option("--count", type=click.IntRange(1, MAX_SCHEDULED),
               help="Payments to send; alone: as fast as possible. [default: 1000]")
@@ -169,8 +181,8 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
     Alone, --count sends as fast as it can. --rate (with --duration or --count), --stage or a
     scenario sends on an open-model schedule: latency counts from each payment's intended
     send time, so a stalled pipeline shows in the figures."""
-    if callback_url is not None and not valid_callback_url(callback_url):
-        raise click.BadParameter("must be an http:// or https:// URL", param_hint="--callback-url")
+    if callback_url is not None:
+        check_callback_url(callback_url, settings)
     request = SendRequest(
         count=count, rate=rate, duration=duration, stages=stages, start_rate=start_rate,
         scenario=scenario, replay=replay, record=record, seed=seed, bad_share=bad_share,

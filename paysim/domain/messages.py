@@ -220,6 +220,16 @@ def failed_check(message: msgspec.Struct) -> str | None:
     return None
 
 
+def failed_value_check(declared: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` by the first failing Check declared on the field type
+    ``declared`` ("is not an http(s) URL"), else None; for a value given alone, such as a
+    command-line flag. Never the value."""
+    for meta in getattr(declared, "__metadata__", ()):
+        if isinstance(meta, Check) and not meta.predicate(value):
+            return f"is not {meta.brief}"
+    return None
+
+
 class SchemaError(ValueError):
     """A message that is not valid JSON, or does not fit its schema."""
 

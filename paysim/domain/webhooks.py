@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import re
+import socket
 import time
 import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 SIGNATURE_HEADER = "Paysim-Signature"
 STRIPE_SIGNATURE_HEADER = "Stripe-Signature"
@@ -30,6 +35,120 @@ def valid_callback_url(url: object) -> bool:
             parts.port is None or 0 < parts.port < 65536)
     except ValueError:
         return False
+
+
+# Where a webhook may go. paysim's own services must never receive one: a callback_url of
+# http://127.0.0.1:6379/ made the notifier POST to Redis. The forbidden endpoints and the allow
+# list come from settings (pipeline.webhook_dispatch.callback_policy builds the policy); the
+# rule here is pure. The edge and the CLI check the URL as written (no DNS in the request
+# path); the dispatcher checks again when it connects, with every address the host resolves
+# to, and for every connection (a redirect too).
+
+LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
+                         "ip6-loopback"})
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A host and port of paysim's own (``what``: "Kafka", "Redis", "the HTTP API")."""
+
+    host: str
+    port: int
+    what: str
+
+
+@dataclass(frozen=True)
+class CallbackPolicy:
+    """Never ``forbidden``; and when ``allow`` names any host names or networks (CIDR), only
+    those."""
+
+    forbidden: tuple[Endpoint, ...] = ()
+    allow: tuple[str, ...] = ()
+
+
+def _ip(host: str) -> IpAddress | None:
+    """``host`` as an address, in every form a connect takes: 127.0.0.1, ::1, ::ffff:127.0.0.1,
+    and the old IPv4 forms (127.1, 2130706433, 0x7f000001)."""
+    text = host.strip("[]").split("%")[0]
+    try:
+        address: IpAddress = ipaddress.ip_address(text)
+    except ValueError:
+        if not re.fullmatch(r"[0-9a-fA-Fx.]+", text):
+            return None
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(text))  # parsing only, no I/O
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _name(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+def _is_local(host: str) -> bool:
+    """This machine, whatever the spelling: loopback, the unspecified address, localhost."""
+    address = _ip(host)
+    if address is not None:
+        return address.is_loopback or address.is_unspecified
+    name = _name(host)
+    return name in LOCAL_NAMES or name.endswith(".localhost")
+
+
+def _same_host(a: str, b: str) -> bool:
+    if _is_local(a) and _is_local(b):
+        return True
+    first, second = _ip(a), _ip(b)
+    if first is not None or second is not None:
+        return first == second
+    return _name(a) == _name(b)
+
+
+def _allowed(host: str, addresses: Sequence[str] | None, allow: Sequence[str]) -> bool:
+    networks = []
+    for entry in allow:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            if _name(entry) == _name(host):
+                return True
+    if not networks:
+        return False
+    address = _ip(host)
+    if address is not None:
+        return any(address in network for network in networks)
+    if addresses is None:
+        return True  # a name: decided on delivery, once its addresses are known
+    found = [_ip(text) for text in addresses]
+    return bool(found) and all(
+        ip is not None and any(ip in network for network in networks) for ip in found)
+
+
+def refused_destination(host: str, port: int, policy: CallbackPolicy,
+                        addresses: Sequence[str] | None = None) -> str | None:
+    """Why a webhook may not go to ``host``:``port`` (None: it may). ``addresses``: what the
+    host resolved to, each checked as well; None where nothing was resolved."""
+    for endpoint in policy.forbidden:
+        if port == endpoint.port and any(_same_host(candidate, endpoint.host)
+                                         for candidate in (host, *(addresses or ()))):
+            return f"{host}:{port} is paysim's own {endpoint.what}"
+    if policy.allow and not _allowed(host, addresses, policy.allow):
+        return f"{host} is not in webhook.allow"
+    return None
+
+
+def refused_callback(url: str, policy: CallbackPolicy,
+                     addresses: Sequence[str] | None = None) -> str | None:
+    """Why ``url`` may not receive webhooks under ``policy``, in a few words; None when it
+    may. The syntax first (valid_callback_url), then refused_destination."""
+    if not valid_callback_url(url):
+        return "not an http(s) URL"
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return refused_destination(parts.hostname or "", port, policy, addresses)
 
 
 class SignatureError(ValueError):

@@ -4,7 +4,9 @@
 one the authorizer service runs), answers 400 with the reason code when a check fails, and
 otherwise seals the card block and puts the payment on the requested topic, answering 200 only
 once Kafka has acknowledged it. ``POST /notify_client`` sends a payment's notification again,
-``GET /payments/<id>`` reads an outcome, ``GET /healthz`` checks Redis.
+``GET /payments/<id>`` reads an outcome, ``GET /healthz`` answers from the health checker's
+last check of Kafka, Redis and the pipeline services (paysim.edge.health), without I/O: the
+server runs it on waitress's event loop, not on the worker threads.
 
 Every answer is JSON; errors are ``{"error": "<one line>"}``. Card numbers and CVVs are never
 logged, echoed back in an error, or kept anywhere but inside the sealed card block.
@@ -29,17 +31,21 @@ from werkzeug.exceptions import HTTPException
 from paysim.domain import cards, decisions
 from paysim.domain.messages import encode, new_payment_request, now_us
 from paysim.domain.requests import AuthorizeRequest
+from paysim.domain.webhooks import refused_callback
 from paysim.edge import idempotency
 from paysim.edge.delivery import deliver
+from paysim.edge.health import HealthChecker
 from paysim.edge.idempotency import Answer, Idempotency
 from paysim.edge.validation import BadRequest, authorize_body, notify_body, short
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
 from paysim.pipeline import notifications, store
+from paysim.pipeline.webhook_dispatch import callback_policy
 
 log = logging.getLogger("paysim.http")
 
 MAX_BODY_BYTES = 64 * 1024
+HEALTH_PATH = "/healthz"
 # The seed's 200 answers, word for word ("payment permitted", "notification sent"): its clients
 # may look for them.
 SEED_AUTHORIZED = "платеж разрешен"
@@ -72,14 +78,17 @@ def _error(status: int, message: str, **fields: Any) -> Response:
 
 
 def create_app(settings: Settings, keys: Keys, producer: Producer,
-               redis_client: redis.Redis) -> Flask:
-    """The HTTP API as a WSGI app; ``producer`` and ``redis_client`` are shared by all threads."""
+               redis_client: redis.Redis, health: HealthChecker) -> Flask:
+    """The HTTP API as a WSGI app; ``producer`` and ``redis_client`` are shared by all threads;
+    ``health`` answers /healthz (checking runs in its own thread, started by the caller)."""
     app = Flask("paysim.http_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     counters = Counters()
     app.extensions["paysim.counters"] = counters
     cipher = cards.CardCipher(keys.card_key)
     topics = settings.topics
+    # The URL as written, no DNS here: the dispatcher checks the addresses when it connects.
+    policy = callback_policy(settings)
 
     def authorize_once(fields: AuthorizeRequest) -> Answer:
         exp_month, exp_year = fields.card_expiry()
@@ -108,6 +117,10 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     @app.post("/authorize")
     def authorize() -> Response:
         raw, fields = authorize_body(request)
+        if fields.callback_url is not None:
+            refusal = refused_callback(fields.callback_url, policy)
+            if refusal is not None:
+                raise BadRequest(f"field 'callback_url' is refused: {refusal}")
         key = idempotency.key_from(request.headers)
         if key is None:
             return _json(*authorize_once(fields))
@@ -162,13 +175,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                                "(unknown, not finished, or expired)")
         return _json(200, store.outcome_view(stored))
 
-    @app.get("/healthz")
+    @app.get(HEALTH_PATH)
     def healthz() -> Response:
-        try:
-            redis_client.ping()
-        except redis.RedisError:
-            return _error(503, "Redis does not answer")
-        return _json(200, {"status": "ok"})
+        return _json(*health.answer())
 
     @app.errorhandler(BadRequest)
     def bad_request(exc: BadRequest) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import redis
@@ -12,9 +13,11 @@ import waitress
 from confluent_kafka import Producer
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
-from paysim.edge.app import Counters, create_app
+from paysim.edge.app import HEALTH_PATH, Counters, create_app
 from paysim.edge.delivery import DELIVERY_TIMEOUT_S
+from paysim.edge.health import HealthChecker
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config
@@ -44,6 +47,47 @@ def _heartbeat(client: redis.Redis, counters: Counters, stop: threading.Event) -
             return
 
 
+class HealthOnLoop(ThreadedTaskDispatcher):
+    """Waitress's worker threads, except for ``GET /healthz``: that runs on the event loop's
+    thread (``run_on_loop``), so it never queues behind the workers.
+
+    Waitress parses requests on its event loop and runs each on a worker thread; a payment
+    holds its thread while it waits on Kafka (up to DELIVERY_TIMEOUT_S + 2), so with Kafka
+    gone eight payments held all eight threads and /healthz waited 18 s behind them. /healthz
+    does no I/O (it answers from the health checker's last check), so the loop can run it in
+    microseconds. Only a connection's sole pending request goes there; a pipelined one
+    behind others stays on the workers, which keep the answers in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_thread_count(THREADS)
+        self.on_loop: deque[Any] = deque()
+
+    def add_task(self, task: Any) -> None:
+        # ``task`` is a channel: waitress adds one when its first request is complete, from
+        # the loop's thread, or from a worker that finished the request before it.
+        if _is_health_check(task):
+            self.on_loop.append(task)
+            task.server.pull_trigger()  # wakes the loop when a worker thread added it
+        else:
+            super().add_task(task)
+
+    def run_on_loop(self) -> None:
+        """Answer the health checks added since the last call (the loop's thread only)."""
+        while self.on_loop:
+            self.on_loop.popleft().service()
+
+
+def _is_health_check(channel: Any) -> bool:
+    requests = getattr(channel, "requests", None)
+    if not requests or len(requests) != 1 or getattr(channel, "total_outbufs_len", 1):
+        return False
+    request = requests[0]
+    return (not request.error and request.command in ("GET", "HEAD")
+            and request.path == HEALTH_PATH)
+
+
 def _socket_map(server: Any) -> dict[int, Any]:
     # One listen address gives a TcpWSGIServer (``_map``), several a MultiSocketServer (``map``).
     return server._map if hasattr(server, "_map") else server.map
@@ -56,7 +100,7 @@ def _busy(channel: Any) -> bool:
                 or getattr(channel, "total_outbufs_len", 0))
 
 
-def _run_until(server: Any, stop: threading.Event) -> None:
+def _run_until(server: Any, dispatcher: HealthOnLoop, stop: threading.Event) -> None:
     """Waitress's event loop until ``stop`` is set, then a graceful close.
 
     The loop runs here in slices rather than through ``server.run()`` closed from another
@@ -71,16 +115,19 @@ def _run_until(server: Any, stop: threading.Event) -> None:
     listeners = [obj for obj in socket_map.values() if isinstance(obj, BaseWSGIServer)]
     while not stop.is_set() and socket_map:
         wasyncore.loop(timeout=LOOP_SLICE_S, map=socket_map, use_poll=use_poll, count=1)
+        dispatcher.run_on_loop()
     for listener in listeners:  # stop accepting; the trigger stays open for the answers
         wasyncore.dispatcher.close(listener)
     deadline = time.monotonic() + SHUTDOWN_GRACE_S
     # Read what clients sent before the stop (their requests get answered), then wait for
     # the answers in flight.
     wasyncore.loop(timeout=0, map=socket_map, use_poll=use_poll, count=1)
+    dispatcher.run_on_loop()
     while (any(_busy(obj) for obj in list(socket_map.values()))
            and time.monotonic() < deadline):
         wasyncore.loop(timeout=0.05, map=socket_map, use_poll=use_poll, count=1)
-    server.task_dispatcher.shutdown(timeout=1)
+        dispatcher.run_on_loop()
+    dispatcher.shutdown(timeout=1)
     wasyncore.close_all(socket_map)
 
 
@@ -97,25 +144,35 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     }))
     client = store.connect(settings)
     ended = threading.Event()
+    health = HealthChecker(settings, producer, ended)
     heartbeat: threading.Thread | None = None
-    app = create_app(settings, keys, producer, client)
+    app = create_app(settings, keys, producer, client, health)
     counters: Counters = app.extensions["paysim.counters"]
     try:
+        health.check()  # the first answer is a real one
+        health.start()
+        dispatcher = HealthOnLoop()
         try:
-            server = waitress.create_server(app, host=host, port=port, threads=THREADS)
+            server = waitress.create_server(app, host=host, port=port, threads=THREADS,
+                                            _dispatcher=dispatcher)
         except OSError as exc:
+            dispatcher.shutdown(timeout=1)
             raise PaysimError(f"the HTTP API cannot listen on {host}:{port}: "
                               f"{exc.strerror or exc}") from None
         heartbeat = threading.Thread(target=_heartbeat, args=(client, counters, ended),
                                      name="http-heartbeat", daemon=True)
         heartbeat.start()
         log.info("HTTP API listening on http://%s:%d", host, port)
-        _run_until(server, stop)
+        _run_until(server, dispatcher, stop)
         log.info("HTTP API stopped after %d requests", counters.answered)
     finally:
         ended.set()
         if heartbeat is not None:
             heartbeat.join(5)
+        if health.is_alive():
+            health.join(5)
+        else:
+            health.redis.close()
         remaining = producer.flush(DELIVERY_TIMEOUT_S)
         if remaining:
             log.warning("%d records not delivered at shutdown", remaining)

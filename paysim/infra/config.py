@@ -9,8 +9,10 @@ from ``[kafka.client]`` in the file or from any other ``PAYSIM_KAFKA_*`` variabl
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -127,6 +129,29 @@ def _bootstrap(raw: Any) -> str:
     return servers
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?)+\Z", re.I)
+
+
+def _hosts_and_networks(raw: Any) -> tuple[str, ...]:
+    """A TOML list, or text separated by commas: each a host name, an address or a CIDR."""
+    expected = "host names, addresses or networks (CIDR), separated by commas"
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    entries = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(expected)
+        entry = item.strip()
+        if not entry:
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(entry):
+                raise ValueError(f"{expected} ({entry!r} is none of them)") from None
+        entries.append(entry)
+    return tuple(entries)
+
+
 @dataclass(frozen=True)
 class Option:
     key: str
@@ -196,6 +221,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("webhook.max_attempts", _whole_number(1), lambda: 6,
            "attempts to deliver a webhook before it is recorded as failed"),
     Option("webhook.timeout", _seconds, lambda: 5.0, "seconds per webhook attempt"),
+    Option("webhook.allow", _hosts_and_networks, lambda: (),
+           "the only hosts and networks webhooks may go to; empty: any but paysim's own"),
     Option("secrets.file", _path, lambda: _data_home() / "paysim" / "secrets.json",
            "where generated keys are kept when none are configured"),
     Option("secrets.card_key", _text, lambda: None,
@@ -275,6 +302,7 @@ class IssuerSettings:
 class WebhookSettings:
     max_attempts: int
     timeout: float
+    allow: tuple[str, ...]  # empty: anywhere but paysim's own ports
 
 
 @dataclass(frozen=True)
@@ -338,7 +366,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for option in OPTIONS:
         section, name = option.key.split(".", 1)
         value = getattr(getattr(settings, section), name)
-        if value is not None:
+        if isinstance(value, tuple):
+            env[option.env] = ",".join(value)
+        elif value is not None:
             env[option.env] = str(value)
     for prop, value in settings.kafka.client.items():
         env[KAFKA_CLIENT_ENV_PREFIX + prop.upper().replace(".", "_")] = value

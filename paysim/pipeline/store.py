@@ -20,10 +20,21 @@ WEBHOOK_STREAM = "paysim:webhooks"
 WEBHOOK_GROUP = "paysim-webhooks"
 
 
-def connect(settings: Settings) -> redis.Redis:
-    # The timeouts bound every wait on a Redis that does not answer: 5 s to connect, 10 s a reply.
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                socket_connect_timeout=5, health_check_interval=30)
+def connect(settings: Settings, timeout: float = 10.0) -> redis.Redis:
+    """A client of the configured Redis; ``timeout`` bounds every command (connecting: 5 s
+    at most), so no wait on a Redis that does not answer is endless."""
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                socket_connect_timeout=min(timeout, 5.0),
+                                health_check_interval=30)
+
+
+HEALTH_PROBE_KEY = "paysim:healthz"
+
+
+def probe_write(client: redis.Redis) -> None:
+    """One small write that expires: raises when Redis refuses writes (OOM at maxmemory, a
+    read-only replica, a failed snapshot with stop-writes-on-bgsave-error), which PING hides."""
+    client.set(HEALTH_PROBE_KEY, "1", px=5000)
 
 
 def unreachable(settings: Settings, exc: redis.RedisError) -> PaysimError:

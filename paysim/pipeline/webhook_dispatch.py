@@ -3,25 +3,39 @@
 The queue is a Redis stream read through a consumer group: an entry is acknowledged only once
 it was delivered or its attempts ran out, so a delivery interrupted by a crash is claimed again
 after a restart (at least once; the event id lets the client deduplicate).
+
+A webhook never goes to paysim's own Kafka, Redis or HTTP API, nor outside ``webhook.allow``
+(callback_policy): records can reach the notifier straight from Kafka, past the edge's check,
+and a host name can resolve to anything. Every connection (a redirect's too) resolves its host
+here, checks every address against the policy, and connects only to those addresses; a refused
+URL is recorded as failed with the reason, never attempted. Environment proxies are not used:
+through one, the policy would see the proxy, not the receiver.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import logging
+import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from paysim.domain.webhooks import (
     SIGNATURE_HEADER,
     STRIPE_SIGNATURE_HEADER,
+    CallbackPolicy,
+    Endpoint,
+    refused_callback,
+    refused_destination,
     sign,
-    valid_callback_url,
 )
 from paysim.infra.config import Settings
 from paysim.pipeline import store
@@ -42,6 +56,7 @@ class WebhookDispatcher(threading.Thread):
         self.consumer = consumer
         self.stop_event = stop
         self.slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self.policy = callback_policy(settings, resolve=True)
         self.log = logging.getLogger("paysim.webhooks")
         attempts = settings.webhook.max_attempts
         # Longer than any delivery can take, so only abandoned entries are claimed.
@@ -79,7 +94,10 @@ class WebhookDispatcher(threading.Thread):
         """The last attempt and how many were made; None when stopped before an answer."""
         attempts = self.settings.webhook.max_attempts
         for tries, backoff in enumerate(backoffs(attempts), start=1):
-            attempt = post(url, body, self.secret, event, self.settings.webhook.timeout)
+            attempt = post(url, body, self.secret, event, self.settings.webhook.timeout,
+                           self.policy)
+            if attempt.refused:
+                return attempt, tries - 1  # final, and this one never reached the network
             if attempt.delivered or tries == attempts:
                 return attempt, tries
             if self.stop_event.wait(backoff):
@@ -100,7 +118,9 @@ class WebhookDispatcher(threading.Thread):
             if result is None:
                 return  # not acknowledged: delivered after the restart
             attempt, tries = result
-            if not attempt.delivered:
+            if attempt.refused:
+                self.log.warning("webhook for %s not sent: %s", payment_id, attempt.error)
+            elif not attempt.delivered:
                 self.log.warning("webhook for %s failed after %d attempts: %s", payment_id,
                                  tries, attempt.error)
             self._finish(entry_id, payment_id, attempt, tries)
@@ -140,6 +160,103 @@ class Attempt:
     delivered: bool
     http_status: int | None
     error: str | None
+    refused: bool = False  # by the callback policy, before connecting: never retried
+
+
+def callback_policy(settings: Settings, resolve: bool = False) -> CallbackPolicy:
+    """Where webhooks may go: never to the configured Kafka brokers, Redis or HTTP API, nor to
+    the local stack's ports on this machine; only to ``webhook.allow`` when it is set.
+
+    ``resolve`` adds the addresses of the configured host names (the dispatcher's, once at
+    start: a URL may name a broker by its address). The edge and the CLI do no DNS."""
+    own: list[Endpoint] = []
+    for server in settings.kafka_bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        own.append(Endpoint(host, int(port), "Kafka"))
+    redis_url = urllib.parse.urlsplit(settings.redis_url)
+    if redis_url.scheme in ("redis", "rediss") and redis_url.hostname:
+        own.append(Endpoint(redis_url.hostname, redis_url.port or 6379, "Redis"))
+    own.append(Endpoint(settings.http.host, settings.http.port, "HTTP API"))
+    stack = settings.stack
+    for node in range(1, stack.brokers + 1):
+        kafka_port, controller_port = stack.broker_ports(node)
+        own += [Endpoint("127.0.0.1", kafka_port, "Kafka"),
+                Endpoint("127.0.0.1", controller_port, "Kafka controller")]
+    own.append(Endpoint("127.0.0.1", stack.redis_port, "Redis"))
+    if resolve:
+        own += [Endpoint(address, endpoint.port, endpoint.what) for endpoint in list(own)
+                for address in _addresses_of(endpoint.host)]
+    return CallbackPolicy(forbidden=tuple(dict.fromkeys(own)), allow=settings.webhook.allow)
+
+
+def _addresses_of(host: str) -> list[str]:
+    """The addresses of a host name; none for an address, or a name that does not resolve."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return []
+    except ValueError:
+        pass
+    try:
+        return sorted({str(info[4][0]) for info in _resolve(host, 0)})
+    except OSError:
+        return []
+
+
+def _resolve(host: str, port: int) -> list[Any]:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+class CallbackRefused(OSError):
+    """The connection's destination is refused by the callback policy."""
+
+
+def _checked_connection(policy: CallbackPolicy, base: type[http.client.HTTPConnection]
+                        ) -> type[http.client.HTTPConnection]:
+    """``base`` (HTTP or HTTPS) connecting only to addresses the policy allows: the host is
+    resolved once, every address checked, and the socket opened to those very addresses (no
+    second lookup that could answer otherwise)."""
+
+    class Checked(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._create_connection = self._connect_checked
+
+        def _connect_checked(self, address: tuple[str, int], timeout: Any,
+                             source_address: Any = None) -> socket.socket:
+            host, port = address
+            found = _resolve(host, port)
+            refusal = refused_destination(host, port, policy,
+                                          [str(info[4][0]) for info in found])
+            if refusal is not None:
+                raise CallbackRefused(refusal)
+            last: OSError = OSError(f"{host} resolves to no address")
+            for info in found:
+                try:
+                    return socket.create_connection((info[4][0], port), timeout,
+                                                    source_address)
+                except OSError as exc:
+                    last = exc
+            raise last
+
+    return Checked
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, policy: CallbackPolicy) -> None:
+        super().__init__()
+        self.connection = _checked_connection(policy, http.client.HTTPConnection)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, policy: CallbackPolicy) -> None:
+        super().__init__()
+        self.connection = _checked_connection(policy, http.client.HTTPSConnection)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req, context=self._context)
 
 
 def signed_headers(body: bytes, secret: bytes, event_id: str) -> dict[str, str]:
@@ -151,17 +268,25 @@ def signed_headers(body: bytes, secret: bytes, event_id: str) -> dict[str, str]:
             "User-Agent": "paysim-webhooks/1"}
 
 
-def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float) -> Attempt:
+def post(url: str, body: bytes, secret: bytes, event_id: str, timeout: float,
+         policy: CallbackPolicy) -> Attempt:
     """One signed POST; 2xx is delivered. Never raises: a failure is in the Attempt."""
-    if not valid_callback_url(url):
-        return Attempt(False, None, "not an http(s) URL")
+    refusal = refused_callback(url, policy)
+    if refusal is not None:
+        return Attempt(False, None, f"refused: {refusal}", refused=True)
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers=signed_headers(body, secret, event_id))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         _HTTPHandler(policy), _HTTPSHandler(policy))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return Attempt(200 <= response.status < 300, response.status, None)
     except urllib.error.HTTPError as exc:
         return Attempt(False, exc.code, f"HTTP {exc.code}")
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, CallbackRefused):
+            return Attempt(False, None, f"refused: {exc.reason}", refused=True)
+        return Attempt(False, None, str(exc.reason)[:200])
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         return Attempt(False, None, str(reason)[:200])

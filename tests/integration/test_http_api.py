@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -31,7 +34,9 @@ from paysim.domain.messages import (
     PaymentOutcome,
     PaymentRequested,
 )
+from paysim.edge import server as server_module
 from paysim.edge.app import create_app
+from paysim.edge.health import HealthChecker
 from paysim.edge.server import serve
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config
@@ -40,6 +45,7 @@ from paysim.infra.topics import ensure_topics
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import store
 from paysim.pipeline.notifications import WebhookEvent
+from paysim.pipeline.registry import PIPELINE
 from paysim.stack.manager import LocalStack
 from tests.helpers import free_port, settings_for
 
@@ -80,11 +86,28 @@ def redis_client(http_settings: Settings) -> Iterator[redis.Redis]:
     client.close()
 
 
+def checked_health(settings: Settings, producer: Producer) -> HealthChecker:
+    """A health checker that has checked once (its thread not started: tests check again
+    when they need to)."""
+    health = HealthChecker(settings, producer, threading.Event())
+    health.check()
+    return health
+
+
 @pytest.fixture(scope="module")
-def app(http_settings: Settings, keys: Keys, redis_client: redis.Redis) -> Iterator[Flask]:
+def health(http_settings: Settings) -> Iterator[HealthChecker]:
+    producer = Producer(client_config(http_settings))
+    checker = checked_health(http_settings, producer)
+    yield checker
+    checker.redis.close()
+
+
+@pytest.fixture(scope="module")
+def app(http_settings: Settings, keys: Keys, redis_client: redis.Redis,
+        health: HealthChecker) -> Iterator[Flask]:
     producer = Producer(client_config(http_settings, **{"enable.idempotence": True,
                                                         "linger.ms": 2}))
-    yield create_app(http_settings, keys, producer, redis_client)
+    yield create_app(http_settings, keys, producer, redis_client, health)
     assert producer.flush(10) == 0
 
 
@@ -317,6 +340,26 @@ SEED_FIELDS = ("; expected fields: card_number, exp_month, exp_year (or expiry: 
                "MM/YYYY), cvv, amount, currency; optional: merchant {id, name, mcc, country}, "
                "callback_url, run_id, seq")
 NO_PAN = "must not hold a card number (a Luhn-valid run of 13 to 19 digits)"
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("redis", "paysim's own Redis"), ("kafka", "paysim's own Kafka"),
+    ("http://localhost:8080/hook", "paysim's own HTTP API"),
+    ("ftp://hooks.example.com/", "must be an http:// or https:// URL"),
+])
+def test_a_callback_url_to_paysim_itself_is_400(
+    client: FlaskClient, requested: TopicReader, http_settings: Settings, url: str, why: str,
+) -> None:
+    ports = {"redis": http_settings.stack.redis_port, "kafka": http_settings.stack.kafka_port}
+    if url in ports:
+        url = f"http://127.0.0.1:{ports[url]}/"
+    before = requested.count()
+    response = client.post("/authorize", json=card_body(callback_url=url))
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error.startswith("field 'callback_url'") and why in error
+    assert "\n" not in error
+    assert requested.count() == before
 
 
 def redis_keys_holding(client: redis.Redis, text: str) -> list[bytes]:
@@ -665,28 +708,57 @@ def test_get_payment(client: FlaskClient, http_settings: Settings,
     assert set(missing.get_json()) == {"error"}
 
 
-def test_healthz(client: FlaskClient) -> None:
-    response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.get_json() == {"status": "ok"}
+def test_healthz_reports_kafka_redis_and_the_pipeline_services(
+    client: FlaskClient, health: HealthChecker, redis_client: redis.Redis,
+) -> None:
+    names = [spec.name for spec in PIPELINE]
+    for name in names:  # as if each service were running (instance 99: none of the tests')
+        store.write_heartbeat(redis_client, name, 99, processed=0, dead_letters=0,
+                              aborted_batches=0, started_at=time.time(), lag=0)
+    try:
+        health.check()
+        running = client.get("/healthz")
+    finally:
+        for name in names:
+            store.clear_heartbeat(redis_client, name, 99)
+    health.check()
+    stopped = client.get("/healthz")
+
+    assert running.status_code == 200
+    body = running.get_json()
+    assert (body["status"], body["kafka"], body["redis"]) == ("ok", "ok", "ok")
+    assert body["services"] == dict.fromkeys(names, "up")
+    assert 0 <= body["checked_s_ago"] < 5
+    # Payments are still accepted without the services (they wait on Kafka): 200, degraded.
+    assert stopped.status_code == 200
+    assert stopped.get_json()["status"] == "degraded"
+    assert stopped.get_json()["services"] == dict.fromkeys(names, "down")
 
 
-def test_redis_down_is_503_not_a_traceback(http_settings: Settings, keys: Keys) -> None:
+def test_redis_down_is_503_not_a_traceback(http_settings: Settings, keys: Keys,
+                                           stack_flags: dict[str, object]) -> None:
     # A real client to a port where nothing listens.
-    nowhere = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0",
-                                   socket_connect_timeout=1, socket_timeout=1)
+    nowhere_url = f"redis://127.0.0.1:{free_port()}/0"
+    nowhere = redis.Redis.from_url(nowhere_url, socket_connect_timeout=1, socket_timeout=1)
     producer = Producer(client_config(http_settings))
-    client = create_app(http_settings, keys, producer, nowhere).test_client()
+    health = checked_health(settings_for({**stack_flags, "redis.url": nowhere_url,
+                                          "topics.requested": http_settings.topics.requested}),
+                            producer)
+    client = create_app(http_settings, keys, producer, nowhere, health).test_client()
 
-    health = client.get("/healthz")
+    healthz = client.get("/healthz")
     payment = client.get(f"/payments/{uuid.uuid4()}")
     keyed = client.post("/authorize", json=card_body(),
                         headers={"Idempotency-Key": f"test-{uuid.uuid4()}"})
 
-    for response in (health, payment, keyed):
+    for response in (healthz, payment, keyed):
         assert response.status_code == 503
-        assert set(response.get_json()) == {"error"}
         assert "Traceback" not in response.get_data(as_text=True)
+    for response in (payment, keyed):
+        assert set(response.get_json()) == {"error"}
+    assert healthz.get_json()["error"] == "Redis: does not answer (ConnectionError)"
+    assert healthz.get_json()["services"] == dict.fromkeys([s.name for s in PIPELINE],
+                                                          "unknown")
 
 
 def test_kafka_down_is_503_and_frees_the_idempotency_key(
@@ -695,7 +767,8 @@ def test_kafka_down_is_503_and_frees_the_idempotency_key(
     # A real producer to a port where no broker listens; it gives up on a record after 1 s.
     dead = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}",
                      "message.timeout.ms": 1000, "logger": logging.getLogger("test.dead")})
-    client = create_app(http_settings, keys, dead, redis_client).test_client()
+    client = create_app(http_settings, keys, dead, redis_client,
+                        checked_health(http_settings, dead)).test_client()
     key = f"test-{uuid.uuid4()}"
 
     response = client.post("/authorize", json=card_body(), headers={"Idempotency-Key": key})
@@ -728,16 +801,22 @@ def answers(url: str) -> bool:
         return False
 
 
-def test_serve_answers_over_http_and_stops(
-    http_settings: Settings, stack_flags: dict[str, object], redis_client: redis.Redis,
-    requested: TopicReader,
-) -> None:
-    port = free_port()
-    secrets = {f"secrets.{name}": base64.b64encode(os.urandom(32)).decode()
-               for name in ("card_key", "token_key", "webhook_secret")}
-    settings = settings_for({**stack_flags, **secrets, "http.port": port,
-                             "topics.requested": http_settings.topics.requested,
-                             "topics.notifications": http_settings.topics.notifications})
+def secret_flags() -> dict[str, object]:
+    return {f"secrets.{name}": base64.b64encode(os.urandom(32)).decode()
+            for name in ("card_key", "token_key", "webhook_secret")}
+
+
+def answer_of(url: str) -> tuple[int, dict[str, Any]] | None:
+    """The server's answer, whatever its status; None while nothing listens."""
+    try:
+        return http_call(url)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """serve() in a thread until the block ends; yields its base URL once it answers."""
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -749,16 +828,35 @@ def test_serve_answers_over_http_and_stops(
 
     thread = threading.Thread(target=run, name="test-http-serve", daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{settings.http.port}"
     try:
-        assert wait_until(lambda: answers(f"{base}/healthz") or bool(failures), 30)
+        assert wait_until(lambda: answer_of(f"{base}/healthz") is not None or bool(failures),
+                          30)
         assert not failures, failures
+        yield base
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "serve() did not return after stop was set"
+    assert not failures, failures
+    assert answer_of(f"{base}/healthz") is None
+
+
+def test_serve_answers_over_http_and_stops(
+    http_settings: Settings, stack_flags: dict[str, object], redis_client: redis.Redis,
+    requested: TopicReader,
+) -> None:
+    secrets = secret_flags()
+    settings = settings_for({**stack_flags, **secrets, "http.port": free_port(),
+                             "topics.requested": http_settings.topics.requested,
+                             "topics.notifications": http_settings.topics.notifications})
+    with serving(settings) as base:
         before = requested.count()
 
         status, answer = http_call(f"{base}/authorize", card_body(amount=4242))
         assert (status, answer["status"]) == (200, "accepted")
         record = find_requested(requested, answer["payment_id"])
-        card_key = base64.b64decode(secrets["secrets.card_key"])
+        card_key = base64.b64decode(str(secrets["secrets.card_key"]))
         card = cards.CardCipher(card_key).decrypt(
             Codec(PaymentRequested).decode(record.value()).card, answer["payment_id"].encode())
         assert card.number == VISA
@@ -782,12 +880,82 @@ def test_serve_answers_over_http_and_stops(
         assert int(fields["pid"]) == os.getpid()
         assert float(fields["started_at"]) <= float(fields["seen_at"])
         assert 0 < redis_client.ttl(heartbeat) <= 5
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive(), "serve() did not return after stop was set"
-    assert not failures, failures
-    assert not answers(f"{base}/healthz")
+
+
+def test_healthz_is_503_naming_redis_when_redis_refuses_writes(
+    http_settings: Settings, stack_flags: dict[str, object], redis_client: redis.Redis,
+) -> None:
+    settings = settings_for({**stack_flags, **secret_flags(), "http.port": free_port(),
+                             "topics.requested": http_settings.topics.requested,
+                             "topics.notifications": http_settings.topics.notifications})
+    with serving(settings) as base:
+        status, body = http_call(f"{base}/healthz")
+        assert (status, body["kafka"], body["redis"]) == (200, "ok", "ok")
+        saved = redis_client.config_get("maxmemory*")
+        try:
+            # Redis answers PING but refuses every write (as at maxmemory with noeviction).
+            redis_client.config_set("maxmemory-policy", "noeviction")
+            redis_client.config_set("maxmemory", 1)
+            seen: list[tuple[int, dict[str, Any]]] = []
+
+            def refused() -> bool:
+                seen.append(http_call(f"{base}/healthz"))
+                return seen[-1][0] == 503
+
+            assert wait_until(refused, 5), seen[-1]
+        finally:
+            redis_client.config_set("maxmemory", saved["maxmemory"])
+            redis_client.config_set("maxmemory-policy", saved["maxmemory-policy"])
+        body = seen[-1][1]
+        assert "Redis" in body["error"] and "Kafka" not in body["error"]
+        assert body["kafka"] == "ok" and "refuses writes" in body["redis"]
+        assert "maxmemory" in body["redis"]
+        assert 0 <= body["checked_s_ago"] < 5
+        # Writes allowed again: healthy again.
+        assert wait_until(lambda: http_call(f"{base}/healthz")[1]["redis"] == "ok", 5)
+
+
+def test_healthz_answers_while_requests_wait_on_an_unreachable_kafka(
+    http_settings: Settings, stack_flags: dict[str, object], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing listens at the bootstrap, so the topics cannot be ensured: start without.
+    monkeypatch.setattr(server_module, "ensure_topics", lambda settings: None)
+    port = free_port()
+    settings = settings_for({**stack_flags, **secret_flags(), "http.port": port,
+                             "kafka.bootstrap": f"127.0.0.1:{free_port()}",
+                             "topics.requested": http_settings.topics.requested})
+    pending = 16  # twice waitress's threads: every thread waits on Kafka, and 8 queue
+    sent = threading.Semaphore(0)
+    answered: list[tuple[float, int, dict[str, Any]]] = []
+
+    def authorize() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/authorize", json.dumps(card_body()),
+                           {"Content-Type": "application/json"})
+        sent.release()
+        response = connection.getresponse()
+        answered.append((time.monotonic(), response.status, json.loads(response.read())))
+        connection.close()
+
+    with serving(settings) as base:
+        posts = [threading.Thread(target=authorize, daemon=True) for _ in range(pending)]
+        for post in posts:
+            post.start()
+        for _ in posts:
+            assert sent.acquire(timeout=10)
+        status, health = http_call(f"{base}/healthz")
+        health_at = time.monotonic()
+        still_pending = pending - len(answered)
+        for post in posts:
+            post.join(60)
+    # /healthz answered while every payment was still waiting on Kafka, not after them.
+    assert still_pending == pending
+    assert len(answered) == pending
+    assert health_at < min(at for at, _, _ in answered)
+    assert {status for _, status, _ in answered} == {503}
+    assert status == 503, health
+    assert "Kafka" in health["error"] and health["kafka"] != "ok"
+    assert health["redis"] == "ok"
 
 
 def test_the_idempotency_record_holds_no_plain_hash_of_the_card(

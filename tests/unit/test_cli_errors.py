@@ -96,6 +96,26 @@ def test_a_bad_callback_url_is_refused_before_anything_is_sent(url: str) -> None
     assert_one_line_error(result, 2, "--callback-url")
 
 
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://127.0.0.1:6379/", "paysim's own Redis"),
+    ("http://localhost:9092/", "paysim's own Kafka"),
+    ("http://[::1]:8080/hook", "paysim's own HTTP API"),
+    ("https://hooks.example.com/4242424242424242", "card number"),
+    ("https://hooks.example.com/x?c=4242-4242-4242-4242", "card number"),
+])
+def test_a_callback_url_to_paysim_itself_or_holding_a_card_is_refused(url: str,
+                                                                      why: str) -> None:
+    result = run_paysim("send", "--count", "1", "--callback-url", url)
+    assert_one_line_error(result, 2, "--callback-url", why)
+    assert "4242" not in result.stderr
+
+
+def test_a_callback_url_outside_webhook_allow_is_refused() -> None:
+    result = run_paysim("send", "--count", "1", "--callback-url", "https://other.example/x",
+                        env={"PAYSIM_WEBHOOK_ALLOW": "hooks.example.com"})
+    assert_one_line_error(result, 2, "--callback-url", "not in webhook.allow")
+
+
 NO_REDIS = ("--redis-url", "redis://127.0.0.1:1/0")
 
 
