@@ -30,7 +30,10 @@ quiet_logger.propagate = False
 def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Pass-through properties (SASL, SSL, ...), then ``overrides``; bootstrap servers last,
     so --bootstrap beats a bootstrap.servers that came through the pass-through."""
-    config: dict[str, Any] = dict(settings.kafka.client)
+    # librdkafka backs off reconnecting to a lost broker up to 10 s: a client could stay
+    # blind to a restarted broker that long. 1 s is the Java client's default.
+    config: dict[str, Any] = {"reconnect.backoff.max.ms": 1000}
+    config.update(settings.kafka.client)
     config.update(overrides)
     config["bootstrap.servers"] = settings.kafka_bootstrap
     return config

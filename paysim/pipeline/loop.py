@@ -6,6 +6,11 @@ commit the consumed offsets. Any failure aborts the transaction, rewinds the con
 start of the batch and tries again after a backoff: nothing is lost and the process lives on.
 Only a fatal Kafka error (this producer fenced by a newer instance) ends the process, for the
 supervisor to restart it.
+
+After a broker restart librdkafka can hang inside a transactional call past its own timeout
+(confluentinc/librdkafka#5456, #5511). So transactional calls run on a worker thread the loop
+can give up on; a call that hangs or overruns its timeout makes the loop renew its Kafka
+clients in-process (see ServiceLoop._renew) instead of waiting for the supervisor's watchdog.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic
 
@@ -33,6 +40,22 @@ MAX_BACKOFF_S = 2.0
 # A dead letter keeps at most this much of the original (the record itself stays on its topic,
 # at the partition and offset the letter names); more would not fit in one Kafka record.
 DEAD_LETTER_MAX_ORIGINAL = 64 * 1024
+# Transactional calls take milliseconds; one taking this long is waiting for a broker. Well
+# under the watchdog's 30 s, so that the loop gives up on it and recovers first.
+CALL_TIMEOUT_S = 3.0
+# The first init_transactions of a process may wait for the broker to create its
+# transaction-state topic.
+START_TIMEOUT_S = 60.0
+# How long past its own timeout a call may run before the loop gives up on it.
+CALL_GRACE_S = 1.0
+# A consumer close that takes longer is left to finish (or not) on its own thread.
+CLOSE_TIMEOUT_S = 5.0
+# Batches in a row that Kafka failed before the clients are renewed even though no call hung:
+# a producer can also stay stuck in a state where every call fails at once.
+FAILURES_BEFORE_RENEWAL = 5
+# Clients abandoned inside calls that never returned cost threads and sockets: past this
+# many at once the process ends instead, for the supervisor to start a clean one.
+MAX_ABANDONED = 3
 
 
 @dataclass
@@ -40,11 +63,70 @@ class Counters:
     processed: int = 0
     dead_letters: int = 0
     aborted_batches: int = 0
+    renewals: int = 0  # times the Kafka clients were replaced (see ServiceLoop._renew)
     started_at: float = field(default_factory=time.time)
 
 
 class FatalServiceError(Exception):
     """The process cannot go on (for example: fenced by a newer instance)."""
+
+
+class ClientStuck(Exception):
+    """A Kafka call hung or overran its timeout: this client is not to be trusted again."""
+
+
+class _Call:
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.function, self.args = function, args
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.function(*self.args)
+        except BaseException as exc:  # handed to the caller, who decides
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class CallWorker:
+    """One daemon thread running one client's blocking calls, one at a time, so that the
+    loop can stop waiting for a call that does not return. A hung call keeps the thread (and
+    its client) until it returns, if ever; a daemon thread does not keep the process alive."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client = client
+        self.stuck = False  # a call was given up: the thread may never come back
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            call.run()
+            del call
+        # The client's last reference goes here, not on the loop's thread: destroying a
+        # librdkafka handle can block.
+        self.client = None
+
+    def call(self, function: Callable[..., Any], *args: Any, wait: float) -> Any:
+        """``function(*args)``, or ClientStuck when it has not returned after ``wait`` s."""
+        call = _Call(function, args)
+        self._calls.put(call)
+        if not call.done.wait(wait):
+            self.stuck = True
+            raise ClientStuck(f"{getattr(function, '__name__', 'a call')} did not return "
+                              f"within {wait:g} s")
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def retire(self) -> None:
+        """End the thread once its current call, if any, returns. The caller must hold no
+        reference to the client any more."""
+        self._calls.put(None)
 
 
 def dead_letter(service: str, message: Message, reason: str, topic: str,
@@ -69,17 +151,35 @@ def dead_letter(service: str, message: Message, reason: str, topic: str,
 class ServiceLoop(Generic[T]):
     def __init__(self, service: Service[T], settings: Settings, instance: int = 0,
                  stop: threading.Event | None = None, *, consumer: Consumer | None = None,
-                 producer: Producer | None = None) -> None:
-        """``consumer`` and ``producer`` replace the Kafka clients built here (tests)."""
+                 producer: Producer | None = None,
+                 new_consumer: Callable[[], Consumer] | None = None,
+                 new_producer: Callable[[], Producer] | None = None) -> None:
+        """``consumer`` and ``producer`` replace the first Kafka clients built here, and
+        ``new_consumer`` and ``new_producer`` build the ones that replace them (tests)."""
         self.service = service
         self.settings = settings
         self.instance = instance
         self.stop = stop or threading.Event()
         self.counters = Counters()
         self.log = logging.getLogger(f"paysim.{service.name}")
-        group = f"paysim-{service.name}"
-        self.consumer = consumer if consumer is not None else Consumer(client_config(settings, **{
-            "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        self.group = f"paysim-{service.name}"
+        self.new_consumer = new_consumer or self._build_consumer
+        self.new_producer = new_producer or self._build_producer
+        self.consumer = consumer if consumer is not None else self.new_consumer()
+        self.producer = producer if producer is not None else self.new_producer()
+        self.worker = CallWorker(self.producer, f"{service.name}-producer")
+        self.call_timeout, self.call_grace = CALL_TIMEOUT_S, CALL_GRACE_S  # tests shorten them
+        self._consumer_open = False  # subscribed and not closed
+        self._unhealthy: str | None = None  # why the clients must be renewed before going on
+        self._producer_spent = False  # the producer is the one to replace, not one to init
+        self._kafka_failures = 0  # batches in a row that Kafka failed
+        self._abandoned: list[threading.Thread] = []  # threads inside calls that never returned
+        self._last_heartbeat = 0.0
+
+    def _build_consumer(self) -> Consumer:
+        return Consumer(client_config(self.settings, **{
+            "group.id": self.group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed", "enable.partition.eof": False,
             # A killed instance's partitions move on after 6 s (the broker's minimum), not 45.
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 1500,
@@ -93,26 +193,35 @@ class ServiceLoop(Generic[T]):
             "fetch.queue.backoff.ms": 5,
             "logger": self.log,
         }))
+
+    def _build_producer(self) -> Producer:
         # Stable per service instance, so a restart fences the dead process at once and
-        # aborts its open transaction instead of leaving it to time out. No linger: a batch's
+        # aborts its open transaction instead of leaving it to time out; the same holds for
+        # the producer that replaces a stuck one in this process. No linger: a batch's
         # records are all produced at once and the commit right after sends them anyway;
         # lingering only delayed the commit (1,000/s open model: p50 112 -> 65 ms).
-        self.producer = producer if producer is not None else Producer(client_config(settings, **{
-            "transactional.id": f"{group}-{instance}", "linger.ms": 0,
+        return Producer(client_config(self.settings, **{
+            "transactional.id": f"{self.group}-{self.instance}", "linger.ms": 0,
             "retry.backoff.ms": 5, "retry.backoff.max.ms": 50,
             "compression.type": "lz4", "logger": self.log,
         }))
-        self._last_heartbeat = 0.0
 
     def run(self) -> None:
         ensure_topics(self.settings)
-        self._kafka_call(self.producer.init_transactions, 60)
-        self.consumer.subscribe([self.service.input_topic])
-        self.log.info("started: group paysim-%s, instance %d", self.service.name, self.instance)
+        try:
+            self._kafka_call(self.producer.init_transactions, timeout=START_TIMEOUT_S)
+        except ClientStuck as exc:
+            raise FatalServiceError(f"Kafka: {exc}") from None
+        self._subscribe()
+        self.log.info("started: group %s, instance %d", self.group, self.instance)
         backoff = 0.1
         try:
             while not self.stop.is_set():
                 self._heartbeat()
+                if self._unhealthy is not None and not self._renew():
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
                 messages = [m for m in self._next_batch() if self._usable(m)]
                 if not messages:
                     continue
@@ -123,6 +232,10 @@ class ServiceLoop(Generic[T]):
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
             self._close()
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.service.input_topic])
+        self._consumer_open = True
 
     def _next_batch(self) -> list[Message]:
         """What is waiting, up to a batch; else the first message to arrive within 0.2 s.
@@ -148,18 +261,33 @@ class ServiceLoop(Generic[T]):
         return False
 
     def _process(self, messages: list[Message]) -> bool:
-        """One transaction for the batch; False (and the batch rewound) when it had to abort."""
+        """One transaction for the batch; False (and the batch rewound, or the clients marked
+        for renewal) when it had to abort."""
         try:
             self._transact(messages)
+            self._kafka_failures = 0
             return True
         except FatalServiceError:
             raise
+        except ClientStuck as exc:
+            # No abort: the producer's thread is still inside the call. The renewal fences
+            # the producer, ending its transaction, and the new consumer reads from the
+            # committed offsets, so no rewind either.
+            self.counters.aborted_batches += 1
+            self.log.warning("batch of %d abandoned, will retry with new Kafka clients: %s",
+                             len(messages), exc)
+            self._mark_unhealthy(str(exc))
+            return False
         except (KafkaException, redis.RedisError) as exc:
             self.counters.aborted_batches += 1
             self.log.warning("batch of %d aborted, will retry: %s", len(messages),
                              error_text(exc))
             self._abort()
             self._rewind(messages)
+            if isinstance(exc, KafkaException):
+                self._kafka_failures += 1
+                if self._kafka_failures >= FAILURES_BEFORE_RENEWAL and self._unhealthy is None:
+                    self._mark_unhealthy(f"{self._kafka_failures} batches in a row failed")
             return False
 
     def _dead(self, message: Message, reason: str) -> Output:
@@ -229,21 +357,34 @@ class ServiceLoop(Generic[T]):
             next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
         self._kafka_call(self.producer.send_offsets_to_transaction,
                          [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                         self.consumer.consumer_group_metadata(), 30)
-        self._kafka_call(self.producer.commit_transaction, 60)
+                         self.consumer.consumer_group_metadata(), timeout=self.call_timeout)
+        self._kafka_call(self.producer.commit_transaction, timeout=self.call_timeout)
         dead = sum(1 for o in outputs if o.topic == self.settings.topics.dlq)
         self.counters.processed += len(messages) - dead
         self.counters.dead_letters += dead
 
-    def _kafka_call(self, call: Any, *args: Any) -> Any:
-        """Run a transactional call, retrying what Kafka says is retriable."""
+    def _kafka_call(self, call: Callable[..., Any], *args: Any,
+                    timeout: float | None = None) -> Any:
+        """Run a producer call on its worker thread, retrying what Kafka says is retriable.
+
+        ``timeout`` is passed to the call as its last argument. ClientStuck when the call
+        overruns it (or the call timeout, for calls without one) by more than the grace, or
+        fails after running longer than it: a client in that state does not recover by
+        itself after a broker restart (librdkafka#5456, #5511)."""
+        limit = self.call_timeout if timeout is None else timeout
+        full = args if timeout is None else (*args, timeout)
+        name = getattr(call, "__name__", "call")
         for attempt in range(10):
+            began = time.monotonic()
             try:
-                return call(*args)
+                return self.worker.call(call, *full, wait=limit + self.call_grace)
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.fatal():
-                    raise FatalServiceError(f"{call.__name__}: {error.str()}") from None
+                    raise FatalServiceError(f"{name}: {error.str()}") from None
+                if time.monotonic() - began >= limit:
+                    raise ClientStuck(f"{name} failed after its {limit:g} s: "
+                                      f"{error.str()}") from None
                 if not error.retriable() or attempt == 9:
                     raise
                 time.sleep(0.1 * (attempt + 1))
@@ -251,14 +392,88 @@ class ServiceLoop(Generic[T]):
 
     def _abort(self) -> None:
         try:
-            self.producer.abort_transaction(30)
+            self._kafka_call(self.producer.abort_transaction, timeout=self.call_timeout)
+        except ClientStuck as exc:
+            self._mark_unhealthy(str(exc))
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            # Nothing to abort (the failure came before begin_transaction) is fine; any other
+            # failure leaves the producer in a state no one knows.
+            if error.code() != KafkaError._STATE:
+                self.log.warning("abort_transaction: %s", error.str())
+                self._mark_unhealthy(f"abort_transaction: {error.str()}")
+
+    def _mark_unhealthy(self, reason: str) -> None:
+        self._unhealthy = reason
+        self._producer_spent = True
+
+    def _renew(self) -> bool:
+        """Replace both Kafka clients; True once the new ones are ready, False to try again.
+
+        The order matters. The old consumer leaves the group (a close that hangs is left on
+        its thread). The new producer's init_transactions, under the same transactional.id,
+        fences the old producer and completes its open transaction: aborted, or committed if
+        its commit had reached the coordinator. Only then does the new consumer subscribe;
+        it reads from the committed offsets, which now tell which of the two happened, so the
+        abandoned batch is neither lost nor processed twice.
+
+        A new producer whose init_transactions failed is kept for the next try: librdkafka
+        goes on acquiring its producer id after the call gave up, and a producer dropped then
+        would get an epoch newer than its successor's and fence it."""
+        self.log.warning("renewing the Kafka clients: %s", self._unhealthy)
+        if self._consumer_open:
+            self._consumer_open = False
+            self._close_consumer()
+        if self._producer_spent:
+            self._replace_producer()
+        try:
+            self.worker.call(self.producer.init_transactions, self.call_timeout,
+                             wait=self.call_timeout + self.call_grace)
+        except ClientStuck as exc:
+            self.log.warning("new producer not ready, will try another: %s", exc)
+            self._producer_spent = True
+            return False
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal():
-                raise FatalServiceError(f"abort_transaction: {error.str()}") from None
-            # Nothing to abort (the failure came before begin_transaction) is fine.
-            if error.code() != KafkaError._STATE:
-                self.log.warning("abort_transaction: %s", error.str())
+                raise FatalServiceError(f"init_transactions: {error.str()}") from None
+            self.log.warning("new producer not ready, will try again: %s", error.str())
+            self._producer_spent = not error.retriable()
+            return False
+        self.consumer = self.new_consumer()
+        self._subscribe()
+        self.counters.renewals += 1
+        self._unhealthy = None
+        self._kafka_failures = 0
+        self.log.info("Kafka clients renewed")
+        return True
+
+    def _replace_producer(self) -> None:
+        """A new producer and worker; the old ones go, or stay behind in a call that hangs."""
+        self._abandoned = [t for t in self._abandoned if t.is_alive()]
+        retired = self.worker
+        self.producer = self.new_producer()  # before retire(): see CallWorker._serve
+        self.worker = CallWorker(self.producer, f"{self.service.name}-producer")
+        self._producer_spent = False
+        retired.retire()
+        if retired.stuck:
+            self._abandoned.append(retired.thread)
+        if len(self._abandoned) > MAX_ABANDONED:
+            raise FatalServiceError(f"{len(self._abandoned)} Kafka clients stuck in calls "
+                                    "that never returned")
+
+    def _close_consumer(self) -> None:
+        """Close the consumer, within CLOSE_TIMEOUT_S: a close that hangs stays behind."""
+        closer = CallWorker(self.consumer, f"{self.service.name}-consumer-close")
+        try:
+            closer.call(self.consumer.close, wait=CLOSE_TIMEOUT_S)
+        except ClientStuck:
+            self.log.warning("consumer close did not return within %g s; left behind",
+                             CLOSE_TIMEOUT_S)
+            self._abandoned.append(closer.thread)
+        except (KafkaException, RuntimeError) as exc:
+            self.log.warning("consumer close: %s", error_text(exc))
+        closer.retire()
 
     def _rewind(self, messages: list[Message]) -> None:
         """Seek each partition back to the first offset of the batch, to read it again."""
@@ -279,6 +494,8 @@ class ServiceLoop(Generic[T]):
 
     def lag(self) -> int:
         total = 0
+        if not self._consumer_open:
+            return total
         for tp in self.consumer.assignment():
             try:
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
@@ -305,11 +522,15 @@ class ServiceLoop(Generic[T]):
             self.log.warning("heartbeat not written: %s", exc)
 
     def _close(self) -> None:
-        try:
-            self.consumer.close()
-        except (KafkaException, RuntimeError) as exc:
-            self.log.warning("consumer close: %s", error_text(exc))
-        self.producer.flush(10)
+        if self._consumer_open:
+            self._consumer_open = False
+            self._close_consumer()
+        if not self.worker.stuck:  # else a flush would only queue behind the hung call
+            try:
+                self.worker.call(self.producer.flush, 10, wait=10 + self.call_grace)
+            except ClientStuck as exc:
+                self.log.warning("producer: %s", exc)
+        self.worker.retire()
         store.clear_heartbeat(self.service.redis, self.service.name, self.instance)
         self.log.info("stopped after %d messages (%d dead letters)", self.counters.processed,
                       self.counters.dead_letters)

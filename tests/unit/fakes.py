@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,16 +61,19 @@ class Stop(threading.Event):
 class FakeConsumer:
     """Delivers ``records`` partition by partition from each partition's position; seek moves
     the position back as the real consumer does. Once nothing is left, poll() sets ``stop``,
-    so ServiceLoop.run() returns when the records are used up."""
+    so ServiceLoop.run() returns when the records are used up. Each partition starts at its
+    offset in ``committed`` (a FakeCluster's), as a new consumer of the group would."""
 
     MAX_CALLS = 1000  # a loop that never ends stops here, and its test fails on what it sees
 
-    def __init__(self, stop: threading.Event, records: Iterable[FakeMessage]) -> None:
+    def __init__(self, stop: threading.Event, records: Iterable[FakeMessage],
+                 committed: dict[Partition, int] | None = None) -> None:
         self.stop = stop
         self.logs: dict[Partition, list[FakeMessage]] = {}
         for record in records:
             self.logs.setdefault((record.topic(), record.partition()), []).append(record)
-        self.positions = {tp: log[0].offset() for tp, log in self.logs.items()}
+        committed = committed or {}
+        self.positions = {tp: committed.get(tp, log[0].offset()) for tp, log in self.logs.items()}
         self.assigned: set[Partition] = set(self.logs)
         self.events: list[FakeMessage] = []  # error events, delivered before any record
         self.revoke_on_fetch: set[Partition] = set()  # a rebalance right after a fetch
@@ -145,6 +149,22 @@ class Transaction:
     group_metadata: object = None
 
 
+@dataclass
+class FakeCluster:
+    """What the broker keeps across producers of one transactional.id: the producer epoch
+    (init_transactions bumps it, fencing older producers), the committed transactions and
+    the group's committed offsets."""
+
+    epoch: int = 0
+    transactions: list[Transaction] = field(default_factory=list)
+    committed: dict[Partition, int] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[Produced]:
+        """Every committed record, whichever producer committed it, in order."""
+        return [record for transaction in self.transactions for record in transaction.records]
+
+
 def kafka_error(code: int = KafkaError._TRANSPORT, reason: str = "broker gone", *,
                 fatal: bool = False, retriable: bool = False) -> KafkaException:
     return KafkaException(KafkaError(code, reason, fatal=fatal, retriable=retriable))
@@ -152,9 +172,15 @@ def kafka_error(code: int = KafkaError._TRANSPORT, reason: str = "broker gone", 
 
 class FakeProducer:
     """A transactional producer: records reach ``committed`` only through commit_transaction;
-    an aborted transaction's records are dropped. ``fail_on`` makes a call raise."""
+    an aborted transaction's records are dropped. ``fail_on`` makes a call raise, ``hang_on``
+    block until released, ``slow_on`` take its time. With a ``cluster``, a newer producer's
+    init_transactions fences this one, and commits reach the cluster."""
 
-    def __init__(self) -> None:
+    HANG_LIMIT_S = 30.0  # a hung call that a test forgot to release returns after this
+
+    def __init__(self, cluster: FakeCluster | None = None) -> None:
+        self.cluster = cluster
+        self.epoch = 0
         self.initialized = False
         self.current: Transaction | None = None
         self.committed: list[Transaction] = []
@@ -162,17 +188,38 @@ class FakeProducer:
         self.abort_calls = 0
         self.flushed = False
         self._failures: dict[tuple[str, int], BaseException] = {}
+        self._hangs: dict[tuple[str, int], threading.Event] = {}
+        self._delays: dict[tuple[str, int], float] = {}
         self._calls: dict[str, int] = {}
 
     def fail_on(self, method: str, exc: BaseException, call: int = 1) -> None:
         """Raise ``exc`` from the ``call``-th call of ``method`` (counting from 1)."""
         self._failures[(method, call)] = exc
 
+    def hang_on(self, method: str, call: int = 1) -> threading.Event:
+        """Block the ``call``-th call of ``method`` until the returned event is set."""
+        release = self._hangs[(method, call)] = threading.Event()
+        return release
+
+    def slow_on(self, method: str, seconds: float, call: int = 1) -> None:
+        """Make the ``call``-th call of ``method`` take ``seconds`` before it goes on."""
+        self._delays[(method, call)] = seconds
+
     def _enter(self, method: str) -> None:
         self._calls[method] = self._calls.get(method, 0) + 1
-        failure = self._failures.pop((method, self._calls[method]), None)
+        key = (method, self._calls[method])
+        release = self._hangs.pop(key, None)
+        if release is not None:
+            release.wait(self.HANG_LIMIT_S)
+        delay = self._delays.pop(key, None)
+        if delay is not None:
+            time.sleep(delay)  # the fake call's own duration
+        failure = self._failures.pop(key, None)
         if failure is not None:
             raise failure
+        if self.cluster is not None and self.initialized and self.epoch != self.cluster.epoch:
+            raise KafkaException(KafkaError(KafkaError._FENCED, "fenced by a newer producer",
+                                            fatal=True))
 
     def _in_transaction(self, method: str) -> Transaction:
         if self.current is None:
@@ -181,6 +228,9 @@ class FakeProducer:
 
     def init_transactions(self, timeout: float | None = None) -> None:
         self._enter("init_transactions")
+        if self.cluster is not None:
+            self.cluster.epoch += 1
+            self.epoch = self.cluster.epoch
         self.initialized = True
 
     def begin_transaction(self) -> None:
@@ -203,8 +253,13 @@ class FakeProducer:
 
     def commit_transaction(self, timeout: float | None = None) -> None:
         self._enter("commit_transaction")
-        self.committed.append(self._in_transaction("commit_transaction"))
+        transaction = self._in_transaction("commit_transaction")
+        self.committed.append(transaction)
         self.current = None
+        if self.cluster is not None:
+            self.cluster.transactions.append(transaction)
+            for topic, partition, offset in transaction.offsets:
+                self.cluster.committed[(topic, partition)] = offset
 
     def abort_transaction(self, timeout: float | None = None) -> None:
         self.abort_calls += 1

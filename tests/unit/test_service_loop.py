@@ -1,11 +1,13 @@
 """The consume-decide-produce loop (paysim.pipeline.loop.ServiceLoop) with fake Kafka clients
 and a fake Redis: one transaction per batch, abort and rewind on failure, dead letters, fatal
-errors, and records of partitions taken away by a rebalance."""
+errors, records of partitions taken away by a rebalance, and new Kafka clients when a call
+hangs or overruns its timeout."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -23,6 +25,7 @@ from paysim.pipeline.registry import AUTHORIZER
 from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 from tests.unit.fakes import (
     KEYS,
+    FakeCluster,
     FakeConsumer,
     FakeMessage,
     FakeProducer,
@@ -79,18 +82,33 @@ def pong(message: FakeMessage) -> Produced:
 
 
 class Harness:
-    """A ServiceLoop on fakes; run() returns once the consumer has nothing left."""
+    """A ServiceLoop on fakes; run() returns once the consumer has nothing left. The first
+    clients are ``consumer`` and ``producer``; the loop's replacements are appended to
+    ``consumers`` and ``producers``, and built by ``producer_factory`` when it is set."""
 
     def __init__(self, records: list[FakeMessage], spec: ServiceSpec = PINGER,
                  settings: Settings = SETTINGS) -> None:
         self.stop = Stop()
         self.redis = FakeRedis()
-        self.consumer = FakeConsumer(self.stop, records)
-        self.producer = FakeProducer()
+        self.cluster = FakeCluster()
+        self.records = records
+        self.consumer = FakeConsumer(self.stop, records, self.cluster.committed)
+        self.producer = FakeProducer(self.cluster)
+        self.consumers, self.producers = [self.consumer], [self.producer]
         self.service = spec.build(settings, self.redis)  # type: ignore[arg-type]
         self.loop = ServiceLoop(
             self.service, settings, stop=self.stop,
-            consumer=self.consumer, producer=self.producer)  # type: ignore[arg-type]
+            consumer=self.consumer, producer=self.producer,  # type: ignore[arg-type]
+            new_consumer=self._new_consumer, new_producer=self._new_producer)  # type: ignore[arg-type]
+        self.producer_factory = lambda: FakeProducer(self.cluster)
+
+    def _new_consumer(self) -> FakeConsumer:
+        self.consumers.append(FakeConsumer(self.stop, self.records, self.cluster.committed))
+        return self.consumers[-1]
+
+    def _new_producer(self) -> FakeProducer:
+        self.producers.append(self.producer_factory())
+        return self.producers[-1]
 
     def run(self) -> None:
         self.loop.run()
@@ -429,3 +447,145 @@ def test_a_rewind_leaves_partitions_taken_meanwhile_to_their_new_owner() -> None
     [transaction] = harness.producer.committed
     assert transaction.records == [pong(records[0])]
     assert transaction.offsets == [(IN, 0, 11)]
+
+
+# ------------------------------------------------------------------------ new Kafka clients
+
+
+def renewing_harness(records: list[FakeMessage]) -> Harness:
+    """Batches of two; a call is given up after 1 s (a 0.3 s timeout and 0.7 s of grace):
+    short for a test, long beside what a fake call takes even on a busy machine."""
+    harness = Harness(records, settings=pure_settings({"services.batch_size": 2}))
+    harness.loop.call_timeout, harness.loop.call_grace = 0.3, 0.7
+    return harness
+
+
+def assert_each_pong_committed_once(harness: Harness, records: list[FakeMessage]) -> None:
+    assert harness.cluster.records == [pong(m) for m in records]
+    last = records[-1]
+    assert harness.cluster.committed == {(IN, last.partition()): last.offset() + 1}
+
+
+@pytest.mark.parametrize("method", ["send_offsets_to_transaction", "commit_transaction"])
+def test_a_call_that_hangs_is_given_up_and_new_clients_process_the_batch_once(
+        method: str) -> None:
+    records = [ping(0, offset) for offset in range(4)]
+    harness = renewing_harness(records)
+    release = harness.producer.hang_on(method, call=2)  # the second batch's
+    try:
+        harness.run()
+    finally:
+        release.set()
+    old_thread = harness.loop._abandoned[0]
+    old_thread.join(5)
+
+    assert [len(p.committed) for p in harness.producers] == [1, 1]
+    assert_each_pong_committed_once(harness, records)
+    assert harness.loop.counters.renewals == 1
+    assert harness.loop.counters.aborted_batches == 1
+    assert harness.producer.abort_calls == 0  # its thread was still inside the call
+    first, second = harness.consumers
+    assert first.closed and second.subscribed == [IN] and second.closed
+    assert harness.producers[1].initialized
+    assert not old_thread.is_alive()  # released, the fenced call returned and its thread ended
+    assert harness.producer.current is not None  # fenced: its transaction never committed
+
+
+def test_a_call_that_fails_after_overrunning_its_timeout_renews_the_clients() -> None:
+    records = [ping(0, 0), ping(0, 1)]
+    harness = renewing_harness(records)
+    harness.loop.call_grace = 5.0  # the call returns, late: it is not given up
+    harness.producer.slow_on("commit_transaction", 0.5)
+    harness.producer.fail_on("commit_transaction",
+                             kafka_error(KafkaError._TIMED_OUT, "timed out", retriable=True))
+    harness.run()
+
+    assert harness.loop.counters.renewals == 1
+    assert harness.producer.abort_calls == 0  # the new producer's init ends its transaction
+    assert [len(p.committed) for p in harness.producers] == [0, 1]
+    assert_each_pong_committed_once(harness, records)
+
+
+def test_an_abort_that_hangs_renews_the_clients() -> None:
+    records = [ping(0, 0), ping(0, 1)]
+    harness = renewing_harness(records)
+    harness.producer.fail_on("commit_transaction", kafka_error())
+    release = harness.producer.hang_on("abort_transaction")
+    try:
+        harness.run()
+    finally:
+        release.set()
+    assert harness.loop.counters.renewals == 1
+    assert [len(p.committed) for p in harness.producers] == [0, 1]
+    assert_each_pong_committed_once(harness, records)
+
+
+def test_kafka_failing_batch_after_batch_renews_the_clients() -> None:
+    records = [ping(0, 0)]
+    harness = renewing_harness(records)
+    for call in range(1, loop.FAILURES_BEFORE_RENEWAL + 1):
+        harness.producer.fail_on("commit_transaction", kafka_error(), call)
+    harness.run()
+    assert harness.loop.counters.aborted_batches == loop.FAILURES_BEFORE_RENEWAL
+    assert harness.loop.counters.renewals == 1
+    assert [len(p.committed) for p in harness.producers] == [0, 1]
+    assert_each_pong_committed_once(harness, records)
+
+
+def test_a_new_producer_that_cannot_start_yet_is_started_again_not_replaced() -> None:
+    """librdkafka goes on acquiring a producer id after init_transactions timed out: a
+    replacement would then be fenced by the producer it replaced."""
+    records = [ping(0, 0), ping(0, 1)]
+    harness = renewing_harness(records)
+    release = harness.producer.hang_on("commit_transaction")
+    harness.producer_factory = lambda: not_yet
+    not_yet = FakeProducer(harness.cluster)  # the broker is not back
+    not_yet.fail_on("init_transactions",
+                    kafka_error(KafkaError._TIMED_OUT, "coordinator loading", retriable=True))
+    try:
+        harness.run()
+    finally:
+        release.set()
+    assert harness.loop.counters.renewals == 1
+    assert harness.producers == [harness.producer, not_yet]
+    assert len(harness.consumers) == 2  # one new consumer, once the producer was ready
+    assert_each_pong_committed_once(harness, records)
+
+
+def test_a_new_producer_that_failed_for_good_is_replaced() -> None:
+    records = [ping(0, 0), ping(0, 1)]
+    harness = renewing_harness(records)
+    release = harness.producer.hang_on("commit_transaction")
+    not_yet = FakeProducer(harness.cluster)
+    not_yet.fail_on("init_transactions", kafka_error(KafkaError._TIMED_OUT, "timed out"))
+    factory = iter([not_yet, FakeProducer(harness.cluster)])
+    harness.producer_factory = lambda: next(factory)
+    try:
+        harness.run()
+    finally:
+        release.set()
+    assert harness.loop.counters.renewals == 1
+    assert [p.initialized for p in harness.producers] == [True, False, True]
+    assert len(harness.consumers) == 2  # one new consumer, once a producer was ready
+    assert_each_pong_committed_once(harness, records)
+
+
+def test_too_many_clients_stuck_at_once_end_the_process() -> None:
+    harness = renewing_harness([ping(0, 0)])
+    releases: list[threading.Event] = []
+
+    def stuck_producer() -> FakeProducer:
+        producer = FakeProducer(harness.cluster)
+        releases.append(producer.hang_on("commit_transaction"))
+        return producer
+
+    releases.append(harness.producer.hang_on("commit_transaction"))
+    harness.producer_factory = stuck_producer
+    try:
+        with pytest.raises(FatalServiceError, match="stuck"):
+            harness.run()
+    finally:
+        for release in releases:
+            release.set()
+    assert len(harness.producers) == loop.MAX_ABANDONED + 2
+    assert harness.cluster.records == []
