@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,12 +116,25 @@ def notified(settings: Settings) -> int:
                if beat.service == NOTIFIER.name)
 
 
+def notified_so_far(settings: Settings) -> int:
+    """notified(), from heartbeats written after this call: every payment finished before
+    it is counted. (A heartbeat is up to a second old; one from before the end of the last
+    run would count that run's tail as progress of the next.) A notifier writes its heartbeat
+    between batches, so one written after now includes the batch in progress now."""
+    now = time.time()
+    assert wait_until(lambda: any(beat.service == NOTIFIER.name for beat in
+                                  heartbeats(settings).values()) and all(
+        beat.seen_at > now for beat in heartbeats(settings).values()
+        if beat.service == NOTIFIER.name), timeout=30), heartbeats(settings)
+    return notified(settings)
+
+
 def send_with_fault(settings: Settings, after: int, fault: Callable[[], object],
                     *args: str) -> subprocess.CompletedProcess[str]:
     """`paysim send --json` with ``args``, and ``fault`` called once ``after`` payments of it
     were notified: on the run's progress, not on a time since launch, which a slow start
     would make miss the run. Fails when the run ends before the fault."""
-    before = notified(settings)
+    before = notified_so_far(settings)
     child, stdout, stderr = start_send(settings, *args)
     try:
         progressed = wait_until(

@@ -25,6 +25,7 @@ from paysim.load.runner import Tick
 from tests.integration.pipeline_helpers import (
     injected,
     notified,
+    notified_so_far,
     paysim,
     send,
     send_with_fault,
@@ -197,7 +198,7 @@ def test_ctrl_c_stops_sending_and_prints_the_partial_report_with_its_run_id(
     pipeline: Settings, tmp_path: Path,
 ) -> None:
     out = tmp_path / "report.json"
-    before = notified(pipeline)
+    before = notified_so_far(pipeline)
     child, stdout, stderr = start_send(pipeline, "--rate", "100", "--duration", "120s",
                                        "--seed", "8", "--out", str(out))
     try:
@@ -225,7 +226,7 @@ def test_a_second_ctrl_c_stops_waiting_for_outcomes_and_still_names_the_run(
     pipeline: Settings,
 ) -> None:
     notifier = ps_pid(pipeline, "notifier-0")
-    before = notified(pipeline)
+    before = notified_so_far(pipeline)
     child, stdout, stderr = start_send(pipeline, "--rate", "100", "--duration", "120s",
                                        "--seed", "9")
     try:

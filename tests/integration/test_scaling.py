@@ -19,6 +19,7 @@ from tests.integration.pipeline_helpers import (
     child_env,
     heartbeats,
     notified,
+    notified_so_far,
     paysim,
     start_send,
 )
@@ -58,7 +59,7 @@ def all_processing(settings: Settings, since: dict[str, int], names: set[str]) -
 def test_scaling_the_processor_from_1_to_3_and_back_to_2_mid_run(pipeline: Settings) -> None:
     extra: list[subprocess.Popen] = []
     admin = admin_client(pipeline)
-    before = notified(pipeline)
+    before = notified_so_far(pipeline)
     # Each step waits on the run's progress and the group's state, not on time; the run is
     # long enough for all of them, and ended with Ctrl-C once they are done.
     child, stdout, stderr = start_send(pipeline, "--rate", "150", "--duration", "600s",
