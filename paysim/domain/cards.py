@@ -95,6 +95,18 @@ def contains_card_number(text: str) -> bool:
     return bool(card_numbers_in(text))
 
 
+def redact_card_numbers(text: str) -> str:
+    """``text`` with each card number that contains_card_number finds replaced by
+    "[card number]": for client-supplied text an answer names."""
+    def redact(found: re.Match[str]) -> str:
+        digits = found.group().replace(" ", "").replace("-", "")
+        if 13 <= len(digits) <= MAX_PAN_DIGITS and luhn_valid(digits):
+            return "[card number]"
+        return found.group()
+
+    return _WRITTEN_PAN.sub(redact, text)
+
+
 def _in(prefix: str, low: int, high: int) -> bool:
     return ascii_digits(prefix) and low <= int(prefix) <= high
 

@@ -66,6 +66,9 @@ Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
 Mcc = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}\Z", description="4 digits")]
 Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}\Z",
                                       description="2 capital letters (ISO 3166)")]
+# The stage a time was stamped at ("requested", ...): a word, so that no card number or other
+# data rides along under a stage's name (the Kafka services do not check it otherwise).
+StageName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}\Z")]
 CallbackUrl = Annotated[str, msgspec.Meta(description="an http:// or https:// URL"),
                         Check(valid_callback_url, "an http(s) URL"), NoCardNumber]
 
@@ -92,7 +95,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     currency: Currency
     merchant: Merchant
     callback_url: CallbackUrl | None = None
-    stages: dict[str, int]
+    stages: dict[StageName, int]
 
 
 class PaymentRequested(Message, frozen=True, kw_only=True):

@@ -33,6 +33,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from flask import Request
 
+from paysim.domain import cards
 from paysim.domain.messages import Check, declared_checks
 from paysim.domain.requests import AuthorizeRequest, OneOf
 
@@ -55,8 +56,10 @@ class BadRequest(Exception):
 
 
 def short(name: str) -> str:
-    """A client-supplied name, safe to put in a one-line error (a lone surrogate becomes ?)."""
+    """A client-supplied name, safe to put in a one-line error (a lone surrogate becomes ?, a
+    card number "[card number]", before the cut to 40 characters could leave its digits)."""
     name = " ".join(str(name).encode(errors="replace").decode().split())
+    name = cards.redact_card_numbers(name)
     return name if len(name) <= 40 else name[:40] + "..."
 
 

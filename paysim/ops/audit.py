@@ -9,6 +9,7 @@ Redis, and each card's ledger. Run it within the outcome TTL (one hour by defaul
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from collections import Counter, defaultdict
@@ -21,7 +22,7 @@ import redis
 
 from paysim.domain import cards
 from paysim.domain.messages import Codec, DeadLetter, PaymentOutcome, PaymentRequested, SchemaError
-from paysim.infra.config import Settings
+from paysim.infra.config import Settings, TopicSettings
 from paysim.infra.kafka import read_topic
 from paysim.pipeline import store
 
@@ -207,6 +208,10 @@ def _scan_value(value: Any, where: str, findings: list[Finding], name: str = "")
     """Walk decoded JSON: card-number-like strings or numbers, and CVV-named fields."""
     if name and name.lower() in CVV_NAMES:
         findings.append(Finding(where, f"CVV field {name!r}"))
+    if isinstance(value, dict):  # the names too, also of a field of times (stage names)
+        for key in value:
+            for pan in _pans_in(str(key)):
+                findings.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
     if name and _is_time_field(name):
         return
     if isinstance(value, dict):
@@ -222,13 +227,30 @@ def _scan_value(value: Any, where: str, findings: list[Finding], name: str = "")
 
 def _scan_bytes(raw: bytes, where: str, findings: list[Finding]) -> None:
     text = raw.decode(errors="replace")
+    found: list[Finding] = []
     try:
-        _scan_value(json.loads(text), where, findings)
-    except ValueError:
+        _scan_value(json.loads(text), where, found)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
+        found = []
         for pan in _pans_in(text):
-            findings.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
+            found.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
         if re.search(r'"?(cvv2?|cvc2?)"?\s*[:=]', text, re.IGNORECASE):
-            findings.append(Finding(where, "CVV field"))
+            found.append(Finding(where, "CVV field"))
+    findings.extend(found)
+
+
+_dead_letters = Codec(DeadLetter)
+
+
+def scan_record(topics: TopicSettings, topic: str, value: bytes, where: str,
+                findings: list[Finding]) -> None:
+    """One record of ``topic``: of a dead letter, the original bytes it keeps; any other
+    record (or one on the dead-letter topic that paysim did not write) as it is."""
+    if topic == topics.dlq:
+        # binascii.Error, an original that is no base64, is a ValueError
+        with contextlib.suppress(SchemaError, ValueError):
+            value = base64.b64decode(_dead_letters.decode(value).original or "", validate=True)
+    _scan_bytes(value, where, findings)
 
 
 def scan_card_data(settings: Settings) -> tuple[list[Finding], dict[str, int]]:
@@ -236,19 +258,10 @@ def scan_card_data(settings: Settings) -> tuple[list[Finding], dict[str, int]]:
     findings: list[Finding] = []
     scanned: Counter[str] = Counter()
     topics = settings.topics
-    dead = Codec(DeadLetter)
     for topic in (topics.authorized, topics.results, topics.notifications, topics.dlq):
         for index, value in enumerate(read_topic(settings, topic)):
-            where = f"{topic} record {index}"
             scanned["records"] += 1
-            if topic == topics.dlq:
-                try:
-                    letter = dead.decode(value)
-                except SchemaError:
-                    _scan_bytes(value, where, findings)
-                    continue
-                value = base64.b64decode(letter.original or "")
-            _scan_bytes(value, where, findings)
+            scan_record(topics, topic, value, f"{topic} record {index}", findings)
     client = store.connect(settings)
     try:
         for key in client.scan_iter(count=1000):

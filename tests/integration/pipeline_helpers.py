@@ -1,19 +1,27 @@
-"""The pipeline as the integration tests run it: `paysim run-all --detach` and the CLI."""
+"""The pipeline as the integration tests run it: `paysim run-all --detach` and the CLI; runs
+in the background, and faults injected on their progress."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import IO
 
 import redis
 
 from paysim.domain import decisions
 from paysim.infra.config import Settings, settings_env
+from paysim.infra.waiting import wait_until
 from paysim.load.generator import Mix, PaymentStream, build_population
 from paysim.pipeline import store
+from paysim.pipeline.registry import NOTIFIER
 from tests.helpers import run_paysim
 
 
@@ -54,3 +62,90 @@ def run_done_entries(settings: Settings, run_id: str) -> list[store.DoneEntry]:
                 for _, fields in client.xrange(store.run_stream_key(run_id))]
     finally:
         client.close()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a paysim child process, as run_paysim gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSIM_")}
+    env.update(settings_env(settings))
+    return env
+
+
+class Lines:
+    """A child's output, read line by line on a thread, so a test can wait on what it says
+    (and a full pipe never blocks the child)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def saying(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def text(self) -> str:
+        self._thread.join(10)
+        return "".join(self.lines)
+
+
+def start_send(settings: Settings, *args: str) -> tuple[subprocess.Popen[str], Lines, Lines]:
+    """`paysim send --json` in the background: the child, its stdout and its stderr."""
+    child = subprocess.Popen([sys.executable, "-m", "paysim", "send", "--json", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=child_env(settings))
+    return child, Lines(child.stdout), Lines(child.stderr)  # type: ignore[arg-type]
+
+
+def heartbeats(settings: Settings) -> dict[str, store.Heartbeat]:
+    """The services' fresh heartbeats, by instance name."""
+    client = store.connect(settings)
+    try:
+        return store.read_heartbeats(client)
+    finally:
+        client.close()
+
+
+def notified(settings: Settings) -> int:
+    """Payments the notifiers have finished, by their heartbeats (all runs, since they
+    started): a run's progress is how much this grew since before it."""
+    return sum(beat.processed for beat in heartbeats(settings).values()
+               if beat.service == NOTIFIER.name)
+
+
+def notified_so_far(settings: Settings) -> int:
+    """notified(), from heartbeats written after this call: every payment finished before
+    it is counted. (A heartbeat is up to a second old; one from before the end of the last
+    run would count that run's tail as progress of the next.) A notifier writes its heartbeat
+    between batches, so one written after now includes the batch in progress now."""
+    now = time.time()
+    assert wait_until(lambda: any(beat.service == NOTIFIER.name for beat in
+                                  heartbeats(settings).values()) and all(
+        beat.seen_at > now for beat in heartbeats(settings).values()
+        if beat.service == NOTIFIER.name), timeout=30), heartbeats(settings)
+    return notified(settings)
+
+
+def send_with_fault(settings: Settings, after: int, fault: Callable[[], object],
+                    *args: str) -> subprocess.CompletedProcess[str]:
+    """`paysim send --json` with ``args``, and ``fault`` called once ``after`` payments of it
+    were notified: on the run's progress, not on a time since launch, which a slow start
+    would make miss the run. Fails when the run ends before the fault."""
+    before = notified_so_far(settings)
+    child, stdout, stderr = start_send(settings, *args)
+    try:
+        progressed = wait_until(
+            lambda: notified(settings) >= before + after or child.poll() is not None, 120)
+        assert progressed and child.poll() is None, (
+            f"no fault injected: {notified(settings) - before} of {after} payments notified; "
+            f"{stderr.text()[-2000:]}")
+        fault()
+        child.wait(300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout.text(),
+                                       stderr.text())

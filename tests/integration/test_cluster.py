@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +13,7 @@ from paysim.infra.config import Settings, settings_env
 from paysim.infra.kafka import admin_client
 from paysim.stack.manager import LocalStack
 from tests.helpers import free_port, free_port_run, run_paysim, settings_for
-from tests.integration.pipeline_helpers import running_pipeline
+from tests.integration.pipeline_helpers import running_pipeline, send_with_fault
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +48,11 @@ def test_a_broker_killed_mid_run_loses_and_doubles_nothing(cluster) -> None:
     settings, stack = cluster
     victim = next(c for c in stack.components if c.name == "kafka-2")
     pid = stack.running(victim).pid
-    killer = threading.Timer(4.0, lambda: os.kill(pid, signal.SIGKILL))
-    killer.start()
-    try:
-        result = run_paysim("send", "--rate", "150", "--duration", "15s", "--seed", "77",
-                            "--timeout", "180", "--json", env=settings_env(settings),
-                            timeout=300)
-    finally:
-        killer.join()
+    # Killed once 450 of the run's 2,250 payments (150/s for 15 s) were notified: 12 s of
+    # sending are left, however long the start took.
+    result = send_with_fault(settings, 450, lambda: os.kill(pid, signal.SIGKILL),
+                             "--rate", "150", "--duration", "15s", "--seed", "77",
+                             "--timeout", "180")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["load"]["sent"] == 2250

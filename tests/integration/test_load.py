@@ -9,15 +9,12 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
-from typing import IO
 
 import jsonschema
 
-from paysim.infra.config import Settings, settings_env
+from paysim.infra.config import Settings
 from paysim.infra.waiting import wait_until
 from paysim.load.plan import SendRequest
 from paysim.load.replay import read_record
@@ -25,9 +22,15 @@ from paysim.load.report import RunReport
 from paysim.load.report_compare import parse_report
 from paysim.load.run import run_load
 from paysim.load.runner import Tick
-from paysim.pipeline import store
-from paysim.pipeline.registry import NOTIFIER
-from tests.integration.pipeline_helpers import injected, paysim, send
+from tests.integration.pipeline_helpers import (
+    injected,
+    notified,
+    notified_so_far,
+    paysim,
+    send,
+    send_with_fault,
+    start_send,
+)
 
 
 def send_report(settings: Settings, *args: str) -> RunReport:
@@ -63,25 +66,21 @@ def test_a_paused_processor_shows_in_p99_because_latency_counts_from_intended_ti
 ) -> None:
     processor = ps_pid(pipeline, "processor-0")
     pause_s = 2.0
-    resumed = threading.Event()
 
-    def pause_once_sending() -> None:
+    def pause() -> None:
         # The fault itself lasts a known time; that is what the run must report.
         os.kill(processor, signal.SIGSTOP)
-        resumed.wait(pause_s)
-        os.kill(processor, signal.SIGCONT)
+        try:
+            threading.Event().wait(pause_s)
+        finally:
+            os.kill(processor, signal.SIGCONT)
 
-    # Pause 2.5 s after `paysim send` starts (it sends its first payment about 1 s in: Python
-    # start-up, the producer id), for 2 s of a 6 s run at 100/s: ~200 payments are due while
-    # the processor sleeps, whatever the machine's start-up time.
-    timer = threading.Timer(2.5, pause_once_sending)
-    timer.start()
-    try:
-        report = send_report(pipeline, "--rate", "100", "--duration", "6s", "--seed", "4",
-                             "--bad-share", "0", "--test-card-share", "0")
-    finally:
-        timer.join()
-        os.kill(processor, signal.SIGCONT)
+    # Paused once 100 of the run's 600 payments (100/s for 6 s) were notified: 5 s of sending
+    # are left, so ~200 payments are due while the processor sleeps, however long the start.
+    result = send_with_fault(pipeline, 100, pause, "--rate", "100", "--duration", "6s",
+                             "--seed", "4", "--bad-share", "0", "--test-card-share", "0")
+    assert result.returncode == 0, result.stderr
+    report = parse_report(json.loads(result.stdout), "paysim send --json")
     e2e = report.latency.end_to_end
     assert report.outcomes.lost == 0
     assert e2e.p99_ms is not None and e2e.max_ms is not None, e2e
@@ -104,17 +103,18 @@ def test_a_windowed_threshold_fails_on_a_bad_window_even_if_the_run_passes(
     pipeline: Settings,
 ) -> None:
     processor = ps_pid(pipeline, "processor-0")
-    timer = threading.Timer(2.0, lambda: (os.kill(processor, signal.SIGSTOP),
-                                          threading.Event().wait(1.5),
-                                          os.kill(processor, signal.SIGCONT)))
-    timer.start()
-    try:
-        result = paysim(pipeline, "send", "--rate", "50", "--duration", "8s", "--seed", "8",
-                        "--json", "--threshold", "p90_ms < 1000",
-                        "--threshold", "p90_ms < 1000 @ 2s")
-    finally:
-        timer.join()
-        os.kill(processor, signal.SIGCONT)
+
+    def pause() -> None:
+        os.kill(processor, signal.SIGSTOP)
+        try:
+            threading.Event().wait(1.5)
+        finally:
+            os.kill(processor, signal.SIGCONT)
+
+    # Paused once 50 of the run's 400 payments (50/s for 8 s) were notified: 7 s are left.
+    result = send_with_fault(pipeline, 50, pause, "--rate", "50", "--duration", "8s",
+                             "--seed", "8", "--threshold", "p90_ms < 1000",
+                             "--threshold", "p90_ms < 1000 @ 2s")
     report = parse_report(json.loads(result.stdout))
     whole, windowed = report.thresholds
     assert whole.passed, whole  # the pause is under 10% of the run
@@ -194,50 +194,11 @@ def test_run_load_through_the_http_api_returns_the_report_with_its_verdicts(
     assert ticks and ticks[-1].completed == 200  # the last tick comes after the run
 
 
-class _Lines:
-    """A child's output, read line by line on a thread, so a test can wait on what it says
-    (and a full pipe never blocks the child)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line)
-
-    def saying(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def text(self) -> str:
-        self._thread.join(10)
-        return "".join(self.lines)
-
-
-def start_send(settings: Settings, *args: str) -> tuple[subprocess.Popen[str], _Lines, _Lines]:
-    """`paysim send --json` in the background: the child, its stdout and its stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSIM_")}
-    env.update(settings_env(settings))
-    child = subprocess.Popen([sys.executable, "-m", "paysim", "send", "--json", *args],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    return child, _Lines(child.stdout), _Lines(child.stderr)
-
-
-def notified(settings: Settings) -> int:
-    client = store.connect(settings)
-    try:
-        beats = store.read_heartbeats(client)
-    finally:
-        client.close()
-    return sum(beat.processed for beat in beats.values() if beat.service == NOTIFIER.name)
-
-
 def test_ctrl_c_stops_sending_and_prints_the_partial_report_with_its_run_id(
     pipeline: Settings, tmp_path: Path,
 ) -> None:
     out = tmp_path / "report.json"
-    before = notified(pipeline)
+    before = notified_so_far(pipeline)
     child, stdout, stderr = start_send(pipeline, "--rate", "100", "--duration", "120s",
                                        "--seed", "8", "--out", str(out))
     try:
@@ -265,7 +226,7 @@ def test_a_second_ctrl_c_stops_waiting_for_outcomes_and_still_names_the_run(
     pipeline: Settings,
 ) -> None:
     notifier = ps_pid(pipeline, "notifier-0")
-    before = notified(pipeline)
+    before = notified_so_far(pipeline)
     child, stdout, stderr = start_send(pipeline, "--rate", "100", "--duration", "120s",
                                        "--seed", "9")
     try:

@@ -165,6 +165,28 @@ class FakeCluster:
         return [record for transaction in self.transactions for record in transaction.records]
 
 
+class AckingProducer:
+    """A plain (not transactional) producer whose broker acknowledges every record at the
+    next poll, as the HTTP API's deliveries wait for; or reports ``error`` for each."""
+
+    def __init__(self, error: KafkaError | None = None) -> None:
+        self.error = error
+        self.records: list[Produced] = []
+        self._unacknowledged: list[Callable[..., Any]] = []
+
+    def produce(self, topic: str, value: bytes | None = None, key: str | None = None,
+                on_delivery: Callable[..., Any] | None = None) -> None:
+        self.records.append(Produced(topic, key, value or b""))
+        if on_delivery is not None:
+            self._unacknowledged.append(on_delivery)
+
+    def poll(self, timeout: float | None = None) -> int:
+        acknowledged, self._unacknowledged = self._unacknowledged, []
+        for on_delivery in acknowledged:
+            on_delivery(self.error, None)
+        return len(acknowledged)
+
+
 def kafka_error(code: int = KafkaError._TRANSPORT, reason: str = "broker gone", *,
                 fatal: bool = False, retriable: bool = False) -> KafkaException:
     return KafkaException(KafkaError(code, reason, fatal=fatal, retriable=retriable))
@@ -342,6 +364,7 @@ class FakeScript:
 class FakeRedis:
     def __init__(self) -> None:
         self.strings: dict[str, bytes] = {}
+        self.hashes: dict[str, dict[bytes, bytes]] = {}
         self.executed: list[Command] = []  # every command of every executed pipeline
         self.executions: list[list[Command]] = []  # the same, pipeline by pipeline
         # (key prefix, error): the next pipeline writing a key with that prefix raises it.
@@ -354,6 +377,27 @@ class FakeRedis:
 
     def pipeline(self, transaction: bool = True) -> FakePipeline:
         return FakePipeline(self)
+
+    # What the HTTP API calls outside pipelines: idempotency records and stored outcomes.
+
+    def get(self, name: str) -> bytes | None:
+        return self.strings.get(name)
+
+    def set(self, name: str, value: str | bytes, nx: bool = False,
+            ex: int | None = None) -> bool:
+        if nx and name in self.strings:
+            return False
+        self.strings[name] = value.encode() if isinstance(value, str) else value
+        return True
+
+    def delete(self, *names: str) -> int:
+        return sum(self.strings.pop(name, None) is not None for name in names)
+
+    def hgetall(self, name: str) -> dict[bytes, bytes]:
+        return dict(self.hashes.get(name, {}))
+
+    def ping(self) -> bool:
+        return True
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
         self.mget_calls.append(list(keys))

@@ -5,9 +5,14 @@ from __future__ import annotations
 import base64
 import json
 
+import msgspec
 import pytest
 
-from paysim.ops.audit import Finding, _scan_bytes, _scan_redis_key, mask_pans
+from paysim.domain.messages import DeadLetter
+from paysim.infra.config import load_settings
+from paysim.ops.audit import Finding, _scan_bytes, _scan_redis_key, mask_pans, scan_record
+
+TOPICS = load_settings({}, env={}).topics
 
 
 def scan(raw: bytes) -> list[Finding]:
@@ -41,6 +46,9 @@ def test_no_false_alarm(raw: bytes) -> None:
     # Written in groups, as the edge refuses them: the audit finds what the edge would refuse.
     (b"log: card 4111 1111 1111 1111 declined", "PAN-like 411111******1111"),
     (json.dumps({"note": "amex 3782-822463-10005"}).encode(), "PAN-like 378282*****0005"),
+    # As a name: in a field of times too, whose values alone are not scanned.
+    (json.dumps({"4111111111111111": "x"}).encode(), "PAN-like 411111******1111"),
+    (json.dumps({"stages": {"4111111111111111": 1}}).encode(), "PAN-like 411111******1111"),
 ])
 def test_card_data_is_found_and_masked(raw: bytes, what: str) -> None:
     assert Finding("here", what) in scan(raw)
@@ -49,6 +57,20 @@ def test_card_data_is_found_and_masked(raw: bytes, what: str) -> None:
 def test_a_grouped_card_number_is_masked_in_place() -> None:
     assert mask_pans("key paysim:idem:4111-1111-1111-1111 and 4242424242424242") == (
         "key paysim:idem:411111******1111 and 424242******4242")
+
+
+def test_json_nested_deeper_than_python_recurses_is_scanned_as_text() -> None:
+    raw = b"[" * 100_000 + b'"4111111111111111"' + b"]" * 100_000
+    assert scan(raw) == [Finding("here", "PAN-like 411111******1111")]
+
+
+def test_a_dead_letter_whose_original_is_no_base64_is_scanned_as_it_is() -> None:
+    letter = msgspec.json.encode(DeadLetter(
+        service="p", source_topic="t", partition=0, offset=0, key=None, at=0,
+        reason="4111111111111111", original="abc"))  # padding missing
+    findings: list[Finding] = []
+    scan_record(TOPICS, TOPICS.dlq, letter, "here", findings)
+    assert findings == [Finding("here", "PAN-like 411111******1111")]
 
 
 def test_a_digit_run_failing_luhn_is_not_a_card() -> None:

@@ -375,6 +375,13 @@ def test_text_without_a_card_number(text: str) -> None:
     assert not cards.contains_card_number(text)
 
 
+def test_card_numbers_in_text_are_replaced_and_nothing_else() -> None:
+    text = ("pay 4242 4242 4242 4242 and 378282246310005, not 4242424242424241 nor "
+            "tok_4242424242424242aa")
+    assert cards.redact_card_numbers(text) == (
+        "pay [card number] and [card number], not 4242424242424241 nor tok_4242424242424242aa")
+
+
 def test_every_luhn_valid_length_from_13_to_19_is_found_and_no_other() -> None:
     for length in range(10, 23):
         number = cards.luhn_complete("5" * (length - 1))

@@ -181,6 +181,17 @@ def test_an_unknown_field_named_with_a_surrogate_is_answered_in_valid_unicode() 
     assert error(body(**{"tip" + SURROGATE: 1})) == "unknown field 'tip?'"
 
 
+@pytest.mark.parametrize(("name", "expected"), [
+    ("4242424242424242", "[card number]"),
+    ("pan 4242 4242 4242 4242", "pan [card number]"),
+    # Masked before it is cut to 40 characters: the cut must not leave 12 of its digits.
+    ("p" * 30 + " 4242424242424242", "p" * 30 + " [card num..."),
+])
+def test_an_unknown_field_named_with_a_card_number_is_answered_without_it(
+        name: str, expected: str) -> None:
+    assert error(body(**{name: 1})) == f"unknown field '{expected}'"
+
+
 def test_a_surrogate_in_the_transaction_id_is_refused() -> None:
     with pytest.raises(BadRequest) as caught:
         transaction_id({"transaction_id": "t-" + SURROGATE})

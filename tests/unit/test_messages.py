@@ -111,6 +111,8 @@ def test_invalid_json_is_a_schema_error(raw: bytes) -> None:
     ("merchant", {"id": "m1", "name": "", "mcc": "5411", "country": "US"}),
     ("stages", {"requested": "soon"}),
     ("stages", [1, 2]),
+    ("stages", {"4242424242424242": 1}),  # stage names are words: a card number is none
+    ("stages", {"requested now": 1}),
     ("run_id", ""),
     ("run_id", "r" * 201),
     ("card", 123),

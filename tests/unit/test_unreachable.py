@@ -13,7 +13,7 @@ from tests.unit.test_cli_errors import assert_one_line_error
 
 DEAD_KAFKA = "127.0.0.1:1"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
-KAFKA_TIMEOUT_S = 2  # PAYSIM_KAFKA_TIMEOUT: short, so each test takes seconds
+KAFKA_TIMEOUT_S = 1  # PAYSIM_KAFKA_TIMEOUT: short, so each test takes seconds
 # What a command may take beyond the Kafka timeout: interpreter start, imports, one Redis
 # connection refused. A command that waits out librdkafka's own 30 s or more fails this.
 SLACK_S = 10
