@@ -28,6 +28,7 @@ from paysim.domain.messages import NOTIFIED, now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.files import writing
+from paysim.infra.kafka import error_text
 from paysim.load.generator import GeneratedPayment
 from paysim.load.ingress import Ingress, new_run_id, open_ingress
 from paysim.load.metrics import RunMetrics
@@ -166,13 +167,13 @@ class LoadRun:
                 raise PaysimError(self.errors[0])
         except KafkaException as exc:
             raise PaysimError(f"Kafka at {self.settings.kafka_bootstrap}: "
-                              f"{exc.args[0].str()}") from None
+                              f"{error_text(exc)}") from None
         except redis.RedisError as exc:
             raise PaysimError(f"Redis at {self.settings.redis_url}: {exc}") from None
         finally:
             self.stop.set()
             client.close()
-            if record:  # also when the run failed before sending (closing twice is harmless)
+            if record:  # also when the run failed before sending
                 record.close()
         with self.ledger.lock:
             lost = [pid for pid in self.ledger.intended if pid not in self.ledger.outcomes]
@@ -239,8 +240,6 @@ class LoadRun:
             if pool:
                 pool.shutdown(wait=True)
             ingress.finish()
-            if record:
-                record.close()
 
     def _wait_until(self, due: float) -> bool:
         while True:
