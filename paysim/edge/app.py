@@ -83,6 +83,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     ``health`` answers /healthz (checking runs in its own thread, started by the caller)."""
     app = Flask("paysim.http_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Werkzeug answers a path with "//" (a payment id holding %2F decodes to one) with an HTML
+    # 308 to the merged path; every answer here is JSON, so such a path is simply not found.
+    app.url_map.merge_slashes = False
     counters = Counters()
     app.extensions["paysim.counters"] = counters
     cipher = cards.CardCipher(keys.card_key)
