@@ -191,17 +191,17 @@ def _is_time_field(name: str) -> bool:
     return name in TIME_FIELDS or name.startswith("t_") or name == "stages"
 
 
-def _pans_in(text: str) -> list[str]:
-    """Card numbers as the edge refuses them (cards.card_numbers_in): standing alone, not
-    inside a hex token, a UUID or a base64 string, where digits border letters."""
-    return [digits for _, digits in cards.card_numbers_in(text)]
+def _pan_findings(text: str, where: str) -> list[Finding]:
+    """A finding for each card number in ``text``, as the edge refuses them
+    (cards.card_numbers_in): standing alone, not inside a hex token, a UUID or a base64
+    string, where digits border letters."""
+    return [Finding(where, f"PAN-like {cards.mask(digits)}")
+            for _, digits in cards.card_numbers_in(text)]
 
 
 def mask_pans(text: str) -> str:
     """``text`` with every card number the scan would find in it masked (first 6, last 4)."""
-    for (start, end), digits in reversed(cards.card_numbers_in(text)):
-        text = text[:start] + cards.mask(digits) + text[end:]
-    return text
+    return cards.replace_card_numbers(text, cards.mask)
 
 
 def _scan_value(value: Any, where: str, findings: list[Finding], name: str = "") -> None:
@@ -210,8 +210,7 @@ def _scan_value(value: Any, where: str, findings: list[Finding], name: str = "")
         findings.append(Finding(where, f"CVV field {name!r}"))
     if isinstance(value, dict):  # the names too, also of a field of times (stage names)
         for key in value:
-            for pan in _pans_in(str(key)):
-                findings.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
+            findings += _pan_findings(str(key), where)
     if name and _is_time_field(name):
         return
     if isinstance(value, dict):
@@ -221,8 +220,7 @@ def _scan_value(value: Any, where: str, findings: list[Finding], name: str = "")
         for item in value:
             _scan_value(item, where, findings, name)
     elif isinstance(value, str | int) and not isinstance(value, bool):
-        for pan in _pans_in(str(value)):
-            findings.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
+        findings += _pan_findings(str(value), where)
 
 
 def _scan_bytes(raw: bytes, where: str, findings: list[Finding]) -> None:
@@ -231,9 +229,7 @@ def _scan_bytes(raw: bytes, where: str, findings: list[Finding]) -> None:
     try:
         _scan_value(json.loads(text), where, found)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
-        found = []
-        for pan in _pans_in(text):
-            found.append(Finding(where, f"PAN-like {cards.mask(pan)}"))
+        found = _pan_findings(text, where)
         if re.search(r'"?(cvv2?|cvc2?)"?\s*[:=]', text, re.IGNORECASE):
             found.append(Finding(where, "CVV field"))
     findings.extend(found)
@@ -279,8 +275,7 @@ def scan_card_data(settings: Settings) -> tuple[list[Finding], dict[str, int]]:
 def _scan_redis_key(client: redis.Redis, key: bytes, findings: list[Finding]) -> None:
     """The key's name, then what it holds."""
     name = key.decode(errors="replace")
-    for pan in _pans_in(name):
-        findings.append(Finding(f"redis key {name}", f"PAN-like {cards.mask(pan)}"))
+    findings += _pan_findings(name, f"redis key {name}")
     _scan_redis(client, key, f"redis {name}", findings)
 
 
@@ -319,8 +314,7 @@ def _scan_log(path: Path, findings: list[Finding]) -> None:
     try:
         with path.open(errors="replace") as handle:
             for number, line in enumerate(handle, start=1):
-                for pan in _pans_in(line):
-                    findings.append(Finding(f"{path}:{number}", f"PAN-like {cards.mask(pan)}"))
+                findings += _pan_findings(line, f"{path}:{number}")
                 if re.search(r'"?(cvv2?|cvc2?)"?\s*[:=]\s*"?\d{3,4}', line, re.IGNORECASE):
                     findings.append(Finding(f"{path}:{number}", "CVV value"))
     except OSError:
