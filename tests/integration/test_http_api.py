@@ -794,13 +794,6 @@ def http_call(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[s
             return exc.code, json.loads(exc.read())
 
 
-def answers(url: str) -> bool:
-    try:
-        return http_call(url)[0] == 200
-    except OSError:
-        return False
-
-
 def secret_flags() -> dict[str, object]:
     return {f"secrets.{name}": base64.b64encode(os.urandom(32)).decode()
             for name in ("card_key", "token_key", "webhook_secret")}

@@ -14,9 +14,8 @@ from paysim.infra.config import Settings, settings_env
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import admin_client, client_config, read_topic
 from paysim.pipeline import registry, store
-from tests.helpers import run_paysim
+from tests.helpers import assert_one_line_error, run_paysim
 from tests.integration.kafka_helpers import produce_numbered
-from tests.unit.test_cli_errors import assert_one_line_error
 
 PARTITIONS = 4
 DEAD_KAFKA = "127.0.0.1:1"

@@ -16,8 +16,7 @@ from paysim.bench.results import build_results, targets
 from paysim.cli.bench import results_table
 from paysim.infra.waiting import wait_until
 from paysim.load.report import SCHEMA, Latency, LatencyBlock, Load, Outcomes, RunReport
-from tests.helpers import run_paysim
-from tests.unit.test_cli_errors import assert_one_line_error
+from tests.helpers import assert_one_line_error, run_paysim
 
 MIB = 2**20
 

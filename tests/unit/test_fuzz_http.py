@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from confluent_kafka import KafkaError
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
@@ -23,10 +23,8 @@ from paysim.domain.messages import Merchant, PaymentOutcome, encode
 from paysim.edge import health
 from paysim.edge.app import create_app
 from paysim.pipeline import store
+from tests.unit import fuzzing
 from tests.unit.fakes import KEYS, AckingProducer, FakeRedis, pure_settings
-
-FUZZ = settings(max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # Luhn-valid card numbers (a test card among them), planted in fields, ids and headers.
 PANS = ("4242424242424242", "4000000000000002", "5555555555554444", "378282246310005",
@@ -45,11 +43,7 @@ texts = st.one_of(
     st.builds(lambda before, pan, after: before + pan + after,
               st.text(max_size=8), st.sampled_from(PANS + GROUPED), st.text(max_size=8)),
 )
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-    max_leaves=12)
+json_values = fuzzing.json_values(texts)
 # Values near what each field takes, so that requests get past the shape checks too.
 NEAR: dict[str, st.SearchStrategy[Any]] = {
     "card_number": st.sampled_from(PANS + GROUPED + ("4242424242424241", "")),
@@ -154,7 +148,7 @@ def check_answer(response: TestResponse) -> None:
     assert not cards.contains_card_number(text), text
 
 
-@FUZZ
+@fuzzing.FUZZ
 @given(post=posts, sent=headers, world=worlds)
 # What the fuzz found first, kept as fixed cases: a card number as an unknown field's name,
 # and as the id of a payment to notify about, came back in the error.
@@ -171,7 +165,7 @@ def test_any_post_body_and_headers_get_a_json_answer_without_a_card_number(
         check_answer(app.post(path, data=body, headers=sent))
 
 
-@FUZZ
+@fuzzing.FUZZ
 @given(payment_id=payment_ids, sent=headers, world=worlds)
 @example(payment_id="4242424242424242", sent={}, world="up")
 @example(payment_id="/0", sent={}, world="up")  # %2F: once an HTML 308 redirect

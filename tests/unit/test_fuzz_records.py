@@ -13,7 +13,7 @@ from typing import Any
 from unittest import mock
 
 import msgspec
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from paysim.domain import cards, decisions
@@ -30,11 +30,10 @@ from paysim.ops import audit
 from paysim.pipeline import loop
 from paysim.pipeline.registry import AUTHORIZER, NOTIFIER, PROCESSOR
 from paysim.pipeline.service import ServiceSpec
+from tests.unit import fuzzing
 from tests.unit.fakes import KEYS, FakeMessage, pure_settings
 from tests.unit.test_service_loop import Harness
 
-FUZZ = settings(max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SETTINGS = pure_settings({"services.batch_size": 4, "issuer.decline_rate": 0,
                           "issuer.fault_rate": 0})
 PANS = ("4242424242424242", "4000000000000002", "5555555555554444", "378282246310005",
@@ -46,11 +45,7 @@ texts = st.one_of(
     st.builds(lambda before, pan: before + pan, st.text(max_size=6), st.sampled_from(PANS)),
 )
 int64 = st.integers(-(2**63), 2**63 - 1)
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-    max_leaves=12)
+json_values = fuzzing.json_values(texts)
 merchants = st.builds(
     lambda id_, name, mcc, country: {"id": id_, "name": name, "mcc": mcc, "country": country},
     st.sampled_from(["m-1", ""]) | texts, st.sampled_from(["Shop"]) | texts,
@@ -155,7 +150,7 @@ CODECS = [Codec(kind) for kind in (PaymentRequested, PaymentAuthorized, PaymentO
 MESSAGE_KINDS = (PaymentRequested, PaymentAuthorized, PaymentOutcome)
 
 
-@FUZZ
+@fuzzing.FUZZ
 @given(raw=st.one_of(*(records(kind) for kind in MESSAGE_KINDS)))
 @example(raw=b"[" * 100_000 + b"]" * 100_000)
 def test_every_codec_gives_a_typed_message_or_a_one_line_schema_error(raw: bytes | None) -> None:
@@ -201,7 +196,7 @@ def check_no_clear_card_number(harness: Harness) -> None:
     assert findings == [], findings
 
 
-@FUZZ
+@fuzzing.FUZZ
 @given(values=st.lists(records(PaymentRequested), min_size=1, max_size=6))
 def test_the_authorizer_answers_every_record_and_lets_no_card_number_through(
     values: list[bytes | None],
@@ -211,13 +206,13 @@ def test_the_authorizer_answers_every_record_and_lets_no_card_number_through(
     check_no_clear_card_number(harness)
 
 
-@FUZZ
+@fuzzing.FUZZ
 @given(values=st.lists(records(PaymentAuthorized), min_size=1, max_size=6))
 def test_the_processor_answers_every_record(values: list[bytes | None]) -> None:
     check_every_record_answered(run_service(PROCESSOR, values), values)
 
 
-@FUZZ
+@fuzzing.FUZZ
 @given(values=st.lists(records(PaymentOutcome), min_size=1, max_size=6))
 def test_the_notifier_answers_every_record(values: list[bytes | None]) -> None:
     check_every_record_answered(run_service(NOTIFIER, values), values)
@@ -237,7 +232,7 @@ def dead_letters() -> st.SearchStrategy[bytes]:
         | texts, texts)
 
 
-@FUZZ
+@fuzzing.FUZZ
 @given(raw=st.one_of(*(records(kind) for kind in MESSAGE_KINDS), dead_letters()),
        topic=st.sampled_from(["authorized", "dlq"]))
 @example(raw=b"[" * 100_000 + b"]" * 100_000, topic="authorized")

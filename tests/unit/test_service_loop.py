@@ -453,10 +453,10 @@ def test_a_rewind_leaves_partitions_taken_meanwhile_to_their_new_owner() -> None
 
 
 def renewing_harness(records: list[FakeMessage]) -> Harness:
-    """Batches of two; a call is given up after 0.3 s (a 0.1 s timeout and 0.2 s of grace):
+    """Batches of two; a call is given up after 1 s (a 0.3 s timeout and 0.7 s of grace):
     short for a test, long beside what a fake call takes even on a busy machine."""
     harness = Harness(records, settings=pure_settings({"services.batch_size": 2}))
-    harness.loop.call_timeout, harness.loop.call_grace = 0.1, 0.2
+    harness.loop.call_timeout, harness.loop.call_grace = 0.3, 0.7
     return harness
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_paysim
-from tests.unit.test_cli_errors import assert_one_line_error
+from tests.helpers import assert_one_line_error, run_paysim
 
 DEAD_KAFKA = "127.0.0.1:1"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
