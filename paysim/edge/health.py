@@ -116,7 +116,7 @@ class HealthChecker(threading.Thread):
         except redis.RedisError as exc:
             return f"does not answer ({type(exc).__name__})", unknown
         try:
-            running = {beat.service for beat in store.read_heartbeats(self.redis).values()}
+            running = store.running_services(self.redis)
         except redis.RedisError as exc:
             return f"heartbeats unreadable ({type(exc).__name__})", unknown
         return OK, {spec.name: "up" if spec.name in running else "down" for spec in PIPELINE}

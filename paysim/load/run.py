@@ -39,7 +39,7 @@ def require_services(settings: Settings, via: str) -> None:
     pipeline service, and the HTTP edge when payments go through it."""
     client = store.connect(settings)
     try:
-        running = {beat.service for beat in store.read_heartbeats(client).values()}
+        running = store.running_services(client)
     except redis.RedisError as exc:
         raise store.unreachable(settings, exc) from None
     finally:

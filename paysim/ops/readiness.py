@@ -11,6 +11,7 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import cluster_metadata
 from paysim.infra.topics import ensure_topics
+from paysim.pipeline import store
 from paysim.stack.manager import LocalStack
 
 Announce = Callable[[str], None]
@@ -20,7 +21,7 @@ def answering(settings: Settings) -> tuple[bool, bool]:
     """(Kafka answers, Redis answers) at the configured addresses."""
     kafka = cluster_metadata({"bootstrap.servers": settings.kafka_bootstrap,
                               **settings.kafka.client}, timeout=3) is not None
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    client = store.connect(settings, timeout=3.0)
     try:
         redis_ok = bool(client.ping())
     except redis.RedisError:

@@ -65,7 +65,7 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
                   boot_ticks=boot_ticks(os.getpid()) or 0,
                   details={"counts": counts}).save(record_path(settings))
     supervisor = None
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    client = store.connect(settings, timeout=3.0)
     try:
         prepare_run(settings, announce)
         supervisor = Supervisor(settings, counts, announce)
@@ -111,7 +111,7 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
             stderr=subprocess.STDOUT, start_new_session=True, umask=PRIVATE_UMASK,
             env={**os.environ, **settings_env(settings)},
         )
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    client = store.connect(settings, timeout=3.0)
     wanted = set(registry.instance_names(counts))
 
     def all_up() -> bool:

@@ -421,9 +421,7 @@ class ServiceLoop(Generic[T]):
         goes on acquiring its producer id after the call gave up, and a producer dropped then
         would get an epoch newer than its successor's and fence it."""
         self.log.warning("renewing the Kafka clients: %s", self._unhealthy)
-        if self._consumer_open:
-            self._consumer_open = False
-            self._close_consumer()
+        self._close_consumer()
         if self._producer_spent:
             self._replace_producer()
         try:
@@ -463,7 +461,11 @@ class ServiceLoop(Generic[T]):
                                     "that never returned")
 
     def _close_consumer(self) -> None:
-        """Close the consumer, within CLOSE_TIMEOUT_S: a close that hangs stays behind."""
+        """Close the consumer if it is open, within CLOSE_TIMEOUT_S: a close that hangs stays
+        behind."""
+        if not self._consumer_open:
+            return
+        self._consumer_open = False
         closer = CallWorker(self.consumer, f"{self.service.name}-consumer-close")
         try:
             closer.call(self.consumer.close, wait=CLOSE_TIMEOUT_S)
@@ -522,9 +524,7 @@ class ServiceLoop(Generic[T]):
             self.log.warning("heartbeat not written: %s", exc)
 
     def _close(self) -> None:
-        if self._consumer_open:
-            self._consumer_open = False
-            self._close_consumer()
+        self._close_consumer()
         if not self.worker.stuck:  # else a flush would only queue behind the hung call
             try:
                 self.worker.call(self.producer.flush, 10, wait=10 + self.call_grace)

@@ -172,6 +172,11 @@ def read_heartbeats(client: redis.Redis,
     return beats
 
 
+def running_services(client: redis.Redis) -> set[str]:
+    """The services with at least one instance that reported lately ("processor", ...)."""
+    return {beat.service for beat in read_heartbeats(client).values()}
+
+
 def clear_heartbeat(client: redis.Redis, service: str, instance: int) -> None:
     """A clean stop says so at once instead of letting the heartbeat expire."""
     with contextlib.suppress(redis.RedisError):  # else it expires on its own
