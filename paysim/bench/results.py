@@ -12,7 +12,6 @@ from paysim.bench.resources import Usage
 from paysim.pipeline import registry
 
 SCHEMA = "paysim-bench/1"
-SERVICES = tuple(spec.name for spec in registry.PIPELINE)
 MIB = 2**20
 
 # The targets of the performance issue, on a 2-core machine running everything.
@@ -64,7 +63,7 @@ def targets(saturation: dict[str, Any], open_model: list[dict[str, Any]],
             found.append(Target(f"p99 end to end at {OPEN_MODEL_RATE:,.0f}/s open model",
                                 f"<= {OPEN_MODEL_P99_MAX_MS:g} ms", f"{p99:,.1f} ms",
                                 p99 <= OPEN_MODEL_P99_MAX_MS and phase["lost"] == 0))
-    for name in SERVICES:
+    for name in registry.PIPELINE_NAMES:
         if name in resources:
             growth = resources[name]["rss_growth_pct"]
             found.append(Target(f"{name} RSS growth, first to last tenth of the saturation run",

@@ -37,8 +37,7 @@ from paysim.stack.ports import free_port, private_stack_flags
 from paysim.stack.prerequisites import find_java, find_redis_server
 
 Announce = Callable[[str], None]
-SERVICE_NAMES = tuple(spec.name for spec in registry.PIPELINE)
-SERVICES = tuple(f"{name}-0" for name in SERVICE_NAMES)
+SERVICES = tuple(f"{name}-0" for name in registry.PIPELINE_NAMES)
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000
 # Enough for the broker's JIT and for each service to reach the memory it holds under load
@@ -157,8 +156,8 @@ def reference_figures(settings: Settings, payloads: list[bytes], count: int,
 def running_services(settings: Settings) -> Iterator[dict[str, int]]:
     """The services as `paysim run-all --detach` starts them (the same core), their pids;
     stopped on the way out."""
-    start_in_background(settings, {name: 1 for name in SERVICE_NAMES}, [
-        "run-all", "--no-live", *(f"--{name}s=1" for name in SERVICE_NAMES)])
+    start_in_background(settings, {name: 1 for name in registry.PIPELINE_NAMES}, [
+        "run-all", "--no-live", *(f"--{name}s=1" for name in registry.PIPELINE_NAMES)])
     try:
         yield service_pids(settings)
     finally:

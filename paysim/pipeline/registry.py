@@ -43,6 +43,7 @@ HTTP = ServiceSpec("http", "the HTTP API (the seed's endpoints)", scalable=False
 PIPELINE: tuple[ServiceSpec, ...] = (AUTHORIZER, PROCESSOR, NOTIFIER)
 ALL: tuple[ServiceSpec, ...] = (*PIPELINE, HTTP)
 NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL)
+PIPELINE_NAMES: tuple[str, ...] = tuple(spec.name for spec in PIPELINE)
 
 
 def by_name(name: str) -> ServiceSpec:
