@@ -61,19 +61,32 @@ def audit(ctx: click.Context, settings: Settings, run_id: str | None, pci: bool,
         row("doubled (more than one outcome)", report.doubled_count, bool(report.doubled_count))
         row("Redis and results topic disagree", report.disagreeing_count,
             bool(report.disagreeing_count))
-        row("card ledgers checked", report.ledgers_checked, False)
-        row("ledgers not matching approvals", len(report.ledger_mismatches),
-            bool(report.ledger_mismatches))
+        row("card books checked", report.ledgers_checked, False)
+        row("payment records checked", report.records_checked, False)
+        row("books or records not adding up", report.ledger_mismatch_count,
+            bool(report.ledger_mismatch_count))
+        row("currencies whose books do not sum to zero", len(report.unbalanced),
+            bool(report.unbalanced))
+        row("holds open (within their TTL)", report.holds_open, False)
+        row("holds past their TTL", len(report.holds_overdue), bool(report.holds_overdue))
         console.print(table)
+        if report.balances:
+            money = Table("currency", "account", "balance", title="where the money is")
+            for currency, kinds in report.balances.items():
+                for kind, value in kinds.items():
+                    money.add_row(safe(currency), safe(kind), f"{value:,}")
+                money.add_row(safe(currency), "[b]sum[/]", f"[b]{sum(kinds.values()):,}[/]")
+            console.print(money)
         for name, ids in (("lost", report.lost), ("doubled", report.doubled),
                           ("disagreeing", report.disagreeing)):
             if ids:
                 console.print(f"{name} (first {LISTED}): {safe(', '.join(ids))}")
+        if report.holds_overdue:
+            console.print(f"holds past their TTL (first {LISTED}): "
+                          f"{safe(', '.join(report.holds_overdue))}")
         for mismatch in report.ledger_mismatches[:LISTED]:
-            console.print(f"ledger {safe(mismatch.run_id)} {safe(mismatch.token)} "
-                          f"{safe(mismatch.currency)}: "
-                          f"spent {mismatch.ledger_spent} in {mismatch.ledger_debits} debits, "
-                          f"approved {mismatch.approved_total} in {mismatch.approved_count}")
+            console.print(f"ledger {safe(mismatch.run_id)} card {safe(mismatch.token)} "
+                          f"payment {safe(mismatch.payment_id or '-')}: {safe(mismatch.what)}")
     if run_id is not None and report.sent == 0:
         err_console.print(f"[red]no payment of run {safe(run_id)} on "
                           f"{safe(settings.topics.requested)}[/]")

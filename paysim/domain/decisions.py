@@ -20,19 +20,25 @@ class Status(StrEnum):
 REASONS: dict[str, str] = {
     "00": "approved",
     "05": "do not honour",
+    "10": "partial approval",
     "12": "invalid currency (not ISO 4217)",
     "13": "invalid amount",
     "14": "invalid card number",
+    "17": "reversed before it was authorized",
+    "25": "payment not found",
     "41": "lost card",
     "43": "stolen card",
     "51": "insufficient funds",
     "54": "expired card",
+    "57": "not permitted in the payment's state",
     "61": "exceeds amount limit",
     "91": "issuer unavailable",
     "96": "system malfunction",
     "N7": "CVV check failed",
 }
 APPROVED = "00"
+PARTIALLY_APPROVED = "10"
+APPROVING = frozenset({APPROVED, PARTIALLY_APPROVED})  # answers whose status is approved
 
 
 def reason_text(code: str) -> str:

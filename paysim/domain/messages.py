@@ -12,6 +12,7 @@ import time
 import typing
 import uuid
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -73,6 +74,14 @@ CallbackUrl = Annotated[str, msgspec.Meta(description="an http:// or https:// UR
                         Check(valid_callback_url, "an http(s) URL"), NoCardNumber]
 
 
+class CaptureMode(StrEnum):
+    """automatic: the authorization is captured at once (one message, as before the
+    lifecycle); manual: the issuer holds the amount until a capture, void or expiry."""
+
+    AUTOMATIC = "automatic"
+    MANUAL = "manual"
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -96,6 +105,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     merchant: Merchant
     callback_url: CallbackUrl | None = None
     stages: dict[StageName, int]
+    capture: CaptureMode = CaptureMode.AUTOMATIC
+    partial_approval: bool = False  # the issuer may approve less than asked (code 10)
 
 
 class PaymentRequested(Message, frozen=True, kw_only=True):
@@ -106,8 +117,9 @@ class PaymentRequested(Message, frozen=True, kw_only=True):
 
 def new_payment_request(card: cards.CardBlock, cipher: cards.CardCipher, *, run_id: str,
                         seq: int, amount: int, currency: str, merchant: Merchant,
-                        callback_url: str | None,
-                        requested_at: int | None = None) -> PaymentRequested:
+                        callback_url: str | None, requested_at: int | None = None,
+                        capture: CaptureMode = CaptureMode.AUTOMATIC,
+                        partial_approval: bool = False) -> PaymentRequested:
     """A payment entering the pipeline, under a new payment id: its card sealed for the
     authorizer and bound to that id, its ``requested`` stage at ``requested_at`` (now)."""
     payment_id = str(uuid.uuid4())
@@ -115,6 +127,7 @@ def new_payment_request(card: cards.CardBlock, cipher: cards.CardCipher, *, run_
     return PaymentRequested(
         payment_id=payment_id, run_id=run_id, seq=seq, amount=amount, currency=currency,
         merchant=merchant, callback_url=callback_url, stages={REQUESTED: at},
+        capture=capture, partial_approval=partial_approval,
         card=cipher.encrypt(card, payment_id.encode()),
     )
 
@@ -139,6 +152,62 @@ class PaymentOutcome(Message, frozen=True, kw_only=True):
     token: str | None = None
     masked_pan: str | None = None
     network: str | None = None
+    approved_amount: int | None = None  # what the issuer approved: less than asked on a 10
+
+
+class OperationKind(StrEnum):
+    """What can happen to a payment after its authorization."""
+
+    CAPTURE = "capture"
+    INCREMENT = "increment"
+    VOID = "void"
+    EXPIRE = "expire"
+    REVERSE = "reverse"
+    REFUND = "refund"
+    DISPUTE = "dispute"
+    RESOLVE = "resolve"
+
+
+OperationId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,80}\Z")]
+DisputeReason = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,2}(\.[0-9]{1,2})?\Z|^[0-9]{4}\Z",
+                                            description="a network's dispute reason code")]
+
+
+class OperationRequested(msgspec.Struct, frozen=True, kw_only=True):
+    """On payments.operations, keyed by card token: one operation on one payment, applied
+    once (``op_id`` is its idempotency key) by the lifecycle service."""
+
+    v: int = SCHEMA_VERSION
+    op_id: OperationId
+    kind: OperationKind
+    payment_id: Uuid
+    run_id: Text
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    amount: Annotated[int, msgspec.Meta(gt=0)] | None = None  # None: all there is
+    final: bool = False  # a capture that releases the rest of the hold
+    reason_code: DisputeReason | None = None  # a dispute's
+    won: bool | None = None  # a dispute resolution's
+    requested_at: int
+
+
+class PaymentEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """On payments.events, keyed by card token: one change in a payment's life, with the
+    ISO 8583 message type it corresponds to (none for disputes and settlement, which card
+    networks carry in clearing files, not in 0xxx messages)."""
+
+    v: int = SCHEMA_VERSION
+    event_id: str
+    kind: str
+    payment_id: str
+    run_id: str
+    op_id: str
+    amount: int
+    currency: str
+    merchant_id: str
+    network: str
+    mti: str | None
+    state: str  # the payment's state after it
+    at: int
 
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True):

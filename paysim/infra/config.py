@@ -181,8 +181,9 @@ OPTIONS: tuple[Option, ...] = (
            "URL"),
     Option("redis.outcome_ttl", _whole_number(1), lambda: 3600,
            "seconds an outcome stays in Redis (the seed's one hour)"),
-    Option("redis.ledger_ttl", _whole_number(1), lambda: 86400,
-           "seconds a run's card ledger stays in Redis"),
+    Option("redis.ledger_ttl", _whole_number(1), lambda: 8 * 86400,
+           "seconds a run's card books and payment records stay in Redis: how long a payment "
+           "can still be captured, refunded or disputed (keep it above lifecycle.hold_ttl)"),
     Option("stack.dir", _path, lambda: _data_home() / "paysim" / "stack",
            "where the local stack keeps its data, configs, logs and pid records", "--stack-dir",
            "DIR"),
@@ -209,6 +210,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("topics.notifications", _text, lambda: "payments.notifications",
            "client notifications"),
     Option("topics.dlq", _text, lambda: "payments.dlq", "dead letters"),
+    Option("topics.operations", _text, lambda: "payments.operations",
+           "captures, voids, refunds and the other operations on payments"),
+    Option("topics.events", _text, lambda: "payments.events",
+           "every change in a payment's life"),
+    Option("lifecycle.hold_ttl", _seconds, lambda: 7 * 86400.0,
+           "seconds an uncaptured hold lasts before it expires"),
     Option("http.host", _text, lambda: "127.0.0.1", "address the HTTP API listens on",
            "--http-host", "HOST"),
     Option("http.port", _port, lambda: 8080, "port of the HTTP API", "--http-port", "PORT"),
@@ -280,9 +287,12 @@ class TopicSettings:
     results: str
     notifications: str
     dlq: str
+    operations: str
+    events: str
 
     def names(self) -> list[str]:
-        return [self.requested, self.authorized, self.results, self.notifications, self.dlq]
+        return [self.requested, self.authorized, self.results, self.notifications, self.dlq,
+                self.operations, self.events]
 
 
 @dataclass(frozen=True)
@@ -296,6 +306,11 @@ class IssuerSettings:
     decline_rate: float
     fault_rate: float
     max_amount_usd: float
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    hold_ttl: float  # seconds
 
 
 @dataclass(frozen=True)
@@ -328,6 +343,7 @@ class Settings:
     topics: TopicSettings
     http: HttpSettings
     issuer: IssuerSettings
+    lifecycle: LifecycleSettings
     webhook: WebhookSettings
     secrets: SecretSettings
     services: ServiceSettings
@@ -355,7 +371,7 @@ class Settings:
 
 _SECTIONS = {"kafka": KafkaSettings, "redis": RedisSettings, "stack": StackSettings,
              "topics": TopicSettings, "http": HttpSettings, "issuer": IssuerSettings,
-             "webhook": WebhookSettings, "secrets": SecretSettings,
+             "lifecycle": LifecycleSettings, "webhook": WebhookSettings, "secrets": SecretSettings,
              "services": ServiceSettings}
 
 

@@ -21,23 +21,30 @@ from typing import Any
 import redis
 
 from paysim.domain import cards
-from paysim.domain.messages import Codec, DeadLetter, PaymentOutcome, PaymentRequested, SchemaError
+from paysim.domain.messages import (
+    Codec,
+    DeadLetter,
+    PaymentOutcome,
+    PaymentRequested,
+    SchemaError,
+    now_us,
+)
 from paysim.infra.config import Settings, TopicSettings
 from paysim.infra.kafka import read_topic
-from paysim.pipeline import store
+from paysim.ops import ledger_checks
+from paysim.pipeline import ledger_store, store
 
 LISTED = 20  # ids listed per finding; the counts are complete
 
 
 @dataclass
 class LedgerMismatch:
+    """One thing in a card's book or its payments' records that does not add up."""
+
     run_id: str
     token: str
-    currency: str
-    ledger_spent: int
-    approved_total: int
-    ledger_debits: int
-    approved_count: int
+    payment_id: str | None  # None: the card's book as a whole
+    what: str
 
 
 @dataclass
@@ -54,12 +61,20 @@ class AuditReport:
     disagreeing: list[str] = field(default_factory=list)  # Redis and results topic differ
     disagreeing_count: int = 0
     ledger_mismatches: list[LedgerMismatch] = field(default_factory=list)
+    ledger_mismatch_count: int = 0
     ledgers_checked: int = 0
+    records_checked: int = 0
+    # Per currency, each account kind's balance over every book checked ("card",
+    # "merchant pending", "interchange income", ...) and their sum, which must be zero.
+    balances: dict[str, dict[str, int]] = field(default_factory=dict)
+    unbalanced: dict[str, int] = field(default_factory=dict)  # currency -> non-zero sum
+    holds_open: int = 0  # held and within their TTL
+    holds_overdue: list[str] = field(default_factory=list)  # past their TTL, still held
 
     @property
     def ok(self) -> bool:
         return not (self.lost_count or self.doubled_count or self.disagreeing_count
-                    or self.ledger_mismatches)
+                    or self.ledger_mismatch_count or self.unbalanced or self.holds_overdue)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -135,43 +150,54 @@ def _reconcile(settings: Settings, client: redis.Redis, run_id: str | None) -> A
 
 def _check_ledgers(client: redis.Redis, results: dict[str, list[PaymentOutcome]],
                    report: AuditReport) -> None:
-    """Each card's ledger against its approved payments: spent == sum of approved amounts per
-    currency, debits == approved count (a payment debited twice shows in both)."""
-    approved: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    approved_count: Counter[tuple[str, str]] = Counter()
+    """Every card's book and its payments' records (ledger_checks.check_card), and money
+    conserved over all of them."""
+    by_card: dict[tuple[str, str], list[PaymentOutcome]] = defaultdict(list)
     for records in results.values():
         outcome = records[0]
-        if outcome.status == "approved" and outcome.token:
-            approved[(outcome.run_id, outcome.token)][outcome.currency] += outcome.amount
-            approved_count[(outcome.run_id, outcome.token)] += 1
-    cards_seen = {(o[0].run_id, o[0].token) for o in results.values()
-                  if o[0].token and o[0].reason_code in ("00", "51", "61")}
-    keys = sorted(cards_seen)
-    pipe = client.pipeline(transaction=False)
-    for run, token in keys:
-        pipe.hgetall(store.ledger_key(run, token))
-    for (run, token), raw in zip(keys, pipe.execute(), strict=True):
-        ledger = {k.decode(): int(v) for k, v in raw.items()}
-        report.ledgers_checked += 1
-        debits = ledger.get("debits", 0)
-        currencies = {k.split(":", 1)[1] for k in ledger if k.startswith("spent:")}
-        currencies |= set(approved[(run, token)])
-        for currency in sorted(currencies):
-            spent = ledger.get(f"spent:{currency}", 0)
-            total = approved[(run, token)][currency]
-            if spent != total:
-                report.ledger_mismatches.append(LedgerMismatch(
-                    run, token, currency, spent, total, debits, approved_count[(run, token)]))
-        if not currencies and debits != approved_count[(run, token)]:
-            report.ledger_mismatches.append(LedgerMismatch(
-                run, token, "-", 0, 0, debits, approved_count[(run, token)]))
+        if outcome.token:
+            by_card[(outcome.run_id, outcome.token)].append(outcome)
+    now = now_us()
+    totals: dict[str, Counter[str]] = defaultdict(Counter)
+    cards_l = sorted(by_card)
+    for start in range(0, len(cards_l), 500):
+        chunk = cards_l[start:start + 500]
+        pipe = client.pipeline(transaction=False)
+        for run, token in chunk:
+            pipe.hgetall(ledger_store.card_key(run, token))
+            for outcome in by_card[(run, token)]:
+                pipe.get(ledger_store.record_key(run, token, outcome.payment_id))
+        replies = iter(pipe.execute())
+        for run, token in chunk:
+            book = ledger_store.book_from_hash(next(replies))
+            outcomes = by_card[(run, token)]
+            records = {o.payment_id: ledger_store.decode_record(raw) if raw else None
+                       for o, raw in zip(outcomes, [next(replies) for _ in outcomes],
+                                         strict=True)}
+            report.ledgers_checked += 1
+            report.records_checked += sum(record is not None for record in records.values())
+            check = ledger_checks.check_card(book, outcomes, records, now)
+            for payment_id, what in check.problems:
+                report.ledger_mismatch_count += 1
+                if len(report.ledger_mismatches) < LISTED:
+                    report.ledger_mismatches.append(LedgerMismatch(run, token, payment_id, what))
+            report.holds_open += check.holds_open
+            for payment_id in check.holds_overdue:
+                if len(report.holds_overdue) < LISTED:
+                    report.holds_overdue.append(payment_id)
+            for (currency, kind), value in ledger_checks.account_kinds(book).items():
+                totals[currency][kind] += value
+    report.balances = {currency: dict(sorted(kinds.items()))
+                       for currency, kinds in sorted(totals.items())}
+    report.unbalanced = {currency: total for currency, kinds in report.balances.items()
+                         if (total := sum(kinds.values()))}
 
 
 # ------------------------------------------------------------------------- card data scan
 
 CVV_NAMES = {"cvv", "cvc", "cvv2", "cvc2", "csc", "card_verification"}
-# Fields that hold 16-digit microsecond timestamps, which pass Luhn one time in ten.
-TIME_FIELDS = {"at", "notified_at", "seen_at", "started_at"}
+# Fields that hold 16-digit microsecond timestamps, which pass Luhn one time in ten: "at",
+# any "..._at" (notified_at, hold_expires_at, requested_at), "t_..." and the stages.
 
 
 @dataclass(frozen=True)
@@ -188,7 +214,8 @@ class Finding:
 
 
 def _is_time_field(name: str) -> bool:
-    return name in TIME_FIELDS or name.startswith("t_") or name == "stages"
+    return (name == "at" or name.endswith("_at") or name.startswith("t_")
+            or name == "stages")
 
 
 def _pan_findings(text: str, where: str) -> list[Finding]:

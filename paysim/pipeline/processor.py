@@ -1,4 +1,5 @@
-"""Processor: the issuer. Settles each authorized payment against its card's ledger."""
+"""Processor: the issuer. Answers each authorized payment from its card's funds and limits
+and holds (and, unless the capture is manual, captures) the amount on the ledger."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from paysim.domain import decisions, money
+from paysim.domain import decisions, lifecycle, money
 from paysim.domain.decisions import IssuerRates, Status
 from paysim.domain.messages import (
     PROCESSED,
@@ -20,6 +21,8 @@ from paysim.domain.messages import (
 )
 from paysim.infra.config import Settings
 from paysim.pipeline import store
+from paysim.pipeline.events import event_outputs
+from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
 from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 
 
@@ -38,8 +41,9 @@ class Processor(Service[PaymentAuthorized]):
     def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
         super().__init__(spec, settings, redis_client)
         self.rates = IssuerRates(settings.issuer.decline_rate, settings.issuer.fault_rate)
-        self.settle = redis_client.register_script(store.SETTLE_LUA)
-        self._answers: dict[str, str] = {}
+        self.ledger = LedgerStore(redis_client, settings.redis.ledger_ttl)
+        self._answers: dict[str, str] = {}  # the issuer's own answers, before the ledger
+        self._changes: dict[str, lifecycle.Change] = {}
         self._rejected: dict[str, str] = {}
         self._run_rates: dict[str, IssuerRates] = {}
 
@@ -65,54 +69,80 @@ class Processor(Service[PaymentAuthorized]):
             return self.rates
 
     def prepare(self, items: list[PaymentAuthorized]) -> None:
-        """Issuer prechecks, then one pipeline of ledger settlements for the rest."""
-        self._answers = {}
-        to_settle = []
+        """Issuer prechecks, then the ledger's answer for the rest (one read, one write)."""
+        self._answers, self._changes, self._rejected = {}, {}, {}
+        to_settle: dict[CardRef, list[PaymentAuthorized]] = {}
         rates = self._rates_for({item.run_id for item in items})
         now = now_us()
         latency_ms = max((rates[item.run_id].added_latency_ms for item in items), default=0.0)
         if latency_ms > 0:
             time.sleep(latency_ms / 1000)  # the issuer answering slowly, once per batch
-        self._rejected: dict[str, str] = {}
         for item in items:
-            if not money.is_currency(item.currency):  # the authorizer never passes one on
+            # The authorizer never passes these on; a record written past it may.
+            if not money.is_currency(item.currency):
                 self._rejected[item.payment_id] = f"unknown currency {item.currency!r}"
+                continue
+            if item.amount <= 0:
+                self._rejected[item.payment_id] = f"amount {item.amount} is not positive"
                 continue
             answer = decisions.issuer_precheck(item.test_reason, rates[item.run_id], now,
                                                *issuer_identity(item))
             if answer is None:
-                to_settle.append(item)
+                to_settle.setdefault(CardRef(item.run_id, item.token), []).append(item)
             else:
                 self._answers[item.payment_id] = answer
         if not to_settle:
             return
         # The daily limit counts by the day the issuer processes the payment, in UTC.
         day = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%d")
-        keys: list[str] = []
-        args: list[object] = [self.settings.redis.ledger_ttl, day]
-        for item in to_settle:
-            profile = decisions.card_profile(item.token, item.test_reason)
-            keys += (store.ledger_key(item.run_id, item.token),
-                     store.settle_marker_key(item.payment_id))
-            args += (item.amount, item.currency,
-                     money.minor_units(profile.credit_limit_usd, item.currency),
-                     money.minor_units(profile.daily_limit_usd, item.currency))
-        answers = self.settle(keys=keys, args=args)
-        for item, answer in zip(to_settle, answers, strict=True):
-            self._answers[item.payment_id] = answer.decode()  # a reason code, as bytes
+        hold_ttl_us = round(self.settings.lifecycle.hold_ttl * 1e6)
+
+        def decide_card(card: CardRef, snapshot: CardSnapshot) -> CardWrite:
+            write = CardWrite()
+            for item in to_settle[card]:
+                before = snapshot.records[item.payment_id]
+                change = lifecycle.authorize(self._authorization(item), before,
+                                             snapshot.funds(item.currency), now, hold_ttl_us)
+                snapshot.take(change)
+                write.take(change, before, day)
+                self._changes[item.payment_id] = change
+            return write
+
+        self.ledger.settle({card: ({item.currency for item in batch},
+                                   {item.payment_id for item in batch}, set())
+                            for card, batch in to_settle.items()}, day, decide_card)
+
+    @staticmethod
+    def _authorization(item: PaymentAuthorized) -> lifecycle.Authorization:
+        profile = decisions.card_profile(item.token, item.test_reason)
+        return lifecycle.Authorization(
+            payment_id=item.payment_id, run_id=item.run_id, token=item.token,
+            amount=item.amount, currency=item.currency, merchant_id=item.merchant.id,
+            network=item.network, capture=item.capture,
+            partial_approval=item.partial_approval,
+            credit_limit=money.minor_units(profile.credit_limit_usd, item.currency),
+            daily_limit=money.minor_units(profile.daily_limit_usd, item.currency),
+            callback_url=item.callback_url)
 
     def decide(self, item: PaymentAuthorized, pipe: redis.client.Pipeline) -> list[Output]:
         if item.payment_id in self._rejected:
             raise Rejected(self._rejected[item.payment_id])
-        code = self._answers[item.payment_id]
+        change = self._changes.get(item.payment_id)
+        code = self._answers[item.payment_id] if change is None else change.answer.code
+        approved = code in decisions.APPROVING
         outcome = PaymentOutcome(
             payment_id=item.payment_id, run_id=item.run_id, seq=item.seq, amount=item.amount,
             currency=item.currency, merchant=item.merchant, callback_url=item.callback_url,
-            stages={**item.stages, PROCESSED: now_us()},
-            status=Status.APPROVED if code == decisions.APPROVED else Status.DECLINED,
+            stages={**item.stages, PROCESSED: now_us()}, capture=item.capture,
+            partial_approval=item.partial_approval,
+            status=Status.APPROVED if approved else Status.DECLINED,
             reason_code=code, reason_text=decisions.reason_text(code), token=item.token,
             masked_pan=item.masked_pan, network=item.network,
+            approved_amount=change.answer.amount if change is not None and approved else None,
         )
         store.write_decision(pipe, outcome.payment_id, outcome.status,
                              self.settings.redis.outcome_ttl)
-        return [Output(self.settings.topics.results, item.token, encode(outcome))]
+        outputs = [Output(self.settings.topics.results, item.token, encode(outcome))]
+        if change is not None:
+            outputs += event_outputs(self.settings.topics.events, change)
+        return outputs

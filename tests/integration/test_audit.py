@@ -7,10 +7,11 @@ import json
 import redis
 from confluent_kafka import Producer
 
+from paysim.domain import ledger
 from paysim.domain.messages import encode
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.kafka import client_config
-from paysim.pipeline import store
+from paysim.pipeline import ledger_store, store
 from tests.helpers import run_paysim
 from tests.integration.pipeline_helpers import paysim, run_done_entries, send
 
@@ -29,6 +30,11 @@ def test_a_clean_run_reconciles(pipeline: Settings) -> None:
     assert report["sent"] == 500 and report["outcomes"] == 500
     assert report["lost_count"] == report["doubled_count"] == 0
     assert report["ledger_mismatches"] == [] and report["ledgers_checked"] > 0
+    assert report["records_checked"] > 0 and report["unbalanced"] == {}
+    # Money went from cards to merchants and fee income, and nowhere else.
+    for currency, kinds in report["balances"].items():
+        assert sum(kinds.values()) == 0, currency
+        assert kinds["cards"] < 0 < kinds["merchants pending"]
 
 
 def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None:
@@ -41,10 +47,18 @@ def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None
         stored = store.read_outcome(client, approved.payment_id)
         assert stored is not None and stored.outcome.token is not None
         outcome = stored.outcome
-        ledger = store.ledger_key(run, outcome.token)
-        # The same payment settled a second time.
-        client.hincrby(ledger, f"spent:{outcome.currency}", outcome.amount)
-        client.hincrby(ledger, "debits", 1)
+        book = ledger_store.card_key(run, outcome.token)
+        merchant = ledger.merchant_pending(outcome.merchant.id)
+        # The same payment debited a second time, in a balanced transfer: the book still
+        # sums to zero, but no longer matches the card's payments.
+        client.hincrby(book, f"p|{outcome.currency}|card", -outcome.amount)
+        client.hincrby(book, f"p|{outcome.currency}|{merchant}", outcome.amount)
+        # Another card's book given money from nowhere.
+        other = next(store.read_outcome(client, e.payment_id) for e in entries
+                     if e.status == "approved" and e.payment_id != approved.payment_id)
+        assert other is not None and other.outcome.token != outcome.token
+        client.hincrby(ledger_store.card_key(run, other.outcome.token),
+                       f"p|{other.outcome.currency}|card", 1)
         # And another payment's outcome gone.
         gone = next(e for e in entries if e.payment_id != approved.payment_id)
         client.delete(store.outcome_key(gone.payment_id))
@@ -55,10 +69,11 @@ def test_a_double_debit_and_a_lost_outcome_are_found(pipeline: Settings) -> None
 
     assert code == 1
     assert report["lost"] == [gone.payment_id]
-    mismatch = report["ledger_mismatches"][0]
-    assert mismatch["token"] == outcome.token
-    assert mismatch["ledger_spent"] == mismatch["approved_total"] + outcome.amount
-    assert mismatch["ledger_debits"] == mismatch["approved_count"] + 1
+    found = {(m["token"], m["what"]) for m in report["ledger_mismatches"]}
+    assert any(token == outcome.token and what.startswith("card owes") for token, what in found)
+    assert any(token == other.outcome.token and what.startswith("book does not balance")
+               for token, what in found)
+    assert report["unbalanced"] == {other.outcome.currency: 1}
     table = paysim(pipeline, "audit", "--run", run)
     assert table.returncode == 1 and "FAIL" in table.stdout
 

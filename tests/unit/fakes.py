@@ -337,6 +337,28 @@ class FakePipeline:
     def delete(self, *names: str) -> FakePipeline:
         return self.execute_command("DEL", *names)
 
+    # Reads, answered from the client's strings and hashes when the pipeline executes.
+
+    def get(self, name: str) -> FakePipeline:
+        return self.execute_command("GET", name)
+
+    def hmget(self, name: str, keys: list[str]) -> FakePipeline:
+        return self.execute_command("HMGET", name, list(keys))
+
+    def hgetall(self, name: str) -> FakePipeline:
+        return self.execute_command("HGETALL", name)
+
+    def _answer(self, command: Command) -> Any:
+        name, *args = command
+        if name == "GET":
+            return self.client.strings.get(args[0])
+        if name == "HMGET":
+            stored = self.client.hashes.get(args[0], {})
+            return [stored.get(key.encode()) for key in args[1]]
+        if name == "HGETALL":
+            return dict(self.client.hashes.get(args[0], {}))
+        return True
+
     def execute(self) -> list[Any]:
         for i, (prefix, error) in enumerate(self.client.execute_failures):
             if any(len(c) > 1 and str(c[1]).startswith(prefix) for c in self.commands):
@@ -345,7 +367,7 @@ class FakePipeline:
         done, self.commands = self.commands, []
         self.client.executed.extend(done)
         self.client.executions.append(done)
-        return [True] * len(done)
+        return [self._answer(command) for command in done]
 
 
 class FakeScript:
@@ -371,9 +393,10 @@ class FakeRedis:
         self.execute_failures: list[tuple[str, Exception]] = []
         self.mget_calls: list[list[str]] = []
         self.scripts: list[FakeScript] = []
-        # Each settle marker's answer: approved unless a test says otherwise.
+        # A script's answer; the ledger's APPLY script answers the cards that conflicted:
+        # none unless a test says otherwise.
         self.script_answers: Callable[[list[str], list[Any]], list[bytes]] = (
-            lambda keys, _: [b"00"] * (len(keys) // 2))
+            lambda keys, _: [])
 
     def pipeline(self, transaction: bool = True) -> FakePipeline:
         return FakePipeline(self)

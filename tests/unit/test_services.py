@@ -4,7 +4,6 @@ produces, where, under which key, and what it writes to Redis."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -21,11 +20,12 @@ from paysim.domain.messages import (
     Merchant,
     Notification,
     PaymentAuthorized,
+    PaymentEvent,
     PaymentOutcome,
     PaymentRequested,
 )
 from paysim.infra.config import Settings
-from paysim.pipeline import store
+from paysim.pipeline import ledger_store, store
 from paysim.pipeline.authorizer import Authorizer
 from paysim.pipeline.notifications import WebhookEvent, event_id
 from paysim.pipeline.notifier import Notifier
@@ -195,33 +195,29 @@ def decide_batch(service: Processor | Notifier, items: list[Any],
 
 
 def answers(outputs: list[Output]) -> list[str]:
-    return [decode(output.value, PaymentOutcome).reason_code for output in outputs]
+    """The reason codes on the results topic (the events beside them left out)."""
+    return [decode(output.value, PaymentOutcome).reason_code for output in outputs
+            if output.topic == SETTINGS.topics.results]
 
 
 def test_the_ledgers_answers_become_outcomes_on_results_keyed_by_token() -> None:
     client = FakeRedis()
-    client.script_answers = lambda keys, args: [b"00", b"51", b"61"]
-    items = [authorized(pan=pan) for pan in (PAN, "5555555555554444", "4000056655665556")]
-    before = datetime.now(UTC).strftime("%Y%m%d")
+    items = [authorized(pan=PAN), authorized(test_reason="51"), authorized(test_reason="61")]
     outputs, pipe = decide_batch(processor(client), items, client)
-    after = datetime.now(UTC).strftime("%Y%m%d")
 
     [script] = client.scripts
-    assert script.source == store.SETTLE_LUA
+    assert script.source == ledger_store.APPLY_LUA
     [(keys, args)] = script.calls
-    assert keys == [key for item in items for key in (
-        store.ledger_key("run-a", item.token), store.settle_marker_key(item.payment_id))]
-    assert args[0] == 5678 and args[1] in {before, after}
-    limits = []
-    for item in items:
-        profile = decisions.card_profile(item.token, None)
-        limits += [item.amount, "EUR", money.minor_units(profile.credit_limit_usd, "EUR"),
-                   money.minor_units(profile.daily_limit_usd, "EUR")]
-    assert args[2:] == limits
+    assert keys[0] == ledger_store.HOLDS_KEY and args[0] == 5678  # the ledger's TTL
+    for item in items:  # every card's book and every record, kept together
+        assert ledger_store.card_key("run-a", item.token) in keys
+        assert ledger_store.record_key("run-a", item.token, item.payment_id) in keys
 
+    results = [output for output in outputs if output.topic == SETTINGS.topics.results]
+    assert len(results) == len(items)
     statuses = []
-    for item, output in zip(items, outputs, strict=True):
-        assert (output.topic, output.key) == (SETTINGS.topics.results, item.token)
+    for item, output in zip(items, results, strict=True):
+        assert output.key == item.token
         outcome = decode(output.value, PaymentOutcome)
         assert outcome.payment_id == item.payment_id
         assert (outcome.token, outcome.masked_pan, outcome.network) == (
@@ -229,19 +225,30 @@ def test_the_ledgers_answers_become_outcomes_on_results_keyed_by_token() -> None
         assert outcome.reason_text == decisions.reason_text(outcome.reason_code)
         assert outcome.stages[AUTHORIZED] == 2_000 and PROCESSED in outcome.stages
         statuses.append(outcome.status)
-    assert answers(outputs) == ["00", "51", "61"]
+    assert answers(results) == ["00", "51", "61"]
     assert statuses == [Status.APPROVED, Status.DECLINED, Status.DECLINED]
     assert pipe.commands == [
         ("SET", f"payment_result_{item.payment_id}", status, "EX", 1234)
         for item, status in zip(items, ["approved", "declined", "declined"], strict=True)]
+    # The approved, automatically captured payment's two events, keyed by its token.
+    events = [decode(o.value, PaymentEvent) for o in outputs
+              if o.topic == SETTINGS.topics.events]
+    assert [(e.kind, e.payment_id, e.amount, e.mti) for e in events] == [
+        ("authorized", items[0].payment_id, 4_200, "0200/0210"),
+        ("captured", items[0].payment_id, 4_200, "0200/0210")]
 
 
-def test_a_card_without_credit_settles_against_a_zero_limit() -> None:
+def test_a_card_written_meanwhile_is_read_and_decided_again() -> None:
     client = FakeRedis()
-    item = authorized(test_reason="51")
-    decide_batch(processor(client), [item], client)
-    [(_, args)] = client.scripts[0].calls
-    assert args[4] == 0  # the credit limit the ledger compares with
+    calls = []
+
+    def first_conflicts(keys: list[str], args: list[Any]) -> list[int]:
+        calls.append(keys)
+        return [1] if len(calls) == 1 else []
+
+    client.script_answers = first_conflicts  # type: ignore[assignment]
+    outputs, _ = decide_batch(processor(client), [authorized()], client)
+    assert len(calls) == 2 and answers(outputs) == ["00"]
 
 
 @pytest.mark.parametrize("forced", ["05", "41", "43", "96"])
@@ -251,8 +258,8 @@ def test_a_forced_issuer_answer_skips_the_ledger(forced: str) -> None:
     outputs, pipe = decide_batch(processor(client), [forced_item, plain], client)
     assert answers(outputs) == [forced, "00"]
     [(keys, _)] = client.scripts[0].calls
-    assert keys == [store.ledger_key("run-a", plain.token),
-                    store.settle_marker_key(plain.payment_id)]
+    assert ledger_store.record_key("run-a", plain.token, plain.payment_id) in keys
+    assert not any(forced_item.payment_id in key for key in keys)
     assert ("SET", f"payment_result_{forced_item.payment_id}", "declined", "EX", 1234) in (
         pipe.commands)
 
@@ -310,10 +317,10 @@ def test_an_unknown_currency_is_rejected_and_the_rest_settle() -> None:
     pipe = FakePipeline(client)
     with pytest.raises(Rejected, match="unknown currency 'XYZ'"):
         service.decide(bad, pipe)  # type: ignore[arg-type]
-    [output] = service.decide(good, pipe)  # type: ignore[arg-type]
+    output, *_events = service.decide(good, pipe)  # type: ignore[arg-type]
     assert answers([output]) == ["00"]
     [(keys, _)] = client.scripts[0].calls
-    assert store.settle_marker_key(bad.payment_id) not in keys
+    assert not any(bad.payment_id in key for key in keys)
     assert pipe.commands == [("SET", f"payment_result_{good.payment_id}", "approved", "EX",
                               1234)]
 

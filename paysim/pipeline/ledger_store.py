@@ -1,0 +1,320 @@
+"""The ledger in Redis: each card's book, its payments' records and its operations' answers,
+read in one round trip per batch and written back atomically per card.
+
+Keys of one card share the hash tag ``{<run>:<token>}`` (one Redis Cluster slot):
+    paysim:card:{r:t}            hash: the card's book (ledger.Line fields), today's
+                                 authorized amount per currency (``d|USD|20261126``) and
+                                 ``ver``, its version
+    paysim:pay:{r:t}:<payment>   the payment's record (lifecycle.PaymentRecord, JSON)
+    paysim:answer:{r:t}:<op>     an operation's answer (lifecycle.Answer, JSON)
+and ``paysim:holds``, a sorted set of open holds by expiry time.
+
+The decisions are made in Python (paysim.domain.lifecycle) on what was read; the APPLY script
+writes a card's changes only if its version is still the one read, else it reports the card,
+which is read and decided again. Two services write the same cards (the processor's
+authorizations, the lifecycle service's operations): the version keeps one from overwriting
+the other's decision. One card's operations arrive in order (its records are keyed by token),
+so a conflict is rare and one retry settles it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import redis
+
+from paysim.domain import ledger
+from paysim.domain.ledger import CARD, Book, Line
+from paysim.domain.lifecycle import Answer, CardFunds, Change, PaymentRecord
+
+HOLDS_KEY = "paysim:holds"
+VERSION_FIELD = "ver"
+MAX_TRIES = 5
+
+
+def _tag(run_id: str, token: str) -> str:
+    return f"{{{run_id}:{token}}}"
+
+
+def card_key(run_id: str, token: str) -> str:
+    return f"paysim:card:{_tag(run_id, token)}"
+
+
+def record_key(run_id: str, token: str, payment_id: str) -> str:
+    return f"paysim:pay:{_tag(run_id, token)}:{payment_id}"
+
+
+def answer_key(run_id: str, token: str, op_id: str) -> str:
+    return f"paysim:answer:{_tag(run_id, token)}:{op_id}"
+
+
+def day_field(currency: str, day: str) -> str:
+    return f"d|{currency}|{day}"
+
+
+def hold_member(record: PaymentRecord) -> str:
+    """A hold in the sorted set: where its payment's record is."""
+    return json.dumps([record.run_id, record.token, record.payment_id])
+
+
+def parse_hold_member(member: bytes | str) -> tuple[str, str, str] | None:
+    """(run, token, payment id) of a hold entry; None for one paysim did not write."""
+    try:
+        run_id, token, payment_id = json.loads(member)
+    except (ValueError, TypeError):
+        return None
+    if not all(isinstance(part, str) for part in (run_id, token, payment_id)):
+        return None
+    return run_id, token, payment_id
+
+
+_record_decoder = msgspec.json.Decoder(PaymentRecord)
+_answer_decoder = msgspec.json.Decoder(Answer)
+_encode = msgspec.json.Encoder().encode
+
+
+def decode_record(raw: bytes) -> PaymentRecord:
+    return _record_decoder.decode(raw)
+
+
+def read_record(client: redis.Redis, run_id: str, token: str,
+                payment_id: str) -> PaymentRecord | None:
+    raw = client.get(record_key(run_id, token, payment_id))
+    return None if raw is None else decode_record(raw)
+
+
+def read_answer(client: redis.Redis, run_id: str, token: str, op_id: str) -> Answer | None:
+    raw = client.get(answer_key(run_id, token, op_id))
+    return None if raw is None else _answer_decoder.decode(raw)
+
+
+@dataclass
+class CardSnapshot:
+    """What a batch read of one card: its book's own lines in the currencies asked for,
+    today's counters, its payments' records and its operations' answers. Deciding updates it
+    as it goes, so a card's second payment in a batch sees the first one's hold."""
+
+    version: str
+    book: Book
+    today: dict[str, int]
+    records: dict[str, PaymentRecord | None]
+    answers: dict[str, Answer | None]
+
+    def funds(self, currency: str) -> CardFunds:
+        return CardFunds(self.book, self.today.get(currency, 0))
+
+    def take(self, change: Change) -> None:
+        """What a decided step changed, for the card's next step in the same batch."""
+        if change.changed:
+            self.book.apply(change.entries)
+            currency = change.record.currency
+            self.today[currency] = self.today.get(currency, 0) + change.spent_today
+            self.records[change.record.payment_id] = change.record
+
+
+@dataclass
+class CardWrite:
+    """One card's changes in a batch, as the APPLY script takes them."""
+
+    increments: dict[str, int] = field(default_factory=dict)
+    records: dict[str, PaymentRecord] = field(default_factory=dict)  # by payment id
+    answers: dict[str, Answer] = field(default_factory=dict)  # by operation id
+    holds_open: dict[str, int] = field(default_factory=dict)  # member -> expiry (µs)
+    holds_closed: set[str] = field(default_factory=set)
+
+    def take(self, change: Change, before: PaymentRecord | None, day: str,
+             op_id: str | None = None) -> None:
+        """Add one decided step, and the answer to operation ``op_id`` (a refusal adds its
+        answer only; a replay, already written, nothing)."""
+        if op_id is not None:
+            self.answers[op_id] = change.answer
+        if not change.changed:
+            return
+        currency = change.record.currency
+        for line, delta in ledger.net(change.entries).items():
+            name = line.field()
+            self.increments[name] = self.increments.get(name, 0) + delta
+        if change.spent_today:
+            name = day_field(currency, day)
+            self.increments[name] = self.increments.get(name, 0) + change.spent_today
+        record = change.record
+        self.records[record.payment_id] = record
+        member = hold_member(record)
+        if record.held and record.hold_expires_at and not record.closed:
+            self.holds_open[member] = record.hold_expires_at
+            self.holds_closed.discard(member)
+        elif before is not None and before.held:
+            self.holds_closed.add(member)
+            self.holds_open.pop(member, None)
+
+
+@dataclass(frozen=True)
+class CardRef:
+    run_id: str
+    token: str
+
+
+# What a batch reads of a card: the currencies of its book lines (None: every line), the
+# records of these payments, the answers to these operations.
+CardReads = tuple[set[str] | None, set[str], set[str]]
+
+
+class LedgerStore:
+    """Reads the cards a batch touches, lets the caller decide on them, writes the result."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+        self._apply = client.register_script(APPLY_LUA)
+
+    def read(self, cards: dict[CardRef, CardReads], day: str) -> dict[CardRef, CardSnapshot]:
+        """Each card's snapshot, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        plan = []
+        for card, (currencies, payments, ops) in cards.items():
+            key = card_key(card.run_id, card.token)
+            currencies_l = None if currencies is None else sorted(currencies)
+            payments_l, ops_l = sorted(payments), sorted(ops)
+            if currencies_l is None:
+                pipe.hgetall(key)
+            else:
+                fields = [VERSION_FIELD]
+                for currency in currencies_l:
+                    fields += (Line(ledger.POSTED, currency, CARD).field(),
+                               Line(ledger.PENDING, currency, CARD).field(),
+                               day_field(currency, day))
+                pipe.hmget(key, fields)
+            for payment_id in payments_l:
+                pipe.get(record_key(card.run_id, card.token, payment_id))
+            for op_id in ops_l:
+                pipe.get(answer_key(card.run_id, card.token, op_id))
+            plan.append((card, currencies_l, payments_l, ops_l))
+        replies = iter(pipe.execute())
+        snapshots = {}
+        for card, currencies_l, payments_l, ops_l in plan:
+            if currencies_l is None:
+                version, lines, today = _whole_card(next(replies), day)
+            else:
+                version, *values = next(replies)
+                lines, today = {}, {}
+                for i, currency in enumerate(currencies_l):
+                    posted, pending, spent = values[3 * i:3 * i + 3]
+                    lines[Line(ledger.POSTED, currency, CARD)] = int(posted or 0)
+                    lines[Line(ledger.PENDING, currency, CARD)] = int(pending or 0)
+                    today[currency] = int(spent or 0)
+            records = {pid: _maybe(next(replies), _record_decoder) for pid in payments_l}
+            answers = {op: _maybe(next(replies), _answer_decoder) for op in ops_l}
+            snapshots[card] = CardSnapshot((version or b"0").decode(), Book(lines), today,
+                                           records, answers)
+        return snapshots
+
+    def write(self, writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
+        """Apply each card's changes if its version is still the one read; the cards whose
+        version moved meanwhile (to read and decide again)."""
+        keys: list[str] = [HOLDS_KEY]
+        args: list[object] = [self.ttl]
+        for card, snapshot, write in writes:
+            keys.append(card_key(card.run_id, card.token))
+            keys += [record_key(card.run_id, card.token, pid) for pid in write.records]
+            keys += [answer_key(card.run_id, card.token, op) for op in write.answers]
+            args += (snapshot.version, len(write.increments),
+                     len(write.records) + len(write.answers), len(write.holds_open),
+                     len(write.holds_closed))
+            for name, delta in write.increments.items():
+                args += (name, delta)
+            args += [_encode(record) for record in write.records.values()]
+            args += [_encode(answer) for answer in write.answers.values()]
+            for member, expires in write.holds_open.items():
+                args += (expires, member)
+            args += sorted(write.holds_closed)
+        if len(keys) == 1:
+            return set()
+        conflicts = self._apply(keys=keys, args=args)
+        return {writes[int(index) - 1][0] for index in conflicts}
+
+    def settle(self, cards: dict[CardRef, CardReads], day: str,
+               decide: Callable[[CardRef, CardSnapshot], CardWrite]) -> None:
+        """Read, decide (``decide`` updates its snapshot and returns the card's writes),
+        write; cards another writer changed meanwhile are read and decided again."""
+        pending = dict(cards)
+        for _ in range(MAX_TRIES):
+            snapshots = self.read(pending, day)
+            writes = [(card, snapshot, decide(card, snapshot))
+                      for card, snapshot in snapshots.items()]
+            conflicts = self.write(writes)
+            if not conflicts:
+                return
+            pending = {card: pending[card] for card in conflicts}
+        raise redis.RedisError(f"{len(pending)} card(s) kept changing under this batch")
+
+
+def _whole_card(raw: dict[bytes, bytes], day: str) -> tuple[bytes | None, dict[Line, int],
+                                                            dict[str, int]]:
+    """A card's version, book lines and today's counters from its whole hash."""
+    lines, today = {}, {}
+    for name, value in raw.items():
+        text = name.decode()
+        line = Line.parse(text)
+        if line is not None:
+            lines[line] = int(value)
+        elif text.startswith("d|") and text.endswith(f"|{day}"):
+            today[text.split("|")[1]] = int(value)
+    return raw.get(VERSION_FIELD.encode()), lines, today
+
+
+def book_from_hash(raw: dict[bytes, bytes]) -> Book:
+    """A card's whole book from its hash, as HGETALL gives it (the audit's view)."""
+    _, lines, _ = _whole_card(raw, "")
+    return Book(lines)
+
+
+def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:
+    return None if raw is None else decoder.decode(raw)
+
+
+# Writes each card's changes if the card's version is the one the batch read (else the card's
+# index is returned, and nothing of it is written). Per card, ARGV holds: the version read,
+# the counts of increments, documents, holds opened and holds closed; the increments as
+# field/delta pairs; the documents (records, then answers, their keys in KEYS after the
+# card's); the holds opened as score/member pairs; the holds closed.
+# KEYS[1] is the sorted set of holds; ARGV[1] the TTL of everything written.
+APPLY_LUA = """
+local ttl, holds = ARGV[1], KEYS[1]
+local k, a, index = 2, 2, 0
+local conflicts = {}
+while a <= #ARGV do
+  index = index + 1
+  local card = KEYS[k]
+  local expected = ARGV[a]
+  local nincr, ndoc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local nopen, nclose = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  a = a + 5
+  if (redis.call('HGET', card, 'ver') or '0') ~= expected then
+    conflicts[#conflicts + 1] = index
+  else
+    for i = 0, nincr - 1 do
+      redis.call('HINCRBY', card, ARGV[a + 2 * i], ARGV[a + 2 * i + 1])
+    end
+    redis.call('HINCRBY', card, 'ver', 1)
+    redis.call('EXPIRE', card, ttl)
+    local b = a + 2 * nincr
+    for i = 0, ndoc - 1 do
+      redis.call('SET', KEYS[k + 1 + i], ARGV[b + i], 'EX', ttl)
+    end
+    b = b + ndoc
+    for i = 0, nopen - 1 do
+      redis.call('ZADD', holds, ARGV[b + 2 * i], ARGV[b + 2 * i + 1])
+    end
+    b = b + 2 * nopen
+    for i = 0, nclose - 1 do
+      redis.call('ZREM', holds, ARGV[b + i])
+    end
+  end
+  a = a + 2 * nincr + ndoc + 2 * nopen + nclose
+  k = k + 1 + ndoc
+end
+return conflicts
+"""
