@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from paysim.domain import cards
-from paysim.domain.messages import CallbackUrl, Merchant, NoCardNumber
+from paysim.domain.messages import CallbackUrl, CaptureMode, Merchant, NoCardNumber
 
 DEFAULT_MERCHANT = Merchant(id="web", name="paysim web checkout", mcc="5999", country="US")
 HTTP_RUN_ID = "http"  # the run of payments that name none
@@ -62,6 +62,8 @@ class AuthorizeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     callback_url: CallbackUrl | None = None
     run_id: RunLabel = HTTP_RUN_ID
     seq: Seq = 0
+    capture: CaptureMode = CaptureMode.AUTOMATIC
+    partial_approval: bool = False
 
     def card_expiry(self) -> tuple[int, int]:
         """(month, year), from whichever form the request gave."""
@@ -70,3 +72,36 @@ class AuthorizeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         if self.exp_month is None or self.exp_year is None:
             raise ValueError("no expiry: the edge's one_of check lets no such request through")
         return self.exp_month, self.exp_year
+
+
+# The bodies of the operations on a payment (POST /payments/<id>/capture, ...). Amounts in
+# minor units of the payment's currency; left out, an amount means "all there is".
+Amount = Annotated[int, msgspec.Meta(gt=0, le=MAX_SEQ,
+                                     description="a whole number of minor units above 0")]
+
+
+class OperationBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An operation that takes no fields (void, reverse): an empty body or {}."""
+
+
+class CaptureBody(OperationBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Amount | None = None  # left out: all that is held
+    final: bool = False  # release what this capture leaves held
+
+
+class IncrementBody(OperationBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Amount
+
+
+class RefundBody(OperationBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    amount: Amount | None = None  # left out: all that is refundable
+
+
+class DisputeBody(OperationBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    reason_code: Annotated[str, msgspec.Meta(min_length=1, max_length=8,
+                                             description="a network's reason code such as "
+                                                         "10.4 or 4837")]
+
+
+class ResolveBody(OperationBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    won: bool

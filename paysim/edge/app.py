@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,10 +37,17 @@ from paysim.edge import idempotency
 from paysim.edge.delivery import deliver
 from paysim.edge.health import HealthChecker
 from paysim.edge.idempotency import Answer, Idempotency
-from paysim.edge.validation import BadRequest, authorize_body, notify_body, short
+from paysim.edge.operations import ROUTES, Operations, Route, note_route, operation_id
+from paysim.edge.validation import (
+    BadRequest,
+    authorize_body,
+    notify_body,
+    operation_body,
+    short,
+)
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
-from paysim.pipeline import notifications, store
+from paysim.pipeline import ledger_store, notifications, store
 from paysim.pipeline.webhook_dispatch import callback_policy
 
 log = logging.getLogger("paysim.http")
@@ -92,6 +100,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     topics = settings.topics
     # The URL as written, no DNS here: the dispatcher checks the addresses when it connects.
     policy = callback_policy(settings)
+    operations = Operations(settings, producer, redis_client)
 
     def authorize_once(fields: AuthorizeRequest) -> Answer:
         exp_month, exp_year = fields.card_expiry()
@@ -107,15 +116,48 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         message = new_payment_request(
             card, cipher, run_id=fields.run_id, seq=fields.seq, amount=fields.amount,
             currency=fields.currency, merchant=fields.merchant,
-            callback_url=fields.callback_url, requested_at=at)
-        failure = deliver(producer, topics.requested,
-                          cards.tokenize(card.number, keys.token_key), encode(message))
+            callback_url=fields.callback_url, requested_at=at, capture=fields.capture,
+            partial_approval=fields.partial_approval)
+        token = cards.tokenize(card.number, keys.token_key)
+        # Noted before it is sent: a reversal may come before the payment's outcome.
+        note_route(redis_client, message.payment_id, fields.run_id, token,
+                   settings.redis.ledger_ttl)
+        failure = deliver(producer, topics.requested, token, encode(message))
         if failure is not None:
             log.warning("payment %s not accepted: %s", message.payment_id, failure)
             return Answer(503, {"error": f"payment not accepted, Kafka is unavailable: "
                                          f"{failure}"})
         return Answer(200, {"payment_id": message.payment_id, "status": "accepted",
                             "message": SEED_AUTHORIZED})
+
+    def idempotent(fingerprint: bytes, work: Callable[[str | None], Answer]) -> Response:
+        """``work`` once per Idempotency-Key (given the key, or None without one): a retry
+        with the same key and body gets the first answer again."""
+        key = idempotency.key_from(request.headers)
+        if key is None:
+            return _json(*work(None))
+        idem = Idempotency(redis_client, key, fingerprint, keys.token_key)
+        earlier = idem.reserve()
+        if earlier is not None:
+            return _json(*earlier, {idempotency.REPLAY_HEADER: "true"})
+        try:
+            answer = work(key)
+        except BaseException:
+            idem.release()
+            raise
+        if answer.status >= 500 or answer.status == 202:
+            # Nothing was accepted, or not yet applied: the client may retry with this key
+            # (an operation's id comes from the key, so the retry cannot apply it twice).
+            idem.release()
+            return _json(*answer)
+        try:
+            idem.finish(answer)
+        except redis.RedisError as exc:
+            # The work is done: say so. The reservation expires on its own, and a retry
+            # meanwhile gets 409 rather than doing it twice.
+            log.warning("idempotency answer for %s not stored: %s",
+                        answer.body.get("payment_id", request.path), type(exc).__name__)
+        return _json(*answer)
 
     @app.post("/authorize")
     def authorize() -> Response:
@@ -124,29 +166,18 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             refusal = refused_callback(fields.callback_url, policy)
             if refusal is not None:
                 raise BadRequest(f"field 'callback_url' is refused: {refusal}")
-        key = idempotency.key_from(request.headers)
-        if key is None:
-            return _json(*authorize_once(fields))
-        idem = Idempotency(redis_client, key, raw, keys.token_key)
-        earlier = idem.reserve()
-        if earlier is not None:
-            return _json(*earlier, {idempotency.REPLAY_HEADER: "true"})
-        try:
-            answer = authorize_once(fields)
-        except BaseException:
-            idem.release()
-            raise
-        if answer.status >= 500:
-            idem.release()  # nothing was accepted: the client may retry with this key
-            return _json(*answer)
-        try:
-            idem.finish(answer)
-        except redis.RedisError as exc:
-            # The payment is on its way: say so. The reservation expires on its own, and a
-            # retry meanwhile gets 409 rather than a second payment.
-            log.warning("idempotency answer for %s not stored: %s",
-                        answer.body.get("payment_id", "a declined card"), type(exc).__name__)
-        return _json(*answer)
+        return idempotent(raw, lambda _key: authorize_once(fields))
+
+    def operation_view(route: Route) -> Callable[[str], Response]:
+        def view(payment_id: str) -> Response:
+            raw, body = operation_body(request, route.body)
+            return idempotent(request.path.encode() + b"\n" + raw, lambda key: operations.apply(
+                route, payment_id, body, operation_id(key)))
+        return view
+
+    for route in ROUTES:
+        app.add_url_rule(route.path, f"operation_{route.kind}", operation_view(route),
+                         methods=["POST"])
 
     @app.post("/notify_client")
     def notify_client() -> Response:
@@ -176,7 +207,13 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         if stored is None:
             return _error(404, f"no outcome for payment {short(payment_id)} "
                                "(unknown, not finished, or expired)")
-        return _json(200, store.outcome_view(stored))
+        view = store.outcome_view(stored)
+        if stored.outcome.token:
+            record = ledger_store.read_record(redis_client, stored.outcome.run_id,
+                                              stored.outcome.token, payment_id)
+            if record is not None:
+                view["lifecycle"] = ledger_store.record_view(record)
+        return _json(200, view)
 
     @app.get(HEALTH_PATH)
     def healthz() -> Response:

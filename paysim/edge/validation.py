@@ -23,6 +23,7 @@ nothing can encode it afterwards) is refused with its type. ``authorize_body`` a
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import types
@@ -39,7 +40,8 @@ from paysim.domain.requests import AuthorizeRequest, OneOf
 
 S = TypeVar("S", bound=msgspec.Struct)
 
-_TYPE_PHRASES: dict[Any, str] = {str: "a string", int: "a whole number"}
+_TYPE_PHRASES: dict[Any, str] = {str: "a string", int: "a whole number",
+                                  bool: "true or false"}
 
 
 class BadRequest(Exception):
@@ -97,6 +99,17 @@ def notify_body(request: Request) -> str:
         raise exc.expecting("expected fields: transaction_id") from None
 
 
+def operation_body(request: Request, kind: type[S]) -> tuple[bytes, S]:
+    """The raw body of an operation on a payment and the request in it; an empty body is {}
+    (void and reverse take no fields). Every BadRequest says which fields are expected."""
+    raw = request.get_data(cache=True)
+    try:
+        body = body_object(request)[1] if raw.strip() else {}
+        return raw, typed(body, kind)
+    except BadRequest as exc:
+        raise exc.expecting(expected_fields(kind)) from None
+
+
 def authorize_request(body: dict[str, Any]) -> AuthorizeRequest:
     """The POST /authorize body, checked and typed; BadRequest naming the first problem."""
     return typed(body, AuthorizeRequest)
@@ -137,7 +150,9 @@ def expected_fields(kind: type[msgspec.Struct]) -> str:
             optional.append(f"{field.name} {{{inner}}}")
         else:
             optional.append(field.name)
-    listed = "expected fields: " + ", ".join(required)
+    if not required and not optional:
+        return "expected no fields: an empty body or {}"
+    listed = "expected fields: " + ", ".join(required) if required else "no field required"
     return listed + (f"; optional: {', '.join(optional)}" if optional else "")
 
 
@@ -172,6 +187,8 @@ class _Field:
             names = _fields(self.base)
             listed = ", ".join(f.name for f in names[:-1]) + f" and {names[-1].name}"
             return f"an object with {listed}"
+        if isinstance(self.base, type) and issubclass(self.base, enum.Enum):
+            return "one of " + ", ".join(str(member.value) for member in self.base)
         phrase = _TYPE_PHRASES[self.base]
         if self.description and self.description.startswith(phrase):
             return self.description

@@ -40,6 +40,7 @@ def authorize(request: PaymentRequested, card: cards.CardBlock, settings: Settin
         "payment_id": request.payment_id, "run_id": request.run_id, "seq": request.seq,
         "amount": request.amount, "currency": request.currency, "merchant": request.merchant,
         "callback_url": request.callback_url, "stages": {**request.stages, AUTHORIZED: at},
+        "capture": request.capture, "partial_approval": request.partial_approval,
     }
     if not check.accepted:
         return PaymentOutcome(

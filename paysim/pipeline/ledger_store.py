@@ -271,6 +271,22 @@ def book_from_hash(raw: dict[bytes, bytes]) -> Book:
     return Book(lines)
 
 
+def record_view(record: PaymentRecord) -> dict[str, object]:
+    """A payment's life as API clients want it (GET /payments/<id>, `paysim status`)."""
+    return {
+        "state": record.state, "capture": record.capture, "currency": record.currency,
+        "amounts": {"authorized": record.authorized, "incremented": record.incremented,
+                    "captured": record.captured, "held": record.held,
+                    "refunded": record.refunded, "reversed": record.reversed,
+                    "disputed": record.disputed, "fees": record.fees,
+                    "dispute_fee": record.dispute_fee, "net": record.merchant_net},
+        "dispute": None if record.dispute is None else msgspec.to_builtins(record.dispute),
+        "hold_expires_at": record.hold_expires_at or None,
+        "events": [{"kind": e.kind, "amount": e.amount, "at": e.at, "mti": e.mti,
+                    "operation": e.op_id} for e in record.events],
+    }
+
+
 def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:
     return None if raw is None else decoder.decode(raw)
 

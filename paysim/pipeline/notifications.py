@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Generic, TypeVar
 
 import msgspec
 import redis
 
-from paysim.domain.messages import Notification, PaymentOutcome, encode
+from paysim.domain.messages import Notification, PaymentEvent, PaymentOutcome, encode
 from paysim.pipeline import store
 
 EVENT_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4c1b-9a57-3f2e1d0c9b8a")
@@ -38,20 +39,24 @@ def notification_for(outcome: PaymentOutcome, event: str, at: int) -> Notificati
     )
 
 
-class EventData(msgspec.Struct, frozen=True):
-    object: Notification
+Body = TypeVar("Body", Notification, PaymentEvent)
 
 
-class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """A webhook's body: Stripe's event envelope around the notification, so that receivers
-    built on Stripe's libraries (stripe.Webhook.construct_event) take it as an event."""
+class EventData(msgspec.Struct, Generic[Body], frozen=True):
+    object: Body
 
-    id: str  # the notification's event id: stable per payment, to deduplicate on
+
+class WebhookEvent(msgspec.Struct, Generic[Body], frozen=True, kw_only=True):
+    """A webhook's body: Stripe's event envelope around the notification (or a later event
+    of the payment's life), so that receivers built on Stripe's libraries
+    (stripe.Webhook.construct_event) take it as an event."""
+
+    id: str  # the event id: stable per payment and step, to deduplicate on
     object: str = "event"
-    type: str  # payment.approved or payment.declined
+    type: str  # payment.approved or payment.declined; payment.captured, payment.refunded, ...
     created: int  # Unix seconds, as Stripe's
     livemode: bool = False  # a simulator's payments are never live
-    data: EventData
+    data: EventData[Body]
 
 
 def webhook_body(notification: Notification) -> bytes:
@@ -63,7 +68,18 @@ def webhook_body(notification: Notification) -> bytes:
 def queue_webhook(pipe: redis.client.Pipeline, url: str, notification: Notification) -> None:
     """Queue a signed POST for the dispatcher; the queue is a Redis stream, so it survives
     a crash of this process."""
-    pipe.xadd(store.WEBHOOK_STREAM, {
-        "payment_id": notification.payment_id, "event_id": notification.event_id,
-        "url": url, "body": webhook_body(notification),
-    })
+    _queue(pipe, url, notification.payment_id, notification.event_id,
+           webhook_body(notification))
+
+
+def queue_event_webhook(pipe: redis.client.Pipeline, url: str, event: PaymentEvent) -> None:
+    """Queue a later event of a payment's life (payment.captured, payment.refunded, ...)."""
+    _queue(pipe, url, event.payment_id, event.event_id, encode(WebhookEvent(
+        id=event.event_id, type=f"payment.{event.kind}", created=event.at // 1_000_000,
+        data=EventData(event))))
+
+
+def _queue(pipe: redis.client.Pipeline, url: str, payment_id: str, event: str,
+           body: bytes) -> None:
+    pipe.xadd(store.WEBHOOK_STREAM, {"payment_id": payment_id, "event_id": event, "url": url,
+                                     "body": body})

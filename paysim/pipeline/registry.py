@@ -15,6 +15,8 @@ from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED
 from paysim.infra.config import Settings
 from paysim.infra.secrets import load_keys
 from paysim.pipeline.authorizer import Authorizer
+from paysim.pipeline.expiry import HoldExpirer
+from paysim.pipeline.ledger_service import LedgerService
 from paysim.pipeline.notifier import Notifier
 from paysim.pipeline.processor import Processor
 from paysim.pipeline.service import ServiceSpec
@@ -25,6 +27,11 @@ def _webhook_dispatcher(settings: Settings, client: redis.Redis, instance: int,
                         stop: threading.Event) -> list[threading.Thread]:
     return [WebhookDispatcher(settings, client, load_keys(settings).webhook_secret,
                               f"{NOTIFIER.name}-{instance}", stop)]
+
+
+def _hold_expirer(settings: Settings, client: redis.Redis, _instance: int,
+                  stop: threading.Event) -> list[threading.Thread]:
+    return [HoldExpirer(settings, client, stop)]
 
 
 AUTHORIZER = ServiceSpec(
@@ -38,9 +45,13 @@ PROCESSOR = ServiceSpec(
 NOTIFIER = ServiceSpec(
     "notifier", "confirms each outcome in Redis, notifies the client, queues webhooks",
     input_topic="results", stamps=NOTIFIED, factory=Notifier, threads=_webhook_dispatcher)
-HTTP = ServiceSpec("http", "the HTTP API (the seed's endpoints)", scalable=False)
+LEDGER = ServiceSpec(
+    "ledger", "applies captures, increments, voids, expiries, reversals, refunds and disputes",
+    input_topic="operations", factory=LedgerService, threads=_hold_expirer)
+HTTP = ServiceSpec("http", "the HTTP API (the seed's endpoints and the payments' operations)",
+                   scalable=False)
 
-PIPELINE: tuple[ServiceSpec, ...] = (AUTHORIZER, PROCESSOR, NOTIFIER)
+PIPELINE: tuple[ServiceSpec, ...] = (AUTHORIZER, PROCESSOR, NOTIFIER, LEDGER)
 ALL: tuple[ServiceSpec, ...] = (*PIPELINE, HTTP)
 NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL)
 PIPELINE_NAMES: tuple[str, ...] = tuple(spec.name for spec in PIPELINE)

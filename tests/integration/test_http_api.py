@@ -338,7 +338,7 @@ def test_bad_request_is_400_naming_the_problem(
 
 SEED_FIELDS = ("; expected fields: card_number, exp_month, exp_year (or expiry: MM/YY or "
                "MM/YYYY), cvv, amount, currency; optional: merchant {id, name, mcc, country}, "
-               "callback_url, run_id, seq")
+               "callback_url, run_id, seq, capture, partial_approval")
 NO_PAN = "must not hold a card number (a Luhn-valid run of 13 to 19 digits)"
 
 
@@ -675,7 +675,7 @@ def test_notify_client_sends_the_notification_again(
     entry_id, fields = queued[0]
     redis_client.xdel(store.WEBHOOK_STREAM, entry_id)
     assert fields[b"url"] == b"http://127.0.0.1:9/hooks"
-    event = Codec(WebhookEvent).decode(fields[b"body"])  # Stripe's envelope around it
+    event = Codec(WebhookEvent[Notification]).decode(fields[b"body"])  # Stripe's envelope around it
     assert (event.id, event.type, event.data.object) == (sent.event_id, "payment.approved", sent)
 
 

@@ -242,7 +242,7 @@ def test_the_expiry_one_way_or_the_other(given: dict[str, Any], expected: str) -
 
 EXPECTED = ("; expected fields: card_number, exp_month, exp_year (or expiry: MM/YY or MM/YYYY), "
             "cvv, amount, currency; optional: merchant {id, name, mcc, country}, callback_url, "
-            "run_id, seq")
+            "run_id, seq, capture, partial_approval")
 
 
 def posted(data: bytes) -> Request:

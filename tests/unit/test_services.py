@@ -17,6 +17,7 @@ from paysim.domain.messages import (
     NOTIFIED,
     PROCESSED,
     REQUESTED,
+    CaptureMode,
     Merchant,
     Notification,
     PaymentAuthorized,
@@ -90,6 +91,14 @@ def test_an_approved_card_goes_on_to_the_issuer_keyed_by_its_token_without_card_
     assert PAN.encode() not in output.value
     assert GOOD_CARD.cvv not in [value for value in doc.values() if isinstance(value, str)]
     assert pipe.commands == []  # nothing final yet: no Redis write
+
+
+def test_the_capture_mode_and_partial_approval_go_on_to_the_issuer() -> None:
+    item = msgspec.structs.replace(requested(), capture=CaptureMode.MANUAL,
+                                   partial_approval=True)
+    [output] = authorizer().decide(item, FakePipeline(FakeRedis()))  # type: ignore[arg-type]
+    verdict = decode(output.value, PaymentAuthorized)
+    assert (verdict.capture, verdict.partial_approval) == (CaptureMode.MANUAL, True)
 
 
 def test_a_test_card_carries_its_forced_issuer_answer() -> None:
@@ -391,8 +400,9 @@ def test_a_webhook_is_queued_only_for_a_payment_with_a_callback_url() -> None:
     assert webhook["url"] == CALLBACK
     assert webhook["payment_id"] == with_url.payment_id
     assert webhook["event_id"] == event_id(with_url.payment_id)
-    body = decode(webhook["body"], WebhookEvent)  # the notification, as on the topic, in
-    assert body.data.object == decode(outputs[0].value, Notification)  # Stripe's envelope
+    # The notification, as on the topic, in Stripe's envelope.
+    body = decode(webhook["body"], WebhookEvent[Notification])
+    assert body.data.object == decode(outputs[0].value, Notification)
     assert body.id == webhook["event_id"]
     [hset_without] = [c for c in pipe.commands
                       if c[:2] == ("HSET", store.outcome_key(without.payment_id))]

@@ -1,0 +1,173 @@
+"""The operations on a payment over HTTP: capture, increment, void, refund, reverse, and the
+test helpers dispute and resolve.
+
+Each finds the payment (its outcome, or for a reversal that may come first, the route the
+edge noted when it took the payment), checks the step against the payment's record with the
+ledger's own rules (an invalid one is 409 at once, naming the state), puts the operation on
+payments.operations, and waits for the ledger service's answer: 200 with the payment as it
+now is, 409 if the ledger refused it meanwhile, or 202 if no answer came in time (the
+operation stays queued and applies once; GET /payments/<id> shows it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import redis
+from confluent_kafka import Producer
+
+from paysim.domain import lifecycle
+from paysim.domain.lifecycle import Answer
+from paysim.domain.messages import OperationKind, OperationRequested, encode, now_us
+from paysim.domain.requests import (
+    CaptureBody,
+    DisputeBody,
+    IncrementBody,
+    OperationBody,
+    RefundBody,
+    ResolveBody,
+)
+from paysim.edge.delivery import deliver
+from paysim.edge.idempotency import Answer as HttpAnswer
+from paysim.infra.config import Settings
+from paysim.infra.waiting import wait_until
+from paysim.pipeline import ledger_store, store
+
+ANSWER_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an operation on one payment goes: its path, its kind, the body it takes."""
+
+    path: str
+    kind: OperationKind
+    body: type[OperationBody]
+
+
+# The dispute helpers sit under /test/, as Stripe's test helpers do: a real merchant does not
+# open a dispute, the cardholder's bank does. A payment has at most one dispute, so a
+# dispute's id is its payment's id.
+ROUTES = (
+    Route("/payments/<payment_id>/capture", OperationKind.CAPTURE, CaptureBody),
+    Route("/payments/<payment_id>/increment", OperationKind.INCREMENT, IncrementBody),
+    Route("/payments/<payment_id>/void", OperationKind.VOID, OperationBody),
+    Route("/payments/<payment_id>/refunds", OperationKind.REFUND, RefundBody),
+    Route("/payments/<payment_id>/reverse", OperationKind.REVERSE, OperationBody),
+    Route("/test/payments/<payment_id>/dispute", OperationKind.DISPUTE, DisputeBody),
+    Route("/test/disputes/<payment_id>/resolve", OperationKind.RESOLVE, ResolveBody),
+)
+
+
+def route_key(payment_id: str) -> str:
+    """Where the edge notes a payment it took (run and card token), for a reversal that
+    comes before its outcome."""
+    return f"paysim:route:{payment_id}"
+
+
+def note_route(client: redis.Redis, payment_id: str, run_id: str, token: str,
+               ttl: int) -> None:
+    client.set(route_key(payment_id), json.dumps([run_id, token]), ex=ttl)
+
+
+def operation_id(idempotency_key: str | None) -> str:
+    """The operation's id: fixed by the request's Idempotency-Key (a retry after a lost
+    answer cannot apply twice, whatever the edge remembers), else new."""
+    if idempotency_key is None:
+        return f"op_{uuid.uuid4().hex}"
+    return "op_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+class Operations:
+    def __init__(self, settings: Settings, producer: Producer, client: redis.Redis) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.redis = client
+
+    def apply(self, route: Route, payment_id: str, body: OperationBody,
+              op_id: str) -> HttpAnswer:
+        where = self._locate(payment_id, route.kind)
+        if where is None:
+            return HttpAnswer(404, {"error": f"no payment {payment_id} (unknown, not "
+                                             "finished, or expired)"})
+        run_id, token = where
+        op = OperationRequested(op_id=op_id, kind=route.kind, payment_id=payment_id,
+                                run_id=run_id, token=token, requested_at=now_us(),
+                                **msgspec.structs.asdict(body))
+        record = ledger_store.read_record(self.redis, run_id, token, payment_id)
+        refusal = self._refusal(op, record)
+        if refusal is not None:
+            return refusal
+        failure = deliver(self.producer, self.settings.topics.operations, token, encode(op))
+        if failure is not None:
+            return HttpAnswer(503, {"error": f"operation not accepted, Kafka is unavailable: "
+                                             f"{failure}"})
+        answer = self._answer(run_id, token, op_id)
+        if answer is None:
+            return HttpAnswer(202, {"operation": self._operation(op, None), "message":
+                                    f"accepted; not applied within {ANSWER_WAIT_S:g} s"})
+        record = ledger_store.read_record(self.redis, run_id, token, payment_id)
+        if not answer.ok:
+            return _conflict(answer, record)
+        return HttpAnswer(200, {"operation": self._operation(op, answer), "payment":
+                                None if record is None else ledger_store.record_view(record)})
+
+    def _locate(self, payment_id: str, kind: OperationKind) -> tuple[str, str] | None:
+        stored = store.read_outcome(self.redis, payment_id)
+        if stored is not None and stored.outcome.token:
+            return stored.outcome.run_id, stored.outcome.token
+        if stored is not None or kind != OperationKind.REVERSE:
+            return None  # declined before it had a card token, or not there yet
+        noted = self.redis.get(route_key(payment_id))
+        if noted is None:
+            return None
+        run_id, token = json.loads(noted)
+        return run_id, token
+
+    def _refusal(self, op: OperationRequested, record: Any) -> HttpAnswer | None:
+        """A step the ledger would refuse now (the same rules, on the record as it is):
+        409 naming the state, without a trip through Kafka."""
+        if op.kind == OperationKind.REVERSE:
+            return None  # never refused
+        if record is None or record.authorization is None:
+            return _conflict(Answer(lifecycle.NOT_PERMITTED, 0, f"cannot {op.kind}: the "
+                                    "payment is declined or not yet authorized"), None)
+        funds = None
+        if op.kind == OperationKind.INCREMENT:
+            book = ledger_store.book_from_hash(
+                self.redis.hgetall(ledger_store.card_key(op.run_id, op.token)))
+            funds = lifecycle.CardFunds(book, 0)  # the daily limit is the ledger's to check
+        change = lifecycle.operate(op, record, funds, now_us())
+        return None if change.answer.ok else _conflict(change.answer, record)
+
+    def _answer(self, run_id: str, token: str, op_id: str) -> Answer | None:
+        found: list[Answer] = []
+
+        def answered() -> bool:
+            answer = ledger_store.read_answer(self.redis, run_id, token, op_id)
+            if answer is not None:
+                found.append(answer)
+            return answer is not None
+
+        wait_until(answered, ANSWER_WAIT_S, interval=0.005)
+        return found[0] if found else None
+
+    @staticmethod
+    def _operation(op: OperationRequested, answer: Answer | None) -> dict[str, Any]:
+        view: dict[str, Any] = {"id": op.op_id, "kind": op.kind,
+                                "status": "pending" if answer is None else "applied"}
+        if answer is not None:
+            view |= {"amount": answer.amount, "reason_code": answer.code}
+        return view
+
+
+def _conflict(answer: Answer, record: Any) -> HttpAnswer:
+    body: dict[str, Any] = {"error": answer.error, "reason_code": answer.code}
+    if record is not None:
+        body["state"] = record.state
+    return HttpAnswer(409, body)

@@ -1,0 +1,68 @@
+"""The ledger service: applies each operation on payments.operations (capture, increment,
+void, expiry, reversal, refund, dispute, resolution) to its payment's record and its card's
+book, once; stores every operation's answer (the HTTP API waits for it); puts the events on
+payments.events and sends them to the payment's callback URL as webhooks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis
+
+from paysim.domain import lifecycle
+from paysim.domain.lifecycle import Change, PaymentRecord
+from paysim.domain.messages import Codec, OperationRequested, now_us
+from paysim.infra.config import Settings
+from paysim.pipeline.events import event_message, event_outputs
+from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
+from paysim.pipeline.notifications import queue_event_webhook
+from paysim.pipeline.service import Output, Service, ServiceSpec
+
+
+class LedgerService(Service[OperationRequested]):
+    codec = Codec(OperationRequested)
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
+        super().__init__(spec, settings, redis_client)
+        self.ledger = LedgerStore(redis_client, settings.redis.ledger_ttl)
+        self._changes: dict[str, Change] = {}
+
+    def prepare(self, items: list[OperationRequested]) -> None:
+        """Every card's operations in order, decided on one read, written atomically."""
+        self._changes = {}
+        now = now_us()
+        day = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%d")
+        by_card: dict[CardRef, list[OperationRequested]] = {}
+        for op in items:
+            by_card.setdefault(CardRef(op.run_id, op.token), []).append(op)
+
+        def decide_card(card: CardRef, snapshot: CardSnapshot) -> CardWrite:
+            write = CardWrite()
+            for op in by_card[card]:
+                before = snapshot.records.get(op.payment_id)
+                answer = snapshot.answers.get(op.op_id)
+                if answer is not None:  # applied before: a redelivered batch
+                    change = lifecycle.replayed(before or _unknown(op), op.op_id, answer)
+                else:
+                    funds = None if before is None else snapshot.funds(before.currency)
+                    change = lifecycle.operate(op, before, funds, now)
+                    snapshot.take(change)
+                    snapshot.answers[op.op_id] = change.answer
+                    write.take(change, before, day, op.op_id)
+                self._changes[op.op_id] = change
+            return write
+
+        self.ledger.settle({card: (None, {op.payment_id for op in ops}, {op.op_id for op in ops})
+                            for card, ops in by_card.items()}, day, decide_card)
+
+    def decide(self, item: OperationRequested, pipe: redis.client.Pipeline) -> list[Output]:
+        change = self._changes[item.op_id]
+        url = change.record.callback_url
+        if url and change.changed:
+            for event in change.events:
+                queue_event_webhook(pipe, url, event_message(change.record, event))
+        return event_outputs(self.settings.topics.events, change)
+
+
+def _unknown(op: OperationRequested) -> PaymentRecord:
+    return PaymentRecord(payment_id=op.payment_id, run_id=op.run_id, token=op.token)

@@ -1,0 +1,272 @@
+"""A card payment's life through the HTTP API, on the real broker and Redis with run-all's
+services: every row of the operations table, the invalid transitions (409 naming the state),
+the events on payments.events, the webhooks, and an audit that balances afterwards."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import redis
+import stripe
+from confluent_kafka import Producer
+
+from paysim.domain import fees
+from paysim.domain.messages import (
+    Codec,
+    Merchant,
+    OperationKind,
+    OperationRequested,
+    PaymentAuthorized,
+    PaymentEvent,
+    encode,
+    now_us,
+)
+from paysim.infra.config import Settings
+from paysim.infra.kafka import client_config, read_topic
+from paysim.infra.waiting import wait_until
+from paysim.pipeline import ledger_store, store
+from tests.helpers import free_port
+from tests.integration.pipeline_helpers import paysim
+from tests.integration.test_pipeline import _Receiver
+
+VISA = "4242424242424242"
+RUN = f"life-{uuid.uuid4().hex[:8]}"
+
+
+def call(settings: Settings, method: str, path: str, body: dict[str, Any] | None = None,
+         key: str | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    request = urllib.request.Request(
+        f"http://{settings.http.host}:{settings.http.port}{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read()), dict(answer.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+@pytest.fixture(scope="module")
+def client(pipeline: Settings) -> Iterator[redis.Redis]:
+    connection = store.connect(pipeline)
+    yield connection
+    connection.close()
+
+
+def pay(settings: Settings, client: redis.Redis, amount: int = 10_000, *,
+        capture: str = "manual", **extra: Any) -> dict[str, Any]:
+    """A payment authorized through POST /authorize; its view once its outcome is in."""
+    status, body, _ = call(settings, "POST", "/authorize", {
+        "card_number": VISA, "exp_month": 12, "exp_year": 2099, "cvv": "123",
+        "amount": amount, "currency": "USD", "run_id": RUN, "capture": capture,
+        "merchant": {"id": "m-life", "name": "Hotel Paysim", "mcc": "7011", "country": "US"},
+        **extra})
+    assert status == 200, body
+    payment_id = body["payment_id"]
+    assert wait_until(lambda: store.read_outcome(client, payment_id) is not None, timeout=60)
+    status, view, _ = call(settings, "GET", f"/payments/{payment_id}")
+    assert status == 200 and "lifecycle" in view, view
+    return view
+
+
+def op(settings: Settings, payment_id: str, path: str, body: dict[str, Any] | None = None,
+       **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    status, answer, _ = call(settings, "POST", path.format(payment_id), body, **kwargs)
+    return status, answer
+
+
+def test_manual_capture_in_parts_then_refused_past_the_hold(pipeline: Settings,
+                                                           client: redis.Redis) -> None:
+    view = pay(pipeline, client)
+    pid = view["payment_id"]
+    life = view["lifecycle"]
+    assert life["state"] == "authorized" and life["amounts"]["held"] == 10_000
+    assert [e["kind"] for e in life["events"]] == ["authorized"]
+    assert life["events"][0]["mti"] == "0100/0110"
+
+    status, answer = op(pipeline, pid, "/payments/{}/capture", {"amount": 4_000})
+    assert status == 200, answer
+    assert answer["operation"]["status"] == "applied" and answer["operation"]["amount"] == 4_000
+    assert answer["payment"]["state"] == "partially_captured"
+    status, answer = op(pipeline, pid, "/payments/{}/capture", {"amount": 6_001})
+    assert status == 409 and answer["state"] == "partially_captured"
+    assert answer["error"] == "cannot capture: 6001 is more than the 6000 still held"
+    status, answer = op(pipeline, pid, "/payments/{}/capture", {"amount": 1_000, "final": True})
+    assert status == 200 and answer["payment"]["state"] == "captured"
+    amounts = answer["payment"]["amounts"]
+    assert amounts["captured"] == 5_000 and amounts["held"] == 0
+    charged = (fees.capture_fees("visa", 4_000, "USD").total
+               + fees.capture_fees("visa", 1_000, "USD").total)
+    assert amounts["fees"] == charged and amounts["net"] == 5_000 - charged
+    status, answer = op(pipeline, pid, "/payments/{}/void")
+    assert status == 409 and answer["error"] == "cannot void: the payment is captured"
+
+
+def test_an_increment_raises_the_hold_but_not_on_an_automatic_capture(
+        pipeline: Settings, client: redis.Redis) -> None:
+    pid = pay(pipeline, client)["payment_id"]
+    status, answer = op(pipeline, pid, "/payments/{}/increment", {"amount": 2_500})
+    assert status == 200 and answer["payment"]["amounts"]["held"] == 12_500
+    status, answer = op(pipeline, pid, "/payments/{}/capture")
+    assert status == 200 and answer["operation"]["amount"] == 12_500
+    auto = pay(pipeline, client, capture="automatic")["payment_id"]
+    status, answer = op(pipeline, auto, "/payments/{}/increment", {"amount": 100})
+    assert status == 409 and "captured automatically" in answer["error"]
+    status, answer = op(pipeline, auto, "/payments/{}/increment", {})
+    assert status == 400 and "missing field 'amount'" in answer["error"]
+
+
+def test_void_then_nothing_more(pipeline: Settings, client: redis.Redis) -> None:
+    pid = pay(pipeline, client)["payment_id"]
+    status, answer = op(pipeline, pid, "/payments/{}/void")
+    assert status == 200 and answer["payment"]["state"] == "voided"
+    assert answer["payment"]["events"][-1]["mti"] == "0420"
+    status, answer = op(pipeline, pid, "/payments/{}/capture")
+    assert status == 409 and answer["state"] == "voided"
+
+
+def test_refunds_up_to_the_captured_amount(pipeline: Settings, client: redis.Redis) -> None:
+    pid = pay(pipeline, client, capture="automatic")["payment_id"]
+    status, answer = op(pipeline, pid, "/payments/{}/refunds", {"amount": 3_000})
+    assert status == 200 and answer["payment"]["state"] == "partially_refunded"
+    status, answer = op(pipeline, pid, "/payments/{}/refunds", {"amount": 7_001})
+    assert status == 409 and "7000 refundable" in answer["error"]
+    status, answer = op(pipeline, pid, "/payments/{}/refunds")
+    assert status == 200 and answer["operation"]["amount"] == 7_000
+    assert answer["payment"]["state"] == "refunded"
+
+
+def test_a_reversal_undoes_a_captured_payment(pipeline: Settings, client: redis.Redis) -> None:
+    pid = pay(pipeline, client, capture="automatic")["payment_id"]
+    status, answer = op(pipeline, pid, "/payments/{}/reverse")
+    assert status == 200 and answer["payment"]["state"] == "reversed"
+    assert answer["payment"]["amounts"]["net"] == 0 and answer["payment"]["amounts"]["fees"] == 0
+    status, again = op(pipeline, pid, "/payments/{}/reverse")  # never refused, moves nothing
+    assert status == 200 and again["operation"]["amount"] == 0
+
+
+def test_a_dispute_and_its_resolution(pipeline: Settings, client: redis.Redis) -> None:
+    held = pay(pipeline, client)["payment_id"]
+    status, answer = op(pipeline, held, "/test/payments/{}/dispute", {"reason_code": "13.1"})
+    assert status == 409 and "nothing captured to dispute" in answer["error"]
+    won = pay(pipeline, client, capture="automatic")["payment_id"]
+    status, answer = op(pipeline, won, "/test/payments/{}/dispute", {"reason_code": "13.1"})
+    assert status == 200 and answer["payment"]["state"] == "disputed"
+    assert answer["payment"]["dispute"] == {"reason_code": "13.1", "amount": 10_000,
+                                            "status": "open"}
+    status, answer = op(pipeline, won, "/test/payments/{}/dispute", {"reason_code": "4837"})
+    assert status == 409 and "disputed already" in answer["error"]
+    status, answer = op(pipeline, won, "/test/disputes/{}/resolve", {"won": True})
+    assert status == 200 and answer["payment"]["state"] == "captured"
+    lost = pay(pipeline, client, capture="automatic")["payment_id"]
+    op(pipeline, lost, "/test/payments/{}/dispute", {"reason_code": "4837"})
+    status, answer = op(pipeline, lost, "/test/disputes/{}/resolve", {"won": False})
+    assert status == 200 and answer["payment"]["state"] == "charged_back"
+    status, answer = op(pipeline, lost, "/test/disputes/{}/resolve", {"won": True})
+    assert status == 409 and "no open dispute" in answer["error"]
+
+
+def test_partial_approval_approves_what_the_card_has(pipeline: Settings,
+                                                     client: redis.Redis) -> None:
+    # The test card that has no credit: nothing available, so even opted in it is 51.
+    view = pay(pipeline, client, card_number="4000000000009995", partial_approval=True)
+    assert view["reason_code"] == "51" and view["lifecycle"]["state"] == "declined"
+    status, answer = op(pipeline, view["payment_id"], "/payments/{}/capture")
+    assert status == 409 and "declined" in answer["error"]
+
+
+def test_an_operation_with_an_idempotency_key_applies_once(pipeline: Settings,
+                                                           client: redis.Redis) -> None:
+    pid = pay(pipeline, client)["payment_id"]
+    key = f"cap-{uuid.uuid4()}"
+    first = call(pipeline, "POST", f"/payments/{pid}/capture", {"amount": 1_000}, key=key)
+    again = call(pipeline, "POST", f"/payments/{pid}/capture", {"amount": 1_000}, key=key)
+    assert first[0] == again[0] == 200 and first[1] == again[1]
+    assert again[2].get("Idempotent-Replayed") == "true"
+    status, view, _ = call(pipeline, "GET", f"/payments/{pid}")
+    assert status == 200 and view["lifecycle"]["amounts"]["captured"] == 1_000
+
+
+def test_operations_on_unknown_payments_are_404(pipeline: Settings) -> None:
+    status, answer = op(pipeline, str(uuid.uuid4()), "/payments/{}/capture")
+    assert status == 404 and "no payment" in answer["error"]
+
+
+def test_a_reversal_before_its_authorization_leaves_nothing_held(pipeline: Settings,
+                                                                  client: redis.Redis) -> None:
+    """The reversal reaches the ledger first (as a 0400 does when the acquirer timed out
+    before the issuer answered); the authorization that follows holds nothing (17)."""
+    payment_id, token, run = str(uuid.uuid4()), f"tok_{uuid.uuid4().hex}", RUN
+    producer = Producer(client_config(pipeline))
+    reversal = OperationRequested(op_id=f"rev-{payment_id}", kind=OperationKind.REVERSE,
+                                  payment_id=payment_id, run_id=run, token=token,
+                                  requested_at=now_us())
+    producer.produce(pipeline.topics.operations, key=token, value=encode(reversal))
+    assert producer.flush(30) == 0
+    assert wait_until(lambda: ledger_store.read_answer(client, run, token, reversal.op_id)
+                      is not None, timeout=60)
+    late = PaymentAuthorized(
+        payment_id=payment_id, run_id=run, amount=5_000, currency="USD",
+        merchant=Merchant(id="m-life", name="Hotel Paysim", mcc="7011", country="US"),
+        stages={"requested": now_us(), "authorized": now_us()}, token=token,
+        masked_pan="424242******4242", network="visa", exp_month=12, exp_year=2099)
+    producer.produce(pipeline.topics.authorized, key=token, value=encode(late))
+    assert producer.flush(30) == 0
+    assert wait_until(lambda: store.read_outcome(client, payment_id) is not None, timeout=60)
+    stored = store.read_outcome(client, payment_id)
+    assert stored is not None and stored.outcome.reason_code == "17"
+    record = ledger_store.read_record(client, run, token, payment_id)
+    assert record is not None and record.state == "reversed" and record.held == 0
+    book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run, token)))
+    assert not book.lines or not any(book.lines.values())
+
+
+def test_events_reach_the_topic_and_the_client_as_signed_webhooks(
+        pipeline: Settings, client: redis.Redis) -> None:
+    _Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        pid = pay(pipeline, client, callback_url=url)["payment_id"]
+        op(pipeline, pid, "/payments/{}/capture", {"amount": 2_000})
+        op(pipeline, pid, "/payments/{}/refunds", {"amount": 500})
+
+        def types() -> list[str]:
+            return [json.loads(body)["type"] for _, body in _Receiver.received]
+
+        assert wait_until(lambda: {"payment.captured", "payment.refunded"} <= set(types()),
+                          timeout=60), types()
+    finally:
+        server.shutdown()
+        server.server_close()
+    secret = json.loads(pipeline.secrets.file.read_text())["webhook_secret"]
+    for headers, body in _Receiver.received:
+        event = stripe.Webhook.construct_event(body, headers.get("Stripe-Signature"), secret)
+        if event.type == "payment.captured":
+            assert event.data.object.amount == 2_000
+            assert event.data.object.mti == "0220"
+    codec = Codec(PaymentEvent)
+    events = [codec.decode(raw) for raw in read_topic(pipeline, pipeline.topics.events)]
+    mine = [(e.kind, e.amount) for e in events if e.payment_id == pid]
+    assert mine == [("authorized", 10_000), ("captured", 2_000), ("refunded", 500)]
+
+
+def test_the_audit_balances_after_every_operation(pipeline: Settings) -> None:
+    result = paysim(pipeline, "audit", "--run", RUN, "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report["ledger_mismatches"]
+    assert report["unbalanced"] == {} and report["ledger_mismatch_count"] == 0
+    assert report["records_checked"] >= 10
+    usd = report["balances"]["USD"]
+    assert sum(usd.values()) == 0 and usd["interchange"] > 0 and usd["dispute fees"] > 0
