@@ -13,6 +13,7 @@ from paysim.domain import lifecycle
 from paysim.domain.lifecycle import Change, PaymentRecord
 from paysim.domain.messages import Codec, OperationRequested, now_us
 from paysim.infra.config import Settings
+from paysim.pipeline import store
 from paysim.pipeline.events import event_message, event_outputs
 from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
 from paysim.pipeline.notifications import queue_event_webhook
@@ -26,10 +27,11 @@ class LedgerService(Service[OperationRequested]):
         super().__init__(spec, settings, redis_client)
         self.ledger = LedgerStore(redis_client, settings.redis.ledger_ttl)
         self._changes: dict[str, Change] = {}
+        self._streams_renewed: set[str] = set()
 
     def prepare(self, items: list[OperationRequested]) -> None:
         """Every card's operations in order, decided on one read, written atomically."""
-        self._changes = {}
+        self._changes, self._streams_renewed = {}, set()
         now = now_us()
         day = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%d")
         by_card: dict[CardRef, list[OperationRequested]] = {}
@@ -57,6 +59,15 @@ class LedgerService(Service[OperationRequested]):
 
     def decide(self, item: OperationRequested, pipe: redis.client.Pipeline) -> list[Output]:
         change = self._changes[item.op_id]
+        # Read back by `paysim send` (a redelivered batch adds the entry again: the reader
+        # keeps the first).
+        store.add_operation_done(pipe, item.run_id, store.OperationDone(
+            item.op_id, item.kind, item.payment_id, change.answer.code, change.answer.amount,
+            item.requested_at, now_us()))
+        stream = store.run_operations_key(item.run_id)
+        if stream not in self._streams_renewed:  # once per run and batch is enough
+            self._streams_renewed.add(stream)
+            pipe.expire(stream, self.settings.redis.outcome_ttl)
         url = change.record.callback_url
         if url and change.changed:
             for event in change.events:

@@ -68,6 +68,11 @@ def run_stream_key(run_id: str) -> str:
     return f"paysim:run:{run_id}:done"
 
 
+def run_operations_key(run_id: str) -> str:
+    """One entry per operation of the run once the ledger answered it."""
+    return f"paysim:run:{run_id}:ops"
+
+
 def run_issuer_key(run_id: str) -> str:
     """A run's issuer behaviour (JSON), set by `paysim send` from its scenario."""
     return f"paysim:run:{run_id}:issuer"
@@ -245,6 +250,33 @@ def read_done_entry(fields: dict[bytes, bytes]) -> DoneEntry:
         return _done_decoder.decode(fields[DONE_FIELD.encode()])
     except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"not a paysim run stream entry: {exc}") from None
+
+
+class OperationDone(msgspec.Struct, frozen=True):
+    """One answered operation on its run's stream, as `paysim send` reads it back."""
+
+    op_id: str
+    kind: str
+    payment_id: str
+    reason_code: str
+    amount: int  # what it moved (0 when refused)
+    requested_at: int  # Unix µs, as the operation carried it
+    answered_at: int
+
+
+_operation_done_decoder = msgspec.json.Decoder(OperationDone)
+
+
+def add_operation_done(pipe: redis.client.Pipeline, run_id: str, entry: OperationDone) -> None:
+    pipe.execute_command("XADD", run_operations_key(run_id), "*", DONE_FIELD, encode(entry))
+
+
+def read_operation_done(fields: dict[bytes, bytes]) -> OperationDone:
+    """An operations stream entry, typed. Raises ValueError for one paysim did not write."""
+    try:
+        return _operation_done_decoder.decode(fields[DONE_FIELD.encode()])
+    except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"not a paysim operations stream entry: {exc}") from None
 
 
 class WebhookState(msgspec.Struct, frozen=True):

@@ -195,6 +195,13 @@ def test_an_operation_with_an_idempotency_key_applies_once(pipeline: Settings,
     assert again[2].get("Idempotent-Replayed") == "true"
     status, view, _ = call(pipeline, "GET", f"/payments/{pid}")
     assert status == 200 and view["lifecycle"]["amounts"]["captured"] == 1_000
+    # The ledger answered it once, on the run's operations stream (what `send` reads).
+    done = [store.read_operation_done(fields) for _, fields in
+            client.xrange(store.run_operations_key(RUN))]
+    mine = [entry for entry in done if entry.op_id == first[1]["operation"]["id"]]
+    assert [(e.kind, e.payment_id, e.reason_code, e.amount) for e in mine] == [
+        ("capture", pid, "00", 1_000)]
+    assert mine[0].answered_at >= mine[0].requested_at
 
 
 def test_operations_on_unknown_payments_are_404(pipeline: Settings) -> None:
