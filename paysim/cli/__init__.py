@@ -17,6 +17,7 @@ from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.render import printable
 from paysim.cli.report import report as report_group
+from paysim.cli.settlement import settle, settlement
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
 from paysim.infra.errors import PaysimError
@@ -32,8 +33,8 @@ def cli() -> None:
     """paysim: a card-payment pipeline on Kafka and Redis, and a load tool to drive it."""
 
 
-for command in (run_all_command, send, status, audit, ps, stop, report_group, stack, topics,
-                service, bench):
+for command in (run_all_command, send, status, audit, settlement, settle, ps, stop,
+                report_group, stack, topics, service, bench):
     cli.add_command(command)
 
 

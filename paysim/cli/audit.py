@@ -69,6 +69,7 @@ def audit(ctx: click.Context, settings: Settings, run_id: str | None, pci: bool,
             bool(report.unbalanced))
         row("holds open (within their TTL)", report.holds_open, False)
         row("holds past their TTL", len(report.holds_overdue), bool(report.holds_overdue))
+        row("settlement batches checked", report.settlement_batches, False)
         console.print(table)
         if report.balances:
             money = Table("currency", "account", "balance", title="where the money is")

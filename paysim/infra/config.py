@@ -216,6 +216,12 @@ OPTIONS: tuple[Option, ...] = (
            "every change in a payment's life"),
     Option("lifecycle.hold_ttl", _seconds, lambda: 7 * 86400.0,
            "seconds an uncaptured hold lasts before it expires"),
+    Option("lifecycle.settlement_window", _seconds, lambda: 86400.0,
+           "seconds per settlement window (whole seconds); each closes into batches"),
+    Option("lifecycle.runs_dir", _path, lambda: _data_home() / "paysim" / "runs",
+           "where each run's clearing file is written (<dir>/<run>/clearing.csv)"),
+    Option("topics.settlements", _text, lambda: "payments.settlements",
+           "closed settlement batches"),
     Option("http.host", _text, lambda: "127.0.0.1", "address the HTTP API listens on",
            "--http-host", "HOST"),
     Option("http.port", _port, lambda: 8080, "port of the HTTP API", "--http-port", "PORT"),
@@ -289,10 +295,11 @@ class TopicSettings:
     dlq: str
     operations: str
     events: str
+    settlements: str
 
     def names(self) -> list[str]:
         return [self.requested, self.authorized, self.results, self.notifications, self.dlq,
-                self.operations, self.events]
+                self.operations, self.events, self.settlements]
 
 
 @dataclass(frozen=True)
@@ -311,6 +318,8 @@ class IssuerSettings:
 @dataclass(frozen=True)
 class LifecycleSettings:
     hold_ttl: float  # seconds
+    settlement_window: float  # seconds
+    runs_dir: Path
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from paysim.domain.messages import (
 from paysim.infra.config import Settings, TopicSettings
 from paysim.infra.kafka import read_topic
 from paysim.ops import ledger_checks
-from paysim.pipeline import ledger_store, store
+from paysim.pipeline import ledger_store, settlement_store, store
 
 LISTED = 20  # ids listed per finding; the counts are complete
 
@@ -70,6 +70,7 @@ class AuditReport:
     unbalanced: dict[str, int] = field(default_factory=dict)  # currency -> non-zero sum
     holds_open: int = 0  # held and within their TTL
     holds_overdue: list[str] = field(default_factory=list)  # past their TTL, still held
+    settlement_batches: int = 0
 
     @property
     def ok(self) -> bool:
@@ -159,6 +160,7 @@ def _check_ledgers(client: redis.Redis, results: dict[str, list[PaymentOutcome]]
             by_card[(outcome.run_id, outcome.token)].append(outcome)
     now = now_us()
     totals: dict[str, Counter[str]] = defaultdict(Counter)
+    pending: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # run -> merchants
     cards_l = sorted(by_card)
     for start in range(0, len(cards_l), 500):
         chunk = cards_l[start:start + 500]
@@ -187,6 +189,18 @@ def _check_ledgers(client: redis.Redis, results: dict[str, list[PaymentOutcome]]
                     report.holds_overdue.append(payment_id)
             for (currency, kind), value in ledger_checks.account_kinds(book).items():
                 totals[currency][kind] += value
+            pending[run].update(ledger_checks.merchant_pending_lines(book))
+    for run in sorted({run for run, _ in by_card}):
+        book = settlement_store.read_book(client, run)
+        for (currency, kind), value in ledger_checks.account_kinds(book).items():
+            totals[currency][kind] += value
+        batches = settlement_store.read_batches(client, run)
+        report.settlement_batches += len(batches)
+        for what in ledger_checks.check_settlement(
+                book, batches, settlement_store.unsettled(client, run), pending[run]):
+            report.ledger_mismatch_count += 1
+            if len(report.ledger_mismatches) < LISTED:
+                report.ledger_mismatches.append(LedgerMismatch(run, "-", None, what))
     report.balances = {currency: dict(sorted(kinds.items()))
                        for currency, kinds in sorted(totals.items())}
     report.unbalanced = {currency: total for currency, kinds in report.balances.items()

@@ -15,6 +15,7 @@ from paysim.domain import decisions, ledger
 from paysim.domain.ledger import CARD, PENDING, POSTED, Book
 from paysim.domain.lifecycle import PaymentRecord, State
 from paysim.domain.messages import PaymentOutcome
+from paysim.domain.settlement import Batch, Movement
 
 # A hold past its TTL by less than this is the expiry scheduler's to release, not a fault.
 EXPIRY_GRACE_US = 60_000_000
@@ -130,3 +131,43 @@ def _check_record(payment_id: str, record: PaymentRecord, now: int, check: CardC
             check.holds_overdue.append(payment_id)
         else:
             check.holds_open += 1
+
+
+def merchant_pending_lines(book: Book) -> dict[tuple[str, str], int]:
+    """Each merchant's pending balance in this book, by (merchant account, currency)."""
+    return {(line.account, line.currency): value for line, value in book.lines.items()
+            if line.kind == POSTED and line.account.startswith("merchant:")
+            and line.account.endswith(":pending")}
+
+
+def check_settlement(book: Book, batches: list[Batch], unsettled: list[Movement],
+                     pending: dict[tuple[str, str], int]) -> list[str]:
+    """A run's settlement against its ledger: the settlement book balances; each batch adds
+    up; what the batches paid is what the settlement book moved; and what the card books
+    owe each merchant, less what was paid, is what its unsettled movements add to."""
+    problems = [f"settlement book does not balance: {kind} lines in {currency} sum to "
+                f"{total}" for kind, currency, total in book.unbalanced()]
+    paid: Counter[tuple[str, str]] = Counter()
+    for batch in batches:
+        parts = (batch.gross - batch.refunds - batch.chargebacks - batch.reversals
+                 - batch.interchange - batch.scheme_fees - batch.dispute_fees)
+        if parts != batch.net:
+            problems.append(f"batch {batch.batch_id}: its parts add to {parts}, its net is "
+                            f"{batch.net}")
+        paid[(batch.merchant_id, batch.currency)] += batch.net
+    open_net: Counter[tuple[str, str]] = Counter()
+    for move in unsettled:
+        open_net[(move.merchant_id, move.currency)] += move.net
+    merchants = {(account.split(":", 1)[1].rsplit(":", 1)[0], currency)
+                 for account, currency in pending} | set(paid) | set(open_net)
+    for merchant, currency in sorted(merchants):
+        settled = book.balance(ledger.merchant_settled(merchant), currency)
+        if settled != paid[(merchant, currency)]:
+            problems.append(f"merchant {merchant} was paid {settled} {currency}, its batches "
+                            f"say {paid[(merchant, currency)]}")
+        owed = (pending.get((ledger.merchant_pending(merchant), currency), 0)
+                + book.balance(ledger.merchant_pending(merchant), currency))
+        if owed != open_net[(merchant, currency)]:
+            problems.append(f"merchant {merchant} is owed {owed} {currency} not yet settled, "
+                            f"its unsettled movements add to {open_net[(merchant, currency)]}")
+    return problems

@@ -25,7 +25,7 @@ class LedgerService(Service[OperationRequested]):
 
     def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
         super().__init__(spec, settings, redis_client)
-        self.ledger = LedgerStore(redis_client, settings.redis.ledger_ttl)
+        self.ledger = LedgerStore.for_settings(redis_client, settings)
         self._changes: dict[str, Change] = {}
         self._streams_renewed: set[str] = set()
 
@@ -39,7 +39,7 @@ class LedgerService(Service[OperationRequested]):
             by_card.setdefault(CardRef(op.run_id, op.token), []).append(op)
 
         def decide_card(card: CardRef, snapshot: CardSnapshot) -> CardWrite:
-            write = CardWrite()
+            write = self.ledger.card_write()
             for op in by_card[card]:
                 before = snapshot.records.get(op.payment_id)
                 answer = snapshot.answers.get(op.op_id)

@@ -26,11 +26,15 @@ from dataclasses import dataclass, field
 import msgspec
 import redis
 
-from paysim.domain import ledger
+from paysim.domain import ledger, settlement
 from paysim.domain.ledger import CARD, Book, Line
 from paysim.domain.lifecycle import Answer, CardFunds, Change, PaymentRecord
+from paysim.domain.settlement import Movement
+from paysim.infra.config import Settings
 
 HOLDS_KEY = "paysim:holds"
+# Settlement windows with movements not yet settled, by their end (Unix seconds).
+WINDOWS_KEY = "paysim:windows"
 VERSION_FIELD = "ver"
 MAX_TRIES = 5
 
@@ -49,6 +53,15 @@ def record_key(run_id: str, token: str, payment_id: str) -> str:
 
 def answer_key(run_id: str, token: str, op_id: str) -> str:
     return f"paysim:answer:{_tag(run_id, token)}:{op_id}"
+
+
+def movements_key(run_id: str, window: int) -> str:
+    """The run's settlement movements in the window starting at ``window`` (a list)."""
+    return f"paysim:moves:{run_id}:{window}"
+
+
+def window_member(run_id: str, window: int) -> str:
+    return json.dumps([run_id, window])
 
 
 def day_field(currency: str, day: str) -> str:
@@ -119,11 +132,14 @@ class CardSnapshot:
 class CardWrite:
     """One card's changes in a batch, as the APPLY script takes them."""
 
+    window_s: float  # the settlement window the movements are filed under
     increments: dict[str, int] = field(default_factory=dict)
     records: dict[str, PaymentRecord] = field(default_factory=dict)  # by payment id
     answers: dict[str, Answer] = field(default_factory=dict)  # by operation id
     holds_open: dict[str, int] = field(default_factory=dict)  # member -> expiry (µs)
     holds_closed: set[str] = field(default_factory=set)
+    # Settlement movements by window start (Unix seconds): rows of the clearing file.
+    movements: dict[int, list[Movement]] = field(default_factory=dict)
 
     def take(self, change: Change, before: PaymentRecord | None, day: str,
              op_id: str | None = None) -> None:
@@ -142,6 +158,10 @@ class CardWrite:
             self.increments[name] = self.increments.get(name, 0) + change.spent_today
         record = change.record
         self.records[record.payment_id] = record
+        moved = settlement.movement(change)
+        if moved is not None:
+            window = settlement.window_of(moved.at, self.window_s)
+            self.movements.setdefault(window, []).append(moved)
         member = hold_member(record)
         if record.held and record.hold_expires_at and not record.closed:
             self.holds_open[member] = record.hold_expires_at
@@ -165,10 +185,18 @@ CardReads = tuple[set[str] | None, set[str], set[str]]
 class LedgerStore:
     """Reads the cards a batch touches, lets the caller decide on them, writes the result."""
 
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
+    def __init__(self, client: redis.Redis, ttl: int, window_s: float) -> None:
         self.client = client
         self.ttl = ttl
+        self.window_s = window_s
         self._apply = client.register_script(APPLY_LUA)
+
+    @classmethod
+    def for_settings(cls, client: redis.Redis, settings: Settings) -> LedgerStore:
+        return cls(client, settings.redis.ledger_ttl, settings.lifecycle.settlement_window)
+
+    def card_write(self) -> CardWrite:
+        return CardWrite(self.window_s)
 
     def read(self, cards: dict[CardRef, CardReads], day: str) -> dict[CardRef, CardSnapshot]:
         """Each card's snapshot, in one round trip."""
@@ -214,15 +242,17 @@ class LedgerStore:
     def write(self, writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
         """Apply each card's changes if its version is still the one read; the cards whose
         version moved meanwhile (to read and decide again)."""
-        keys: list[str] = [HOLDS_KEY]
+        keys: list[str] = [HOLDS_KEY, WINDOWS_KEY]
         args: list[object] = [self.ttl]
+        width = max(1, round(self.window_s))
         for card, snapshot, write in writes:
             keys.append(card_key(card.run_id, card.token))
             keys += [record_key(card.run_id, card.token, pid) for pid in write.records]
             keys += [answer_key(card.run_id, card.token, op) for op in write.answers]
+            keys += [movements_key(card.run_id, window) for window in write.movements]
             args += (snapshot.version, len(write.increments),
                      len(write.records) + len(write.answers), len(write.holds_open),
-                     len(write.holds_closed))
+                     len(write.holds_closed), len(write.movements))
             for name, delta in write.increments.items():
                 args += (name, delta)
             args += [_encode(record) for record in write.records.values()]
@@ -230,7 +260,10 @@ class LedgerStore:
             for member, expires in write.holds_open.items():
                 args += (expires, member)
             args += sorted(write.holds_closed)
-        if len(keys) == 1:
+            for window, moved in write.movements.items():
+                args += (len(moved), window + width, window_member(card.run_id, window))
+                args += [_encode(move) for move in moved]
+        if len(keys) == 2:
             return set()
         conflicts = self._apply(keys=keys, args=args)
         return {writes[int(index) - 1][0] for index in conflicts}
@@ -293,13 +326,15 @@ def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:
 
 # Writes each card's changes if the card's version is the one the batch read (else the card's
 # index is returned, and nothing of it is written). Per card, ARGV holds: the version read,
-# the counts of increments, documents, holds opened and holds closed; the increments as
-# field/delta pairs; the documents (records, then answers, their keys in KEYS after the
-# card's); the holds opened as score/member pairs; the holds closed.
-# KEYS[1] is the sorted set of holds; ARGV[1] the TTL of everything written.
+# the counts of increments, documents, holds opened, holds closed and settlement windows; the
+# increments as field/delta pairs; the documents (records, then answers, their keys in KEYS
+# after the card's); the holds opened as score/member pairs; the holds closed; per window
+# (its movements list in KEYS after the documents') the count of movements, the window's end
+# and member in the windows set, then the movements.
+# KEYS[1] is the sorted set of holds, KEYS[2] of windows; ARGV[1] the TTL of what is written.
 APPLY_LUA = """
-local ttl, holds = ARGV[1], KEYS[1]
-local k, a, index = 2, 2, 0
+local ttl, holds, windows = ARGV[1], KEYS[1], KEYS[2]
+local k, a, index = 3, 2, 0
 local conflicts = {}
 while a <= #ARGV do
   index = index + 1
@@ -307,7 +342,14 @@ while a <= #ARGV do
   local expected = ARGV[a]
   local nincr, ndoc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local nopen, nclose = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  a = a + 5
+  local nwin = tonumber(ARGV[a + 5])
+  a = a + 6
+  local skip = 2 * nincr + ndoc + 2 * nopen + nclose
+  local w = a + skip
+  for i = 0, nwin - 1 do
+    skip = skip + 3 + tonumber(ARGV[w])
+    w = a + skip
+  end
   if (redis.call('HGET', card, 'ver') or '0') ~= expected then
     conflicts[#conflicts + 1] = index
   else
@@ -328,9 +370,19 @@ while a <= #ARGV do
     for i = 0, nclose - 1 do
       redis.call('ZREM', holds, ARGV[b + i])
     end
+    b = b + nclose
+    for i = 0, nwin - 1 do
+      local list, nrows = KEYS[k + 1 + ndoc + i], tonumber(ARGV[b])
+      redis.call('ZADD', windows, ARGV[b + 1], ARGV[b + 2])
+      for j = 1, nrows do
+        redis.call('RPUSH', list, ARGV[b + 2 + j])
+      end
+      redis.call('EXPIRE', list, ttl)
+      b = b + 3 + nrows
+    end
   end
-  a = a + 2 * nincr + ndoc + 2 * nopen + nclose
-  k = k + 1 + ndoc
+  a = a + skip
+  k = k + 1 + ndoc + nwin
 end
 return conflicts
 """

@@ -41,7 +41,7 @@ class Processor(Service[PaymentAuthorized]):
     def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
         super().__init__(spec, settings, redis_client)
         self.rates = IssuerRates(settings.issuer.decline_rate, settings.issuer.fault_rate)
-        self.ledger = LedgerStore(redis_client, settings.redis.ledger_ttl)
+        self.ledger = LedgerStore.for_settings(redis_client, settings)
         self._answers: dict[str, str] = {}  # the issuer's own answers, before the ledger
         self._changes: dict[str, lifecycle.Change] = {}
         self._rejected: dict[str, str] = {}
@@ -98,7 +98,7 @@ class Processor(Service[PaymentAuthorized]):
         hold_ttl_us = round(self.settings.lifecycle.hold_ttl * 1e6)
 
         def decide_card(card: CardRef, snapshot: CardSnapshot) -> CardWrite:
-            write = CardWrite()
+            write = self.ledger.card_write()
             for item in to_settle[card]:
                 before = snapshot.records[item.payment_id]
                 change = lifecycle.authorize(self._authorization(item), before,

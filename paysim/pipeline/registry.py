@@ -20,6 +20,7 @@ from paysim.pipeline.ledger_service import LedgerService
 from paysim.pipeline.notifier import Notifier
 from paysim.pipeline.processor import Processor
 from paysim.pipeline.service import ServiceSpec
+from paysim.pipeline.settlement_store import SettlementCloser
 from paysim.pipeline.webhook_dispatch import WebhookDispatcher
 
 
@@ -29,9 +30,9 @@ def _webhook_dispatcher(settings: Settings, client: redis.Redis, instance: int,
                               f"{NOTIFIER.name}-{instance}", stop)]
 
 
-def _hold_expirer(settings: Settings, client: redis.Redis, _instance: int,
-                  stop: threading.Event) -> list[threading.Thread]:
-    return [HoldExpirer(settings, client, stop)]
+def _expiry_and_settlement(settings: Settings, client: redis.Redis, _instance: int,
+                           stop: threading.Event) -> list[threading.Thread]:
+    return [HoldExpirer(settings, client, stop), SettlementCloser(settings, client, stop)]
 
 
 AUTHORIZER = ServiceSpec(
@@ -46,8 +47,9 @@ NOTIFIER = ServiceSpec(
     "notifier", "confirms each outcome in Redis, notifies the client, queues webhooks",
     input_topic="results", stamps=NOTIFIED, factory=Notifier, threads=_webhook_dispatcher)
 LEDGER = ServiceSpec(
-    "ledger", "applies captures, increments, voids, expiries, reversals, refunds and disputes",
-    input_topic="operations", factory=LedgerService, threads=_hold_expirer)
+    "ledger", "applies captures, increments, voids, expiries, reversals, refunds and "
+    "disputes; closes settlement windows",
+    input_topic="operations", factory=LedgerService, threads=_expiry_and_settlement)
 HTTP = ServiceSpec("http", "the HTTP API (the seed's endpoints and the payments' operations)",
                    scalable=False)
 

@@ -29,6 +29,7 @@ from paysim.domain.messages import (
     encode,
     now_us,
 )
+from paysim.domain.settlement import Batch
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config, read_topic
 from paysim.infra.waiting import wait_until
@@ -269,6 +270,39 @@ def test_events_reach_the_topic_and_the_client_as_signed_webhooks(
     assert mine == [("authorized", 10_000), ("captured", 2_000), ("refunded", 500)]
 
 
+def test_settle_closes_the_window_into_a_batch_per_merchant(pipeline: Settings,
+                                                            client: redis.Redis) -> None:
+    pay(pipeline, client, capture="automatic")  # at least one movement in the window
+    settled = paysim(pipeline, "settle", "--run", RUN)
+    assert settled.returncode == 0, settled.stderr
+    assert "closed 1 window(s): 1 batch(es)" in settled.stdout
+    shown = paysim(pipeline, "settlement", "--run", RUN, "--json")
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    [batch] = view["batches"]
+    assert (batch["merchant_id"], batch["currency"]) == ("m-life", "USD")
+    assert view["unsettled"] == []
+    # The batch is the sum of the payments' own figures, as their records keep them.
+    records = [ledger_store.decode_record(client.get(key)) for key in
+               client.scan_iter(match=f"paysim:pay:{{{RUN}:*", count=1000)]
+    approved = [r for r in records if r.approved]
+    assert batch["net"] == sum(r.merchant_net for r in approved)
+    assert batch["gross"] == sum(r.captured for r in approved)
+    assert batch["refunds"] == sum(r.refunded for r in approved)
+    assert batch["interchange"] + batch["scheme_fees"] == sum(r.fees for r in approved)
+    # Its movements, one row each, in the run's clearing file; the batch on its topic.
+    clearing = pipeline.lifecycle.runs_dir / RUN / "clearing.csv"
+    rows = clearing.read_text().splitlines()
+    assert rows[0].startswith("batch_id,payment_id,operation,event,at")
+    assert len(rows) - 1 == batch["movements"] and batch["movements"] >= 10
+    codec = Codec(Batch)
+    on_topic = [codec.decode(raw) for raw in read_topic(pipeline, pipeline.topics.settlements)]
+    assert [b.net for b in on_topic if b.batch_id == batch["batch_id"]] == [batch["net"]]
+    table = paysim(pipeline, "settlement", "--run", RUN)
+    assert table.returncode == 0 and "m-life" in table.stdout
+    assert "nothing left to settle" in table.stdout
+
+
 def test_the_audit_balances_after_every_operation(pipeline: Settings) -> None:
     result = paysim(pipeline, "audit", "--run", RUN, "--json")
     report = json.loads(result.stdout)
@@ -277,3 +311,6 @@ def test_the_audit_balances_after_every_operation(pipeline: Settings) -> None:
     assert report["records_checked"] >= 10
     usd = report["balances"]["USD"]
     assert sum(usd.values()) == 0 and usd["interchange"] > 0 and usd["dispute fees"] > 0
+    assert report["settlement_batches"] == 1
+    assert usd["merchants settled"] == usd["acquirer settlement"] == -usd["issuer settlement"]
+    assert usd["merchants settled"] > 0 and usd["merchants pending"] == 0

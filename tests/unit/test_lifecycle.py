@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paysim.domain import fees, ledger, lifecycle
+from paysim.domain import fees, ledger, lifecycle, settlement
 from paysim.domain.ledger import CARD, PENDING, POSTED, Book
 from paysim.domain.lifecycle import (
     Authorization,
@@ -34,11 +34,15 @@ class Card:
         self.today = 0
         self.credit, self.daily = credit, daily
         self.records: dict[str, PaymentRecord] = {}
+        self.movements: list[settlement.Movement] = []
 
     def funds(self) -> CardFunds:
         return CardFunds(self.book, self.today)
 
     def take(self, change: Change) -> Change:
+        moved = settlement.movement(change)
+        if moved is not None:
+            self.movements.append(moved)
         if change.changed:
             self.book.apply(change.entries)
             self.today += change.spent_today
@@ -297,9 +301,52 @@ def test_any_life_keeps_the_book_balanced_and_the_amounts_consistent(
         assert -card.card() == sum(r.refundable for r in records)
         assert card.merchant() == sum(r.merchant_net for r in records)
         assert card.today == sum(r.authorized + r.incremented for r in records)
+        # The settlement movements split the merchant's money into parts that add up, and
+        # settle exactly what the merchant is owed.
+        [totals] = settlement.total(card.movements).values() or [dict.fromkeys(
+            settlement.MEASURES, 0)]
+        assert totals["net"] == card.merchant()
+        assert totals["gross"] == sum(r.captured for r in records)
+        assert totals["refunds"] == sum(r.refunded for r in records)
+        assert totals["reversals"] == sum(r.reversed for r in records)
+        assert totals["interchange"] + totals["scheme_fees"] == sum(r.fees for r in records)
         assert -card.card() - card.card(PENDING) <= card.credit
 
 
 def test_a_transfer_moves_a_positive_amount() -> None:
     with pytest.raises(ValueError, match="positive amount"):
         ledger.transfer("a", "b", 0, "USD")
+
+
+def test_a_batch_is_paid_from_the_merchants_pending_to_settled_and_issuer_to_acquirer() -> None:
+    card = Card()
+    pid = card.authorize(10_000, capture=CaptureMode.AUTOMATIC).record.payment_id
+    card.op(OperationKind.REFUND, pid, amount=1_000)
+    [batch] = settlement.batches("run-1", 1_800_000_000, 86_400,
+                                 settlement.total(card.movements), NOW)
+    assert (batch.gross, batch.refunds, batch.movements) == (10_000, 1_000, 2)
+    assert batch.net == 10_000 - 1_000 - 188 == card.merchant()
+    assert batch.window_end - batch.window_start == 86_400
+    book = Book()
+    book.apply(settlement.payout(batch))
+    assert book.balance(ledger.merchant_pending("m-1"), "USD") == -batch.net
+    assert book.balance(ledger.merchant_settled("m-1"), "USD") == batch.net
+    assert book.balance(ledger.ACQUIRER_SETTLEMENT, "USD") == batch.net
+    assert not list(book.unbalanced())
+
+
+def test_a_negative_batch_is_paid_back_by_the_merchant() -> None:
+    card = Card()
+    pid = card.authorize(1_000, capture=CaptureMode.AUTOMATIC).record.payment_id
+    card.op(OperationKind.DISPUTE, pid, reason_code="10.4")  # 1,000 back plus a 15.00 fee
+    [batch] = settlement.batches("run-1", 0, 60, settlement.total(card.movements), NOW)
+    assert batch.net < 0
+    book = Book()
+    book.apply(settlement.payout(batch))
+    assert book.balance(ledger.merchant_settled("m-1"), "USD") == batch.net
+    assert book.balance(ledger.ISSUER_SETTLEMENT, "USD") == -batch.net
+
+
+def test_windows_start_on_whole_multiples_of_their_width() -> None:
+    assert settlement.window_of(1_800_000_123_456_789, 86_400) == 1_800_000_123 // 86_400 * 86_400
+    assert settlement.window_of(5_999_999, 2) == 4
