@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -30,7 +31,7 @@ from paysim.load.report_compare import latency_blocks
 from paysim.load.run import run_load
 from paysim.load.runner import Interrupt, Tick
 from paysim.load.schedule import MAX_RATE, MAX_SCHEDULED
-from paysim.pipeline import store
+from paysim.pipeline import ledger_store, store
 from paysim.pipeline.webhook_dispatch import callback_policy
 
 STATUS_STYLE = {"approved": "green", "declined": "red"}
@@ -265,11 +266,11 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
     client = store.connect_answering(settings)
     try:
         stored = store.read_outcome(client, txn_id)
+        view = None if stored is None else ledger_store.payment_view(client, stored)
     finally:
         client.close()
-    if stored is None:
+    if view is None:
         raise PaysimError(f"no payment {txn_id} (unknown, or its outcome expired)")
-    view = store.outcome_view(stored)
     timeline, previous = [], None
     for stage in STAGES:
         if stage in view["stages"]:
@@ -301,3 +302,27 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
         table.add_row(safe(row["stage"]), row["at"],
                       f"{since:.1f} ms" if since is not None else "-")
     console.print(table)
+    life = view.get("lifecycle")
+    if life is not None:
+        _print_lifecycle(life)
+
+
+def _print_lifecycle(life: dict[str, Any]) -> None:
+    """The payment's life on the ledger: its state, amounts and events in order."""
+    currency = life["currency"]
+
+    def money_of(amount: int) -> str:
+        return money.format_amount(amount, currency) if money.is_currency(currency) else str(
+            amount)
+
+    amounts = life["amounts"]
+    console.print(f"ledger   {safe(life['state'])} ({safe(life['capture'])} capture); "
+                  + ", ".join(f"{name} {money_of(amounts[name])}" for name in (
+                      "authorized", "captured", "held", "refunded", "disputed", "fees", "net")
+                              if amounts[name] or name in ("captured", "net")))
+    events = Table("event", "at (UTC)", "amount", "ISO 8583", "operation",
+                   title="life on the ledger")
+    for event in life["events"]:
+        events.add_row(safe(event["kind"]), _iso(event["at"]), money_of(event["amount"]),
+                       safe(event["mti"] or "-"), safe(event["operation"]))
+    console.print(events)

@@ -207,13 +207,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         if stored is None:
             return _error(404, f"no outcome for payment {short(payment_id)} "
                                "(unknown, not finished, or expired)")
-        view = store.outcome_view(stored)
-        if stored.outcome.token:
-            record = ledger_store.read_record(redis_client, stored.outcome.run_id,
-                                              stored.outcome.token, payment_id)
-            if record is not None:
-                view["lifecycle"] = ledger_store.record_view(record)
-        return _json(200, view)
+        return _json(200, ledger_store.payment_view(redis_client, stored))
 
     @app.get(HEALTH_PATH)
     def healthz() -> Response:

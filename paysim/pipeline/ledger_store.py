@@ -31,6 +31,7 @@ from paysim.domain.ledger import CARD, Book, Line
 from paysim.domain.lifecycle import Answer, CardFunds, Change, PaymentRecord
 from paysim.domain.settlement import Movement
 from paysim.infra.config import Settings
+from paysim.pipeline import store
 
 HOLDS_KEY = "paysim:holds"
 # Settlement windows with movements not yet settled, by their end (Unix seconds).
@@ -318,6 +319,18 @@ def record_view(record: PaymentRecord) -> dict[str, object]:
         "events": [{"kind": e.kind, "amount": e.amount, "at": e.at, "mti": e.mti,
                     "operation": e.op_id} for e in record.events],
     }
+
+
+def payment_view(client: redis.Redis, stored: store.StoredOutcome) -> dict[str, object]:
+    """A payment as API clients want it: its outcome, and its life on the ledger when it has
+    one (GET /payments/<id>, `paysim status --json`)."""
+    view = store.outcome_view(stored)
+    outcome = stored.outcome
+    if outcome.token:
+        record = read_record(client, outcome.run_id, outcome.token, outcome.payment_id)
+        if record is not None:
+            view["lifecycle"] = record_view(record)
+    return view
 
 
 def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:
