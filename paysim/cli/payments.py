@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -269,7 +270,7 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
         client.close()
     if stored is None:
         raise PaysimError(f"no payment {txn_id} (unknown, or its outcome expired)")
-    view = store.outcome_view(stored)
+    view = msgspec.to_builtins(store.outcome_view(stored))
     timeline, previous = [], None
     for stage in STAGES:
         if stage in view["stages"]:
