@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -650,8 +651,8 @@ def test_notify_client_sends_the_notification_again(
     answer = response.get_json()
     assert answer["transaction_id"] == outcome.payment_id
     assert answer["message"] == "отправленное уведомление"  # the seed's 200 answer
-    assert answer["outcome"] == store.outcome_view(
-        store.read_outcome(redis_client, outcome.payment_id))
+    assert answer["outcome"] == msgspec.to_builtins(store.outcome_view(
+        store.read_outcome(redis_client, outcome.payment_id)))
     assert answer["outcome"]["amount"] == outcome.amount
     assert answer["outcome"]["status"] == "approved"
     assert notifications.count() == before + 1
@@ -697,7 +698,8 @@ def test_get_payment(client: FlaskClient, http_settings: Settings,
 
     assert found.status_code == 200
     stored = found.get_json()
-    assert stored == store.outcome_view(store.read_outcome(redis_client, outcome.payment_id))
+    assert stored == msgspec.to_builtins(
+        store.outcome_view(store.read_outcome(redis_client, outcome.payment_id)))
     assert (stored["payment_id"], stored["status"], stored["reason_code"], stored["amount"]) == (
         outcome.payment_id, "approved", "00", 1999)
     assert stored["merchant"]["mcc"] == outcome.merchant.mcc
