@@ -50,6 +50,7 @@ class Endpoint:
     summary: str
     answers: tuple[Answer, ...]
     request: Body | None = None
+    request_required: bool = True  # False: the body may be left out
     parameters: tuple[dict[str, Any], ...] = ()
 
 
@@ -61,6 +62,9 @@ INTERNAL = Answer(500, "a bug in paysim: `internal error`, the details only in i
 REDIS_DOWN = Answer(503, "Redis is unavailable, or Kafka did not take the record in time; "
                          "nothing was done, retry")
 
+# On an answer given again for an Idempotency-Key (a success or a declined card).
+REPLAYED = (idempotency.REPLAY_HEADER, "`true` on an answer given again for an "
+                                       "Idempotency-Key")
 NOTIFY_REQUEST: dict[str, Any] = {
     "type": "object",
     "description": "Other fields are ignored.",
@@ -88,11 +92,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         parameters=(IDEMPOTENCY_KEY,),
         answers=(
             Answer(200, "accepted: Kafka has the payment; its outcome follows on the topics "
-                        "and at GET /payments/{payment_id}", (Accepted,),
-                   ((idempotency.REPLAY_HEADER, "`true` on an answer given again for an "
-                                                "Idempotency-Key"),)),
+                        "and at GET /payments/{payment_id}", (Accepted,), (REPLAYED,)),
             Answer(400, "a card check failed (`reason_code` says which), or the request is "
-                        "malformed (`error` names the first problem)", (Declined, Error)),
+                        "malformed (`error` names the first problem)", (Declined, Error),
+                   (REPLAYED,)),
             Answer(409, "a request with this Idempotency-Key is still being processed"),
             TOO_LARGE,
             Answer(422, "the Idempotency-Key was used with another body"),
@@ -173,7 +176,7 @@ def _operation(endpoint: Endpoint, refs: dict[type, dict[str, Any]]) -> dict[str
     if endpoint.parameters:
         operation["parameters"] = list(endpoint.parameters)
     if endpoint.request is not None:
-        operation["requestBody"] = {"required": True,
+        operation["requestBody"] = {"required": endpoint.request_required,
                                     "content": _content(_schema(endpoint.request, refs))}
     return operation
 

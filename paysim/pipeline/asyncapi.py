@@ -116,8 +116,8 @@ def record_schema(settings: Settings, topic: Topic) -> dict[str, Any]:
 def _writers(topic: Topic) -> str:
     """Who writes the topic, and how to read it."""
     names = [f"the {spec.name} service" for spec in topic.writers]
-    text = "Written by " + ", ".join(names + ([topic.also_written_by]
-                                              if topic.also_written_by else [])) + "."
+    names += [topic.also_written_by] if topic.also_written_by else []
+    text = f"Written by {', '.join(names)}." if names else "No paysim service writes it."
     if any(spec in PIPELINE for spec in topic.writers):
         text += " The pipeline services write in Kafka transactions: read with read_committed."
     return text
