@@ -14,6 +14,7 @@ cannot say one thing while the code checks another. Two things are added on the 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +36,12 @@ def _ecma(node: Any) -> Any:
     if isinstance(node, list):
         return [_ecma(item) for item in node]
     return node
+
+
+def _prose(docstring: str) -> str:
+    """A type's docstring as a description: its wrapped lines joined, paragraphs kept."""
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
 def _one_of_schema(kind: type[msgspec.Struct]) -> list[dict[str, Any]]:
@@ -60,6 +67,9 @@ def schema_components(kinds: Iterable[type[msgspec.Struct]], ref_prefix: str,
     they use, named by type, referred to as ``<ref_prefix><name>``."""
     kinds = tuple(kinds)
     schemas, components = msgspec.json.schema_components(kinds, ref_template=ref_prefix + "{name}")
+    for component in components.values():
+        if "description" in component:  # msgspec takes the type's docstring as it is
+            component["description"] = _prose(component["description"])
     for kind in kinds:
         groups = _one_of_schema(kind)
         if groups:
