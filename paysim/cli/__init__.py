@@ -17,6 +17,7 @@ from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.render import printable
 from paysim.cli.report import report as report_group
+from paysim.cli.schema import schema
 from paysim.cli.settlement import settle, settlement
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
@@ -34,7 +35,7 @@ def cli() -> None:
 
 
 for command in (run_all_command, send, status, audit, settlement, settle, ps, stop,
-                report_group, stack, topics, service, bench):
+                report_group, stack, topics, schema, service, bench):
     cli.add_command(command)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -266,7 +267,8 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
     client = store.connect_answering(settings)
     try:
         stored = store.read_outcome(client, txn_id)
-        view = None if stored is None else ledger_store.payment_view(client, stored)
+        view = None if stored is None else msgspec.to_builtins(
+            ledger_store.payment_view(client, stored))
     finally:
         client.close()
     if view is None:

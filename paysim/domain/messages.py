@@ -169,7 +169,7 @@ class OperationKind(StrEnum):
 
 
 OperationId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,80}\Z")]
-DisputeReason = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,2}(\.[0-9]{1,2})?\Z|^[0-9]{4}\Z",
+DisputeReason = Annotated[str, msgspec.Meta(pattern=r"^(?:[0-9]{1,2}\.[0-9]{1,2}|[0-9]{4})\Z",
                                             description="a network's dispute reason code")]
 
 

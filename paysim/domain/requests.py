@@ -41,11 +41,12 @@ class OneOf:
 
 
 class AuthorizeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The body of ``POST /authorize``. An optional field given as null takes its default.
+    """The body of POST /authorize. An optional field given as null takes its default.
+    The card's expiry comes as exp_month and exp_year, or as expiry. run_id and seq let a
+    load tool (paysim send --via http) tag its payments as one run."""
 
-    The expiry comes as ``exp_month`` and ``exp_year`` or as ``expiry`` (``one_of``); read it
-    with ``card_expiry()``. ``run_id`` and ``seq`` let a load tool (`paysim send --via http`)
-    tag its payments as one run."""
+    # This docstring is the request's description in the OpenAPI document: written for
+    # clients. The expiry's two forms are the one_of group below; read it with card_expiry().
 
     one_of: ClassVar[tuple[OneOf, ...]] = (
         OneOf("the card's expiry", ("exp_month", "exp_year"), ("expiry",)),

@@ -34,11 +34,14 @@ from paysim.domain.messages import encode, new_payment_request, now_us
 from paysim.domain.requests import AuthorizeRequest
 from paysim.domain.webhooks import refused_callback
 from paysim.edge import idempotency
+from paysim.edge.answers import Accepted, Declined, Error, Resent, body
 from paysim.edge.delivery import deliver
-from paysim.edge.health import HealthChecker
+from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.edge.idempotency import Answer, Idempotency
+from paysim.edge.openapi import OPENAPI_PATH, openapi_document
 from paysim.edge.operations import ROUTES, Operations, Route, note_route, operation_id
 from paysim.edge.validation import (
+    MAX_BODY_BYTES,
     BadRequest,
     authorize_body,
     notify_body,
@@ -51,13 +54,6 @@ from paysim.pipeline import ledger_store, notifications, store
 from paysim.pipeline.webhook_dispatch import callback_policy
 
 log = logging.getLogger("paysim.http")
-
-MAX_BODY_BYTES = 64 * 1024
-HEALTH_PATH = "/healthz"
-# The seed's 200 answers, word for word ("payment permitted", "notification sent"): its clients
-# may look for them.
-SEED_AUTHORIZED = "платеж разрешен"
-SEED_NOTIFIED = "отправленное уведомление"
 
 
 class Counters:
@@ -82,7 +78,7 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 def _error(status: int, message: str, **fields: Any) -> Response:
-    return _json(status, {"error": message, **fields})
+    return _json(status, {**body(Error(error=message)), **fields})
 
 
 def create_app(settings: Settings, keys: Keys, producer: Producer,
@@ -111,8 +107,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                                      datetime.fromtimestamp(at / 1e6, UTC),
                                      settings.issuer.max_amount_usd)
         if not check.accepted:
-            return Answer(400, {"error": decisions.reason_text(check.reason),
-                                "reason_code": check.reason})
+            return Answer(400, body(Declined(error=decisions.reason_text(check.reason),
+                                             reason_code=check.reason)))
         message = new_payment_request(
             card, cipher, run_id=fields.run_id, seq=fields.seq, amount=fields.amount,
             currency=fields.currency, merchant=fields.merchant,
@@ -125,10 +121,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         failure = deliver(producer, topics.requested, token, encode(message))
         if failure is not None:
             log.warning("payment %s not accepted: %s", message.payment_id, failure)
-            return Answer(503, {"error": f"payment not accepted, Kafka is unavailable: "
-                                         f"{failure}"})
-        return Answer(200, {"payment_id": message.payment_id, "status": "accepted",
-                            "message": SEED_AUTHORIZED})
+            return Answer(503, body(Error(error=f"payment not accepted, Kafka is unavailable: "
+                                                f"{failure}")))
+        return Answer(200, body(Accepted(payment_id=message.payment_id)))
 
     def idempotent(fingerprint: bytes, work: Callable[[str | None], Answer]) -> Response:
         """``work`` once per Idempotency-Key (given the key, or None without one): a retry
@@ -198,8 +193,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             pipe = redis_client.pipeline(transaction=False)
             notifications.queue_webhook(pipe, outcome.callback_url, notification)
             pipe.execute()
-        return _json(200, {"transaction_id": payment_id, "message": SEED_NOTIFIED,
-                           "outcome": store.outcome_view(stored)})
+        return _json(200, body(Resent(transaction_id=payment_id,
+                                      outcome=store.outcome_view(stored))))
 
     @app.get("/payments/<payment_id>")
     def payment(payment_id: str) -> Response:
@@ -207,11 +202,15 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         if stored is None:
             return _error(404, f"no outcome for payment {short(payment_id)} "
                                "(unknown, not finished, or expired)")
-        return _json(200, ledger_store.payment_view(redis_client, stored))
+        return _json(200, body(ledger_store.payment_view(redis_client, stored)))
 
     @app.get(HEALTH_PATH)
     def healthz() -> Response:
         return _json(*health.answer())
+
+    @app.get(OPENAPI_PATH)
+    def openapi() -> Response:
+        return _json(200, openapi_document())
 
     @app.errorhandler(BadRequest)
     def bad_request(exc: BadRequest) -> Response:
@@ -225,7 +224,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             message = f"request body is larger than {MAX_BODY_BYTES // 1024} KiB"
         else:
             message = f"{exc.name}: {' '.join((exc.description or '').split())}".rstrip(": ")
-        response.set_data(json.dumps({"error": message}))
+        response.set_data(json.dumps(body(Error(error=message))))
         response.mimetype = "application/json"
         return response
 

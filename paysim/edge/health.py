@@ -18,10 +18,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import redis
 from confluent_kafka import KafkaException, Producer
+from msgspec import UNSET, UnsetType
 
 from paysim.infra.config import Settings
 from paysim.infra.kafka import error_text
@@ -32,6 +34,7 @@ CHECK_EVERY_S = 0.5
 PROBE_TIMEOUT_S = 0.5
 STALE_AFTER_S = 5.0
 OK = "ok"
+HEALTH_PATH = "/healthz"
 
 
 @dataclass(frozen=True)
@@ -45,21 +48,35 @@ class Health:
     checked_at: float = 0.0  # time.monotonic()
 
 
+class HealthAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of GET /healthz: ``error`` only when unavailable; the checks' results once a
+    check has finished."""
+
+    error: str | UnsetType = UNSET
+    status: Literal["ok", "degraded", "unavailable"]
+    kafka: str | UnsetType = UNSET
+    redis: str | UnsetType = UNSET
+    services: dict[str, str] | UnsetType = UNSET  # "up", "down" or "unknown" by service
+    checked_s_ago: float | UnsetType = UNSET
+
+
 def answer(health: Health | None, now: float) -> tuple[int, dict[str, Any]]:
     """The /healthz status and body for the last check (None: none finished yet)."""
     if health is None:
-        return 503, {"error": "health not checked yet", "status": "unavailable"}
+        return 503, msgspec.to_builtins(HealthAnswer(error="health not checked yet",
+                                                     status="unavailable"))
     age = round(now - health.checked_at, 3)
-    body: dict[str, Any] = {"kafka": health.kafka, "redis": health.redis,
-                            "services": health.services, "checked_s_ago": age}
     problems = [f"{name}: {state}" for name, state in (("Kafka", health.kafka),
                                                        ("Redis", health.redis)) if state != OK]
     if age > STALE_AFTER_S:
         problems.append(f"the last health check is {age:.1f} s old")
+    checks = {"kafka": health.kafka, "redis": health.redis, "services": health.services,
+              "checked_s_ago": age}
     if problems:
-        return 503, {"error": "; ".join(problems), "status": "unavailable", **body}
+        return 503, msgspec.to_builtins(HealthAnswer(error="; ".join(problems),
+                                                     status="unavailable", **checks))
     down = any(state != "up" for state in health.services.values())
-    return 200, {"status": "degraded" if down else OK, **body}
+    return 200, msgspec.to_builtins(HealthAnswer(status="degraded" if down else OK, **checks))
 
 
 class HealthChecker(threading.Thread):

@@ -15,14 +15,14 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 import redis
 from confluent_kafka import Producer
+from msgspec import UNSET
 
-from paysim.domain import lifecycle
-from paysim.domain.lifecycle import Answer
+from paysim.domain import decisions, lifecycle
+from paysim.domain.lifecycle import Answer, PaymentRecord
 from paysim.domain.messages import OperationKind, OperationRequested, encode, now_us
 from paysim.domain.requests import (
     CaptureBody,
@@ -32,8 +32,17 @@ from paysim.domain.requests import (
     RefundBody,
     ResolveBody,
 )
+from paysim.edge.answers import (
+    Error,
+    OperationApplied,
+    OperationPending,
+    OperationView,
+    Refused,
+    body,
+)
 from paysim.edge.delivery import deliver
 from paysim.edge.idempotency import Answer as HttpAnswer
+from paysim.edge.validation import short
 from paysim.infra.config import Settings
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, store
@@ -48,19 +57,28 @@ class Route:
     path: str
     kind: OperationKind
     body: type[OperationBody]
+    summary: str
 
 
 # The dispute helpers sit under /test/, as Stripe's test helpers do: a real merchant does not
 # open a dispute, the cardholder's bank does. A payment has at most one dispute, so a
 # dispute's id is its payment's id.
 ROUTES = (
-    Route("/payments/<payment_id>/capture", OperationKind.CAPTURE, CaptureBody),
-    Route("/payments/<payment_id>/increment", OperationKind.INCREMENT, IncrementBody),
-    Route("/payments/<payment_id>/void", OperationKind.VOID, OperationBody),
-    Route("/payments/<payment_id>/refunds", OperationKind.REFUND, RefundBody),
-    Route("/payments/<payment_id>/reverse", OperationKind.REVERSE, OperationBody),
-    Route("/test/payments/<payment_id>/dispute", OperationKind.DISPUTE, DisputeBody),
-    Route("/test/disputes/<payment_id>/resolve", OperationKind.RESOLVE, ResolveBody),
+    Route("/payments/<payment_id>/capture", OperationKind.CAPTURE, CaptureBody,
+          "Capture part or all of what a payment holds (several captures allowed; `final` "
+          "releases the rest)"),
+    Route("/payments/<payment_id>/increment", OperationKind.INCREMENT, IncrementBody,
+          "Raise a manually captured payment's hold (hotels, car rental)"),
+    Route("/payments/<payment_id>/void", OperationKind.VOID, OperationBody,
+          "Release a hold nothing was captured from"),
+    Route("/payments/<payment_id>/refunds", OperationKind.REFUND, RefundBody,
+          "Return part or all of what was captured (several refunds allowed)"),
+    Route("/payments/<payment_id>/reverse", OperationKind.REVERSE, OperationBody,
+          "Undo the authorization (ISO 8583 0400), before or after it reached the issuer"),
+    Route("/test/payments/<payment_id>/dispute", OperationKind.DISPUTE, DisputeBody,
+          "Test helper: the cardholder disputes the payment (a chargeback)"),
+    Route("/test/disputes/<payment_id>/resolve", OperationKind.RESOLVE, ResolveBody,
+          "Test helper: the dispute (its id is the payment's) is won or lost"),
 )
 
 
@@ -89,33 +107,35 @@ class Operations:
         self.producer = producer
         self.redis = client
 
-    def apply(self, route: Route, payment_id: str, body: OperationBody,
+    def apply(self, route: Route, payment_id: str, fields: OperationBody,
               op_id: str) -> HttpAnswer:
         where = self._locate(payment_id, route.kind)
         if where is None:
-            return HttpAnswer(404, {"error": f"no payment {payment_id} (unknown, not "
-                                             "finished, or expired)"})
+            return HttpAnswer(404, body(Error(error=f"no payment {short(payment_id)} (unknown, "
+                                                    "not finished, or expired)")))
         run_id, token = where
         op = OperationRequested(op_id=op_id, kind=route.kind, payment_id=payment_id,
                                 run_id=run_id, token=token, requested_at=now_us(),
-                                **msgspec.structs.asdict(body))
+                                **msgspec.structs.asdict(fields))
         record = ledger_store.read_record(self.redis, run_id, token, payment_id)
         refusal = self._refusal(op, record)
         if refusal is not None:
             return refusal
         failure = deliver(self.producer, self.settings.topics.operations, token, encode(op))
         if failure is not None:
-            return HttpAnswer(503, {"error": f"operation not accepted, Kafka is unavailable: "
-                                             f"{failure}"})
+            return HttpAnswer(503, body(Error(error=f"operation not accepted, Kafka is "
+                                                    f"unavailable: {failure}")))
         answer = self._answer(run_id, token, op_id)
         if answer is None:
-            return HttpAnswer(202, {"operation": self._operation(op, None), "message":
-                                    f"accepted; not applied within {ANSWER_WAIT_S:g} s"})
+            return HttpAnswer(202, body(OperationPending(
+                operation=_operation(op, None),
+                message=f"accepted; not applied within {ANSWER_WAIT_S:g} s")))
         record = ledger_store.read_record(self.redis, run_id, token, payment_id)
         if not answer.ok:
             return _conflict(answer, record)
-        return HttpAnswer(200, {"operation": self._operation(op, answer), "payment":
-                                None if record is None else ledger_store.record_view(record)})
+        return HttpAnswer(200, body(OperationApplied(
+            operation=_operation(op, answer),
+            payment=None if record is None else ledger_store.record_view(record))))
 
     def _locate(self, payment_id: str, kind: OperationKind) -> tuple[str, str] | None:
         stored = store.read_outcome(self.redis, payment_id)
@@ -129,7 +149,8 @@ class Operations:
         run_id, token = json.loads(noted)
         return run_id, token
 
-    def _refusal(self, op: OperationRequested, record: Any) -> HttpAnswer | None:
+    def _refusal(self, op: OperationRequested,
+                 record: PaymentRecord | None) -> HttpAnswer | None:
         """A step the ledger would refuse now (the same rules, on the record as it is):
         409 naming the state, without a trip through Kafka."""
         if op.kind == OperationKind.REVERSE:
@@ -157,17 +178,16 @@ class Operations:
         wait_until(answered, ANSWER_WAIT_S, interval=0.005)
         return found[0] if found else None
 
-    @staticmethod
-    def _operation(op: OperationRequested, answer: Answer | None) -> dict[str, Any]:
-        view: dict[str, Any] = {"id": op.op_id, "kind": op.kind,
-                                "status": "pending" if answer is None else "applied"}
-        if answer is not None:
-            view |= {"amount": answer.amount, "reason_code": answer.code}
-        return view
 
 
-def _conflict(answer: Answer, record: Any) -> HttpAnswer:
-    body: dict[str, Any] = {"error": answer.error, "reason_code": answer.code}
-    if record is not None:
-        body["state"] = record.state
-    return HttpAnswer(409, body)
+def _operation(op: OperationRequested, answer: Answer | None) -> OperationView:
+    if answer is None:
+        return OperationView(id=op.op_id, kind=op.kind, status="pending")
+    return OperationView(id=op.op_id, kind=op.kind, status="applied", amount=answer.amount,
+                         reason_code=answer.code)
+
+
+def _conflict(answer: Answer, record: PaymentRecord | None) -> HttpAnswer:
+    return HttpAnswer(409, body(Refused(
+        error=answer.error or decisions.reason_text(answer.code), reason_code=answer.code,
+        state=UNSET if record is None else record.state)))

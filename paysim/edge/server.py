@@ -15,9 +15,9 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
-from paysim.edge.app import HEALTH_PATH, Counters, create_app
+from paysim.edge.app import Counters, create_app
 from paysim.edge.delivery import DELIVERY_TIMEOUT_S
-from paysim.edge.health import HealthChecker
+from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config

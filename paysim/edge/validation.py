@@ -40,6 +40,8 @@ from paysim.domain.requests import AuthorizeRequest, OneOf
 
 S = TypeVar("S", bound=msgspec.Struct)
 
+MAX_BODY_BYTES = 64 * 1024  # larger bodies are refused (413) before they are read
+
 _TYPE_PHRASES: dict[Any, str] = {str: "a string", int: "a whole number",
                                   bool: "true or false"}
 

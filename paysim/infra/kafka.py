@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -89,8 +90,23 @@ def no_answer(settings: Settings, timeout: float, exc: BaseException | None = No
                        f"{detail}")
 
 
+@dataclass(frozen=True)
+class Record:
+    """One record as read back: its key, value and headers (None when it has none)."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None
+
+
 def read_topic(settings: Settings, topic: str, timeout: float | None = None) -> list[bytes]:
-    """Every committed record value on a topic, up to the end it had when the read started.
+    """Every committed record value on a topic (read_records' values)."""
+    return [record.value for record in read_records(settings, topic, timeout)]
+
+
+def read_records(settings: Settings, topic: str,
+                 timeout: float | None = None) -> list[Record]:
+    """Every committed record on a topic, up to the end it had when the read started.
 
     The end of each partition is its last stable offset (what a read_committed consumer may
     read), taken at the start; the fetcher reports reaching it (partition EOF) even when the
@@ -121,29 +137,29 @@ def read_topic(settings: Settings, topic: str, timeout: float | None = None) -> 
                     for partition in found.partitions}
         except KafkaException as exc:
             raise no_answer(settings, timeout, exc) from None
-        values, unread = _read_to(consumer, topic, ends, timeout)
+        records, unread = _read_to(consumer, topic, ends, timeout)
     finally:
         consumer.close()
     if unread:
         raise PaysimError(f"reading {topic} from Kafka at {settings.kafka_bootstrap}: nothing "
                           f"came for {timeout:g} s (the kafka.timeout setting) with {unread} of "
                           f"{len(ends)} partitions not read to their end")
-    return values
+    return records
 
 
 def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
-             idle_timeout: float) -> tuple[list[bytes], int]:
-    """The values of each partition from its start to ``ends[partition]``, and how many
+             idle_timeout: float) -> tuple[list[Record], int]:
+    """The records of each partition from its start to ``ends[partition]``, and how many
     partitions were not read to their end when nothing came for ``idle_timeout`` seconds."""
     pending = {partition for partition, end in ends.items() if end > 0}
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in pending])
-    values: list[bytes] = []
+    records: list[Record] = []
     deadline = time.monotonic() + idle_timeout
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        before = (len(values), len(pending))
+        before = (len(records), len(pending))
         for message in consumer.consume(num_messages=5000, timeout=min(left, 0.5)):
             partition, offset, error = message.partition(), message.offset(), message.error()
             if error is not None:
@@ -156,9 +172,10 @@ def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
             if partition not in pending:
                 continue
             if offset < ends[partition]:
-                values.append(message.value() or b"")
+                records.append(Record(message.key(), message.value() or b"",
+                                      message.headers()))
             if offset >= ends[partition] - 1:
                 pending.discard(partition)
-        if (len(values), len(pending)) != before:  # nearer the ends: errors alone are not
+        if (len(records), len(pending)) != before:  # nearer the ends: errors alone are not
             deadline = time.monotonic() + idle_timeout
-    return values, len(pending)
+    return records, len(pending)

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 import redis
+from msgspec import UNSET, UnsetType
 
 from paysim.domain import ledger, settlement
 from paysim.domain.ledger import CARD, Book, Line
-from paysim.domain.lifecycle import Answer, CardFunds, Change, PaymentRecord
+from paysim.domain.lifecycle import Answer, CardFunds, Change, Dispute, PaymentRecord
 from paysim.domain.settlement import Movement
 from paysim.infra.config import Settings
 from paysim.pipeline import store
@@ -305,32 +306,68 @@ def book_from_hash(raw: dict[bytes, bytes]) -> Book:
     return Book(lines)
 
 
-def record_view(record: PaymentRecord) -> dict[str, object]:
-    """A payment's life as API clients want it (GET /payments/<id>, `paysim status`)."""
-    return {
-        "state": record.state, "capture": record.capture, "currency": record.currency,
-        "amounts": {"authorized": record.authorized, "incremented": record.incremented,
-                    "captured": record.captured, "held": record.held,
-                    "refunded": record.refunded, "reversed": record.reversed,
-                    "disputed": record.disputed, "fees": record.fees,
-                    "dispute_fee": record.dispute_fee, "net": record.merchant_net},
-        "dispute": None if record.dispute is None else msgspec.to_builtins(record.dispute),
-        "hold_expires_at": record.hold_expires_at or None,
-        "events": [{"kind": e.kind, "amount": e.amount, "at": e.at, "mti": e.mti,
-                    "operation": e.op_id} for e in record.events],
-    }
+class Amounts(msgspec.Struct, frozen=True, kw_only=True):
+    """A payment's amounts on the ledger, in minor units of its currency."""
+
+    authorized: int
+    incremented: int
+    captured: int
+    held: int
+    refunded: int
+    reversed: int
+    disputed: int
+    fees: int
+    dispute_fee: int
+    net: int  # what the merchant keeps
 
 
-def payment_view(client: redis.Redis, stored: store.StoredOutcome) -> dict[str, object]:
-    """A payment as API clients want it: its outcome, and its life on the ledger when it has
-    one (GET /payments/<id>, `paysim status --json`)."""
-    view = store.outcome_view(stored)
+class EventView(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    amount: int
+    at: int  # Unix µs
+    mti: str | None  # the ISO 8583 message type(s)
+    operation: str  # the operation's id (the payment id for its authorization)
+
+
+class LifecycleView(msgspec.Struct, frozen=True, kw_only=True):
+    """A payment's life on the ledger: its state, amounts, dispute and events in order."""
+
+    state: str
+    capture: str
+    currency: str
+    amounts: Amounts
+    dispute: Dispute | None
+    hold_expires_at: int | None
+    events: list[EventView]
+
+
+class PaymentView(store.OutcomeView, frozen=True, kw_only=True):
+    """A payment as API clients get it (GET /payments/<id>, `paysim status --json`): its
+    outcome, and its life on the ledger once it has one."""
+
+    lifecycle: LifecycleView | UnsetType = UNSET
+
+
+def record_view(record: PaymentRecord) -> LifecycleView:
+    return LifecycleView(
+        state=record.state, capture=record.capture, currency=record.currency,
+        amounts=Amounts(authorized=record.authorized, incremented=record.incremented,
+                        captured=record.captured, held=record.held, refunded=record.refunded,
+                        reversed=record.reversed, disputed=record.disputed, fees=record.fees,
+                        dispute_fee=record.dispute_fee, net=record.merchant_net),
+        dispute=record.dispute, hold_expires_at=record.hold_expires_at or None,
+        events=[EventView(kind=e.kind, amount=e.amount, at=e.at, mti=e.mti,
+                          operation=e.op_id) for e in record.events])
+
+
+def payment_view(client: redis.Redis, stored: store.StoredOutcome) -> PaymentView:
+    """The stored outcome's view, with the payment's record when the ledger has one."""
     outcome = stored.outcome
+    record = None
     if outcome.token:
         record = read_record(client, outcome.run_id, outcome.token, outcome.payment_id)
-        if record is not None:
-            view["lifecycle"] = record_view(record)
-    return view
+    return PaymentView(**msgspec.structs.asdict(store.outcome_view(stored)),
+                       lifecycle=UNSET if record is None else record_view(record))
 
 
 def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:

@@ -10,9 +10,10 @@ from typing import Any
 
 import msgspec
 import redis
+from msgspec import UNSET, UnsetType
 
 from paysim.domain.decisions import IssuerRates
-from paysim.domain.messages import STAGES, PaymentOutcome, encode
+from paysim.domain.messages import STAGES, Merchant, PaymentOutcome, encode
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 
@@ -324,22 +325,39 @@ def read_outcome(client: redis.Redis, payment_id: str) -> StoredOutcome | None:
     return StoredOutcome(outcome, stored.get("notification") or None, webhook)
 
 
-def outcome_view(stored: StoredOutcome) -> dict[str, Any]:
-    """A stored outcome as API clients want it (GET /payments/<id>, `paysim status --json`):
+class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored outcome as API clients get it (GET /payments/<id>, `paysim status --json`):
     the merchant as an object, the known stage times in pipeline order, empty fields as
     null, and the webhook block once a webhook state was recorded."""
+
+    payment_id: str
+    run_id: str
+    seq: int
+    status: str
+    reason_code: str
+    reason_text: str
+    amount: int
+    currency: str
+    merchant: Merchant
+    stages: dict[str, int]
+    notification: str | None
+    masked_pan: str | None
+    token: str | None
+    network: str | None
+    callback_url: str | None
+    webhook: WebhookState | UnsetType = UNSET
+
+
+def outcome_view(stored: StoredOutcome) -> OutcomeView:
     outcome = stored.outcome
-    view: dict[str, Any] = {
-        "payment_id": outcome.payment_id, "run_id": outcome.run_id, "seq": outcome.seq,
-        "status": outcome.status, "reason_code": outcome.reason_code,
-        "reason_text": outcome.reason_text, "amount": outcome.amount,
-        "currency": outcome.currency, "merchant": msgspec.to_builtins(outcome.merchant),
-        "stages": {stage: outcome.stages[stage] for stage in STAGES
-                   if stage in outcome.stages},
-        "notification": stored.notification,
-        "masked_pan": outcome.masked_pan or None, "token": outcome.token or None,
-        "network": outcome.network or None, "callback_url": outcome.callback_url or None,
-    }
-    if stored.webhook is not None:
-        view["webhook"] = msgspec.to_builtins(stored.webhook)
-    return view
+    return OutcomeView(
+        payment_id=outcome.payment_id, run_id=outcome.run_id, seq=outcome.seq,
+        status=outcome.status, reason_code=outcome.reason_code,
+        reason_text=outcome.reason_text, amount=outcome.amount, currency=outcome.currency,
+        merchant=outcome.merchant,
+        stages={stage: outcome.stages[stage] for stage in STAGES if stage in outcome.stages},
+        notification=stored.notification, masked_pan=outcome.masked_pan or None,
+        token=outcome.token or None, network=outcome.network or None,
+        callback_url=outcome.callback_url or None,
+        webhook=UNSET if stored.webhook is None else stored.webhook,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import http.client
@@ -12,13 +11,12 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -37,7 +35,6 @@ from paysim.domain.messages import (
 from paysim.edge import server as server_module
 from paysim.edge.app import create_app
 from paysim.edge.health import HealthChecker
-from paysim.edge.server import serve
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config
 from paysim.infra.secrets import Keys
@@ -48,6 +45,7 @@ from paysim.pipeline.notifications import WebhookEvent
 from paysim.pipeline.registry import PIPELINE
 from paysim.stack.manager import LocalStack
 from tests.helpers import free_port, settings_for
+from tests.integration.http_helpers import http_call, secret_flags, serving
 
 VISA = "4242424242424242"
 AMEX = "378282246310005"
@@ -653,8 +651,8 @@ def test_notify_client_sends_the_notification_again(
     answer = response.get_json()
     assert answer["transaction_id"] == outcome.payment_id
     assert answer["message"] == "отправленное уведомление"  # the seed's 200 answer
-    assert answer["outcome"] == store.outcome_view(
-        store.read_outcome(redis_client, outcome.payment_id))
+    assert answer["outcome"] == msgspec.to_builtins(store.outcome_view(
+        store.read_outcome(redis_client, outcome.payment_id)))
     assert answer["outcome"]["amount"] == outcome.amount
     assert answer["outcome"]["status"] == "approved"
     assert notifications.count() == before + 1
@@ -700,7 +698,8 @@ def test_get_payment(client: FlaskClient, http_settings: Settings,
 
     assert found.status_code == 200
     stored = found.get_json()
-    assert stored == store.outcome_view(store.read_outcome(redis_client, outcome.payment_id))
+    assert stored == msgspec.to_builtins(
+        store.outcome_view(store.read_outcome(redis_client, outcome.payment_id)))
     assert (stored["payment_id"], stored["status"], stored["reason_code"], stored["amount"]) == (
         outcome.payment_id, "approved", "00", 1999)
     assert stored["merchant"]["mcc"] == outcome.merchant.mcc
@@ -779,60 +778,6 @@ def test_kafka_down_is_503_and_frees_the_idempotency_key(
 
 
 # ---------------------------------------------------------------------------- serve()
-
-
-def http_call(url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            assert exc.headers.get_content_type() == "application/json"
-            return exc.code, json.loads(exc.read())
-
-
-def secret_flags() -> dict[str, object]:
-    return {f"secrets.{name}": base64.b64encode(os.urandom(32)).decode()
-            for name in ("card_key", "token_key", "webhook_secret")}
-
-
-def answer_of(url: str) -> tuple[int, dict[str, Any]] | None:
-    """The server's answer, whatever its status; None while nothing listens."""
-    try:
-        return http_call(url)
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """serve() in a thread until the block ends; yields its base URL once it answers."""
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            serve(settings, stop)
-        except BaseException as exc:
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="test-http-serve", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{settings.http.port}"
-    try:
-        assert wait_until(lambda: answer_of(f"{base}/healthz") is not None or bool(failures),
-                          30)
-        assert not failures, failures
-        yield base
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive(), "serve() did not return after stop was set"
-    assert not failures, failures
-    assert answer_of(f"{base}/healthz") is None
 
 
 def test_serve_answers_over_http_and_stops(

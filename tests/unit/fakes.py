@@ -42,6 +42,9 @@ class FakeMessage:
     def key(self) -> bytes | None:
         return self._key
 
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return None  # paysim writes none
+
     def error(self) -> KafkaError | None:
         return self._error
 

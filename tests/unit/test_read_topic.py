@@ -46,11 +46,11 @@ def test_each_partition_is_read_to_its_end_and_no_further() -> None:
         [eof(1, 3), record(0, 2), record(0, 3)],  # 0:3 came after the read started
     ])
 
-    values, unread = _read_to(consumer, TOPIC, {0: 3, 1: 3, 2: 0}, idle_timeout=5)
+    records, unread = _read_to(consumer, TOPIC, {0: 3, 1: 3, 2: 0}, idle_timeout=5)
 
     assert unread == 0
     assert consumer.assigned == [0, 1]  # the empty partition is not read at all
-    assert sorted(values) == [b"0:0", b"0:1", b"0:2", b"1:0"]
+    assert sorted(record.value for record in records) == [b"0:0", b"0:1", b"0:2", b"1:0"]
 
 
 def test_silence_ends_the_read_after_the_idle_timeout() -> None:
@@ -58,10 +58,11 @@ def test_silence_ends_the_read_after_the_idle_timeout() -> None:
     consumer = ScriptedConsumer([[record(0, 0)], [transient], [transient]])
 
     started = time.monotonic()
-    values, unread = _read_to(consumer, TOPIC, {0: 5, 1: 2}, idle_timeout=0.3)
+    records, unread = _read_to(consumer, TOPIC, {0: 5, 1: 2}, idle_timeout=0.3)
     took = time.monotonic() - started
 
-    assert (values, unread) == ([b"0:0"], 2)  # transport errors are no progress
+    # Transport errors are no progress.
+    assert ([record.value for record in records], unread) == ([b"0:0"], 2)
     assert 0.3 <= took < 2
 
 
@@ -75,7 +76,7 @@ def test_a_read_that_keeps_progressing_may_outlast_the_idle_timeout() -> None:
     consumer = Slow([[record(0, offset)] for offset in range(5)])
 
     started = time.monotonic()
-    values, unread = _read_to(consumer, TOPIC, {0: 5}, idle_timeout=0.25)
+    records, unread = _read_to(consumer, TOPIC, {0: 5}, idle_timeout=0.25)
 
-    assert unread == 0 and len(values) == 5
+    assert unread == 0 and len(records) == 5
     assert time.monotonic() - started > 0.25

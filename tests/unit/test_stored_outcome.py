@@ -52,7 +52,7 @@ def test_the_view_keys_and_values() -> None:
                   webhook_status="delivered", webhook_attempts=2, webhook_http_status=204,
                   webhook_error="")
     assert stored is not None
-    view = store.outcome_view(stored)
+    view = msgspec.to_builtins(store.outcome_view(stored))
     assert list(view) == ["payment_id", "run_id", "seq", "status", "reason_code",
                           "reason_text", "amount", "currency", "merchant", "stages",
                           "notification", "masked_pan", "token", "network", "callback_url",
@@ -74,7 +74,7 @@ def test_empty_fields_are_null_and_a_webhook_of_none_is_shown() -> None:
                                    callback_url=None, reason_text="")
     stored = read(status="declined", doc=encode(bare), webhook_status="none")
     assert stored is not None
-    view = store.outcome_view(stored)
+    view = msgspec.to_builtins(store.outcome_view(stored))
     assert view["status"] == "declined"  # the hash's status field
     assert (view["token"], view["masked_pan"], view["network"], view["callback_url"]) == (
         None, None, None, None)
@@ -84,7 +84,7 @@ def test_empty_fields_are_null_and_a_webhook_of_none_is_shown() -> None:
     failed = read(status="approved", doc=encode(OUTCOME), webhook_status="failed",
                   webhook_attempts=5, webhook_http_status=0, webhook_error="timed out")
     assert failed is not None
-    assert store.outcome_view(failed)["webhook"] == {
+    assert msgspec.to_builtins(store.outcome_view(failed))["webhook"] == {
         "status": "failed", "attempts": 5, "http_status": None, "error": "timed out"}
 
 
@@ -92,4 +92,4 @@ def test_no_webhook_state_no_webhook_block() -> None:
     for fields in ({}, {"webhook_status": ""}):
         stored = read(status="approved", doc=encode(OUTCOME), **fields)
         assert stored is not None and stored.webhook is None
-        assert "webhook" not in store.outcome_view(stored)
+        assert "webhook" not in msgspec.to_builtins(store.outcome_view(stored))
