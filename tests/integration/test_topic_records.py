@@ -19,11 +19,17 @@ from confluent_kafka import Producer
 from paysim.infra.config import Settings
 from paysim.infra.kafka import Record, client_config, read_records, read_topic
 from paysim.infra.waiting import wait_until
+from paysim.pipeline import store
 from paysim.pipeline.asyncapi import TOPICS, Topic, address, asyncapi_document, record_schema
 from paysim.stack.manager import LocalStack
 from tests.helpers import free_port, settings_for
 from tests.integration.http_helpers import http_call
-from tests.integration.pipeline_helpers import run_done_entries, running_pipeline, send
+from tests.integration.pipeline_helpers import (
+    paysim,
+    run_done_entries,
+    running_pipeline,
+    send,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +51,7 @@ def plant_bad_records(settings: Settings) -> dict[str, bytes]:
         settings.topics.requested: f"not json {marker}".encode(),
         settings.topics.authorized: json.dumps({"v": 1, "marker": marker}).encode(),
         settings.topics.results: json.dumps({"v": 1, "payment_id": marker}).encode(),
+        settings.topics.operations: json.dumps({"v": 1, "op_id": marker}).encode(),
     }
     producer = Producer(client_config(settings))
     for topic, value in planted.items():
@@ -72,6 +79,24 @@ def test_every_record_of_a_run_validates_against_its_topic_schema(
     status, answer = http_call(f"http://127.0.0.1:{settings.http.port}/notify_client",
                                {"transaction_id": resent})
     assert status == 200, answer
+    # A payment's later life: a manual capture in two parts, a refund, then its settlement.
+    base = f"http://127.0.0.1:{settings.http.port}"
+    life_run = f"records-{uuid.uuid4().hex[:8]}"
+    status, answer = http_call(f"{base}/authorize", {
+        "card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvv": "123",
+        "amount": 5_000, "currency": "USD", "capture": "manual", "run_id": life_run})
+    assert status == 200, answer
+    held = answer["payment_id"]
+    client = store.connect(settings)
+    try:
+        assert wait_until(lambda: store.read_outcome(client, held) is not None, timeout=60)
+    finally:
+        client.close()
+    for path, body in (("capture", {"amount": 2_000}), ("capture", {}), ("refunds", {})):
+        status, answer = http_call(f"{base}/payments/{held}/{path}", body)
+        assert status == 200, answer
+    settled = paysim(settings, "settle", "--run", life_run)
+    assert settled.returncode == 0 and "1 batch(es)" in settled.stdout, settled.stderr
     planted = plant_bad_records(settings)
     planted_hashes = {hashlib.sha256(value).hexdigest() for value in planted.values()}
 
@@ -102,9 +127,14 @@ def test_every_record_of_a_run_validates_against_its_topic_schema(
         counts[topic.setting] = len(records)
     # Every topic had its records: both doors on requested (and the planted one), a
     # notification per payment and the one sent again, a dead letter per planted record.
-    assert counts["requested"] == 150 + 10 + 1
-    assert counts["results"] == 150 + 10 + 1
-    assert 0 < counts["authorized"] < 160 + 1
-    assert counts["notifications"] == 160 + 1
+    # (+ 1: the payment whose later life is above)
+    assert counts["requested"] == 150 + 10 + 1 + 1
+    assert counts["results"] == 150 + 10 + 1 + 1
+    assert 0 < counts["authorized"] < 160 + 1 + 1
+    assert counts["notifications"] == 160 + 1 + 1
     assert counts["dlq"] == len(planted)
+    assert counts["operations"] == 3 + 1
+    # Every approved payment's authorization and capture, and the manual one's four steps.
+    assert counts["events"] >= 2 * 100 + 4
+    assert counts["settlements"] == 1
     print("records validated:", counts)
