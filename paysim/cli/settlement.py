@@ -22,6 +22,11 @@ def _when(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _amount(minor: int, currency: str) -> str:
+    """An amount without its currency (the table has a column for it)."""
+    return format_amount(minor, currency).rsplit(" ", 1)[0]
+
+
 @click.command()
 @click.option("--run", "run_id", help="One run's batches (default: every run's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -37,19 +42,19 @@ def settlement(settings: Settings, run_id: str | None, as_json: bool) -> None:
                     "unsettled": [{"merchant_id": m, "currency": c, **sums}
                                   for (m, c), sums in sorted(view.unsettled.items())]})
         return
-    table = Table("window (UTC)", "merchant", "payments", "gross", "refunds", "chargebacks",
-                  "reversals", "fees", "net",
+    table = Table("window from (UTC)", "merchant", "cur", "moves", "gross", "refunds",
+                  "chargebacks", "reversals", "fees", "net",
                   title=f"settlement batches of {safe(run_id) if run_id else 'every run'}")
     for batch in view.batches:
         fees = sum(getattr(batch, name) for name in FEES)
-        table.add_row(f"{_when(batch.window_start)} to {_when(batch.window_end)[11:]}",
-                      safe(batch.merchant_id), f"{batch.movements:,}",
-                      *(format_amount(value, batch.currency) for value in (
+        table.add_row(_when(batch.window_start), safe(batch.merchant_id), safe(batch.currency),
+                      f"{batch.movements:,}",
+                      *(_amount(value, batch.currency) for value in (
                           batch.gross, batch.refunds, batch.chargebacks, batch.reversals,
                           fees, batch.net)))
     console.print(table)
     if view.unsettled:
-        open_table = Table("merchant", "movements", "net", title="not yet settled")
+        open_table = Table("merchant", "moves", "net", title="not yet settled")
         for (merchant, currency), sums in sorted(view.unsettled.items()):
             open_table.add_row(safe(merchant), f"{sums['movements']:,}",
                                format_amount(sums["net"], currency))
