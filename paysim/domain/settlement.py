@@ -43,13 +43,15 @@ class Movement(msgspec.Struct, frozen=True, kw_only=True):
     net: int = 0
 
 
-def movement(change: Change) -> Movement | None:
-    """What a decided step did to its merchant's money; None when it did nothing to it."""
+def movement(change: Change, deltas: dict[ledger.Line, int] | None = None) -> Movement | None:
+    """What a decided step did to its merchant's money; None when it did nothing to it.
+    ``deltas``: the step's entries summed per line, when the caller has them already."""
     record = change.record
     if not change.changed or not change.events:
         return None
     currency = record.currency
-    deltas = ledger.net(change.entries)
+    if deltas is None:
+        deltas = ledger.net(change.entries)
 
     def posted(account: str) -> int:
         return deltas.get(ledger.Line(POSTED, currency, account), 0)

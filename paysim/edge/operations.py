@@ -109,7 +109,12 @@ class Operations:
 
     def apply(self, route: Route, payment_id: str, fields: OperationBody,
               op_id: str) -> HttpAnswer:
-        where = self._locate(payment_id, route.kind)
+        stored = store.read_outcome(self.redis, payment_id)
+        if stored is not None and not stored.outcome.token:
+            # Declined by the card checks, before it had a token: it never reached the ledger.
+            return _conflict(Answer(lifecycle.NOT_PERMITTED, 0, f"cannot {route.kind}: the "
+                                    "payment was declined"), None, "declined")
+        where = self._locate(payment_id, stored, route.kind)
         if where is None:
             return HttpAnswer(404, body(Error(error=f"no payment {short(payment_id)} (unknown, "
                                                     "not finished, or expired)")))
@@ -137,12 +142,14 @@ class Operations:
             operation=_operation(op, answer),
             payment=None if record is None else ledger_store.record_view(record))))
 
-    def _locate(self, payment_id: str, kind: OperationKind) -> tuple[str, str] | None:
-        stored = store.read_outcome(self.redis, payment_id)
+    def _locate(self, payment_id: str, stored: store.StoredOutcome | None,
+                kind: OperationKind) -> tuple[str, str] | None:
+        """The payment's run and card token: from its outcome, or (a reversal may come
+        first) from the route the edge noted when it took it."""
         if stored is not None and stored.outcome.token:
             return stored.outcome.run_id, stored.outcome.token
         if stored is not None or kind != OperationKind.REVERSE:
-            return None  # declined before it had a card token, or not there yet
+            return None
         noted = self.redis.get(route_key(payment_id))
         if noted is None:
             return None
@@ -187,7 +194,10 @@ def _operation(op: OperationRequested, answer: Answer | None) -> OperationView:
                          reason_code=answer.code)
 
 
-def _conflict(answer: Answer, record: PaymentRecord | None) -> HttpAnswer:
+def _conflict(answer: Answer, record: PaymentRecord | None,
+              state: str | None = None) -> HttpAnswer:
+    if record is not None:
+        state = record.state
     return HttpAnswer(409, body(Refused(
         error=answer.error or decisions.reason_text(answer.code), reason_code=answer.code,
-        state=UNSET if record is None else record.state)))
+        state=UNSET if state is None else state)))

@@ -152,7 +152,8 @@ class CardWrite:
         if not change.changed:
             return
         currency = change.record.currency
-        for line, delta in ledger.net(change.entries).items():
+        deltas = ledger.net(change.entries)
+        for line, delta in deltas.items():
             name = line.field()
             self.increments[name] = self.increments.get(name, 0) + delta
         if change.spent_today:
@@ -160,15 +161,16 @@ class CardWrite:
             self.increments[name] = self.increments.get(name, 0) + change.spent_today
         record = change.record
         self.records[record.payment_id] = record
-        moved = settlement.movement(change)
+        moved = settlement.movement(change, deltas)
         if moved is not None:
             window = settlement.window_of(moved.at, self.window_s)
             self.movements.setdefault(window, []).append(moved)
-        member = hold_member(record)
         if record.held and record.hold_expires_at and not record.closed:
+            member = hold_member(record)
             self.holds_open[member] = record.hold_expires_at
             self.holds_closed.discard(member)
         elif before is not None and before.held:
+            member = hold_member(record)
             self.holds_closed.add(member)
             self.holds_open.pop(member, None)
 

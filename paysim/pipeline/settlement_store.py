@@ -31,6 +31,7 @@ from paysim.domain.ledger import Book
 from paysim.domain.messages import encode, now_us
 from paysim.domain.settlement import Batch, Movement
 from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
 from paysim.infra.files import writing
 from paysim.infra.kafka import client_config, produce
 from paysim.pipeline import ledger_store
@@ -219,7 +220,9 @@ class SettlementCloser(threading.Thread):
             while not self.stop_event.wait(EVERY_S):
                 try:
                     settler.close(now_us() / 1e6 - GRACE_S)
-                except (redis.RedisError, KafkaException, BufferError, OSError) as exc:
+                except (redis.RedisError, KafkaException, BufferError, PaysimError) as exc:
+                    # PaysimError: the clearing file could not be written (the batches are
+                    # settled and recorded; `paysim settlement` shows them).
                     self.log.warning("settlement skipped a round: %s", exc)
         finally:
             producer.flush(5)

@@ -35,7 +35,7 @@ from paysim.infra.kafka import client_config, read_topic
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, store
 from tests.helpers import free_port
-from tests.integration.pipeline_helpers import paysim
+from tests.integration.pipeline_helpers import paysim, run_done_entries, send
 from tests.integration.test_pipeline import _Receiver
 
 VISA = "4242424242424242"
@@ -210,6 +210,16 @@ def test_operations_on_unknown_payments_are_404(pipeline: Settings) -> None:
     assert status == 404 and "no payment" in answer["error"]
 
 
+def test_a_payment_the_card_checks_declined_is_409_not_404(pipeline: Settings) -> None:
+    run = send(pipeline, "--count", "3", "--seed", "31", "--bad-share", "1",
+               "--test-card-share", "0")["run_id"]
+    declined = run_done_entries(pipeline, run)[0]
+    assert declined.status == "declined"
+    status, answer = op(pipeline, declined.payment_id, "/payments/{}/refunds")
+    assert status == 409 and answer["state"] == "declined", answer
+    assert answer["error"] == "cannot refund: the payment was declined"
+
+
 def test_a_reversal_before_its_authorization_leaves_nothing_held(pipeline: Settings,
                                                                   client: redis.Redis) -> None:
     """The reversal reaches the ledger first (as a 0400 does when the acquirer timed out
@@ -299,7 +309,7 @@ def test_settle_closes_the_window_into_a_batch_per_merchant(pipeline: Settings,
     on_topic = [codec.decode(raw) for raw in read_topic(pipeline, pipeline.topics.settlements)]
     assert [b.net for b in on_topic if b.batch_id == batch["batch_id"]] == [batch["net"]]
     table = paysim(pipeline, "settlement", "--run", RUN)
-    assert table.returncode == 0 and "m-life" in table.stdout
+    assert table.returncode == 0 and f"settlement batches of {RUN}" in table.stdout
     assert "nothing left to settle" in table.stdout
 
 
