@@ -5,6 +5,7 @@ about 0.13%), not any network's tariff."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from paysim.domain import money
@@ -17,9 +18,13 @@ class FeeRate:
 
     def of(self, amount: int, currency: str) -> int:
         """The fee on ``amount`` minor units, rounded half up, never more than the amount."""
-        fee = (amount * self.basis_points + 5_000) // 10_000
-        fee += money.minor_units(self.fixed_usd, currency)
+        fee = (amount * self.basis_points + 5_000) // 10_000 + _fixed(self.fixed_usd, currency)
         return min(fee, amount)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed(usd: float, currency: str) -> int:
+    return money.minor_units(usd, currency)
 
 
 @dataclass(frozen=True)

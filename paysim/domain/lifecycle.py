@@ -224,20 +224,21 @@ MTI = {
 class _Step:
     """One step under way: a copy of the record, the entries and events it adds."""
 
-    def __init__(self, record: PaymentRecord, op_id: str, now: int) -> None:
-        self.record = msgspec.structs.replace(record, events=list(record.events))
+    def __init__(self, record: PaymentRecord, op_id: str, now: int, *,
+                 fresh: bool = False) -> None:
+        # A copy, so that the caller's record stays as it was read (a refused step leaves it);
+        # a record made for this step needs none.
+        self.record = record if fresh else msgspec.structs.replace(
+            record, events=list(record.events))
         self.op_id, self.now = op_id, now
+        self.merchant = ledger.merchant_pending(self.record.merchant_id)
         self.entries: list[Entry] = []
         self.events: list[EventRecord] = []
         self.spent_today = 0
 
     def event(self, kind: EventKind, amount: int) -> None:
-        mti = MTI.get((kind, CaptureMode(self.record.capture)))
+        mti = MTI.get((kind, self.record.capture))  # a StrEnum key matches its text
         self.events.append(EventRecord(kind, amount, self.now, self.op_id, mti))
-
-    @property
-    def merchant(self) -> str:
-        return ledger.merchant_pending(self.record.merchant_id)
 
     def hold(self, amount: int) -> None:
         self.entries += ledger.hold(CARD, self.merchant, amount, self.record.currency)
@@ -291,13 +292,14 @@ def authorize(request: Authorization, record: PaymentRecord | None, funds: CardF
     op_id = request.payment_id
     if record is not None and record.authorization is not None:
         return replayed(record, op_id, Answer(record.authorization, record.authorized))
-    base = record or PaymentRecord(payment_id=request.payment_id, run_id=request.run_id,
-                                   token=request.token)
-    base = msgspec.structs.replace(
-        base, currency=request.currency, merchant_id=request.merchant_id,
-        network=request.network, capture=request.capture, credit_limit=request.credit_limit,
-        daily_limit=request.daily_limit, callback_url=request.callback_url)
-    step = _Step(base, op_id, now)
+    base = PaymentRecord(
+        payment_id=request.payment_id, run_id=request.run_id, token=request.token,
+        currency=request.currency, merchant_id=request.merchant_id, network=request.network,
+        capture=request.capture, credit_limit=request.credit_limit,
+        daily_limit=request.daily_limit, callback_url=request.callback_url,
+        closed=None if record is None else record.closed,
+        events=[] if record is None else list(record.events))
+    step = _Step(base, op_id, now, fresh=True)
     if base.closed == State.REVERSED:
         step.record.authorization = REVERSED_FIRST
         return step.done(Answer(REVERSED_FIRST, 0, "reversed before it was authorized"))

@@ -54,7 +54,7 @@ def movement(change: Change, deltas: dict[ledger.Line, int] | None = None) -> Mo
         deltas = ledger.net(change.entries)
 
     def posted(account: str) -> int:
-        return deltas.get(ledger.Line(POSTED, currency, account), 0)
+        return deltas.get(ledger.line(POSTED, currency, account), 0)
 
     net = posted(ledger.merchant_pending(record.merchant_id))
     interchange = posted(ledger.INTERCHANGE_INCOME)

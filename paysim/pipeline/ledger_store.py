@@ -215,8 +215,8 @@ class LedgerStore:
             else:
                 fields = [VERSION_FIELD]
                 for currency in currencies_l:
-                    fields += (Line(ledger.POSTED, currency, CARD).field(),
-                               Line(ledger.PENDING, currency, CARD).field(),
+                    fields += (ledger.line(ledger.POSTED, currency, CARD).field(),
+                               ledger.line(ledger.PENDING, currency, CARD).field(),
                                day_field(currency, day))
                 pipe.hmget(key, fields)
             for payment_id in payments_l:
@@ -234,8 +234,8 @@ class LedgerStore:
                 lines, today = {}, {}
                 for i, currency in enumerate(currencies_l):
                     posted, pending, spent = values[3 * i:3 * i + 3]
-                    lines[Line(ledger.POSTED, currency, CARD)] = int(posted or 0)
-                    lines[Line(ledger.PENDING, currency, CARD)] = int(pending or 0)
+                    lines[ledger.line(ledger.POSTED, currency, CARD)] = int(posted or 0)
+                    lines[ledger.line(ledger.PENDING, currency, CARD)] = int(pending or 0)
                     today[currency] = int(spent or 0)
             records = {pid: _maybe(next(replies), _record_decoder) for pid in payments_l}
             answers = {op: _maybe(next(replies), _answer_decoder) for op in ops_l}
