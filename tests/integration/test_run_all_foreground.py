@@ -10,6 +10,7 @@ import sys
 
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.waiting import wait_until
+from paysim.pipeline import registry
 from paysim.stack.process import is_alive
 from tests.helpers import free_port, run_paysim, settings_for
 
@@ -24,7 +25,8 @@ def test_sigterm_stops_all_services_and_exits_0(local_stack, service_flags, tmp_
     try:
         def all_up() -> bool:
             rows = json.loads(run_paysim("ps", "--json", env=env).stdout)["services"]
-            return len(rows) == 4 and all(row["state"] == "up" for row in rows)
+            return (len(rows) == len(registry.ALL)
+                    and all(row["state"] == "up" for row in rows))
 
         assert wait_until(all_up, timeout=90, interval=0.5)
         rows = json.loads(run_paysim("ps", "--json", env=env).stdout)["services"]
@@ -57,7 +59,7 @@ def test_one_supervisor_per_folder_and_a_stuck_service_is_replaced(
             return {row["name"]: row for row in found}
 
         assert wait_until(lambda: all(r["state"] == "up" for r in rows().values())
-                          and len(rows()) == 4, timeout=90, interval=0.5)
+                          and len(rows()) == len(registry.ALL), timeout=90, interval=0.5)
 
         second = run_paysim("run-all", "--no-live", env=env, timeout=60)
         assert second.returncode == 1

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 from confluent_kafka import Producer
 
+from paysim.domain.decisions import IssuerRates
 from paysim.infra.config import Settings
 from paysim.infra.kafka import Record, client_config, read_records, read_topic
 from paysim.infra.waiting import wait_until
@@ -82,12 +83,14 @@ def test_every_record_of_a_run_validates_against_its_topic_schema(
     # A payment's later life: a manual capture in two parts, a refund, then its settlement.
     base = f"http://127.0.0.1:{settings.http.port}"
     life_run = f"records-{uuid.uuid4().hex[:8]}"
+    client = store.connect(settings)
+    # This run's issuer declines nothing (the pipeline's declines one payment in ten).
+    store.write_run_issuer(client, life_run, IssuerRates(), ttl=600)
     status, answer = http_call(f"{base}/authorize", {
         "card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvv": "123",
         "amount": 5_000, "currency": "USD", "capture": "manual", "run_id": life_run})
     assert status == 200, answer
     held = answer["payment_id"]
-    client = store.connect(settings)
     try:
         assert wait_until(lambda: store.read_outcome(client, held) is not None, timeout=60)
     finally:
