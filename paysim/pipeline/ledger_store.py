@@ -19,6 +19,7 @@ so a conflict is rare and one retry settles it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -194,6 +195,7 @@ class LedgerStore:
         self.ttl = ttl
         self.window_s = window_s
         self._apply = client.register_script(APPLY_LUA)
+        self._read = client.register_script(READ_LUA)
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> LedgerStore:
@@ -203,32 +205,33 @@ class LedgerStore:
         return CardWrite(self.window_s)
 
     def read(self, cards: dict[CardRef, CardReads], day: str) -> dict[CardRef, CardSnapshot]:
-        """Each card's snapshot, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        """Each card's snapshot, in one script call: one command rather than a pipeline of
+        hundreds (redis-py's packing of each command cost more than Redis's work)."""
+        keys: list[str] = []
+        spec: list[tuple[int, int, list[str] | None]] = []
         plan = []
         for card, (currencies, payments, ops) in cards.items():
-            key = card_key(card.run_id, card.token)
             currencies_l = None if currencies is None else sorted(currencies)
             payments_l, ops_l = sorted(payments), sorted(ops)
-            if currencies_l is None:
-                pipe.hgetall(key)
-            else:
+            fields = None
+            if currencies_l is not None:
                 fields = [VERSION_FIELD]
                 for currency in currencies_l:
-                    fields += (ledger.line(ledger.POSTED, currency, CARD).field(),
-                               ledger.line(ledger.PENDING, currency, CARD).field(),
-                               day_field(currency, day))
-                pipe.hmget(key, fields)
-            for payment_id in payments_l:
-                pipe.get(record_key(card.run_id, card.token, payment_id))
-            for op_id in ops_l:
-                pipe.get(answer_key(card.run_id, card.token, op_id))
+                    fields += _card_fields(currency, day)
+            keys.append(card_key(card.run_id, card.token))
+            keys += [record_key(card.run_id, card.token, pid) for pid in payments_l]
+            keys += [answer_key(card.run_id, card.token, op) for op in ops_l]
+            spec.append((len(payments_l), len(ops_l), fields))
             plan.append((card, currencies_l, payments_l, ops_l))
-        replies = iter(pipe.execute())
+        if not plan:
+            return {}
+        replies = iter(self._read(keys=keys, args=[_encode(spec)]))
         snapshots = {}
         for card, currencies_l, payments_l, ops_l in plan:
             if currencies_l is None:
-                version, lines, today = _whole_card(next(replies), day)
+                flat = next(replies)
+                version, lines, today = _whole_card(dict(zip(flat[::2], flat[1::2],
+                                                             strict=True)), day)
             else:
                 version, *values = next(replies)
                 lines, today = {}, {}
@@ -245,28 +248,32 @@ class LedgerStore:
 
     def write(self, writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
         """Apply each card's changes if its version is still the one read; the cards whose
-        version moved meanwhile (to read and decide again)."""
+        version moved meanwhile (to read and decide again). One argument per card describes
+        its changes (APPLY_LUA decodes it), then come its documents and movements: few
+        arguments, as redis-py's packing costs per argument."""
         keys: list[str] = [HOLDS_KEY, WINDOWS_KEY]
         args: list[object] = [self.ttl]
         width = max(1, round(self.window_s))
         for card, snapshot, write in writes:
+            docs = [*(_encode(record) for record in write.records.values()),
+                    *(_encode(answer) for answer in write.answers.values())]
             keys.append(card_key(card.run_id, card.token))
             keys += [record_key(card.run_id, card.token, pid) for pid in write.records]
             keys += [answer_key(card.run_id, card.token, op) for op in write.answers]
             keys += [movements_key(card.run_id, window) for window in write.movements]
-            args += (snapshot.version, len(write.increments),
-                     len(write.records) + len(write.answers), len(write.holds_open),
-                     len(write.holds_closed), len(write.movements))
-            for name, delta in write.increments.items():
-                args += (name, delta)
-            args += [_encode(record) for record in write.records.values()]
-            args += [_encode(answer) for answer in write.answers.values()]
-            for member, expires in write.holds_open.items():
-                args += (expires, member)
-            args += sorted(write.holds_closed)
-            for window, moved in write.movements.items():
-                args += (len(moved), window + width, window_member(card.run_id, window))
-                args += [_encode(move) for move in moved]
+            # Numbers as text: Lua's numbers are doubles, and microsecond times pass 2^53.
+            header = _CardHeader(
+                v=snapshot.version, d=len(docs),
+                i=[str(part) for name, delta in write.increments.items()
+                   for part in (name, delta)],
+                o=[str(part) for member, expires in write.holds_open.items()
+                   for part in (expires, member)],
+                c=sorted(write.holds_closed),
+                w=[(str(window + width), window_member(card.run_id, window), len(moved))
+                   for window, moved in write.movements.items()])
+            args.append(_encode(header))
+            args += docs
+            args += [_encode(move) for moved in write.movements.values() for move in moved]
         if len(keys) == 2:
             return set()
         conflicts = self._apply(keys=keys, args=args)
@@ -286,6 +293,26 @@ class LedgerStore:
                 return
             pending = {card: pending[card] for card in conflicts}
         raise redis.RedisError(f"{len(pending)} card(s) kept changing under this batch")
+
+
+class _CardHeader(msgspec.Struct):
+    """One card's changes as APPLY_LUA takes them: its version read, its increments (field,
+    delta, ...), its documents' count, the holds opened (expiry, member, ...) and closed, and
+    per settlement window (end, member, movements' count)."""
+
+    v: str
+    i: list[str]
+    d: int
+    o: list[str]
+    c: list[str]
+    w: list[tuple[str, str, int]]
+
+
+@functools.lru_cache(maxsize=4096)
+def _card_fields(currency: str, day: str) -> tuple[str, str, str]:
+    """The card's own lines in a currency and today's counter, as hash fields."""
+    return (ledger.line(ledger.POSTED, currency, CARD).field(),
+            ledger.line(ledger.PENDING, currency, CARD).field(), day_field(currency, day))
 
 
 def _whole_card(raw: dict[bytes, bytes], day: str) -> tuple[bytes | None, dict[Line, int],
@@ -376,65 +403,74 @@ def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:
     return None if raw is None else decoder.decode(raw)
 
 
+# Reads a batch's cards. ARGV[1]: per card (JSON) the counts of its records and answers and
+# the fields of its hash to read (null: all of it); KEYS: per card its hash, then the records'
+# and answers' keys. Returns per card the fields (HMGET) or the whole hash (HGETALL, flat),
+# then each record and answer (nil when missing).
+READ_LUA = """
+local out, k = {}, 1
+for _, card in ipairs(cjson.decode(ARGV[1])) do
+  local fields = card[3]
+  if fields == cjson.null then
+    out[#out + 1] = redis.call('HGETALL', KEYS[k])
+  else
+    out[#out + 1] = redis.call('HMGET', KEYS[k], unpack(fields))
+  end
+  for i = 1, card[1] + card[2] do
+    out[#out + 1] = redis.call('GET', KEYS[k + i])
+  end
+  k = k + 1 + card[1] + card[2]
+end
+return out
+"""
+
 # Writes each card's changes if the card's version is the one the batch read (else the card's
-# index is returned, and nothing of it is written). Per card, ARGV holds: the version read,
-# the counts of increments, documents, holds opened, holds closed and settlement windows; the
-# increments as field/delta pairs; the documents (records, then answers, their keys in KEYS
-# after the card's); the holds opened as score/member pairs; the holds closed; per window
-# (its movements list in KEYS after the documents') the count of movements, the window's end
-# and member in the windows set, then the movements.
-# KEYS[1] is the sorted set of holds, KEYS[2] of windows; ARGV[1] the TTL of what is written.
+# index is returned, and nothing of it is written). KEYS[1] is the sorted set of holds, KEYS[2]
+# of settlement windows; then per card its hash, its documents' keys (records, answers) and
+# its windows' movement lists. ARGV[1] is the TTL of what is written; then per card its
+# header (_CardHeader, JSON), its documents, and its movements window by window.
 APPLY_LUA = """
 local ttl, holds, windows = ARGV[1], KEYS[1], KEYS[2]
 local k, a, index = 3, 2, 0
 local conflicts = {}
 while a <= #ARGV do
   index = index + 1
-  local card = KEYS[k]
-  local expected = ARGV[a]
-  local nincr, ndoc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local nopen, nclose = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local nwin = tonumber(ARGV[a + 5])
-  a = a + 6
-  local skip = 2 * nincr + ndoc + 2 * nopen + nclose
-  local w = a + skip
-  for i = 0, nwin - 1 do
-    skip = skip + 3 + tonumber(ARGV[w])
-    w = a + skip
+  local h = cjson.decode(ARGV[a])
+  a = a + 1
+  local card, rows = KEYS[k], 0
+  for _, w in ipairs(h.w) do
+    rows = rows + w[3]
   end
-  if (redis.call('HGET', card, 'ver') or '0') ~= expected then
+  if (redis.call('HGET', card, 'ver') or '0') ~= h.v then
     conflicts[#conflicts + 1] = index
   else
-    for i = 0, nincr - 1 do
-      redis.call('HINCRBY', card, ARGV[a + 2 * i], ARGV[a + 2 * i + 1])
+    for i = 1, #h.i, 2 do
+      redis.call('HINCRBY', card, h.i[i], h.i[i + 1])
     end
     redis.call('HINCRBY', card, 'ver', 1)
     redis.call('EXPIRE', card, ttl)
-    local b = a + 2 * nincr
-    for i = 0, ndoc - 1 do
-      redis.call('SET', KEYS[k + 1 + i], ARGV[b + i], 'EX', ttl)
+    for i = 1, h.d do
+      redis.call('SET', KEYS[k + i], ARGV[a + i - 1], 'EX', ttl)
     end
-    b = b + ndoc
-    for i = 0, nopen - 1 do
-      redis.call('ZADD', holds, ARGV[b + 2 * i], ARGV[b + 2 * i + 1])
+    for i = 1, #h.o, 2 do
+      redis.call('ZADD', holds, h.o[i], h.o[i + 1])
     end
-    b = b + 2 * nopen
-    for i = 0, nclose - 1 do
-      redis.call('ZREM', holds, ARGV[b + i])
+    for _, member in ipairs(h.c) do
+      redis.call('ZREM', holds, member)
     end
-    b = b + nclose
-    for i = 0, nwin - 1 do
-      local list, nrows = KEYS[k + 1 + ndoc + i], tonumber(ARGV[b])
-      redis.call('ZADD', windows, ARGV[b + 1], ARGV[b + 2])
-      for j = 1, nrows do
-        redis.call('RPUSH', list, ARGV[b + 2 + j])
+    local r = a + h.d
+    for j, w in ipairs(h.w) do
+      local list = KEYS[k + h.d + j]
+      redis.call('ZADD', windows, w[1], w[2])
+      for i = 0, w[3] - 1 do
+        redis.call('RPUSH', list, ARGV[r + i])
       end
       redis.call('EXPIRE', list, ttl)
-      b = b + 3 + nrows
+      r = r + w[3]
     end
   end
-  a = a + skip
-  k = k + 1 + ndoc + nwin
+  a = a + h.d + rows
+  k = k + 1 + h.d + #h.w
 end
 return conflicts
 """

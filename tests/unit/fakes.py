@@ -5,6 +5,7 @@ steps to run without a broker or a redis-server, and a record of every call to a
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -15,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from paysim.infra.config import Settings, load_settings
 from paysim.infra.secrets import Keys
+from paysim.pipeline import ledger_store
 
 Partition = tuple[str, int]
 
@@ -381,9 +383,26 @@ class FakeScript:
         self.source = source
         self.calls: list[tuple[list[str], list[Any]]] = []
 
-    def __call__(self, keys: list[str], args: list[Any]) -> list[bytes]:
+    def __call__(self, keys: list[str], args: list[Any]) -> list[Any]:
         self.calls.append((list(keys), list(args)))
+        if self.source == ledger_store.READ_LUA:
+            return self._read(keys, args)
         return self.client.script_answers(keys, args)
+
+    def _read(self, keys: list[str], args: list[Any]) -> list[Any]:
+        """The ledger's READ script on this client's hashes and strings."""
+        out: list[Any] = []
+        at = 0
+        for records, answers, fields in json.loads(args[0]):
+            stored = self.client.hashes.get(keys[at], {})
+            if fields is None:
+                out.append([part for pair in stored.items() for part in pair])
+            else:
+                out.append([stored.get(name.encode()) for name in fields])
+            out += [self.client.strings.get(key)
+                    for key in keys[at + 1:at + 1 + records + answers]]
+            at += 1 + records + answers
+        return out
 
 
 class FakeRedis:
@@ -395,7 +414,7 @@ class FakeRedis:
         # (key prefix, error): the next pipeline writing a key with that prefix raises it.
         self.execute_failures: list[tuple[str, Exception]] = []
         self.mget_calls: list[list[str]] = []
-        self.scripts: list[FakeScript] = []
+        self.scripts: list[FakeScript] = []  # every registered script but the ledger's READ
         # A script's answer; the ledger's APPLY script answers the cards that conflicted:
         # none unless a test says otherwise.
         self.script_answers: Callable[[list[str], list[Any]], list[bytes]] = (
@@ -431,7 +450,8 @@ class FakeRedis:
 
     def register_script(self, source: str) -> FakeScript:
         script = FakeScript(self, source)
-        self.scripts.append(script)
+        if source != ledger_store.READ_LUA:
+            self.scripts.append(script)
         return script
 
     def commands(self, name: str, key: str | None = None) -> list[Command]:
