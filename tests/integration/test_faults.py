@@ -31,10 +31,15 @@ RATE = 250
 # one's backlog, and the sender is interrupted after the last: the run lasts as long as the
 # faults need (about two minutes, 25,000-30,000 payments), so none can miss it.
 SETTLED_LAG = RATE  # records waiting per service: a second of traffic
-# The issue's bound on the latency a broker restart may add is 15 s (the broker's own restart,
-# about 5 s, and the services' recovery). Not asserted yet: on this 2-core machine the broker
-# alone took 6-12 s to answer again and the worst measured 26-32 s (issue 17, left open); the
-# table below prints the figure every run.
+# Issue 17's bounds on a broker restart: every service processes again within 10 s of the
+# broker answering (measured 1-4.4 s), and the payments sent around it wait under 15 s. The
+# second includes the broker's own restart, which the services do not control: 5.8-9.4 s
+# mostly, 13.6 s once, on this 2-core machine shared with other work (worst latency 17.4 s
+# then, the services back 1.4-2.5 s after it answered). So it is printed, and what is
+# asserted is what the pipeline adds to the broker's outage: under 10 s (measured 1.8-5.5 s).
+RECOVERY_S = 10.0
+ADDED_TO_OUTAGE_S = 10.0
+WORST_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +56,7 @@ class Fault:
     at: float  # time.monotonic() of the kill
     label: str
     answered: float | None = None  # time.time() at which a restarted component answered
+    down_s: float = 0.0  # from the kill until it answered
     broker: bool = False
 
 
@@ -77,8 +83,9 @@ def restart_component(stack: LocalStack, name: str) -> Fault:
     killed = time.monotonic()
     assert wait_until(lambda: not is_alive(record.pid), timeout=10)
     stack.up()
+    down_s = time.monotonic() - killed
     return Fault(killed, f"SIGKILL {name} (pid {record.pid}), answering again after "
-                         f"{time.monotonic() - killed:.1f} s", time.time(), name == "kafka")
+                         f"{down_s:.1f} s", time.time(), down_s, name == "kafka")
 
 
 def test_every_payment_gets_one_outcome_through_kills_and_restarts(
@@ -125,17 +132,24 @@ def test_every_payment_gets_one_outcome_through_kills_and_restarts(
     entries = first_entries(run_done_entries(pipeline, report["run_id"]))
     windows = fault_windows(sent_and_latency(entries, start_wall - start), done)
     print(format_windows(done, windows))
-    for fault in done:
-        if fault.answered is not None:
-            resumed = resumed_after(entries, fault.answered)
-            print(f"{fault.label}: first payment of each stage after it answered: "
-                  + ", ".join(f"{stage} +{s:.1f} s" for stage, s in resumed.items()))
+    resumed = {fault.label: resumed_after(entries, fault.answered) for fault in done
+               if fault.answered is not None}
+    for label, stages in resumed.items():
+        print(f"{label}: first payment of each stage after it answered: "
+              + ", ".join(f"{stage} +{s:.1f} s" for stage, s in stages.items()))
 
     # Recovery is the services' own: the watchdog had no one to kill.
     with supervisor_log.open() as log:
         log.seek(log_start)
         supervised = log.read()
     assert "killed as stuck" not in supervised, supervised
+    for fault, (_, worst_ms) in zip(done, windows, strict=True):
+        if fault.broker:
+            worst_s = worst_ms / 1000
+            print(f"{fault.label}: worst {worst_s:.1f} s (issue 17: under {WORST_S:g} s), "
+                  f"{worst_s - fault.down_s:.1f} s more than the broker was down")
+            assert max(resumed[fault.label].values()) < RECOVERY_S, (fault.label, resumed)
+            assert worst_s - fault.down_s < ADDED_TO_OUTAGE_S, (fault.label, worst_s)
 
 
 def first_entries(entries: list[DoneEntry]) -> list[DoneEntry]:
