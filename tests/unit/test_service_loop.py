@@ -116,6 +116,14 @@ class Harness:
     def run(self) -> None:
         self.loop.run()
 
+    def run_releasing(self, *releases: threading.Event) -> None:
+        """run(), then release the fake calls held by ``releases`` whatever happened."""
+        try:
+            self.run()
+        finally:
+            for release in releases:
+                release.set()
+
     def seen(self) -> list[str]:
         """The ids whose Redis write reached Redis, in order."""
         return [c[1].removeprefix("seen:") for c in self.redis.commands("SET")
@@ -466,10 +474,7 @@ def test_a_call_that_hangs_is_given_up_and_a_new_producer_processes_the_batch_on
     records = [ping(0, offset) for offset in range(4)]
     harness = renewing_harness(records)
     release = harness.producer.hang_on(method, call=2)  # the second batch's
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     old_thread = harness.loop._abandoned[0]
     old_thread.join(5)
 
@@ -507,10 +512,7 @@ def test_an_abort_that_hangs_renews_the_producer() -> None:
     harness = renewing_harness(records)
     harness.producer.fail_on("commit_transaction", kafka_error())
     release = harness.producer.hang_on("abort_transaction")
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     assert [len(p.committed) for p in harness.producers] == [0, 1]
     assert_each_pong_committed_once(harness, records)
@@ -538,10 +540,7 @@ def test_a_new_producer_that_cannot_start_yet_is_started_again_not_replaced() ->
     not_yet = FakeProducer(harness.cluster)  # the broker is not back
     not_yet.fail_on("init_transactions",
                     kafka_error(KafkaError._TIMED_OUT, "coordinator loading", retriable=True))
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     assert harness.producers == [harness.producer, not_yet]
     assert harness.consumers == [harness.consumer]  # resumed from the commit once ready
@@ -556,10 +555,7 @@ def test_a_new_producer_that_failed_for_good_is_replaced() -> None:
     not_yet.fail_on("init_transactions", kafka_error(KafkaError._TIMED_OUT, "timed out"))
     factory = iter([not_yet, FakeProducer(harness.cluster)])
     harness.producer_factory = lambda: next(factory)
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     assert [p.initialized for p in harness.producers] == [True, False, True]
     assert harness.consumers == [harness.consumer]  # resumed from the commit once ready
@@ -572,10 +568,7 @@ def test_a_commit_that_reached_the_coordinator_is_not_processed_again() -> None:
     records = [ping(0, offset) for offset in range(4)]
     harness = renewing_harness(records)
     release = harness.producer.hang_after_commit(call=2)
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     assert [len(p.committed) for p in harness.producers] == [2, 0]
     assert_each_pong_committed_once(harness, records)
@@ -587,10 +580,7 @@ def test_a_consumer_that_cannot_say_its_committed_offsets_is_replaced() -> None:
     harness = renewing_harness(records)
     release = harness.producer.hang_on("commit_transaction", call=2)
     harness.consumer.committed_failure = kafka_error(KafkaError._TIMED_OUT, "timed out")
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     first, second = harness.consumers
     assert first.closed and second.subscribed == [IN]  # the new one starts from the commit
@@ -610,10 +600,7 @@ def test_every_broker_down_renews_the_producer_before_the_next_transaction() -> 
     # the renewal, the same news again, as the real consumer had queued it meanwhile.
     down = KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")
     harness.consumer.client_errors.update({2: [down, down], 3: [down]})
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1  # not again for the news queued meanwhile
     assert harness.loop.counters.aborted_batches == 0
     assert [len(p.committed) for p in harness.producers] == [1, 1]
