@@ -12,7 +12,8 @@ After a broker restart librdkafka can hang inside a transactional call past its 
 can give up on; a call that hangs or overruns its timeout makes the loop renew its producer
 in-process (see ServiceLoop._renew) instead of waiting for the supervisor's watchdog. When the
 consumer reports every broker down, the producer is renewed before the next transaction,
-without waiting for a call to hang.
+without waiting for a call to hang. The consumer is a static group member (its instance's
+group.instance.id), kept through all this; one fenced off its group is replaced in-process.
 """
 
 from __future__ import annotations
