@@ -9,8 +9,11 @@ supervisor to restart it.
 
 After a broker restart librdkafka can hang inside a transactional call past its own timeout
 (confluentinc/librdkafka#5456, #5511). So transactional calls run on a worker thread the loop
-can give up on; a call that hangs or overruns its timeout makes the loop renew its Kafka
-clients in-process (see ServiceLoop._renew) instead of waiting for the supervisor's watchdog.
+can give up on; a call that hangs or overruns its timeout makes the loop renew its producer
+in-process (see ServiceLoop._renew) instead of waiting for the supervisor's watchdog. When the
+consumer reports every broker down, the producer is renewed before the next transaction,
+without waiting for a call to hang. The consumer is a static group member (its instance's
+group.instance.id), kept through all this; one fenced off its group is replaced in-process.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ CALL_TIMEOUT_S = 3.0
 # The first init_transactions of a process may wait for the broker to create its
 # transaction-state topic.
 START_TIMEOUT_S = 60.0
+# A renewing producer's init_transactions is called again every second until the broker
+# answers: librdkafka goes on acquiring the producer id between calls, and the loop writes its
+# heartbeat between them (`ps` takes a service silent for 3 s for gone).
+RENEW_CALL_TIMEOUT_S = 1.0
 # How long past its own timeout a call may run before the loop gives up on it.
 CALL_GRACE_S = 1.0
 # A consumer close that takes longer is left to finish (or not) on its own thread.
@@ -56,6 +63,9 @@ FAILURES_BEFORE_RENEWAL = 5
 # Clients abandoned inside calls that never returned cost threads and sockets: past this
 # many at once the process ends instead, for the supervisor to start a clean one.
 MAX_ABANDONED = 3
+# A consumer fenced again this soon after it was replaced for it has a twin (another process
+# with its instance id): the process ends rather than fence the twin in turn.
+FENCED_AGAIN_S = 30.0
 
 
 @dataclass
@@ -63,7 +73,7 @@ class Counters:
     processed: int = 0
     dead_letters: int = 0
     aborted_batches: int = 0
-    renewals: int = 0  # times the Kafka clients were replaced (see ServiceLoop._renew)
+    renewals: int = 0  # times the producer was replaced (see ServiceLoop._renew)
     started_at: float = field(default_factory=time.time)
 
 
@@ -148,6 +158,15 @@ def dead_letter(service: str, message: Message, reason: str, topic: str,
     return Output(topic, None, encode(letter))
 
 
+def first_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+    """The batch's first offset in each of its partitions."""
+    first: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key = (message.topic(), message.partition())
+        first[key] = min(first.get(key, message.offset()), message.offset())
+    return first
+
+
 class ServiceLoop(Generic[T]):
     def __init__(self, service: Service[T], settings: Settings, instance: int = 0,
                  stop: threading.Event | None = None, *, consumer: Consumer | None = None,
@@ -170,8 +189,16 @@ class ServiceLoop(Generic[T]):
         self.worker = CallWorker(self.producer, f"{service.name}-producer")
         self.call_timeout, self.call_grace = CALL_TIMEOUT_S, CALL_GRACE_S  # tests shorten them
         self._consumer_open = False  # subscribed and not closed
-        self._unhealthy: str | None = None  # why the clients must be renewed before going on
+        self._unhealthy: str | None = None  # why the producer must be renewed before going on
         self._producer_spent = False  # the producer is the one to replace, not one to init
+        # The first offset, per partition, of a batch whose transaction may or may not have
+        # committed (a call given up, an abort that failed): the consumer resumes there from
+        # the committed offsets once the renewal has settled it.
+        self._in_doubt: dict[tuple[str, int], int] = {}
+        self._brokers_lost = False  # the consumer saw every broker go (see on_kafka_error)
+        self._producer_used = False  # a transaction committed since its init_transactions
+        self._consumer_fenced: str | None = None  # the consumer's fatal error, if any
+        self._last_fenced = -FENCED_AGAIN_S  # time.monotonic() of the last replacement
         self._kafka_failures = 0  # batches in a row that Kafka failed
         self._abandoned: list[threading.Thread] = []  # threads inside calls that never returned
         self._last_heartbeat = 0.0
@@ -183,6 +210,15 @@ class ServiceLoop(Generic[T]):
             "isolation.level": "read_committed", "enable.partition.eof": False,
             # A killed instance's partitions move on after 6 s (the broker's minimum), not 45.
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 1500,
+            # Static membership (KIP-345): a member that comes back under its instance's id
+            # takes its place at once. Without it, a restarted instance, or a consumer whose
+            # session ran out while the broker was down (any outage over 6 s), joined as a
+            # new member, and the group waited for the old one's session to expire: 6 s
+            # more after every broker restart and every service restart (broker logs: "Loaded
+            # classic group ... with 1 members", then 6 s later "Member ... has failed").
+            # The price: a stopped instance does not leave; its partitions move on when its
+            # session expires, as a killed one's do.
+            "group.instance.id": f"{self.service.name}-{self.instance}",
             # librdkafka prefetches up to 64 MB by default: with a backlog, each service's
             # memory grew by 140% (66 -> 208 MiB) over 200,000 payments. 1 MB queued (about
             # 2,300 payments, four batches ahead) and 1 MB per fetch keep a loaded service
@@ -191,7 +227,7 @@ class ServiceLoop(Generic[T]):
             # throughput (9,400 -> 7,300 payments/s) until it was cut to 5 ms.
             "queued.max.messages.kbytes": 1024, "fetch.max.bytes": 1024 * 1024,
             "fetch.queue.backoff.ms": 5,
-            "logger": self.log,
+            "logger": self.log, "error_cb": self.on_kafka_error,
         }))
 
     def _build_producer(self) -> Producer:
@@ -206,6 +242,21 @@ class ServiceLoop(Generic[T]):
             "compression.type": "lz4", "logger": self.log,
         }))
 
+    def on_kafka_error(self, error: KafkaError) -> None:
+        """The consumer's client-wide errors, served by its poll on the loop's thread.
+
+        Every broker gone means a broker restart, or a network cut: the producer's cached
+        coordinators will be stale when the broker is back, and its first
+        send_offsets_to_transaction then hangs until given up (seen: 4 s; see _renew). Not
+        for a producer that has committed nothing yet: the consumer is not polled while the
+        loop renews its producer, and the news of the outage the new producer was made for
+        arrives after it (a dozen times)."""
+        if error.code() != KafkaError._ALL_BROKERS_DOWN:
+            self.log.warning("consumer: %s", error.str())
+        elif self._producer_used and not self._brokers_lost:
+            self._brokers_lost = True
+            self.log.warning("consumer: %s", error.str())
+
     def run(self) -> None:
         ensure_topics(self.settings)
         try:
@@ -218,11 +269,26 @@ class ServiceLoop(Generic[T]):
         try:
             while not self.stop.is_set():
                 self._heartbeat()
-                if self._unhealthy is not None and not self._renew():
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
-                    continue
+                if self._brokers_lost:
+                    self._brokers_lost = False
+                    if self._unhealthy is None:
+                        self._mark_unhealthy("every broker went down")
+                if self._unhealthy is not None:
+                    began = time.monotonic()
+                    if not self._renew():
+                        # From the start of the attempt: one that waited for the broker
+                        # has waited already.
+                        self.stop.wait(max(0.0, backoff - (time.monotonic() - began)))
+                        backoff = min(backoff * 2, MAX_BACKOFF_S)
+                        continue
+                    backoff = 0.1
                 messages = [m for m in self._next_batch() if self._usable(m)]
+                if self._consumer_fenced is not None:  # these came from a dead consumer
+                    self._replace_fenced_consumer()
+                    continue
+                if self._brokers_lost:  # said while fetching these: not with this producer
+                    self._rewind(messages)
+                    continue
                 if not messages:
                     continue
                 if self._process(messages):
@@ -255,8 +321,12 @@ class ServiceLoop(Generic[T]):
         error = message.error()
         if error is None:
             return True
-        if error.fatal():
-            raise FatalServiceError(f"consumer: {error.str()}")
+        # A consumer's only fatal error is its fencing by a member with its group.instance.id
+        # (see _replace_fenced_consumer). The binding hands it over as an error event with
+        # the code _FATAL and the fatal flag unset: until 2026-11 the loop took it for a
+        # passing error, and a fenced consumer polled on, empty, for good.
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            self._consumer_fenced = error.str()
         self.log.warning("consumer: %s", error.str())
         return False
 
@@ -271,18 +341,20 @@ class ServiceLoop(Generic[T]):
             raise
         except ClientStuck as exc:
             # No abort: the producer's thread is still inside the call. The renewal fences
-            # the producer, ending its transaction, and the new consumer reads from the
+            # the producer, ending its transaction, and the consumer then resumes from the
             # committed offsets, so no rewind either.
             self.counters.aborted_batches += 1
-            self.log.warning("batch of %d abandoned, will retry with new Kafka clients: %s",
+            self.log.warning("batch of %d abandoned, will retry with a new producer: %s",
                              len(messages), exc)
             self._mark_unhealthy(str(exc))
+            self._in_doubt = first_offsets(messages)
             return False
         except (KafkaException, redis.RedisError) as exc:
             self.counters.aborted_batches += 1
             self.log.warning("batch of %d aborted, will retry: %s", len(messages),
                              error_text(exc))
-            self._abort()
+            if not self._abort():
+                self._in_doubt = first_offsets(messages)
             self._rewind(messages)
             if isinstance(exc, KafkaException):
                 self._kafka_failures += 1
@@ -359,6 +431,7 @@ class ServiceLoop(Generic[T]):
                          [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
                          self.consumer.consumer_group_metadata(), timeout=self.call_timeout)
         self._kafka_call(self.producer.commit_transaction, timeout=self.call_timeout)
+        self._producer_used = True
         dead = sum(1 for o in outputs if o.topic == self.settings.topics.dlq)
         self.counters.processed += len(messages) - dead
         self.counters.dead_letters += dead
@@ -390,11 +463,14 @@ class ServiceLoop(Generic[T]):
                 time.sleep(0.1 * (attempt + 1))
         return None
 
-    def _abort(self) -> None:
+    def _abort(self) -> bool:
+        """Abort the open transaction; False when it may not have been aborted (the
+        producer is then marked for renewal)."""
         try:
             self._kafka_call(self.producer.abort_transaction, timeout=self.call_timeout)
         except ClientStuck as exc:
             self._mark_unhealthy(str(exc))
+            return False
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             # Nothing to abort (the failure came before begin_transaction) is fine; any other
@@ -402,31 +478,34 @@ class ServiceLoop(Generic[T]):
             if error.code() != KafkaError._STATE:
                 self.log.warning("abort_transaction: %s", error.str())
                 self._mark_unhealthy(f"abort_transaction: {error.str()}")
+                return False
+        return True
 
     def _mark_unhealthy(self, reason: str) -> None:
         self._unhealthy = reason
         self._producer_spent = True
 
     def _renew(self) -> bool:
-        """Replace both Kafka clients; True once the new ones are ready, False to try again.
+        """Replace the producer; True once the new one is ready, False to try again.
 
-        The order matters. The old consumer leaves the group (a close that hangs is left on
-        its thread). The new producer's init_transactions, under the same transactional.id,
-        fences the old producer and completes its open transaction: aborted, or committed if
-        its commit had reached the coordinator. Only then does the new consumer subscribe;
-        it reads from the committed offsets, which now tell which of the two happened, so the
-        abandoned batch is neither lost nor processed twice.
+        The new producer's init_transactions, under the same transactional.id, fences the
+        old producer and completes its open transaction: aborted, or committed if its commit
+        had reached the coordinator. Then the consumer resumes the batch in doubt, if any,
+        from the committed offsets, which now tell which of the two happened: the batch is
+        neither lost nor processed twice. The consumer is kept: a new one would rejoin the
+        group, and wait out the old member's session when the old one could not leave (seen:
+        9 s after a broker restart). A consumer that cannot say its committed offsets is
+        replaced; the new one starts from them.
 
         A new producer whose init_transactions failed is kept for the next try: librdkafka
         goes on acquiring its producer id after the call gave up, and a producer dropped then
         would get an epoch newer than its successor's and fence it."""
-        self.log.warning("renewing the Kafka clients: %s", self._unhealthy)
-        self._close_consumer()
+        self.log.warning("renewing the Kafka producer: %s", self._unhealthy)
         if self._producer_spent:
             self._replace_producer()
         try:
-            self.worker.call(self.producer.init_transactions, self.call_timeout,
-                             wait=self.call_timeout + self.call_grace)
+            self.worker.call(self.producer.init_transactions, RENEW_CALL_TIMEOUT_S,
+                             wait=RENEW_CALL_TIMEOUT_S + self.call_grace)
         except ClientStuck as exc:
             self.log.warning("new producer not ready, will try another: %s", exc)
             self._producer_spent = True
@@ -438,13 +517,65 @@ class ServiceLoop(Generic[T]):
             self.log.warning("new producer not ready, will try again: %s", error.str())
             self._producer_spent = not error.retriable()
             return False
-        self.consumer = self.new_consumer()
-        self._subscribe()
+        if self._in_doubt and not self._resume_from_commit():
+            self._renew_consumer()
+        self._in_doubt = {}
+        self._producer_used = False
         self.counters.renewals += 1
         self._unhealthy = None
         self._kafka_failures = 0
-        self.log.info("Kafka clients renewed")
+        self.log.info("Kafka producer renewed")
         return True
+
+    def _resume_from_commit(self) -> bool:
+        """Seek each partition of the batch in doubt that is still assigned to its committed
+        offset (the batch's first offset when none was ever committed: then the batch did
+        not commit either); False when the consumer could not say them."""
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        partitions = [TopicPartition(t, p) for t, p in self._in_doubt if (t, p) in assigned]
+        if not partitions:
+            return True  # taken away meanwhile: their new owner starts from the commit
+        asker = CallWorker(self.consumer, f"{self.service.name}-consumer-committed")
+        try:
+            committed = asker.call(self.consumer.committed, partitions, self.call_timeout,
+                                   wait=self.call_timeout + self.call_grace)
+            for tp in committed:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+                offset = tp.offset if tp.offset >= 0 else self._in_doubt[(tp.topic,
+                                                                          tp.partition)]
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except (ClientStuck, KafkaException) as exc:
+            self.log.warning("committed offsets unknown, renewing the consumer: %s",
+                             error_text(exc) if isinstance(exc, KafkaException) else exc)
+            if asker.stuck:
+                self._abandoned.append(asker.thread)
+            return False
+        finally:
+            asker.retire()
+        return True
+
+    def _replace_fenced_consumer(self) -> None:
+        """A new consumer for one fenced off by the group: it starts from the committed
+        offsets, and joining under the instance's id it takes the place of the member that
+        fenced this one.
+
+        That member is most often this very consumer: librdkafka's static member whose
+        session ran out while the broker was down rejoins, and is then fenced by its own
+        new membership (confluentinc/librdkafka#3437; seen here after a broker restart)."""
+        reason, self._consumer_fenced = self._consumer_fenced, None
+        now = time.monotonic()
+        if now - self._last_fenced < FENCED_AGAIN_S:
+            raise FatalServiceError(f"consumer: {reason}, again within {FENCED_AGAIN_S:g} s")
+        self._last_fenced = now
+        self.log.warning("renewing the fenced consumer")
+        self._renew_consumer()
+
+    def _renew_consumer(self) -> None:
+        """A new consumer, after the old one left: it starts from the committed offsets."""
+        self._close_consumer()
+        self.consumer = self.new_consumer()
+        self._subscribe()
 
     def _replace_producer(self) -> None:
         """A new producer and worker; the old ones go, or stay behind in a call that hangs."""
@@ -479,12 +610,8 @@ class ServiceLoop(Generic[T]):
 
     def _rewind(self, messages: list[Message]) -> None:
         """Seek each partition back to the first offset of the batch, to read it again."""
-        first: dict[tuple[str, int], int] = {}
-        for message in messages:
-            key = (message.topic(), message.partition())
-            first[key] = min(first.get(key, message.offset()), message.offset())
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        for (topic, partition), offset in first.items():
+        for (topic, partition), offset in first_offsets(messages).items():
             if (topic, partition) in assigned:  # else the new owner reads it from the commit
                 try:
                     self.consumer.seek(TopicPartition(topic, partition, offset))

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, TypeVar
 
 import redis
 
@@ -21,7 +22,7 @@ from paysim.infra.config import Settings, settings_env
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import Mix, PaymentStream, build_population
 from paysim.pipeline import store
-from paysim.pipeline.registry import NOTIFIER
+from paysim.pipeline.registry import NOTIFIER, PIPELINE_NAMES
 from tests.helpers import run_paysim
 
 
@@ -129,23 +130,84 @@ def notified_so_far(settings: Settings) -> int:
     return notified(settings)
 
 
-def send_with_fault(settings: Settings, after: int, fault: Callable[[], object],
-                    *args: str) -> subprocess.CompletedProcess[str]:
-    """`paysim send --json` with ``args``, and ``fault`` called once ``after`` payments of it
-    were notified: on the run's progress, not on a time since launch, which a slow start
-    would make miss the run. Fails when the run ends before the fault."""
-    before = notified_so_far(settings)
+class Progress:
+    """Payments the notifiers finished since this was made, by their heartbeats, as a count
+    that never goes back: a notifier killed and restarted counts from 0 again, so each process
+    keeps the most it reported. A read that fails (Redis restarting) keeps the last count."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._most: dict[int, int] = {}  # by notifier pid
+        self._beats: dict[str, store.Heartbeat] = {}
+        notified_so_far(settings)  # every payment finished before now is in the heartbeats
+        self._read()
+        self._start = sum(self._most.values())
+
+    def _read(self) -> None:
+        try:
+            self._beats = heartbeats(self.settings)
+        except redis.RedisError:
+            return
+        for beat in self._beats.values():
+            if beat.service == NOTIFIER.name:
+                self._most[beat.pid] = max(self._most.get(beat.pid, 0), beat.processed)
+
+    def count(self) -> int:
+        self._read()
+        return sum(self._most.values()) - self._start
+
+    def caught_up(self, lag: int) -> bool:
+        """Every pipeline service is up, none with more than ``lag`` records waiting."""
+        self._read()
+        up = {beat.service: beat.lag for beat in self._beats.values()
+              if beat.service in PIPELINE_NAMES}
+        return set(up) == set(PIPELINE_NAMES) and max(up.values()) <= lag
+
+
+R = TypeVar("R")
+
+
+def send_with_faults(settings: Settings, faults: Sequence[tuple[int, Callable[[], R]]],
+                     *args: str, settle_lag: int | None = None,
+                     interrupt_after: int | None = None,
+                     ) -> tuple[subprocess.CompletedProcess[str], list[R]]:
+    """`paysim send --json` with ``args``, and each ``(after, fault)`` called in turn once
+    ``after`` more payments of the run were notified (counted from the end of the fault
+    before) and, with ``settle_lag``, no service has more than that many records waiting:
+    on the run's progress, not on a time since launch, which a slow start or a slow recovery
+    would make miss the run. Fails when the run ends before a fault. With
+    ``interrupt_after``, the run is interrupted (SIGINT: it stops sending, waits for what is
+    in flight and reports) once that many more payments were notified after the last fault.
+    Returns the finished send and what each fault returned."""
+    progress = Progress(settings)
     child, stdout, stderr = start_send(settings, *args)
-    try:
-        progressed = wait_until(
-            lambda: notified(settings) >= before + after or child.poll() is not None, 120)
-        assert progressed and child.poll() is None, (
-            f"no fault injected: {notified(settings) - before} of {after} payments notified; "
+
+    def progressed(after: int, what: str) -> None:
+        target = progress.count() + after
+        reached = wait_until(lambda: child.poll() is not None or (
+            progress.count() >= target
+            and (settle_lag is None or progress.caught_up(settle_lag))), 120)
+        assert reached and child.poll() is None, (
+            f"{what}: {after - target + progress.count()} of {after} payments notified; "
             f"{stderr.text()[-2000:]}")
-        fault()
-        child.wait(300)
+
+    results: list[R] = []
+    try:
+        for number, (after, fault) in enumerate(faults, 1):
+            progressed(after, f"fault {number} of {len(faults)} not injected")
+            results.append(fault())
+        if interrupt_after is not None:
+            progressed(interrupt_after, "not interrupted")
+            child.send_signal(signal.SIGINT)
+        child.wait(420)
     finally:
         if child.poll() is None:
             child.kill()
-    return subprocess.CompletedProcess(child.args, child.returncode, stdout.text(),
-                                       stderr.text())
+    return (subprocess.CompletedProcess(child.args, child.returncode, stdout.text(),
+                                        stderr.text()), results)
+
+
+def send_with_fault(settings: Settings, after: int, fault: Callable[[], object],
+                    *args: str) -> subprocess.CompletedProcess[str]:
+    """send_with_faults with one fault."""
+    return send_with_faults(settings, [(after, fault)], *args)[0]

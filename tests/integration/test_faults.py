@@ -6,26 +6,43 @@ import itertools
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from confluent_kafka import KafkaException
 
-from paysim.domain.messages import NOTIFIED, REQUESTED
-from paysim.infra.config import Settings, settings_env
+from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
+from paysim.infra.config import Settings
+from paysim.infra.kafka import admin_client
 from paysim.infra.waiting import wait_until
+from paysim.pipeline.registry import PIPELINE_NAMES
+from paysim.pipeline.store import DoneEntry
 from paysim.stack.manager import LocalStack
 from paysim.stack.process import is_alive
-from tests.helpers import free_port, run_paysim, settings_for
-from tests.integration.pipeline_helpers import paysim, run_done_entries, running_pipeline
+from tests.helpers import free_port, settings_for
+from tests.integration.pipeline_helpers import (
+    paysim,
+    run_done_entries,
+    running_pipeline,
+    send_with_faults,
+)
 
-RATE, SECONDS = 250, 80  # 20,000 payments
-# The issue's bound on the latency a broker restart may add is 15 s (the broker's own restart,
-# about 5 s, and the services' recovery). Not asserted yet: on this 2-core machine the broker
-# alone took 6-12 s to answer again and the worst measured 26-32 s (issue 17, left open); the
-# table below prints the figure every run.
+RATE = 250
+# Faults come on the run's progress, each once the pipeline has caught up with the last
+# one's backlog, and the sender is interrupted after the last: the run lasts as long as the
+# faults need (1.5 to 3.5 minutes here, 17,000-40,000 payments), so none can miss it.
+SETTLED_LAG = RATE  # records waiting per service: a second of traffic
+# Issue 17's bounds on a broker restart: every service processes again within 10 s of the
+# broker answering, and the payments sent around it wait under 15 s. The first is asserted,
+# from the moment the broker's group coordinator answers for the pipeline's groups (it loads
+# them seconds after the broker answers for metadata: up to 7 s later with the machine
+# loaded). The second includes the broker's own restart, which the services do not control:
+# 5.8-9.4 s on these 2 shared cores when quiet, 13.6-32 s under other work (worst latency
+# 17.4-38.5 s then). It is printed, with what the pipeline added to the outage.
+RECOVERY_S = 10.0
+WORST_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +58,8 @@ def fault_pipeline(local_stack, service_flags: dict[str, object]) -> Iterator[Se
 class Fault:
     at: float  # time.monotonic() of the kill
     label: str
+    answered: float | None = None  # time.time() at which a restarted component answered
+    down_s: float = 0.0  # from the kill until it answered (a broker: for the groups)
     broker: bool = False
 
 
@@ -59,7 +78,21 @@ def kill_service(settings: Settings, name: str) -> Fault:
     return Fault(time.monotonic(), f"SIGKILL {name} (pid {seen[-1]})")
 
 
-def restart_component(stack: LocalStack, name: str) -> Fault:
+def groups_answer(settings: Settings) -> bool:
+    """The broker's group coordinator answers for each pipeline service's group. After a
+    restart it does once it has loaded them from __consumer_offsets."""
+    groups = [f"paysim-{name}" for name in PIPELINE_NAMES]  # as pipeline.loop names them
+    admin = admin_client(settings)  # held until the answers are in: its futures die with it
+    try:
+        futures = admin.describe_consumer_groups(groups, request_timeout=2)
+        for future in futures.values():
+            future.result(timeout=5)
+    except (KafkaException, TimeoutError):  # concurrent.futures' is the builtin since 3.11
+        return False
+    return True
+
+
+def restart_component(stack: LocalStack, name: str, settings: Settings) -> Fault:
     component = next(c for c in stack.components if c.name == name)
     record = stack.running(component)
     assert record is not None
@@ -67,58 +100,44 @@ def restart_component(stack: LocalStack, name: str) -> Fault:
     killed = time.monotonic()
     assert wait_until(lambda: not is_alive(record.pid), timeout=10)
     stack.up()
-    return Fault(killed, f"SIGKILL {name} (pid {record.pid}), answering again after "
-                         f"{time.monotonic() - killed:.1f} s", broker=name == "kafka")
+    label = (f"SIGKILL {name} (pid {record.pid}), answering again after "
+             f"{time.monotonic() - killed:.1f} s")
+    broker = name == "kafka"
+    if broker:
+        assert wait_until(lambda: groups_answer(settings), timeout=120, interval=0.2)
+        label += f", for groups {time.monotonic() - killed:.1f} s"
+    return Fault(killed, label, time.time(), time.monotonic() - killed, broker)
 
 
 def test_every_payment_gets_one_outcome_through_kills_and_restarts(
     fault_pipeline: Settings, local_stack: LocalStack,
 ) -> None:
     pipeline = fault_pipeline
-    faults: list[tuple[float, Callable[[], Fault]]] = [
-        (8, lambda: kill_service(pipeline, "authorizer-0")),
-        (14, lambda: kill_service(pipeline, "processor-0")),
-        (20, lambda: kill_service(pipeline, "notifier-0")),
-        (28, lambda: restart_component(local_stack, "kafka")),
-        (42, lambda: kill_service(pipeline, "authorizer-0")),
-        (48, lambda: kill_service(pipeline, "processor-0")),
-        (54, lambda: kill_service(pipeline, "notifier-0")),
-        (62, lambda: restart_component(local_stack, "redis")),
+    # Each fault once so many more payments were notified after the one before (at 250/s,
+    # a second per 250) and no service has more than a second of backlog.
+    faults: list[tuple[int, Callable[[], Fault]]] = [
+        (1500, lambda: kill_service(pipeline, "authorizer-0")),
+        (1000, lambda: kill_service(pipeline, "processor-0")),
+        (1000, lambda: kill_service(pipeline, "notifier-0")),
+        (1000, lambda: restart_component(local_stack, "kafka", pipeline)),
+        (1000, lambda: kill_service(pipeline, "authorizer-0")),
+        (1000, lambda: kill_service(pipeline, "processor-0")),
+        (1000, lambda: kill_service(pipeline, "notifier-0")),
+        (1000, lambda: restart_component(local_stack, "redis", pipeline)),
         # After a second broker restart all three services once needed the watchdog.
-        (70, lambda: restart_component(local_stack, "kafka")),
+        (1000, lambda: restart_component(local_stack, "kafka", pipeline)),
     ]
-    done: list[Fault] = []
-    errors: list[BaseException] = []
     supervisor_log = pipeline.services.dir / "run-all.log"
     log_start = supervisor_log.stat().st_size  # earlier pipelines of the session wrote before
     start, start_wall = time.monotonic(), time.time()
-    stop = threading.Event()
-
-    def inject() -> None:
-        for at, fault in faults:
-            if stop.wait(max(0.0, start + at - time.monotonic())):
-                return
-            try:
-                done.append(fault())
-            except BaseException as exc:
-                errors.append(exc)
-                return
-
-    injector = threading.Thread(target=inject)
-    injector.start()
-    try:
-        result = run_paysim("send", "--rate", str(RATE), "--duration", f"{SECONDS}s",
-                            "--seed", "66", "--timeout", "240", "--json",
-                            env=settings_env(pipeline), timeout=420)
-    finally:
-        stop.set()
-        injector.join()
+    # Ten seconds of payments after the last fault, then the sender stops and reports.
+    result, done = send_with_faults(
+        pipeline, faults, "--rate", str(RATE), "--duration", "600s", "--seed", "66",
+        "--timeout", "240", settle_lag=SETTLED_LAG, interrupt_after=10 * RATE)
     print("\n".join(f"{f.at - start:5.1f} s  {f.label}" for f in done))
-    assert not errors, errors
-    assert len(done) == len(faults)
-    assert result.returncode in (0, 1), result.stderr  # 1: a threshold; lost is checked below
+    assert result.returncode == 130, result.stderr  # interrupted, as asked
     report = json.loads(result.stdout)
-    assert report["load"]["sent"] == RATE * SECONDS
+    sent = report["load"]["sent"]
     assert report["outcomes"]["lost"] == 0, report["outcomes"]["lost_ids"][:5]
 
     audit = paysim(pipeline, "audit", "--run", report["run_id"], "--json")
@@ -126,32 +145,54 @@ def test_every_payment_gets_one_outcome_through_kills_and_restarts(
     print(json.dumps({k: found[k] for k in ("sent", "outcomes", "lost_count", "doubled_count",
                                             "disagreeing_count", "ledgers_checked")}))
     assert audit.returncode == 0, found
-    assert found["sent"] == RATE * SECONDS
+    assert found["sent"] == sent
     assert (found["lost_count"], found["doubled_count"], found["disagreeing_count"]) == (0, 0, 0)
     assert found["ledger_mismatches"] == []
     e2e = report["latency"]["end_to_end"]
     print(f"end to end p50 {e2e['p50_ms']} ms, p99 {e2e['p99_ms']} ms, max {e2e['max_ms']} ms")
-    latencies = sent_and_latency(pipeline, report["run_id"], start_wall - start)
-    windows = fault_windows(latencies, done)
-    table = format_windows(done, windows)
-    print(table)
+    entries = first_entries(run_done_entries(pipeline, report["run_id"]))
+    windows = fault_windows(sent_and_latency(entries, start_wall - start), done)
+    print(format_windows(done, windows))
+    resumed = {fault.label: resumed_after(entries, fault.answered) for fault in done
+               if fault.answered is not None}
+    for label, stages in resumed.items():
+        print(f"{label}: first payment of each stage after it answered: "
+              + ", ".join(f"{stage} +{s:.1f} s" for stage, s in stages.items()))
 
     # Recovery is the services' own: the watchdog had no one to kill.
     with supervisor_log.open() as log:
         log.seek(log_start)
         supervised = log.read()
     assert "killed as stuck" not in supervised, supervised
+    for fault, (_, worst_ms) in zip(done, windows, strict=True):
+        if fault.broker:
+            worst_s = worst_ms / 1000
+            print(f"{fault.label}: worst {worst_s:.1f} s (issue 17: under {WORST_S:g} s), "
+                  f"{worst_s - fault.down_s:.1f} s more than the broker was down")
+            assert max(resumed[fault.label].values()) < RECOVERY_S, (fault.label, resumed)
 
 
-def sent_and_latency(settings: Settings, run_id: str, offset: float) -> list[tuple[float, float]]:
+def first_entries(entries: list[DoneEntry]) -> list[DoneEntry]:
+    """Each payment's first entry: a record replayed after a crash may add a repeat."""
+    seen: set[str] = set()
+    return [e for e in entries if e.payment_id not in seen and not seen.add(e.payment_id)]
+
+
+def resumed_after(entries: list[DoneEntry], answered: float) -> dict[str, float]:
+    """Per service stage, seconds from ``answered`` (time.time()) to the first stamp of that
+    stage at or after it: how long each service took to process again."""
+    at_us = answered * 1e6
+    return {stage: (min((e.stages[stage] for e in entries if e.stages.get(stage, 0) >= at_us),
+                        default=float("inf")) - at_us) / 1e6
+            for stage in (AUTHORIZED, PROCESSED, NOTIFIED)}
+
+
+def sent_and_latency(entries: list[DoneEntry], offset: float) -> list[tuple[float, float]]:
     """Each payment's send time (on the test's time.monotonic() clock: wall clock minus
     ``offset``) and its latency in ms from that send to its notification."""
-    first: dict[str, tuple[float, float]] = {}
-    for entry in run_done_entries(settings, run_id):  # a replayed record may add a repeat
-        sent, notified = entry.stages.get(REQUESTED), entry.stages.get(NOTIFIED)
-        if sent is not None and notified is not None and entry.payment_id not in first:
-            first[entry.payment_id] = (sent / 1e6 - offset, (notified - sent) / 1000)
-    return list(first.values())
+    return [(sent / 1e6 - offset, (notified - sent) / 1000) for e in entries
+            if (sent := e.stages.get(REQUESTED)) is not None
+            and (notified := e.stages.get(NOTIFIED)) is not None]
 
 
 def fault_windows(latencies: list[tuple[float, float]],
@@ -170,7 +211,8 @@ def fault_windows(latencies: list[tuple[float, float]],
 
 
 def format_windows(faults: list[Fault], windows: list[tuple[int, float]]) -> str:
-    lines = [f"{'fault':<62} {'delayed':>7}  {'worst ms':>8}"]
-    lines += [f"{fault.label:<62} {delayed:>7,}  {worst:>8,.0f}"
+    width = max((len(fault.label) for fault in faults), default=5)
+    lines = [f"{'fault':<{width}} {'delayed':>7}  {'worst ms':>8}"]
+    lines += [f"{fault.label:<{width}} {delayed:>7,}  {worst:>8,.0f}"
               for fault, (delayed, worst) in zip(faults, windows, strict=True)]
     return "\n".join(lines)

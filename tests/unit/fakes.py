@@ -67,7 +67,10 @@ class FakeConsumer:
     """Delivers ``records`` partition by partition from each partition's position; seek moves
     the position back as the real consumer does. Once nothing is left, poll() sets ``stop``,
     so ServiceLoop.run() returns when the records are used up. Each partition starts at its
-    offset in ``committed`` (a FakeCluster's), as a new consumer of the group would."""
+    offset in ``committed`` (a FakeCluster's), as a new consumer of the group would, and
+    committed() reads them there. At the n-th fetch (counting from 1), ``client_errors[n]``
+    are handed to ``error_cb`` (as the real consumer's poll serves its error_cb) and
+    ``fetch_events[n]`` are delivered before any record."""
 
     MAX_CALLS = 1000  # a loop that never ends stops here, and its test fails on what it sees
 
@@ -77,8 +80,9 @@ class FakeConsumer:
         self.logs: dict[Partition, list[FakeMessage]] = {}
         for record in records:
             self.logs.setdefault((record.topic(), record.partition()), []).append(record)
-        committed = committed or {}
-        self.positions = {tp: committed.get(tp, log[0].offset()) for tp, log in self.logs.items()}
+        self.committed_offsets = committed if committed is not None else {}
+        self.positions = {tp: self.committed_offsets.get(tp, log[0].offset())
+                          for tp, log in self.logs.items()}
         self.assigned: set[Partition] = set(self.logs)
         self.events: list[FakeMessage] = []  # error events, delivered before any record
         self.revoke_on_fetch: set[Partition] = set()  # a rebalance right after a fetch
@@ -87,6 +91,11 @@ class FakeConsumer:
         self.group_metadata = object()
         self.closed = False
         self.calls = 0
+        self.client_errors: dict[int, list[KafkaError]] = {}
+        self.fetch_events: dict[int, list[FakeMessage]] = {}  # error events at the n-th fetch
+        self.error_cb: Callable[[KafkaError], None] | None = None
+        self.committed_failure: BaseException | None = None  # committed() raises it
+        self.committed_calls = 0
 
     def subscribe(self, topics: list[str]) -> None:
         self.subscribed = list(topics)
@@ -96,6 +105,10 @@ class FakeConsumer:
         if self.calls > self.MAX_CALLS:
             self.stop.set()
             return []
+        for error in self.client_errors.pop(self.calls, []):
+            if self.error_cb is not None:
+                self.error_cb(error)
+        self.events.extend(self.fetch_events.pop(self.calls, []))
         batch = self.events[:num_messages]
         del self.events[:len(batch)]
         for tp in sorted(self.assigned):
@@ -134,6 +147,16 @@ class FakeConsumer:
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, self.positions[(tp.topic, tp.partition)])
+                for tp in partitions]
+
+    def committed(self, partitions: list[TopicPartition],
+                  timeout: float | None = None) -> list[TopicPartition]:
+        """The group's committed offsets; OFFSET_INVALID (-1001) where none was committed."""
+        self.committed_calls += 1
+        if self.committed_failure is not None:
+            raise self.committed_failure
+        return [TopicPartition(tp.topic, tp.partition,
+                               self.committed_offsets.get((tp.topic, tp.partition), -1001))
                 for tp in partitions]
 
     def close(self) -> None:
@@ -216,6 +239,7 @@ class FakeProducer:
         self.flushed = False
         self._failures: dict[tuple[str, int], BaseException] = {}
         self._hangs: dict[tuple[str, int], threading.Event] = {}
+        self._hangs_after_commit: dict[int, threading.Event] = {}
         self._delays: dict[tuple[str, int], float] = {}
         self._calls: dict[str, int] = {}
 
@@ -226,6 +250,12 @@ class FakeProducer:
     def hang_on(self, method: str, call: int = 1) -> threading.Event:
         """Block the ``call``-th call of ``method`` until the returned event is set."""
         release = self._hangs[(method, call)] = threading.Event()
+        return release
+
+    def hang_after_commit(self, call: int = 1) -> threading.Event:
+        """Let the ``call``-th commit_transaction commit, then block it until the returned
+        event is set: a commit that reached the coordinator, its answer lost."""
+        release = self._hangs_after_commit[call] = threading.Event()
         return release
 
     def slow_on(self, method: str, seconds: float, call: int = 1) -> None:
@@ -287,6 +317,9 @@ class FakeProducer:
             self.cluster.transactions.append(transaction)
             for topic, partition, offset in transaction.offsets:
                 self.cluster.committed[(topic, partition)] = offset
+        release = self._hangs_after_commit.pop(self._calls["commit_transaction"], None)
+        if release is not None:
+            release.wait(self.HANG_LIMIT_S)
 
     def abort_transaction(self, timeout: float | None = None) -> None:
         self.abort_calls += 1

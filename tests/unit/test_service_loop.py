@@ -1,7 +1,7 @@
 """The consume-decide-produce loop (paysim.pipeline.loop.ServiceLoop) with fake Kafka clients
 and a fake Redis: one transaction per batch, abort and rewind on failure, dead letters, fatal
-errors, records of partitions taken away by a rebalance, and new Kafka clients when a call
-hangs or overruns its timeout."""
+errors, records of partitions taken away by a rebalance, and a new producer when a call hangs
+or overruns its timeout, or when every broker went down."""
 
 from __future__ import annotations
 
@@ -101,10 +101,13 @@ class Harness:
             consumer=self.consumer, producer=self.producer,  # type: ignore[arg-type]
             new_consumer=self._new_consumer, new_producer=self._new_producer)  # type: ignore[arg-type]
         self.producer_factory = lambda: FakeProducer(self.cluster)
+        self.consumer.error_cb = self.loop.on_kafka_error  # as _build_consumer configures it
 
     def _new_consumer(self) -> FakeConsumer:
-        self.consumers.append(FakeConsumer(self.stop, self.records, self.cluster.committed))
-        return self.consumers[-1]
+        consumer = FakeConsumer(self.stop, self.records, self.cluster.committed)
+        consumer.error_cb = self.loop.on_kafka_error
+        self.consumers.append(consumer)
+        return consumer
 
     def _new_producer(self) -> FakeProducer:
         self.producers.append(self.producer_factory())
@@ -112,6 +115,14 @@ class Harness:
 
     def run(self) -> None:
         self.loop.run()
+
+    def run_releasing(self, *releases: threading.Event) -> None:
+        """run(), then release the fake calls held by ``releases`` whatever happened."""
+        try:
+            self.run()
+        finally:
+            for release in releases:
+                release.set()
 
     def seen(self) -> list[str]:
         """The ids whose Redis write reached Redis, in order."""
@@ -377,15 +388,6 @@ def test_a_fatal_error_while_aborting_ends_the_loop() -> None:
     assert harness.consumer.closed
 
 
-def test_a_fatal_consumer_error_ends_the_loop() -> None:
-    harness = Harness([ping(0, 0)])
-    harness.consumer.events.append(FakeMessage(
-        IN, 0, -1, None, error=KafkaError(KafkaError._FATAL, "consumer fenced", fatal=True)))
-    with pytest.raises(FatalServiceError, match="consumer: consumer fenced"):
-        harness.run()
-    assert harness.producer.committed == []
-
-
 def test_a_consumer_error_that_is_not_fatal_is_skipped() -> None:
     record = ping(0, 0)
     harness = Harness([record])
@@ -467,15 +469,12 @@ def assert_each_pong_committed_once(harness: Harness, records: list[FakeMessage]
 
 
 @pytest.mark.parametrize("method", ["send_offsets_to_transaction", "commit_transaction"])
-def test_a_call_that_hangs_is_given_up_and_new_clients_process_the_batch_once(
+def test_a_call_that_hangs_is_given_up_and_a_new_producer_processes_the_batch_once(
         method: str) -> None:
     records = [ping(0, offset) for offset in range(4)]
     harness = renewing_harness(records)
     release = harness.producer.hang_on(method, call=2)  # the second batch's
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     old_thread = harness.loop._abandoned[0]
     old_thread.join(5)
 
@@ -484,14 +483,16 @@ def test_a_call_that_hangs_is_given_up_and_new_clients_process_the_batch_once(
     assert harness.loop.counters.renewals == 1
     assert harness.loop.counters.aborted_batches == 1
     assert harness.producer.abort_calls == 0  # its thread was still inside the call
-    first, second = harness.consumers
-    assert first.closed and second.subscribed == [IN] and second.closed
+    # The consumer is kept (a new one would rejoin the group): it resumed from the commit.
+    assert harness.consumers == [harness.consumer]
+    assert harness.consumer.committed_calls == 1
+    assert harness.consumer.seeks == [(IN, 0, 2)]
     assert harness.producers[1].initialized
     assert not old_thread.is_alive()  # released, the fenced call returned and its thread ended
     assert harness.producer.current is not None  # fenced: its transaction never committed
 
 
-def test_a_call_that_fails_after_overrunning_its_timeout_renews_the_clients() -> None:
+def test_a_call_that_fails_after_overrunning_its_timeout_renews_the_producer() -> None:
     records = [ping(0, 0), ping(0, 1)]
     harness = renewing_harness(records)
     harness.loop.call_grace = 5.0  # the call returns, late: it is not given up
@@ -506,21 +507,18 @@ def test_a_call_that_fails_after_overrunning_its_timeout_renews_the_clients() ->
     assert_each_pong_committed_once(harness, records)
 
 
-def test_an_abort_that_hangs_renews_the_clients() -> None:
+def test_an_abort_that_hangs_renews_the_producer() -> None:
     records = [ping(0, 0), ping(0, 1)]
     harness = renewing_harness(records)
     harness.producer.fail_on("commit_transaction", kafka_error())
     release = harness.producer.hang_on("abort_transaction")
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     assert [len(p.committed) for p in harness.producers] == [0, 1]
     assert_each_pong_committed_once(harness, records)
 
 
-def test_kafka_failing_batch_after_batch_renews_the_clients() -> None:
+def test_kafka_failing_batch_after_batch_renews_the_producer() -> None:
     records = [ping(0, 0)]
     harness = renewing_harness(records)
     for call in range(1, loop.FAILURES_BEFORE_RENEWAL + 1):
@@ -542,13 +540,10 @@ def test_a_new_producer_that_cannot_start_yet_is_started_again_not_replaced() ->
     not_yet = FakeProducer(harness.cluster)  # the broker is not back
     not_yet.fail_on("init_transactions",
                     kafka_error(KafkaError._TIMED_OUT, "coordinator loading", retriable=True))
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     assert harness.producers == [harness.producer, not_yet]
-    assert len(harness.consumers) == 2  # one new consumer, once the producer was ready
+    assert harness.consumers == [harness.consumer]  # resumed from the commit once ready
     assert_each_pong_committed_once(harness, records)
 
 
@@ -560,14 +555,106 @@ def test_a_new_producer_that_failed_for_good_is_replaced() -> None:
     not_yet.fail_on("init_transactions", kafka_error(KafkaError._TIMED_OUT, "timed out"))
     factory = iter([not_yet, FakeProducer(harness.cluster)])
     harness.producer_factory = lambda: next(factory)
-    try:
-        harness.run()
-    finally:
-        release.set()
+    harness.run_releasing(release)
     assert harness.loop.counters.renewals == 1
     assert [p.initialized for p in harness.producers] == [True, False, True]
-    assert len(harness.consumers) == 2  # one new consumer, once a producer was ready
+    assert harness.consumers == [harness.consumer]  # resumed from the commit once ready
     assert_each_pong_committed_once(harness, records)
+
+
+def test_a_commit_that_reached_the_coordinator_is_not_processed_again() -> None:
+    """The answer to a commit is lost (the broker went down just after it): the consumer
+    resumes after the batch, from the committed offsets, not from the batch's start."""
+    records = [ping(0, offset) for offset in range(4)]
+    harness = renewing_harness(records)
+    release = harness.producer.hang_after_commit(call=2)
+    harness.run_releasing(release)
+    assert harness.loop.counters.renewals == 1
+    assert [len(p.committed) for p in harness.producers] == [2, 0]
+    assert_each_pong_committed_once(harness, records)
+    assert harness.consumer.seeks == [(IN, 0, 4)]
+
+
+def test_a_consumer_that_cannot_say_its_committed_offsets_is_replaced() -> None:
+    records = [ping(0, offset) for offset in range(4)]
+    harness = renewing_harness(records)
+    release = harness.producer.hang_on("commit_transaction", call=2)
+    harness.consumer.committed_failure = kafka_error(KafkaError._TIMED_OUT, "timed out")
+    harness.run_releasing(release)
+    assert harness.loop.counters.renewals == 1
+    first, second = harness.consumers
+    assert first.closed and second.subscribed == [IN]  # the new one starts from the commit
+    assert_each_pong_committed_once(harness, records)
+
+
+def test_every_broker_down_renews_the_producer_before_the_next_transaction() -> None:
+    """After a broker restart the old producer's first send_offsets_to_transaction hangs
+    (librdkafka#5456, #5511): it is not given the chance. What was fetched with the news is
+    read again; the consumer is kept, and no batch is abandoned. A producer that has
+    committed nothing yet is not renewed for it."""
+    records = [ping(0, offset) for offset in range(4)]
+    harness = renewing_harness(records)
+    old = harness.producer
+    release = old.hang_on("send_offsets_to_transaction", call=2)  # what it would do
+    # The second fetch serves the news with the second batch; the third, the first after
+    # the renewal, the same news again, as the real consumer had queued it meanwhile.
+    down = KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down")
+    harness.consumer.client_errors.update({2: [down, down], 3: [down]})
+    harness.run_releasing(release)
+    assert harness.loop.counters.renewals == 1  # not again for the news queued meanwhile
+    assert harness.loop.counters.aborted_batches == 0
+    assert [len(p.committed) for p in harness.producers] == [1, 1]
+    assert old.current is None  # the old producer began no second transaction
+    assert harness.consumers == [harness.consumer]
+    assert harness.consumer.seeks == [(IN, 0, 2)]  # the batch fetched with the news
+    assert_each_pong_committed_once(harness, records)
+
+
+def fenced() -> FakeMessage:
+    """The consumer's fencing as confluent_kafka hands it over: an error event with the code
+    _FATAL and the fatal flag unset (seen with two consumers of one group.instance.id)."""
+    return FakeMessage(IN, -1, -1001, None, error=KafkaError(
+        KafkaError._FATAL, "Static consumer fenced by other consumer with same "
+        "group.instance.id"))
+
+
+@pytest.mark.parametrize("fatal_flag", [False, True])
+def test_a_fenced_consumer_is_replaced_and_the_new_one_resumes_from_the_commit(
+        fatal_flag: bool) -> None:
+    """librdkafka's static member whose session ran out while the broker was down rejoins
+    and is fenced by its own new membership (librdkafka#3437): what it fetched with the news
+    is dropped, and a new consumer under the same instance id starts from the commit."""
+    records = [ping(0, offset) for offset in range(4)]
+    harness = renewing_harness(records)
+    news = fenced()
+    if fatal_flag:
+        news = FakeMessage(IN, -1, -1001, None, error=KafkaError(
+            KafkaError._FATAL, "fenced", fatal=True))
+    harness.consumer.fetch_events[2] = [news]  # with the second batch
+    harness.run()
+    first, second = harness.consumers
+    assert first.closed and second.subscribed == [IN]
+    assert harness.producers == [harness.producer]  # the producer had nothing to do with it
+    assert [len(t.records) for t in harness.cluster.transactions] == [2, 2]
+    assert_each_pong_committed_once(harness, records)
+
+
+def test_a_consumer_fenced_again_soon_ends_the_process() -> None:
+    """A twin with the same instance id: the process ends rather than fence it back."""
+    harness = renewing_harness([ping(0, offset) for offset in range(4)])
+    harness.consumer.fetch_events[2] = [fenced()]
+    original = harness._new_consumer
+
+    def fenced_again() -> FakeConsumer:
+        consumer = original()
+        consumer.fetch_events[1] = [fenced()]
+        return consumer
+
+    harness.loop.new_consumer = fenced_again  # type: ignore[assignment]
+    with pytest.raises(FatalServiceError, match="again within"):
+        harness.run()
+    assert len(harness.consumers) == 2
+    assert len(harness.cluster.records) == 2  # only the first batch, before the fencing
 
 
 def test_too_many_clients_stuck_at_once_end_the_process() -> None:
