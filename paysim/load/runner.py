@@ -10,6 +10,7 @@ sending less.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -31,7 +32,9 @@ from paysim.infra.files import writing
 from paysim.infra.kafka import error_text
 from paysim.load.generator import GeneratedPayment
 from paysim.load.ingress import Ingress, new_run_id, open_ingress
+from paysim.load.lifecycle import LifecycleSpec
 from paysim.load.metrics import RunMetrics
+from paysim.load.operations import OperationLoad
 from paysim.load.report import RunInfo
 from paysim.load.schedule import Profile
 from paysim.pipeline import store
@@ -52,6 +55,7 @@ class Plan:
     profile: Profile | None = None
     scenario: str | None = None
     seed: int | None = None
+    lifecycle: LifecycleSpec | None = None  # follow-up operations; None: payments only
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class LoadRun:
         self.metrics: RunMetrics | None = None
         self.errors: list[str] = []
         self._last_outcome_us: int | None = None
+        self.operations: OperationLoad | None = None
 
     def run(self, on_tick: Callable[[Tick], None] | None = None) -> tuple[RunMetrics, RunInfo]:
         # Opened first: a record file that cannot be written stops the run before it sends.
@@ -143,6 +148,11 @@ class LoadRun:
             started = now_us()
             self.metrics = RunMetrics(started)
             self._publish_issuer(client, started)
+            if self.plan.lifecycle is not None:
+                self.operations = OperationLoad(self.settings, self.run_id, self.plan.lifecycle,
+                                                self.plan.seed or 0, self._sending_halted)
+                self.metrics.operations = self.operations.metrics
+                self.operations.start(client)
             collector = threading.Thread(target=self._collect, args=(client,), daemon=True)
             collector.start()
             ticker = None
@@ -159,6 +169,10 @@ class LoadRun:
                 sys.setswitchinterval(switch_interval)
                 self.sending_done.set()
             collector.join()
+            if self.operations is not None:
+                self._wait_for_operations(self.operations)
+                self.operations.stop()
+                self.errors += self.operations.errors
             self.stop.set()
             if ticker:
                 ticker.join()
@@ -172,6 +186,8 @@ class LoadRun:
             raise PaysimError(f"Redis at {self.settings.redis_url}: {exc}") from None
         finally:
             self.stop.set()
+            if self.operations is not None:
+                self.operations.stop()
             client.close()
             if record:  # also when the run failed before sending
                 record.close()
@@ -186,7 +202,9 @@ class LoadRun:
             stages=[{"duration_s": s.duration_s, "target_rate": s.target_rate}
                     for s in profile.stages] if profile else [],
             scheduled=self.plan.count, lost_ids=lost,
-            finished_us=self._last_outcome_us or now_us(),
+            finished_us=max(self._last_outcome_us or now_us(),
+                            self.metrics.operations.last_answer_us or 0
+                            if self.metrics.operations else 0),
         )
         return self.metrics, info
 
@@ -197,8 +215,7 @@ class LoadRun:
             return
         outages = tuple((started_us + int(a * 1e6), started_us + int(b * 1e6))
                         for a, b in self.options.issuer_outages_s)
-        rates = IssuerRates(self.options.issuer.decline_rate, self.options.issuer.fault_rate,
-                            outages, self.options.issuer.added_latency_ms)
+        rates = dataclasses.replace(self.options.issuer, outages=outages)
         store.write_run_issuer(client, self.run_id, rates, self.settings.redis.outcome_ttl)
 
     def _send_all(self, ingress: Ingress, record: TextIO | None) -> None:
@@ -256,7 +273,16 @@ class LoadRun:
     def _send(self, ingress: Ingress, payment: GeneratedPayment, intended: int | None) -> None:
         """Send one payment; ``intended`` None (a burst) counts from the actual send."""
         sent_us = now_us()
-        handed = ingress.send(payment, self.run_id, self.options.callback_url)
+        operations = self.operations
+        if operations is None:
+            handed = ingress.send(payment, self.run_id, self.options.callback_url)
+        else:
+            fate = operations.fate(payment.seq)
+            handed = ingress.send(payment, self.run_id, self.options.callback_url,
+                                  fate.capture)
+            operations.payment_sent(handed.payment_id, handed.token or "", payment.currency,
+                                    payment.amount, fate,
+                                    intended if intended is not None else sent_us)
         self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
         if handed.outcome is not None:  # declined at the edge: the answer is its outcome
             self._outcome(handed.outcome)
@@ -285,6 +311,8 @@ class LoadRun:
             self.ledger.outcomes.add(payment_id)
             intended = self.ledger.intended[payment_id]
         self.metrics.record_outcome(entry, intended)
+        if self.operations is not None:
+            self.operations.authorization(entry)
         notified = entry.stages.get(NOTIFIED)
         if notified and (self._last_outcome_us is None or notified > self._last_outcome_us):
             self._last_outcome_us = notified
@@ -329,6 +357,21 @@ class LoadRun:
                     self._outcome(entry)
                 else:
                     early.append(entry)
+
+    def _wait_for_operations(self, operations: OperationLoad) -> None:
+        """Until every planned operation is answered, or the timeout passed the last one's
+        intended time (or the user's Ctrl-C cut the wait short)."""
+        outcomes_in_us = now_us()
+        timeout_us = int(self.options.timeout * 1e6)
+        while operations.pending():
+            if self.interrupt.stop_waiting.is_set():
+                return
+            first = self.interrupt.first_at
+            if first is not None and time.monotonic() >= first + self.interrupt.grace_s:
+                return
+            if now_us() >= max(outcomes_in_us, operations.latest_due_us) + timeout_us:
+                return
+            operations.wait_for_change(0.2)
 
     # ---------------------------------------------------------------- progress
 

@@ -87,7 +87,8 @@ def write_run_issuer(client: redis.Redis, run_id: str, rates: IssuerRates, ttl: 
 def encode_run_issuer(rates: IssuerRates) -> bytes:
     return json.dumps({"decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
                        "outages": [list(window) for window in rates.outages],
-                       "added_latency_ms": rates.added_latency_ms}).encode()
+                       "added_latency_ms": rates.added_latency_ms,
+                       "hold_ttl_s": rates.hold_ttl_s}).encode()
 
 
 def decode_run_issuer(raw: bytes) -> IssuerRates:
@@ -99,6 +100,7 @@ def decode_run_issuer(raw: bytes) -> IssuerRates:
         fault_rate=float(data.get("fault_rate", 0.0)),
         outages=tuple((int(start), int(end)) for start, end in data.get("outages", [])),
         added_latency_ms=float(data.get("added_latency_ms", 0.0)),
+        hold_ttl_s=None if data.get("hold_ttl_s") is None else float(data["hold_ttl_s"]),
     )
 
 
