@@ -27,7 +27,7 @@ from paysim.domain.webhooks import refused_callback
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.load.plan import SendRequest
-from paysim.load.report import RunReport
+from paysim.load.report import LifecycleReport, RunReport
 from paysim.load.report_compare import latency_blocks
 from paysim.load.run import run_load
 from paysim.load.runner import Interrupt, Tick
@@ -76,6 +76,8 @@ def render_report(report: RunReport) -> None:
             latency.add_row(safe(name), f"{stats.count:,}",
                             *(f"{value:.1f}" for _, value in stats.percentiles()))
     console.print(latency)
+    if report.lifecycle is not None:
+        render_lifecycle(report.lifecycle)
     if report.thresholds:
         checks = Table("threshold", "over", "actual", "result", title="thresholds")
         for check in report.thresholds:
@@ -88,6 +90,36 @@ def render_report(report: RunReport) -> None:
             over = f"run + each {check.window_s} s" if check.window_s else "run"
             checks.add_row(safe(check.expression), over, actual, verdict)
         console.print(checks)
+
+
+AMOUNTS_SHOWN = 3  # currencies per row in the terminal; report.json has them all
+
+
+def amounts_text(amounts: dict[str, int]) -> str:
+    """The largest few amounts of a row, formatted in their currencies."""
+    largest = sorted(amounts.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(money.format_amount(amount, currency)
+                      for currency, amount in largest[:AMOUNTS_SHOWN])
+    more = len(largest) - AMOUNTS_SHOWN
+    return shown + (f" +{more} more" if more > 0 else "")
+
+
+def render_lifecycle(lifecycle: LifecycleReport) -> None:
+    """The follow-up operations: per kind with latency, then per kind and answer."""
+    kinds = Table("operation", "scheduled", "answered", "lost", "p50 ms", "p99 ms", "max ms",
+                  title=f"lifecycle operations ({lifecycle.throughput_per_s:,.1f}/s answered)")
+    for row in lifecycle.kinds:
+        figures = [row.latency.p50_ms, row.latency.p99_ms, row.latency.max_ms]
+        kinds.add_row(safe(row.kind), f"{row.scheduled:,}", f"{row.answered:,}",
+                      f"[red]{row.lost:,}[/]" if row.lost else "0",
+                      *("-" if value is None else f"{value:,.1f}" for value in figures))
+    console.print(kinds)
+    answers = Table("operation", "code", "reason", "count", "amount",
+                    title="lifecycle answers")
+    for code in lifecycle.by_code:
+        answers.add_row(safe(code.kind), safe(code.reason_code), safe(code.reason_text),
+                        f"{code.count:,}", safe(amounts_text(code.amounts)))
+    console.print(answers)
 
 
 class LiveProgress:
