@@ -96,8 +96,11 @@ AMOUNTS_SHOWN = 3  # currencies per row in the terminal; report.json has them al
 
 
 def amounts_text(amounts: dict[str, int]) -> str:
-    """The largest few amounts of a row, formatted in their currencies."""
-    largest = sorted(amounts.items(), key=lambda kv: -kv[1])
+    """The largest few amounts of a row, formatted in their currencies; "-" when it moved
+    nothing (refusals)."""
+    largest = sorted(((c, a) for c, a in amounts.items() if a), key=lambda kv: -kv[1])
+    if not largest:
+        return "-"
     shown = ", ".join(money.format_amount(amount, currency)
                       for currency, amount in largest[:AMOUNTS_SHOWN])
     more = len(largest) - AMOUNTS_SHOWN
