@@ -96,14 +96,14 @@ AMOUNTS_SHOWN = 3  # currencies per row in the terminal; report.json has them al
 
 
 def amounts_text(amounts: dict[str, int]) -> str:
-    """The largest few amounts of a row, formatted in their currencies; "-" when it moved
-    nothing (refusals)."""
-    largest = sorted(((c, a) for c, a in amounts.items() if a), key=lambda kv: -kv[1])
-    if not largest:
+    """A row's first few amounts by currency code, formatted in their currencies; "-" when
+    it moved nothing (refusals)."""
+    moved = [(currency, amount) for currency, amount in sorted(amounts.items()) if amount]
+    if not moved:
         return "-"
     shown = ", ".join(money.format_amount(amount, currency)
-                      for currency, amount in largest[:AMOUNTS_SHOWN])
-    more = len(largest) - AMOUNTS_SHOWN
+                      for currency, amount in moved[:AMOUNTS_SHOWN])
+    more = len(moved) - AMOUNTS_SHOWN
     return shown + (f" +{more} more" if more > 0 else "")
 
 
