@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from paysim.domain.messages import (
     NOTIFIED,
     PROCESSED,
+    OperationKind,
     OperationRequested,
     encode,
     now_us,
@@ -49,6 +50,7 @@ class OperationLoad:
         self._due: list[tuple[int, int, PlannedOp]] = []  # (due µs, order, op)
         self._order = itertools.count()
         self._waiting: dict[str, PlannedOp] = {}  # sent or expected, not answered yet
+        self._answered_ids: set[str] = set()  # counted already: a redelivered answer is not
         self.latest_due_us = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -148,20 +150,13 @@ class OperationLoad:
         key, last_id = store.run_operations_key(self.run_id), "0"
         while not self._stop.is_set():
             try:
-                read = client.xread({key: last_id}, count=READ_BATCH,
-                                    block=int(IDLE_WAIT_S * 1000)) or []
+                answers, last_id = store.read_stream(client, key, last_id,
+                                                     store.read_operation_done, READ_BATCH,
+                                                     int(IDLE_WAIT_S * 1000))
             except redis.RedisError:
                 if self._stop.wait(0.5):
                     return
                 continue
-            answers = []
-            for _, batch in read:
-                for entry_id, fields in batch:
-                    last_id = entry_id
-                    try:
-                        answers.append(store.read_operation_done(fields))
-                    except ValueError:
-                        continue  # not written by the ledger service
             if answers:
                 with self.changed:
                     for answer in answers:
@@ -170,12 +165,25 @@ class OperationLoad:
 
     def _answered(self, answer: store.OperationDone) -> None:
         """Under the lock: one answer counted (the first, if a batch was redelivered) and
-        what follows it planned. Answers to operations the run did not plan (an expiry of a
-        hold it meant to capture, say) are not its own: left out."""
-        op = self._waiting.pop(answer.op_id, None)
+        what follows it planned."""
+        if answer.op_id in self._answered_ids:
+            return
+        op = self._waiting.pop(answer.op_id, None) or self._unplanned(answer)
         if op is None:
             return
+        self._answered_ids.add(answer.op_id)
         self.metrics.record_answer(op.kind, answer.reason_code, answer.amount, op.currency,
                                    op.due_us, answer.answered_at)
         self._plan(self.followups.answered(op, answer.reason_code, answer.amount,
                                            answer.answered_at))
+
+    def _unplanned(self, answer: store.OperationDone) -> PlannedOp | None:
+        """The ledger's own expiry of a hold of this run that the mix meant to capture (a
+        chain of captures slower than the hold's TTL): counted as the ledger answered it,
+        from when the expiry was sent. Anything else not planned here is not the run's."""
+        life = self.followups.lives.get(answer.payment_id)
+        if answer.kind != OperationKind.EXPIRE or life is None:
+            return None
+        self.metrics.record_scheduled(OperationKind.EXPIRE)
+        return PlannedOp(answer.op_id, OperationKind.EXPIRE, answer.payment_id, life.token,
+                         life.currency, answer.requested_at, expected=True)

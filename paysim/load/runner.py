@@ -336,20 +336,13 @@ class LoadRun:
             if deadline is not None and time.monotonic() >= deadline:
                 return
             try:
-                read = client.xread({key: last_id}, count=READ_BATCH, block=200) or []
+                read, last_id = store.read_stream(client, key, last_id, store.read_done_entry,
+                                                  READ_BATCH, 200)
             except redis.RedisError:
                 if self.stop.wait(0.5):
                     return
                 continue
-            entries = early
-            early = []
-            for _, batch in read:
-                for entry_id, fields in batch:
-                    last_id = entry_id
-                    try:
-                        entries.append(store.read_done_entry(fields))
-                    except ValueError:
-                        continue  # not written by a notifier: nothing of this run's
+            entries, early = early + read, []
             for entry in entries:
                 with self.ledger.lock:
                     known = entry.payment_id in self.ledger.intended

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from paysim.domain.messages import CaptureMode, OperationKind
+from paysim.infra.config import load_settings
 from paysim.load.lifecycle import (
     Delay,
     Ending,
@@ -20,7 +21,9 @@ from paysim.load.lifecycle import (
     draw_fate,
     split_amount,
 )
+from paysim.load.operations import OperationLoad
 from paysim.load.scenario import load_scenario
+from paysim.pipeline import store
 from tests.unit import test_load_logic
 
 PID = "00000000-0000-4000-8000-000000000001"
@@ -102,7 +105,7 @@ def test_the_same_seed_draws_the_same_fates() -> None:
 def test_the_shares_of_the_mix_are_the_shares_drawn() -> None:
     spec = LifecycleSpec(manual_capture_share=0.3, refund_share=0.05, dispute_share=0.01,
                          void_share=0.2)
-    fates = [draw_fate(spec, 3, n) for n in range(20_000)]
+    fates = [draw_fate(spec, 3, n) for n in range(8_000)]
     manual = [f for f in fates if f.capture == CaptureMode.MANUAL]
     assert abs(len(manual) / len(fates) - 0.3) < 0.02
     assert abs(sum(f.ending == Ending.VOID for f in manual) / len(manual) - 0.2) < 0.03
@@ -209,3 +212,30 @@ def test_operation_ids_are_unique_per_payment() -> None:
     ids = [op.op_id for op in done]
     assert len(ids) == len(set(ids)) == 5  # increment, three captures, a refund
     assert all(op_id.startswith(PID) for op_id in ids)
+
+
+def answer(op_id: str, kind: str, code: str = "00", amount: int = 0) -> store.OperationDone:
+    return store.OperationDone(op_id, kind, PID, code, amount, SECOND, 2 * SECOND)
+
+
+def test_answers_are_counted_once_and_only_the_runs_own() -> None:
+    load = OperationLoad(load_settings({}, env={}), "run-t", LifecycleSpec(), 1,
+                         halted=lambda: False)
+    fate = Fate(capture=CaptureMode.MANUAL, parts=(0.5, 0.5), part_delays_s=(0.0,))
+    load.payment_sent(PID, "tok", "EUR", 10_000, fate, 0)
+    load.authorization(store.DoneEntry(PID, "approved", "00", 10_000, "EUR", 0,
+                                       {"notified": SECOND}))
+    [(_, _, first)] = load._due
+    load._waiting[first.op_id] = load._due.pop()[2]  # as the sender does when it is due
+    with load.changed:  # as the reader holds it
+        for _ in range(2):  # a redelivered batch writes the answer again
+            load._answered(answer(first.op_id, "capture", amount=5_000))
+        # The ledger expired the hold before the second part (its TTL was shorter than the
+        # chain): counted, as the ledger answered it. Someone else's operation is not.
+        load._answered(answer(f"expire-{PID}", "expire", amount=5_000))
+        load._answered(answer("someone-else", "refund", amount=100))
+    metrics = load.metrics
+    assert dict(metrics.answered) == {"capture": 1, "expire": 1}
+    assert dict(metrics.scheduled) == {"capture": 2, "expire": 1}  # the second part is due
+    assert metrics.amounts[("capture", "00")] == {"EUR": 5_000}
+    assert load.pending() == 1
