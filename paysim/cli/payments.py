@@ -150,7 +150,9 @@ class LiveProgress:
                 f"{tick.completed:,}  in flight {tick.in_flight:,}  rate "
                 f"{tick.current_rate:,.0f}/s{target}  approved {tick.approved:,}  declined "
                 f"{tick.declined:,}  p99 (last 5 s) {p99}"
-                + (f"  dropped {tick.dropped:,}" if tick.dropped else ""))
+                + (f"  dropped {tick.dropped:,}" if tick.dropped else "")
+                + (f"  operations {tick.operations_answered:,}/{tick.operations:,}"
+                   if tick.operations is not None else ""))
         if self.live:
             self.live.update(Text(line))
         elif time.monotonic() - self.last_line >= 5:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from paysim.domain.messages import (
     NOTIFIED,
@@ -29,7 +29,7 @@ from paysim.domain.messages import (
     now_us,
 )
 from paysim.infra.config import Settings
-from paysim.infra.kafka import client_config, produce, quiet_logger
+from paysim.infra.kafka import client_config, error_text, produce, quiet_logger
 from paysim.load.lifecycle import Fate, FollowUps, LifecycleSpec, PlannedOp
 from paysim.load.metrics import OperationMetrics
 from paysim.pipeline import store
@@ -131,10 +131,15 @@ class OperationLoad:
                     op = heapq.heappop(self._due)[2]
                     self._waiting[op.op_id] = op  # before it is sent: its answer may be quick
                     ready.append(op)
-            for op in ready:
-                produce(self.producer, self.settings.topics.operations,
-                        encode(self._message(op)), key=op.token, on_delivery=self._delivered)
-            self.producer.poll(0)
+            try:
+                for op in ready:
+                    produce(self.producer, self.settings.topics.operations,
+                            encode(self._message(op)), key=op.token,
+                            on_delivery=self._delivered)
+                self.producer.poll(0)
+            except KafkaException as exc:  # the run reports it; its operations stay pending
+                self.errors.append(f"Kafka did not take an operation: {error_text(exc)}")
+                return
 
     def _message(self, op: PlannedOp) -> OperationRequested:
         return OperationRequested(op_id=op.op_id, kind=op.kind, payment_id=op.payment_id,

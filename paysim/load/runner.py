@@ -81,6 +81,8 @@ class Tick:
     approved: int
     declined: int
     rolling_p99_ms: float | None
+    operations: int | None = None  # a lifecycle mix's operations planned so far
+    operations_answered: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -385,7 +387,16 @@ class LoadRun:
             current_rate=float(second.sent) if second else 0.0,
             approved=approved, declined=completed - approved,
             rolling_p99_ms=metrics.rolling_p99_ms(now),
+            **self._operation_counts(),
         )
+
+    def _operation_counts(self) -> dict[str, int]:
+        ops = self.metrics.operations if self.metrics else None
+        if ops is None:
+            return {}
+        with ops.lock:
+            return {"operations": sum(ops.scheduled.values()),
+                    "operations_answered": sum(ops.answered.values())}
 
     def _tick(self, on_tick: Callable[[Tick], None]) -> None:
         while not self.stop.wait(TICK_S):
