@@ -89,13 +89,16 @@ def saturation(settings: Settings, count: int, seed: int,
 
 
 def immediate(spec: LifecycleSpec) -> LifecycleSpec:
-    """The mix with every follow-up sent as soon as what it follows is answered, and holds
-    left to expire expiring after a second: the pipeline's ceiling, not the days a real
-    payment's life spreads over."""
+    """The mix with every follow-up sent as soon as what it follows is answered: the
+    pipeline's ceiling, not the days a real payment's life spreads over. Holds the mix leaves
+    to expire are voided instead, and holds keep the services' TTL: at saturation answers lag
+    by seconds, so a short TTL would expire the holds the mix means to capture, and a long
+    one would measure the TTL, not the pipeline."""
     now = Delay()
     return replace(spec, capture_delay=now, increment_delay=now, void_delay=now,
                    refund_delay=now, reversal_delay=now, dispute_delay=now, resolve_delay=now,
-                   hold_ttl_s=1.0 if spec.hold_ttl_s is not None else None)
+                   void_share=spec.void_share + spec.expire_share, expire_share=0.0,
+                   hold_ttl_s=None)
 
 
 def lifecycle_saturation(settings: Settings, count: int, seed: int,

@@ -80,6 +80,10 @@ class OperationLoad:
     def _plan(self, ops: list[PlannedOp]) -> None:
         """Under the lock: each op on the heap, or (expected ones) straight to waiting."""
         for op in ops:
+            if op.op_id in self._answered_ids:
+                # The ledger's expiry, read (and counted) before the authorization it
+                # follows was: a hold whose TTL ran out while its outcome was on the way.
+                continue
             self.metrics.record_scheduled(op.kind)
             self.latest_due_us = max(self.latest_due_us, op.due_us)
             if op.expected:

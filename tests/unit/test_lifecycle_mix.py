@@ -239,3 +239,16 @@ def test_answers_are_counted_once_and_only_the_runs_own() -> None:
     assert dict(metrics.scheduled) == {"capture": 2, "expire": 1}  # the second part is due
     assert metrics.amounts[("capture", "00")] == {"EUR": 5_000}
     assert load.pending() == 1
+
+
+def test_an_expiry_read_before_its_authorization_is_not_awaited_again() -> None:
+    load = OperationLoad(load_settings({}, env={}), "run-t", LifecycleSpec(hold_ttl_s=1.0), 1,
+                         halted=lambda: False)
+    load.payment_sent(PID, "tok", "EUR", 10_000, Fate(capture=CaptureMode.MANUAL,
+                                                      ending=Ending.EXPIRE), 0)
+    with load.changed:  # the hold's TTL ran out while its outcome was on the way
+        load._answered(answer(f"expire-{PID}", "expire", amount=10_000))
+    load.authorization(store.DoneEntry(PID, "approved", "00", 10_000, "EUR", 0,
+                                       {"notified": 3 * SECOND}))
+    assert load.pending() == 0
+    assert dict(load.metrics.scheduled) == dict(load.metrics.answered) == {"expire": 1}
