@@ -106,9 +106,8 @@ def results_table(results: dict[str, Any]) -> Table:
                   "", end_section=True)
     mix = results.get("lifecycle")
     if mix:
-        table.add_row("lifecycle mix at saturation",
-                      f"payments/s with their operations ({mix['completed']:,} payments, "
-                      f"{mix['operations']:,} operations, "
+        table.add_row("lifecycle mix",
+                      f"payments/s ({mix['completed']:,} done, {mix['operations']:,} ops, "
                       f"{mix['lost'] + mix['operations_lost']} lost)",
                       f"{mix['throughput_per_s']:,.0f}", "")
         table.add_row("", "payments + operations answered/s", f"{mix['messages_per_s']:,.0f}",

@@ -51,5 +51,5 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
     out = io.StringIO()
     Console(file=out, width=160).print(results_table(results))
     assert "paysim at saturation" in out.getvalue()
-    assert "lifecycle mix at saturation" in out.getvalue()
+    assert "lifecycle mix" in out.getvalue()
     assert any(line.startswith("saturation: 3,000 payments") for line in lines)

@@ -153,11 +153,11 @@ def test_the_lifecycle_mix_is_shown_beside_the_plain_payments() -> None:
     out = io.StringIO()
     Console(file=out, width=200).print(results_table(kept))
     text = out.getvalue()
-    for fragment in ("lifecycle mix at saturation", "50,000 payments, 24,000 operations, 0 lost",
+    for fragment in ("lifecycle mix", "payments/s (50,000 done, 24,000 ops, 0 lost)",
                      "3,000", "payments + operations answered/s", "4,440",
                      "capture p50/p99/p99.9 ms", "7.5 / 25.0 / 33.0"):
         assert fragment in text, fragment
-    assert text.index("paysim at saturation") < text.index("lifecycle mix at saturation")
+    assert text.index("paysim at saturation") < text.index("lifecycle mix")
 
 
 def test_bench_refuses_a_bad_duration_in_one_line() -> None:
