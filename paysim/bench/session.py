@@ -18,7 +18,7 @@ from typing import Any
 
 from paysim.bench import reference
 from paysim.bench.machine import machine_facts
-from paysim.bench.phases import PhaseFigures, open_model, saturation
+from paysim.bench.phases import PhaseFigures, lifecycle_saturation, open_model, saturation
 from paysim.bench.resources import Sampler, rss_bytes
 from paysim.bench.results import build_results
 from paysim.domain import cards
@@ -56,6 +56,12 @@ class BenchOptions:
     seed: int = 7
     quick: bool = False
 
+    @property
+    def lifecycle_count(self) -> int:
+        """Payments of the lifecycle mix: a quarter of the saturation run's (each brings
+        about half an operation more, and the phase is there to compare rates, not to soak)."""
+        return max(1000, self.count // 4)
+
     @classmethod
     def quick_run(cls) -> BenchOptions:
         return cls(count=20_000, duration_s=10.0, quick=True)
@@ -90,6 +96,12 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                 with Sampler(pids) as sampler:
                     burst = saturation(settings, options.count, options.seed,
                                        progress(announce, "saturation"))
+                fresh_redis(settings)
+                mix_count = options.lifecycle_count
+                announce(f"lifecycle mix: {mix_count:,} payments of the marketplace mix as "
+                         "fast as they go, each follow-up sent at once")
+                mix = lifecycle_saturation(settings, mix_count, options.seed + 2,
+                                           progress(announce, "lifecycle mix"))
                 rates: list[PhaseFigures] = []
                 for rate in options.rates:
                     fresh_redis(settings)
@@ -102,7 +114,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
     return build_results(
         started=started, quick=options.quick, machine=facts, reference=kafka_reference,
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
-        rss_at_start=at_start,
+        rss_at_start=at_start, lifecycle=mix,
     )
 
 

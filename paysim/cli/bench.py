@@ -104,6 +104,20 @@ def results_table(results: dict[str, Any]) -> Table:
                   f"{burst['ratio_to_kafka_producer']:.3f}", "")
     table.add_row("", "end to end p50/p99/p99.9 ms", _ms(burst["latency"]["end_to_end"]),
                   "", end_section=True)
+    mix = results.get("lifecycle")
+    if mix:
+        table.add_row("lifecycle mix",
+                      f"payments/s ({mix['completed']:,} done, {mix['operations']:,} ops, "
+                      f"{mix['lost'] + mix['operations_lost']} lost)",
+                      f"{mix['throughput_per_s']:,.0f}", "")
+        table.add_row("", "payments + operations answered/s", f"{mix['messages_per_s']:,.0f}",
+                      "")
+        table.add_row("", "end to end p50/p99/p99.9 ms", _ms(mix["latency"]["end_to_end"]),
+                      "")
+        for name, block in mix["latency"].items():
+            if name.startswith("op_"):
+                table.add_row("", f"{name[3:]} p50/p99/p99.9 ms", _ms(block), "")
+        table.add_section()
     for phase in results["open_model"]:
         rate = phase["target_rate"]
         name = f"p99 end to end at {rate:,.0f}/s open model"

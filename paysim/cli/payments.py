@@ -27,7 +27,7 @@ from paysim.domain.webhooks import refused_callback
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.load.plan import SendRequest
-from paysim.load.report import RunReport
+from paysim.load.report import LifecycleReport, RunReport
 from paysim.load.report_compare import latency_blocks
 from paysim.load.run import run_load
 from paysim.load.runner import Interrupt, Tick
@@ -76,6 +76,8 @@ def render_report(report: RunReport) -> None:
             latency.add_row(safe(name), f"{stats.count:,}",
                             *(f"{value:.1f}" for _, value in stats.percentiles()))
     console.print(latency)
+    if report.lifecycle is not None:
+        render_lifecycle(report.lifecycle)
     if report.thresholds:
         checks = Table("threshold", "over", "actual", "result", title="thresholds")
         for check in report.thresholds:
@@ -88,6 +90,39 @@ def render_report(report: RunReport) -> None:
             over = f"run + each {check.window_s} s" if check.window_s else "run"
             checks.add_row(safe(check.expression), over, actual, verdict)
         console.print(checks)
+
+
+AMOUNTS_SHOWN = 3  # currencies per row in the terminal; report.json has them all
+
+
+def amounts_text(amounts: dict[str, int]) -> str:
+    """A row's first few amounts by currency code, formatted in their currencies; "-" when
+    it moved nothing (refusals)."""
+    moved = [(currency, amount) for currency, amount in sorted(amounts.items()) if amount]
+    if not moved:
+        return "-"
+    shown = ", ".join(money.format_amount(amount, currency)
+                      for currency, amount in moved[:AMOUNTS_SHOWN])
+    more = len(moved) - AMOUNTS_SHOWN
+    return shown + (f" +{more} more" if more > 0 else "")
+
+
+def render_lifecycle(lifecycle: LifecycleReport) -> None:
+    """The follow-up operations: per kind with latency, then per kind and answer."""
+    kinds = Table("operation", "scheduled", "answered", "lost", "p50 ms", "p99 ms", "max ms",
+                  title=f"lifecycle operations ({lifecycle.throughput_per_s:,.1f}/s answered)")
+    for row in lifecycle.kinds:
+        figures = [row.latency.p50_ms, row.latency.p99_ms, row.latency.max_ms]
+        kinds.add_row(safe(row.kind), f"{row.scheduled:,}", f"{row.answered:,}",
+                      f"[red]{row.lost:,}[/]" if row.lost else "0",
+                      *("-" if value is None else f"{value:,.1f}" for value in figures))
+    console.print(kinds)
+    answers = Table("operation", "code", "reason", "count", "amount",
+                    title="lifecycle answers")
+    for code in lifecycle.by_code:
+        answers.add_row(safe(code.kind), safe(code.reason_code), safe(code.reason_text),
+                        f"{code.count:,}", safe(amounts_text(code.amounts)))
+    console.print(answers)
 
 
 class LiveProgress:
@@ -115,7 +150,9 @@ class LiveProgress:
                 f"{tick.completed:,}  in flight {tick.in_flight:,}  rate "
                 f"{tick.current_rate:,.0f}/s{target}  approved {tick.approved:,}  declined "
                 f"{tick.declined:,}  p99 (last 5 s) {p99}"
-                + (f"  dropped {tick.dropped:,}" if tick.dropped else ""))
+                + (f"  dropped {tick.dropped:,}" if tick.dropped else "")
+                + (f"  operations {tick.operations_answered:,}/{tick.operations:,}"
+                   if tick.operations is not None else ""))
         if self.live:
             self.live.update(Text(line))
         elif time.monotonic() - self.last_line >= 5:

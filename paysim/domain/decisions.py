@@ -123,6 +123,8 @@ class IssuerRates:
     # (start, end) in Unix microseconds: while one is open the issuer answers 91 to everything.
     outages: tuple[tuple[int, int], ...] = ()
     added_latency_ms: float = 0.0  # how long each batch waits on the issuer
+    # How long the issuer keeps an uncaptured hold; None: the services' lifecycle.hold_ttl.
+    hold_ttl_s: float | None = None
 
     def in_outage(self, at_us: int) -> bool:
         return any(start <= at_us < end for start, end in self.outages)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from paysim.domain import money
 from paysim.load.report import PERCENTILE_LABELS, RunReport, TimelineSecond
 from paysim.load.report_compare import format_ms, format_value, latency_blocks
 
@@ -423,6 +424,33 @@ def thresholds_table(report: RunReport) -> str:
     return _table(headers, rows, {2, 3, 4}, classes, table_id="thresholds")
 
 
+def lifecycle_section(report: RunReport) -> str:
+    """The follow-up operations of a run with a lifecycle mix; nothing otherwise."""
+    lifecycle = report.lifecycle
+    if lifecycle is None:
+        return ""
+    kinds = [[esc(row.kind), _int(row.scheduled), _int(row.answered),
+              f'<span class="{"fail-text" if row.lost else ""}">{_int(row.lost)}</span>',
+              *(esc(format_ms(value)) for value in (row.latency.p50_ms, row.latency.p99_ms,
+                                                    row.latency.max_ms))]
+             for row in lifecycle.kinds]
+    codes = [[esc(row.kind), f'<span class="mono">{esc(row.reason_code)}</span>',
+              esc(row.reason_text), _int(row.count),
+              esc(", ".join(money.format_amount(amount, currency)
+                            for currency, amount in row.amounts.items()))]
+             for row in lifecycle.by_code]
+    return "".join([
+        "<h2>Lifecycle operations</h2>",
+        f'<p class="note">{_int(lifecycle.answered)} of {_int(lifecycle.scheduled)} '
+        f"operations answered ({esc(_rate(lifecycle.throughput_per_s))}); latency from each "
+        "one's intended time to the ledger's answer.</p>",
+        _table(["operation", "scheduled", "answered", "lost", "p50 ms", "p99 ms", "max ms"],
+               kinds, set(range(1, 7)), table_id="lifecycle"),
+        _table(["operation", "code", "reason", "count", "amount"], codes, {3, 4},
+               table_id="lifecycle-answers"),
+    ])
+
+
 def lost_section(report: RunReport) -> str:
     outcomes = report.outcomes
     if not outcomes.lost:
@@ -464,6 +492,7 @@ def render_html(report: RunReport) -> str:
         "<h2>Outcomes</h2>", f"<figure>{outcomes_chart(report)}</figure>",
         outcomes_table(report),
         "<h2>Approved amounts</h2>", amounts_table(report),
+        lifecycle_section(report),
         "<h2>Thresholds</h2>", thresholds_table(report),
         lost_section(report),
         "<footer>Made by paysim (schema "

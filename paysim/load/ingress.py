@@ -21,6 +21,7 @@ from paysim.domain.decisions import Status
 from paysim.domain.messages import (
     NOTIFIED,
     REQUESTED,
+    CaptureMode,
     PaymentRequested,
     encode,
     new_payment_request,
@@ -42,6 +43,7 @@ class Sent:
 
     payment_id: str
     outcome: DoneEntry | None = None
+    token: str | None = None  # the card's token, when the sender made it
 
 
 class Ingress(Protocol):
@@ -51,8 +53,8 @@ class Ingress(Protocol):
     # through a pool of that many threads (each send then waits for its answer).
     senders: int
 
-    def send(self, payment: GeneratedPayment, run_id: str,
-             callback_url: str | None) -> Sent: ...
+    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None,
+             capture: CaptureMode = CaptureMode.AUTOMATIC) -> Sent: ...
 
     def finish(self) -> None:
         """Once every send returned: make sure the pipeline has every payment."""
@@ -63,12 +65,14 @@ def new_run_id() -> str:
 
 
 def request_message(payment: GeneratedPayment, run_id: str, cipher: cards.CardCipher,
-                    callback_url: str | None) -> PaymentRequested:
+                    callback_url: str | None,
+                    capture: CaptureMode = CaptureMode.AUTOMATIC) -> PaymentRequested:
     """The payments.requested message for a generated payment: its card sealed for the
     authorizer, under a new payment id."""
     return new_payment_request(
         payment.card, cipher, run_id=run_id, seq=payment.seq, amount=payment.amount,
-        currency=payment.currency, merchant=payment.merchant, callback_url=callback_url)
+        currency=payment.currency, merchant=payment.merchant, callback_url=callback_url,
+        capture=capture)
 
 
 class KafkaIngress:
@@ -102,15 +106,16 @@ class KafkaIngress:
                               f"producer id in {timeout:g} s (state "
                               f"{self._idempotence_state or 'none'})")
 
-    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> Sent:
-        message = request_message(payment, run_id, self.cipher, callback_url)
+    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None,
+             capture: CaptureMode = CaptureMode.AUTOMATIC) -> Sent:
+        message = request_message(payment, run_id, self.cipher, callback_url, capture)
         # Keyed by card token: one card's payments stay in order end to end, so the same seed
         # settles against the ledger in the same order.
         key = cards.tokenize(payment.card.number, self.keys.token_key)
         produce(self.producer, self.settings.topics.requested, encode(message), key=key,
                 on_delivery=self._delivered)
         self.producer.poll(0)
-        return Sent(message.payment_id)
+        return Sent(message.payment_id, token=key)
 
     def _delivered(self, error, _message) -> None:
         if error is not None:
@@ -131,7 +136,8 @@ class HttpIngress:
     def __init__(self, settings: Settings) -> None:
         self.url = f"http://{settings.http.host}:{settings.http.port}/authorize"
 
-    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None) -> Sent:
+    def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None,
+             capture: CaptureMode = CaptureMode.AUTOMATIC) -> Sent:
         body: dict[str, object] = {
             "card_number": payment.card.number, "exp_month": payment.card.exp_month,
             "exp_year": payment.card.exp_year, "cvv": payment.card.cvv,
@@ -140,6 +146,8 @@ class HttpIngress:
                          "mcc": payment.merchant.mcc, "country": payment.merchant.country},
             "run_id": run_id, "seq": payment.seq,
         }
+        if capture != CaptureMode.AUTOMATIC:
+            body["capture"] = capture.value
         if callback_url:
             body["callback_url"] = callback_url
         requested = now_us()

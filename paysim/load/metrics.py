@@ -59,6 +59,7 @@ class RunMetrics:
         self.completed = 0
         self.dropped = 0
         self.last_send_us = started_us
+        self.operations: OperationMetrics | None = None  # a run with a lifecycle mix
 
     def _second(self, at_us: int) -> Second:
         index = max(0, (at_us - self.started_us) // 1_000_000)
@@ -125,3 +126,34 @@ class RunMetrics:
                 if index in self.seconds:
                     merged.add(self.seconds[index].latency)
         return merged.get_value_at_percentile(99) / 1000 if merged.get_total_count() else None
+
+
+class OperationMetrics:
+    """The follow-up operations of a run, as they are scheduled and answered. Latency runs
+    from each operation's intended time to the ledger's answer."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scheduled: Counter[str] = Counter()  # by kind
+        self.answered: Counter[str] = Counter()
+        self.latency: dict[str, HdrHistogram] = {}
+        self.codes: Counter[tuple[str, str]] = Counter()  # (kind, reason code)
+        self.amounts: dict[tuple[str, str], Counter[str]] = {}  # (kind, code) -> by currency
+        self.last_answer_us: int | None = None
+
+    def record_scheduled(self, kind: str) -> None:
+        with self.lock:
+            self.scheduled[kind] += 1
+
+    def record_answer(self, kind: str, reason_code: str, amount: int, currency: str,
+                      intended_us: int, answered_us: int) -> None:
+        with self.lock:
+            self.answered[kind] += 1
+            self.codes[(kind, reason_code)] += 1
+            self.amounts.setdefault((kind, reason_code), Counter())[currency] += amount
+            histogram = self.latency.get(kind)
+            if histogram is None:
+                histogram = self.latency[kind] = new_histogram()
+            histogram.record_value(min(MAX_LATENCY_US, max(1, answered_us - intended_us)))
+            if self.last_answer_us is None or answered_us > self.last_answer_us:
+                self.last_answer_us = answered_us

@@ -10,9 +10,10 @@ from paysim.domain.decisions import IssuerRates
 from paysim.infra.config import Settings, finite_number
 from paysim.infra.errors import ConfigError
 from paysim.load.generator import Mix, PaymentStream, PopulationSpec, build_population
+from paysim.load.lifecycle import LifecycleSpec
 from paysim.load.replay import read_paysim_csv, read_record
 from paysim.load.runner import Plan, RunOptions
-from paysim.load.scenario import THRESHOLD_METRICS, Scenario, load_scenario
+from paysim.load.scenario import THRESHOLD_METRICS, IssuerSpec, Scenario, load_scenario
 from paysim.load.schedule import (
     MAX_RATE,
     Profile,
@@ -45,6 +46,8 @@ class SendRequest:
     via: str = "kafka"
     timeout: float = 120.0
     callback_url: str | None = None
+    # Follow-up operations (captures, refunds...); None: the scenario's [lifecycle], if any.
+    lifecycle: LifecycleSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,21 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
         via=request.via, timeout=request.timeout, callback_url=request.callback_url,
         record=Path(request.record) if request.record else None,
     )
-    if scenario:
-        spec = scenario.issuer
-        options = replace(options, issuer=IssuerRates(spec.decline_rate, spec.fault_rate, (),
-                                                      spec.added_latency_ms),
-                          issuer_outages_s=spec.outages_s)
+    lifecycle = request.lifecycle or (scenario.lifecycle if scenario else None)
+    if lifecycle is not None and request.via != "kafka":
+        raise ConfigError("a lifecycle mix is sent straight onto Kafka: drop --via "
+                          f"{request.via}")
+    if scenario or lifecycle:
+        # The run's issuer: the scenario's, else the services' (with the mix's hold TTL).
+        spec = scenario.issuer if scenario else IssuerSpec(settings.issuer.decline_rate,
+                                                           settings.issuer.fault_rate)
+        options = replace(options, issuer=IssuerRates(
+            spec.decline_rate, spec.fault_rate, (), spec.added_latency_ms,
+            lifecycle.hold_ttl_s if lifecycle else None), issuer_outages_s=spec.outages_s)
     if request.replay:
+        if lifecycle is not None:
+            raise ConfigError("--replay sends recorded payments only: a lifecycle mix needs "
+                              "a generated run")
         return PlannedRun(_replay_plan(request, seed, scenario), options, thresholds)
 
     mix = scenario.mix if scenario else Mix()
@@ -145,7 +157,7 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
     profile, count = _profile(request, scenario)
     plan = Plan(payments=iter(stream), count=count,
                 offsets=profile.offsets() if profile else None, profile=profile,
-                scenario=scenario.name if scenario else None, seed=seed)
+                scenario=scenario.name if scenario else None, seed=seed, lifecycle=lifecycle)
     return PlannedRun(plan, options, thresholds)
 
 

@@ -22,7 +22,8 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from paysim.domain import decisions, money
-from paysim.load.metrics import RunMetrics, Second, new_histogram
+from paysim.domain.messages import OperationKind
+from paysim.load.metrics import OperationMetrics, RunMetrics, Second, new_histogram
 from paysim.load.thresholds import Threshold, ThresholdResult, evaluate
 
 SCHEMA = "paysim.report/1"
@@ -111,8 +112,41 @@ class TimelineSecond(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=Tr
     max_ms: float | None = None
 
 
-class RunReport(msgspec.Struct, frozen=True):
-    """One run's report: report.json's top level."""
+class OperationCodeRow(msgspec.Struct, frozen=True):
+    """The answers of one code to one kind of operation."""
+
+    kind: str
+    reason_code: str
+    reason_text: str
+    count: int
+    amounts: dict[str, int]  # what they moved, in minor units by ISO 4217 code
+
+
+class OperationKindRow(msgspec.Struct, frozen=True):
+    """One kind of operation: how many were planned and answered, and how fast (from each
+    one's intended time to the ledger's answer)."""
+
+    kind: str
+    scheduled: int
+    answered: int
+    lost: int  # planned but not answered by the end of the run
+    latency: LatencyBlock
+
+
+class LifecycleReport(msgspec.Struct, frozen=True):
+    """The follow-up operations of a run with a lifecycle mix."""
+
+    scheduled: int
+    answered: int
+    lost: int
+    throughput_per_s: float  # answered operations per second of the run
+    kinds: list[OperationKindRow]  # in the operations' order (capture, increment, ...)
+    by_code: list[OperationCodeRow]  # by kind, then most frequent first
+
+
+class RunReport(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One run's report: report.json's top level. ``lifecycle`` only on a run with a
+    lifecycle mix."""
 
     schema: str  # SCHEMA
     run_id: str
@@ -127,6 +161,7 @@ class RunReport(msgspec.Struct, frozen=True):
     timeline: list[TimelineSecond]
     thresholds: list[ThresholdResult]
     passed: bool  # every threshold passed (also when there are none)
+    lifecycle: LifecycleReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as report.json holds it (plain dicts and lists, in its key order)."""
@@ -204,14 +239,39 @@ def build_report(metrics: RunMetrics, info: RunInfo,
                     if h.get_total_count()},
         )
         timeline = [_timeline_second(index, sec) for index, sec in sorted(metrics.seconds.items())]
+    lifecycle = (lifecycle_report(metrics.operations, duration_s)
+                 if metrics.operations is not None else None)
     # Outside the lock: the windows take it again.
     verdicts = check_thresholds(thresholds, metrics, load, outcomes, timeline)
     return RunReport(
         schema=SCHEMA, run_id=info.run_id, scenario=info.scenario, seed=info.seed,
         via=info.via, started_at=started_at, duration_s=round(duration_s, 3), load=load,
         outcomes=outcomes, latency=latency, timeline=timeline, thresholds=verdicts,
-        passed=all(t.passed for t in verdicts),
+        passed=all(t.passed for t in verdicts), lifecycle=lifecycle,
     )
+
+
+def lifecycle_report(operations: OperationMetrics, duration_s: float) -> LifecycleReport:
+    """The lifecycle table: per kind of operation, then per kind and answer code."""
+    with operations.lock:
+        order = {kind.value: index for index, kind in enumerate(OperationKind)}
+        kinds = sorted(operations.scheduled, key=lambda kind: order.get(kind, len(order)))
+        rows = [OperationKindRow(
+            kind=kind, scheduled=operations.scheduled[kind],
+            answered=operations.answered[kind],
+            lost=operations.scheduled[kind] - operations.answered[kind],
+            latency=latency_block(operations.latency.get(kind) or new_histogram()))
+            for kind in kinds]
+        codes = sorted(operations.codes.items(),
+                       key=lambda kv: (order.get(kv[0][0], len(order)), -kv[1], kv[0][1]))
+        by_code = [OperationCodeRow(kind, code, decisions.reason_text(code), count,
+                                    dict(sorted(operations.amounts[(kind, code)].items())))
+                   for (kind, code), count in codes]
+    scheduled = sum(row.scheduled for row in rows)
+    answered = sum(row.answered for row in rows)
+    return LifecycleReport(scheduled=scheduled, answered=answered, lost=scheduled - answered,
+                           throughput_per_s=round(answered / duration_s, 1), kinds=rows,
+                           by_code=by_code)
 
 
 def _timeline_second(index: int, sec: Second) -> TimelineSecond:

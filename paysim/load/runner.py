@@ -10,6 +10,7 @@ sending less.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -31,7 +32,9 @@ from paysim.infra.files import writing
 from paysim.infra.kafka import error_text
 from paysim.load.generator import GeneratedPayment
 from paysim.load.ingress import Ingress, new_run_id, open_ingress
+from paysim.load.lifecycle import LifecycleSpec
 from paysim.load.metrics import RunMetrics
+from paysim.load.operations import OperationLoad
 from paysim.load.report import RunInfo
 from paysim.load.schedule import Profile
 from paysim.pipeline import store
@@ -52,6 +55,7 @@ class Plan:
     profile: Profile | None = None
     scenario: str | None = None
     seed: int | None = None
+    lifecycle: LifecycleSpec | None = None  # follow-up operations; None: payments only
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Tick:
     approved: int
     declined: int
     rolling_p99_ms: float | None
+    operations: int | None = None  # a lifecycle mix's operations planned so far
+    operations_answered: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -130,6 +136,7 @@ class LoadRun:
         self.metrics: RunMetrics | None = None
         self.errors: list[str] = []
         self._last_outcome_us: int | None = None
+        self.operations: OperationLoad | None = None
 
     def run(self, on_tick: Callable[[Tick], None] | None = None) -> tuple[RunMetrics, RunInfo]:
         # Opened first: a record file that cannot be written stops the run before it sends.
@@ -143,6 +150,11 @@ class LoadRun:
             started = now_us()
             self.metrics = RunMetrics(started)
             self._publish_issuer(client, started)
+            if self.plan.lifecycle is not None:
+                self.operations = OperationLoad(self.settings, self.run_id, self.plan.lifecycle,
+                                                self.plan.seed or 0, self._sending_halted)
+                self.metrics.operations = self.operations.metrics
+                self.operations.start(client)
             collector = threading.Thread(target=self._collect, args=(client,), daemon=True)
             collector.start()
             ticker = None
@@ -159,6 +171,10 @@ class LoadRun:
                 sys.setswitchinterval(switch_interval)
                 self.sending_done.set()
             collector.join()
+            if self.operations is not None:
+                self._wait_for_operations(self.operations)
+                self.operations.stop()
+                self.errors += self.operations.errors
             self.stop.set()
             if ticker:
                 ticker.join()
@@ -172,6 +188,8 @@ class LoadRun:
             raise PaysimError(f"Redis at {self.settings.redis_url}: {exc}") from None
         finally:
             self.stop.set()
+            if self.operations is not None:
+                self.operations.stop()
             client.close()
             if record:  # also when the run failed before sending
                 record.close()
@@ -186,7 +204,9 @@ class LoadRun:
             stages=[{"duration_s": s.duration_s, "target_rate": s.target_rate}
                     for s in profile.stages] if profile else [],
             scheduled=self.plan.count, lost_ids=lost,
-            finished_us=self._last_outcome_us or now_us(),
+            finished_us=max(self._last_outcome_us or now_us(),
+                            self.metrics.operations.last_answer_us or 0
+                            if self.metrics.operations else 0),
         )
         return self.metrics, info
 
@@ -197,8 +217,7 @@ class LoadRun:
             return
         outages = tuple((started_us + int(a * 1e6), started_us + int(b * 1e6))
                         for a, b in self.options.issuer_outages_s)
-        rates = IssuerRates(self.options.issuer.decline_rate, self.options.issuer.fault_rate,
-                            outages, self.options.issuer.added_latency_ms)
+        rates = dataclasses.replace(self.options.issuer, outages=outages)
         store.write_run_issuer(client, self.run_id, rates, self.settings.redis.outcome_ttl)
 
     def _send_all(self, ingress: Ingress, record: TextIO | None) -> None:
@@ -256,7 +275,16 @@ class LoadRun:
     def _send(self, ingress: Ingress, payment: GeneratedPayment, intended: int | None) -> None:
         """Send one payment; ``intended`` None (a burst) counts from the actual send."""
         sent_us = now_us()
-        handed = ingress.send(payment, self.run_id, self.options.callback_url)
+        operations = self.operations
+        if operations is None:
+            handed = ingress.send(payment, self.run_id, self.options.callback_url)
+        else:
+            fate = operations.fate(payment.seq)
+            handed = ingress.send(payment, self.run_id, self.options.callback_url,
+                                  fate.capture)
+            operations.payment_sent(handed.payment_id, handed.token or "", payment.currency,
+                                    payment.amount, fate,
+                                    intended if intended is not None else sent_us)
         self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
         if handed.outcome is not None:  # declined at the edge: the answer is its outcome
             self._outcome(handed.outcome)
@@ -285,6 +313,8 @@ class LoadRun:
             self.ledger.outcomes.add(payment_id)
             intended = self.ledger.intended[payment_id]
         self.metrics.record_outcome(entry, intended)
+        if self.operations is not None:
+            self.operations.authorization(entry)
         notified = entry.stages.get(NOTIFIED)
         if notified and (self._last_outcome_us is None or notified > self._last_outcome_us):
             self._last_outcome_us = notified
@@ -308,20 +338,13 @@ class LoadRun:
             if deadline is not None and time.monotonic() >= deadline:
                 return
             try:
-                read = client.xread({key: last_id}, count=READ_BATCH, block=200) or []
+                read, last_id = store.read_stream(client, key, last_id, store.read_done_entry,
+                                                  READ_BATCH, 200)
             except redis.RedisError:
                 if self.stop.wait(0.5):
                     return
                 continue
-            entries = early
-            early = []
-            for _, batch in read:
-                for entry_id, fields in batch:
-                    last_id = entry_id
-                    try:
-                        entries.append(store.read_done_entry(fields))
-                    except ValueError:
-                        continue  # not written by a notifier: nothing of this run's
+            entries, early = early + read, []
             for entry in entries:
                 with self.ledger.lock:
                     known = entry.payment_id in self.ledger.intended
@@ -329,6 +352,21 @@ class LoadRun:
                     self._outcome(entry)
                 else:
                     early.append(entry)
+
+    def _wait_for_operations(self, operations: OperationLoad) -> None:
+        """Until every planned operation is answered, or the timeout passed the last one's
+        intended time (or the user's Ctrl-C cut the wait short)."""
+        outcomes_in_us = now_us()
+        timeout_us = int(self.options.timeout * 1e6)
+        while operations.pending():
+            if self.interrupt.stop_waiting.is_set():
+                return
+            first = self.interrupt.first_at
+            if first is not None and time.monotonic() >= first + self.interrupt.grace_s:
+                return
+            if now_us() >= max(outcomes_in_us, operations.latest_due_us) + timeout_us:
+                return
+            operations.wait_for_change(0.2)
 
     # ---------------------------------------------------------------- progress
 
@@ -349,7 +387,16 @@ class LoadRun:
             current_rate=float(second.sent) if second else 0.0,
             approved=approved, declined=completed - approved,
             rolling_p99_ms=metrics.rolling_p99_ms(now),
+            **self._operation_counts(),
         )
+
+    def _operation_counts(self) -> dict[str, int]:
+        ops = self.metrics.operations if self.metrics else None
+        if ops is None:
+            return {}
+        with ops.lock:
+            return {"operations": sum(ops.scheduled.values()),
+                    "operations_answered": sum(ops.answered.values())}
 
     def _tick(self, on_tick: Callable[[Tick], None]) -> None:
         while not self.stop.wait(TICK_S):

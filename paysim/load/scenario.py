@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from paysim.domain import decisions
+from paysim.domain.lifecycle import DISPUTE_REASONS
 from paysim.infra.config import finite_number
 from paysim.infra.errors import ConfigError
 from paysim.load.generator import COUNTRIES, NETWORKS, Mix, PopulationSpec
+from paysim.load.lifecycle import Delay, LifecycleSpec
 from paysim.load.schedule import (
     MAX_RATE,
     MAX_SCHEDULED,
@@ -53,6 +55,7 @@ class Scenario:
     profile: Profile | None  # None: a burst of `count`
     count: int | None
     thresholds: tuple[Threshold, ...]
+    lifecycle: LifecycleSpec | None = None  # None: no [lifecycle] table, payments only
 
 
 class _Reader:
@@ -163,7 +166,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     top = _Reader(path, data)
     top.check_keys({"name", "description", "seed", "population", "mix", "issuer", "load",
-                    "thresholds"})
+                    "thresholds", "lifecycle"})
 
     pop = top.sub("population")
     pop.check_keys({"cardholders", "merchants", "countries", "networks", "amount_scale"})
@@ -230,6 +233,7 @@ def load_scenario(path: str | Path) -> Scenario:
         path=path, seed=top.get("seed", _whole(0), "a whole number >= 0", None),
         population=population, mix=mix, issuer=issuer, profile=profile, count=count,
         thresholds=tuple(thresholds),
+        lifecycle=_lifecycle(top.sub("lifecycle")) if "lifecycle" in top.table else None,
     )
 
 
@@ -269,3 +273,65 @@ def _bounded(load: _Reader, profile: Profile) -> Profile:
     except ValueError as exc:
         raise ConfigError(f"{load.path}: {load.prefix.rstrip('.')}: {exc}") from None
     return profile
+
+
+MAX_DELAY_S = 3600.0  # a run waits for its follow-ups: seconds to minutes, not days
+DELAY = ('a duration up to 1h like 2s, or a table { min = "1s", max = "5s" } (uniform) or '
+         '{ mean = "2s", max = "30s" } (exponential)')
+
+
+def _delay(raw: Any) -> Delay:
+    def seconds(value: Any) -> float:
+        length = _duration(value)
+        if length > MAX_DELAY_S:
+            raise ValueError
+        return length
+
+    if not isinstance(raw, dict):
+        return Delay.fixed(seconds(raw))
+    if set(raw) == {"min", "max"}:
+        low, high = seconds(raw["min"]), seconds(raw["max"])
+        if high < low:
+            raise ValueError
+        return Delay(low, high)
+    if set(raw) in ({"mean"}, {"mean", "max"}):
+        mean = seconds(raw["mean"])
+        return Delay(0.0, seconds(raw.get("max", min(MAX_DELAY_S, 10 * mean))), mean)
+    raise ValueError
+
+
+def _lifecycle(table: _Reader) -> LifecycleSpec:
+    """The [lifecycle] table: every share a ratio, every delay bounded, the shares that
+    split one whole adding up to at most 1."""
+    fields = {
+        "manual_capture_share": RATIO, "partial_capture_share": RATIO,
+        "split_capture_share": RATIO, "increment_share": RATIO, "increment_fraction": RATIO,
+        "void_share": RATIO, "expire_share": RATIO, "refund_share": RATIO,
+        "partial_refund_share": RATIO, "reversal_share": RATIO, "reversal_race_share": RATIO,
+        "dispute_share": RATIO, "dispute_won_share": RATIO,
+    }
+    delays = ("capture_delay", "increment_delay", "void_delay", "refund_delay",
+              "reversal_delay", "dispute_delay", "resolve_delay")
+    table.check_keys({*fields, *delays, "split_parts", "hold_ttl", "dispute_reasons"})
+    default = LifecycleSpec()
+    values: dict[str, Any] = {
+        name: table.get(name, _number(0, 1), RATIO, getattr(default, name)) for name in fields}
+    values.update({name: table.get(name, _delay, DELAY, getattr(default, name))
+                   for name in delays})
+    values["split_parts"] = table.get("split_parts", _whole(2, 10), "a whole number from 2 to 10",
+                                      default.split_parts)
+    values["dispute_reasons"] = table.get(
+        "dispute_reasons", _weights(set(DISPUTE_REASONS), "reason code"),
+        f"a table of weights by reason code ({', '.join(DISPUTE_REASONS)})",
+        default.dispute_reasons)
+    hold_ttl = table.get("hold_ttl", _duration, "a duration from 1s to 1h", None)
+    if hold_ttl is not None and not 1 <= hold_ttl <= MAX_DELAY_S:
+        raise table.fail("hold_ttl", "a duration from 1s to 1h", table.table["hold_ttl"])
+    values["hold_ttl_s"] = hold_ttl
+    spec = LifecycleSpec(**values)
+    for first, second in (("void_share", "expire_share"), ("refund_share", "dispute_share")):
+        if getattr(spec, first) + getattr(spec, second) > 1:
+            raise table.fail(second, f"{first} + {second} <= 1", getattr(spec, second))
+    if spec.expire_share > 0 and hold_ttl is None:
+        raise table.fail("hold_ttl", "a duration (holds left to expire need one)", None)
+    return spec

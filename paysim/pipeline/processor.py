@@ -96,12 +96,13 @@ class Processor(Service[PaymentAuthorized]):
             return
         # The daily limit counts by the day the issuer processes the payment, in UTC.
         day = datetime.fromtimestamp(now / 1e6, UTC).strftime("%Y%m%d")
-        hold_ttl_us = round(self.settings.lifecycle.hold_ttl * 1e6)
+        hold_ttl = self.settings.lifecycle.hold_ttl
 
         def decide_card(card: CardRef, snapshot: CardSnapshot) -> CardWrite:
             write = self.ledger.card_write()
             for item in to_settle[card]:
                 before = snapshot.records[item.payment_id]
+                hold_ttl_us = round((rates[item.run_id].hold_ttl_s or hold_ttl) * 1e6)
                 change = lifecycle.authorize(self._authorization(item), before,
                                              snapshot.funds(item.currency), now, hold_ttl_us)
                 snapshot.take(change)

@@ -6,7 +6,8 @@ import contextlib
 import json
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import redis
@@ -87,7 +88,8 @@ def write_run_issuer(client: redis.Redis, run_id: str, rates: IssuerRates, ttl: 
 def encode_run_issuer(rates: IssuerRates) -> bytes:
     return json.dumps({"decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
                        "outages": [list(window) for window in rates.outages],
-                       "added_latency_ms": rates.added_latency_ms}).encode()
+                       "added_latency_ms": rates.added_latency_ms,
+                       "hold_ttl_s": rates.hold_ttl_s}).encode()
 
 
 def decode_run_issuer(raw: bytes) -> IssuerRates:
@@ -99,6 +101,7 @@ def decode_run_issuer(raw: bytes) -> IssuerRates:
         fault_rate=float(data.get("fault_rate", 0.0)),
         outages=tuple((int(start), int(end)) for start, end in data.get("outages", [])),
         added_latency_ms=float(data.get("added_latency_ms", 0.0)),
+        hold_ttl_s=None if data.get("hold_ttl_s") is None else float(data["hold_ttl_s"]),
     )
 
 
@@ -278,6 +281,26 @@ def read_operation_done(fields: dict[bytes, bytes]) -> OperationDone:
         return _operation_done_decoder.decode(fields[DONE_FIELD.encode()])
     except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"not a paysim operations stream entry: {exc}") from None
+
+
+E = TypeVar("E")
+
+
+def read_stream(client: redis.Redis, key: str, last_id: bytes | str,
+                decode: Callable[[dict[bytes, bytes]], E], count: int, block_ms: int,
+                ) -> tuple[list[E], bytes | str]:
+    """A run stream's entries after ``last_id`` (waiting up to ``block_ms`` for the first),
+    at most ``count``, decoded, and the id to read on from. Entries ``decode`` refuses
+    (ValueError: not written by paysim) are skipped."""
+    entries: list[E] = []
+    for _, batch in client.xread({key: last_id}, count=count, block=block_ms) or []:
+        for entry_id, fields in batch:
+            last_id = entry_id
+            try:
+                entries.append(decode(fields))
+            except ValueError:
+                continue
+    return entries, last_id
 
 
 class WebhookState(msgspec.Struct, frozen=True):

@@ -29,6 +29,12 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
     assert burst["throughput_per_s"] > 0 and burst["ratio_to_kafka_producer"] > 0
     assert set(burst["latency"]) == {"end_to_end", "authorizer", "processor", "notifier"}
 
+    mix = results["lifecycle"]  # a quarter of the count, at least 1,000
+    assert mix["sent"] == mix["completed"] == 1000 and mix["lost"] == 0
+    assert mix["operations"] > 300 and mix["operations_lost"] == 0
+    assert mix["messages_per_s"] > mix["throughput_per_s"] > 0
+    assert "op_capture" in mix["latency"] and "op_refund" in mix["latency"]
+
     [fixed] = results["open_model"]
     assert fixed["target_rate"] == 300.0 and fixed["sent"] == 900 and fixed["lost"] == 0
     assert 250 < fixed["achieved_rate"] < 350
@@ -45,4 +51,5 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
     out = io.StringIO()
     Console(file=out, width=160).print(results_table(results))
     assert "paysim at saturation" in out.getvalue()
+    assert "lifecycle mix" in out.getvalue()
     assert any(line.startswith("saturation: 3,000 payments") for line in lines)

@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from rich.console import Console
@@ -139,6 +140,24 @@ def test_the_table_shows_every_phase_and_each_verdict() -> None:
     for fragment in ("Kafka producer perf tool", "100,000", "paysim at saturation", "6,000",
                      "open model 2,000/s", "<= 100 ms: met", "< 10%: MISSED", "broker"):
         assert fragment in text, fragment
+
+
+def test_the_lifecycle_mix_is_shown_beside_the_plain_payments() -> None:
+    mix = replace(phase(None, throughput=3000.0, completed=50_000), operations=24_000,
+                  messages_per_s=4440.0,
+                  latency={"end_to_end": {"p50_ms": 9.0, "p99_ms": 30.0, "p99_9_ms": 45.0},
+                           "op_capture": {"p50_ms": 7.5, "p99_ms": 25.0, "p99_9_ms": 33.0}})
+    kept = results(lifecycle=mix)
+    assert kept["lifecycle"]["operations"] == 24_000
+    assert results()["lifecycle"] is None
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(kept))
+    text = out.getvalue()
+    for fragment in ("lifecycle mix", "payments/s (50,000 done, 24,000 ops, 0 lost)",
+                     "3,000", "payments + operations answered/s", "4,440",
+                     "capture p50/p99/p99.9 ms", "7.5 / 25.0 / 33.0"):
+        assert fragment in text, fragment
+    assert text.index("paysim at saturation") < text.index("lifecycle mix")
 
 
 def test_bench_refuses_a_bad_duration_in_one_line() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,21 @@ def test_flags_of_a_profile_out_of_bounds_are_one_line(request_: SendRequest,
         plan_run(load_settings(env={}), request_)
     assert fragment in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    ({"via": "http"}, "a lifecycle mix is sent straight onto Kafka: drop --via http"),
+    ({"replay": "run.jsonl"}, "--replay sends recorded payments only"),
+])
+def test_a_lifecycle_mix_goes_onto_kafka_and_not_with_a_replay(tmp_path: Path, flags: dict,
+                                                              fragment: str) -> None:
+    path = tmp_path / "mix.toml"
+    path.write_text("[lifecycle]\nrefund_share = 0.1\nhold_ttl = '5s'\n")
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        plan_run(load_settings(env={}), SendRequest(scenario=str(path), **flags))
+    planned = plan_run(load_settings(env={}), SendRequest(scenario=str(path)))
+    assert planned.plan.lifecycle is not None and planned.plan.lifecycle.refund_share == 0.1
+    assert planned.options.issuer is not None and planned.options.issuer.hold_ttl_s == 5.0
 
 
 def test_count_caps_what_a_long_profile_schedules() -> None:

@@ -27,7 +27,7 @@ from paysim.cli import report as cli_report
 from paysim.cli.report import report as report_group
 from paysim.infra.errors import ConfigError
 from paysim.load.html import embed_json, nice_step, render_html
-from paysim.load.metrics import RunMetrics
+from paysim.load.metrics import OperationMetrics, RunMetrics
 from paysim.load.report import LatencyBlock, RunInfo, RunReport, build_report
 from paysim.load.report_compare import (
     HIGHER,
@@ -74,11 +74,13 @@ def outcome_entry(index: int, intended_us: int, sent_us: int, e2e_us: int, code:
 def synthetic_report(rates: Sequence[int], latency: LatencyModel | None = None, *,
                      seed: int = 7, run_id: str = "run-a", scenario: str | None = "steady",
                      decline_share: float = 0.1, lost: int = 0, mode: str = "open",
-                     thresholds: Sequence[tuple[str, int | None]] = ()) -> RunReport:
+                     thresholds: Sequence[tuple[str, int | None]] = (),
+                     operations: OperationMetrics | None = None) -> RunReport:
     """A real report over ``rates[s]`` payments in second s, outcomes from a seeded mix."""
     latency = latency or steady(20.0)
     rng = random.Random(seed)
     metrics = RunMetrics(T0)
+    metrics.operations = operations
     index = 0
     for second, count in enumerate(rates):
         for k in range(count):
@@ -129,6 +131,21 @@ def empty_report() -> RunReport:
     return synthetic_report([], run_id="run-empty", scenario=None, mode="burst")
 
 
+@pytest.fixture(scope="module")
+def lifecycle_run() -> RunReport:
+    """A run with a lifecycle mix: captures in two currencies, a refund, a refused void and
+    an expiry that never came."""
+    operations = OperationMetrics()
+    for kind, code, amount, currency, latency_ms in [
+            ("capture", "00", 1_000, "USD", 12), ("capture", "00", 2_500, "EUR", 30),
+            ("capture", "00", 500, "USD", 8), ("refund", "00", 250, "USD", 15),
+            ("void", "57", 0, "EUR", 9)]:
+        operations.record_scheduled(kind)
+        operations.record_answer(kind, code, amount, currency, T0, T0 + latency_ms * 1000)
+    operations.record_scheduled("expire")
+    return synthetic_report([10, 10], run_id="run-life", operations=operations)
+
+
 @pytest.fixture
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rich tables at 200 columns, so no figure is wrapped in the captured output."""
@@ -156,6 +173,39 @@ def test_real_reports_validate(report_a, report_b, empty_report) -> None:
         assert schema_error(data) is None
         assert schema_error(json.loads(json.dumps(data))) is None  # as written to a file
         validate_report(data)
+
+
+def test_a_lifecycle_table_counts_each_kind_and_answer(lifecycle_run, report_a) -> None:
+    table = lifecycle_run.lifecycle
+    assert table is not None
+    assert (table.scheduled, table.answered, table.lost) == (6, 5, 1)
+    assert [(row.kind, row.scheduled, row.answered, row.lost) for row in table.kinds] == [
+        ("capture", 3, 3, 0), ("void", 1, 1, 0), ("expire", 1, 0, 1), ("refund", 1, 1, 0)]
+    capture = table.kinds[0].latency
+    assert capture.count == 3  # HdrHistogram's 3 significant digits
+    assert capture.p50_ms == pytest.approx(12.0, rel=1e-3)
+    assert capture.max_ms == pytest.approx(30.0, rel=1e-3)
+    assert table.kinds[2].latency.count == 0 and table.kinds[2].latency.p99_ms is None
+    assert [(r.kind, r.reason_code, r.count, r.amounts) for r in table.by_code] == [
+        ("capture", "00", 3, {"EUR": 2_500, "USD": 1_500}), ("void", "57", 1, {"EUR": 0}),
+        ("refund", "00", 1, {"USD": 250})]
+    assert schema_error(lifecycle_run.to_dict()) is None
+    # A run without a mix keeps today's report: no lifecycle key at all.
+    assert report_a.lifecycle is None and "lifecycle" not in report_a.to_dict()
+
+
+def test_a_lifecycle_table_in_the_terminal_and_the_page(tmp_path: Path, lifecycle_run,
+                                                        wide_console) -> None:
+    result = CliRunner().invoke(report_group, ["show",
+                                               str(write(tmp_path, "l.json", lifecycle_run))])
+    assert result.exit_code == 0, result.output
+    for fragment in ("lifecycle operations", "lifecycle answers", "capture", "expire",
+                     "not permitted in the payment's state", "15.00 USD", "25.00 EUR"):
+        assert fragment in result.output, fragment
+    page = render_html(lifecycle_run)
+    assert 'id="lifecycle"' in page and 'id="lifecycle-answers"' in page
+    assert "25.00 EUR" in page and "not permitted in the payment&#x27;s state" in page
+    assert 'id="lifecycle"' not in render_html(synthetic_report([5]))
 
 
 def test_the_synthetic_reports_carry_what_the_tests_rely_on(report_a, report_b,
