@@ -59,12 +59,12 @@ class RateMeter:
 def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
                    meter: RateMeter) -> Table:
     table = Table("service", "state", "pid", "restarts", "processed", "rate/s", "lag",
-                  "dead letters", title="paysim services (Ctrl-C stops them all)")
+                  "dead letters", "metrics", title="paysim services (Ctrl-C stops them all)")
     for row in view(supervisor.children, beats):
         table.add_row(safe(row.name), f"[{STATE_STYLE[row.state]}]{row.state}[/]",
                       str(row.pid or "-"), str(row.restarts), f"{row.processed:,}",
                       f"{meter.rate(row.name, row.processed):,.0f}", f"{row.lag:,}",
-                      str(row.dead_letters))
+                      str(row.dead_letters), safe(row.metrics_url or "-"))
     return table
 
 
@@ -146,18 +146,20 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
             "dead_letters": beat.dead_letters if beat else 0,
             "lag": beat.lag if beat else 0,
             "uptime_s": round(now - beat.started_at, 1) if beat else None,
+            "metrics_url": beat.metrics_url or None if beat else None,
         })
     if as_json:
         print_json({"supervisor_pid": record.pid if record else None, "services": rows})
     else:
         table = Table("service", "state", "pid", "processed", "lag", "dead letters", "uptime",
-                      caption=f"supervisor pid {record.pid}" if record
+                      "metrics", caption=f"supervisor pid {record.pid}" if record
                       else "no `paysim run-all` supervisor is running")
         for row in rows:
             table.add_row(safe(row["name"]), f"[{STATE_STYLE[row['state']]}]{row['state']}[/]",
                           str(row["pid"] or "-"), f"{row['processed']:,}", f"{row['lag']:,}",
                           str(row["dead_letters"]),
-                          f"{row['uptime_s']:.0f} s" if row["uptime_s"] is not None else "-")
+                          f"{row['uptime_s']:.0f} s" if row["uptime_s"] is not None else "-",
+                          safe(row["metrics_url"] or "-"))
         console.print(table)
     if any(row["state"] != "up" for row in rows):
         ctx.exit(1)

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 from confluent_kafka import Producer
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from paysim.domain import cards, decisions
@@ -40,6 +40,7 @@ from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.edge.idempotency import Answer, Idempotency
 from paysim.edge.openapi import OPENAPI_PATH, openapi_document
 from paysim.edge.operations import ROUTES, Operations, Route, note_route, operation_id
+from paysim.edge.prometheus import HttpMetrics
 from paysim.edge.validation import (
     MAX_BODY_BYTES,
     BadRequest,
@@ -82,9 +83,11 @@ def _error(status: int, message: str, **fields: Any) -> Response:
 
 
 def create_app(settings: Settings, keys: Keys, producer: Producer,
-               redis_client: redis.Redis, health: HealthChecker) -> Flask:
+               redis_client: redis.Redis, health: HealthChecker,
+               metrics: HttpMetrics | None = None) -> Flask:
     """The HTTP API as a WSGI app; ``producer`` and ``redis_client`` are shared by all threads;
-    ``health`` answers /healthz (checking runs in its own thread, started by the caller)."""
+    ``health`` answers /healthz (checking runs in its own thread, started by the caller);
+    ``metrics``, when given, count every answer."""
     app = Flask("paysim.http_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Werkzeug answers a path with "//" (a payment id holding %2F decodes to one) with an HTML
@@ -241,9 +244,18 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                   where)
         return _error(500, "internal error")
 
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
     @app.after_request
     def count(response: Response) -> Response:
         counters.count()
+        if metrics is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else None
+            started = g.get("started")
+            metrics.answered(rule, response.status_code,
+                             time.perf_counter() - started if started is not None else 0.0)
         return response
 
     return app

@@ -18,14 +18,16 @@ from waitress.task import ThreadedTaskDispatcher
 from paysim.edge.app import Counters, create_app
 from paysim.edge.delivery import DELIVERY_TIMEOUT_S
 from paysim.edge.health import HEALTH_PATH, HealthChecker
+from paysim.edge.prometheus import HttpMetrics
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config
+from paysim.infra.prometheus import MetricsEndpoint, serve_metrics
 from paysim.infra.secrets import load_keys
 from paysim.infra.topics import ensure_topics
 from paysim.pipeline import store
 from paysim.pipeline.process import run_process
-from paysim.pipeline.registry import HTTP
+from paysim.pipeline.registry import HTTP, metrics_offset
 
 log = logging.getLogger("paysim.http")
 
@@ -34,12 +36,14 @@ SHUTDOWN_GRACE_S = DELIVERY_TIMEOUT_S + 2  # an answer waiting on Kafka may fini
 LOOP_SLICE_S = 0.2
 
 
-def _heartbeat(client: redis.Redis, counters: Counters, stop: threading.Event) -> None:
+def _heartbeat(client: redis.Redis, counters: Counters, stop: threading.Event,
+               metrics_url: str) -> None:
     while True:
         try:
             store.write_heartbeat(client, HTTP.name, 0, processed=counters.answered,
                                   dead_letters=0, aborted_batches=0,
-                                  started_at=counters.started_at, lag=0)
+                                  started_at=counters.started_at, lag=0,
+                                  metrics_url=metrics_url)
         except redis.RedisError as exc:
             log.warning("heartbeat not written: %s", exc)
         if stop.wait(store.HEARTBEAT_EVERY_S):
@@ -146,8 +150,10 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     ended = threading.Event()
     health = HealthChecker(settings, producer, ended)
     heartbeat: threading.Thread | None = None
-    app = create_app(settings, keys, producer, client, health)
+    metrics = HttpMetrics() if settings.metrics.enabled else None
+    app = create_app(settings, keys, producer, client, health, metrics)
     counters: Counters = app.extensions["paysim.counters"]
+    endpoint: MetricsEndpoint | None = None
     try:
         health.check()  # the first answer is a real one
         health.start()
@@ -159,8 +165,11 @@ def serve(settings: Settings, stop: threading.Event) -> None:
             dispatcher.shutdown(timeout=1)
             raise PaysimError(f"the HTTP API cannot listen on {host}:{port}: "
                               f"{exc.strerror or exc}") from None
-        heartbeat = threading.Thread(target=_heartbeat, args=(client, counters, ended),
-                                     name="http-heartbeat", daemon=True)
+        if metrics is not None:
+            endpoint = serve_metrics(settings, metrics.registry, metrics_offset(HTTP.name, 0))
+        heartbeat = threading.Thread(target=_heartbeat, args=(
+            client, counters, ended, endpoint.url if endpoint else ""),
+            name="http-heartbeat", daemon=True)
         heartbeat.start()
         log.info("HTTP API listening on http://%s:%d", host, port)
         _run_until(server, dispatcher, stop)
@@ -169,6 +178,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         ended.set()
         if heartbeat is not None:
             heartbeat.join(5)
+        if endpoint is not None:
+            endpoint.close()
         if health.is_alive():
             health.join(5)
         else:

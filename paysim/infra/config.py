@@ -103,6 +103,18 @@ def _ratio(raw: Any) -> float:
     return value
 
 
+def _switch(raw: Any) -> bool:
+    """on or off: a TOML boolean, or true/false, yes/no, on/off, 1/0 as text."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("true or false")
+
+
 def _text(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError("a non-empty string")
@@ -248,6 +260,12 @@ OPTIONS: tuple[Option, ...] = (
            "seconds without a heartbeat after which run-all kills a service as stuck"),
     Option("services.dir", _path, lambda: _data_home() / "paysim" / "services",
            "where run-all keeps the services' logs and its pid record"),
+    Option("metrics.enabled", _switch, lambda: True,
+           "serve Prometheus metrics from every service, the HTTP API and send"),
+    Option("metrics.host", _text, lambda: "127.0.0.1", "address the metrics endpoints listen on"),
+    Option("metrics.port", _whole_number(0, 65535), lambda: 0,
+           "0: each process picks a free port (shown by `paysim ps`); N: the base of a fixed "
+           "layout, N + 100 x the process's place + its instance", metavar="PORT"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 _OPTION_ENVS = {option.env for option in OPTIONS}
@@ -345,6 +363,13 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool
+    host: str
+    port: int  # 0: a free port per process; else the base of the fixed layout
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings
     redis: RedisSettings
@@ -356,6 +381,7 @@ class Settings:
     webhook: WebhookSettings
     secrets: SecretSettings
     services: ServiceSettings
+    metrics: MetricsSettings
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -381,7 +407,7 @@ class Settings:
 _SECTIONS = {"kafka": KafkaSettings, "redis": RedisSettings, "stack": StackSettings,
              "topics": TopicSettings, "http": HttpSettings, "issuer": IssuerSettings,
              "lifecycle": LifecycleSettings, "webhook": WebhookSettings, "secrets": SecretSettings,
-             "services": ServiceSettings}
+             "services": ServiceSettings, "metrics": MetricsSettings}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

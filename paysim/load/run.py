@@ -15,6 +15,7 @@ import redis
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.load.plan import SendRequest, plan_run
+from paysim.load.prometheus import exposed
 from paysim.load.report import RunReport, build_report
 from paysim.load.runner import Interrupt, LoadRun, Tick
 from paysim.pipeline import registry, store
@@ -29,8 +30,9 @@ def run_load(settings: Settings, request: SendRequest,
     # Planned first, so a mistake in the request is named even when nothing is running.
     planned = plan_run(settings, request)
     require_services(settings, request.via)
-    metrics, info = LoadRun(settings, planned.plan, planned.options,
-                            interrupt=interrupt).run(on_progress)
+    run = LoadRun(settings, planned.plan, planned.options, interrupt=interrupt)
+    with exposed(settings, lambda: run.metrics):
+        metrics, info = run.run(on_progress)
     return build_report(metrics, info, planned.thresholds)
 
 

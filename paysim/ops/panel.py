@@ -21,6 +21,7 @@ class ServiceView:
     dead_letters: int
     lag: int
     uptime_s: float | None
+    metrics_url: str  # "" when it serves none (or has not reported yet)
 
 
 def view(children: list[Child], beats: dict[str, store.Heartbeat]) -> list[ServiceView]:
@@ -37,5 +38,6 @@ def view(children: list[Child], beats: dict[str, store.Heartbeat]) -> list[Servi
             child.name, state, child.pid if alive else None, child.restarts,
             beat.processed if beat else 0, beat.dead_letters if beat else 0,
             beat.lag if beat else 0, time.time() - child.started_at if alive else None,
+            beat.metrics_url if beat and state == "up" else "",
         ))
     return rows

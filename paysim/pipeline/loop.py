@@ -36,6 +36,7 @@ from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config, error_text, produce
 from paysim.infra.topics import ensure_topics
 from paysim.pipeline import store
+from paysim.pipeline.prometheus import ERROR, OK, REJECTED, UNDECODABLE, PipelineMetrics
 from paysim.pipeline.service import Output, Rejected, Service, T
 
 # Under the 3 s after which `ps` takes a silent service for gone.
@@ -172,10 +173,14 @@ class ServiceLoop(Generic[T]):
                  stop: threading.Event | None = None, *, consumer: Consumer | None = None,
                  producer: Producer | None = None,
                  new_consumer: Callable[[], Consumer] | None = None,
-                 new_producer: Callable[[], Producer] | None = None) -> None:
+                 new_producer: Callable[[], Producer] | None = None,
+                 metrics: PipelineMetrics | None = None) -> None:
         """``consumer`` and ``producer`` replace the first Kafka clients built here, and
-        ``new_consumer`` and ``new_producer`` build the ones that replace them (tests)."""
+        ``new_consumer`` and ``new_producer`` build the ones that replace them (tests).
+        ``metrics``, when given, are updated once per batch."""
         self.service = service
+        self.metrics = metrics
+        self._outcomes: dict[str, int] = {}  # the batch's messages by outcome (metrics)
         self.settings = settings
         self.instance = instance
         self.stop = stop or threading.Event()
@@ -343,14 +348,14 @@ class ServiceLoop(Generic[T]):
             # No abort: the producer's thread is still inside the call. The renewal fences
             # the producer, ending its transaction, and the consumer then resumes from the
             # committed offsets, so no rewind either.
-            self.counters.aborted_batches += 1
+            self._count_abort()
             self.log.warning("batch of %d abandoned, will retry with a new producer: %s",
                              len(messages), exc)
             self._mark_unhealthy(str(exc))
             self._in_doubt = first_offsets(messages)
             return False
         except (KafkaException, redis.RedisError) as exc:
-            self.counters.aborted_batches += 1
+            self._count_abort()
             self.log.warning("batch of %d aborted, will retry: %s", len(messages),
                              error_text(exc))
             if not self._abort():
@@ -362,7 +367,13 @@ class ServiceLoop(Generic[T]):
                     self._mark_unhealthy(f"{self._kafka_failures} batches in a row failed")
             return False
 
-    def _dead(self, message: Message, reason: str) -> Output:
+    def _count_abort(self) -> None:
+        self.counters.aborted_batches += 1
+        if self.metrics is not None:
+            self.metrics.aborted()
+
+    def _dead(self, message: Message, reason: str, outcome: str) -> Output:
+        self._outcomes[outcome] += 1
         return dead_letter(self.service.name, message, reason, self.settings.topics.dlq,
                            self.service.dead_letters_keep_original)
 
@@ -386,7 +397,8 @@ class ServiceLoop(Generic[T]):
                     raise
                 except Exception as exc:
                     message = group[0][0]
-                    outputs.append(self._dead(message, f"internal error: {type(exc).__name__}"))
+                    outputs.append(self._dead(message, f"internal error: {type(exc).__name__}",
+                                              ERROR))
                     continue
             for message, item in group:
                 try:
@@ -394,28 +406,31 @@ class ServiceLoop(Generic[T]):
                 except (KafkaException, redis.RedisError):
                     raise
                 except Rejected as exc:
-                    outputs.append(self._dead(message, str(exc)))
+                    outputs.append(self._dead(message, str(exc), REJECTED))
                 except Exception as exc:
                     self.log.exception("cannot decide record %s/%d@%d", message.topic(),
                                        message.partition(), message.offset())
                     outputs.append(self._dead(message,
-                                              f"internal error: {type(exc).__name__}: {exc}"))
+                                              f"internal error: {type(exc).__name__}: {exc}",
+                                              ERROR))
         return pipe
 
     def _transact(self, messages: list[Message]) -> None:
+        started = time.monotonic()
         # A rebalance between fetching and here may have taken partitions away: their records
         # belong to the new owner now, and processing them too would doubly produce.
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         messages = [m for m in messages if (m.topic(), m.partition()) in assigned]
         if not messages:
             return
+        self._outcomes = dict.fromkeys((UNDECODABLE, REJECTED, ERROR), 0)
         outputs: list[Output] = []
         decoded: list[tuple[Message, T]] = []
         for message in messages:
             try:
                 decoded.append((message, self.service.codec.decode(message.value())))
             except SchemaError as exc:
-                outputs.append(self._dead(message, str(exc)))
+                outputs.append(self._dead(message, str(exc), UNDECODABLE))
         pipe = self._decide_all(decoded, outputs)
         self._kafka_call(self.producer.begin_transaction)
         for output in outputs:
@@ -432,9 +447,12 @@ class ServiceLoop(Generic[T]):
                          self.consumer.consumer_group_metadata(), timeout=self.call_timeout)
         self._kafka_call(self.producer.commit_transaction, timeout=self.call_timeout)
         self._producer_used = True
-        dead = sum(1 for o in outputs if o.topic == self.settings.topics.dlq)
+        dead = sum(self._outcomes.values())
         self.counters.processed += len(messages) - dead
         self.counters.dead_letters += dead
+        if self.metrics is not None:
+            self._outcomes[OK] = len(messages) - dead
+            self.metrics.batch(messages, self._outcomes, started)
 
     def _kafka_call(self, call: Callable[..., Any], *args: Any,
                     timeout: float | None = None) -> Any:
@@ -622,9 +640,13 @@ class ServiceLoop(Generic[T]):
                                             f"{error_text(exc)}") from None
 
     def lag(self) -> int:
-        total = 0
+        return sum(self.partition_lags().values())
+
+    def partition_lags(self) -> dict[int, int]:
+        """Records not yet consumed on each assigned partition whose offsets are known."""
+        lags: dict[int, int] = {}
         if not self._consumer_open:
-            return total
+            return lags
         for tp in self.consumer.assignment():
             try:
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
@@ -632,20 +654,24 @@ class ServiceLoop(Generic[T]):
             except KafkaException:
                 continue
             if high >= 0 and position >= 0:
-                total += max(0, high - position)
-        return total
+                lags[tp.partition] = max(0, high - position)
+        return lags
 
     def _heartbeat(self) -> None:
         now = time.time()
         if now - self._last_heartbeat < store.HEARTBEAT_EVERY_S:
             return
         self._last_heartbeat = now
+        lags = self.partition_lags()
+        if self.metrics is not None:
+            self.metrics.set_lag(lags)
         try:
             store.write_heartbeat(
                 self.service.redis, self.service.name, self.instance,
                 processed=self.counters.processed, dead_letters=self.counters.dead_letters,
                 aborted_batches=self.counters.aborted_batches,
-                started_at=self.counters.started_at, lag=self.lag(),
+                started_at=self.counters.started_at, lag=sum(lags.values()),
+                metrics_url=self.metrics.url if self.metrics is not None else "",
             )
         except redis.RedisError as exc:
             self.log.warning("heartbeat not written: %s", exc)

@@ -12,9 +12,11 @@ from confluent_kafka import KafkaException
 
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
+from paysim.infra.prometheus import serve_metrics
 from paysim.pipeline import store
 from paysim.pipeline.loop import FatalServiceError, ServiceLoop
-from paysim.pipeline.registry import ServiceSpec
+from paysim.pipeline.prometheus import PipelineMetrics
+from paysim.pipeline.registry import ServiceSpec, metrics_offset
 
 
 def configure_logging() -> None:
@@ -43,8 +45,18 @@ def run_pipeline_service(spec: ServiceSpec, settings: Settings, instance: int) -
     def body(stop: threading.Event) -> None:
         client = store.connect(settings)
         service = spec.build(settings, client)
-        for thread in spec.threads(settings, client, instance, stop):
-            thread.start()
-        ServiceLoop(service, settings, instance, stop).run()
+        metrics = PipelineMetrics(spec.name) if settings.metrics.enabled else None
+        endpoint = None
+        if metrics is not None:
+            endpoint = serve_metrics(settings, metrics.registry,
+                                     metrics_offset(spec.name, instance))
+            metrics.url = endpoint.url if endpoint else ""
+        try:
+            for thread in spec.threads(settings, client, instance, stop, metrics):
+                thread.start()
+            ServiceLoop(service, settings, instance, stop, metrics=metrics).run()
+        finally:
+            if endpoint is not None:
+                endpoint.close()
 
     return run_process(spec.name, body)

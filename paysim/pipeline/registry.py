@@ -19,19 +19,22 @@ from paysim.pipeline.expiry import HoldExpirer
 from paysim.pipeline.ledger_service import LedgerService
 from paysim.pipeline.notifier import Notifier
 from paysim.pipeline.processor import Processor
+from paysim.pipeline.prometheus import PipelineMetrics
 from paysim.pipeline.service import ServiceSpec
 from paysim.pipeline.settlement_store import SettlementCloser
 from paysim.pipeline.webhook_dispatch import WebhookDispatcher
 
 
 def _webhook_dispatcher(settings: Settings, client: redis.Redis, instance: int,
-                        stop: threading.Event) -> list[threading.Thread]:
+                        stop: threading.Event,
+                        metrics: PipelineMetrics | None) -> list[threading.Thread]:
     return [WebhookDispatcher(settings, client, load_keys(settings).webhook_secret,
-                              f"{NOTIFIER.name}-{instance}", stop)]
+                              f"{NOTIFIER.name}-{instance}", stop, metrics)]
 
 
 def _expiry_and_settlement(settings: Settings, client: redis.Redis, _instance: int,
-                           stop: threading.Event) -> list[threading.Thread]:
+                           stop: threading.Event,
+                           _metrics: PipelineMetrics | None) -> list[threading.Thread]:
     return [HoldExpirer(settings, client, stop), SettlementCloser(settings, client, stop)]
 
 
@@ -57,6 +60,17 @@ PIPELINE: tuple[ServiceSpec, ...] = (AUTHORIZER, PROCESSOR, NOTIFIER, LEDGER)
 ALL: tuple[ServiceSpec, ...] = (*PIPELINE, HTTP)
 NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL)
 PIPELINE_NAMES: tuple[str, ...] = tuple(spec.name for spec in PIPELINE)
+
+
+# `paysim send`: no service, but it writes a heartbeat and serves metrics as services do.
+GENERATOR = "send"
+# With `metrics.port` N, each process listens on N + 100 x its place here + its instance.
+METRICS_PLACES: tuple[str, ...] = (*NAMES, GENERATOR)
+
+
+def metrics_offset(name: str, instance: int) -> int:
+    """Where a process's metrics port lies from the base `metrics.port`."""
+    return 100 * METRICS_PLACES.index(name) + instance
 
 
 def by_name(name: str) -> ServiceSpec:

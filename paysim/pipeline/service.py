@@ -14,6 +14,7 @@ import redis
 
 from paysim.domain.messages import Codec
 from paysim.infra.config import Settings
+from paysim.pipeline.prometheus import PipelineMetrics
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -51,7 +52,9 @@ class Rejected(Exception):
     it goes to the dead-letter topic with this reason."""
 
 
-Threads = Callable[[Settings, redis.Redis, int, threading.Event], list[threading.Thread]]
+# (settings, Redis, instance, stop, the process's metrics or None) -> threads to start
+Threads = Callable[[Settings, redis.Redis, int, threading.Event, PipelineMetrics | None],
+                   list[threading.Thread]]
 
 
 def no_threads(*_: object) -> list[threading.Thread]:

@@ -121,14 +121,16 @@ HEARTBEAT_FRESH_S = 3.0  # older than this, the service is taken for gone
 
 def write_heartbeat(client: redis.Redis, service: str, instance: int, *, processed: int,
                     dead_letters: int, aborted_batches: int, started_at: float,
-                    lag: int) -> None:
-    """What `paysim ps` and run-all's panel show; expires unless renewed every second."""
+                    lag: int, metrics_url: str = "") -> None:
+    """What `paysim ps` and run-all's panel show; expires unless renewed every second.
+    ``metrics_url``: where the process serves its Prometheus metrics ("" when it does not)."""
     key = heartbeat_key(service, instance)
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping={
         "service": service, "instance": instance, "pid": os.getpid(), "processed": processed,
         "dead_letters": dead_letters, "aborted_batches": aborted_batches,
         "started_at": started_at, "seen_at": time.time(), "lag": lag,
+        "metrics_url": metrics_url,
     })
     pipe.expire(key, HEARTBEAT_TTL_S)
     pipe.sadd(HEARTBEAT_INDEX, key)
@@ -147,6 +149,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
     seen_at: float
     lag: int
+    metrics_url: str = ""  # "" when the process serves no metrics
 
     @property
     def name(self) -> str:

@@ -39,6 +39,7 @@ from paysim.domain.webhooks import (
 )
 from paysim.infra.config import Settings
 from paysim.pipeline import store
+from paysim.pipeline.prometheus import DELIVERED, FAILED, MALFORMED, REFUSED, PipelineMetrics
 
 MAX_IN_FLIGHT = 64
 WORKERS = 8
@@ -48,8 +49,9 @@ MAX_BACKOFF_S = 30.0
 
 class WebhookDispatcher(threading.Thread):
     def __init__(self, settings: Settings, client: redis.Redis, secret: bytes, consumer: str,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, metrics: PipelineMetrics | None = None) -> None:
         super().__init__(name="webhooks", daemon=True)
+        self.metrics = metrics
         self.settings = settings
         self.redis = client
         self.secret = secret
@@ -148,6 +150,17 @@ class WebhookDispatcher(threading.Thread):
         pipe.xack(store.WEBHOOK_STREAM, store.WEBHOOK_GROUP, entry_id)
         pipe.xdel(store.WEBHOOK_STREAM, entry_id)
         pipe.execute()
+        if self.metrics is not None:
+            self.metrics.webhook(delivery_result(payment_id, attempt))
+
+
+def delivery_result(payment_id: str | None, attempt: Attempt) -> str:
+    """The word a finished delivery counts under (paysim_webhook_deliveries_total)."""
+    if payment_id is None:
+        return MALFORMED
+    if attempt.refused:
+        return REFUSED
+    return DELIVERED if attempt.delivered else FAILED
 
 
 def backoffs(attempts: int) -> list[float]:

@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from paysim.infra.config import Settings, load_settings
 from paysim.infra.secrets import Keys
@@ -25,9 +31,16 @@ class FakeMessage:
     """A consumed record (or a consumer error event when ``error`` is given)."""
 
     def __init__(self, topic: str, partition: int, offset: int, value: bytes | None,
-                 key: bytes | None = None, error: KafkaError | None = None) -> None:
+                 key: bytes | None = None, error: KafkaError | None = None,
+                 at_ms: int | None = None) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._value, self._key, self._error = value, key, error
+        self._at_ms = at_ms  # the record's CreateTime; None: no timestamp
+
+    def timestamp(self) -> tuple[int, int]:
+        if self._at_ms is None:
+            return TIMESTAMP_NOT_AVAILABLE, 0
+        return TIMESTAMP_CREATE_TIME, self._at_ms
 
     def topic(self) -> str:
         return self._topic

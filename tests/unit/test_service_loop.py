@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -21,6 +22,7 @@ from paysim.domain.messages import Codec, DeadLetter, Merchant, PaymentRequested
 from paysim.infra.config import Settings
 from paysim.pipeline import loop, store
 from paysim.pipeline.loop import DEAD_LETTER_MAX_ORIGINAL, FatalServiceError, ServiceLoop
+from paysim.pipeline.prometheus import PipelineMetrics
 from paysim.pipeline.registry import AUTHORIZER
 from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 from tests.unit.fakes import (
@@ -35,6 +37,7 @@ from tests.unit.fakes import (
     kafka_error,
     pure_settings,
 )
+from tests.unit.test_metrics import value
 
 SETTINGS = pure_settings({"services.batch_size": 10})
 IN = SETTINGS.topics.authorized  # the test service's input topic
@@ -676,3 +679,41 @@ def test_too_many_clients_stuck_at_once_end_the_process() -> None:
             release.set()
     assert len(harness.producers) == loop.MAX_ABANDONED + 2
     assert harness.cluster.records == []
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def test_the_loop_counts_each_batch_by_outcome() -> None:
+    now_ms = int(time.time() * 1000)
+    records = [ping(0, 0), ping(0, 1, "reject"),
+               ping(1, 0, "crash"), ping(1, 1),
+               FakeMessage(IN, 1, 2, b"not json", key=b"bad", at_ms=now_ms)]
+    harness = Harness(records)
+    metrics = PipelineMetrics("pinger")
+    harness.loop.metrics = metrics
+    harness.run()
+    r = metrics.registry
+
+    def processed(outcome: str) -> float:
+        return value(r, "paysim_messages_processed_total", service="pinger", outcome=outcome)
+
+    assert [processed(o) for o in ("ok", "rejected", "error", "undecodable")] == [2, 1, 1, 1]
+    assert value(r, "paysim_dead_letters_total", service="pinger") == 3
+    assert value(r, "paysim_batch_size_count", service="pinger") == 1
+    assert value(r, "paysim_batch_size_sum", service="pinger") == 5
+    assert value(r, "paysim_stage_latency_seconds_count", stage="pinger") == 1
+    assert value(r, "paysim_transactions_aborted_total", service="pinger") == 0
+    assert harness.loop.counters.processed == processed("ok")
+
+
+def test_an_aborted_batch_counts_once_and_its_retry_once() -> None:
+    harness = Harness([ping(0, 0), ping(0, 1)])
+    harness.redis.execute_failures.append(("seen:", REDIS_DOWN))
+    metrics = PipelineMetrics("pinger")
+    harness.loop.metrics = metrics
+    harness.run()
+    r = metrics.registry
+    assert value(r, "paysim_transactions_aborted_total", service="pinger") == 1
+    assert value(r, "paysim_messages_processed_total", service="pinger", outcome="ok") == 2
+    assert value(r, "paysim_batch_size_count", service="pinger") == 1

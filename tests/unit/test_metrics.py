@@ -1,0 +1,203 @@
+"""Prometheus metrics without a broker: the batch histogram against prometheus_client's own,
+HdrHistogram to buckets, the outcome and webhook words, the loop's counts on fakes, the HTTP
+API's route labels, the settings, and the endpoint (served on 127.0.0.1 and scraped)."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from hdrh.histogram import HdrHistogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from paysim.infra.config import load_settings
+from paysim.infra.errors import ConfigError
+from paysim.infra.prometheus import BatchHistogram, serve_metrics
+from paysim.load.metrics import RunMetrics
+from paysim.load.prometheus import LoadCollector, hdr_buckets
+from paysim.pipeline import registry
+from paysim.pipeline.prometheus import PipelineMetrics, stage_latencies
+from paysim.pipeline.registry import metrics_offset
+from paysim.pipeline.store import DoneEntry
+from paysim.pipeline.webhook_dispatch import Attempt, delivery_result
+from tests.unit.fakes import FakeMessage, pure_settings
+from tests.unit.test_fuzz_http import CheckedHealth
+
+
+def samples(registry_: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]],
+                                                   float]:
+    """Every sample of a registry's exposition, parsed back as a scraper reads it."""
+    text = generate_latest(registry_).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(registry_: CollectorRegistry, name: str, **labels: str) -> float:
+    return samples(registry_).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# ------------------------------------------------------------------------ histograms
+
+
+def test_a_batch_histogram_exposes_what_prometheus_clients_histogram_would() -> None:
+    values = [0.0005, 0.001, 0.004, 0.2, 0.2, 3.0, 120.0, 0.0]
+    bounds = (0.001, 0.01, 0.25, 5.0)
+    ours = CollectorRegistry()
+    batch = BatchHistogram("lat_seconds", "latency", {"stage": "x"}, bounds)
+    ours.register(batch)
+    batch.observe_many(values[:3])
+    batch.observe_many(values[3:])
+    theirs = CollectorRegistry()
+    reference = Histogram("lat_seconds", "latency", ["stage"], buckets=bounds, registry=theirs)
+    for v in values:
+        reference.labels("x").observe(v)
+    wanted = {key: v for key, v in samples(theirs).items() if not key[0].endswith("_created")}
+    assert samples(ours) == wanted
+    assert value(ours, "lat_seconds_bucket", stage="x", le="0.001") == 3  # le is inclusive
+
+
+def test_hdr_buckets_count_each_value_at_or_under_its_bound() -> None:
+    histogram = HdrHistogram(1, 3_600_000_000, 3)
+    for us in (500, 1000, 1000, 20_000, 7_000_000):
+        histogram.record_value(us)
+    counts, total = hdr_buckets(histogram, (0.001, 0.01, 5.0))
+    assert counts == [3, 3, 4, 5]  # <= 1 ms, <= 10 ms, <= 5 s, +Inf
+    assert total == pytest.approx(7.0225, rel=1e-3)
+    assert hdr_buckets(HdrHistogram(1, 1000, 3), (0.001,)) == ([0, 0], 0.0)
+
+
+def test_the_load_collector_reads_the_runs_counts_and_latencies() -> None:
+    started = 1_000_000_000
+    metrics = RunMetrics(started)
+    metrics.record_send(started, started + 300)
+    metrics.record_send(started, started + 100)
+    metrics.record_drop()
+    stages = {"requested": started, "authorized": started + 2000,
+              "processed": started + 5000, "notified": started + 9000}
+    metrics.record_outcome(DoneEntry("p1", "approved", "00", 100, "USD", 1, stages), started)
+    registry_ = CollectorRegistry()
+    registry_.register(LoadCollector(lambda: metrics))
+    assert value(registry_, "paysim_load_sent_total") == 2
+    assert value(registry_, "paysim_load_dropped_total") == 1
+    assert value(registry_, "paysim_load_send_delay_seconds_count") == 2
+    assert value(registry_, "paysim_load_send_delay_seconds_bucket", le="0.00025") == 1
+    assert value(registry_, "paysim_load_latency_seconds_count", stage="end_to_end") == 1
+    assert value(registry_, "paysim_load_latency_seconds_bucket", stage="end_to_end",
+                 le="0.01") == 1
+    for name in registry.PIPELINE_NAMES:
+        if registry.by_name(name).stamps:
+            assert value(registry_, "paysim_load_latency_seconds_count", stage=name) == 1
+    empty = CollectorRegistry()
+    empty.register(LoadCollector(lambda: None))
+    assert samples(empty) == {}
+
+
+# ------------------------------------------------------------------------ words and labels
+
+
+def test_each_webhook_end_counts_under_its_word() -> None:
+    assert delivery_result("p", Attempt(True, 200, None)) == "delivered"
+    assert delivery_result("p", Attempt(False, 500, "HTTP 500")) == "failed"
+    assert delivery_result("p", Attempt(False, None, "no", refused=True)) == "refused"
+    assert delivery_result(None, Attempt(False, None, "malformed entry")) == "malformed"
+
+
+def test_stage_latency_runs_from_the_records_timestamp_and_skips_records_without_one() -> None:
+    records = [FakeMessage("t", 0, 0, b"", at_ms=1_000), FakeMessage("t", 0, 1, b""),
+               FakeMessage("t", 0, 2, b"", at_ms=3_000)]
+    assert stage_latencies(records, 2.5) == [1.5, 0.0]  # a record from "the future": 0
+
+
+def test_consumer_lag_follows_the_assigned_partitions() -> None:
+    metrics = PipelineMetrics("processor")
+    metrics.set_lag({0: 5, 3: 0})
+    assert value(metrics.registry, "paysim_consumer_lag", service="processor",
+                 partition="0") == 5
+    metrics.set_lag({3: 7})
+    assert ("paysim_consumer_lag", (("partition", "0"), ("service", "processor"))) not in \
+        samples(metrics.registry)
+    assert value(metrics.registry, "paysim_consumer_lag", service="processor",
+                 partition="3") == 7
+
+
+@pytest.fixture
+def http_app() -> Iterator[tuple[object, CollectorRegistry]]:
+    from paysim.edge.app import create_app
+    from paysim.edge.prometheus import HttpMetrics
+    from tests.unit.fakes import KEYS, AckingProducer, FakeRedis
+
+    metrics = HttpMetrics()
+    app = create_app(pure_settings(), KEYS, AckingProducer(None), FakeRedis(),  # type: ignore[arg-type]
+                     CheckedHealth(), metrics)  # type: ignore[arg-type]
+    yield app.test_client(), metrics.registry
+
+
+def test_http_requests_are_labelled_by_route_template_never_by_path(http_app) -> None:  # type: ignore[no-untyped-def]
+    client, r = http_app
+    for payment in ("a", "b", "c"):
+        client.get(f"/payments/{payment}")
+    client.get("/no/such/path/4242")
+    client.get("/healthz")
+    counted = {labels: v for (name, labels), v in samples(r).items()
+               if name == "paysim_http_requests_total"}
+    assert counted == {
+        (("code", "404"), ("route", "/payments/<payment_id>")): 3,
+        (("code", "404"), ("route", "unmatched")): 1,
+        (("code", "200"), ("route", "/healthz")): 1,
+    }
+    assert value(r, "paysim_http_request_seconds_count", route="/payments/<payment_id>") == 3
+
+
+# ------------------------------------------------------------------------ settings, serving
+
+
+def test_metrics_settings_parse_and_refuse() -> None:
+    defaults = load_settings(env={}).metrics
+    assert (defaults.enabled, defaults.host, defaults.port) == (True, "127.0.0.1", 0)
+    off = load_settings(env={"PAYSIM_METRICS_ENABLED": "false", "PAYSIM_METRICS_PORT": "9400"})
+    assert (off.metrics.enabled, off.metrics.port) == (False, 9400)
+    with pytest.raises(ConfigError, match="PAYSIM_METRICS_ENABLED: expected true or false"):
+        load_settings(env={"PAYSIM_METRICS_ENABLED": "maybe"})
+
+
+def test_each_process_has_its_own_place_in_the_fixed_layout() -> None:
+    offsets = [metrics_offset(name, 0) for name in registry.METRICS_PLACES]
+    assert len(set(offsets)) == len(offsets)
+    assert metrics_offset(registry.PROCESSOR.name, 2) == metrics_offset(
+        registry.PROCESSOR.name, 0) + 2
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.read().decode()
+
+
+def test_metrics_are_served_on_a_free_port_or_not_at_all() -> None:
+    metrics = PipelineMetrics("processor")
+    assert serve_metrics(pure_settings({"metrics.enabled": False}), metrics.registry, 0) is None
+    endpoint = serve_metrics(pure_settings(), metrics.registry, 0)
+    assert endpoint is not None
+    try:
+        assert endpoint.url.startswith("http://127.0.0.1:") and endpoint.url.endswith("/metrics")
+        assert 'paysim_messages_processed_total{outcome="ok",service="processor"} 0.0' in \
+            scrape(endpoint.url)
+    finally:
+        endpoint.close()
+
+
+def test_a_taken_fixed_port_falls_back_to_a_free_one() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        endpoint = serve_metrics(pure_settings({"metrics.port": taken}),
+                                 PipelineMetrics("notifier").registry, 0)
+        assert endpoint is not None
+        try:
+            assert not endpoint.url.endswith(f":{taken}/metrics")
+            assert "paysim_webhook_deliveries_total" in scrape(endpoint.url)
+        finally:
+            endpoint.close()
