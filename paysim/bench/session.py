@@ -55,6 +55,7 @@ class BenchOptions:
     duration_s: float = 60.0  # of each open-model rate
     seed: int = 7
     quick: bool = False
+    metrics: bool = True  # Prometheus metrics served by the services and the generator
 
     @property
     def lifecycle_count(self) -> int:
@@ -76,6 +77,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             "secrets.file": str(Path(scratch) / "secrets.json"),
             "services.dir": str(Path(scratch) / "services"),
             "http.port": free_port(),
+            "metrics.enabled": options.metrics,
         }, env={})
         facts = machine_facts(find_java()[0], find_redis_server()[0])
         stack = LocalStack(settings.stack, announce=lambda line: announce(f"stack: {line}"))
@@ -114,7 +116,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
     return build_results(
         started=started, quick=options.quick, machine=facts, reference=kafka_reference,
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
-        rss_at_start=at_start, lifecycle=mix,
+        rss_at_start=at_start, lifecycle=mix, metrics=options.metrics,
     )
 
 

@@ -43,8 +43,11 @@ def _duration(text: str | None) -> float | None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("bench/results.json"), show_default=True,
               help="Where to write the results as JSON.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="Serve Prometheus metrics from the services and the generator (the cost "
+              "of metrics is the difference between the two).")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
-          seed: int, out: Path) -> None:
+          seed: int, out: Path, metrics: bool) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
@@ -57,7 +60,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     options = BenchOptions.quick_run() if quick else BenchOptions()
     options = replace(options, seed=seed, count=count or options.count,
                       rates=rates or options.rates,
-                      duration_s=_duration(duration) or options.duration_s)
+                      duration_s=_duration(duration) or options.duration_s, metrics=metrics)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)

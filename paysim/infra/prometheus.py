@@ -88,43 +88,52 @@ def _url(host: str, port: int) -> str:
 class BatchHistogram(Collector):
     """A histogram with fixed labels that takes a batch of values at a time.
 
-    ``observe_many`` bisects each value into its bucket on the caller's thread and adds the
-    batch's counts under one lock; a scrape reads them under the same lock."""
+    ``add_batch`` takes counts per bucket (bisect_left over ``bounds``) and their sum, made on
+    the caller's thread without any lock, and adds them under one lock; a scrape reads them
+    under the same lock. Values may be kept in a unit of their own (milliseconds, say: the
+    unit Kafka's timestamps come in) with ``scale`` the number of them in one exposed unit;
+    ``bounds`` are in that unit too."""
 
     def __init__(self, name: str, documentation: str, labels: dict[str, str],
-                 buckets: Sequence[float] = LATENCY_BUCKETS_S) -> None:
+                 buckets: Sequence[float] = LATENCY_BUCKETS_S, scale: float = 1.0) -> None:
         self.name, self.documentation = name, documentation
         self.labels = labels
-        self.bounds = tuple(sorted(buckets))
+        self.scale = scale
+        self.exposed_bounds = tuple(sorted(buckets))
+        self.bounds = tuple(bound * scale for bound in self.exposed_bounds)
         self._counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
         self._sum = 0.0
         self._lock = threading.Lock()
 
+    def new_counts(self) -> list[int]:
+        return [0] * len(self._counts)
+
     def observe_many(self, values: Iterable[float]) -> None:
-        counts = [0] * len(self._counts)
-        total = 0.0
-        bounds = self.bounds
+        counts, total, bounds = self.new_counts(), 0.0, self.bounds
         for value in values:
             # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
             counts[bisect.bisect_left(bounds, value)] += 1
             total += value
+        self.add_batch(counts, total)
+
+    def add_batch(self, counts: Sequence[int], total: float) -> None:
         with self._lock:
             for index, count in enumerate(counts):
                 self._counts[index] += count
             self._sum += total
 
     def snapshot(self) -> tuple[list[int], float]:
-        """The cumulative count at each bound and +Inf, and the sum."""
+        """The cumulative count at each bound and +Inf, and the sum, in exposed units."""
         with self._lock:
             counts, total = list(self._counts), self._sum
-        return cumulative(counts), total
+        return cumulative(counts), total / self.scale
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         cumulative_counts, total = self.snapshot()
         family = HistogramMetricFamily(self.name, self.documentation,
                                        labels=list(self.labels))
-        family.add_metric(list(self.labels.values()), bucket_pairs(self.bounds,
-                                                                   cumulative_counts), total)
+        family.add_metric(list(self.labels.values()),
+                          bucket_pairs(self.exposed_bounds, cumulative_counts), total)
         yield family
 
 

@@ -23,7 +23,12 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from paysim.infra.config import Settings
-from paysim.infra.prometheus import LATENCY_BUCKETS_S, bucket_pairs, serve_metrics
+from paysim.infra.prometheus import (
+    LATENCY_BUCKETS_S,
+    bucket_pairs,
+    cumulative,
+    serve_metrics,
+)
 from paysim.load.metrics import RunMetrics
 from paysim.pipeline import store
 from paysim.pipeline.registry import GENERATOR, metrics_offset
@@ -48,13 +53,9 @@ def hdr_buckets(histogram: HdrHistogram, bounds_s: Sequence[float]) -> tuple[lis
         while index < len(bounds_us) and value > bounds_us[index]:
             index += 1  # the iterator goes up in value: the bucket only moves up
         counts[index] += count
-    running, out = 0, []
-    for count in counts:
-        running += count
-        out.append(running)
     # HdrHistogram's mean takes each value at its bucket's middle.
     total_us = histogram.get_mean_value() * histogram.get_total_count()
-    return out, total_us / 1e6
+    return cumulative(counts), total_us / 1e6
 
 
 class LoadCollector(Collector):

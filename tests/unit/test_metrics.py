@@ -19,7 +19,7 @@ from paysim.infra.prometheus import BatchHistogram, serve_metrics
 from paysim.load.metrics import RunMetrics
 from paysim.load.prometheus import LoadCollector, hdr_buckets
 from paysim.pipeline import registry
-from paysim.pipeline.prometheus import PipelineMetrics, stage_latencies
+from paysim.pipeline.prometheus import PipelineMetrics, stage_latency_counts
 from paysim.pipeline.registry import metrics_offset
 from paysim.pipeline.store import DoneEntry
 from paysim.pipeline.webhook_dispatch import Attempt, delivery_result
@@ -108,7 +108,17 @@ def test_each_webhook_end_counts_under_its_word() -> None:
 def test_stage_latency_runs_from_the_records_timestamp_and_skips_records_without_one() -> None:
     records = [FakeMessage("t", 0, 0, b"", at_ms=1_000), FakeMessage("t", 0, 1, b""),
                FakeMessage("t", 0, 2, b"", at_ms=3_000)]
-    assert stage_latencies(records, 2.5) == [1.5, 0.0]  # a record from "the future": 0
+    metrics = PipelineMetrics("notifier")
+    histogram = metrics._stage
+    counts, total = stage_latency_counts(histogram, records, 2.5)
+    assert total == 1500  # ms; the record from "the future" counts 0
+    histogram.add_batch(counts, total)
+    r = metrics.registry
+    assert value(r, "paysim_stage_latency_seconds_sum", stage="notifier") == 1.5
+    assert value(r, "paysim_stage_latency_seconds_count", stage="notifier") == 2
+    assert value(r, "paysim_stage_latency_seconds_bucket", stage="notifier", le="0.001") == 1
+    assert value(r, "paysim_stage_latency_seconds_bucket", stage="notifier", le="1.0") == 1
+    assert value(r, "paysim_stage_latency_seconds_bucket", stage="notifier", le="2.5") == 2
 
 
 def test_consumer_lag_follows_the_assigned_partitions() -> None:
