@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -63,9 +64,7 @@ class PipelineMetrics:
         self._lag = Gauge("paysim_consumer_lag", "Records on the input topic not yet consumed, "
                           "per assigned partition", ["service", "partition"], registry=r)
         self._lag_partitions: set[int] = set()
-        webhooks = Counter("paysim_webhook_deliveries", "Webhooks finished, by result",
-                           ["result"], registry=r)
-        self._webhooks = {result: webhooks.labels(result) for result in WEBHOOK_RESULTS}
+        self._webhooks: dict[str, Any] = {}  # only where webhooks are delivered
 
     def batch(self, messages: Sequence[Message], outcomes: Mapping[str, int],
               started: float) -> None:
@@ -93,6 +92,13 @@ class PipelineMetrics:
         for gone in self._lag_partitions - lags.keys():
             self._lag.remove(self.service, str(gone))
         self._lag_partitions = set(lags)
+
+    def track_webhooks(self) -> None:
+        """Add the webhook counter (by the process that delivers them, once)."""
+        if not self._webhooks:
+            webhooks = Counter("paysim_webhook_deliveries", "Webhooks finished, by result",
+                               ["result"], registry=self.registry)
+            self._webhooks = {result: webhooks.labels(result) for result in WEBHOOK_RESULTS}
 
     def webhook(self, result: str) -> None:
         self._webhooks[result].inc()

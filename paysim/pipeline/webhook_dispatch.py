@@ -52,6 +52,8 @@ class WebhookDispatcher(threading.Thread):
                  stop: threading.Event, metrics: PipelineMetrics | None = None) -> None:
         super().__init__(name="webhooks", daemon=True)
         self.metrics = metrics
+        if metrics is not None:
+            metrics.track_webhooks()
         self.settings = settings
         self.redis = client
         self.secret = secret
