@@ -17,7 +17,7 @@ from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.infra.prometheus import BatchHistogram, serve_metrics
 from paysim.load.metrics import RunMetrics
-from paysim.load.prometheus import LoadCollector, hdr_buckets
+from paysim.load.prometheus import LoadCollector, counts_copy, hdr_buckets
 from paysim.pipeline import registry
 from paysim.pipeline.prometheus import PipelineMetrics, stage_latency_counts
 from paysim.pipeline.registry import metrics_offset
@@ -63,10 +63,12 @@ def test_hdr_buckets_count_each_value_at_or_under_its_bound() -> None:
     histogram = HdrHistogram(1, 3_600_000_000, 3)
     for us in (500, 1000, 1000, 20_000, 7_000_000):
         histogram.record_value(us)
-    counts, total = hdr_buckets(histogram, (0.001, 0.01, 5.0))
+    counts, total = hdr_buckets(histogram, counts_copy(histogram), (0.001, 0.01, 5.0))
     assert counts == [3, 3, 4, 5]  # <= 1 ms, <= 10 ms, <= 5 s, +Inf
     assert total == pytest.approx(7.0225, rel=1e-3)
-    assert hdr_buckets(HdrHistogram(1, 1000, 3), (0.001,)) == ([0, 0], 0.0)
+    assert total == pytest.approx(histogram.get_mean_value() * 5 / 1e6)
+    empty = HdrHistogram(1, 3_600_000_000, 3)
+    assert hdr_buckets(empty, counts_copy(empty), (0.001,)) == ([0, 0], 0.0)
 
 
 def test_the_load_collector_reads_the_runs_counts_and_latencies() -> None:
