@@ -18,6 +18,7 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
     results = run_benchmark(BenchOptions(count=3000, rates=(300.0,), duration_s=3.0, seed=11),
                             announce=lines.append)
 
+    assert results["metrics"] is True  # the services and the generator served metrics
     reference = results["reference"]
     assert reference["records"] == 3000 and reference["record_bytes"] > 300
     assert reference["producer"]["records"] == 3000
