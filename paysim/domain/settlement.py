@@ -20,19 +20,11 @@ from paysim.domain import ledger
 from paysim.domain.ledger import POSTED, Entry
 from paysim.domain.lifecycle import Change, EventKind
 
-MEASURES = ("gross", "refunds", "chargebacks", "reversals", "interchange", "scheme_fees",
-            "dispute_fees", "net", "movements")
 
+class Parts(msgspec.Struct, frozen=True, kw_only=True):
+    """Merchant money in its parts (minor units): net = gross - refunds - chargebacks -
+    reversals - interchange - scheme_fees - dispute_fees."""
 
-class Movement(msgspec.Struct, frozen=True, kw_only=True):
-    """One step's effect on one merchant's money: a row of the clearing file."""
-
-    payment_id: str
-    op_id: str
-    kind: str  # the event: captured, refunded, ...
-    at: int  # Unix µs
-    merchant_id: str
-    currency: str
     gross: int = 0
     refunds: int = 0
     chargebacks: int = 0
@@ -41,6 +33,21 @@ class Movement(msgspec.Struct, frozen=True, kw_only=True):
     scheme_fees: int = 0
     dispute_fees: int = 0
     net: int = 0
+
+
+PARTS: tuple[str, ...] = Parts.__struct_fields__
+MEASURES = (*PARTS, "movements")  # a batch's sums: the parts, and how many movements
+
+
+class Movement(Parts, frozen=True, kw_only=True):
+    """One step's effect on one merchant's money: a row of the clearing file."""
+
+    payment_id: str
+    op_id: str
+    kind: str  # the event: captured, refunded, ...
+    at: int  # Unix µs
+    merchant_id: str
+    currency: str
 
 
 def movement(change: Change, deltas: dict[ledger.Line, int] | None = None) -> Movement | None:
@@ -82,7 +89,9 @@ def window_of(at_us: int, window_s: float) -> int:
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
-    """One merchant's settlement in one currency for one window (on payments.settlements)."""
+    """One merchant's settlement in one currency for one window (on payments.settlements).
+    The parts are written out rather than inherited from Parts: a base's fields come first
+    on the wire, and every record starts with its "v"."""
 
     v: int = 1
     batch_id: str
@@ -136,7 +145,7 @@ def total(movements: Iterable[Movement]) -> dict[tuple[str, str], dict[str, int]
     sums: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(MEASURES, 0))
     for move in movements:
         row = sums[(move.merchant_id, move.currency)]
-        for measure in MEASURES[:-1]:
-            row[measure] += getattr(move, measure)
+        for part in PARTS:
+            row[part] += getattr(move, part)
         row["movements"] += 1
     return dict(sums)
