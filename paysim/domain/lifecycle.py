@@ -305,13 +305,17 @@ def authorize(request: Authorization, record: PaymentRecord | None, funds: CardF
         return step.done(Answer(REVERSED_FIRST, 0, "reversed before it was authorized"))
     amount, code = request.amount, OK
     available = funds.available(request.credit_limit, request.currency)
-    if funds.spent_today + amount > request.daily_limit:
+    today_left = request.daily_limit - funds.spent_today
+    if request.partial_approval and amount > min(available, today_left):
+        # Opted in: what both the funds and today's limit allow, if anything (the daily
+        # limit is the smaller one on most cards, so it must count here too).
+        amount = min(available, today_left)
+        code = decisions.PARTIALLY_APPROVED if amount > 0 else (
+            NO_FUNDS if available <= 0 else OVER_LIMIT)
+    elif amount > today_left:
         code = OVER_LIMIT
     elif amount > available:
-        if request.partial_approval and available > 0:
-            amount, code = available, decisions.PARTIALLY_APPROVED
-        else:
-            code = NO_FUNDS
+        code = NO_FUNDS
     step.record.authorization = code
     if code not in decisions.APPROVING:
         return step.done(Answer(code, 0, decisions.reason_text(code)))

@@ -18,7 +18,7 @@ import redis
 import stripe
 from confluent_kafka import Producer
 
-from paysim.domain import fees
+from paysim.domain import cards, decisions, fees, money
 from paysim.domain.messages import (
     Codec,
     Merchant,
@@ -32,6 +32,7 @@ from paysim.domain.messages import (
 from paysim.domain.settlement import Batch
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config, read_topic
+from paysim.infra.secrets import load_keys
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, store
 from tests.helpers import free_port
@@ -184,6 +185,30 @@ def test_partial_approval_approves_what_the_card_has(pipeline: Settings,
     assert view["reason_code"] == "51" and view["lifecycle"]["state"] == "declined"
     status, answer = op(pipeline, view["payment_id"], "/payments/{}/capture")
     assert status == 409 and "declined" in answer["error"]
+
+
+def test_partial_approval_approves_what_today_leaves(pipeline: Settings,
+                                                      client: redis.Redis) -> None:
+    """Code 10: the issuer approves less than asked, what the card's daily limit leaves."""
+    token_key = load_keys(pipeline).token_key
+
+    def daily_usd(pan: str) -> float:
+        return decisions.card_profile(cards.tokenize(pan, token_key), None).daily_limit_usd
+
+    # A card whose daily limit a payment under the 10,000 USD maximum can nearly use up.
+    pan = next(pan for n in range(1000)
+               if daily_usd(pan := cards.luhn_complete(f"400000{n:09d}")) < 9_000)
+    daily = money.minor_units(daily_usd(pan), "USD")
+    run = f"partial-{uuid.uuid4().hex[:8]}"
+    first = pay(pipeline, client, daily - 5_000, capture="automatic", card_number=pan,
+                run_id=run)
+    assert first["reason_code"] == "00"
+    second = pay(pipeline, client, 10_000, card_number=pan, run_id=run,
+                 partial_approval=True)
+    assert (second["status"], second["reason_code"]) == ("approved", "10")
+    assert second["lifecycle"]["amounts"]["authorized"] == 5_000
+    status, answer = op(pipeline, second["payment_id"], "/payments/{}/capture")
+    assert status == 200 and answer["operation"]["amount"] == 5_000
 
 
 def test_an_operation_with_an_idempotency_key_applies_once(pipeline: Settings,

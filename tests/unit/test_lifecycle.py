@@ -174,6 +174,13 @@ def test_partial_approval_approves_what_the_card_has() -> None:
     assert Card(credit=6_000).authorize(10_000).answer.code == "51"  # not opted in
 
 
+def test_partial_approval_stops_at_the_daily_limit_too() -> None:
+    card = Card(credit=100_000, daily=5_000)
+    change = card.authorize(8_000, partial=True)
+    assert change.answer.code == "10" and change.answer.amount == 5_000
+    assert card.authorize(100, partial=True).answer.code == "61"  # today's limit used up
+
+
 def test_the_daily_limit_comes_before_funds() -> None:
     card = Card(credit=100_000, daily=5_000)
     assert card.authorize(5_001).answer.code == "61"
