@@ -168,9 +168,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
 
     def operation_view(route: Route) -> Callable[[str], Response]:
         def view(payment_id: str) -> Response:
-            raw, body = operation_body(request, route.body)
+            raw, fields = operation_body(request, route.body)
             return idempotent(request.path.encode() + b"\n" + raw, lambda key: operations.apply(
-                route, payment_id, body, operation_id(key)))
+                route, payment_id, fields, operation_id(key, request.path)))
         return view
 
     for route in ROUTES:

@@ -93,12 +93,14 @@ def note_route(client: redis.Redis, payment_id: str, run_id: str, token: str,
     client.set(route_key(payment_id), json.dumps([run_id, token]), ex=ttl)
 
 
-def operation_id(idempotency_key: str | None) -> str:
-    """The operation's id: fixed by the request's Idempotency-Key (a retry after a lost
-    answer cannot apply twice, whatever the edge remembers), else new."""
+def operation_id(idempotency_key: str | None, path: str) -> str:
+    """The operation's id: fixed by the request's Idempotency-Key and path (the payment and
+    the operation: a retry after a lost answer cannot apply twice, whatever the edge
+    remembers, and the same key on another payment is another operation), else new."""
     if idempotency_key is None:
         return f"op_{uuid.uuid4().hex}"
-    return "op_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    scoped = f"{path}\n{idempotency_key}".encode()
+    return "op_" + hashlib.sha256(scoped).hexdigest()[:32]
 
 
 class Operations:
@@ -184,7 +186,6 @@ class Operations:
 
         wait_until(answered, ANSWER_WAIT_S, interval=0.005)
         return found[0] if found else None
-
 
 
 def _operation(op: OperationRequested, answer: Answer | None) -> OperationView:
