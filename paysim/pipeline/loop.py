@@ -223,7 +223,11 @@ class ServiceLoop(Generic[T]):
             # classic group ... with 1 members", then 6 s later "Member ... has failed").
             # The price: a stopped instance does not leave; its partitions move on when its
             # session expires, as a killed one's do.
-            "group.instance.id": f"{self.service.name}-{self.instance}",
+            # The topic is part of it: a static member that rejoins with another subscription
+            # (the same group configured with other topics) is handed its old assignment
+            # without a rebalance, and would read the old topic (seen in the suite).
+            "group.instance.id": f"{self.service.name}-{self.instance}@"
+                                 f"{self.service.input_topic}",
             # librdkafka prefetches up to 64 MB by default: with a backlog, each service's
             # memory grew by 140% (66 -> 208 MiB) over 200,000 payments. 1 MB queued (about
             # 2,300 payments, four batches ahead) and 1 MB per fetch keep a loaded service
