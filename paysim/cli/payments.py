@@ -123,6 +123,13 @@ def render_lifecycle(lifecycle: LifecycleReport) -> None:
         answers.add_row(safe(code.kind), safe(code.reason_code), safe(code.reason_text),
                         f"{code.count:,}", safe(amounts_text(code.amounts)))
     console.print(answers)
+    if lifecycle.invalid:
+        invalid = Table("operation", "answered", "refused", "accepted",
+                        title="invalid transitions sent on purpose (each must be refused)")
+        for row in lifecycle.invalid:
+            invalid.add_row(safe(row.kind), f"{row.answered:,}", f"{row.refused:,}",
+                            f"[red]{row.accepted:,}[/]" if row.accepted else "0")
+        console.print(invalid)
 
 
 class LiveProgress:

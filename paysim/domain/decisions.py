@@ -125,6 +125,9 @@ class IssuerRates:
     added_latency_ms: float = 0.0  # how long each batch waits on the issuer
     # How long the issuer keeps an uncaptured hold; None: the services' lifecycle.hold_ttl.
     hold_ttl_s: float | None = None
+    # The run's settlement window (the scheme's, kept here with the run's other behaviour so
+    # that one record says how the run is treated); None: lifecycle.settlement_window.
+    settlement_window_s: float | None = None
 
     def in_outage(self, at_us: int) -> bool:
         return any(start <= at_us < end for start, end in self.outages)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paysim.domain import money
-from paysim.load.report import PERCENTILE_LABELS, RunReport, TimelineSecond
+from paysim.load.report import PERCENTILE_LABELS, InvalidRow, RunReport, TimelineSecond
 from paysim.load.report_compare import format_ms, format_value, latency_blocks
 
 # Colours that read on white and for the common colour-vision deficiencies (blue / orange).
@@ -448,7 +448,19 @@ def lifecycle_section(report: RunReport) -> str:
                kinds, set(range(1, 7)), table_id="lifecycle"),
         _table(["operation", "code", "reason", "count", "amount"], codes, {3, 4},
                table_id="lifecycle-answers"),
+        _invalid_table(lifecycle.invalid),
     ])
+
+
+def _invalid_table(rows: list[InvalidRow]) -> str:
+    if not rows:
+        return ""
+    cells = [[esc(row.kind), _int(row.answered), _int(row.refused),
+              f'<span class="{"fail-text" if row.accepted else ""}">{_int(row.accepted)}</span>']
+             for row in rows]
+    return ('<p class="note">Invalid transitions sent on purpose: each must be refused.</p>'
+            + _table(["operation", "answered", "refused", "accepted"], cells, {1, 2, 3},
+                     table_id="lifecycle-invalid"))
 
 
 def lost_section(report: RunReport) -> str:

@@ -54,7 +54,8 @@ class Ingress(Protocol):
     senders: int
 
     def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None,
-             capture: CaptureMode = CaptureMode.AUTOMATIC) -> Sent: ...
+             capture: CaptureMode = CaptureMode.AUTOMATIC,
+             partial_approval: bool = False) -> Sent: ...
 
     def finish(self) -> None:
         """Once every send returned: make sure the pipeline has every payment."""
@@ -66,13 +67,14 @@ def new_run_id() -> str:
 
 def request_message(payment: GeneratedPayment, run_id: str, cipher: cards.CardCipher,
                     callback_url: str | None,
-                    capture: CaptureMode = CaptureMode.AUTOMATIC) -> PaymentRequested:
+                    capture: CaptureMode = CaptureMode.AUTOMATIC,
+                    partial_approval: bool = False) -> PaymentRequested:
     """The payments.requested message for a generated payment: its card sealed for the
     authorizer, under a new payment id."""
     return new_payment_request(
         payment.card, cipher, run_id=run_id, seq=payment.seq, amount=payment.amount,
         currency=payment.currency, merchant=payment.merchant, callback_url=callback_url,
-        capture=capture)
+        capture=capture, partial_approval=partial_approval)
 
 
 class KafkaIngress:
@@ -107,8 +109,10 @@ class KafkaIngress:
                               f"{self._idempotence_state or 'none'})")
 
     def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None,
-             capture: CaptureMode = CaptureMode.AUTOMATIC) -> Sent:
-        message = request_message(payment, run_id, self.cipher, callback_url, capture)
+             capture: CaptureMode = CaptureMode.AUTOMATIC,
+             partial_approval: bool = False) -> Sent:
+        message = request_message(payment, run_id, self.cipher, callback_url, capture,
+                                  partial_approval)
         # Keyed by card token: one card's payments stay in order end to end, so the same seed
         # settles against the ledger in the same order.
         key = cards.tokenize(payment.card.number, self.keys.token_key)
@@ -137,7 +141,8 @@ class HttpIngress:
         self.url = f"http://{settings.http.host}:{settings.http.port}/authorize"
 
     def send(self, payment: GeneratedPayment, run_id: str, callback_url: str | None,
-             capture: CaptureMode = CaptureMode.AUTOMATIC) -> Sent:
+             capture: CaptureMode = CaptureMode.AUTOMATIC,
+             partial_approval: bool = False) -> Sent:
         body: dict[str, object] = {
             "card_number": payment.card.number, "exp_month": payment.card.exp_month,
             "exp_year": payment.card.exp_year, "cvv": payment.card.cvv,
@@ -148,6 +153,8 @@ class HttpIngress:
         }
         if capture != CaptureMode.AUTOMATIC:
             body["capture"] = capture.value
+        if partial_approval:
+            body["partial_approval"] = True
         if callback_url:
             body["callback_url"] = callback_url
         requested = now_us()

@@ -20,6 +20,7 @@ from paysim.domain.lifecycle import DISPUTE_REASONS
 from paysim.domain.messages import CaptureMode, OperationKind
 
 US = 1_000_000
+INVALID_DELAY_S = 1.0  # after the last answer of a payment's life, its invalid operation
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ class LifecycleSpec:
     ``partial_capture_share`` (less than held, the rest released), ``split_capture_share``
     (in 2 to ``split_parts`` parts); of captured payments: ``refund_share`` and
     ``dispute_share`` (one or the other); of all payments: ``reversal_share``, of which
-    ``reversal_race_share`` are sent with their authorization, to race it."""
+    ``reversal_race_share`` are sent with their authorization, to race it,
+    ``partial_approval_share`` (opted in to a partial approval, code 10) and
+    ``invalid_share`` (given one operation their state forbids, once their life is over:
+    the ledger must refuse it)."""
 
     manual_capture_share: float = 0.0
     capture_delay: Delay = Delay(1.0, 5.0)
@@ -74,13 +78,16 @@ class LifecycleSpec:
                                                            for code in DISPUTE_REASONS)
     dispute_won_share: float = 0.4
     resolve_delay: Delay = Delay(1.0, 3.0)
+    partial_approval_share: float = 0.0
+    invalid_share: float = 0.0
+    settlement_window_s: float | None = None  # the run's window; None: the services'
 
     def longest_delay_s(self) -> float:
         """The longest a chain of follow-ups can take, for the run's end."""
         return (self.increment_delay.high + self.capture_delay.high * max(1, self.split_parts)
                 + max(self.void_delay.high, self.hold_ttl_s or 0.0)
                 + max(self.refund_delay.high, self.dispute_delay.high + self.resolve_delay.high)
-                + self.reversal_delay.high)
+                + self.reversal_delay.high + INVALID_DELAY_S)
 
 
 class Ending:
@@ -107,6 +114,8 @@ class Fate:
     dispute_reason: str = ""
     dispute_won: bool = False
     resolve_delay_s: float = 0.0
+    partial_approval: bool = False
+    invalid_pick: float | None = None  # None: no invalid operation; else which one
 
 
 def draw_fate(spec: LifecycleSpec, seed: int, seq: int) -> Fate:
@@ -138,6 +147,10 @@ def draw_fate(spec: LifecycleSpec, seed: int, seq: int) -> Fate:
     reason = rng.choices(codes, code_weights)[0]
     won = rng.random() < spec.dispute_won_share
     resolve_delay = spec.resolve_delay.draw(rng)
+    # Drawn last: the draws above stay those of a seed planned before these existed.
+    partial_approval = rng.random() < spec.partial_approval_share
+    invalid = rng.random() < spec.invalid_share
+    invalid_pick = rng.random()
 
     if ending_draw < spec.void_share:
         ending, ending_delay = Ending.VOID, void_delay
@@ -163,6 +176,8 @@ def draw_fate(spec: LifecycleSpec, seed: int, seq: int) -> Fate:
         after=after, after_delay_s=after_delay,
         refund_share=refund_share if partial_refund else 1.0,
         dispute_reason=reason, dispute_won=won, resolve_delay_s=resolve_delay,
+        partial_approval=partial_approval,
+        invalid_pick=invalid_pick if invalid and not reversed_ else None,
     )
 
 
@@ -182,6 +197,7 @@ class PlannedOp:
     reason_code: str | None = None
     won: bool | None = None
     expected: bool = False
+    invalid: bool = False  # sent on purpose where the payment's state forbids it
 
 
 @dataclass
@@ -195,6 +211,11 @@ class PaymentLife:
     fate: Fate
     held: int = 0
     captured: int = 0
+    refunded: int = 0
+    disputed: bool = False
+    resolved: bool = False
+    approved: bool = False
+    invalid_sent: bool = False
     capture_amounts: list[int] = field(default_factory=list)  # the parts still to send
     parts_sent: int = 0
     ops: int = 0  # operations planned so far: numbers each op id
@@ -245,12 +266,13 @@ class FollowUps:
         if life is None or life.fate.reversal_delay_s is not None:
             return []
         if reason_code not in decisions.APPROVING:
-            return []
+            return self._or_invalid(life, [], answered_us)
         fate = life.fate
-        life.held = amount
+        life.held, life.approved = amount, True
         if fate.capture == CaptureMode.AUTOMATIC:
             life.captured, life.held = amount, 0
-            return self._after_capture(life, answered_us)
+            return self._or_invalid(life, self._after_capture(life, answered_us),
+                                    answered_us)
         if fate.increment is not None:
             delay, share = fate.increment
             raise_by = max(1, round(amount * share))
@@ -262,9 +284,13 @@ class FollowUps:
                  answered_us: int) -> list[PlannedOp]:
         """An operation's answer: what follows it."""
         life = self.lives.get(op.payment_id)
-        if life is None:
+        if life is None or op.invalid:
             return []
-        ok = reason_code in decisions.APPROVING
+        return self._or_invalid(life, self._next(life, op, reason_code in decisions.APPROVING,
+                                                 amount, answered_us), answered_us)
+
+    def _next(self, life: PaymentLife, op: PlannedOp, ok: bool, amount: int,
+              answered_us: int) -> list[PlannedOp]:
         if op.kind == OperationKind.INCREMENT:
             if ok:
                 life.held += amount
@@ -280,11 +306,27 @@ class FollowUps:
                     return [self._next_part(life, answered_us + _us(delay))]
             life.capture_amounts = []
             return self._after_capture(life, answered_us) if life.captured else []
+        if op.kind == OperationKind.REFUND and ok:
+            life.refunded += amount
+        if op.kind == OperationKind.RESOLVE and ok:
+            life.resolved = True
         if op.kind == OperationKind.DISPUTE and ok:
+            life.disputed = True
             return [life.op(OperationKind.RESOLVE,
                             answered_us + _us(life.fate.resolve_delay_s),
                             won=life.fate.dispute_won)]
         return []
+
+    def _or_invalid(self, life: PaymentLife, following: list[PlannedOp],
+                    at_us: int) -> list[PlannedOp]:
+        """What follows; or, once nothing does, the payment's invalid operation if its fate
+        has one (an expiry the services send still counts as following)."""
+        if following or life.fate.invalid_pick is None or life.invalid_sent:
+            return following
+        life.invalid_sent = True
+        choices = invalid_choices(life)
+        kind, fields = choices[min(len(choices) - 1, int(life.fate.invalid_pick * len(choices)))]
+        return [life.op(kind, at_us + _us(INVALID_DELAY_S), invalid=True, **fields)]
 
     def _ending(self, life: PaymentLife, at_us: int, processed_us: int | None
                 ) -> list[PlannedOp]:
@@ -318,6 +360,23 @@ class FollowUps:
         if fate.after == OperationKind.DISPUTE:
             return [life.op(OperationKind.DISPUTE, due, reason_code=fate.dispute_reason)]
         return []
+
+
+def invalid_choices(life: PaymentLife) -> list[tuple[OperationKind, dict[str, object]]]:
+    """Operations the payment's state, at the end of its life, forbids (each refused 57,
+    or 13 for an amount past what is left)."""
+    reason = {"reason_code": life.fate.dispute_reason or next(iter(DISPUTE_REASONS))}
+    if not life.approved:
+        return [(OperationKind.CAPTURE, {})]  # declined
+    if not life.captured:  # voided or expired
+        return [(OperationKind.CAPTURE, {}), (OperationKind.REFUND, {}),
+                (OperationKind.DISPUTE, reason)]
+    if life.disputed:
+        return [(OperationKind.DISPUTE, reason)] + (
+            [(OperationKind.RESOLVE, {"won": True})] if life.resolved else [])
+    return [(OperationKind.VOID, {}), (OperationKind.INCREMENT, {"amount": 1}),
+            (OperationKind.CAPTURE, {}), (OperationKind.RESOLVE, {"won": True}),
+            (OperationKind.REFUND, {"amount": life.captured - life.refunded + 1})]
 
 
 def _us(seconds: float) -> int:

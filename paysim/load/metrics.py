@@ -139,11 +139,17 @@ class OperationMetrics:
         self.latency: dict[str, HdrHistogram] = {}
         self.codes: Counter[tuple[str, str]] = Counter()  # (kind, reason code)
         self.amounts: dict[tuple[str, str], Counter[str]] = {}  # (kind, code) -> by currency
+        # Operations sent where the payment's state forbids them: (kind, refused) -> count.
+        self.invalid: Counter[tuple[str, bool]] = Counter()
         self.last_answer_us: int | None = None
 
     def record_scheduled(self, kind: str) -> None:
         with self.lock:
             self.scheduled[kind] += 1
+
+    def record_invalid(self, kind: str, refused: bool) -> None:
+        with self.lock:
+            self.invalid[(kind, refused)] += 1
 
     def record_answer(self, kind: str, reason_code: str, amount: int, currency: str,
                       intended_us: int, answered_us: int) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import redis
 from confluent_kafka import KafkaException, Producer
 
+from paysim.domain.decisions import APPROVING
 from paysim.domain.messages import (
     NOTIFIED,
     PROCESSED,
@@ -183,6 +184,8 @@ class OperationLoad:
         self._answered_ids.add(answer.op_id)
         self.metrics.record_answer(op.kind, answer.reason_code, answer.amount, op.currency,
                                    op.due_us, answer.answered_at)
+        if op.invalid:
+            self.metrics.record_invalid(op.kind, answer.reason_code not in APPROVING)
         self._plan(self.followups.answered(op, answer.reason_code, answer.amount,
                                            answer.answered_at))
 

@@ -138,7 +138,9 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
                                                            settings.issuer.fault_rate)
         options = replace(options, issuer=IssuerRates(
             spec.decline_rate, spec.fault_rate, (), spec.added_latency_ms,
-            lifecycle.hold_ttl_s if lifecycle else None), issuer_outages_s=spec.outages_s)
+            lifecycle.hold_ttl_s if lifecycle else None,
+            lifecycle.settlement_window_s if lifecycle else None),
+            issuer_outages_s=spec.outages_s)
     if request.replay:
         if lifecycle is not None:
             raise ConfigError("--replay sends recorded payments only: a lifecycle mix needs "

@@ -133,6 +133,16 @@ class OperationKindRow(msgspec.Struct, frozen=True):
     latency: LatencyBlock
 
 
+class InvalidRow(msgspec.Struct, frozen=True):
+    """Operations of one kind sent on purpose where the payment's state forbids them: each
+    should be refused (``accepted`` is a ledger fault)."""
+
+    kind: str
+    answered: int
+    refused: int
+    accepted: int
+
+
 class LifecycleReport(msgspec.Struct, frozen=True):
     """The follow-up operations of a run with a lifecycle mix."""
 
@@ -142,6 +152,7 @@ class LifecycleReport(msgspec.Struct, frozen=True):
     throughput_per_s: float  # answered operations per second of the run
     kinds: list[OperationKindRow]  # in the operations' order (capture, increment, ...)
     by_code: list[OperationCodeRow]  # by kind, then most frequent first
+    invalid: list[InvalidRow] = msgspec.field(default_factory=list)
 
 
 class RunReport(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -267,11 +278,17 @@ def lifecycle_report(operations: OperationMetrics, duration_s: float) -> Lifecyc
         by_code = [OperationCodeRow(kind, code, decisions.reason_text(code), count,
                                     dict(sorted(operations.amounts[(kind, code)].items())))
                    for (kind, code), count in codes]
+        invalid_kinds = sorted({kind for kind, _ in operations.invalid},
+                               key=lambda kind: order.get(kind, len(order)))
+        invalid = [InvalidRow(kind, operations.invalid[(kind, True)]
+                              + operations.invalid[(kind, False)],
+                              operations.invalid[(kind, True)], operations.invalid[(kind, False)])
+                   for kind in invalid_kinds]
     scheduled = sum(row.scheduled for row in rows)
     answered = sum(row.answered for row in rows)
     return LifecycleReport(scheduled=scheduled, answered=answered, lost=scheduled - answered,
                            throughput_per_s=round(answered / duration_s, 1), kinds=rows,
-                           by_code=by_code)
+                           by_code=by_code, invalid=invalid)
 
 
 def _timeline_second(index: int, sec: Second) -> TimelineSecond:

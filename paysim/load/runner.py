@@ -281,7 +281,7 @@ class LoadRun:
         else:
             fate = operations.fate(payment.seq)
             handed = ingress.send(payment, self.run_id, self.options.callback_url,
-                                  fate.capture)
+                                  fate.capture, fate.partial_approval)
             operations.payment_sent(handed.payment_id, handed.token or "", payment.currency,
                                     payment.amount, fate,
                                     intended if intended is not None else sent_us)

@@ -300,6 +300,15 @@ def _delay(raw: Any) -> Delay:
     raise ValueError
 
 
+def _run_duration(table: _Reader, name: str) -> float | None:
+    """An optional setting the run gives the services in place of theirs (hold TTL,
+    settlement window): from 1 s to an hour, as a run waits for it."""
+    seconds = table.get(name, _duration, "a duration from 1s to 1h", None)
+    if seconds is not None and not 1 <= seconds <= MAX_DELAY_S:
+        raise table.fail(name, "a duration from 1s to 1h", table.table[name])
+    return seconds
+
+
 def _lifecycle(table: _Reader) -> LifecycleSpec:
     """The [lifecycle] table: every share a ratio, every delay bounded, the shares that
     split one whole adding up to at most 1."""
@@ -308,11 +317,13 @@ def _lifecycle(table: _Reader) -> LifecycleSpec:
         "split_capture_share": RATIO, "increment_share": RATIO, "increment_fraction": RATIO,
         "void_share": RATIO, "expire_share": RATIO, "refund_share": RATIO,
         "partial_refund_share": RATIO, "reversal_share": RATIO, "reversal_race_share": RATIO,
-        "dispute_share": RATIO, "dispute_won_share": RATIO,
+        "dispute_share": RATIO, "dispute_won_share": RATIO, "partial_approval_share": RATIO,
+        "invalid_share": RATIO,
     }
     delays = ("capture_delay", "increment_delay", "void_delay", "refund_delay",
               "reversal_delay", "dispute_delay", "resolve_delay")
-    table.check_keys({*fields, *delays, "split_parts", "hold_ttl", "dispute_reasons"})
+    table.check_keys({*fields, *delays, "split_parts", "hold_ttl", "settlement_window",
+                      "dispute_reasons"})
     default = LifecycleSpec()
     values: dict[str, Any] = {
         name: table.get(name, _number(0, 1), RATIO, getattr(default, name)) for name in fields}
@@ -324,10 +335,8 @@ def _lifecycle(table: _Reader) -> LifecycleSpec:
         "dispute_reasons", _weights(set(DISPUTE_REASONS), "reason code"),
         f"a table of weights by reason code ({', '.join(DISPUTE_REASONS)})",
         default.dispute_reasons)
-    hold_ttl = table.get("hold_ttl", _duration, "a duration from 1s to 1h", None)
-    if hold_ttl is not None and not 1 <= hold_ttl <= MAX_DELAY_S:
-        raise table.fail("hold_ttl", "a duration from 1s to 1h", table.table["hold_ttl"])
-    values["hold_ttl_s"] = hold_ttl
+    values["hold_ttl_s"] = hold_ttl = _run_duration(table, "hold_ttl")
+    values["settlement_window_s"] = _run_duration(table, "settlement_window")
     spec = LifecycleSpec(**values)
     for first, second in (("void_share", "expire_share"), ("refund_share", "dispute_share")):
         if getattr(spec, first) + getattr(spec, second) > 1:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import redis
 
 from paysim.domain import lifecycle
+from paysim.domain.decisions import IssuerRates
 from paysim.domain.lifecycle import Change, PaymentRecord
 from paysim.domain.messages import Codec, OperationRequested, now_us
 from paysim.infra.config import Settings
@@ -17,6 +18,7 @@ from paysim.pipeline import store
 from paysim.pipeline.events import event_message, event_outputs
 from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
 from paysim.pipeline.notifications import queue_event_webhook
+from paysim.pipeline.run_rates import RunRates
 from paysim.pipeline.service import Output, Service, ServiceSpec
 
 
@@ -26,6 +28,7 @@ class LedgerService(Service[OperationRequested]):
     def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
         super().__init__(spec, settings, redis_client)
         self.ledger = LedgerStore.for_settings(redis_client, settings)
+        self.run_rates = RunRates(redis_client, IssuerRates())
         self._changes: dict[str, Change] = {}
         self._streams_renewed: set[str] = set()
 
@@ -38,8 +41,10 @@ class LedgerService(Service[OperationRequested]):
         for op in items:
             by_card.setdefault(CardRef(op.run_id, op.token), []).append(op)
 
+        rates = self.run_rates.of(set(card.run_id for card in by_card))
+
         def decide_card(card: CardRef, snapshot: CardSnapshot) -> CardWrite:
-            write = self.ledger.card_write()
+            write = self.ledger.card_write(rates[card.run_id].settlement_window_s)
             for op in by_card[card]:
                 before = snapshot.records.get(op.payment_id)
                 answer = snapshot.answers.get(op.op_id)

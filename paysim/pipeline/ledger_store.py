@@ -201,8 +201,10 @@ class LedgerStore:
     def for_settings(cls, client: redis.Redis, settings: Settings) -> LedgerStore:
         return cls(client, settings.redis.ledger_ttl, settings.lifecycle.settlement_window)
 
-    def card_write(self) -> CardWrite:
-        return CardWrite(self.window_s)
+    def card_write(self, window_s: float | None = None) -> CardWrite:
+        """A card's write; its movements filed under ``window_s`` (the run's settlement
+        window), else the services' window."""
+        return CardWrite(window_s or self.window_s)
 
     def read(self, cards: dict[CardRef, CardReads], day: str) -> dict[CardRef, CardSnapshot]:
         """Each card's snapshot, in one script call: one command rather than a pipeline of
@@ -253,8 +255,8 @@ class LedgerStore:
         arguments, as redis-py's packing costs per argument."""
         keys: list[str] = [HOLDS_KEY, WINDOWS_KEY]
         args: list[object] = [self.ttl]
-        width = max(1, round(self.window_s))
         for card, snapshot, write in writes:
+            width = max(1, round(write.window_s))
             docs = [*(_encode(record) for record in write.records.values()),
                     *(_encode(answer) for answer in write.answers.values())]
             keys.append(card_key(card.run_id, card.token))

@@ -4,7 +4,6 @@ and holds (and, unless the capture is manual, captures) the amount on the ledger
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from datetime import UTC, datetime
 
@@ -24,6 +23,7 @@ from paysim.infra.config import Settings
 from paysim.pipeline import store
 from paysim.pipeline.events import event_outputs
 from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
+from paysim.pipeline.run_rates import RunRates
 from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 
 
@@ -31,9 +31,6 @@ def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:
     # What fixes the issuer's random answers: the same generated payment (same --seed) gets
     # the same answer in every run, whatever its payment id.
     return (item.token, item.amount, item.currency, item.merchant.id, item.seq)
-
-
-RUN_RATES_KEPT = 1000
 
 
 class Processor(Service[PaymentAuthorized]):
@@ -46,34 +43,13 @@ class Processor(Service[PaymentAuthorized]):
         self._answers: dict[str, str] = {}  # the issuer's own answers, before the ledger
         self._changes: dict[str, lifecycle.Change] = {}
         self._rejected: dict[str, str] = {}
-        self._run_rates: dict[str, IssuerRates] = {}
-
-    def _rates_for(self, run_ids: set[str]) -> dict[str, IssuerRates]:
-        """Each run's issuer behaviour: set by its sender, else this processor's settings."""
-        unknown = [run for run in run_ids if run not in self._run_rates]
-        if unknown:
-            for run, raw in zip(unknown, self.redis.mget(
-                    [store.run_issuer_key(run) for run in unknown]), strict=True):
-                self._run_rates[run] = self._parse_rates(run, raw)
-            while len(self._run_rates) > RUN_RATES_KEPT:  # oldest first
-                self._run_rates.pop(next(iter(self._run_rates)))
-        return {run: self._run_rates[run] for run in run_ids}
-
-    def _parse_rates(self, run: str, raw: bytes | None) -> IssuerRates:
-        if not raw:
-            return self.rates
-        try:
-            return store.decode_run_issuer(raw)
-        except (ValueError, TypeError, AttributeError):
-            logging.getLogger(__name__).warning(
-                "run %s has an unreadable issuer setting; using the defaults", run)
-            return self.rates
+        self.run_rates = RunRates(redis_client, self.rates)
 
     def prepare(self, items: list[PaymentAuthorized]) -> None:
         """Issuer prechecks, then the ledger's answer for the rest (one read, one write)."""
         self._answers, self._changes, self._rejected = {}, {}, {}
         to_settle: dict[CardRef, list[PaymentAuthorized]] = {}
-        rates = self._rates_for({item.run_id for item in items})
+        rates = self.run_rates.of({item.run_id for item in items})
         now = now_us()
         latency_ms = max((rates[item.run_id].added_latency_ms for item in items), default=0.0)
         if latency_ms > 0:
@@ -99,7 +75,7 @@ class Processor(Service[PaymentAuthorized]):
         hold_ttl = self.settings.lifecycle.hold_ttl
 
         def decide_card(card: CardRef, snapshot: CardSnapshot) -> CardWrite:
-            write = self.ledger.card_write()
+            write = self.ledger.card_write(rates[card.run_id].settlement_window_s)
             for item in to_settle[card]:
                 before = snapshot.records[item.payment_id]
                 hold_ttl_us = round((rates[item.run_id].hold_ttl_s or hold_ttl) * 1e6)

@@ -27,6 +27,7 @@ import redis
 from confluent_kafka import KafkaException, Producer
 
 from paysim.domain import ledger, settlement
+from paysim.domain.decisions import IssuerRates
 from paysim.domain.ledger import Book
 from paysim.domain.messages import encode, now_us
 from paysim.domain.settlement import Batch, Movement
@@ -35,6 +36,7 @@ from paysim.infra.errors import PaysimError
 from paysim.infra.files import writing
 from paysim.infra.kafka import client_config, produce
 from paysim.pipeline import ledger_store
+from paysim.pipeline.run_rates import RunRates
 
 GRACE_S = 5  # a window closes this long after its end: steps decided in it are written by then
 EVERY_S = 1.0
@@ -180,12 +182,15 @@ class Settler:
         self.redis = client
         self.producer = producer
         self._close = client.register_script(CLOSE_LUA)
+        self.run_rates = RunRates(client, IssuerRates())
 
     def close(self, due_by: float | None, run_id: str | None = None) -> list[Closed]:
         closed = []
-        for run, window in open_windows(self.redis, due_by, run_id):
-            done = close_window(self.redis, self._close, run, window,
-                                self.settings.lifecycle.settlement_window,
+        windows = open_windows(self.redis, due_by, run_id)
+        rates = self.run_rates.of({run for run, _ in windows})
+        for run, window in windows:
+            width = rates[run].settlement_window_s or self.settings.lifecycle.settlement_window
+            done = close_window(self.redis, self._close, run, window, width,
                                 self.settings.redis.ledger_ttl)
             if done is None:
                 continue

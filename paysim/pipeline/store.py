@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -89,7 +90,8 @@ def encode_run_issuer(rates: IssuerRates) -> bytes:
     return json.dumps({"decline_rate": rates.decline_rate, "fault_rate": rates.fault_rate,
                        "outages": [list(window) for window in rates.outages],
                        "added_latency_ms": rates.added_latency_ms,
-                       "hold_ttl_s": rates.hold_ttl_s}).encode()
+                       "hold_ttl_s": rates.hold_ttl_s,
+                       "settlement_window_s": rates.settlement_window_s}).encode()
 
 
 def decode_run_issuer(raw: bytes) -> IssuerRates:
@@ -101,8 +103,18 @@ def decode_run_issuer(raw: bytes) -> IssuerRates:
         fault_rate=float(data.get("fault_rate", 0.0)),
         outages=tuple((int(start), int(end)) for start, end in data.get("outages", [])),
         added_latency_ms=float(data.get("added_latency_ms", 0.0)),
-        hold_ttl_s=None if data.get("hold_ttl_s") is None else float(data["hold_ttl_s"]),
+        hold_ttl_s=_seconds_or_none(data.get("hold_ttl_s")),
+        settlement_window_s=_seconds_or_none(data.get("settlement_window_s")),
     )
+
+
+def _seconds_or_none(value: object) -> float | None:
+    if value is None:
+        return None
+    seconds = float(value)  # type: ignore[arg-type]  # TypeError/ValueError: not a number
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{value!r} is not a duration")
+    return seconds
 
 
 def heartbeat_key(service: str, instance: int) -> str:

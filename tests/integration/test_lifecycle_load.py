@@ -13,6 +13,7 @@ import redis
 
 from paysim.domain.messages import OperationKind
 from paysim.infra.config import Settings
+from paysim.infra.waiting import wait_until
 from paysim.load.plan import SendRequest
 from paysim.load.report import RunReport
 from paysim.load.run import run_load
@@ -171,3 +172,70 @@ def test_reversals_racing_their_authorizations_audit_clean(
     codes = {row.reason_code: row.count for row in report.outcomes.by_reason}
     assert codes.get("17", 0) >= 1, codes
     assert_audit_clean(pipeline, report.run_id)
+
+
+INVALID = """
+name = "invalid-transitions"
+seed = 56
+
+[population]
+cardholders = 60
+merchants = 10
+
+[mix]
+bad_card_share = 0.0
+test_card_share = 0.0
+
+[issuer]
+decline_rate = 0.1
+fault_rate = 0.0
+
+[load]
+rate = 40
+count = 80
+
+[lifecycle]
+manual_capture_share = 0.5
+capture_delay = "0.2s"
+void_share = 0.2
+void_delay = "0.2s"
+refund_share = 0.3
+refund_delay = "0.2s"
+dispute_share = 0.3
+dispute_delay = "0.2s"
+resolve_delay = "0.2s"
+partial_approval_share = 0.5
+invalid_share = 1.0
+settlement_window = "2s"
+"""
+
+
+def test_invalid_transitions_from_the_load_engine_are_each_refused(
+    pipeline: Settings, tmp_path: Path,
+) -> None:
+    """Every payment ends with one operation its state forbids (capture after a void, a
+    decline or another capture; void or increment after a capture; a refund past what is
+    left; a second dispute; a resolution with none open): the ledger refuses each, nothing
+    moves, and the run's own 2 s settlement window files its movements."""
+    report = run_scenario(pipeline, tmp_path, INVALID)
+
+    table = report.lifecycle
+    assert table is not None and table.lost == 0 and report.outcomes.lost == 0
+    invalid = {row.kind: row for row in table.invalid}
+    assert sum(row.answered for row in invalid.values()) == 80, table.invalid
+    assert all(row.accepted == 0 and row.refused == row.answered for row in invalid.values())
+    assert len(invalid) >= 4, sorted(invalid)  # several kinds of refusal, not one
+    # The ledger's own answers say the same: every invalid operation refused, by its code.
+    answers = ledger_answers(pipeline, report.run_id)
+    refused = Counter(a.reason_code for a in answers.values() if a.reason_code != "00")
+    assert sum(refused.values()) >= 80 and set(refused) <= {"57", "13", "25"}, refused
+    assert_audit_clean(pipeline, report.run_id)
+
+    # The run's settlement window, not the services' day: batches 2 s wide close soon.
+    def closed_batches() -> list[dict]:
+        result = paysim(pipeline, "settlement", "--run", report.run_id, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["batches"]
+
+    assert wait_until(lambda: len(closed_batches()) > 0, timeout=30)
+    assert {b["window_end"] - b["window_start"] for b in closed_batches()} == {2}

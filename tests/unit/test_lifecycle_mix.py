@@ -3,13 +3,17 @@ payment's follow-up operations from the answers (pure)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from paysim.domain.messages import CaptureMode, OperationKind
+from paysim.domain import lifecycle as domain_lifecycle
+from paysim.domain.ledger import Book
+from paysim.domain.lifecycle import Authorization, CardFunds, Change, PaymentRecord
+from paysim.domain.messages import CaptureMode, OperationKind, OperationRequested
 from paysim.infra.config import load_settings
 from paysim.load.lifecycle import (
     Delay,
@@ -22,6 +26,7 @@ from paysim.load.lifecycle import (
     split_amount,
 )
 from paysim.load.operations import OperationLoad
+from paysim.load.report import lifecycle_report
 from paysim.load.scenario import load_scenario
 from paysim.pipeline import store
 from tests.unit import test_load_logic
@@ -252,3 +257,132 @@ def test_an_expiry_read_before_its_authorization_is_not_awaited_again() -> None:
                                        {"notified": 3 * SECOND}))
     assert load.pending() == 0
     assert dict(load.metrics.scheduled) == dict(load.metrics.answered) == {"expire": 1}
+
+
+def test_partial_approval_invalid_share_and_settlement_window_keys(tmp_path: Path) -> None:
+    path = tmp_path / "mix.toml"
+    path.write_text("[lifecycle]\npartial_approval_share = 0.2\ninvalid_share = 0.1\n"
+                    'settlement_window = "20s"\n')
+    spec = load_scenario(path).lifecycle
+    assert spec is not None
+    assert (spec.partial_approval_share, spec.invalid_share, spec.settlement_window_s) == (
+        0.2, 0.1, 20.0)
+    fates = [draw_fate(spec, 5, n) for n in range(4_000)]
+    assert abs(sum(f.partial_approval for f in fates) / len(fates) - 0.2) < 0.03
+    assert abs(sum(f.invalid_pick is not None for f in fates) / len(fates) - 0.1) < 0.02
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("[lifecycle]\nsettlement_window = '0s'\n", "lifecycle.settlement_window: expected a "
+                                                "duration from 1s to 1h"),
+    ("[lifecycle]\nsettlement_window = '1d'\n", "lifecycle.settlement_window: expected"),
+    ("[lifecycle]\ninvalid_share = 2\n", "lifecycle.invalid_share: expected a number"),
+    ("[lifecycle]\npartial_approval_share = nan\n", "lifecycle.partial_approval_share"),
+])
+def test_the_new_lifecycle_keys_refuse_bad_values(tmp_path: Path, text: str,
+                                                  fragment: str) -> None:
+    test_load_logic.test_malformed_scenarios_are_one_line_naming_the_key(tmp_path, text,
+                                                                         fragment)
+
+
+def test_new_keys_leave_the_fates_an_older_seed_drew() -> None:
+    """The new draws come last: a scenario without them plans what it planned before."""
+    plain = LifecycleSpec(manual_capture_share=0.5, refund_share=0.3, dispute_share=0.1)
+    mixed = dataclasses.replace(plain, partial_approval_share=0.5, invalid_share=0.5)
+    for n in range(200):
+        before, after = draw_fate(plain, 9, n), draw_fate(mixed, 9, n)
+        assert dataclasses.replace(after, partial_approval=False, invalid_pick=None) == before
+
+
+class LedgerModel:
+    """The domain's own ledger answering the planner's operations, as the services do."""
+
+    def __init__(self) -> None:
+        self.book = Book()
+        self.record: PaymentRecord | None = None
+
+    def take(self, change: Change) -> Change:
+        if change.changed:
+            self.book.apply(change.entries)
+            self.record = change.record
+        return change
+
+    def authorize(self, fate: Fate, amount: int) -> str:
+        request = Authorization(PID, "run-1", "tok", amount, "USD", "m-1", "visa",
+                                fate.capture, fate.partial_approval, 1_000_000, 1_000_000)
+        change = self.take(domain_lifecycle.authorize(
+            request, None, CardFunds(self.book, 0), SECOND, 3600 * SECOND))
+        return change.answer.code
+
+    def answer(self, op: PlannedOp) -> Change:
+        request = OperationRequested(op_id=op.op_id, kind=op.kind, payment_id=PID,
+                                     run_id="run-1", token="tok", amount=op.amount,
+                                     final=op.final, reason_code=op.reason_code, won=op.won,
+                                     requested_at=op.due_us)
+        return self.take(domain_lifecycle.operate(request, self.record,
+                                                  CardFunds(self.book, 0), op.due_us))
+
+
+FATES = [
+    Fate(),  # captured at once, nothing after
+    Fate(after="refund", refund_share=0.4),
+    Fate(after="refund"),
+    Fate(after="dispute", dispute_reason="13.1", dispute_won=True),
+    Fate(after="dispute", dispute_reason="4853"),
+    Fate(capture=CaptureMode.MANUAL, parts=(0.5, 0.5), part_delays_s=(0.0,)),
+    Fate(capture=CaptureMode.MANUAL, capture_share=0.6),
+    Fate(capture=CaptureMode.MANUAL, increment=(0.0, 0.2), after="refund"),
+    Fate(capture=CaptureMode.MANUAL, ending=Ending.VOID),
+]
+
+
+@pytest.mark.parametrize("fate", FATES)
+@pytest.mark.parametrize("pick", [0.0, 0.25, 0.5, 0.75, 0.99])
+def test_each_invalid_operation_is_one_the_ledger_refuses(fate: Fate, pick: float) -> None:
+    """The planner's invalid operation, at the end of any life, is refused by the domain's
+    ledger; every operation before it was accepted."""
+    fate = dataclasses.replace(fate, invalid_pick=pick)
+    model = LedgerModel()
+    followups, _ = planner(fate)
+    code = model.authorize(fate, 10_000)
+    ops = followups.authorized(PID, code, 10_000, SECOND)
+    answered = []
+    while ops:
+        op = ops.pop(0)
+        change = model.answer(op)
+        answered.append((op, change.answer.code))
+        ops += followups.answered(op, change.answer.code, change.answer.amount,
+                                  op.due_us + 1000)
+    *valid, (invalid, refusal) = answered
+    assert invalid.invalid and refusal in ("57", "13"), (invalid, refusal)
+    assert all(code == "00" and not op.invalid for op, code in valid), valid
+
+
+def test_a_declined_payment_gets_an_invalid_capture_and_an_expired_hold_one_too() -> None:
+    followups, _ = planner(Fate(invalid_pick=0.3))
+    [capture] = followups.authorized(PID, "51", 10_000, SECOND)
+    assert capture.kind == OperationKind.CAPTURE and capture.invalid
+    assert capture.due_us == 2 * SECOND
+    assert followups.answered(capture, "57", 0, 3 * SECOND) == []  # one per payment
+    expiring, _ = planner(Fate(capture=CaptureMode.MANUAL, ending=Ending.EXPIRE,
+                               invalid_pick=0.0), ttl_s=5.0)
+    [expiry] = expiring.authorized(PID, "00", 10_000, SECOND)
+    [after] = expiring.answered(expiry, "00", 10_000, 7 * SECOND)
+    assert after.invalid and after.kind == OperationKind.CAPTURE
+
+
+def test_the_report_counts_invalid_operations_refused_and_accepted() -> None:
+    load = OperationLoad(load_settings({}, env={}), "run-t", LifecycleSpec(), 1,
+                         halted=lambda: False)
+    load.payment_sent(PID, "tok", "EUR", 10_000, Fate(invalid_pick=0.0), 0)
+    load.authorization(store.DoneEntry(PID, "approved", "00", 10_000, "EUR", 0,
+                                       {"notified": SECOND}))
+    [(_, _, void)] = load._due
+    assert void.kind == OperationKind.VOID and void.invalid
+    load._waiting[void.op_id] = load._due.pop()[2]
+    with load.changed:
+        load._answered(answer(void.op_id, "void", code="57"))
+    report = lifecycle_report(load.metrics, 1.0)
+    assert [(r.kind, r.answered, r.refused, r.accepted) for r in report.invalid] == [
+        ("void", 1, 1, 0)]
+    assert load.pending() == 0
