@@ -11,6 +11,7 @@ import redis
 
 from paysim.domain import decisions, lifecycle, money
 from paysim.domain.decisions import IssuerRates, Status
+from paysim.domain.lifecycle import EventKind
 from paysim.domain.messages import (
     PROCESSED,
     Codec,
@@ -21,8 +22,9 @@ from paysim.domain.messages import (
 )
 from paysim.infra.config import Settings
 from paysim.pipeline import store
-from paysim.pipeline.events import event_outputs
+from paysim.pipeline.events import event_message, event_outputs
 from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
+from paysim.pipeline.notifications import queue_event_webhook
 from paysim.pipeline.run_rates import RunRates
 from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 
@@ -128,4 +130,11 @@ class Processor(Service[PaymentAuthorized]):
         outputs = [Output(self.settings.topics.results, item.token, encode(outcome))]
         if change is not None:
             outputs += event_outputs(self.settings.topics.events, change)
+            if item.callback_url and change.changed:
+                # The authorization reaches the client as the notifier's payment.approved;
+                # what came with it (an automatic capture) as an event webhook of its own.
+                for event in change.events:
+                    if event.kind != EventKind.AUTHORIZED:
+                        queue_event_webhook(pipe, item.callback_url,
+                                            event_message(change.record, event))
         return outputs
