@@ -21,6 +21,7 @@ from paysim.cli.schema import schema
 from paysim.cli.settlement import settle, settlement
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
+from paysim.cli.worker import worker
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import error_text
 
@@ -35,7 +36,7 @@ def cli() -> None:
 
 
 for command in (run_all_command, send, status, audit, settlement, settle, ps, stop,
-                report_group, stack, topics, schema, service, bench):
+                report_group, stack, topics, schema, service, bench, worker):
     cli.add_command(command)
 
 

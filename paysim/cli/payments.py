@@ -26,10 +26,11 @@ from paysim.domain.messages import STAGES, CallbackUrl, failed_value_check
 from paysim.domain.webhooks import refused_callback
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
+from paysim.load.distributed import run_distributed
 from paysim.load.plan import SendRequest
-from paysim.load.report import LifecycleReport, RunReport
+from paysim.load.report import LifecycleReport, RunReport, WorkerRow
 from paysim.load.report_compare import latency_blocks
-from paysim.load.run import run_load
+from paysim.load.run import require_services, run_load
 from paysim.load.runner import Interrupt, Tick
 from paysim.load.schedule import MAX_RATE, MAX_SCHEDULED
 from paysim.pipeline import ledger_store, store
@@ -78,6 +79,8 @@ def render_report(report: RunReport) -> None:
     console.print(latency)
     if report.lifecycle is not None:
         render_lifecycle(report.lifecycle)
+    if report.workers:
+        render_workers(report.workers)
     if report.thresholds:
         checks = Table("threshold", "over", "actual", "result", title="thresholds")
         for check in report.thresholds:
@@ -105,6 +108,21 @@ def amounts_text(amounts: dict[str, int]) -> str:
                       for currency, amount in moved[:AMOUNTS_SHOWN])
     more = len(moved) - AMOUNTS_SHOWN
     return shown + (f" +{more} more" if more > 0 else "")
+
+
+def render_workers(rows: list[WorkerRow]) -> None:
+    """A distributed run's generators: each one's share and what it did."""
+    table = Table("share", "host", "pid", "scheduled", "sent", "completed", "dropped",
+                  "rate/s", "status", title="generators")
+    for row in rows:
+        status = {"ok": "[green]ok[/]", "dead": "[red]dead[/]"}.get(
+            row.status, f"[red]{safe(row.status)}[/]")
+        if row.error:
+            status += f" {safe(row.error)}"
+        table.add_row(str(row.share), safe(row.host) or "-", str(row.pid or "-"),
+                      f"{row.scheduled:,}", f"{row.sent:,}", f"{row.completed:,}",
+                      f"{row.dropped:,}", f"{row.rate_per_s:,.1f}", status)
+    console.print(table)
 
 
 def render_lifecycle(lifecycle: LifecycleReport) -> None:
@@ -214,6 +232,11 @@ def check_callback_url(url: str, settings: Settings) -> None:
 @click.option("--html", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Generators sharing the schedule (interleaved), with one merged report.")
+@click.option("--local-workers", type=click.IntRange(0, 64),
+              help="How many of --workers to start on this machine (default all); the others "
+                   "join with `paysim worker` on other hosts.")
 @with_settings("http.port", "http.host")
 @click.pass_context
 def send(ctx: click.Context, settings: Settings, count: int | None, rate: float | None,
@@ -221,7 +244,7 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
          scenario: str | None, replay: str | None, record: str | None, seed: int | None,
          via: str, timeout: float, bad_share: float | None, test_card_share: float | None,
          thresholds: tuple[str, ...], callback_url: str | None, out: str | None,
-         html: str | None, as_json: bool) -> None:
+         html: str | None, as_json: bool, workers: int, local_workers: int | None) -> None:
     """Send fake card payments through the pipeline and report what happened.
 
     Alone, --count sends as fast as it can. --rate (with --duration or --count), --stage or a
@@ -235,9 +258,16 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
         test_card_share=test_card_share, thresholds=thresholds, via=via, timeout=timeout,
         callback_url=callback_url)
     interrupt = Interrupt(grace_s=min(INTERRUPT_GRACE_S, timeout))
+    dead: list[int] = []
     with LiveProgress(err_console if as_json else console) as progress, \
             ctrl_c_requests(interrupt):
-        report = run_load(settings, request, progress, interrupt)
+        if workers > 1 or local_workers is not None:
+            require_services(settings, via)
+            coordinated = run_distributed(settings, request, workers, local_workers, progress,
+                                          interrupt)
+            report, dead = coordinated.report, coordinated.dead
+        else:
+            report = run_load(settings, request, progress, interrupt)
     write_outputs(report, out, html)
     if as_json:
         print_json(report.to_dict())
@@ -261,7 +291,11 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
             f"the report covers them (run {run_id}; `paysim audit --run {run_id}` checks it)",
             soft_wrap=True)
         ctx.exit(130)
-    if outcomes.lost or failed:
+    if dead:
+        err_console.print(f"[red]{len(dead)} generator(s) died before handing in:[/] share(s) "
+                          f"{', '.join(map(str, dead))}; the generators table shows what each "
+                          "had sent")
+    if outcomes.lost or failed or dead:
         ctx.exit(1)
 
 

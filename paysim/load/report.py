@@ -155,9 +155,25 @@ class LifecycleReport(msgspec.Struct, frozen=True):
     invalid: list[InvalidRow] = msgspec.field(default_factory=list)
 
 
+class WorkerRow(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One generator of a distributed run: its share and what it did. A dead one's figures
+    are its last beat's."""
+
+    share: int
+    host: str
+    pid: int
+    scheduled: int
+    sent: int
+    completed: int
+    dropped: int
+    status: str  # ok, failed (handed in with an error) or dead (never handed in)
+    rate_per_s: float = 0.0
+    error: str | None = None
+
+
 class RunReport(msgspec.Struct, frozen=True, omit_defaults=True):
     """One run's report: report.json's top level. ``lifecycle`` only on a run with a
-    lifecycle mix."""
+    lifecycle mix, ``workers`` only on a distributed one."""
 
     schema: str  # SCHEMA
     run_id: str
@@ -173,6 +189,7 @@ class RunReport(msgspec.Struct, frozen=True, omit_defaults=True):
     thresholds: list[ThresholdResult]
     passed: bool  # every threshold passed (also when there are none)
     lifecycle: LifecycleReport | None = None
+    workers: list[WorkerRow] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as report.json holds it (plain dicts and lists, in its key order)."""

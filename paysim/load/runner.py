@@ -67,6 +67,23 @@ class RunOptions:
     max_send_delay_s: float = 5.0
     issuer: IssuerRates | None = None  # the run's issuer; None: the processor's settings
     issuer_outages_s: tuple[tuple[float, float], ...] = ()  # relative to the run's start
+    # A distributed run: this generator sends the payments numbered k, k + n, k + 2n... of
+    # the schedule (share (k, n)), from the run's common start (Unix µs).
+    share: tuple[int, int] | None = None
+    start_at_us: int | None = None
+
+    def mine(self, index: int) -> bool:
+        """Whether payment ``index`` of the schedule is this generator's to send."""
+        return self.share is None or index % self.share[1] == self.share[0]
+
+    def share_of(self, count: int) -> int:
+        """How many of ``count`` scheduled payments are this generator's."""
+        return count if self.share is None else share_size(count, *self.share)
+
+
+def share_size(count: int, share: int, shares: int) -> int:
+    """How many of payments 0..count-1 are share ``share`` of ``shares`` (k, k + n, ...)."""
+    return max(0, (count - share + shares - 1) // shares)
 
 
 @dataclass
@@ -147,7 +164,7 @@ class LoadRun:
         client = store.connect(self.settings)
         try:
             ingress = open_ingress(self.settings, self.options.via)
-            started = now_us()
+            started = self.options.start_at_us or now_us()
             self.metrics = RunMetrics(started)
             self._publish_issuer(client, started)
             if self.plan.lifecycle is not None:
@@ -203,7 +220,7 @@ class LoadRun:
             target_rate=round(profile.mean_rate(), 3) if profile else None,
             stages=[{"duration_s": s.duration_s, "target_rate": s.target_rate}
                     for s in profile.stages] if profile else [],
-            scheduled=self.plan.count, lost_ids=lost,
+            scheduled=self.options.share_of(self.plan.count), lost_ids=lost,
             finished_us=max(self._last_outcome_us or now_us(),
                             self.metrics.operations.last_answer_us or 0
                             if self.metrics.operations else 0),
@@ -231,6 +248,9 @@ class LoadRun:
             # microseconds (as the stage times are), the waits run on the monotonic clock.
             # Anchored anywhere earlier, every payment would count the gap as send delay.
             start, schedule_us = time.monotonic(), now_us()
+            if self.options.start_at_us is not None:  # the generators' common zero
+                start += (self.options.start_at_us - schedule_us) / 1e6
+                schedule_us = self.options.start_at_us
             offsets = self.plan.offsets
             for index, payment in enumerate(self.plan.payments):
                 if index >= self.plan.count or self._sending_halted():
@@ -238,6 +258,8 @@ class LoadRun:
                 offset = next(offsets, None) if offsets is not None else None
                 if offsets is not None and offset is None:
                     break
+                if not self.options.mine(index):
+                    continue
                 if offset is not None:
                     if not self._wait_until(start + offset):
                         break
@@ -346,6 +368,8 @@ class LoadRun:
                 continue
             entries, early = early + read, []
             for entry in entries:
+                if not self.options.mine(entry.seq):
+                    continue  # another generator's payment of the same run
                 with self.ledger.lock:
                     known = entry.payment_id in self.ledger.intended
                 if known:
