@@ -1,0 +1,135 @@
+"""Bring your own service: `run-all --external processor` leaves the processor's consumer
+group to examples/external-processor (no paysim import), `ps` shows it with its lag, and
+`paysim conformance processor` passes it, and fails each deliberately broken variant on the
+case that variant breaks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from paysim.infra.config import Settings, settings_env
+from paysim.infra.kafka import client_config
+from paysim.infra.waiting import wait_until
+from paysim.ops.conformance_cases import processor_suite
+from tests.helpers import free_port, run_paysim, settings_for
+from tests.integration.pipeline_helpers import child_env, running_pipeline
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "external-processor" / "processor.py"
+TOPICS = {f"topics.{name}": f"byos.{name}" for name in (
+    "requested", "authorized", "results", "notifications", "dlq", "operations", "events",
+    "settlements")}
+CONFORMANCE_TIMEOUT = "90"  # a new member waits out the group's last one (6 s) at most
+
+
+@pytest.fixture(scope="module")
+def external(local_stack, service_flags, tmp_path_factory) -> Iterator[Settings]:
+    """run-all --external processor on topics of its own (so the group's offsets and the
+    topics' records are this module's alone)."""
+    settings = settings_for({**service_flags, **TOPICS, "http.port": free_port(),
+                             "services.dir": str(tmp_path_factory.mktemp("byos"))})
+    with running_pipeline(settings, "--external", "processor"):
+        yield settings
+
+
+@contextmanager
+def example(settings: Settings, broken: str | None = None) -> Iterator[subprocess.Popen]:
+    """The example processor as its README runs it: plain environment variables."""
+    env = {"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "REDIS_URL": settings.redis_url, "AUTHORIZED_TOPIC": settings.topics.authorized,
+           "RESULTS_TOPIC": settings.topics.results, "DLQ_TOPIC": settings.topics.dlq,
+           **({"BROKEN": broken} if broken else {})}
+    child = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield child
+    finally:
+        child.terminate()
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+
+
+def conformance(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_paysim("conformance", "processor", "--timeout", CONFORMANCE_TIMEOUT, *args,
+                      env=settings_env(settings), timeout=300)
+
+
+def processor_row(settings: Settings) -> dict:
+    result = run_paysim("ps", "--json", env=settings_env(settings))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)["services"]}
+    assert "processor-0" not in rows  # paysim's own is not started
+    return rows["processor"]
+
+
+def test_ps_shows_the_external_processor_with_its_consumer_groups_lag(external) -> None:
+    before = processor_row(external)
+    assert before["state"] == "external"
+    producer = Producer(client_config(external))
+    payments = [send for case in processor_suite("conformance-ps").cases[:5]
+                for send in case.sends]
+    for send in payments:
+        producer.produce(external.topics.authorized, key=send.key, value=send.value)
+    assert producer.flush(30) == 0
+    assert processor_row(external)["lag"] == before["lag"] + len(payments)
+    with example(external):
+        assert wait_until(lambda: processor_row(external)["lag"] == 0, timeout=90,
+                          interval=0.5)
+
+
+def test_the_example_passes_conformance(external) -> None:
+    with example(external):
+        result = conformance(external)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "23 passed, 0 failed" in result.stdout
+    assert "FAIL" not in result.stdout
+
+
+# Each breakage and the cases it must fail, no more and no fewer.
+BROKEN = {
+    "no-dlq": {"dead letter: not JSON", "dead letter: schema version 2",
+               "dead letter: a field missing (token)", "dead letter: unknown currency ABC",
+               "dead letter: amount 0"},
+    "no-transactions": {"outputs only in committed transactions"},
+    "double-spend": {"redelivered record: one decision, spent once"},
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN))
+def test_a_broken_example_fails_the_case_it_breaks(external, broken: str) -> None:
+    with example(external, broken):
+        result = conformance(external, "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    cases = json.loads(result.stdout)["cases"]
+    assert len(cases) == 23
+    assert {case["name"] for case in cases if not case["passed"]} == BROKEN[broken]
+
+
+def test_paysims_own_processor_passes_conformance(external) -> None:
+    """The cases hold paysim to what they hold others to: its own processor, in the group
+    left external, passes them all."""
+    own = subprocess.Popen([sys.executable, "-m", "paysim", "service", "processor"],
+                           env={**child_env(external), "PATH": "/usr/bin:/bin"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        result = conformance(external, "--json")
+    finally:
+        own.terminate()
+        _, err = own.communicate(timeout=60)
+    assert result.returncode == 0, result.stdout + err
+    assert all(case["passed"] for case in json.loads(result.stdout)["cases"])
+
+
+def test_conformance_with_redis_unreachable_is_one_line(external) -> None:
+    result = conformance(external, "--redis-url", "redis://127.0.0.1:1/0")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("paysim: error: Redis at redis://127.0.0.1:1/0 does not "
+                                     "answer: Error 111 connecting to 127.0.0.1:1. Connection "
+                                     "refused.")

@@ -1,0 +1,131 @@
+"""The conformance cases and their judgement (pure: no broker, no Redis)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from paysim.domain import decisions
+from paysim.domain.messages import PROCESSED, DeadLetter, PaymentAuthorized, PaymentOutcome, encode
+from paysim.ops.conformance_cases import (
+    Observed,
+    Output,
+    Sent,
+    judge_case,
+    judge_transactions,
+    processor_suite,
+)
+from paysim.ops.run_all import external_services
+from paysim.pipeline import registry
+from paysim.stack.process import ProcessRecord
+from tests.helpers import assert_one_line_error, run_paysim
+
+# README's reason table: the codes the processor decides (the rest are the authorizer's or
+# the ledger service's operations').
+PROCESSOR_CODES = {"00", "10", "05", "41", "43", "51", "61", "91", "96"}
+
+
+def test_the_suite_covers_every_processor_reason_code() -> None:
+    suite = processor_suite("conformance-test")
+    codes = {expect.code for case in suite.cases for expect in case.expects.values() if expect}
+    assert codes == PROCESSOR_CODES
+    assert sum(case.dead_letters for case in suite.cases) == 5
+    assert any(send.aborted for case in suite.cases for send in case.sends)
+
+
+def _case(name: str):
+    return next(case for case in processor_suite("conformance-test").cases if case.name == name)
+
+
+def _observed(results: dict[str, list[Output]], redis: dict[str, str | None],
+              letters: list[Output] | None = None) -> Observed:
+    return Observed(True, "", results, letters or [], redis, {}, {})
+
+
+def _outcome(payment: PaymentAuthorized, status: str, code: str, approved: int | None,
+             offset: int = 0) -> Output:
+    outcome = PaymentOutcome(
+        payment_id=payment.payment_id, run_id=payment.run_id, seq=payment.seq,
+        amount=payment.amount, currency=payment.currency, merchant=payment.merchant,
+        stages={**payment.stages, PROCESSED: 3}, status=status, reason_code=code,
+        reason_text=decisions.reason_text(code), token=payment.token,
+        masked_pan=payment.masked_pan, network=payment.network, approved_amount=approved)
+    return Output("payments.results", 0, offset, payment.token.encode(), encode(outcome))
+
+
+def test_a_decision_passes_only_with_its_record_and_the_seed_key() -> None:
+    case = _case("41 lost card (test card)")
+    payment = msgspec.json.decode(case.sends[0].value, type=PaymentAuthorized)
+    good = _outcome(payment, "declined", "41", None)
+    passed = judge_case(case, [], _observed({payment.payment_id: [good]},
+                                            {payment.payment_id: "declined"}), "t")
+    assert passed.passed, passed.detail
+    assert passed.detail == "declined 41: 1 record"
+    no_key = judge_case(case, [], _observed({payment.payment_id: [good]},
+                                            {payment.payment_id: None}), "t")
+    assert not no_key.passed
+    assert f"payment_result_{payment.payment_id} is None" in no_key.detail
+    wrong = judge_case(case, [], _observed({payment.payment_id: [
+        _outcome(payment, "declined", "05", None)]}, {payment.payment_id: "declined"}), "t")
+    assert not wrong.passed
+    assert "decided declined 05" in wrong.detail
+
+
+def test_a_redelivered_payment_with_two_decisions_fails() -> None:
+    case = _case("redelivered record: one decision, spent once")
+    twice, after = (msgspec.json.decode(send.value, type=PaymentAuthorized)
+                    for send in (case.sends[0], case.sends[2]))
+    answers = {twice.payment_id: "approved", after.payment_id: "approved"}
+    same = [_outcome(twice, "approved", "00", twice.amount, 0),
+            _outcome(twice, "approved", "00", twice.amount, 1)]
+    later = [_outcome(after, "approved", "00", after.amount, 2)]
+    assert judge_case(case, [], _observed({twice.payment_id: same,
+                                           after.payment_id: later}, answers), "t").passed
+    spent_twice = [_outcome(after, "declined", "61", None, 2)]
+    verdict = judge_case(case, [], _observed({twice.payment_id: same,
+                                              after.payment_id: spent_twice}, answers), "t")
+    assert not verdict.passed
+    assert "decided declined 61" in verdict.detail
+
+
+def test_a_poison_record_needs_a_dead_letter_naming_it() -> None:
+    case = _case("dead letter: not JSON")
+    sent = [Sent(case.sends[0], partition=2, offset=7)]
+    letter = DeadLetter(service="processor", source_topic="payments.authorized", partition=2,
+                        offset=7, reason="not valid JSON", key=None, original=None, at=1)
+    found = Output("payments.dlq", 0, 0, None, encode(letter))
+    assert judge_case(case, sent, _observed({}, {}, [found]), "payments.authorized").passed
+    elsewhere = Output("payments.dlq", 0, 0, None, encode(
+        msgspec.structs.replace(letter, offset=8)))
+    verdict = judge_case(case, sent, _observed({}, {}, [elsewhere]), "payments.authorized")
+    assert not verdict.passed
+    assert verdict.detail == "no dead letter for payments.authorized 2/7"
+
+
+def test_outputs_without_a_marker_after_them_are_outside_transactions() -> None:
+    output = Output("payments.results", 0, 4, b"k", b"{}")
+    marked = Observed(True, "", {"p": [output]}, [], {}, {("payments.results", 0): {4}},
+                      {("payments.results", 0): 6})
+    assert judge_transactions(marked).passed
+    plain = Observed(True, "", {"p": [output]}, [], {}, {("payments.results", 0): {4, 5}},
+                     {("payments.results", 0): 6})
+    verdict = judge_transactions(plain)
+    assert not verdict.passed
+    assert "1 of 1 outputs written outside a transaction" in verdict.detail
+
+
+def test_external_services_come_from_the_supervisor_record() -> None:
+    record = ProcessRecord(pid=1, address="", version="", started_at=0, boot_ticks=0,
+                           details={"counts": {}, "external": ["processor", "nonsense"]})
+    assert external_services(record) == ("processor",)
+    assert external_services(None) == ()
+    assert "http" not in registry.EXTERNAL_NAMES
+
+
+def test_conformance_with_kafka_unreachable_is_one_line() -> None:
+    result = run_paysim("conformance", "processor", "--bootstrap", "127.0.0.1:1",
+                        env={"PAYSIM_KAFKA_TIMEOUT": "1"}, timeout=60)
+    assert_one_line_error(result, 1, "Kafka at 127.0.0.1:1 did not answer in 1 s")
+
+
+def test_conformance_of_a_service_without_cases_is_bad_input() -> None:
+    assert_one_line_error(run_paysim("conformance", "ledger"), 2, "ledger")
