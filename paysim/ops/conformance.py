@@ -85,7 +85,7 @@ def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
     finally:
         client.close()
     return ConformanceReport(service, suite.run_id, spec.group, topic,
-                             judge(suite, sent, observed, topic))
+                             judge(suite, sent, observed, topic, service))
 
 
 def _consumer(settings: Settings, isolation: str = "read_committed",

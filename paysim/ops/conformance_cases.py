@@ -286,9 +286,9 @@ def _judge_decisions(case: Case, observed: Observed) -> tuple[list[str], list[st
     return problems, seen
 
 
-def _judge_dead_letters(sent: list[Sent], letters: list[Output],
-                        topic: str) -> tuple[list[str], list[str]]:
-    """Each poison record of the case has a dead letter naming it."""
+def _judge_dead_letters(sent: list[Sent], letters: list[Output], topic: str,
+                        service: str) -> tuple[list[str], list[str]]:
+    """Each poison record of the case has a dead letter naming it, written by ``service``."""
     problems, seen = [], []
     for record in sent:
         found = []
@@ -302,17 +302,18 @@ def _judge_dead_letters(sent: list[Sent], letters: list[Output],
                 found.append(letter)
         if not found:
             problems.append(f"no dead letter for {topic} {record.partition}/{record.offset}")
-        elif not any(letter.service == "processor" and letter.reason for letter in found):
-            problems.append("dead letter without service 'processor' and a reason")
+        elif not any(letter.service == service and letter.reason for letter in found):
+            problems.append(f"dead letter without service {service!r} and a reason")
         else:
             seen.append(f"dead letter: {found[0].reason[:60]}")
     return problems, seen
 
 
-def judge_case(case: Case, sent: list[Sent], observed: Observed, input_topic: str) -> Verdict:
+def judge_case(case: Case, sent: list[Sent], observed: Observed, input_topic: str,
+               service: str) -> Verdict:
     problems, seen = _judge_decisions(case, observed)
     if case.dead_letters:
-        more, letters = _judge_dead_letters(sent, observed.dead_letters, input_topic)
+        more, letters = _judge_dead_letters(sent, observed.dead_letters, input_topic, service)
         problems += more
         seen = letters + seen
     return Verdict(case.name, not problems, "; ".join(problems or seen))
@@ -349,12 +350,12 @@ def judge_transactions(observed: Observed) -> Verdict:
 
 
 def judge(suite: Suite, sent: dict[str, list[Sent]], observed: Observed,
-          input_topic: str) -> list[Verdict]:
+          input_topic: str, service: str) -> list[Verdict]:
     """Every case's verdict, after the first: whether the candidate consumed at all."""
     verdicts = [Verdict("consumed every record (committed offsets)", observed.consumed,
                         observed.consumed_detail)]
     for case in suite.cases:
         poisoned = [s for s in sent[case.name] if case.dead_letters]
-        verdicts.append(judge_case(case, poisoned, observed, input_topic))
+        verdicts.append(judge_case(case, poisoned, observed, input_topic, service))
     verdicts.append(judge_transactions(observed))
     return verdicts

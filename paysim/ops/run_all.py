@@ -29,6 +29,7 @@ from paysim.stack.process import ProcessRecord, boot_ticks, is_running
 from paysim.stack.process import stop as stop_process
 
 WATCH_EVERY_S = 2.0
+EXTERNAL_MARK_TTL_S = 10  # renewed every WATCH_EVERY_S while run-all runs
 
 
 def record_path(settings: Settings) -> Path:
@@ -78,6 +79,7 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
             spec = registry.by_name(name)
             announce(f"{name} is external: consumer group {spec.group} on "
                      f"{spec.topic(settings)} is left to an outside implementation")
+        _mark_external(client, external)
         last_watch = time.monotonic()
         while not stop.wait(0.5):
             supervisor.poll()
@@ -86,15 +88,23 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
                 # While Redis is away there are no heartbeats to judge by.
                 with contextlib.suppress(redis.RedisError):
                     supervisor.watch(store.read_heartbeats(client))
+                _mark_external(client, external)
             if tick:
                 tick(supervisor)
     finally:
         if supervisor is not None:
             announce("stopping the services")
             supervisor.stop_all()
+            _mark_external(client, ())
         record_path(settings).unlink(missing_ok=True)
         client.close()
         lock.close()
+
+
+def _mark_external(client: redis.Redis, external: tuple[str, ...]) -> None:
+    """Tell `send` and the edge's health check that these are provided (from outside)."""
+    with contextlib.suppress(redis.RedisError):  # Redis away: the mark expires meanwhile
+        store.mark_external(client, external, EXTERNAL_MARK_TTL_S)
 
 
 ERROR_PREFIX = "paysim: error: "  # how the CLI starts the one line of a failure

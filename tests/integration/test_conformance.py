@@ -20,7 +20,13 @@ from paysim.infra.kafka import client_config
 from paysim.infra.waiting import wait_until
 from paysim.ops.conformance_cases import processor_suite
 from tests.helpers import free_port, run_paysim, settings_for
-from tests.integration.pipeline_helpers import child_env, running_pipeline
+from tests.integration.pipeline_helpers import (
+    child_env,
+    injected,
+    reason_counts,
+    running_pipeline,
+    send,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "external-processor" / "processor.py"
 TOPICS = {f"topics.{name}": f"byos.{name}" for name in (
@@ -32,8 +38,9 @@ CONFORMANCE_TIMEOUT = "90"  # a new member waits out the group's last one (6 s) 
 @pytest.fixture(scope="module")
 def external(local_stack, service_flags, tmp_path_factory) -> Iterator[Settings]:
     """run-all --external processor on topics of its own (so the group's offsets and the
-    topics' records are this module's alone)."""
+    topics' records are this module's alone), with no random issuer declines."""
     settings = settings_for({**service_flags, **TOPICS, "http.port": free_port(),
+                             "issuer.decline_rate": 0, "issuer.fault_rate": 0,
                              "services.dir": str(tmp_path_factory.mktemp("byos"))})
     with running_pipeline(settings, "--external", "processor"):
         yield settings
@@ -73,10 +80,10 @@ def test_ps_shows_the_external_processor_with_its_consumer_groups_lag(external) 
     before = processor_row(external)
     assert before["state"] == "external"
     producer = Producer(client_config(external))
-    payments = [send for case in processor_suite("conformance-ps").cases[:5]
-                for send in case.sends]
-    for send in payments:
-        producer.produce(external.topics.authorized, key=send.key, value=send.value)
+    payments = [record for case in processor_suite("conformance-ps").cases[:5]
+                for record in case.sends]
+    for record in payments:
+        producer.produce(external.topics.authorized, key=record.key, value=record.value)
     assert producer.flush(30) == 0
     assert processor_row(external)["lag"] == before["lag"] + len(payments)
     with example(external):
@@ -90,6 +97,14 @@ def test_the_example_passes_conformance(external) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "23 passed, 0 failed" in result.stdout
     assert "FAIL" not in result.stdout
+
+
+def test_send_runs_through_the_external_processor(external) -> None:
+    """`send` takes the external processor as provided, and the example decides its load as
+    paysim's would (no random declines in this run's issuer: the injected outcomes)."""
+    with example(external):
+        report = send(external, "--count", "200", "--seed", "7", "--timeout", "60")
+    assert reason_counts(report) == dict(injected(7, 200, external))
 
 
 # Each breakage and the cases it must fail, no more and no fewer.

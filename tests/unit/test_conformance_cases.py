@@ -32,6 +32,10 @@ def test_the_suite_covers_every_processor_reason_code() -> None:
     assert any(send.aborted for case in suite.cases for send in case.sends)
 
 
+def judge(case, sent: list[Sent], observed: Observed):
+    return judge_case(case, sent, observed, "payments.authorized", "processor")
+
+
 def _case(name: str):
     return next(case for case in processor_suite("conformance-test").cases if case.name == name)
 
@@ -56,16 +60,16 @@ def test_a_decision_passes_only_with_its_record_and_the_seed_key() -> None:
     case = _case("41 lost card (test card)")
     payment = msgspec.json.decode(case.sends[0].value, type=PaymentAuthorized)
     good = _outcome(payment, "declined", "41", None)
-    passed = judge_case(case, [], _observed({payment.payment_id: [good]},
-                                            {payment.payment_id: "declined"}), "t")
+    passed = judge(case, [], _observed({payment.payment_id: [good]},
+                                       {payment.payment_id: "declined"}))
     assert passed.passed, passed.detail
     assert passed.detail == "declined 41: 1 record"
-    no_key = judge_case(case, [], _observed({payment.payment_id: [good]},
-                                            {payment.payment_id: None}), "t")
+    no_key = judge(case, [], _observed({payment.payment_id: [good]},
+                                       {payment.payment_id: None}))
     assert not no_key.passed
     assert f"payment_result_{payment.payment_id} is None" in no_key.detail
-    wrong = judge_case(case, [], _observed({payment.payment_id: [
-        _outcome(payment, "declined", "05", None)]}, {payment.payment_id: "declined"}), "t")
+    wrong = judge(case, [], _observed({payment.payment_id: [
+        _outcome(payment, "declined", "05", None)]}, {payment.payment_id: "declined"}))
     assert not wrong.passed
     assert "decided declined 05" in wrong.detail
 
@@ -78,11 +82,11 @@ def test_a_redelivered_payment_with_two_decisions_fails() -> None:
     same = [_outcome(twice, "approved", "00", twice.amount, 0),
             _outcome(twice, "approved", "00", twice.amount, 1)]
     later = [_outcome(after, "approved", "00", after.amount, 2)]
-    assert judge_case(case, [], _observed({twice.payment_id: same,
-                                           after.payment_id: later}, answers), "t").passed
+    assert judge(case, [], _observed({twice.payment_id: same,
+                                      after.payment_id: later}, answers)).passed
     spent_twice = [_outcome(after, "declined", "61", None, 2)]
-    verdict = judge_case(case, [], _observed({twice.payment_id: same,
-                                              after.payment_id: spent_twice}, answers), "t")
+    verdict = judge(case, [], _observed({twice.payment_id: same,
+                                         after.payment_id: spent_twice}, answers))
     assert not verdict.passed
     assert "decided declined 61" in verdict.detail
 
@@ -93,10 +97,10 @@ def test_a_poison_record_needs_a_dead_letter_naming_it() -> None:
     letter = DeadLetter(service="processor", source_topic="payments.authorized", partition=2,
                         offset=7, reason="not valid JSON", key=None, original=None, at=1)
     found = Output("payments.dlq", 0, 0, None, encode(letter))
-    assert judge_case(case, sent, _observed({}, {}, [found]), "payments.authorized").passed
+    assert judge(case, sent, _observed({}, {}, [found])).passed
     elsewhere = Output("payments.dlq", 0, 0, None, encode(
         msgspec.structs.replace(letter, offset=8)))
-    verdict = judge_case(case, sent, _observed({}, {}, [elsewhere]), "payments.authorized")
+    verdict = judge(case, sent, _observed({}, {}, [elsewhere]))
     assert not verdict.passed
     assert verdict.detail == "no dead letter for payments.authorized 2/7"
 
