@@ -1,4 +1,5 @@
-"""The conformance cases and their judgement (pure: no broker, no Redis)."""
+"""The conformance cases and their judgement, and run-all's external services (pure: no
+broker, no Redis)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from paysim.ops.conformance_cases import (
     processor_suite,
 )
 from paysim.ops.run_all import external_services
-from paysim.pipeline import registry
+from paysim.ops.supervisor import Supervisor
+from paysim.pipeline import registry, store
 from paysim.stack.process import ProcessRecord
 from tests.helpers import assert_one_line_error, run_paysim
+from tests.unit.fakes import FakeRedis, pure_settings
 
 # README's reason table: the codes the processor decides (the rest are the authorizer's or
 # the ledger service's operations').
@@ -125,11 +128,23 @@ def test_external_services_come_from_the_supervisor_record() -> None:
     assert "http" not in registry.EXTERNAL_NAMES
 
 
-def test_conformance_with_kafka_unreachable_is_one_line() -> None:
-    result = run_paysim("conformance", "processor", "--bootstrap", "127.0.0.1:1",
-                        env={"PAYSIM_KAFKA_TIMEOUT": "1"}, timeout=60)
-    assert_one_line_error(result, 1, "Kafka at 127.0.0.1:1 did not answer in 1 s")
-
-
 def test_conformance_of_a_service_without_cases_is_bad_input() -> None:
     assert_one_line_error(run_paysim("conformance", "ledger"), 2, "ledger")
+
+
+def test_run_all_starts_no_child_for_an_external_service(tmp_path) -> None:
+    settings = pure_settings({"services.dir": str(tmp_path)})
+    supervisor = Supervisor(settings, {"processor": 2}, lambda _: None, ("processor",))
+    names = [child.name for child in supervisor.children]
+    assert names == registry.instance_names({"processor": 2}, ("processor",))
+    assert "processor-0" not in names and "authorizer-0" in names
+
+
+def test_external_marks_are_read_back_and_cleared() -> None:
+    client = FakeRedis()
+    store.mark_external(client, ("processor", "notifier"), 10)
+    assert store.external_services(client) == {"processor", "notifier"}
+    store.mark_external(client, (), 10)
+    assert store.external_services(client) == set()
+    client.set(store.EXTERNAL_KEY, b"{not json")
+    assert store.external_services(client) == set()
