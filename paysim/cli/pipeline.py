@@ -16,7 +16,7 @@ from rich.table import Table
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, print_json, safe
 from paysim.infra.config import Settings
-from paysim.ops.panel import view
+from paysim.ops.panel import ExternalLags, view
 from paysim.ops.run_all import (
     external_lag,
     external_services,
@@ -65,14 +65,17 @@ class RateMeter:
 
 
 def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
-                   meter: RateMeter) -> Table:
+                   meter: RateMeter, external: ExternalLags) -> Table:
     table = Table("service", "state", "pid", "restarts", "processed", "rate/s", "lag",
                   "dead letters", "metrics", title="paysim services (Ctrl-C stops them all)")
     for row in view(supervisor.children, beats):
         table.add_row(safe(row.name), f"[{STATE_STYLE[row.state]}]{row.state}[/]",
                       str(row.pid or "-"), str(row.restarts), f"{row.processed:,}",
-                      f"{meter.rate(row.name, row.processed):,.0f}", f"{row.lag:,}",
+                      f"{meter.rate(row.name, row.processed):,.0f}", _count(row.lag),
                       str(row.dead_letters), safe(row.metrics_url or "-"))
+    for row in external.rows():  # what paysim sees of them: their groups' lag
+        table.add_row(safe(row.name), f"[{STATE_STYLE[row.state]}]{row.state}[/]", "-", "-",
+                      "-", "-", _count(row.lag), "-", "-")
     return table
 
 
@@ -110,6 +113,7 @@ def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
     live_panel = console.is_terminal and not no_live
     client = store.connect(settings)
     meter = RateMeter()
+    lags = ExternalLags(settings, external)
     live = Live(console=console, refresh_per_second=2, transient=False) if live_panel else None
 
     def announce(line: str) -> None:
@@ -121,7 +125,7 @@ def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
                 beats = store.read_heartbeats(client)
             except redis.RedisError:
                 beats = {}  # Redis away: the panel shows what the supervisor itself knows
-            live.update(services_table(supervisor, beats, meter))
+            live.update(services_table(supervisor, beats, meter, lags))
 
     if live:
         live.start()
