@@ -87,7 +87,8 @@ def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
 @click.option("--external", "external", multiple=True,
               type=click.Choice(registry.EXTERNAL_NAMES),
               help="Leave this service's consumer group to an outside implementation "
-              "(repeatable); `paysim ps` shows its lag, `paysim conformance` checks it.")
+              "(repeatable); `paysim ps` shows its lag; `paysim conformance processor` "
+              "checks an external processor.")
 @with_settings("http.port", "http.host")
 def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
                     no_live: bool, external: tuple[str, ...]) -> None:
