@@ -23,9 +23,12 @@ from tests.helpers import free_port, run_paysim, settings_for
 from tests.integration.pipeline_helpers import (
     child_env,
     injected,
+    notified,
+    notified_so_far,
     reason_counts,
     running_pipeline,
     send,
+    start_send,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "external-processor" / "processor.py"
@@ -46,15 +49,20 @@ def external(local_stack, service_flags, tmp_path_factory) -> Iterator[Settings]
         yield settings
 
 
-@contextmanager
-def example(settings: Settings, broken: str | None = None) -> Iterator[subprocess.Popen]:
+def start_example(settings: Settings, broken: str | None = None) -> subprocess.Popen:
     """The example processor as its README runs it: plain environment variables."""
     env = {"PATH": "/usr/bin:/bin", "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "REDIS_URL": settings.redis_url, "AUTHORIZED_TOPIC": settings.topics.authorized,
            "RESULTS_TOPIC": settings.topics.results, "DLQ_TOPIC": settings.topics.dlq,
            **({"BROKEN": broken} if broken else {})}
-    child = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, str(EXAMPLE)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@contextmanager
+def example(settings: Settings, broken: str | None = None) -> Iterator[subprocess.Popen]:
+    """The example running for the block, stopped cleanly (SIGTERM) after it."""
+    child = start_example(settings, broken)
     try:
         yield child
     finally:
@@ -105,6 +113,31 @@ def test_send_runs_through_the_external_processor(external) -> None:
     with example(external):
         report = send(external, "--count", "200", "--seed", "7", "--timeout", "60")
     assert reason_counts(report) == dict(injected(7, 200, external))
+
+
+def test_the_example_killed_mid_run_decides_each_payment_once(external) -> None:
+    """SIGKILL in the middle of a run, then started again: every payment still gets the
+    outcome it was injected with, once (a batch decided twice would spend twice, and cards
+    near their limits would be declined)."""
+    before = notified_so_far(external)
+    child, stdout, stderr = start_send(external, "--count", "600", "--rate", "150",
+                                       "--seed", "9", "--timeout", "90")
+    first = start_example(external)
+    try:
+        assert wait_until(lambda: notified(external) >= before + 150, timeout=90)
+    finally:
+        first.kill()
+        first.wait(30)
+    try:
+        with example(external):
+            child.wait(timeout=180)
+    finally:
+        child.kill()
+    assert child.returncode == 0, stderr.text()
+    report = json.loads(stdout.text())
+    assert report["outcomes"]["lost"] == 0
+    assert report["outcomes"]["completed"] == 600
+    assert reason_counts(report) == dict(injected(9, 600, external))
 
 
 # Each breakage and the cases it must fail, no more and no fewer.
