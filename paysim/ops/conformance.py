@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 import redis
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
@@ -73,6 +73,7 @@ def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
         suite = SUITES[service](run_id or new_run_id())
         for run, rates in suite.issuers.items():
             store.write_run_issuer(client, run, rates, ISSUER_TTL_S)
+        _ends(settings, topic, wait_s)  # the input topic exists, or one line says so
         outputs = (settings.topics.results, settings.topics.dlq)
         starts = {name: _ends(settings, name, wait_s) for name in outputs}
         sent = _produce(settings, topic, suite, wait_s)
@@ -192,7 +193,7 @@ def _read(settings: Settings, topic: str, starts: dict[int, int], isolation: str
             if message is None:
                 continue
             if message.error() is not None:
-                if message.error().code() == -191:  # _PARTITION_EOF
+                if message.error().code() == KafkaError._PARTITION_EOF:
                     pending.discard(message.partition())
                 continue
             outputs.append(Output(topic, message.partition(), message.offset(), message.key(),
