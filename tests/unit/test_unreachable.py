@@ -42,6 +42,8 @@ def dead_env(tmp_path: Path) -> dict[str, str]:
         (["run-all", "--no-live"], f"Kafka at {DEAD_KAFKA}"),
         (["run-all", "--detach"], f"Kafka at {DEAD_KAFKA}"),
         (["topics", "ensure"], f"Kafka at {DEAD_KAFKA} did not answer in {KAFKA_TIMEOUT_S} s"),
+        (["conformance", "processor"],
+         f"Kafka at {DEAD_KAFKA} did not answer in {KAFKA_TIMEOUT_S} s"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )
