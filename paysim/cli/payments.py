@@ -180,6 +180,7 @@ class LiveProgress:
                 f"{tick.current_rate:,.0f}/s{target}  approved {tick.approved:,}  declined "
                 f"{tick.declined:,}  p99 (last 5 s) {p99}"
                 + (f"  dropped {tick.dropped:,}" if tick.dropped else "")
+                + (f"  errors {tick.errors:,}" if tick.errors else "")
                 + (f"  operations {tick.operations_answered:,}/{tick.operations:,}"
                    if tick.operations is not None else ""))
         if self.live:

@@ -127,10 +127,11 @@ class Tick:
     rolling_p99_ms: float | None
     operations: int | None = None  # a lifecycle mix's operations planned so far
     operations_answered: int = 0
+    errors: int = 0  # a target's failures (load/targets)
 
     @property
     def in_flight(self) -> int:
-        return self.sent - self.completed
+        return self.sent - self.completed - self.errors
 
 
 class Interrupt:
@@ -440,6 +441,7 @@ class LoadRun:
             approved = sum(n for (status, _), n in metrics.reasons.items()
                            if status == "approved")
             sent, completed, dropped = metrics.sent, metrics.completed, metrics.dropped
+            errors = sum(metrics.errors.values())
         profile = self.plan.profile
         return Tick(
             elapsed_s=elapsed, sent=sent, completed=completed, dropped=dropped,
@@ -447,7 +449,7 @@ class LoadRun:
             target_rate=profile.rate_at(elapsed) if profile else None,
             current_rate=float(second.sent) if second else 0.0,
             approved=approved, declined=completed - approved,
-            rolling_p99_ms=metrics.rolling_p99_ms(now),
+            rolling_p99_ms=metrics.rolling_p99_ms(now), errors=errors,
             **self._operation_counts(),
         )
 

@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.kafka import client_config
 from paysim.infra.topics import ensure_topics
+from paysim.load.html import render_html
 from paysim.load.plan import SendRequest
 from paysim.load.report import RunReport
 from paysim.load.run import run_load
@@ -153,6 +154,8 @@ def test_send_target_drives_an_http_authorizer(settings: Settings, tmp_path: Pat
     assert sum(second.completed for second in report.timeline) == report.outcomes.completed
     assert report.passed, report.thresholds
     check_report(report, state.cards)
+    page = render_html(report)
+    assert 'id="target-errors"' in page and "not applicable" in page
 
 
 def test_a_target_that_refuses_connections_is_counted_as_errors(settings: Settings,
@@ -218,18 +221,21 @@ class Responder:
         consumer.assign([TopicPartition(self.requests, p, OFFSET_BEGINNING)
                          for p in partitions.partitions])
         producer = Producer(client_config(self.settings, **{"linger.ms": 1}))
-        first = True
+        garbage_sent = False
         try:
             while not self.stop.is_set():
-                for message in consumer.consume(num_messages=100, timeout=0.2):
+                first = consumer.poll(0.2)  # consume(n, timeout) would wait for n records
+                if first is None:
+                    continue
+                for message in [first, *consumer.consume(num_messages=100, timeout=0)]:
                     if message.error() is not None:
                         continue
                     record = json.loads(message.value())
                     assert message.headers() == [("event-type", b"authorization.requested")]
                     self.cards.add(record["pan"])
-                    if first:  # an outcome record that does not parse
+                    if not garbage_sent:  # an outcome record that does not parse
                         producer.produce(self.outcomes, b"{not json")
-                        first = False
+                        garbage_sent = True
                     if record["seq"] % 7 == 3:
                         self.skipped.add(record["ref"])
                         continue

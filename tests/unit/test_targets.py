@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from paysim.domain import cards
 from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
+from paysim.load.html import render_html
 from paysim.load.ingress import Failure
+from paysim.load.metrics import RunMetrics
 from paysim.load.plan import SendRequest, plan_run
+from paysim.load.report import RunInfo, TargetInfo, build_report
 from paysim.load.targets.choice import TargetFlags, open_target
 from paysim.load.targets.http_target import HttpTarget, parse_target_url, read_answer
 from paysim.load.targets.kafka_target import Correlation, OutcomeReader, Pending
@@ -26,6 +30,7 @@ from paysim.load.targets.template import (
     load_record_template,
     load_request_template,
 )
+from paysim.load.thresholds import parse_threshold
 from paysim.pipeline.store import DoneEntry
 from tests.helpers import assert_one_line_error, run_paysim
 
@@ -300,3 +305,37 @@ def test_send_with_a_bad_template_exits_2_before_sending(tmp_path: Path) -> None
     result = run_paysim("send", "--target", "http://127.0.0.1:1/a", "--request-template",
                         str(template), "--count", "5", timeout=60)
     assert_one_line_error(result, 2, "unknown field {amount_cents}")
+
+
+# ------------------------------------------------------------------ the report
+
+
+def test_a_target_runs_report_counts_errors_apart_and_validates() -> None:
+    metrics = RunMetrics(1_000_000)
+    for seq, (status, code) in enumerate([("approved", "-"), ("declined", "51"),
+                                          ("declined", "R17")]):
+        metrics.record_send(1_000_000 + seq, 1_000_100 + seq)
+        metrics.record_outcome(DoneEntry(f"p{seq}", status, code, 100, "EUR", seq,
+                                         {"requested": 1_000_100, "notified": 1_020_000}),
+                               1_000_000 + seq)
+    for kind in ("refused", "not json", "refused"):
+        metrics.record_send(1_000_000, 1_000_100)
+        metrics.record_error(kind, f"first {kind}")
+    metrics.record_error("refused", "a later line")
+    info = RunInfo(run_id="run-t", seed=1, via="target-http", mode="burst", scenario=None,
+                   target_rate=None, stages=[], scheduled=6, lost_ids=[],
+                   finished_us=2_000_000,
+                   target=TargetInfo(kind="http", address="http://127.0.0.1:1/a",
+                                     concurrency=8))
+    report = build_report(metrics, info, [parse_threshold("errors < 4", None, {"errors"})])
+    Draft202012Validator(json.loads((Path(__file__).resolve().parents[2] / "paysim" / "load"
+                                     / "report.schema.json").read_text())
+                         ).validate(report.to_dict())
+    assert report.outcomes.completed == 3 and report.load.sent == 6
+    texts = {row.reason_code: row.reason_text for row in report.outcomes.by_reason}
+    assert texts == {"-": "none given", "51": "insufficient funds", "R17": "the target's code"}
+    assert report.target is not None and report.target.errors == 4
+    assert [(row.kind, row.count, row.first) for row in report.target.by_error] == [
+        ("refused", 3, "first refused"), ("not json", 1, "first not json")]
+    assert report.thresholds[0].actual == 4 and not report.passed
+    assert 'id="target-errors"' in render_html(report)
