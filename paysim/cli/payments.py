@@ -223,7 +223,8 @@ def check_callback_url(url: str, settings: Settings) -> None:
 @click.option("--via", type=click.Choice(["kafka", "http"]), default="kafka", show_default=True,
               help="Ingress: straight onto Kafka, or through the HTTP API.")
 @click.option("--timeout", type=FiniteFloatRange(min=0.1), default=120.0, show_default=True,
-              help="Seconds to wait for outcomes after the last send.")
+              help="Seconds to wait for outcomes after the last send (with --target: "
+              "for each answer).")
 @click.option("--bad-share", type=FiniteFloatRange(0, 1),
               help="Share of payments with a bad card, split over the five card checks. "
               "[default: 0.05]")

@@ -312,7 +312,9 @@ class LoadRun:
                     self._send(ingress, payment, intended)
         finally:
             if pool:
-                pool.shutdown(wait=True)
+                # Stopped (Ctrl-C, a failed send): what waits in the queue is not sent, only
+                # what is in flight finishes; a slow target may hold a long queue.
+                pool.shutdown(wait=True, cancel_futures=self._sending_halted())
             ingress.finish()
 
     def _wait_until(self, due: float) -> bool:
