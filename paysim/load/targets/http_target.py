@@ -91,16 +91,19 @@ class HttpTargetIngress:
 
     def _exchange(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """One request on this thread's connection; a kept-alive connection the server
-        closed meanwhile is opened again once."""
+        closed meanwhile is opened again, once."""
         for attempt in (1, 2):
             connection = self._connection()
+            reused = connection.sock is not None
             try:
                 connection.request(self.template.method, self.address.path, body, headers)
                 response = connection.getresponse()
                 return response.status, response.read()
             except (ConnectionResetError, BrokenPipeError):  # RemoteDisconnected among them
                 connection.close()  # the next request opens it again
-                if attempt == 2:
+                # Only a kept-alive connection the server had closed is tried again: a new
+                # one that fails may have reached the target, and a payment is not resent.
+                if attempt == 2 or not reused:
                     raise
             except BaseException:
                 connection.close()  # a half-read answer would poison the next request
