@@ -135,16 +135,13 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
     lifecycle = request.lifecycle or (scenario.lifecycle if scenario else None)
     target = open_target(request.target, request.timeout)
     if target is not None:
-        # Checked before the scenario's issuer is taken: none of it applies elsewhere.
+        # Another system: the run's issuer and lifecycle mix are paysim's pipeline's.
         _check_target_request(request, lifecycle)
         options = replace(options, via=f"target-{target.info.kind}")
-        lifecycle, scenario_issuer = None, False
-    else:
-        scenario_issuer = True
-    if lifecycle is not None and request.via != "kafka":
+    elif lifecycle is not None and request.via != "kafka":
         raise ConfigError("a lifecycle mix is sent straight onto Kafka: drop --via "
                           f"{request.via}")
-    if scenario_issuer and (scenario or lifecycle):
+    if target is None and (scenario or lifecycle):
         # The run's issuer: the scenario's, else the services' (with the mix's hold TTL).
         spec = scenario.issuer if scenario else IssuerSpec(settings.issuer.decline_rate,
                                                            settings.issuer.fault_rate)
