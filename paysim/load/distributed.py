@@ -125,8 +125,9 @@ def run_distributed(settings: Settings, request: SendRequest, workers: int,
     if not 1 <= workers <= 64 or not 0 <= local <= workers:
         raise ConfigError(f"--workers: expected 1 to 64 generators with --local-workers from "
                           f"0 to --workers, got {workers} and {local}")
-    if request.replay or request.record:
-        raise ConfigError("--replay and --record send from one generator: drop --workers")
+    if request.replay or request.record or request.target.given():
+        raise ConfigError("--replay, --record, --target and --to-topic send from one "
+                          "generator: drop --workers")
     planned = plan_run(settings, request)  # every mistake named before anything starts
     scenario_text = Path(request.scenario).read_text() if request.scenario else None
     run_id = new_run_id()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import redis
 from confluent_kafka import KafkaException
@@ -31,11 +31,11 @@ from paysim.infra.errors import PaysimError
 from paysim.infra.files import writing
 from paysim.infra.kafka import error_text
 from paysim.load.generator import GeneratedPayment
-from paysim.load.ingress import Ingress, new_run_id, open_ingress
+from paysim.load.ingress import Failure, Ingress, new_run_id, open_ingress
 from paysim.load.lifecycle import LifecycleSpec
 from paysim.load.metrics import RunMetrics
 from paysim.load.operations import OperationLoad
-from paysim.load.report import RunInfo
+from paysim.load.report import RunInfo, TargetInfo
 from paysim.load.schedule import Profile
 from paysim.pipeline import store
 from paysim.pipeline.store import DoneEntry
@@ -86,6 +86,50 @@ def share_size(count: int, share: int, shares: int) -> int:
     return max(0, (count - share + shares - 1) // shares)
 
 
+class OutcomeSource(Protocol):
+    """Where the collector reads outcomes: paysim's run stream, or a target's answers."""
+
+    def read(self) -> tuple[list[DoneEntry], list[Failure]]:
+        """The next outcomes (and records that failed to give one), waiting at most about
+        0.2 s for them."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Target(Protocol):
+    """A system that is not paysim's pipeline (load/targets): where payments go and where
+    their outcomes come from, instead of paysim's ingress and run stream."""
+
+    info: TargetInfo
+
+    def open(self, settings: Settings, run_id: str) -> tuple[Ingress, OutcomeSource]:
+        """Connected and ready: the outcome source first, so no early answer is missed."""
+        ...
+
+
+class RunStream:
+    """The run's stream of notified payments in Redis, as paysim's notifier writes it."""
+
+    def __init__(self, client: redis.Redis, run_id: str, stop: threading.Event) -> None:
+        self.client = client
+        self.key = store.run_stream_key(run_id)
+        self.last_id = "0"
+        self.stop = stop
+
+    def read(self) -> tuple[list[DoneEntry], list[Failure]]:
+        try:
+            entries, self.last_id = store.read_stream(self.client, self.key, self.last_id,
+                                                      store.read_done_entry, READ_BATCH, 200)
+        except redis.RedisError:
+            self.stop.wait(0.5)  # Redis back: the run goes on; not back: the timeout ends it
+            return [], []
+        return entries, []
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Tick:
     elapsed_s: float
@@ -100,10 +144,11 @@ class Tick:
     rolling_p99_ms: float | None
     operations: int | None = None  # a lifecycle mix's operations planned so far
     operations_answered: int = 0
+    errors: int = 0  # a target's failures (load/targets)
 
     @property
     def in_flight(self) -> int:
-        return self.sent - self.completed
+        return self.sent - self.completed - self.errors
 
 
 class Interrupt:
@@ -141,8 +186,10 @@ class _Ledger:
 
 class LoadRun:
     def __init__(self, settings: Settings, plan: Plan, options: RunOptions,
-                 run_id: str | None = None, interrupt: Interrupt | None = None) -> None:
+                 run_id: str | None = None, interrupt: Interrupt | None = None,
+                 target: Target | None = None) -> None:
         self.settings = settings
+        self.target = target
         self.plan = plan
         self.options = options
         self.run_id = run_id or new_run_id()
@@ -162,9 +209,16 @@ class LoadRun:
             with writing("the record file", self.options.record):
                 record = self.options.record.open("w")
         client = store.connect(self.settings)
+        source: OutcomeSource | None = None
         try:
             ingress = open_ingress(self.settings, self.options.via)
             started = self.options.start_at_us or now_us()
+            if self.target is None:
+                ingress = open_ingress(self.settings, self.options.via)
+                source = RunStream(client, self.run_id, self.stop)
+            else:
+                ingress, source = self.target.open(self.settings, self.run_id)
+            started = now_us()
             self.metrics = RunMetrics(started)
             self._publish_issuer(client, started)
             if self.plan.lifecycle is not None:
@@ -172,7 +226,7 @@ class LoadRun:
                                                 self.plan.seed or 0, self._sending_halted)
                 self.metrics.operations = self.operations.metrics
                 self.operations.start(client)
-            collector = threading.Thread(target=self._collect, args=(client,), daemon=True)
+            collector = threading.Thread(target=self._collect, args=(source,), daemon=True)
             collector.start()
             ticker = None
             if on_tick:
@@ -207,6 +261,8 @@ class LoadRun:
             self.stop.set()
             if self.operations is not None:
                 self.operations.stop()
+            if source is not None:
+                source.close()
             client.close()
             if record:  # also when the run failed before sending
                 record.close()
@@ -224,6 +280,7 @@ class LoadRun:
             finished_us=max(self._last_outcome_us or now_us(),
                             self.metrics.operations.last_answer_us or 0
                             if self.metrics.operations else 0),
+            target=self.target.info if self.target is not None else None,
         )
         return self.metrics, info
 
@@ -279,7 +336,9 @@ class LoadRun:
                     self._send(ingress, payment, intended)
         finally:
             if pool:
-                pool.shutdown(wait=True)
+                # Stopped (Ctrl-C, a failed send): what waits in the queue is not sent, only
+                # what is in flight finishes; a slow target may hold a long queue.
+                pool.shutdown(wait=True, cancel_futures=self._sending_halted())
             ingress.finish()
 
     def _wait_until(self, due: float) -> bool:
@@ -310,6 +369,8 @@ class LoadRun:
         self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
         if handed.outcome is not None:  # declined at the edge: the answer is its outcome
             self._outcome(handed.outcome)
+        elif handed.failure is not None:
+            self._failure(handed.failure)
 
     def _send_pooled(self, ingress: Ingress, payment: GeneratedPayment,
                      intended: int | None) -> None:
@@ -341,8 +402,17 @@ class LoadRun:
         if notified and (self._last_outcome_us is None or notified > self._last_outcome_us):
             self._last_outcome_us = notified
 
-    def _collect(self, client: redis.Redis) -> None:
-        key, last_id = store.run_stream_key(self.run_id), "0"
+    def _failure(self, failure: Failure) -> None:
+        """A payment that ended without an outcome (an error, not lost), or an outcome
+        record that could not be read."""
+        if failure.payment_id is not None:
+            with self.ledger.lock:
+                if failure.payment_id in self.ledger.outcomes:
+                    return
+                self.ledger.outcomes.add(failure.payment_id)
+        self.metrics.record_error(failure.kind, failure.line)
+
+    def _collect(self, source: OutcomeSource) -> None:
         early: list[DoneEntry] = []  # read before the sender noted their send
         deadline = None
         while True:
@@ -351,7 +421,7 @@ class LoadRun:
             if self.interrupt.requested and self.interrupt.first_at is not None:
                 cut = self.interrupt.first_at + self.interrupt.grace_s
                 deadline = cut if deadline is None else min(deadline, cut)
-            if self.interrupt.stop_waiting.is_set():
+            if self.interrupt.stop_waiting.is_set() or self.stop.is_set():
                 return
             with self.ledger.lock:
                 all_in = len(self.ledger.outcomes) >= len(self.ledger.intended)
@@ -359,13 +429,9 @@ class LoadRun:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            try:
-                read, last_id = store.read_stream(client, key, last_id, store.read_done_entry,
-                                                  READ_BATCH, 200)
-            except redis.RedisError:
-                if self.stop.wait(0.5):
-                    return
-                continue
+            read, failures = source.read()
+            for failure in failures:
+                self._failure(failure)
             entries, early = early + read, []
             for entry in entries:
                 if not self.options.mine(entry.seq):
@@ -403,6 +469,7 @@ class LoadRun:
             approved = sum(n for (status, _), n in metrics.reasons.items()
                            if status == "approved")
             sent, completed, dropped = metrics.sent, metrics.completed, metrics.dropped
+            errors = sum(metrics.errors.values())
         profile = self.plan.profile
         return Tick(
             elapsed_s=elapsed, sent=sent, completed=completed, dropped=dropped,
@@ -410,7 +477,7 @@ class LoadRun:
             target_rate=profile.rate_at(elapsed) if profile else None,
             current_rate=float(second.sent) if second else 0.0,
             approved=approved, declined=completed - approved,
-            rolling_p99_ms=metrics.rolling_p99_ms(now),
+            rolling_p99_ms=metrics.rolling_p99_ms(now), errors=errors,
             **self._operation_counts(),
         )
 

@@ -16,6 +16,7 @@ from paysim.load.metrics import OperationMetrics, RunMetrics
 from paysim.load.plan import SendRequest
 from paysim.load.report import RunInfo, build_report
 from paysim.load.runner import RunOptions, share_size
+from paysim.load.targets.choice import TargetFlags
 from paysim.pipeline.store import DoneEntry
 
 START = 1_800_000_000_000_000
@@ -71,6 +72,8 @@ def test_merged_generators_measure_what_one_generator_would() -> None:
     (SendRequest(count=10), 2, 3, "--local-workers from 0 to --workers"),
     (SendRequest(count=10, replay="run.jsonl"), 2, None, "drop --workers"),
     (SendRequest(count=10, record="run.jsonl"), 2, None, "drop --workers"),
+    (SendRequest(count=10, target=TargetFlags(url="http://127.0.0.1:9/pay")), 2, None,
+     "drop --workers"),
     (SendRequest(rate=float("nan"), count=10), 2, None, "--rate"),
 ])
 def test_a_distributed_run_names_a_bad_request_before_it_starts(
