@@ -81,6 +81,9 @@ class Beat(msgspec.Struct, frozen=True):
     completed: int = 0
     dropped: int = 0
     at_us: int = 0
+    approved: int = 0
+    declined: int = 0
+    rolling_p99_ms: float | None = None
 
 
 class Handed(msgspec.Struct, frozen=True):
@@ -226,7 +229,7 @@ def _follow(client: redis.Redis, run_id: str, workers: int,
                     continue
                 dead.add(k)
         if on_progress is not None:
-            on_progress(_tick(beats, handed, start_at, planned))
+            on_progress(_tick(beats, start_at, planned))
         time.sleep(0.5)
     beats = _beats(client, run_id, workers)
     return handed, {k: beats.get(k, Beat("", 0)) for k in sorted(dead)}
@@ -242,18 +245,22 @@ def _exited(beat: Beat, processes: list[multiprocessing.process.BaseProcess]) ->
         beat.host == socket.gethostname()
 
 
-def _tick(beats: dict[int, Beat], handed: dict[int, Handed], start_at: int,
+def _tick(beats: dict[int, Beat], start_at: int,
           planned: PlannedRun) -> Tick:
     sent = sum(beat.sent for beat in beats.values())
     completed = sum(beat.completed for beat in beats.values())
+    # The live p99 is the worst generator's (the report merges their histograms).
+    p99s = [beat.rolling_p99_ms for beat in beats.values() if beat.rolling_p99_ms is not None]
     elapsed = max(0.0, (now_us() - start_at) / 1e6)
     profile = planned.plan.profile
     return Tick(elapsed_s=elapsed, sent=sent, completed=completed,
                 dropped=sum(beat.dropped for beat in beats.values()),
                 scheduled=planned.plan.count,
                 target_rate=profile.mean_rate() if profile else None,
-                current_rate=sent / elapsed if elapsed else 0.0, approved=0, declined=0,
-                rolling_p99_ms=None)
+                current_rate=sent / elapsed if elapsed else 0.0,
+                approved=sum(beat.approved for beat in beats.values()),
+                declined=sum(beat.declined for beat in beats.values()),
+                rolling_p99_ms=max(p99s, default=None))
 
 
 def _merged_report(planned: PlannedRun, run_id: str, start_at: int, handed: dict[int, Handed],
@@ -361,7 +368,8 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
         if client.exists(stop_key(run_id)):
             interrupt.request()
         client.set(worker_key(run_id, share), _encode(Beat(
-            host, pid, True, tick.sent, tick.completed, tick.dropped, now_us())), ex=KEY_TTL_S)
+            host, pid, True, tick.sent, tick.completed, tick.dropped, now_us(), tick.approved,
+            tick.declined, tick.rolling_p99_ms)), ex=KEY_TTL_S)
 
     error = None
     try:
