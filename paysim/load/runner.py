@@ -211,14 +211,12 @@ class LoadRun:
         client = store.connect(self.settings)
         source: OutcomeSource | None = None
         try:
-            ingress = open_ingress(self.settings, self.options.via)
-            started = self.options.start_at_us or now_us()
             if self.target is None:
                 ingress = open_ingress(self.settings, self.options.via)
                 source = RunStream(client, self.run_id, self.stop)
             else:
                 ingress, source = self.target.open(self.settings, self.run_id)
-            started = now_us()
+            started = self.options.start_at_us or now_us()
             self.metrics = RunMetrics(started)
             self._publish_issuer(client, started)
             if self.plan.lifecycle is not None:
