@@ -10,8 +10,10 @@ variables dropped, ``env`` set, as run_paysim does), and the SIGINT/SIGTERM hand
 installs its own). The rich consoles in paysim.cli.render look up sys.stdout/sys.stderr when
 they print, so capfd sees them; they read COLUMNS then too, so ``env={"COLUMNS": ...}`` works.
 
-Commands that must have their own process stay with run_paysim: what detaches or supervises
-children (`run-all --detach`, `service`), or needs a real signal.
+A command that starts processes still starts them (`run-all --detach` its supervisor, `stack
+up` java): only the command itself runs here. What must be a process of its own stays with
+run_paysim: `service` (it takes over the process's logging and signals for its life), and
+anything a test sends a real signal to.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_one_line_error, run_paysim
+from tests.helpers import assert_one_line_error
 from tests.unit.cli_runner import PaysimCli
 
 DEAD_KAFKA = "127.0.0.1:1"
@@ -17,9 +17,8 @@ KAFKA_TIMEOUT_S = 1  # PAYSIM_KAFKA_TIMEOUT: short, so each test takes seconds
 # What a command may take beyond the Kafka timeout: interpreter start, imports, one Redis
 # connection refused. A command that waits out librdkafka's own 30 s or more fails this.
 SLACK_S = 10
-# `run-all --detach` starts a supervisor process of its own, and that child is what finds Kafka
-# dead: it runs as a user runs it. Every other command runs in this process (cli_runner).
-OWN_PROCESS = {("run-all", "--detach")}
+# The commands run in this process (tests/unit/cli_runner.py). `run-all --detach` still starts
+# its supervisor as a process of its own, and that child is what finds Kafka dead.
 
 
 @pytest.fixture
@@ -53,10 +52,7 @@ def test_dead_kafka_and_redis_give_one_line_in_bounded_time(
         args: list[str], fragment: str, dead_env: dict[str, str],
         paysim_cli: PaysimCli) -> None:
     started = time.monotonic()
-    if tuple(args) in OWN_PROCESS:
-        result = run_paysim(*args, env=dead_env, timeout=KAFKA_TIMEOUT_S + 50)
-    else:
-        result = paysim_cli(*args, env=dead_env)
+    result = paysim_cli(*args, env=dead_env)
     took = time.monotonic() - started
     assert_one_line_error(result, 1, fragment)
     assert took < KAFKA_TIMEOUT_S + SLACK_S, f"took {took:.1f} s"
