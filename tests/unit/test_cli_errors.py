@@ -15,7 +15,7 @@ from paysim.cli.payments import send
 from paysim.infra.config import load_settings
 from paysim.stack import manager
 from paysim.stack.jars import jars_ready
-from tests.helpers import assert_one_line_error, cli_args, private_stack_flags, run_paysim
+from tests.helpers import assert_one_line_error, cli_args, private_stack_flags
 from tests.unit.cli_runner import PaysimCli
 
 
@@ -207,13 +207,13 @@ def test_an_unwritable_state_folder_is_one_line_naming_it(
 
 
 @pytest.mark.parametrize("service", ["authorizer", "http"])
-def test_a_service_that_cannot_write_its_secrets_logs_one_line(blocker: Path,
-                                                              service: str) -> None:
+def test_a_service_that_cannot_write_its_secrets_logs_one_line(
+        blocker: Path, service: str, paysim_cli: PaysimCli) -> None:
     """A service's failure is a log line (run-all keeps its log), not `paysim: error:`.
-    A child of its own: a service sets up the process's logging and signal handlers."""
+    In this process: the service stops at its keys, before it starts a thread or a server."""
     path = blocker / "secrets.json"
-    result = run_paysim("service", service, env={"PAYSIM_SECRETS_FILE": str(path),
-                                                 **UNREACHABLE}, timeout=60)
+    result = paysim_cli("service", service, env={"PAYSIM_SECRETS_FILE": str(path),
+                                                 **UNREACHABLE})
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot write the secrets file {path}" in lines[0], lines
