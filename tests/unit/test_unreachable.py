@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from paysim.infra.config import load_settings
+from paysim.ops import readiness
 from tests.helpers import assert_one_line_error
 from tests.unit.cli_runner import PaysimCli
 
@@ -62,3 +64,12 @@ def test_the_kafka_timeout_is_a_checked_setting(dead_env: dict[str, str],
                                                 paysim_cli: PaysimCli) -> None:
     result = paysim_cli("topics", "ensure", env={**dead_env, "PAYSIM_KAFKA_TIMEOUT": "0"})
     assert_one_line_error(result, 2, "PAYSIM_KAFKA_TIMEOUT: expected a number of seconds > 0")
+
+
+def test_the_readiness_probe_waits_no_longer_than_the_kafka_timeout(
+        dead_env: dict[str, str]) -> None:
+    """run-all's probe gives Kafka 3 s, or kafka.timeout (1 s here) when that is shorter."""
+    settings = load_settings(env=dead_env)
+    started = time.monotonic()
+    assert readiness.answering(settings) == (False, False)
+    assert time.monotonic() - started < readiness.PROBE_TIMEOUT_S
