@@ -16,11 +16,12 @@ from tests.unit.cli_runner import PaysimCli
 DEAD_KAFKA = "127.0.0.1:1"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 KAFKA_TIMEOUT_S = 1  # PAYSIM_KAFKA_TIMEOUT: short, so each test takes seconds
-# What a command may take beyond the Kafka timeout: interpreter start, imports, one Redis
-# connection refused. A command that waits out librdkafka's own 30 s or more fails this.
+# The commands run in this process (tests/unit/cli_runner.py); `run-all --detach` still starts
+# its supervisor as a process of its own, and that child is what finds Kafka dead. What a
+# command may take beyond the Kafka timeout: that child's interpreter start and imports, one
+# Redis connection refused, a busy machine. A command that waits out librdkafka's own 30 s or
+# more fails this.
 SLACK_S = 10
-# The commands run in this process (tests/unit/cli_runner.py). `run-all --detach` still starts
-# its supervisor as a process of its own, and that child is what finds Kafka dead.
 
 
 @pytest.fixture
