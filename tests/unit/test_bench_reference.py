@@ -200,8 +200,8 @@ def test_a_tool_exiting_non_zero_is_one_line_without_the_stack(fake_tools, setti
 
 def test_a_tool_that_does_not_finish_is_stopped_and_reported(tmp_path: Path) -> None:
     command = ["sh", "-c", "echo stuck >&2; exec sleep 60"]
-    with pytest.raises(PaysimError, match=r"^ConsumerPerformance did not finish in 2 s: stuck$"):
-        reference._run_tool("ConsumerPerformance", command, tmp_path, 2)
+    with pytest.raises(PaysimError, match=r"^ConsumerPerformance did not finish in 1 s: stuck$"):
+        reference._run_tool("ConsumerPerformance", command, tmp_path, 1)
 
 
 @pytest.mark.parametrize("payloads", [[], [b"{}", b'{"a":\n1}'], [b""], [b"\xff\xfe"]])

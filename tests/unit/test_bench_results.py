@@ -17,7 +17,8 @@ from paysim.bench.results import build_results, targets
 from paysim.cli.bench import results_table
 from paysim.infra.waiting import wait_until
 from paysim.load.report import SCHEMA, Latency, LatencyBlock, Load, Outcomes, RunReport
-from tests.helpers import assert_one_line_error, run_paysim
+from tests.helpers import assert_one_line_error
+from tests.unit.cli_runner import PaysimCli
 
 MIB = 2**20
 
@@ -160,5 +161,5 @@ def test_the_lifecycle_mix_is_shown_beside_the_plain_payments() -> None:
     assert text.index("paysim at saturation") < text.index("lifecycle mix")
 
 
-def test_bench_refuses_a_bad_duration_in_one_line() -> None:
-    assert_one_line_error(run_paysim("bench", "--duration", "soon"), 2, "--duration")
+def test_bench_refuses_a_bad_duration_in_one_line(paysim_cli: PaysimCli) -> None:
+    assert_one_line_error(paysim_cli("bench", "--duration", "soon"), 2, "--duration")
