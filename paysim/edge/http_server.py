@@ -43,6 +43,7 @@ MAX_REQUEST_BYTES = 1024 * 1024  # headers and body of one request, buffered
 MAX_PIPELINED = 16  # requests read ahead on one connection before reading pauses
 IDLE_TIMEOUT_S = 120.0  # a connection with nothing in flight is closed after this
 STOP_POLL_S = 0.1
+READ_PENDING_S = 0.05
 
 
 @dataclass
@@ -304,9 +305,9 @@ class HttpServer:
                 self._close_idle(swept - IDLE_TIMEOUT_S)
         self.stopping = True
         self._server.close()  # stop accepting
-        # Requests already read are answered (their connections close after the answer);
-        # a connection with nothing in flight closes now.
-        await asyncio.sleep(0)
+        # What clients sent before the stop is read first (a loop pass or two) and answered,
+        # each connection closing after its answer; one with nothing in flight closes now.
+        await asyncio.sleep(READ_PENDING_S)
         self._close_idle(float("inf"))
         deadline = time.monotonic() + grace_s
         while self.connections and time.monotonic() < deadline:

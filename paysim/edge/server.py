@@ -57,7 +57,9 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     ensure_topics(settings)
     host, port = settings.http.host, settings.http.port
     producer = Producer(client_config(settings, **{
-        "enable.idempotence": True, "linger.ms": 2,
+        # Many requests' records are in flight at once (paysim.edge.delivery): 5 ms lets the
+        # producer send them to the broker in batches, as `paysim send` does.
+        "enable.idempotence": True, "linger.ms": 5,
         # Give up on a record when the request gives up on it, so that a 503 does not leave
         # the payment queued to be delivered after all.
         "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000), "logger": log,
