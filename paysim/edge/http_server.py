@@ -258,7 +258,9 @@ class Connection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return not self.busy and not self.waiting and self.current is None
+        """Nothing for the app to answer: between requests, or one only partly sent (a client
+        that stops mid-request is closed after IDLE_TIMEOUT_S too)."""
+        return not self.busy and not self.waiting
 
     def close(self) -> None:
         self.closing = True

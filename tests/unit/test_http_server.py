@@ -206,3 +206,12 @@ def _refused(port: int) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_a_connection_quiet_past_the_idle_timeout_is_closed_even_mid_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_server, "IDLE_TIMEOUT_S", 0.5)
+    with serving(App()) as (port, _), \
+            socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Le")  # and nothing more
+        assert sock.recv(10) == b""  # closed by the server's sweep, not the timeout
