@@ -214,6 +214,6 @@ def service(settings: Settings, name: str, instance: int) -> None:
     spec = registry.by_name(name)
     if spec.in_pipeline:
         sys.exit(run_pipeline_service(spec, settings, instance))
-    from paysim.edge.server import run_edge  # Flask and waitress load only where served
+    from paysim.edge.server import run_edge  # Flask and the server load only where served
 
     sys.exit(run_edge(settings))

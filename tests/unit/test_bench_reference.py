@@ -216,6 +216,6 @@ def test_the_commands_are_the_tools_own_options() -> None:
         "java", "-Xmx512m", "-Duser.language=en", "-Duser.country=US", "-cp", "/cache/libs/*",
         "org.apache.kafka.tools.ProducerPerformance", "--topic", "t", "--num-records", "5",
         "--throughput", "-1", "--payload-file", "/p", "--producer-props", "acks=all"]
-    assert reference.consumer_command("java", libs, "h:1", "t", 5)[-7:] == [
+    assert reference.consumer_command("java", libs, "h:1", "t", 5)[-9:] == [
         "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", "h:1", "--topic",
-        "t", "--messages", "5"]
+        "t", "--messages", "5", "--timeout", "60000"]
