@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -32,6 +33,7 @@ from paysim.pipeline.registry import HTTP, metrics_offset
 log = logging.getLogger("paysim.http")
 
 THREADS = 8
+UiFactory = Callable[[threading.Event], Any]  # the stop event -> a WSGI app
 SHUTDOWN_GRACE_S = DELIVERY_TIMEOUT_S + 2  # an answer waiting on Kafka may finish
 LOOP_SLICE_S = 0.2
 
@@ -135,8 +137,9 @@ def _run_until(server: Any, dispatcher: HealthOnLoop, stop: threading.Event) -> 
     wasyncore.close_all(socket_map)
 
 
-def serve(settings: Settings, stop: threading.Event) -> None:
-    """Serve the HTTP API with waitress on settings.http.host:port until ``stop`` is set."""
+def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None) -> None:
+    """Serve the HTTP API with waitress on settings.http.host:port until ``stop`` is set;
+    ``ui`` makes the WSGI app served under /ui, given ``stop``."""
     keys = load_keys(settings)
     ensure_topics(settings)
     host, port = settings.http.host, settings.http.port
@@ -151,7 +154,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     health = HealthChecker(settings, producer, ended)
     heartbeat: threading.Thread | None = None
     metrics = HttpMetrics() if settings.metrics.enabled else None
-    app = create_app(settings, keys, producer, client, health, metrics)
+    app = create_app(settings, keys, producer, client, health, metrics,
+                     ui(stop) if ui is not None else None)
     counters: Counters = app.extensions["paysim.counters"]
     endpoint: MetricsEndpoint | None = None
     try:
@@ -190,6 +194,6 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         client.close()
 
 
-def run_edge(settings: Settings) -> int:
+def run_edge(settings: Settings, ui: UiFactory | None = None) -> int:
     """The HTTP API as a service process (what `paysim service http` runs)."""
-    return run_process(HTTP.name, lambda stop: serve(settings, stop))
+    return run_process(HTTP.name, lambda stop: serve(settings, stop, ui))
