@@ -1,4 +1,5 @@
-# Sourced by scripts/demo.sh and scripts/test.sh: installs what paysim needs on Debian/Ubuntu.
+# Sourced by scripts/demo.sh and scripts/test.sh: installs what paysim needs on Debian/Ubuntu
+# (with SETUP_FOR_TESTS=1, as test.sh sets it, also what only the tests need).
 # Idempotent: a second run checks and installs nothing new.
 set -euo pipefail
 
@@ -50,6 +51,11 @@ install_system_packages() {
   local packages=() need_java=0 installed_redis=0
   if ! command -v redis-server >/dev/null 2>&1; then packages+=(redis-server); installed_redis=1; fi
   command -v mvn >/dev/null 2>&1 || packages+=(maven)
+  if [[ ${SETUP_FOR_TESTS:-0} == 1 ]]; then
+    # The dashboard's browser test: headless Chromium driven by Selenium through chromedriver.
+    command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+  fi
   if ! find_python >/dev/null; then
     read -ra python_pkgs <<< "$(python_packages)"
     packages+=("${python_pkgs[@]}")

@@ -6,6 +6,7 @@ the HTTP API by run-all. Paths, under wherever it is mounted:
     /                the page (paysim/dashboard/page.html: inline CSS and JS, no network)
     /events          text/event-stream, one Snapshot a second
     /snapshot        one Snapshot as JSON (for scripts and curl)
+    /targets         the processes serving metrics, for Prometheus's http_sd_configs
     /runs            the past runs as JSON
     /runs/<run_id>   that run's HTML report
     /diff?a=..&b=..  two runs compared
@@ -23,6 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
+
+import msgspec
+import redis
 
 from paysim.dashboard.live import LiveCollector, encode
 from paysim.dashboard.runs import PastRuns, listing_json
@@ -69,6 +73,14 @@ class DashboardApp:
             return self._events(start_response)
         if path == "/snapshot":
             return _answer(start_response, "200 OK", encode(self.collector.snapshot()),
+                           [("Content-Type", "application/json")])
+        if path == "/targets":
+            try:
+                targets = self.collector.targets()
+            except redis.RedisError:
+                return _answer(start_response, "503 Service Unavailable",
+                               b"Redis is unavailable: no heartbeats to list\n")
+            return _answer(start_response, "200 OK", msgspec.json.encode(targets),
                            [("Content-Type", "application/json")])
         if path == "/runs":
             return _answer(start_response, "200 OK", listing_json(self.runs.listing()),

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -196,6 +197,11 @@ class LiveCollector:
             self._client = store.connect(self.settings, timeout=2.0)
         return self._client
 
+    def targets(self) -> list[ScrapeTarget]:
+        """Every process serving metrics, in Prometheus's HTTP service discovery format."""
+        beats, _ = self.read() if self.read else self._read_redis()
+        return scrape_targets(beats.values())
+
     def _read_redis(self) -> tuple[dict[str, store.Heartbeat], list[store.RunProgress]]:
         client = self._redis()
         return store.read_heartbeats(client), store.read_run_progress(client)
@@ -254,6 +260,25 @@ class LiveCollector:
         return ServiceRow(beat.name, beat.pid, beat.processed, beat.dead_letters, beat.lag,
                           round(now - beat.started_at, 1), self._restarts[beat.name],
                           round(now - beat.seen_at, 1), beat.metrics_url)
+
+
+class ScrapeTarget(msgspec.Struct, frozen=True):
+    """One entry of Prometheus's http_sd_configs answer."""
+
+    targets: list[str]
+    labels: dict[str, str]
+
+
+def scrape_targets(beats: Iterable[store.Heartbeat]) -> list[ScrapeTarget]:
+    """host:port of each heartbeat's metrics URL (all serve /metrics, Prometheus's default
+    path), labelled with the process (``paysim_process``) and its service."""
+    out = []
+    for beat in sorted(beats, key=lambda b: b.name):
+        url = urllib.parse.urlsplit(beat.metrics_url)
+        if url.scheme == "http" and url.netloc and url.path == "/metrics":
+            out.append(ScrapeTarget([url.netloc], {"paysim_process": beat.name,
+                                                   "paysim_service": beat.service}))
+    return out
 
 
 def throughput_of(grown: Samples) -> dict[str, float]:

@@ -33,6 +33,7 @@ SCREENSHOT_ENV = "PAYSIM_DASHBOARD_SCREENSHOT"
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
+    assert Path(CHROMEDRIVER).exists(), "no chromedriver: scripts/test.sh installs chromium-driver"
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                  "--window-size=1400,1700"):
