@@ -11,10 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
@@ -23,8 +25,9 @@ from selenium.webdriver.common.by import By
 
 from paysim.infra.config import Settings
 from paysim.infra.waiting import wait_until
+from paysim.pipeline import store
 from tests.helpers import free_port
-from tests.integration.pipeline_helpers import child_env, start_send
+from tests.integration.pipeline_helpers import child_env, send, start_send
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # Set to a path (docs/dashboard.png) to keep the screenshot beyond the test's tmp folder.
@@ -93,17 +96,55 @@ def test_the_page_follows_a_run_live_and_lists_it_afterwards(
             child.kill()
             child.wait()
     run_id = json.loads(out.text())["run_id"]
+    later_id = send(pipeline, "--count", "30", "--seed", "32")["run_id"]
 
-    # The finished run is listed with its report.
+    # Both finished runs are listed; one opens its report, the two compare.
     browser.refresh()
-    assert wait_until(lambda: run_id in browser.find_element(By.ID, "runs").text, timeout=20)
+    assert wait_until(lambda: {run_id, later_id} <= set(
+        browser.find_element(By.ID, "runs").text.split()), timeout=20)
     browser.find_element(By.LINK_TEXT, run_id).click()
-    frame = browser.find_element(By.ID, "report")
-    browser.switch_to.frame(frame)
-    assert wait_until(lambda: "paysim run report" in browser.find_element(By.TAG_NAME, "h1")
-                      .text, timeout=10)
+    assert in_report_frame(browser, "paysim run report")
     assert browser.find_elements(By.CSS_SELECTOR, "svg")  # the report's charts
     browser.switch_to.default_content()
+    for row in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr"):
+        if {run_id, later_id} & set(row.text.split()):
+            row.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+    browser.find_element(By.ID, "compare").click()
+    assert in_report_frame(browser, "paysim runs compared")
+    assert f"A: {run_id}" in browser.find_element(By.TAG_NAME, "body").text  # older is A
+    browser.switch_to.default_content()
+
+
+def in_report_frame(browser: webdriver.Chrome, heading: str) -> bool:
+    """Switch into the page's report frame once its h1 says ``heading``."""
+    def loaded() -> bool:
+        browser.switch_to.default_content()
+        browser.switch_to.frame(browser.find_element(By.ID, "report"))
+        headings = browser.find_elements(By.TAG_NAME, "h1")
+        return bool(headings) and heading in headings[0].text
+    return wait_until(loaded, timeout=10)
+
+
+def test_run_progress_records_go_stale_and_leave_redis(local_stack, settings: Settings) -> None:
+    client = store.connect(settings)
+    try:
+        now = time.time()
+        fresh = store.RunProgress(
+            run_id="run-fresh", pid=1, scenario=None, started_at=now, seen_at=now,
+            elapsed_s=1.0, scheduled=10, sent=5, completed=4, dropped=0, target_rate=None,
+            current_rate=5.0, rolling_p99_ms=None, reasons={"approved/00": 4}, thresholds=[])
+        store.write_run_progress(client, fresh)
+        store.write_run_progress(client, msgspec.structs.replace(
+            fresh, run_id="run-old", seen_at=now - store.LIVE_RUN_FRESH_S - 1))
+        client.hset(store.LIVE_RUNS_KEY, "junk", b"not json")
+        # (Another test's run may still be fresh in the shared Redis: only these are looked at.)
+        assert fresh in store.read_run_progress(client)
+        left = set(client.hkeys(store.LIVE_RUNS_KEY))
+        assert b"run-fresh" in left and not {b"run-old", b"junk"} & left
+        store.clear_run_progress(client, "run-fresh")
+        assert fresh not in store.read_run_progress(client)
+    finally:
+        client.close()
 
 
 def test_paysim_dashboard_serves_the_same_data_on_its_own_port(pipeline: Settings) -> None:
