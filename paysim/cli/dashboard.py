@@ -9,7 +9,6 @@ import click
 
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, safe
-from paysim.dashboard.serve import serve_dashboard
 from paysim.infra.config import Settings
 
 
@@ -23,6 +22,8 @@ def dashboard(settings: Settings, host: str, port: int) -> None:
 
     It reads what the services and `paysim send` publish (heartbeats, metrics, run progress)
     and the reports under lifecycle.runs_dir. run-all serves the same page at /ui."""
+    from paysim.dashboard.serve import serve_dashboard  # loaded only where served
+
     served = serve_dashboard(settings, host, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
