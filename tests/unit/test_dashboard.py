@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from paysim.dashboard.live import (
     throughput_of,
 )
 from paysim.dashboard.runs import PastRuns
+from paysim.dashboard.serve import serve_dashboard
+from paysim.infra.errors import PaysimError
 from paysim.load.report_compare import keep_report
 from paysim.pipeline import store
 from tests.unit.fakes import pure_settings
@@ -232,8 +235,8 @@ def test_event_streams_are_capped_and_end_on_stop(dashboard: DashboardApp,
 
 def test_past_runs_are_listed_shown_and_compared(tmp_path: Path) -> None:
     settings = pure_settings({"lifecycle.runs_dir": str(tmp_path)})
-    a = synthetic_report([20, 40, 20], steady(20.0), run_id="run-a")
-    b = synthetic_report([20, 40, 20], steady(40.0), run_id="run-b")
+    a = synthetic_report([4, 6], steady(20.0), run_id="run-a")
+    b = synthetic_report([4, 6], steady(40.0), run_id="run-b")
     keep_report(settings, a)
     keep_report(settings, b)
     (tmp_path / "notes.json").write_text('{"not": "a report"}')
@@ -244,3 +247,16 @@ def test_past_runs_are_listed_shown_and_compared(tmp_path: Path) -> None:
     diff = runs.diff_page("run-a", "run-b")
     assert diff is not None and "end to end p99" in diff and 'class="worse"' in diff
     assert runs.report_page("../notes") is None
+
+
+def test_a_taken_port_is_one_line_and_a_free_one_serves_the_page() -> None:
+    settings = pure_settings()
+    served = serve_dashboard(settings, "127.0.0.1", 0)
+    try:
+        port = int(served.url.rsplit(":", 1)[1].strip("/"))
+        with pytest.raises(PaysimError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve_dashboard(settings, "127.0.0.1", port)
+        with urllib.request.urlopen(served.url, timeout=5) as answer:
+            assert b"paysim live" in answer.read()
+    finally:
+        served.close()
