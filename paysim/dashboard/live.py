@@ -1,8 +1,11 @@
 """What the live dashboard shows each second, gathered from what paysim already publishes.
 
 Sources, all read-only: the heartbeats in Redis (what `paysim ps` reads: the processes up,
-their counts, their metrics URL), each process's Prometheus endpoint (scraped), and the runs
-under way (``store.read_run_progress``, written by `paysim send`). Rates and latency
+their counts, their metrics URL), each service's Prometheus endpoint (scraped), and the runs
+under way (``store.read_run_progress``, written by `paysim send`). `send` itself is not
+scraped: its scrape turns HdrHistograms into buckets in Python, a tenth of a second or more of
+the sender's time, which once a second would slow the very run it shows; its rate and
+end-to-end percentiles come from its progress record instead. Rates and latency
 percentiles come from the change between two scrapes of the same endpoint, as Prometheus's
 ``rate()`` and ``histogram_quantile()`` would compute them; a counter that went down (the
 process restarted) counts from zero.
@@ -25,9 +28,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paysim.infra.config import Settings
 from paysim.pipeline import store
+from paysim.pipeline.registry import GENERATOR
 
 SCRAPE_TIMEOUT_S = 0.5
 END_TO_END = "end_to_end"
+SENT = "sent"
 
 # A sample: (metric name as exposed, its labels sorted) -> value.
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -114,7 +119,7 @@ def totals(samples: Samples, metric: str, by: str) -> dict[str, float]:
 class Percentiles(msgspec.Struct, frozen=True):
     p50_ms: float | None
     p99_ms: float | None
-    count: int
+    count: int | None  # observations in the interval; None when not known (a run's record)
 
 
 def percentiles(buckets: Mapping[float, float]) -> Percentiles:
@@ -219,7 +224,7 @@ class LiveCollector:
         increases: Samples = {}
         rates: dict[str, float] = defaultdict(float)
         for beat in beats.values():
-            if not beat.metrics_url:
+            if not beat.metrics_url or beat.service == GENERATOR:
                 continue
             samples = self.fetch(beat.metrics_url)
             if samples is None:
@@ -244,8 +249,9 @@ class LiveCollector:
         return Snapshot(
             at=now, interval_s=round(now - previous.at, 3) if previous else None,
             services=sorted(services, key=lambda row: row.name),
-            throughput={kind: round(rate, 1) for kind, rate in sorted(rates.items())},
-            latency=latencies(increases),
+            throughput={kind: round(rate, 1) for kind, rate in
+                        sorted({**rates, **run_rates(runs)}.items())},
+            latency={**latencies(increases), **run_latency(runs)},
             outcomes={k: int(v) for k, v in sorted(
                 totals(current, "paysim_messages_processed_total", "outcome").items())},
             dead_letters={k: int(v) for k, v in sorted(
@@ -281,25 +287,32 @@ def scrape_targets(beats: Iterable[store.Heartbeat]) -> list[ScrapeTarget]:
     return out
 
 
+def run_rates(runs: list[store.RunProgress]) -> dict[str, float]:
+    """Payments sent per second by the runs still sending (their last whole second)."""
+    sending = [run for run in runs if not run.finished]
+    return {SENT: sum(run.current_rate for run in sending)} if sending else {}
+
+
+def run_latency(runs: list[store.RunProgress]) -> dict[str, Percentiles]:
+    """End to end over the last 5 s, from the latest run still under way."""
+    for run in runs:
+        if not run.finished:
+            return {END_TO_END: Percentiles(run.rolling_p50_ms, run.rolling_p99_ms, None)}
+    return {}
+
+
 def throughput_of(grown: Samples) -> dict[str, float]:
-    """What an endpoint's counters grew by: messages per service, requests, payments sent."""
+    """What an endpoint's counters grew by: messages per service, requests answered."""
     out = dict(totals(grown, "paysim_messages_processed_total", "service"))
     http = sum(totals(grown, "paysim_http_requests_total", "route").values())
     if any(key[0] == "paysim_http_requests_total" for key in grown):
         out["http"] = http
-    if any(key[0] == "paysim_load_sent_total" for key in grown):
-        out["sent"] = sum(v for k, v in grown.items() if k[0] == "paysim_load_sent_total")
     return out
 
 
 def latencies(grown: Samples) -> dict[str, Percentiles]:
-    """p50 and p99 of what each stage's histogram took in since the last scrape: the pipeline
-    services' stage latency, and the generator's end to end (its per-stage histograms would
-    count the same payments twice)."""
+    """p50 and p99 of what each stage's histogram took in since the last scrape."""
     stages = histograms(grown, "paysim_stage_latency_seconds", "stage")
-    end_to_end = histograms(grown, "paysim_load_latency_seconds", "stage").get(END_TO_END)
-    if end_to_end:
-        stages[END_TO_END] = end_to_end
     return {stage: percentiles(buckets) for stage, buckets in sorted(stages.items())}
 
 

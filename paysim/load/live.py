@@ -65,6 +65,7 @@ class LivePublisher:
             scheduled=tick.scheduled, sent=tick.sent, completed=tick.completed,
             dropped=tick.dropped, target_rate=tick.target_rate,
             current_rate=tick.current_rate, rolling_p99_ms=tick.rolling_p99_ms,
+            rolling_p50_ms=tick.rolling_p50_ms,
             reasons=reasons, thresholds=self.thresholds, finished=finished)
 
     def _publish(self, tick: Tick, finished: bool = False) -> None:

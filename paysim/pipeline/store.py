@@ -253,10 +253,11 @@ class RunProgress(msgspec.Struct, frozen=True, kw_only=True):
     dropped: int
     target_rate: float | None
     current_rate: float
-    rolling_p99_ms: float | None
+    rolling_p99_ms: float | None  # end to end over the last 5 s
     reasons: dict[str, int]  # "approved/00", "declined/51": completed payments so far
     thresholds: list[str]  # the run's threshold expressions
     finished: bool = False
+    rolling_p50_ms: float | None = None
 
 
 def write_run_progress(client: redis.Redis, progress: RunProgress) -> None:

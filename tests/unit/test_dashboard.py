@@ -18,6 +18,7 @@ from paysim.dashboard import app as app_module
 from paysim.dashboard.app import DashboardApp, page_html
 from paysim.dashboard.live import (
     LiveCollector,
+    Percentiles,
     increase,
     latencies,
     parse_samples,
@@ -66,13 +67,9 @@ paysim_stage_latency_seconds_count{{stage="processor"}} {ok}
 paysim_stage_latency_seconds_sum{{stage="processor"}} 1
 """
 
-SEND_TEXT = """# TYPE paysim_load_sent counter
-paysim_load_sent_total {sent}
-# TYPE paysim_load_latency_seconds histogram
-paysim_load_latency_seconds_bucket{{stage="end_to_end",le="0.1"}} {sent}
-paysim_load_latency_seconds_bucket{{stage="end_to_end",le="+Inf"}} {sent}
-paysim_load_latency_seconds_bucket{{stage="processor",le="0.1"}} {sent}
-paysim_load_latency_seconds_bucket{{stage="processor",le="+Inf"}} {sent}
+HTTP_TEXT = """# TYPE paysim_http_requests counter
+paysim_http_requests_total{{route="/authorize",code="200"}} {answered}
+paysim_http_requests_total{{route="/authorize",code="400"}} 3
 """
 
 
@@ -84,16 +81,14 @@ def test_parse_samples_reads_the_text_format_and_drops_what_does_not_parse() -> 
 
 
 def test_rates_and_latency_come_from_what_grew_between_scrapes() -> None:
-    before = parse_samples(SERVICE_TEXT.format(ok=100, fast=50) + SEND_TEXT.format(sent=100))
-    after = parse_samples(SERVICE_TEXT.format(ok=300, fast=250) + SEND_TEXT.format(sent=400))
+    before = parse_samples(SERVICE_TEXT.format(ok=100, fast=50) + HTTP_TEXT.format(answered=9))
+    after = parse_samples(SERVICE_TEXT.format(ok=300, fast=250) + HTTP_TEXT.format(answered=29))
     grown = increase(after, before)
-    assert throughput_of(grown) == {"processor": 200.0, "sent": 300.0}
+    assert throughput_of(grown) == {"processor": 200.0, "http": 20.0}
     figures = latencies(grown)
-    # All 200 new ones were under 10 ms; the generator's own per-stage histogram is left out.
-    assert set(figures) == {"processor", "end_to_end"}
-    assert figures["processor"].count == 200
+    assert set(figures) == {"processor"}
+    assert figures["processor"].count == 200  # all 200 new ones were under 10 ms
     assert figures["processor"].p99_ms == pytest.approx(9.9)
-    assert figures["end_to_end"].count == 300
 
 
 def beat(name: str, pid: int, url: str, started: float) -> store.Heartbeat:
@@ -108,8 +103,8 @@ def progress(sent: int) -> store.RunProgress:
     return store.RunProgress(run_id="run-x", pid=1, scenario=None, started_at=now,
                              seen_at=now, elapsed_s=1.0, scheduled=100, sent=sent,
                              completed=sent, dropped=0, target_rate=50.0, current_rate=50.0,
-                             rolling_p99_ms=12.0, reasons={"approved/00": sent},
-                             thresholds=["p99_ms < 250"])
+                             rolling_p99_ms=12.0, rolling_p50_ms=4.0,
+                             reasons={"approved/00": sent}, thresholds=["p99_ms < 250"])
 
 
 class Sources:
@@ -120,13 +115,16 @@ class Sources:
         self.pid = 100
         self.ok = 100
         self.answering = True
+        self.fetched: list[str] = []
 
     def read(self) -> tuple[dict[str, store.Heartbeat], list[store.RunProgress]]:
         beats = [beat("processor-0", self.pid, "http://m/processor", self.started),
-                 beat("http-0", 7, "", self.started)]
+                 beat("http-0", 7, "", self.started),
+                 beat("send-99", 99, "http://m/send", self.started)]
         return {b.name: b for b in beats}, [progress(self.ok)]
 
     def fetch(self, url: str) -> dict | None:
+        self.fetched.append(url)
         if not self.answering:
             return None
         return parse_samples(SERVICE_TEXT.format(ok=self.ok, fast=self.ok))
@@ -137,8 +135,12 @@ def test_a_snapshot_joins_heartbeats_scrapes_and_the_run_under_way() -> None:
     collector = LiveCollector(pure_settings(), min_interval_s=0, fetch=sources.fetch,
                               read=sources.read)
     first = collector.snapshot()
-    assert first.interval_s is None and first.throughput == {} and first.latency == {}
-    assert [row.name for row in first.services] == ["http-0", "processor-0"]
+    assert first.interval_s is None
+    # The run's rate and end to end come from its record: send is never scraped.
+    assert first.throughput == {"sent": 50.0}
+    assert first.latency == {"end_to_end": Percentiles(4.0, 12.0, None)}
+    assert sources.fetched == ["http://m/processor"]
+    assert [row.name for row in first.services] == ["http-0", "processor-0", "send-99"]
     assert first.dead_letters == {"processor": 1}
     assert first.outcomes == {"ok": 100, "rejected": 1}
     assert [(r.partition, r.lag) for r in first.lag] == [("0", 2), ("1", 4)]
