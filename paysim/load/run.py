@@ -27,7 +27,7 @@ def run_load(settings: Settings, request: SendRequest,
              interrupt: Interrupt | None = None) -> RunReport:
     """Run what ``request`` asks to its end, or until ``interrupt`` stops it early (the report
     then covers what was sent); ``on_progress`` gets a Tick every half second and a last one
-    when the run is over."""
+    when the run is over. Each tick is also published in Redis for the dashboard."""
     # Planned first, so a mistake in the request is named even when nothing is running.
     planned = plan_run(settings, request)
     if planned.target is None:  # another system: paysim's services have no part in it
