@@ -1,4 +1,5 @@
-# Sourced by scripts/demo.sh and scripts/test.sh: installs what paysim needs on Debian/Ubuntu.
+# Sourced by scripts/demo.sh and scripts/test.sh: installs what paysim needs on Debian/Ubuntu
+# (with SETUP_FOR_TESTS=1, as test.sh sets it, also what only the tests need).
 # Idempotent: a second run checks and installs nothing new.
 set -euo pipefail
 
@@ -52,6 +53,11 @@ install_system_packages() {
   command -v mvn >/dev/null 2>&1 || packages+=(maven)
   # The benchmark's HTTP phase (and its test) loads the HTTP API with wrk.
   command -v wrk >/dev/null 2>&1 || packages+=(wrk)
+  if [[ ${SETUP_FOR_TESTS:-0} == 1 ]]; then
+    # The dashboard's browser test: headless Chromium driven by Selenium through chromedriver.
+    command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+  fi
   if ! find_python >/dev/null; then
     read -ra python_pkgs <<< "$(python_packages)"
     packages+=("${python_pkgs[@]}")

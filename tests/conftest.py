@@ -43,10 +43,10 @@ def stack_flags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def service_flags(stack_flags: dict[str, object],
                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The stack's flags plus private folders for keys and service logs."""
+    """The stack's flags plus private folders for keys, service logs and runs' files."""
     home = tmp_path_factory.mktemp("paysim-home")
     return {**stack_flags, "secrets.file": str(home / "secrets.json"),
-            "services.dir": str(home / "services")}
+            "services.dir": str(home / "services"), "lifecycle.runs_dir": str(home / "runs")}
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from paysim import __version__
 from paysim.cli.audit import audit
 from paysim.cli.bench import bench
 from paysim.cli.conformance import conformance
+from paysim.cli.dashboard import dashboard
 from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.render import printable
@@ -37,7 +38,8 @@ def cli() -> None:
 
 
 for command in (run_all_command, send, status, audit, settlement, settle, ps, stop,
-                report_group, stack, topics, schema, service, bench, conformance, worker):
+                report_group, stack, topics, schema, service, bench, conformance, worker,
+                dashboard):
     cli.add_command(command)
 
 

@@ -29,7 +29,7 @@ from paysim.infra.errors import PaysimError
 from paysim.load.distributed import run_distributed
 from paysim.load.plan import SendRequest
 from paysim.load.report import LifecycleReport, RunReport, TargetReport, WorkerRow
-from paysim.load.report_compare import latency_blocks
+from paysim.load.report_compare import keep_report, latency_blocks
 from paysim.load.run import require_services, run_load
 from paysim.load.runner import Interrupt, Tick
 from paysim.load.schedule import MAX_RATE, MAX_SCHEDULED
@@ -322,6 +322,11 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
         else:
             report = run_load(settings, request, progress, interrupt)
     write_outputs(report, out, html)
+    try:
+        keep_report(settings, report)
+    except OSError as exc:  # the run's own outputs are written; the dashboard lacks it only
+        err_console.print(f"paysim: warning: the report was not kept for the dashboard: "
+                          f"{safe(exc.strerror or str(exc))}")
     if as_json:
         print_json(report.to_dict())
     else:

@@ -205,6 +205,9 @@ def stop(settings: Settings) -> None:
         console.print(f"stopped paysim services (supervisor pid {record.pid})")
 
 
+UI_STREAMS = 2
+
+
 @click.command(hidden=True)
 @click.argument("name", type=click.Choice(registry.NAMES))
 @click.option("--instance", type=click.IntRange(0, 99), default=0)
@@ -214,6 +217,9 @@ def service(settings: Settings, name: str, instance: int) -> None:
     spec = registry.by_name(name)
     if spec.in_pipeline:
         sys.exit(run_pipeline_service(spec, settings, instance))
-    from paysim.edge.server import run_edge  # Flask and the server load only where served
+    # The dashboard, Flask and the server load only where served.
+    from paysim.dashboard.serve import dashboard_app
+    from paysim.edge.server import run_edge
 
-    sys.exit(run_edge(settings))
+    # The dashboard under /ui: two pages at once, so its streams keep to 2 of the 8 threads.
+    sys.exit(run_edge(settings, lambda stop: dashboard_app(settings, UI_STREAMS, stop)))

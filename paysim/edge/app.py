@@ -28,6 +28,7 @@ import redis
 from confluent_kafka import Producer
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from paysim.domain import cards, decisions
 from paysim.domain.messages import encode, new_payment_request, now_us
@@ -55,6 +56,8 @@ from paysim.pipeline import ledger_store, notifications, store
 from paysim.pipeline.webhook_dispatch import callback_policy
 
 log = logging.getLogger("paysim.http")
+
+UI_PATH = "/ui"  # where run-all's HTTP API serves the dashboard
 
 
 class Counters:
@@ -84,12 +87,14 @@ def _error(status: int, message: str, **fields: Any) -> Response:
 
 def create_app(settings: Settings, keys: Keys, producer: Producer,
                redis_client: redis.Redis, health: HealthChecker,
-               metrics: HttpMetrics | None = None) -> Flask:
+               metrics: HttpMetrics | None = None, ui: Any = None) -> Flask:
     """The HTTP API as a WSGI app; ``producer`` and ``redis_client`` are shared by all threads;
     ``health`` answers /healthz (checking runs in its own thread, started by the caller);
-    ``metrics``, when given, count every answer. The app's sends onto Kafka
-    (``app.extensions["paysim.deliveries"]``) wait on their own delivery reports once the
-    caller starts their poller, and poll the producer themselves until then."""
+    ``metrics``, when given, count every answer; ``ui``, when given, is a WSGI app served
+    under UI_PATH (the dashboard, which the CLI hands in: the edge does not import it). The
+    app's sends onto Kafka (``app.extensions["paysim.deliveries"]``) wait on their own
+    delivery reports once the caller starts their poller, and poll the producer themselves
+    until then."""
     app = Flask("paysim.http_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Werkzeug answers a path with "//" (a payment id holding %2F decodes to one) with an HTML
@@ -262,4 +267,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                              time.perf_counter() - started if started is not None else 0.0)
         return response
 
+    if ui is not None:
+        # Beside Flask, not through it: the API's JSON error handlers and its request
+        # metrics are for the API.
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {UI_PATH: ui})  # type: ignore[method-assign]
     return app

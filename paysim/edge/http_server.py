@@ -9,8 +9,10 @@ benchmark's connections. Requests the caller marks as answered without I/O (``on
 /healthz) run on the loop's thread itself, so they never queue behind the workers.
 
 Keep-alive, pipelining (answers in request order), ``Expect: 100-continue``, chunked request
-bodies, HEAD. Errors the server answers itself (a malformed request, a body far past the
-app's limit) are JSON like the app's own: ``{"error": "<one line>"}``.
+bodies, HEAD. An answer of type ``text/event-stream`` (the dashboard's server-sent events
+under /ui) is streamed: each chunk written as the app yields it, from its worker thread,
+then the connection closes. Errors the server answers itself (a malformed request, a body
+far past the app's limit) are JSON like the app's own: ``{"error": "<one line>"}``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -43,6 +45,7 @@ MAX_REQUEST_BYTES = 1024 * 1024  # headers and body of one request, buffered
 MAX_PIPELINED = 16  # requests read ahead on one connection before reading pauses
 IDLE_TIMEOUT_S = 120.0  # a connection with nothing in flight is closed after this
 STOP_POLL_S = 0.1
+STREAMED_TYPES = ("text/event-stream",)
 READ_PENDING_S = 0.05
 
 
@@ -53,6 +56,7 @@ class Answer:
     status: str
     headers: list[tuple[str, str]]
     body: bytes
+    stream: Iterator[bytes] | None = None  # sent as the app yields it (event streams)
 
 
 @dataclass
@@ -85,11 +89,19 @@ def call_app(app: WsgiApp, environ: dict[str, Any]) -> Answer:
     chunks: list[bytes] = []
     try:
         result = app(environ, start_response)
+        streaming = False
         try:
-            chunks.extend(result)
+            iterator = iter(result)
+            if not started:  # a generator app calls start_response with its first chunk
+                chunks.extend(_first(iterator))
+            if started and _streamed(started[0][1]):
+                streaming = True
+                return Answer(started[0][0], started[0][1], b"",
+                              stream=_stream_of(chunks, iterator, result))
+            chunks.extend(iterator)
         finally:
             close = getattr(result, "close", None)
-            if close is not None:
+            if close is not None and not streaming:
                 close()
     except Exception as exc:  # the app's own handlers answer its errors; this is a last line
         log.error("the app failed on %s %s: %s", environ.get("REQUEST_METHOD"),
@@ -99,6 +111,28 @@ def call_app(app: WsgiApp, environ: dict[str, Any]) -> Answer:
         return json_answer("500 Internal Server Error", "internal error")
     status, headers = started[0]
     return Answer(status, headers, b"".join(chunks))
+
+
+def _first(iterator: Iterator[bytes]) -> list[bytes]:
+    for chunk in iterator:
+        return [chunk]
+    return []
+
+
+def _streamed(headers: list[tuple[str, str]]) -> bool:
+    return any(name.lower() == "content-type" and value.split(";")[0].strip().lower()
+               in STREAMED_TYPES for name, value in headers)
+
+
+def _stream_of(first: list[bytes], rest: Iterator[bytes], result: Any) -> Iterator[bytes]:
+    """The app's chunks, the ones already pulled first; the app's result closed at the end."""
+    try:
+        yield from first
+        yield from rest
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
 
 
 class Clock:
@@ -245,6 +279,10 @@ class Connection(asyncio.Protocol):
         if transport is None:  # the client went away meanwhile
             return
         keep_alive = request.keep_alive and not self.server.stopping
+        if answer.stream is not None:
+            transport.write(self.server.head(answer, request, keep_alive=False))
+            self._pump(answer.stream, request.method != "HEAD")
+            return
         transport.write(self.server.head(answer, request, keep_alive)
                         + (b"" if request.method == "HEAD" else answer.body))
         if not keep_alive:
@@ -255,6 +293,34 @@ class Connection(asyncio.Protocol):
             self.paused = False
             transport.resume_reading()
         self._next()
+
+    def _pump(self, stream: Iterator[bytes], send_body: bool) -> None:
+        """Write a streamed answer's chunks as the app yields them (on a worker thread), then
+        close the connection; stop early when the client went away."""
+        self.busy = self.closing = True  # nothing more is read or answered here
+        loop = self.server.loop
+
+        def pump() -> None:
+            try:
+                for chunk in stream:
+                    if self.transport is None or not send_body:
+                        break
+                    if chunk:
+                        loop.call_soon_threadsafe(self._write, chunk)
+            except Exception as exc:  # the stream's own errors end it, not the server
+                log.warning("a streamed answer ended early: %s", type(exc).__name__)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+                loop.call_soon_threadsafe(self.close)
+
+        self.server.executor.submit(pump)
+
+    def _write(self, chunk: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(chunk)
+            self.last_active = time.monotonic()
 
     @property
     def idle(self) -> bool:
@@ -370,7 +436,7 @@ class HttpServer:
                 continue
             has_length = has_length or lowered == "content-length"
             lines.append(f"{name}: {value}")
-        if not has_length:
+        if not has_length and answer.stream is None:  # a stream ends with the connection
             lines.append(f"Content-Length: {len(answer.body)}")
         lines.append(f"Date: {self.clock.date()}")
         if not keep_alive:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from confluent_kafka import Producer
@@ -26,6 +28,7 @@ from paysim.pipeline.registry import HTTP, metrics_offset
 
 log = logging.getLogger("paysim.http")
 
+UiFactory = Callable[[threading.Event], Any]  # the stop event -> a WSGI app
 SHUTDOWN_GRACE_S = DELIVERY_TIMEOUT_S + 2  # an answer waiting on Kafka may finish
 
 
@@ -51,8 +54,9 @@ def answers_on_loop(method: str, path: str) -> bool:
     return method in ("GET", "HEAD") and path == HEALTH_PATH
 
 
-def serve(settings: Settings, stop: threading.Event) -> None:
-    """Serve the HTTP API on settings.http.host:port until ``stop`` is set."""
+def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None) -> None:
+    """Serve the HTTP API on settings.http.host:port until ``stop`` is set; ``ui`` makes the
+    WSGI app served under /ui, given ``stop``."""
     keys = load_keys(settings)
     ensure_topics(settings)
     host, port = settings.http.host, settings.http.port
@@ -69,7 +73,8 @@ def serve(settings: Settings, stop: threading.Event) -> None:
     health = HealthChecker(settings, producer, ended)
     heartbeat: threading.Thread | None = None
     metrics = HttpMetrics() if settings.metrics.enabled else None
-    app = create_app(settings, keys, producer, client, health, metrics)
+    app = create_app(settings, keys, producer, client, health, metrics,
+                     ui(stop) if ui is not None else None)
     counters: Counters = app.extensions["paysim.counters"]
     deliveries: Deliveries = app.extensions["paysim.deliveries"]
     deliveries.start()
@@ -109,6 +114,6 @@ def serve(settings: Settings, stop: threading.Event) -> None:
         client.close()
 
 
-def run_edge(settings: Settings) -> int:
+def run_edge(settings: Settings, ui: UiFactory | None = None) -> int:
     """The HTTP API as a service process (what `paysim service http` runs)."""
-    return run_process(HTTP.name, lambda stop: serve(settings, stop))
+    return run_process(HTTP.name, lambda stop: serve(settings, stop, ui))

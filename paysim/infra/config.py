@@ -231,7 +231,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("lifecycle.settlement_window", _seconds, lambda: 86400.0,
            "seconds per settlement window (whole seconds); each closes into batches"),
     Option("lifecycle.runs_dir", _path, lambda: _data_home() / "paysim" / "runs",
-           "where each run's clearing file is written (<dir>/<run>/clearing.csv)"),
+           "where each run's clearing file and report are kept (<dir>/<run>/clearing.csv, "
+           "report.json)"),
     Option("topics.settlements", _text, lambda: "payments.settlements",
            "closed settlement batches"),
     Option("http.host", _text, lambda: "127.0.0.1", "address the HTTP API listens on",

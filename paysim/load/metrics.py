@@ -126,13 +126,20 @@ class RunMetrics:
 
     def rolling_p99_ms(self, now_us: int, window_s: int = 5) -> float | None:
         """p99 end-to-end over the last ``window_s`` seconds, for the live display."""
+        return self.rolling_ms(now_us, (99.0,), window_s)[0]
+
+    def rolling_ms(self, now_us: int, percentiles: tuple[float, ...],
+                   window_s: int = 5) -> list[float | None]:
+        """End-to-end percentiles over the last ``window_s`` seconds (None: none completed)."""
         last = (now_us - self.started_us) // 1_000_000
         merged = new_histogram()
         with self.lock:
             for index in range(max(0, last - window_s + 1), last + 1):
                 if index in self.seconds:
                     merged.add(self.seconds[index].latency)
-        return merged.get_value_at_percentile(99) / 1000 if merged.get_total_count() else None
+        if not merged.get_total_count():
+            return [None] * len(percentiles)
+        return [merged.get_value_at_percentile(p) / 1000 for p in percentiles]
 
 
 class OperationMetrics:

@@ -1,7 +1,8 @@
 """Reading report.json files back, checking them against the schema, and comparing two runs.
 
 ``load_report`` turns every way a file can be wrong (missing, unreadable, not JSON, not a
-``paysim.report/1`` document) into one ConfigError line that names the file. ``diff_rows``
+``paysim.report/1`` document) into one ConfigError line that names the file; ``keep_report``
+keeps every run's report in its run folder (the dashboard's past runs). ``diff_rows``
 lines up the figures that say whether a run got better or worse: rates, losses, outcome shares
 and latency percentiles, each with its absolute and relative change.
 """
@@ -19,8 +20,10 @@ import msgspec
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError
 from paysim.load.report import SCHEMA, LatencyBlock, RunReport
+from paysim.pipeline.settlement_store import run_folder
 
 SCHEMA_FILE = "report.schema.json"
 END_TO_END = "end to end"
@@ -96,6 +99,16 @@ def load_report(path: str | Path) -> RunReport:
         raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} "
                           f"column {exc.colno}") from None
     return parse_report(report, str(path))
+
+
+def keep_report(settings: Settings, report: RunReport) -> Path:
+    """Write ``report`` as report.json in the run's folder under lifecycle.runs_dir, where the
+    dashboard's list of past runs finds it; OSError when it cannot be written."""
+    folder = run_folder(settings, report.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "report.json"
+    path.write_text(json.dumps(report.to_dict()) + "\n", encoding="utf-8")
+    return path
 
 
 # ------------------------------------------------------------------------------ comparing

@@ -14,6 +14,7 @@ import redis
 
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
+from paysim.load.live import LivePublisher
 from paysim.load.plan import SendRequest, plan_run
 from paysim.load.prometheus import exposed
 from paysim.load.report import RunReport, build_report
@@ -26,15 +27,18 @@ def run_load(settings: Settings, request: SendRequest,
              interrupt: Interrupt | None = None) -> RunReport:
     """Run what ``request`` asks to its end, or until ``interrupt`` stops it early (the report
     then covers what was sent); ``on_progress`` gets a Tick every half second and a last one
-    when the run is over."""
+    when the run is over. Each tick is also published in Redis for the dashboard."""
     # Planned first, so a mistake in the request is named even when nothing is running.
     planned = plan_run(settings, request)
     if planned.target is None:  # another system: paysim's services have no part in it
         require_services(settings, request.via)
     run = LoadRun(settings, planned.plan, planned.options, interrupt=interrupt,
                   target=planned.target)
-    with exposed(settings, lambda: run.metrics):
-        metrics, info = run.run(on_progress)
+    live = LivePublisher(settings, run, [
+        f"{t.expression} @ {t.window_s}s" if t.window_s else t.expression
+        for t in planned.thresholds])
+    with exposed(settings, lambda: run.metrics), live:
+        metrics, info = run.run(live.wrap(on_progress))
     return build_report(metrics, info, planned.thresholds)
 
 

@@ -145,6 +145,7 @@ class Tick:
     operations: int | None = None  # a lifecycle mix's operations planned so far
     operations_answered: int = 0
     errors: int = 0  # a target's failures (load/targets)
+    rolling_p50_ms: float | None = None
 
     @property
     def in_flight(self) -> int:
@@ -469,13 +470,14 @@ class LoadRun:
             sent, completed, dropped = metrics.sent, metrics.completed, metrics.dropped
             errors = sum(metrics.errors.values())
         profile = self.plan.profile
+        p50, p99 = metrics.rolling_ms(now, (50.0, 99.0))
         return Tick(
             elapsed_s=elapsed, sent=sent, completed=completed, dropped=dropped,
             scheduled=self.plan.count,
             target_rate=profile.rate_at(elapsed) if profile else None,
             current_rate=float(second.sent) if second else 0.0,
             approved=approved, declined=completed - approved,
-            rolling_p99_ms=metrics.rolling_p99_ms(now), errors=errors,
+            rolling_p99_ms=p99, rolling_p50_ms=p50, errors=errors,
             **self._operation_counts(),
         )
 

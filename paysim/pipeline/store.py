@@ -232,6 +232,64 @@ def clear_heartbeat(client: redis.Redis, service: str, instance: int) -> None:
         client.pipeline(transaction=False).delete(key).srem(HEARTBEAT_INDEX, key).execute()
 
 
+# The runs under way: one hash field per run (its RunProgress), rewritten every second by the
+# sending process; a reader drops fields not renewed for LIVE_RUN_FRESH_S (a killed `send`).
+LIVE_RUNS_KEY = "paysim:live-runs"
+LIVE_RUN_FRESH_S = 5.0
+
+
+class RunProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """A run under way as `paysim send` last published it (the dashboard's progress panel)."""
+
+    run_id: str
+    pid: int
+    scenario: str | None
+    started_at: float  # seconds since the epoch
+    seen_at: float
+    elapsed_s: float
+    scheduled: int
+    sent: int
+    completed: int
+    dropped: int
+    target_rate: float | None
+    current_rate: float
+    rolling_p99_ms: float | None  # end to end over the last 5 s
+    reasons: dict[str, int]  # "approved/00", "declined/51": completed payments so far
+    thresholds: list[str]  # the run's threshold expressions
+    finished: bool = False
+    rolling_p50_ms: float | None = None
+
+
+def write_run_progress(client: redis.Redis, progress: RunProgress) -> None:
+    client.hset(LIVE_RUNS_KEY, progress.run_id, msgspec.json.encode(progress))
+
+
+def clear_run_progress(client: redis.Redis, run_id: str) -> None:
+    with contextlib.suppress(redis.RedisError):  # else readers drop it once it is stale
+        client.hdel(LIVE_RUNS_KEY, run_id)
+
+
+def read_run_progress(client: redis.Redis,
+                      fresh_s: float = LIVE_RUN_FRESH_S) -> list[RunProgress]:
+    """The runs that published lately, the latest started first; stale or foreign fields
+    leave the hash on the way."""
+    runs, stale = [], []
+    now = time.time()
+    for field_name, raw in client.hgetall(LIVE_RUNS_KEY).items():
+        try:
+            progress = msgspec.json.decode(raw, type=RunProgress)
+        except msgspec.DecodeError:
+            stale.append(field_name)
+            continue
+        if now - progress.seen_at < fresh_s:
+            runs.append(progress)
+        else:
+            stale.append(field_name)
+    if stale:
+        client.hdel(LIVE_RUNS_KEY, *stale)
+    return sorted(runs, key=lambda run: run.started_at, reverse=True)
+
+
 def idempotency_key(key: str) -> str:
     return f"paysim:idem:{key}"
 

@@ -215,3 +215,33 @@ def test_a_connection_quiet_past_the_idle_timeout_is_closed_even_mid_request(
             socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Le")  # and nothing more
         assert sock.recv(10) == b""  # closed by the server's sweep, not the timeout
+
+
+class EventApp:
+    """Server-sent events: yields one event, waits for ``more``, yields another, ends."""
+
+    def __init__(self) -> None:
+        self.more = threading.Event()
+        self.release = self.more  # what serving() sets at its end
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        yield b"data: one\n\n"
+        self.more.wait(10)
+        yield b"data: two\n\n"
+
+
+def test_an_event_stream_is_written_as_the_app_yields_it() -> None:
+    app = EventApp()
+    with serving(app) as (port, _), socket.create_connection(  # type: ignore[arg-type]
+            ("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /ui/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"data: one" not in got:  # before the app yields its second event
+            got += sock.recv(65536)
+        assert b"Content-Length" not in got and b"Connection: close" in got
+        assert b"data: two" not in got
+        app.more.set()
+        while chunk := sock.recv(65536):  # then the server closes after the last one
+            got += chunk
+        assert got.endswith(b"data: two\n\n")
