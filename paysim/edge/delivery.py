@@ -15,13 +15,15 @@ DELIVERY_TIMEOUT_S = 10.0  # the producer's message.timeout.ms (set in paysim.ed
 
 
 def deliver(producer: Producer, topic: str, key: str, value: bytes,
-            timeout: float = DELIVERY_TIMEOUT_S + 2) -> str | None:
+            timeout: float = DELIVERY_TIMEOUT_S + 2,
+            headers: list[tuple[str, bytes]] | None = None) -> str | None:
     """Produce one record and wait for the broker's acknowledgement.
 
     The wait outlasts the producer's own message.timeout.ms (DELIVERY_TIMEOUT_S), so the
     answer is final: a record reported as failed will not be delivered later.
 
-    None when it was acknowledged, otherwise one line saying why not. Safe from many threads:
+    None when it was acknowledged, otherwise one line saying why not. ``headers``: the
+    record's (the trace context, when tracing). Safe from many threads:
     whichever thread polls serves every delivery report, each report sets its own event.
     """
     done = threading.Event()
@@ -33,7 +35,8 @@ def deliver(producer: Producer, topic: str, key: str, value: bytes,
 
     deadline = time.monotonic() + timeout
     try:
-        produce(producer, topic, value, key=key, on_delivery=on_delivery, deadline=deadline)
+        produce(producer, topic, value, key=key, on_delivery=on_delivery, deadline=deadline,
+                headers=headers)
     except BufferError:
         return "the Kafka producer queue is full"
     except KafkaException as exc:
