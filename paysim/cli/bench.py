@@ -46,8 +46,13 @@ def _duration(text: str | None) -> float | None:
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
               help="Serve Prometheus metrics from the services and the generator (the cost "
               "of metrics is the difference between the two).")
+@click.option("--trace-ratio", type=FiniteFloatRange(0, 1),
+              help="Trace this share of the payments (0.1: one in ten) in the generator and "
+              "the services, exported over OTLP/HTTP to a receiver on 127.0.0.1 that counts "
+              "the spans (the cost of tracing is the difference to a run without). "
+              "[default: no tracing]")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
-          seed: int, out: Path, metrics: bool) -> None:
+          seed: int, out: Path, metrics: bool, trace_ratio: float | None) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
@@ -60,7 +65,8 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     options = BenchOptions.quick_run() if quick else BenchOptions()
     options = replace(options, seed=seed, count=count or options.count,
                       rates=rates or options.rates,
-                      duration_s=_duration(duration) or options.duration_s, metrics=metrics)
+                      duration_s=_duration(duration) or options.duration_s, metrics=metrics,
+                      trace_ratio=trace_ratio)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +139,11 @@ def results_table(results: dict[str, Any]) -> Table:
             table.add_row("", f"{stage.replace('_', ' ')} p50/p99/p99.9 ms", _ms(block),
                           verdict)
         table.add_section()
+    traces = results.get("tracing")
+    if traces:
+        table.add_row("tracing", f"sampled {traces['sample_ratio']:g} of payments; spans "
+                      "received (exports)", f"{traces['spans']:,} ({traces['exports']:,})", "",
+                      end_section=True)
     for name, figures in results["resources"].items():
         growth = next((t for t in results["targets"] if t["name"].startswith(f"{name} RSS")),
                       None)

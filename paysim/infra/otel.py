@@ -9,20 +9,21 @@ messaging conventions for Kafka (``messaging.system`` kafka, ``messaging.destina
   headers as the W3C ``traceparent``;
 - in each service, per batch: ``consume <topic>`` (CONSUMER, ``messaging.batch.message_count``),
   linked to each traced record it holds;
-- per record carrying a trace context: ``process <topic>`` (CONSUMER), a child of the record's
-  context and linked to its batch's span; per record the decision writes, ``send <topic>``
-  (PRODUCER), a child of the process span, ended when the batch's transaction commits; its
-  context goes into that record's headers for the next hop.
+- per record carrying a sampled trace context: ``process <topic>`` (CONSUMER), a child of the
+  record's context and linked to its batch's span; per record the decision writes, ``send
+  <topic>`` (PRODUCER), a child of the process span, ended when the batch's transaction
+  commits; its context goes into that record's headers for the next hop.
 
 Sampling is decided once, where the payment enters (a ratio of trace ids), and honoured
 downstream (parent-based): an unsampled payment's records still carry its ``traceparent``, with
-the sampled flag off, and the services record nothing for it. A batch's span is recorded when
-it holds a sampled payment, else by the same ratio.
+the sampled flag off, passed on unchanged, and the services record nothing for it. A batch's
+span is recorded when it holds a sampled payment, else by the same ratio.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -49,6 +50,8 @@ Headers = list[tuple[str, bytes]]
 # The W3C trace context, whatever OTEL_PROPAGATORS says: the AsyncAPI document promises
 # `traceparent` (and `tracestate` when the sender had one) and nothing else.
 PROPAGATOR = TraceContextTextMapPropagator()
+TRACEPARENT = "traceparent"
+TRACE_HEADER_NAMES = (TRACEPARENT, "tracestate")
 # A batch's span links to at most this many records (the SDK's default link limit).
 MAX_LINKS = 128
 KAFKA = "kafka"
@@ -123,25 +126,65 @@ class Sending:
             _failed(self.span, "delivery_failed", reason)
 
 
+class Hop:
+    """One record's way through a service: the trace id the decision may store (None when
+    not recorded) and the headers of each record the decision writes."""
+
+    def __init__(self, batch: BatchTrace, span: Span | None = None,
+                 forwarded: Headers | None = None) -> None:
+        self.batch, self.span, self.forwarded = batch, span, forwarded
+        self.trace_id = None if span is None else trace.format_trace_id(
+            span.get_span_context().trace_id)
+
+    def headers(self, topic: str) -> Headers:
+        if self.span is None:  # unsampled: its context passes on as it came
+            return self.forwarded or []
+        return self.batch.send_headers(self.span, topic)
+
+
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def unsampled(headers: Headers) -> Headers | None:
+    """A record's trace headers when they hold a well-formed traceparent whose sampled flag
+    is off (they pass on unchanged, at the cost of this check); else None."""
+    parent = next((value for name, value in headers if name == TRACEPARENT), None)
+    if not isinstance(parent, bytes):
+        return None
+    match = _TRACEPARENT.fullmatch(parent)
+    if match is None or int(match[3], 16) & 1 or not int(match[1], 16) or not int(match[2], 16):
+        return None
+    return [(name, value) for name, value in headers if name in TRACE_HEADER_NAMES]
+
+
 class BatchTrace:
     """One consumed batch's spans: ``consume <topic>`` for the batch, ``process <topic>`` per
-    record carrying a context, ``send <topic>`` per record its decision writes."""
+    record carrying a sampled context, ``send <topic>`` per record its decision writes.
+
+    A record whose context is not sampled gets no span: its trace headers pass on unchanged
+    to what its decision writes, so the next hop honours the decision too. (Through the SDK,
+    spans that record nothing cost each hop about as much as recorded ones.)"""
 
     def __init__(self, tracer: trace.Tracer, topic: str, group: str, client_id: str,
                  messages: Sequence[Message]) -> None:
         self.tracer, self.topic, self.group, self.client_id = tracer, topic, group, client_id
         self.contexts: dict[int, Context] = {}  # by id() of the batch's records
+        self.forwarded: dict[int, Headers] = {}
         links: list[Link] = []
         for message in messages:
             headers = message.headers()
             if not headers:
+                continue
+            passing = unsampled(headers)
+            if passing is not None:
+                self.forwarded[id(message)] = passing
                 continue
             context = PROPAGATOR.extract(headers, getter=HEADERS)
             span_context = trace.get_current_span(context).get_span_context()
             if not span_context.is_valid:
                 continue
             self.contexts[id(message)] = context
-            if span_context.trace_flags.sampled and len(links) < MAX_LINKS:
+            if len(links) < MAX_LINKS:
                 links.append(Link(span_context))
         self.span = tracer.start_span(
             f"consume {topic}", kind=SpanKind.CONSUMER, links=links,
@@ -159,11 +202,13 @@ class BatchTrace:
         self.end(None if kind is None else kind.__name__)
 
     @contextlib.contextmanager
-    def processing(self, message: Message) -> Iterator[Span | None]:
-        """The record's process span (None for a record without a trace context)."""
+    def processing(self, message: Message) -> Iterator[Hop | None]:
+        """The record's hop: its process span when its context is sampled, its headers
+        passed on when not; None for a record without a trace context."""
         context = self.contexts.get(id(message))
         if context is None:
-            yield None
+            forwarded = self.forwarded.get(id(message))
+            yield None if forwarded is None else Hop(self, forwarded=forwarded)
             return
         span = self.tracer.start_span(
             f"process {self.topic}", context=context, kind=SpanKind.CONSUMER,
@@ -174,14 +219,14 @@ class BatchTrace:
                 "messaging.consumer.group.name": self.group,
                 "messaging.client.id": self.client_id}))
         try:
-            yield span
+            yield Hop(self, span)
         except Exception as exc:
             _failed(span, type(exc).__name__)
             raise
         finally:
             span.end()
 
-    def headers(self, parent: Span, topic: str) -> Headers:
+    def send_headers(self, parent: Span, topic: str) -> Headers:
         """A send span for one record the decision writes, and that record's headers."""
         span = self.tracer.start_span(
             f"send {topic}", context=trace.set_span_in_context(parent), kind=SpanKind.PRODUCER,

@@ -430,20 +430,17 @@ class ServiceLoop(Generic[T]):
 
     def _decide_traced(self, trace: BatchTrace, message: Message, item: T,
                        pipe: redis.client.Pipeline) -> list[Output]:
-        """decide() inside the record's process span; each output carries the context of
-        its own send span, for the next hop."""
-        with trace.processing(message) as span:
-            if span is None:  # the record came without a trace context
+        """decide() inside the record's process span; each output carries the trace
+        context for the next hop."""
+        with trace.processing(message) as hop:
+            if hop is None:  # the record came without a trace context
                 return self.service.decide(item, pipe)
-            context = span.get_span_context()
-            if context.trace_flags.sampled:
-                self.service.trace_id = f"{context.trace_id:032x}"
+            self.service.trace_id = hop.trace_id
             try:
                 decided = self.service.decide(item, pipe)
             finally:
                 self.service.trace_id = None
-            return [replace(output, headers=trace.headers(span, output.topic))
-                    for output in decided]
+            return [replace(output, headers=hop.headers(output.topic)) for output in decided]
 
     def _transact(self, messages: list[Message]) -> None:
         started = time.monotonic()

@@ -182,6 +182,8 @@ def test_the_entry_decides_sampling_and_every_hop_honours_it(
     assert [sampled(m.headers()) for m in skipped] == [False, False]
     notifications = through_the_pipeline(skipped, redis, tracers_for(exporter, 1.0))
     assert [sampled(record.headers) for record in notifications] == [False, False]
+    # ... unchanged, at no more cost than a look at the flags.
+    assert sorted(r.headers for r in notifications) == sorted(tuple(m.headers()) for m in skipped)
     assert not [s for s in exporter.get_finished_spans() if not s.name.startswith("consume ")]
     outcomes = [stored(redis, record.key or "") for record in notifications]
     assert [o.trace_id for o in outcomes if o is not None] == [None, None]
