@@ -160,5 +160,20 @@ def test_the_lifecycle_mix_is_shown_beside_the_plain_payments() -> None:
     assert text.index("paysim at saturation") < text.index("lifecycle mix")
 
 
+def test_a_traced_run_shows_what_the_receiver_got() -> None:
+    assert results()["tracing"] is None
+    traced = results(tracing={"sample_ratio": 0.1, "spans": 41_234, "exports": 97,
+                              "bytes": 9_000_000})
+    text = _table_text(traced)
+    assert "tracing" in text and "sampled 0.1 of payments" in text and "41,234 (97)" in text
+    assert "tracing" not in _table_text(results())
+
+
+def _table_text(kept: dict) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(kept))
+    return out.getvalue()
+
+
 def test_bench_refuses_a_bad_duration_in_one_line() -> None:
     assert_one_line_error(run_paysim("bench", "--duration", "soon"), 2, "--duration")
