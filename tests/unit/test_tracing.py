@@ -26,16 +26,8 @@ from paysim.pipeline import loop as loop_module
 from paysim.pipeline import store
 from paysim.pipeline.loop import ServiceLoop
 from paysim.pipeline.registry import AUTHORIZER, NOTIFIER, PROCESSOR, ServiceSpec
-from tests.unit.fakes import (
-    FakeCluster,
-    FakeConsumer,
-    FakeMessage,
-    FakeProducer,
-    FakeRedis,
-    Produced,
-    Stop,
-    pure_settings,
-)
+from tests.unit import fakes
+from tests.unit.fakes import FakeMessage, FakeRedis, Produced
 from tests.unit.test_services import SETTINGS, requested
 
 TOPICS = SETTINGS.topics
@@ -47,11 +39,11 @@ HOPS = ((AUTHORIZER, TOPICS.requested, TOPICS.authorized),
 def run_hop(spec: ServiceSpec, records: list[FakeMessage], redis: FakeRedis,
             tracer: otel.PaymentTracer | None, settings: Settings = SETTINGS) -> list[Produced]:
     """One service's loop over ``records`` until they are used up; what it committed."""
-    stop = Stop()
-    cluster = FakeCluster()
-    producer = FakeProducer(cluster)
+    stop = fakes.Stop()
+    cluster = fakes.FakeCluster()
+    producer = fakes.FakeProducer(cluster)
     loop = ServiceLoop(spec.build(settings, redis), settings, stop=stop,  # type: ignore[arg-type]
-                       consumer=FakeConsumer(stop, records, cluster.committed),  # type: ignore[arg-type]
+                       consumer=fakes.FakeConsumer(stop, records, cluster.committed),  # type: ignore[arg-type]
                        producer=producer, tracer=tracer)  # type: ignore[arg-type]
     with mock.patch.object(loop_module, "ensure_topics"):  # no broker here
         loop.run()
@@ -241,7 +233,7 @@ def test_without_an_endpoint_no_process_imports_opentelemetry() -> None:
 def test_the_sample_ratio_comes_from_the_setting_then_the_standard_variable() -> None:
     assert tracing.sample_ratio(SETTINGS, env={}) == 1.0
     assert tracing.sample_ratio(SETTINGS, env={"OTEL_TRACES_SAMPLER_ARG": "0.25"}) == 0.25
-    ten = pure_settings({"tracing.sample_ratio": 0.1})
+    ten = fakes.pure_settings({"tracing.sample_ratio": 0.1})
     assert tracing.sample_ratio(ten, env={"OTEL_TRACES_SAMPLER_ARG": "0.25"}) == 0.1
     for bad in ("lots", "1.5", "nan"):
         with pytest.raises(ConfigError, match=r"^OTEL_TRACES_SAMPLER_ARG: expected a ratio"):
