@@ -26,6 +26,7 @@ from paysim.pipeline import loop as loop_module
 from paysim.pipeline import store
 from paysim.pipeline.loop import ServiceLoop
 from paysim.pipeline.registry import AUTHORIZER, NOTIFIER, PROCESSOR, ServiceSpec
+from tests.helpers import assert_one_line_error, run_paysim
 from tests.unit import fakes
 from tests.unit.fakes import FakeMessage, FakeRedis, Produced
 from tests.unit.test_services import SETTINGS, requested
@@ -240,3 +241,12 @@ def test_the_sample_ratio_comes_from_the_setting_then_the_standard_variable() ->
             tracing.sample_ratio(SETTINGS, env={"OTEL_TRACES_SAMPLER_ARG": bad})
     with pytest.raises(ConfigError, match=r"^PAYSIM_TRACING_SAMPLE_RATIO: expected a ratio"):
         load_settings(env={"PAYSIM_TRACING_SAMPLE_RATIO": "2"})
+
+
+def test_a_bad_sampler_arg_stops_run_all_in_one_line(tmp_path: Path) -> None:
+    """Before any service starts (each would fail, and be restarted, for it)."""
+    result = run_paysim("run-all", "--no-live", env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_SAMPLER_ARG": "lots",
+        "PAYSIM_SERVICES_DIR": str(tmp_path / "services"),
+        "PAYSIM_STACK_DIR": str(tmp_path / "stack")})
+    assert_one_line_error(result, 2, "OTEL_TRACES_SAMPLER_ARG", "'lots'")
