@@ -127,8 +127,9 @@ class Sending:
 
 
 class Hop:
-    """One record's way through a service: the trace id the decision may store (None when
-    not recorded) and the headers of each record the decision writes."""
+    """One record's way through a service: its process span when its context is sampled (the
+    caller ends it), the trace id the decision may store (None when not recorded), and the
+    headers of each record the decision writes."""
 
     def __init__(self, batch: BatchTrace, span: Span | None = None,
                  forwarded: Headers | None = None) -> None:
@@ -141,20 +142,30 @@ class Hop:
             return self.forwarded or []
         return self.batch.send_headers(self.span, topic)
 
+    def end(self, error: str | None = None) -> None:
+        """The decision is made (``error``: the exception's type, when it raised one)."""
+        if self.span is not None:
+            if error is not None:
+                _failed(self.span, error)
+            self.span.end()
 
-_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+# A W3C traceparent (version 00's form) whose trace and parent ids are not all zeros.
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_EVEN_DIGITS = (b"0", b"2", b"4", b"6", b"8", b"a", b"c", b"e")
 
 
 def unsampled(headers: Headers) -> Headers | None:
     """A record's trace headers when they hold a well-formed traceparent whose sampled flag
     is off (they pass on unchanged, at the cost of this check); else None."""
-    parent = next((value for name, value in headers if name == TRACEPARENT), None)
-    if not isinstance(parent, bytes):
-        return None
-    match = _TRACEPARENT.fullmatch(parent)
-    if match is None or int(match[3], 16) & 1 or not int(match[1], 16) or not int(match[2], 16):
-        return None
-    return [(name, value) for name, value in headers if name in TRACE_HEADER_NAMES]
+    for name, value in headers:
+        if name == TRACEPARENT:
+            # The flags' lowest bit is the last hex digit's: an even digit, not sampled.
+            if (isinstance(value, bytes) and value[-1:] in _EVEN_DIGITS
+                    and _TRACEPARENT.fullmatch(value) is not None):
+                return [(n, v) for n, v in headers if n in TRACE_HEADER_NAMES]
+            return None
+    return None
 
 
 class BatchTrace:
@@ -192,6 +203,7 @@ class BatchTrace:
                 "messaging.batch.message_count": len(messages),
                 "messaging.consumer.group.name": group, "messaging.client.id": client_id}))
         self._batch_link = [Link(self.span.get_span_context())]
+        self._process = _attributes(topic, "process", "process")
         self._sends: list[Span] = []
 
     def __enter__(self) -> BatchTrace:
@@ -201,37 +213,25 @@ class BatchTrace:
                  _tb: Any) -> None:
         self.end(None if kind is None else kind.__name__)
 
-    @contextlib.contextmanager
-    def processing(self, message: Message) -> Iterator[Hop | None]:
-        """The record's hop: its process span when its context is sampled, its headers
-        passed on when not; None for a record without a trace context."""
+    def hop(self, message: Message) -> Hop | None:
+        """The record's hop: with its process span (started here) when its context is
+        sampled, its headers passed on when not; None for a record without a context."""
         context = self.contexts.get(id(message))
         if context is None:
             forwarded = self.forwarded.get(id(message))
-            yield None if forwarded is None else Hop(self, forwarded=forwarded)
-            return
-        span = self.tracer.start_span(
+            return None if forwarded is None else Hop(self, forwarded=forwarded)
+        # The batch's span holds the consumer group and client id; each record's, its place.
+        return Hop(self, self.tracer.start_span(
             f"process {self.topic}", context=context, kind=SpanKind.CONSUMER,
-            links=self._batch_link,
-            attributes=_attributes(self.topic, "process", "process", **{
-                "messaging.destination.partition.id": str(message.partition()),
-                "messaging.kafka.offset": message.offset(),
-                "messaging.consumer.group.name": self.group,
-                "messaging.client.id": self.client_id}))
-        try:
-            yield Hop(self, span)
-        except Exception as exc:
-            _failed(span, type(exc).__name__)
-            raise
-        finally:
-            span.end()
+            links=self._batch_link, attributes={
+                **self._process, "messaging.destination.partition.id": str(message.partition()),
+                "messaging.kafka.offset": message.offset()}))
 
     def send_headers(self, parent: Span, topic: str) -> Headers:
         """A send span for one record the decision writes, and that record's headers."""
         span = self.tracer.start_span(
             f"send {topic}", context=trace.set_span_in_context(parent), kind=SpanKind.PRODUCER,
-            attributes=_attributes(topic, "send", "send",
-                                   **{"messaging.client.id": self.client_id}))
+            attributes=_attributes(topic, "send", "send"))
         self._sends.append(span)
         carrier: Headers = []
         PROPAGATOR.inject(carrier, trace.set_span_in_context(span), HEADERS)

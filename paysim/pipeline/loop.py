@@ -432,15 +432,20 @@ class ServiceLoop(Generic[T]):
                        pipe: redis.client.Pipeline) -> list[Output]:
         """decide() inside the record's process span; each output carries the trace
         context for the next hop."""
-        with trace.processing(message) as hop:
-            if hop is None:  # the record came without a trace context
-                return self.service.decide(item, pipe)
-            self.service.trace_id = hop.trace_id
-            try:
-                decided = self.service.decide(item, pipe)
-            finally:
-                self.service.trace_id = None
+        hop = trace.hop(message)
+        if hop is None:  # the record came without a trace context
+            return self.service.decide(item, pipe)
+        self.service.trace_id = hop.trace_id
+        error = None
+        try:
+            decided = self.service.decide(item, pipe)
             return [replace(output, headers=hop.headers(output.topic)) for output in decided]
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            self.service.trace_id = None
+            hop.end(error)
 
     def _transact(self, messages: list[Message]) -> None:
         started = time.monotonic()
