@@ -141,6 +141,7 @@ def traced(ratio: float | None) -> Iterator[OtlpReceiver | None]:
         if ratio is None:
             yield None
             return
+        tracing.require_installed()
         from paysim.bench.otlp import OtlpReceiver
 
         with OtlpReceiver(keep=False) as receiver:

@@ -10,6 +10,7 @@ lives in paysim.infra.otel, imported only when tracing is on.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import threading
 from collections.abc import Mapping
@@ -53,6 +54,31 @@ def sample_ratio(settings: Settings, env: Mapping[str, str] | None = None) -> fl
     return ratio
 
 
+# What tracing needs (the `traces` extra): looked for without importing it.
+NEEDED = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+
+
+def check(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """When tracing is on: its sample ratio readable and its packages installed, else one
+    ConfigError line (run-all checks this before starting any service)."""
+    if not configured(env):
+        return
+    sample_ratio(settings, env)
+    require_installed()
+
+
+def require_installed() -> None:
+    """The `traces` extra's packages are there, else one ConfigError line."""
+    for module in NEEDED:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise ConfigError("tracing (OTEL_EXPORTER_OTLP_ENDPOINT) needs paysim's traces "
+                              "extra: pip install 'paysim[traces]'")
+
+
 def open_tracer(settings: Settings, service: str, instance: int = 0,
                 env: Mapping[str, str] | None = None) -> PaymentTracer | None:
     """This process's tracer exporting over OTLP/HTTP, or None when tracing is off.
@@ -61,6 +87,7 @@ def open_tracer(settings: Settings, service: str, instance: int = 0,
     (a benchmark opens many ingresses in one process)."""
     if not configured(env):
         return None
+    check(settings, env)
     ratio = sample_ratio(settings, env)
     from paysim.infra import otel  # only now: the SDK is not imported when tracing is off
 

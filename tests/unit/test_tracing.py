@@ -250,3 +250,12 @@ def test_a_bad_sampler_arg_stops_run_all_in_one_line(tmp_path: Path) -> None:
         "PAYSIM_SERVICES_DIR": str(tmp_path / "services"),
         "PAYSIM_STACK_DIR": str(tmp_path / "stack")})
     assert_one_line_error(result, 2, "OTEL_TRACES_SAMPLER_ARG", "'lots'")
+
+
+def test_tracing_without_its_packages_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `traces` extra not installed: what needs it says so, and which extra to install."""
+    monkeypatch.setattr(tracing.importlib.util, "find_spec", lambda _name: None)
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    with pytest.raises(ConfigError, match=r"pip install 'paysim\[traces\]'"):
+        tracing.open_tracer(SETTINGS, AUTHORIZER.name, env=on)
+    tracing.check(SETTINGS, env={})  # not tracing: nothing needed
