@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -168,6 +170,16 @@ def unsampled(headers: Headers) -> Headers | None:
     return None
 
 
+class Unsampled:
+    """A payment left out of the sample where it entered: only its context, flag off."""
+
+    def __init__(self, trace_id: int, span_id: int) -> None:
+        self.headers: Headers = [(TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-00".encode())]
+
+    def failed(self, reason: str | None) -> None:
+        pass
+
+
 class BatchTrace:
     """One consumed batch's spans: ``consume <topic>`` for the batch, ``process <topic>`` per
     record carrying a sampled context, ``send <topic>`` per record its decision writes.
@@ -246,16 +258,41 @@ class BatchTrace:
         self._sends = []
 
 
+class DrawnIds(RandomIdGenerator):
+    """Random ids, except a trace id drawn beforehand on this thread (see PaymentTracer)."""
+
+    def __init__(self) -> None:
+        self.drawn = threading.local()
+
+    def generate_trace_id(self) -> int:
+        trace_id = getattr(self.drawn, "trace_id", None)
+        if trace_id is None:
+            return super().generate_trace_id()
+        self.drawn.trace_id = None
+        return trace_id
+
+
 class PaymentTracer:
     """A process's tracer (one service, or a payment's way in) and its provider."""
 
-    def __init__(self, provider: TracerProvider, service: str) -> None:
+    def __init__(self, provider: TracerProvider, service: str, ids: DrawnIds,
+                 ratio: float) -> None:
         self.provider = provider
         self.service = service
         self.tracer = provider.get_tracer("paysim")
+        self.ids = ids
+        self.bound = TraceIdRatioBased.get_bound_for_rate(ratio)
 
     @contextlib.contextmanager
-    def sending(self, topic: str, payment_id: str) -> Iterator[Sending]:
+    def sending(self, topic: str, payment_id: str) -> Iterator[Sending | Unsampled]:
+        # The trace id is drawn and tested against the ratio as the SDK's sampler would test
+        # it: a payment left out gets its traceparent (sampled flag off) without the SDK,
+        # whose non-recording span cost 8 us; a sampled one's span takes the same id.
+        trace_id = self.ids.generate_trace_id()
+        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self.bound:
+            yield Unsampled(trace_id, self.ids.generate_span_id())
+            return
+        self.ids.drawn.trace_id = trace_id
         span = self.tracer.start_span(
             f"send {topic}", kind=SpanKind.PRODUCER,
             attributes=_attributes(topic, "send", "send", **{"paysim.payment_id": payment_id,
@@ -284,9 +321,10 @@ def tracer_with(processor: SpanProcessor, service: str, instance: int = 0,
                                 "service.namespace": "paysim",
                                 "service.instance.id": f"{service}-{instance}"})
     # Not the global provider: paysim's spans are its own, and tests build several.
-    provider = TracerProvider(sampler=sampler(ratio), resource=resource)
+    ids = DrawnIds()
+    provider = TracerProvider(sampler=sampler(ratio), resource=resource, id_generator=ids)
     provider.add_span_processor(processor)
-    return PaymentTracer(provider, service)
+    return PaymentTracer(provider, service, ids, ratio)
 
 
 def exporting(service: str, instance: int, ratio: float) -> PaymentTracer:

@@ -20,7 +20,7 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError
 
 if TYPE_CHECKING:
-    from paysim.infra.otel import PaymentTracer, Sending
+    from paysim.infra.otel import PaymentTracer, Sending, Unsampled
 
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
@@ -111,7 +111,7 @@ _NOT_SENDING: Any = contextlib.nullcontext(NotSending())
 
 
 def sending(tracer: PaymentTracer | None, topic: str,
-            payment_id: str) -> contextlib.AbstractContextManager[Sending | NotSending]:
+            payment_id: str) -> contextlib.AbstractContextManager[Sending | Unsampled | NotSending]:
     """Where a payment enters: its trace's first span around sending it onto ``topic``;
     the record goes with ``.headers``, and ``.failed(reason)`` notes a failed send. Without a
     tracer, one shared context that does nothing."""

@@ -259,3 +259,14 @@ def test_tracing_without_its_packages_is_one_line(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError, match=r"pip install 'paysim\[traces\]'"):
         tracing.open_tracer(SETTINGS, AUTHORIZER.name, env=on)
     tracing.check(SETTINGS, env={})  # not tracing: nothing needed
+
+
+def test_the_entry_records_exactly_the_payments_its_traceparent_says_are_sampled(
+        exporter: InMemorySpanExporter) -> None:
+    """The entry draws the trace id and tests it before the SDK (a payment left out never
+    meets it): the spans recorded are those of the sampled headers, under their trace ids."""
+    entry = otel.in_memory(exporter, "http", ratio=0.5)
+    headers = [message.headers() for message in send_payments(200, entry)]
+    kept = {value[3:35].decode() for [(_, value)] in headers if sampled([(_, value)])}
+    recorded = {format_trace_id(span.context.trace_id) for span in exporter.get_finished_spans()}
+    assert recorded == kept and 50 < len(kept) < 150
