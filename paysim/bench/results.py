@@ -91,7 +91,8 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                   open_model: list[PhaseFigures], usage: list[Usage],
                   rss_at_start: dict[str, int | None] | None = None,
                   lifecycle: PhaseFigures | None = None,
-                  metrics: bool = True, http: HttpFigures | None = None) -> dict[str, Any]:
+                  metrics: bool = True, http: HttpFigures | None = None,
+                  tracing: dict[str, Any] | None = None) -> dict[str, Any]:
     burst = saturation.as_dict()
     producer_rate = reference["producer"]["records_per_s"]
     burst["ratio_to_kafka_producer"] = (round(saturation.throughput_per_s / producer_rate, 4)
@@ -102,7 +103,7 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                                        (rss_at_start or {}).get(u.name)) for u in usage}
     return {
         "schema": SCHEMA, "started_at": started.isoformat(timespec="seconds"), "quick": quick,
-        "metrics": metrics,
+        "metrics": metrics, "tracing": tracing,
         "machine": machine, "reference": reference, "saturation": burst,
         "lifecycle": lifecycle.as_dict() if lifecycle else None, "open_model": rates,
         "resources": resources, "http": edge,

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paysim.bench import reference
 from paysim.bench.http import CONNECTIONS, http_phase
@@ -24,6 +24,7 @@ from paysim.bench.resources import Sampler, rss_bytes
 from paysim.bench.results import build_results
 from paysim.domain import cards
 from paysim.domain.messages import encode
+from paysim.infra import tracing
 from paysim.infra.config import Settings, load_settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.secrets import load_keys
@@ -36,6 +37,9 @@ from paysim.pipeline import registry, store
 from paysim.stack.manager import LocalStack
 from paysim.stack.ports import free_port, private_stack_flags
 from paysim.stack.prerequisites import find_java, find_redis_server
+
+if TYPE_CHECKING:  # imported when tracing: it brings opentelemetry's protobuf types
+    from paysim.bench.otlp import OtlpReceiver
 
 Announce = Callable[[str], None]
 SERVICES = tuple(f"{name}-0" for name in registry.PIPELINE_NAMES)
@@ -58,6 +62,8 @@ class BenchOptions:
     quick: bool = False
     metrics: bool = True  # Prometheus metrics served by the services and the generator
     http_duration_s: float = 30.0  # of wrk against POST /authorize
+    # Traced at this sample ratio, exported to a local OTLP receiver; None: not traced.
+    trace_ratio: float | None = None
 
     @property
     def lifecycle_count(self) -> int:
@@ -80,6 +86,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             "services.dir": str(Path(scratch) / "services"),
             "http.port": free_port(),
             "metrics.enabled": options.metrics,
+            "tracing.sample_ratio": options.trace_ratio,
         }, env={})
         facts = machine_facts(find_java()[0], find_redis_server()[0])
         stack = LocalStack(settings.stack, announce=lambda line: announce(f"stack: {line}"))
@@ -89,41 +96,78 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             announce(f"reference: Kafka's perf tools, {options.count:,} records of "
                      f"{mean_size(payloads)} bytes")
             kafka_reference = reference_figures(settings, payloads, options.count, announce)
-            with running_services(settings) as pids:
-                pids = {**pids, **stack_pids(stack), "generator": os.getpid()}
-                at_start = {name: rss_bytes(pid) for name, pid in pids.items()}
-                warm_up = min(WARM_UP_PAYMENTS, options.count)
-                announce(f"warm-up: {warm_up:,} payments (not measured)")
-                saturation(settings, warm_up, options.seed + 1)
-                fresh_redis(settings)
-                announce(f"saturation: {options.count:,} payments as fast as they go")
-                with Sampler(pids) as sampler:
-                    burst = saturation(settings, options.count, options.seed,
-                                       progress(announce, "saturation"))
-                fresh_redis(settings)
-                mix_count = options.lifecycle_count
-                announce(f"lifecycle mix: {mix_count:,} payments of the marketplace mix as "
-                         "fast as they go, each follow-up sent at once")
-                mix = lifecycle_saturation(settings, mix_count, options.seed + 2,
-                                           progress(announce, "lifecycle mix"))
-                rates: list[PhaseFigures] = []
-                for rate in options.rates:
+            with traced(options.trace_ratio) as receiver:
+                with running_services(settings) as pids:
+                    pids = {**pids, **stack_pids(stack), "generator": os.getpid()}
+                    at_start = {name: rss_bytes(pid) for name, pid in pids.items()}
+                    warm_up = min(WARM_UP_PAYMENTS, options.count)
+                    announce(f"warm-up: {warm_up:,} payments (not measured)")
+                    saturation(settings, warm_up, options.seed + 1)
                     fresh_redis(settings)
-                    announce(f"open model: {rate:,.0f}/s for {options.duration_s:g} s")
-                    rates.append(open_model(settings, rate, options.duration_s,
-                                            options.seed + int(rate),
-                                            progress(announce, f"{rate:,.0f}/s")))
-                fresh_redis(settings)
-                announce(f"HTTP: wrk POSTs /authorize over {CONNECTIONS} connections for "
-                         f"{options.http_duration_s:g} s")
-                edge = http_phase(settings, options.http_duration_s)
+                    announce(f"saturation: {options.count:,} payments as fast as they go")
+                    with Sampler(pids) as sampler:
+                        burst = saturation(settings, options.count, options.seed,
+                                           progress(announce, "saturation"))
+                    fresh_redis(settings)
+                    mix_count = options.lifecycle_count
+                    announce(f"lifecycle mix: {mix_count:,} payments of the marketplace mix as "
+                             "fast as they go, each follow-up sent at once")
+                    mix = lifecycle_saturation(settings, mix_count, options.seed + 2,
+                                               progress(announce, "lifecycle mix"))
+                    rates: list[PhaseFigures] = []
+                    for rate in options.rates:
+                        fresh_redis(settings)
+                        announce(f"open model: {rate:,.0f}/s for {options.duration_s:g} s")
+                        rates.append(open_model(settings, rate, options.duration_s,
+                                                options.seed + int(rate),
+                                                progress(announce, f"{rate:,.0f}/s")))
+                    fresh_redis(settings)
+                    announce(f"HTTP: wrk POSTs /authorize over {CONNECTIONS} connections for "
+                             f"{options.http_duration_s:g} s")
+                    edge = http_phase(settings, options.http_duration_s)
+                # Counted once the services stopped: each exports what it has left.
+                spans = receiver_figures(receiver, options.trace_ratio)
         finally:
             stack.down()
     return build_results(
         started=started, quick=options.quick, machine=facts, reference=kafka_reference,
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
         rss_at_start=at_start, lifecycle=mix, metrics=options.metrics, http=edge,
+        tracing=spans,
     )
+
+
+@contextmanager
+def traced(ratio: float | None) -> Iterator[OtlpReceiver | None]:
+    """With a ratio: an OTLP receiver on 127.0.0.1 and OTEL_EXPORTER_OTLP_ENDPOINT naming it,
+    for the generator (this process) and the services (its children); without, no endpoint
+    at all, whatever the caller's environment says. The environment is restored after."""
+    saved = {name: os.environ.pop(name) for name in tracing.ENDPOINT_VARS
+             if name in os.environ}
+    try:
+        if ratio is None:
+            yield None
+            return
+        tracing.require_installed()
+        from paysim.bench.otlp import OtlpReceiver
+
+        with OtlpReceiver(keep=False) as receiver:
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+            try:
+                yield receiver
+            finally:
+                os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    finally:
+        os.environ.update(saved)
+
+
+def receiver_figures(receiver: OtlpReceiver | None,
+                     ratio: float | None) -> dict[str, Any] | None:
+    """What the traced run exported (the services export what is left as they stop)."""
+    if receiver is None:
+        return None
+    return {"sample_ratio": ratio, "spans": receiver.span_count, "exports": receiver.exports,
+            "bytes": receiver.bytes}
 
 
 def fresh_redis(settings: Settings) -> None:

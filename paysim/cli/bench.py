@@ -48,8 +48,14 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
               help="Serve Prometheus metrics from the services and the generator (the cost "
               "of metrics is the difference between the two).")
+@click.option("--trace-ratio", type=FiniteFloatRange(0, 1),
+              help="Trace this share of the payments (0.1: one in ten) in the generator and "
+              "the services, exported over OTLP/HTTP to a receiver on 127.0.0.1 that counts "
+              "the spans (the cost of tracing is the difference to a run without). "
+              "[default: no tracing]")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
-          http_duration: str | None, seed: int, out: Path, metrics: bool) -> None:
+          http_duration: str | None, seed: int, out: Path, metrics: bool,
+          trace_ratio: float | None) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
@@ -65,7 +71,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
                       rates=rates or options.rates,
                       duration_s=_duration(duration) or options.duration_s, metrics=metrics,
                       http_duration_s=_duration(http_duration, "--http-duration")
-                      or options.http_duration_s)
+                      or options.http_duration_s, trace_ratio=trace_ratio)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +159,11 @@ def results_table(results: dict[str, Any]) -> Table:
                       f"{edge['accepted']:,} "
                       + (f"in {caught_up:g} s" if caught_up is not None else "after 60 s"),
                       "", end_section=True)
+    traces = results.get("tracing")
+    if traces:
+        table.add_row("tracing", f"sampled {traces['sample_ratio']:g} of payments; spans "
+                      "received (exports)", f"{traces['spans']:,} ({traces['exports']:,})", "",
+                      end_section=True)
     for name, figures in results["resources"].items():
         growth = next((t for t in results["targets"] if t["name"].startswith(f"{name} RSS")),
                       None)

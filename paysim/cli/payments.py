@@ -439,6 +439,8 @@ def status(settings: Settings, txn_id: str, as_json: bool) -> None:
     console.print(f"merchant {safe(merchant.get('name', '-'))} ({safe(merchant.get('id', '-'))}, "
                   f"MCC {safe(merchant.get('mcc', '-'))}, {safe(merchant.get('country', '-'))})")
     console.print(f"notified {safe(view['notification'] or 'not yet')}; webhook {safe(webhook)}")
+    if view.get("trace_id"):  # traced (OpenTelemetry) and sampled
+        console.print(f"trace    {safe(view['trace_id'])}")
     table = Table("stage", "at (UTC)", "since previous")
     for row in timeline:
         since = row["ms_since_previous"]

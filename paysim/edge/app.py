@@ -52,7 +52,9 @@ from paysim.edge.validation import (
 )
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
+from paysim.infra.tracing import open_tracer, sending
 from paysim.pipeline import ledger_store, notifications, store
+from paysim.pipeline.registry import HTTP
 from paysim.pipeline.webhook_dispatch import callback_policy
 
 log = logging.getLogger("paysim.http")
@@ -109,6 +111,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     # The URL as written, no DNS here: the dispatcher checks the addresses when it connects.
     policy = callback_policy(settings)
     operations = Operations(settings, deliveries, redis_client)
+    tracer = open_tracer(settings, HTTP.name)  # None unless an OTLP endpoint is set
 
     def authorize_once(fields: AuthorizeRequest) -> Answer:
         exp_month, exp_year = fields.card_expiry()
@@ -130,7 +133,11 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         # Noted before it is sent: a reversal may come before the payment's outcome.
         note_route(redis_client, message.payment_id, fields.run_id, token,
                    settings.redis.ledger_ttl)
-        failure = deliveries.deliver(topics.requested, token, encode(message))
+        # The payment's trace starts here (when tracing): its context goes in the headers.
+        with sending(tracer, topics.requested, message.payment_id) as trace:
+            failure = deliveries.deliver(topics.requested, token, encode(message),
+                                         headers=trace.headers)
+            trace.failed(failure)
         if failure is not None:
             log.warning("payment %s not accepted: %s", message.payment_id, failure)
             return Answer(503, body(Error(error=f"payment not accepted, Kafka is unavailable: "

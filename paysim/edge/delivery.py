@@ -57,10 +57,11 @@ class Deliveries:
             self._poller.join(POLL_S * 10)
         return self.producer.flush(timeout)
 
-    def send(self, topic: str, key: str, value: bytes,
-             deadline: float | None = None) -> Future[Failure]:
+    def send(self, topic: str, key: str, value: bytes, deadline: float | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> Future[Failure]:
         """Produce one record; the future completes with its delivery report. ``deadline``
-        (time.monotonic()) bounds the wait for room in a full producer queue."""
+        (time.monotonic()) bounds the wait for room in a full producer queue; ``headers``
+        are the record's (the trace context, when tracing)."""
         future: Future[Failure] = Future()
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
@@ -68,18 +69,20 @@ class Deliveries:
 
         try:
             produce(self.producer, topic, value, key=key, on_delivery=on_delivery,
-                    deadline=time.monotonic() + WAIT_S if deadline is None else deadline)
+                    deadline=time.monotonic() + WAIT_S if deadline is None else deadline,
+                    headers=headers)
         except BufferError:
             future.set_result("the Kafka producer queue is full")
         except KafkaException as exc:
             future.set_result(error_text(exc))
         return future
 
-    def deliver(self, topic: str, key: str, value: bytes, timeout: float = WAIT_S) -> Failure:
+    def deliver(self, topic: str, key: str, value: bytes, timeout: float = WAIT_S,
+                headers: list[tuple[str, bytes]] | None = None) -> Failure:
         """Produce one record and wait for the broker's acknowledgement: None when it was
         acknowledged, otherwise one line saying why not."""
         deadline = time.monotonic() + timeout
-        future = self.send(topic, key, value, deadline)
+        future = self.send(topic, key, value, deadline, headers)
         late = f"Kafka did not acknowledge within {timeout:g} s"
         if self._poller is not None:
             try:

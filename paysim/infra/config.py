@@ -267,6 +267,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics.port", _whole_number(0, 65535), lambda: 0,
            "0: each process picks a free port (shown by `paysim ps`); N: the base of a fixed "
            "layout, N + 100 x the process's place + its instance", metavar="PORT"),
+    Option("tracing.sample_ratio", _ratio, lambda: None,
+           "share of payments traced, decided where each payment enters (only when "
+           "OTEL_EXPORTER_OTLP_ENDPOINT is set); unset: OTEL_TRACES_SAMPLER_ARG, else 1",
+           metavar="RATIO"),
 )
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 _OPTION_ENVS = {option.env for option in OPTIONS}
@@ -371,6 +375,12 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    # None: the standard OTEL_TRACES_SAMPLER_ARG, else every payment (paysim.infra.tracing)
+    sample_ratio: float | None
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings
     redis: RedisSettings
@@ -383,6 +393,7 @@ class Settings:
     secrets: SecretSettings
     services: ServiceSettings
     metrics: MetricsSettings
+    tracing: TracingSettings
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -408,7 +419,8 @@ class Settings:
 _SECTIONS = {"kafka": KafkaSettings, "redis": RedisSettings, "stack": StackSettings,
              "topics": TopicSettings, "http": HttpSettings, "issuer": IssuerSettings,
              "lifecycle": LifecycleSettings, "webhook": WebhookSettings, "secrets": SecretSettings,
-             "services": ServiceSettings, "metrics": MetricsSettings}
+             "services": ServiceSettings, "metrics": MetricsSettings,
+             "tracing": TracingSettings}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -62,13 +62,16 @@ def cluster_metadata(config: Mapping[str, Any], timeout: float) -> ClusterMetada
 
 
 def produce(producer: Producer, topic: str, value: bytes, key: str | None = None,
-            on_delivery: Any = None, deadline: float | None = None) -> None:
+            on_delivery: Any = None, deadline: float | None = None,
+            headers: list[tuple[str, bytes]] | None = None) -> None:
     """Produce, waiting for room when the local queue is full instead of failing.
 
-    BufferError still escapes once ``deadline`` (a time.monotonic() value) has passed."""
+    BufferError still escapes once ``deadline`` (a time.monotonic() value) has passed.
+    ``headers``: the record's headers (the trace context, when tracing)."""
     while True:
         try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery,
+                             headers=headers)
             return
         except BufferError:
             if deadline is not None and time.monotonic() >= deadline:

@@ -31,8 +31,10 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config, produce, quiet_logger
 from paysim.infra.secrets import Keys, load_keys
+from paysim.infra.tracing import open_tracer
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import GeneratedPayment
+from paysim.pipeline.registry import GENERATOR
 from paysim.pipeline.store import DoneEntry
 
 
@@ -100,6 +102,7 @@ class KafkaIngress:
         self.keys = keys
         self.cipher = cards.CardCipher(keys.card_key)
         self.errors: list[str] = []
+        self.tracer = open_tracer(settings, GENERATOR)  # None unless an OTLP endpoint is set
         self._idempotence_state = ""
         self.producer = Producer(client_config(settings, **{
             "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4",
@@ -129,8 +132,13 @@ class KafkaIngress:
         # Keyed by card token: one card's payments stay in order end to end, so the same seed
         # settles against the ledger in the same order.
         key = cards.tokenize(payment.card.number, self.keys.token_key)
-        produce(self.producer, self.settings.topics.requested, encode(message), key=key,
-                on_delivery=self._delivered)
+        topic = self.settings.topics.requested
+        if self.tracer is None:
+            produce(self.producer, topic, encode(message), key=key, on_delivery=self._delivered)
+        else:  # the payment's trace starts here: its context goes in the headers
+            with self.tracer.sending(topic, message.payment_id) as trace:
+                produce(self.producer, topic, encode(message), key=key,
+                        on_delivery=self._delivered, headers=trace.headers)
         self.producer.poll(0)
         return Sent(message.payment_id, token=key)
 
@@ -140,6 +148,8 @@ class KafkaIngress:
 
     def finish(self) -> None:
         remaining = self.producer.flush(30)
+        if self.tracer is not None:
+            self.tracer.flush()
         if remaining or self.errors:
             detail = self.errors[0] if self.errors else f"{remaining} not delivered in 30 s"
             raise PaysimError(f"Kafka did not take every payment: {detail}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from paysim import __version__
+from paysim.infra import tracing
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.errors import PaysimError
 from paysim.infra.files import PRIVATE_UMASK, owner_only, writing
@@ -51,6 +52,9 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
             external: tuple[str, ...] = ()) -> None:
     """Start everything but the ``external`` services (their consumer groups are left to an
     outside implementation), keep it running until ``stop`` is set, then stop it cleanly."""
+    # Tracing misconfigured (a bad OTEL_TRACES_SAMPLER_ARG, the packages missing): one line
+    # here, not every child failing and restarting.
+    tracing.check(settings)
     with _services_folder(settings):
         settings.services.dir.mkdir(parents=True, exist_ok=True)
         # Held for the supervisor's life: a second run-all on the same folder would start a

@@ -34,9 +34,19 @@ from paysim.pipeline.service import ServiceSpec
 
 KAFKA_BINDING = "0.5.0"  # the AsyncAPI Kafka bindings' version for AsyncAPI 3.0
 JSON_SCHEMA_2020_12 = "https://json-schema.org/draft/2020-12/schema"
-# paysim writes no record headers; a reader should not expect any.
-NO_HEADERS: dict[str, Any] = {"type": "object", "maxProperties": 0,
-                              "description": "paysim sets no record headers"}
+# The one record header paysim writes: the payment's W3C trace context, only when tracing is
+# on (paysim.infra.tracing); tracestate passes on when the sender gave one.
+TRACE_HEADERS: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "description": "Only when tracing is on (OTEL_EXPORTER_OTLP_ENDPOINT set): the payment's "
+                   "W3C trace context, whose span the reader's spans continue. Else none.",
+    "properties": {
+        "traceparent": {"type": "string",
+                        "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                        "description": "W3C Trace Context traceparent"},
+        "tracestate": {"type": "string", "description": "W3C Trace Context tracestate"},
+    },
+}
 CARD_TOKEN = "the card's token (HMAC of the card number): one card's payments stay in order"
 
 
@@ -141,7 +151,7 @@ def _message(topic: Topic) -> dict[str, Any]:
         "name": topic.record.__name__, "title": topic.record.__name__, "summary": topic.summary,
         "contentType": "application/json",
         "payload": {"$ref": f"#/components/schemas/{topic.record.__name__}"},
-        "headers": NO_HEADERS,
+        "headers": TRACE_HEADERS,
         "bindings": {"kafka": {"key": {**topic.key.schema, "description": topic.key.description},
                                "bindingVersion": KAFKA_BINDING}},
     }

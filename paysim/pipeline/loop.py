@@ -25,8 +25,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -38,6 +38,9 @@ from paysim.infra.topics import ensure_topics
 from paysim.pipeline import store
 from paysim.pipeline.prometheus import ERROR, OK, REJECTED, UNDECODABLE, PipelineMetrics
 from paysim.pipeline.service import Output, Rejected, Service, T, group_name
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on (paysim.infra.tracing)
+    from paysim.infra.otel import BatchTrace, PaymentTracer
 
 # Under the 3 s after which `ps` takes a silent service for gone.
 MAX_BACKOFF_S = 2.0
@@ -174,12 +177,15 @@ class ServiceLoop(Generic[T]):
                  producer: Producer | None = None,
                  new_consumer: Callable[[], Consumer] | None = None,
                  new_producer: Callable[[], Producer] | None = None,
-                 metrics: PipelineMetrics | None = None) -> None:
+                 metrics: PipelineMetrics | None = None,
+                 tracer: PaymentTracer | None = None) -> None:
         """``consumer`` and ``producer`` replace the first Kafka clients built here, and
         ``new_consumer`` and ``new_producer`` build the ones that replace them (tests).
-        ``metrics``, when given, are updated once per batch."""
+        ``metrics``, when given, are updated once per batch; ``tracer``, when given, traces
+        each batch and each record carrying a trace context (see paysim.infra.otel)."""
         self.service = service
         self.metrics = metrics
+        self.tracer = tracer
         self._outcomes: dict[str, int] = {}  # the batch's messages by outcome (metrics)
         self.settings = settings
         self.instance = instance
@@ -381,8 +387,8 @@ class ServiceLoop(Generic[T]):
         return dead_letter(self.service.name, message, reason, self.settings.topics.dlq,
                            self.service.dead_letters_keep_original)
 
-    def _decide_all(self, decoded: list[tuple[Message, T]],
-                    outputs: list[Output]) -> redis.client.Pipeline:
+    def _decide_all(self, decoded: list[tuple[Message, T]], outputs: list[Output],
+                    trace: BatchTrace | None = None) -> redis.client.Pipeline:
         """Each record's outputs; a record that breaks the rules' code becomes a dead letter."""
         pipe = self.service.redis.pipeline(transaction=False)
         try:
@@ -406,7 +412,10 @@ class ServiceLoop(Generic[T]):
                     continue
             for message, item in group:
                 try:
-                    outputs.extend(self.service.decide(item, pipe))
+                    if trace is None:
+                        outputs.extend(self.service.decide(item, pipe))
+                    else:
+                        outputs.extend(self._decide_traced(trace, message, item, pipe))
                 except (KafkaException, redis.RedisError):
                     raise
                 except Rejected as exc:
@@ -419,6 +428,25 @@ class ServiceLoop(Generic[T]):
                                               ERROR))
         return pipe
 
+    def _decide_traced(self, trace: BatchTrace, message: Message, item: T,
+                       pipe: redis.client.Pipeline) -> list[Output]:
+        """decide() inside the record's process span; each output carries the trace
+        context for the next hop."""
+        hop = trace.hop(message)
+        if hop is None:  # the record came without a trace context
+            return self.service.decide(item, pipe)
+        self.service.trace_id = hop.trace_id
+        error = None
+        try:
+            decided = self.service.decide(item, pipe)
+            return [replace(output, headers=hop.headers(output.topic)) for output in decided]
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            self.service.trace_id = None
+            hop.end(error)
+
     def _transact(self, messages: list[Message]) -> None:
         started = time.monotonic()
         # A rebalance between fetching and here may have taken partitions away: their records
@@ -427,6 +455,16 @@ class ServiceLoop(Generic[T]):
         messages = [m for m in messages if (m.topic(), m.partition()) in assigned]
         if not messages:
             return
+        if self.tracer is None:
+            self._commit_batch(messages, started, None)
+            return
+        with self.tracer.batch(self.service.input_topic, self.group,
+                               f"{self.service.name}-{self.instance}", messages) as trace:
+            self._commit_batch(messages, started, trace)
+
+    def _commit_batch(self, messages: list[Message], started: float,
+                      trace: BatchTrace | None) -> None:
+        """Decide the batch, then produce, write Redis and commit in one transaction."""
         self._outcomes = dict.fromkeys((UNDECODABLE, REJECTED, ERROR), 0)
         outputs: list[Output] = []
         decoded: list[tuple[Message, T]] = []
@@ -435,10 +473,11 @@ class ServiceLoop(Generic[T]):
                 decoded.append((message, self.service.codec.decode(message.value())))
             except SchemaError as exc:
                 outputs.append(self._dead(message, str(exc), UNDECODABLE))
-        pipe = self._decide_all(decoded, outputs)
+        pipe = self._decide_all(decoded, outputs, trace)
         self._kafka_call(self.producer.begin_transaction)
         for output in outputs:
-            produce(self.producer, output.topic, output.value, key=output.key)
+            produce(self.producer, output.topic, output.value, key=output.key,
+                    headers=output.headers)
         pipe.execute()
         # The offsets to commit come from the batch itself, not from the consumer's position,
         # which a rebalance may have moved.

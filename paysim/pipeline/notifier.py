@@ -27,8 +27,9 @@ class Notifier(Service[PaymentOutcome]):
         outcome = msgspec.structs.replace(item, stages={**item.stages, NOTIFIED: at})
         notification = notification_for(outcome, event_id(item.payment_id), at)
         ttl = self.settings.redis.outcome_ttl
+        traced = {} if self.trace_id is None else {"trace_id": self.trace_id}
         store.write_outcome(pipe, outcome, ttl, notification="sent",
-                            webhook_status="pending" if item.callback_url else "none")
+                            webhook_status="pending" if item.callback_url else "none", **traced)
         store.add_done_entry(pipe, outcome)
         done = store.run_stream_key(item.run_id)
         if done not in self._streams_renewed:  # once per run and batch is enough

@@ -13,6 +13,7 @@ from confluent_kafka import KafkaException
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.prometheus import serve_metrics
+from paysim.infra.tracing import open_tracer
 from paysim.pipeline import store
 from paysim.pipeline.loop import FatalServiceError, ServiceLoop
 from paysim.pipeline.prometheus import PipelineMetrics
@@ -54,7 +55,8 @@ def run_pipeline_service(spec: ServiceSpec, settings: Settings, instance: int) -
         try:
             for thread in spec.threads(settings, client, instance, stop, metrics):
                 thread.start()
-            ServiceLoop(service, settings, instance, stop, metrics=metrics).run()
+            ServiceLoop(service, settings, instance, stop, metrics=metrics,
+                        tracer=open_tracer(settings, spec.name, instance)).run()
         finally:
             if endpoint is not None:
                 endpoint.close()

@@ -24,6 +24,7 @@ class Output:
     topic: str
     key: str | None
     value: bytes
+    headers: list[tuple[str, bytes]] | None = None  # the trace context, when tracing
 
 
 class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 3.11
@@ -32,6 +33,9 @@ class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 
     codec: Codec[T]
     # Whether dead letters may carry the original bytes (not on the edge topic: card data).
     dead_letters_keep_original = True
+    # The record being decided's trace id while the loop traces it and its trace is
+    # sampled (the loop sets it around decide); None otherwise.
+    trace_id: str | None = None
 
     def __init__(self, spec: ServiceSpec, settings: Settings, redis_client: redis.Redis) -> None:
         self.name = spec.name

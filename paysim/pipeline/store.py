@@ -416,6 +416,7 @@ class StoredOutcome(msgspec.Struct, frozen=True):
     outcome: PaymentOutcome
     notification: str | None = None  # "sent" once the notifier confirmed the outcome
     webhook: WebhookState | None = None
+    trace_id: str | None = None  # its trace, when it was traced and sampled (OpenTelemetry)
 
 
 def read_outcome(client: redis.Redis, payment_id: str) -> StoredOutcome | None:
@@ -442,7 +443,8 @@ def read_outcome(client: redis.Redis, payment_id: str) -> StoredOutcome | None:
         )
     # The hash's own status field is the outcome's, written beside it for the audit.
     outcome = msgspec.structs.replace(outcome, status=stored.get("status", outcome.status))
-    return StoredOutcome(outcome, stored.get("notification") or None, webhook)
+    return StoredOutcome(outcome, stored.get("notification") or None, webhook,
+                         stored.get("trace_id") or None)
 
 
 class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):
@@ -466,6 +468,8 @@ class OutcomeView(msgspec.Struct, frozen=True, kw_only=True):
     network: str | None
     callback_url: str | None
     webhook: WebhookState | UnsetType = UNSET
+    # The payment's OpenTelemetry trace id (32 hex digits), when it was traced and sampled.
+    trace_id: str | UnsetType = UNSET
 
 
 def outcome_view(stored: StoredOutcome) -> OutcomeView:
@@ -480,4 +484,5 @@ def outcome_view(stored: StoredOutcome) -> OutcomeView:
         token=outcome.token or None, network=outcome.network or None,
         callback_url=outcome.callback_url or None,
         webhook=UNSET if stored.webhook is None else stored.webhook,
+        trace_id=UNSET if stored.trace_id is None else stored.trace_id,
     )

@@ -32,9 +32,11 @@ class FakeMessage:
 
     def __init__(self, topic: str, partition: int, offset: int, value: bytes | None,
                  key: bytes | None = None, error: KafkaError | None = None,
-                 at_ms: int | None = None) -> None:
+                 at_ms: int | None = None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._value, self._key, self._error = value, key, error
+        self._headers = headers
         self._at_ms = at_ms  # the record's CreateTime; None: no timestamp
 
     def timestamp(self) -> tuple[int, int]:
@@ -58,7 +60,7 @@ class FakeMessage:
         return self._key
 
     def headers(self) -> list[tuple[str, bytes]] | None:
-        return None  # paysim writes none
+        return self._headers  # None, as the real client, when the record has none
 
     def error(self) -> KafkaError | None:
         return self._error
@@ -181,6 +183,11 @@ class Produced:
     topic: str
     key: str | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] | None = None  # None: none given
+
+
+def _headers(headers: list[tuple[str, bytes]] | None) -> tuple[tuple[str, bytes], ...] | None:
+    return None if headers is None else tuple(headers)
 
 
 @dataclass
@@ -216,8 +223,9 @@ class AckingProducer:
         self._unacknowledged: list[Callable[..., Any]] = []
 
     def produce(self, topic: str, value: bytes | None = None, key: str | None = None,
-                on_delivery: Callable[..., Any] | None = None) -> None:
-        self.records.append(Produced(topic, key, value or b""))
+                on_delivery: Callable[..., Any] | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        self.records.append(Produced(topic, key, value or b"", _headers(headers)))
         if on_delivery is not None:
             self._unacknowledged.append(on_delivery)
 
@@ -310,9 +318,11 @@ class FakeProducer:
         self.current = Transaction()
 
     def produce(self, topic: str, value: bytes | None = None, key: str | None = None,
-                on_delivery: Callable[..., Any] | None = None) -> None:
+                on_delivery: Callable[..., Any] | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
         self._enter("produce")
-        self._in_transaction("produce").records.append(Produced(topic, key, value or b""))
+        self._in_transaction("produce").records.append(
+            Produced(topic, key, value or b"", _headers(headers)))
 
     def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: object,
                                     timeout: float | None = None) -> None:

@@ -214,3 +214,18 @@ def test_the_table_shows_the_http_phase() -> None:
                      ">= 3,000/s, p99 <= 50 ms: MISSED", "paysim at saturation",
                      "open model 2,000/s"):
         assert fragment in text, fragment  # each row whole, none cut short at 160 columns
+
+
+def test_a_traced_run_shows_what_the_receiver_got() -> None:
+    assert results()["tracing"] is None
+    traced = results(tracing={"sample_ratio": 0.1, "spans": 41_234, "exports": 97,
+                              "bytes": 9_000_000})
+    text = _table_text(traced)
+    assert "tracing" in text and "sampled 0.1 of payments" in text and "41,234 (97)" in text
+    assert "tracing" not in _table_text(results())
+
+
+def _table_text(kept: dict) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(kept))
+    return out.getvalue()
