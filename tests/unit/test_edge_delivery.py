@@ -23,9 +23,10 @@ class PollRecorder(AckingProducer):
         self.flushed = False
 
     def produce(self, topic: str, value: bytes | None = None, key: str | None = None,
-                on_delivery: Callable[..., Any] | None = None) -> None:
+                on_delivery: Callable[..., Any] | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
         with self.lock:
-            super().produce(topic, value, key, on_delivery)
+            super().produce(topic, value, key, on_delivery, headers)
 
     def poll(self, timeout: float | None = None) -> int:
         with self.lock:
