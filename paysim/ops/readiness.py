@@ -21,7 +21,10 @@ def answering(settings: Settings) -> tuple[bool, bool]:
     """(Kafka answers, Redis answers) at the configured addresses."""
     kafka = cluster_metadata({"bootstrap.servers": settings.kafka_bootstrap,
                               **settings.kafka.client}, timeout=3) is not None
-    client = store.connect(settings, timeout=3.0)
+    try:
+        client = store.connect(settings, timeout=3.0)
+    except PaysimError:  # a Redis Cluster's client asks for its slots at once
+        return kafka, False
     try:
         redis_ok = bool(client.ping())
     except redis.RedisError:

@@ -13,22 +13,50 @@ from typing import Any, TypeVar
 import msgspec
 import redis
 from msgspec import UNSET, UnsetType
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from paysim.domain.decisions import IssuerRates
 from paysim.domain.messages import STAGES, Merchant, PaymentOutcome, encode
-from paysim.infra.config import Settings
+from paysim.infra.config import REDIS_CLUSTER_SCHEMES, Settings
 from paysim.infra.errors import PaysimError
 
 WEBHOOK_STREAM = "paysim:webhooks"
 WEBHOOK_GROUP = "paysim-webhooks"
 
 
+# What every store function takes: one Redis, or a Redis Cluster through redis-py's cluster
+# client (the same commands; keys hash-tagged so each script and batch stays in one slot).
+Client = redis.Redis | RedisCluster
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 def connect(settings: Settings, timeout: float = 10.0) -> redis.Redis:
     """A client of the configured Redis; ``timeout`` bounds every command (connecting: 5 s
-    at most), so no wait on a Redis that does not answer is endless."""
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                socket_connect_timeout=min(timeout, 5.0),
-                                health_check_interval=30)
+    at most), so no wait on a Redis that does not answer is endless. A redis+cluster:// URL
+    gives a RedisCluster client, which asks the named node for the cluster's slots at once
+    (a PaysimError when it does not answer)."""
+    url = settings.redis_url
+    options: dict[str, Any] = {"socket_timeout": timeout,
+                               "socket_connect_timeout": min(timeout, 5.0)}
+    if not url.startswith(REDIS_CLUSTER_SCHEMES):
+        return redis.Redis.from_url(url, health_check_interval=30, **options)
+    try:
+        # A cluster client reconnects to a slot's new primary by itself after a failover.
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)  # type: ignore[return-value]
+    except (RedisClusterException, redis.RedisError) as exc:
+        raise unreachable(settings, exc) from None
+
+
+def mget(client: Client, keys: list[str]) -> list[bytes | None]:
+    """GET of many keys in one round: MGET on a single Redis; on a cluster, whose MGET takes
+    one slot's keys only, one MGET per slot (not atomic, which no caller needs)."""
+    if is_cluster(client):
+        return client.mget_nonatomic(keys)  # type: ignore[union-attr]
+    return client.mget(keys)
 
 
 HEALTH_PROBE_KEY = "paysim:healthz"
@@ -40,7 +68,7 @@ def probe_write(client: redis.Redis) -> None:
     client.set(HEALTH_PROBE_KEY, "1", px=5000)
 
 
-def unreachable(settings: Settings, exc: redis.RedisError) -> PaysimError:
+def unreachable(settings: Settings, exc: Exception) -> PaysimError:
     """The one line for a Redis that does not answer, naming where it was looked for."""
     return PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}")
 
@@ -205,7 +233,11 @@ def clear_heartbeat(client: redis.Redis, service: str, instance: int) -> None:
     """A clean stop says so at once instead of letting the heartbeat expire."""
     with contextlib.suppress(redis.RedisError):  # else it expires on its own
         key = heartbeat_key(service, instance)
-        client.pipeline(transaction=False).delete(key).srem(HEARTBEAT_INDEX, key).execute()
+        # Not chained: a cluster's pipeline commands return None, not the pipeline.
+        pipe = client.pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.srem(HEARTBEAT_INDEX, key)
+        pipe.execute()
 
 
 def idempotency_key(key: str) -> str:
