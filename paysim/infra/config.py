@@ -27,6 +27,7 @@ KAFKA_CLIENT_ENV_PREFIX = "PAYSIM_KAFKA_"
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 # A Redis Cluster: the URL names one node, the client finds the rest (docs/architecture.md).
 REDIS_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+REDIS_CLUSTER_NODES = 6  # the local Redis Cluster: 3 primaries, a replica each
 
 
 def _data_home() -> Path:
@@ -197,8 +198,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("kafka.timeout", _seconds, lambda: 30.0,
            "seconds a command waits for Kafka to answer or a topic read to end before it fails"),
     Option("redis.url", _redis_url, lambda: None,
-           "Redis URL (redis://, rediss://, unix://; redis+cluster:// or rediss+cluster:// for a "
-           "Redis Cluster, naming any one node); unset means the local stack", "--redis-url",
+           "Redis URL (redis://, rediss://, unix://; redis+cluster://host:port[,host:port...] "
+           "or rediss+cluster:// for a Redis Cluster, naming one or more nodes); unset means "
+           "the local stack", "--redis-url",
            "URL"),
     Option("redis.outcome_ttl", _whole_number(1), lambda: 3600,
            "seconds an outcome stays in Redis (the seed's one hour)"),
@@ -311,6 +313,10 @@ class StackSettings:
     start_timeout: float
     stop_timeout: float
 
+    def redis_cluster_ports(self) -> list[int]:
+        """Client ports of the local Redis Cluster's nodes (the bus ports come after them)."""
+        return [self.redis_port + node for node in range(REDIS_CLUSTER_NODES)]
+
     def broker_ports(self, node: int) -> tuple[int, int]:
         """(client port, controller port) of local node ``node`` (1-based)."""
         return self.kafka_port + 2 * (node - 1), self.controller_port + 2 * (node - 1)
@@ -417,7 +423,9 @@ class Settings:
         if self.redis.url:
             return self.redis.url
         if self.stack.redis_cluster:
-            return f"redis+cluster://127.0.0.1:{self.stack.redis_port}"
+            # Every node: a client must reach the cluster whichever nodes are down.
+            return "redis+cluster://" + ",".join(
+                f"127.0.0.1:{port}" for port in self.stack.redis_cluster_ports())
         return f"redis://127.0.0.1:{self.stack.redis_port}/0"
 
 

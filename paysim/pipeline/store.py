@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 import redis
 from msgspec import UNSET, UnsetType
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 
 from paysim.domain.decisions import IssuerRates
@@ -45,10 +45,25 @@ def connect(settings: Settings, timeout: float = 10.0) -> redis.Redis:
     if not url.startswith(REDIS_CLUSTER_SCHEMES):
         return redis.Redis.from_url(url, health_check_interval=30, **options)
     try:
-        # A cluster client reconnects to a slot's new primary by itself after a failover.
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)  # type: ignore[return-value]
-    except (RedisClusterException, redis.RedisError) as exc:
+        return _cluster_client(url, options)  # type: ignore[return-value]
+    except (RedisClusterException, redis.RedisError, ValueError) as exc:
         raise unreachable(settings, exc) from None
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    """A cluster client from ``redis+cluster://[user:pass@]host:port[,host:port...]``: every
+    node named is a startup node, so a new client starts while any one node is down."""
+    scheme, _, rest = url.partition("://")
+    split = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:split], rest[split:]
+    credentials, at, hosts = netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    nodes = []
+    for other in others:
+        host, _, port = other.strip().rpartition(":")
+        nodes.append(ClusterNode(host, int(port)))  # ValueError: not a port
+    return RedisCluster.from_url(f"{scheme.replace('+cluster', '', 1)}://{credentials}{at}"
+                                 f"{first}{tail}", startup_nodes=nodes, **options)
 
 
 def mget(client: Client, keys: list[str]) -> list[bytes | None]:

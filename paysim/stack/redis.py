@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from paysim.infra.config import StackSettings
+from paysim.infra.config import REDIS_CLUSTER_NODES, StackSettings
 from paysim.stack.component import Announce, Component
 from paysim.stack.prerequisites import Missing, find_redis_server
 
@@ -95,7 +95,7 @@ class RedisServer(Component):
             client.close()
 
 
-CLUSTER_NODES = 6  # 3 primaries, each with one replica
+CLUSTER_NODES = REDIS_CLUSTER_NODES  # 3 primaries, each with one replica
 CLUSTER_NODE_TIMEOUT_MS = 5000  # how long a primary may be silent before its replica takes over
 
 

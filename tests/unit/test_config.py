@@ -54,7 +54,9 @@ def test_explicit_services_replace_the_local_stack_addresses() -> None:
 
 def test_a_cluster_url_or_the_local_cluster_switch_names_a_redis_cluster() -> None:
     local = load_settings({"stack.redis_cluster": True, "stack.redis_port": 24000}, env={})
-    assert local.redis_url == "redis+cluster://127.0.0.1:24000"
+    # Every node, so a client reaches the cluster whichever node is down.
+    assert local.redis_url == "redis+cluster://" + ",".join(
+        f"127.0.0.1:{port}" for port in range(24000, 24006))
     from_env = load_settings(env={"PAYSIM_STACK_REDIS_CLUSTER": "yes"})
     assert from_env.stack.redis_cluster is True
     given = load_settings(env={"PAYSIM_REDIS_URL": "rediss+cluster://node-1:7000",
