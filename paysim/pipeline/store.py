@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -64,6 +64,21 @@ def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
         nodes.append(ClusterNode(host, int(port)))  # ValueError: not a port
     return RedisCluster.from_url(f"{scheme.replace('+cluster', '', 1)}://{credentials}{at}"
                                  f"{first}{tail}", startup_nodes=nodes, **options)
+
+
+@contextlib.contextmanager
+def movable_keys(client: Client) -> Iterator[None]:
+    """Around XREAD and XREADGROUP on a cluster: redis-py finds where such a command's keys
+    are by asking the client's *default node* (COMMAND GETKEYS), and a default node that died
+    stays the default: every later XREAD failed with "connection refused" from it, after its
+    replica had taken over, until the run timed out. A connection error here picks another
+    default node, so the caller's next try goes through."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError):
+        if is_cluster(client):
+            client.replace_default_node()  # type: ignore[union-attr]
+        raise
 
 
 def mget(client: Client, keys: list[str]) -> list[bytes | None]:
@@ -355,7 +370,9 @@ def read_stream(client: redis.Redis, key: str, last_id: bytes | str,
     at most ``count``, decoded, and the id to read on from. Entries ``decode`` refuses
     (ValueError: not written by paysim) are skipped."""
     entries: list[E] = []
-    for _, batch in client.xread({key: last_id}, count=count, block=block_ms) or []:
+    with movable_keys(client):
+        reply = client.xread({key: last_id}, count=count, block=block_ms)
+    for _, batch in reply or []:
         for entry_id, fields in batch:
             last_id = entry_id
             try:

@@ -1,9 +1,13 @@
 """The store on a Redis Cluster: paysim's own stack code starts 3 primaries and 3 replicas
 (`stack up --redis-cluster`) beside the suite's broker, run-all's services run on it, and a
-bounded run with every kind of operation is answered in full, audits clean and settles."""
+bounded run with every kind of operation is answered in full, audits clean and settles; a
+primary killed mid-run is replaced by its replica, and nothing is lost."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from paysim.pipeline import ledger_store, settlement_store, shard_store, store
 from paysim.stack.manager import LocalStack
 from paysim.stack.redis import CLUSTER_NODES
 from tests.helpers import free_port, free_port_run, settings_for
-from tests.integration.pipeline_helpers import paysim, running_pipeline
+from tests.integration.pipeline_helpers import paysim, running_pipeline, send_with_fault
 from tests.integration.test_lifecycle_load import EVERY_KIND, assert_audit_clean, run_scenario
 
 
@@ -96,3 +100,32 @@ def test_every_operation_kind_on_the_cluster_is_answered_and_audits_clean(
     finally:
         client.close()
 
+
+def test_a_primary_killed_mid_run_is_replaced_by_its_replica_and_nothing_is_lost(
+        on_cluster: Settings) -> None:
+    """Last in the module: the killed node stays down."""
+    stack = LocalStack(on_cluster.stack, announce=print, kafka=False)
+    client = store.connect_answering(on_cluster)
+    try:
+        primaries = {node.port for node in client.get_primaries()}
+    finally:
+        client.close()
+    victim = next(node for node in stack.cluster_nodes if node.port in primaries)
+    record = stack.running(victim)
+    assert record is not None
+    # Killed once 300 of the run's 1,200 payments (100/s for 12 s) were notified.
+    result = send_with_fault(on_cluster, 300, lambda: os.kill(record.pid, signal.SIGKILL),
+                             "--rate", "100", "--duration", "12s", "--seed", "15",
+                             "--timeout", "180")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["load"]["sent"] == 1200 and report["outcomes"]["lost"] == 0
+    assert_audit_clean(on_cluster, report["run_id"])
+    client = store.connect_answering(on_cluster)
+    try:
+        # The victim's replica took its slots over: three primaries, the victim not one.
+        assert client.cluster_info()["cluster_state"] == "ok"
+        now = {node.port for node in client.get_primaries()}
+        assert len(now) == 3 and victim.port not in now, now
+    finally:
+        client.close()
