@@ -50,6 +50,8 @@ install_system_packages() {
   local packages=() need_java=0 installed_redis=0
   if ! command -v redis-server >/dev/null 2>&1; then packages+=(redis-server); installed_redis=1; fi
   command -v mvn >/dev/null 2>&1 || packages+=(maven)
+  # The benchmark's HTTP phase (and its test) loads the HTTP API with wrk.
+  command -v wrk >/dev/null 2>&1 || packages+=(wrk)
   if ! find_python >/dev/null; then
     read -ra python_pkgs <<< "$(python_packages)"
     packages+=("${python_pkgs[@]}")

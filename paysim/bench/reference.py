@@ -23,6 +23,9 @@ from paysim.stack.prerequisites import find_java, raise_if_missing
 
 PRODUCER_TOOL = "org.apache.kafka.tools.ProducerPerformance"
 CONSUMER_TOOL = "org.apache.kafka.tools.ConsumerPerformance"
+# How long the consumer tool waits for a record before giving up (its default, 10 s, ran out
+# while joining its group on a machine busy with other work).
+CONSUMER_IDLE_MS = 60_000
 TOOL_TIMEOUT_S = 300.0
 # The tools format numbers in the JVM's default locale; pinned so 75075.1 never reads 75075,1.
 JVM_OPTIONS = ("-Xmx512m", "-Duser.language=en", "-Duser.country=US")
@@ -131,7 +134,8 @@ def producer_command(java: str, libs: Path, topic: str, num_records: int, payloa
 def consumer_command(java: str, libs: Path, bootstrap: str, topic: str,
                      num_records: int) -> list[str]:
     return [java, *JVM_OPTIONS, "-cp", f"{libs}/*", CONSUMER_TOOL, "--bootstrap-server",
-            bootstrap, "--topic", topic, "--messages", str(num_records)]
+            bootstrap, "--topic", topic, "--messages", str(num_records),
+            "--timeout", str(CONSUMER_IDLE_MS)]
 
 
 def run_producer_perf(settings: Settings, topic: str, payloads: list[bytes], num_records: int,
@@ -171,7 +175,8 @@ def run_consumer_perf(settings: Settings, topic: str, num_records: int, *,
     with tempfile.TemporaryDirectory(prefix="paysim-reference-") as scratch:
         stdout, stderr = _run_tool("ConsumerPerformance", command, Path(scratch), timeout_s)
     figures = parse_consumer_output(stdout)
-    # Short of records it gives up after 10 s without one, prints a WARNING and exits 0.
+    # Short of records it gives up after CONSUMER_IDLE_MS without one, prints a WARNING and
+    # exits 0.
     if figures.records != num_records:
         said = next((line.strip() for line in stdout.splitlines() if line.startswith("WARNING")),
                     last_line(stderr))

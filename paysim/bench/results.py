@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from paysim.bench.http import HttpFigures
 from paysim.bench.phases import PhaseFigures
 from paysim.bench.resources import Usage
 from paysim.pipeline import registry
@@ -20,6 +21,9 @@ SATURATION_MIN_COUNT = 200_000
 OPEN_MODEL_RATE = 2000.0
 OPEN_MODEL_P99_MAX_MS = 100.0
 RSS_GROWTH_MAX = 0.10
+HTTP_MIN_PER_S = 3000.0
+HTTP_P99_MAX_MS = 50.0
+HTTP_TARGET = "HTTP API, POST /authorize with wrk"
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ def usage_figures(usage: Usage, payments: int, rss_at_start: int | None) -> dict
 
 
 def targets(saturation: dict[str, Any], open_model: list[dict[str, Any]],
-            resources: dict[str, dict[str, Any]]) -> list[Target]:
+            resources: dict[str, dict[str, Any]],
+            http: dict[str, Any] | None = None) -> list[Target]:
     found = [Target(
         f"end to end, exactly-once, over {saturation['completed']:,} payments",
         f">= {SATURATION_MIN_PER_S:,.0f}/s",
@@ -69,6 +74,15 @@ def targets(saturation: dict[str, Any], open_model: list[dict[str, Any]],
             found.append(Target(f"{name} RSS growth, first to last tenth of the saturation run",
                                 f"< {RSS_GROWTH_MAX * 100:g}%", f"{growth:+.1f}%",
                                 growth < RSS_GROWTH_MAX * 100))
+    if http is not None:
+        p99 = http["latency"]["p99_ms"]
+        found.append(Target(
+            HTTP_TARGET,
+            f">= {HTTP_MIN_PER_S:,.0f}/s, p99 <= {HTTP_P99_MAX_MS:g} ms",  # and keeping up
+            f"{http['requests_per_s']:,.0f}/s, p99 {p99:,.1f} ms, "
+            f"{'kept up' if http['kept_up'] else 'fell behind'}",
+            http["requests_per_s"] >= HTTP_MIN_PER_S and p99 <= HTTP_P99_MAX_MS
+            and http["kept_up"] and http["failed"] == 0))
     return found
 
 
@@ -77,12 +91,13 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                   open_model: list[PhaseFigures], usage: list[Usage],
                   rss_at_start: dict[str, int | None] | None = None,
                   lifecycle: PhaseFigures | None = None,
-                  metrics: bool = True) -> dict[str, Any]:
+                  metrics: bool = True, http: HttpFigures | None = None) -> dict[str, Any]:
     burst = saturation.as_dict()
     producer_rate = reference["producer"]["records_per_s"]
     burst["ratio_to_kafka_producer"] = (round(saturation.throughput_per_s / producer_rate, 4)
                                         if producer_rate else None)
     rates = [phase.as_dict() for phase in open_model]
+    edge = http.as_dict() if http is not None else None
     resources = {u.name: usage_figures(u, saturation.completed,
                                        (rss_at_start or {}).get(u.name)) for u in usage}
     return {
@@ -90,6 +105,6 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
         "metrics": metrics,
         "machine": machine, "reference": reference, "saturation": burst,
         "lifecycle": lifecycle.as_dict() if lifecycle else None, "open_model": rates,
-        "resources": resources,
-        "targets": [t.as_dict() for t in targets(burst, rates, resources)],
+        "resources": resources, "http": edge,
+        "targets": [t.as_dict() for t in targets(burst, rates, resources, edge)],
     }

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from paysim.bench import reference
+from paysim.bench.http import CONNECTIONS, http_phase
 from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, lifecycle_saturation, open_model, saturation
 from paysim.bench.resources import Sampler, rss_bytes
@@ -56,6 +57,7 @@ class BenchOptions:
     seed: int = 7
     quick: bool = False
     metrics: bool = True  # Prometheus metrics served by the services and the generator
+    http_duration_s: float = 30.0  # of wrk against POST /authorize
 
     @property
     def lifecycle_count(self) -> int:
@@ -65,7 +67,7 @@ class BenchOptions:
 
     @classmethod
     def quick_run(cls) -> BenchOptions:
-        return cls(count=20_000, duration_s=10.0, quick=True)
+        return cls(count=20_000, duration_s=10.0, quick=True, http_duration_s=10.0)
 
 
 def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str, Any]:
@@ -111,12 +113,16 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                     rates.append(open_model(settings, rate, options.duration_s,
                                             options.seed + int(rate),
                                             progress(announce, f"{rate:,.0f}/s")))
+                fresh_redis(settings)
+                announce(f"HTTP: wrk POSTs /authorize over {CONNECTIONS} connections for "
+                         f"{options.http_duration_s:g} s")
+                edge = http_phase(settings, options.http_duration_s)
         finally:
             stack.down()
     return build_results(
         started=started, quick=options.quick, machine=facts, reference=kafka_reference,
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
-        rss_at_start=at_start, lifecycle=mix, metrics=options.metrics,
+        rss_at_start=at_start, lifecycle=mix, metrics=options.metrics, http=edge,
     )
 
 

@@ -13,6 +13,7 @@ from confluent_kafka import KafkaException
 from paysim import __version__
 from paysim.cli.audit import audit
 from paysim.cli.bench import bench
+from paysim.cli.conformance import conformance
 from paysim.cli.payments import send, status
 from paysim.cli.pipeline import ps, run_all_command, service, stop
 from paysim.cli.render import printable
@@ -21,6 +22,7 @@ from paysim.cli.schema import schema
 from paysim.cli.settlement import settle, settlement
 from paysim.cli.stack import stack
 from paysim.cli.topics import topics
+from paysim.cli.worker import worker
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import error_text
 
@@ -35,7 +37,7 @@ def cli() -> None:
 
 
 for command in (run_all_command, send, status, audit, settlement, settle, ps, stop,
-                report_group, stack, topics, schema, service, bench):
+                report_group, stack, topics, schema, service, bench, conformance, worker):
     cli.add_command(command)
 
 

@@ -18,7 +18,7 @@ from paysim.infra.files import writing
 from paysim.load.schedule import MAX_RATE, parse_duration
 
 
-def _duration(text: str | None) -> float | None:
+def _duration(text: str | None, flag: str = "--duration") -> float | None:
     if text is None:
         return None
     try:
@@ -26,7 +26,7 @@ def _duration(text: str | None) -> float | None:
     except ValueError:
         seconds = 0.0
     if seconds <= 0:
-        raise ConfigError(f"--duration: expected a duration such as 60s or 2m, got {text!r}")
+        raise ConfigError(f"{flag}: expected a duration such as 60s or 2m, got {text!r}")
     return seconds
 
 
@@ -39,6 +39,8 @@ def _duration(text: str | None) -> float | None:
 @click.option("--rate", "rates", type=FiniteFloatRange(1, MAX_RATE), multiple=True,
               help="An open-model rate per second (repeatable). [default: 1000 2000 5000]")
 @click.option("--duration", help="How long each rate runs. [default: 60s; --quick 10s]")
+@click.option("--http-duration", help="How long wrk loads POST /authorize. "
+              "[default: 30s; --quick 10s]")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the payments.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("bench/results.json"), show_default=True,
@@ -47,20 +49,23 @@ def _duration(text: str | None) -> float | None:
               help="Serve Prometheus metrics from the services and the generator (the cost "
               "of metrics is the difference between the two).")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
-          seed: int, out: Path, metrics: bool) -> None:
+          http_duration: str | None, seed: int, out: Path, metrics: bool) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
     Kafka's producer and consumer perf tools with paysim-sized records, then paysim end to end
-    at saturation, then open-model runs at fixed rates; samples each process's memory and
-    CPU. Prints one table and writes the results as JSON."""
+    at saturation, then open-model runs at fixed rates, then wrk against the HTTP API's
+    POST /authorize; samples each process's memory and CPU. Prints one table and writes the
+    results as JSON."""
     # Imported here: the benchmark's modules would add 0.13 s to every other command's start.
     from paysim.bench.session import BenchOptions, run_benchmark
 
     options = BenchOptions.quick_run() if quick else BenchOptions()
     options = replace(options, seed=seed, count=count or options.count,
                       rates=rates or options.rates,
-                      duration_s=_duration(duration) or options.duration_s, metrics=metrics)
+                      duration_s=_duration(duration) or options.duration_s, metrics=metrics,
+                      http_duration_s=_duration(http_duration, "--http-duration")
+                      or options.http_duration_s)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,12 +73,13 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     with writing("the results", out):
         out.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for the table's rows on one line each, also when piped to a file.
-    Console(highlight=False, emoji=False, width=max(console.width, 140)).print(
+    Console(highlight=False, emoji=False, width=max(console.width, 160)).print(
         results_table(results))
     console.print(f"results written to {safe(out)}")
 
 
 def _ms(block: dict[str, float]) -> str:
+    """p50 / p99 / p99.9 of a latency block, "-" for one not measured."""
     return " / ".join(f"{block[key]:,.1f}" if key in block else "-"
                       for key in ("p50_ms", "p99_ms", "p99_9_ms"))
 
@@ -133,6 +139,20 @@ def results_table(results: dict[str, Any]) -> Table:
             table.add_row("", f"{stage.replace('_', ' ')} p50/p99/p99.9 ms", _ms(block),
                           verdict)
         table.add_section()
+    edge = results.get("http")
+    if edge:
+        verdict = next((t for t in results["targets"] if t["name"].startswith("HTTP API")), None)
+        table.add_row("HTTP POST /authorize",
+                      f"requests/s (wrk, {edge['connections']} connections, "
+                      f"{edge['failed']:,} failed)",
+                      f"{edge['requests_per_s']:,.0f}", _verdict(verdict) if verdict else "")
+        table.add_row("", "p50/p99/p99.9 ms", _ms(edge["latency"]), "")
+        caught_up = edge["caught_up_s"]
+        table.add_row("", "pipeline kept up: outcomes / accepted",
+                      f"{'yes' if edge['kept_up'] else 'NO'}: {edge['outcomes']:,} / "
+                      f"{edge['accepted']:,} "
+                      + (f"in {caught_up:g} s" if caught_up is not None else "after 60 s"),
+                      "", end_section=True)
     for name, figures in results["resources"].items():
         growth = next((t for t in results["targets"] if t["name"].startswith(f"{name} RSS")),
                       None)

@@ -26,12 +26,15 @@ from paysim.domain.messages import STAGES, CallbackUrl, failed_value_check
 from paysim.domain.webhooks import refused_callback
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
+from paysim.load.distributed import run_distributed
 from paysim.load.plan import SendRequest
-from paysim.load.report import LifecycleReport, RunReport
+from paysim.load.report import LifecycleReport, RunReport, TargetReport, WorkerRow
 from paysim.load.report_compare import latency_blocks
-from paysim.load.run import run_load
+from paysim.load.run import require_services, run_load
 from paysim.load.runner import Interrupt, Tick
 from paysim.load.schedule import MAX_RATE, MAX_SCHEDULED
+from paysim.load.targets.choice import TargetFlags
+from paysim.load.targets.http_target import MAX_CONCURRENCY
 from paysim.pipeline import ledger_store, store
 from paysim.pipeline.webhook_dispatch import callback_policy
 
@@ -58,6 +61,8 @@ def render_report(report: RunReport) -> None:
             f"load     target {target:,.1f}/s  achieved {mark[0]}{achieved:,.1f}/s{mark[1]}  "
             f"dropped {load.dropped:,}  send delay p99 {send_delay_p99:.1f} ms"
             + ("  [red](the generator could not keep up)[/]" if short else ""))
+    if report.target is not None:
+        render_target(report.target)
     table = Table("status", "code", "reason", "count", "share", title="outcomes")
     for row in outcomes.by_reason:
         table.add_row(f"[{STATUS_STYLE.get(row.status, 'white')}]{safe(row.status)}[/]",
@@ -78,6 +83,8 @@ def render_report(report: RunReport) -> None:
     console.print(latency)
     if report.lifecycle is not None:
         render_lifecycle(report.lifecycle)
+    if report.workers:
+        render_workers(report.workers)
     if report.thresholds:
         checks = Table("threshold", "over", "actual", "result", title="thresholds")
         for check in report.thresholds:
@@ -90,6 +97,24 @@ def render_report(report: RunReport) -> None:
             over = f"run + each {check.window_s} s" if check.window_s else "run"
             checks.add_row(safe(check.expression), over, actual, verdict)
         console.print(checks)
+
+
+def render_target(target: TargetReport) -> None:
+    """Where the payments went instead of paysim's pipeline, and what failed there."""
+    where = safe(target.address)
+    if target.kind == "kafka":
+        where += (f" -> outcomes on {safe(target.outcome_topic or '-')} matched by "
+                  f"{safe(target.correlate or '-')}")
+    elif target.concurrency:
+        where += f" ({target.concurrency} requests in flight at most)"
+    errors = f"[red]{target.errors:,}[/]" if target.errors else "0"
+    console.print(f"target   {safe(target.kind)} {where}  errors {errors}")
+    console.print(f"audit    {safe(target.audit)}", soft_wrap=True)
+    if target.by_error:
+        table = Table("error", "count", "first", title="errors")
+        for row in target.by_error:
+            table.add_row(safe(row.kind), f"{row.count:,}", safe(row.first))
+        console.print(table)
 
 
 AMOUNTS_SHOWN = 3  # currencies per row in the terminal; report.json has them all
@@ -105,6 +130,21 @@ def amounts_text(amounts: dict[str, int]) -> str:
                       for currency, amount in moved[:AMOUNTS_SHOWN])
     more = len(moved) - AMOUNTS_SHOWN
     return shown + (f" +{more} more" if more > 0 else "")
+
+
+def render_workers(rows: list[WorkerRow]) -> None:
+    """A distributed run's generators: each one's share and what it did."""
+    table = Table("share", "host", "pid", "scheduled", "sent", "completed", "dropped",
+                  "rate/s", "status", title="generators")
+    for row in rows:
+        status = {"ok": "[green]ok[/]", "dead": "[red]dead[/]"}.get(
+            row.status, f"[red]{safe(row.status)}[/]")
+        if row.error:
+            status += f" {safe(row.error)}"
+        table.add_row(str(row.share), safe(row.host) or "-", str(row.pid or "-"),
+                      f"{row.scheduled:,}", f"{row.sent:,}", f"{row.completed:,}",
+                      f"{row.dropped:,}", f"{row.rate_per_s:,.1f}", status)
+    console.print(table)
 
 
 def render_lifecycle(lifecycle: LifecycleReport) -> None:
@@ -158,6 +198,7 @@ class LiveProgress:
                 f"{tick.current_rate:,.0f}/s{target}  approved {tick.approved:,}  declined "
                 f"{tick.declined:,}  p99 (last 5 s) {p99}"
                 + (f"  dropped {tick.dropped:,}" if tick.dropped else "")
+                + (f"  errors {tick.errors:,}" if tick.errors else "")
                 + (f"  operations {tick.operations_answered:,}/{tick.operations:,}"
                    if tick.operations is not None else ""))
         if self.live:
@@ -200,7 +241,8 @@ def check_callback_url(url: str, settings: Settings) -> None:
 @click.option("--via", type=click.Choice(["kafka", "http"]), default="kafka", show_default=True,
               help="Ingress: straight onto Kafka, or through the HTTP API.")
 @click.option("--timeout", type=FiniteFloatRange(min=0.1), default=120.0, show_default=True,
-              help="Seconds to wait for outcomes after the last send.")
+              help="Seconds to wait for outcomes after the last send (with --target: "
+              "for each answer).")
 @click.option("--bad-share", type=FiniteFloatRange(0, 1),
               help="Share of payments with a bad card, split over the five card checks. "
               "[default: 0.05]")
@@ -214,6 +256,30 @@ def check_callback_url(url: str, settings: Settings) -> None:
 @click.option("--html", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Generators sharing the schedule (interleaved), with one merged report.")
+@click.option("--local-workers", type=click.IntRange(0, 64),
+              help="How many of --workers to start on this machine (default all); the others "
+                   "join with `paysim worker` on other hosts.")
+@click.option("--target", "target_url", metavar="URL",
+              help="Drive this HTTP authorization endpoint instead of paysim's pipeline "
+              "(with --request-template).")
+@click.option("--request-template", type=click.Path(dir_okay=False),
+              help="With --target: the request's body and headers, and how to read the "
+              "decision (TOML; examples/targets/).")
+@click.option("--concurrency", type=click.IntRange(1, MAX_CONCURRENCY),
+              help="With --target: requests in flight at most. [default: 64]")
+@click.option("--to-topic", metavar="TOPIC",
+              help="Produce the payments into this Kafka topic instead of paysim's pipeline "
+              "(with --record-template and --outcome-topic).")
+@click.option("--record-template", type=click.Path(dir_okay=False),
+              help="With --to-topic: the record's value, key and headers, and how to read "
+              "the outcome (TOML; examples/targets/).")
+@click.option("--outcome-topic", metavar="TOPIC",
+              help="With --to-topic: where the system under test writes its outcomes.")
+@click.option("--correlate", metavar="POINTER",
+              help="With --to-topic: JSON pointer to the payment's id in an outcome record, "
+              "e.g. /payment_ref (else the template's outcome.correlate).")
 @with_settings("http.port", "http.host")
 @click.pass_context
 def send(ctx: click.Context, settings: Settings, count: int | None, rate: float | None,
@@ -221,23 +287,40 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
          scenario: str | None, replay: str | None, record: str | None, seed: int | None,
          via: str, timeout: float, bad_share: float | None, test_card_share: float | None,
          thresholds: tuple[str, ...], callback_url: str | None, out: str | None,
-         html: str | None, as_json: bool) -> None:
+         html: str | None, as_json: bool, workers: int, local_workers: int | None,
+         target_url: str | None, request_template: str | None, concurrency: int | None,
+         to_topic: str | None, record_template: str | None, outcome_topic: str | None,
+         correlate: str | None) -> None:
     """Send fake card payments through the pipeline and report what happened.
 
     Alone, --count sends as fast as it can. --rate (with --duration or --count), --stage or a
     scenario sends on an open-model schedule: latency counts from each payment's intended
-    send time, so a stalled pipeline shows in the figures."""
+    send time, so a stalled pipeline shows in the figures.
+
+    --target (an HTTP endpoint) or --to-topic (a Kafka topic pair) sends the same payments,
+    on the same schedule, to a system that is not paysim, in its own format."""
     if callback_url is not None:
         check_callback_url(callback_url, settings)
+    target = TargetFlags(url=target_url, request_template=request_template,
+                         concurrency=concurrency, to_topic=to_topic,
+                         record_template=record_template, outcome_topic=outcome_topic,
+                         correlate=correlate)
     request = SendRequest(
         count=count, rate=rate, duration=duration, stages=stages, start_rate=start_rate,
         scenario=scenario, replay=replay, record=record, seed=seed, bad_share=bad_share,
         test_card_share=test_card_share, thresholds=thresholds, via=via, timeout=timeout,
-        callback_url=callback_url)
+        callback_url=callback_url, target=target)
     interrupt = Interrupt(grace_s=min(INTERRUPT_GRACE_S, timeout))
+    dead: list[int] = []
     with LiveProgress(err_console if as_json else console) as progress, \
             ctrl_c_requests(interrupt):
-        report = run_load(settings, request, progress, interrupt)
+        if workers > 1 or local_workers is not None:
+            require_services(settings, via)
+            coordinated = run_distributed(settings, request, workers, local_workers, progress,
+                                          interrupt)
+            report, dead = coordinated.report, coordinated.dead
+        else:
+            report = run_load(settings, request, progress, interrupt)
     write_outputs(report, out, html)
     if as_json:
         print_json(report.to_dict())
@@ -251,17 +334,26 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
                   else f"after {timeout:.0f} s")
         err_console.print(f"[red]{outcomes.lost} payments had no outcome {waited}:[/] "
                           f"{listed}{more}")
+    errors = report.target.by_error if report.target is not None else []
+    for row in errors:
+        err_console.print(f"[red]{row.count:,} errors ({safe(row.kind)}):[/] "
+                          f"{safe(row.first)}", soft_wrap=True)
     failed = [t.expression for t in report.failed_thresholds]
     if failed:
         err_console.print(f"[red]thresholds failed: {safe('; '.join(failed))}[/]")
     if interrupt.requested:
         run_id = safe(report.run_id)
+        audit = ("" if report.target is not None
+                 else f"; `paysim audit --run {run_id}` checks it")
         err_console.print(
             f"interrupted: sent {report.load.sent:,} of {report.load.scheduled:,} payments; "
-            f"the report covers them (run {run_id}; `paysim audit --run {run_id}` checks it)",
-            soft_wrap=True)
+            f"the report covers them (run {run_id}{audit})", soft_wrap=True)
         ctx.exit(130)
-    if outcomes.lost or failed:
+    if dead:
+        err_console.print(f"[red]{len(dead)} generator(s) died before handing in:[/] share(s) "
+                          f"{', '.join(map(str, dead))}; the generators table shows what each "
+                          "had sent")
+    if outcomes.lost or failed or errors or dead:
         ctx.exit(1)
 
 

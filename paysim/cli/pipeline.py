@@ -16,13 +16,21 @@ from rich.table import Table
 from paysim.cli.options import with_settings
 from paysim.cli.render import console, print_json, safe
 from paysim.infra.config import Settings
-from paysim.ops.panel import view
-from paysim.ops.run_all import run_all, running_supervisor, start_in_background, stop_background
+from paysim.ops.panel import ExternalLags, view
+from paysim.ops.run_all import (
+    external_lag,
+    external_services,
+    run_all,
+    running_supervisor,
+    start_in_background,
+    stop_background,
+)
 from paysim.ops.supervisor import Supervisor
 from paysim.pipeline import registry, store
 from paysim.pipeline.process import run_pipeline_service
 
-STATE_STYLE = {"up": "green", "starting": "yellow", "restarting": "red", "down": "red"}
+STATE_STYLE = {"up": "green", "external": "cyan", "starting": "yellow", "restarting": "red",
+               "down": "red"}
 
 
 SCALABLE = tuple(spec.name for spec in registry.ALL if spec.scalable)
@@ -57,14 +65,17 @@ class RateMeter:
 
 
 def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
-                   meter: RateMeter) -> Table:
+                   meter: RateMeter, external: ExternalLags) -> Table:
     table = Table("service", "state", "pid", "restarts", "processed", "rate/s", "lag",
                   "dead letters", "metrics", title="paysim services (Ctrl-C stops them all)")
     for row in view(supervisor.children, beats):
         table.add_row(safe(row.name), f"[{STATE_STYLE[row.state]}]{row.state}[/]",
                       str(row.pid or "-"), str(row.restarts), f"{row.processed:,}",
-                      f"{meter.rate(row.name, row.processed):,.0f}", f"{row.lag:,}",
+                      f"{meter.rate(row.name, row.processed):,.0f}", _count(row.lag),
                       str(row.dead_letters), safe(row.metrics_url or "-"))
+    for row in external.rows():  # what paysim sees of them: their groups' lag
+        table.add_row(safe(row.name), f"[{STATE_STYLE[row.state]}]{row.state}[/]", "-", "-",
+                      "-", "-", _count(row.lag), "-", "-")
     return table
 
 
@@ -73,17 +84,24 @@ def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
 @click.option("--detach", is_flag=True, help="Run in the background; see `paysim ps`, "
               "`paysim stop`.")
 @click.option("--no-live", is_flag=True, help="Plain log lines instead of the live panel.")
+@click.option("--external", "external", multiple=True,
+              type=click.Choice(registry.EXTERNAL_NAMES),
+              help="Leave this service's consumer group to an outside implementation "
+              "(repeatable); `paysim ps` shows its lag; `paysim conformance processor` "
+              "checks an external processor.")
 @with_settings("http.port", "http.host")
 def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
-                    no_live: bool) -> None:
-    """Start the authorizer, processor, notifier and HTTP API as local processes.
+                    no_live: bool, external: tuple[str, ...]) -> None:
+    """Start the authorizer, processor, notifier, ledger and HTTP API as local processes.
 
     Starts the local stack first when no Kafka or Redis is configured and none answers.
     Restarts a service that dies; Ctrl-C or SIGTERM stops everything cleanly."""
+    external = tuple(dict.fromkeys(external))  # each once, in the order given
     if detach:
-        argv = ["run-all", "--no-live", *(f"--{name}s={n}" for name, n in counts.items())]
+        argv = ["run-all", "--no-live", *(f"--{name}s={n}" for name, n in counts.items()),
+                *(f"--external={name}" for name in external)]
         with console.status("starting the services in the background"):
-            record, started = start_in_background(settings, counts, argv)
+            record, started = start_in_background(settings, counts, argv, external=external)
         verb = "started" if started else "already running"
         console.print(f"paysim services {verb} (supervisor pid {record.pid}); HTTP API on "
                       f"http://{safe(settings.http.host)}:{settings.http.port}; logs in "
@@ -96,6 +114,7 @@ def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
     live_panel = console.is_terminal and not no_live
     client = store.connect(settings)
     meter = RateMeter()
+    lags = ExternalLags(settings, external)
     live = Live(console=console, refresh_per_second=2, transient=False) if live_panel else None
 
     def announce(line: str) -> None:
@@ -107,12 +126,12 @@ def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
                 beats = store.read_heartbeats(client)
             except redis.RedisError:
                 beats = {}  # Redis away: the panel shows what the supervisor itself knows
-            live.update(services_table(supervisor, beats, meter))
+            live.update(services_table(supervisor, beats, meter, lags))
 
     if live:
         live.start()
     try:
-        run_all(settings, counts, announce, stop, tick)
+        run_all(settings, counts, announce, stop, tick, external)
     finally:
         if live:
             live.stop()
@@ -135,9 +154,14 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
         beats = store.read_heartbeats(client)
     finally:
         client.close()
+    external = external_services(record)
     rows = []
     now = time.time()
-    for name in sorted(set(registry.instance_names(counts)) | beats.keys()):
+    for name in external:  # no heartbeat: the group's lag is all paysim can see of it
+        rows.append({"name": name, "state": "external", "pid": None, "processed": None,
+                     "dead_letters": None, "lag": external_lag(settings, name),
+                     "uptime_s": None, "metrics_url": None})
+    for name in sorted(set(registry.instance_names(counts, external)) | beats.keys()):
         beat = beats.get(name)
         rows.append({
             "name": name, "state": "up" if beat else "down",
@@ -156,13 +180,17 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
                       else "no `paysim run-all` supervisor is running")
         for row in rows:
             table.add_row(safe(row["name"]), f"[{STATE_STYLE[row['state']]}]{row['state']}[/]",
-                          str(row["pid"] or "-"), f"{row['processed']:,}", f"{row['lag']:,}",
-                          str(row["dead_letters"]),
+                          str(row["pid"] or "-"), _count(row["processed"]), _count(row["lag"]),
+                          _count(row["dead_letters"]),
                           f"{row['uptime_s']:.0f} s" if row["uptime_s"] is not None else "-",
                           safe(row["metrics_url"] or "-"))
         console.print(table)
-    if any(row["state"] != "up" for row in rows):
+    if any(row["state"] not in ("up", "external") for row in rows):
         ctx.exit(1)
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
 @click.command()
@@ -186,6 +214,6 @@ def service(settings: Settings, name: str, instance: int) -> None:
     spec = registry.by_name(name)
     if spec.in_pipeline:
         sys.exit(run_pipeline_service(spec, settings, instance))
-    from paysim.edge.server import run_edge  # Flask and waitress load only where served
+    from paysim.edge.server import run_edge  # Flask and the server load only where served
 
     sys.exit(run_edge(settings))

@@ -6,7 +6,7 @@ otherwise seals the card block and puts the payment on the requested topic, answ
 once Kafka has acknowledged it. ``POST /notify_client`` sends a payment's notification again,
 ``GET /payments/<id>`` reads an outcome, ``GET /healthz`` answers from the health checker's
 last check of Kafka, Redis and the pipeline services (paysim.edge.health), without I/O: the
-server runs it on waitress's event loop, not on the worker threads.
+server runs it on its event loop, not on the worker threads.
 
 Every answer is JSON; errors are ``{"error": "<one line>"}``. Card numbers and CVVs are never
 logged, echoed back in an error, or kept anywhere but inside the sealed card block.
@@ -35,7 +35,7 @@ from paysim.domain.requests import AuthorizeRequest
 from paysim.domain.webhooks import refused_callback
 from paysim.edge import idempotency
 from paysim.edge.answers import Accepted, Declined, Error, Resent, body
-from paysim.edge.delivery import deliver
+from paysim.edge.delivery import Deliveries
 from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.edge.idempotency import Answer, Idempotency
 from paysim.edge.openapi import OPENAPI_PATH, openapi_document
@@ -58,7 +58,7 @@ log = logging.getLogger("paysim.http")
 
 
 class Counters:
-    """Requests answered, for the heartbeat; shared by waitress's threads."""
+    """Requests answered, for the heartbeat; shared by the server's threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -87,7 +87,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                metrics: HttpMetrics | None = None) -> Flask:
     """The HTTP API as a WSGI app; ``producer`` and ``redis_client`` are shared by all threads;
     ``health`` answers /healthz (checking runs in its own thread, started by the caller);
-    ``metrics``, when given, count every answer."""
+    ``metrics``, when given, count every answer. The app's sends onto Kafka
+    (``app.extensions["paysim.deliveries"]``) wait on their own delivery reports once the
+    caller starts their poller, and poll the producer themselves until then."""
     app = Flask("paysim.http_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Werkzeug answers a path with "//" (a payment id holding %2F decodes to one) with an HTML
@@ -95,11 +97,13 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     app.url_map.merge_slashes = False
     counters = Counters()
     app.extensions["paysim.counters"] = counters
+    deliveries = Deliveries(producer)
+    app.extensions["paysim.deliveries"] = deliveries
     cipher = cards.CardCipher(keys.card_key)
     topics = settings.topics
     # The URL as written, no DNS here: the dispatcher checks the addresses when it connects.
     policy = callback_policy(settings)
-    operations = Operations(settings, producer, redis_client)
+    operations = Operations(settings, deliveries, redis_client)
 
     def authorize_once(fields: AuthorizeRequest) -> Answer:
         exp_month, exp_year = fields.card_expiry()
@@ -121,7 +125,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         # Noted before it is sent: a reversal may come before the payment's outcome.
         note_route(redis_client, message.payment_id, fields.run_id, token,
                    settings.redis.ledger_ttl)
-        failure = deliver(producer, topics.requested, token, encode(message))
+        failure = deliveries.deliver(topics.requested, token, encode(message))
         if failure is not None:
             log.warning("payment %s not accepted: %s", message.payment_id, failure)
             return Answer(503, body(Error(error=f"payment not accepted, Kafka is unavailable: "
@@ -187,8 +191,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         outcome = stored.outcome
         notification = notifications.notification_for(
             outcome, f"evt_resend_{uuid.uuid4().hex}", now_us())
-        failure = deliver(producer, topics.notifications, outcome.payment_id,
-                          encode(notification))
+        failure = deliveries.deliver(topics.notifications, outcome.payment_id,
+                                     encode(notification))
         if failure is not None:
             log.warning("notification for %s not sent: %s", outcome.payment_id, failure)
             return _error(503, f"notification not sent, Kafka is unavailable: {failure}")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import msgspec
 import redis
-from confluent_kafka import Producer
 from msgspec import UNSET
 
 from paysim.domain import decisions, lifecycle
@@ -40,7 +39,7 @@ from paysim.edge.answers import (
     Refused,
     body,
 )
-from paysim.edge.delivery import deliver
+from paysim.edge.delivery import Deliveries
 from paysim.edge.idempotency import Answer as HttpAnswer
 from paysim.edge.validation import short
 from paysim.infra.config import Settings
@@ -104,9 +103,10 @@ def operation_id(idempotency_key: str | None, path: str) -> str:
 
 
 class Operations:
-    def __init__(self, settings: Settings, producer: Producer, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, deliveries: Deliveries,
+                 client: redis.Redis) -> None:
         self.settings = settings
-        self.producer = producer
+        self.deliveries = deliveries
         self.redis = client
 
     def apply(self, route: Route, payment_id: str, fields: OperationBody,
@@ -128,7 +128,7 @@ class Operations:
         refusal = self._refusal(op, record)
         if refusal is not None:
             return refusal
-        failure = deliver(self.producer, self.settings.topics.operations, token, encode(op))
+        failure = self.deliveries.deliver(self.settings.topics.operations, token, encode(op))
         if failure is not None:
             return HttpAnswer(503, body(Error(error=f"operation not accepted, Kafka is "
                                                     f"unavailable: {failure}")))

@@ -179,3 +179,65 @@ def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
         if (len(records), len(pending)) != before:  # nearer the ends: errors alone are not
             deadline = time.monotonic() + idle_timeout
     return records, len(pending)
+
+
+def group_lag(settings: Settings, group: str, topic: str, timeout: float) -> int | None:
+    """How far a consumer group is behind on a topic: per partition, the high watermark
+    minus where the group's next record is, summed. None when Kafka does not answer within
+    ``timeout`` seconds or the topic does not exist. Reads the group's offsets without
+    joining it.
+
+    Not the high watermark minus the committed offset alone: a transactional consumer
+    commits up to its last record, and the commit marker after it is an offset more that
+    no consumer will ever read (an idle group would show a lag of one per partition). So a
+    partition behind by that count is read from the committed offset (read_committed), and
+    its lag runs from the first record there, 0 when there is none."""
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        return max(deadline - time.monotonic(), 0.001)
+
+    consumer = Consumer(client_config(settings, **{
+        "group.id": group, "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": True, "logger": quiet_logger}))
+    try:
+        found = consumer.list_topics(topic, timeout=remaining()).topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            return None
+        partitions = [TopicPartition(topic, p) for p in sorted(found.partitions)]
+        behind: dict[int, tuple[int, int]] = {}  # partition -> (next offset, high watermark)
+        for tp in consumer.committed(partitions, timeout=remaining()):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
+                                                       timeout=remaining())
+            start = tp.offset if tp.offset >= 0 else low
+            if high > start:
+                behind[tp.partition] = (start, high)
+        return sum(high - first for first, high in _first_records(consumer, topic, behind,
+                                                                  deadline).values())
+    except KafkaException:
+        return None
+    finally:
+        consumer.close()
+
+
+def _first_records(consumer: Consumer, topic: str, behind: dict[int, tuple[int, int]],
+                   deadline: float) -> dict[int, tuple[int, int]]:
+    """Of partitions read from their given offsets, each one's first record's offset and its
+    high watermark (none for a partition with only markers left); a partition still unread
+    at ``deadline`` counts from its given offset."""
+    if not behind:
+        return {}
+    consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in behind.items()])
+    first: dict[int, tuple[int, int]] = {}
+    pending = set(behind)
+    while pending and time.monotonic() < deadline:
+        message = consumer.poll(min(0.2, max(deadline - time.monotonic(), 0.001)))
+        if message is None or message.partition() not in pending:
+            continue
+        pending.discard(message.partition())
+        if message.error() is None:
+            first[message.partition()] = (message.offset(), behind[message.partition()][1])
+        elif message.error().code() != KafkaError._PARTITION_EOF:
+            first[message.partition()] = behind[message.partition()]
+    first.update({p: behind[p] for p in pending})
+    return first

@@ -463,6 +463,34 @@ def _invalid_table(rows: list[InvalidRow]) -> str:
                      table_id="lifecycle-invalid"))
 
 
+def target_section(report: RunReport) -> str:
+    """Where a run against another system sent its payments, and its errors; nothing on a
+    run of paysim's pipeline."""
+    target = report.target
+    if target is None:
+        return ""
+    rows = [("kind", esc(target.kind)),
+            ("sent to", f'<span class="mono">{esc(target.address)}</span>')]
+    if target.outcome_topic is not None:
+        rows.append(("outcomes from", f'<span class="mono">{esc(target.outcome_topic)}</span>'))
+    if target.correlate is not None:
+        rows.append(("matched by", f'<span class="mono">{esc(target.correlate)}</span>'))
+    if target.concurrency is not None:
+        rows.append(("in flight at most", _int(target.concurrency)))
+    rows += [("errors", f'<span class="{"fail-text" if target.errors else ""}">'
+                        f"{_int(target.errors)}</span>"),
+             ("audit", esc(target.audit))]
+    errors = _table(["error", "count", "first"],
+                    [[esc(row.kind), _int(row.count), esc(row.first)]
+                     for row in target.by_error], {1}, table_id="target-errors"
+                    ) if target.by_error else ""
+    return "".join([
+        "<h2>Target</h2>",
+        '<table class="kv" id="target"><tbody>'
+        + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows)
+        + "</tbody></table>", errors])
+
+
 def lost_section(report: RunReport) -> str:
     outcomes = report.outcomes
     if not outcomes.lost:
@@ -493,6 +521,7 @@ def render_html(report: RunReport) -> str:
         f"<h1>paysim run report {badge}</h1>",
         f'<p class="sub">{esc(subtitle)}</p>',
         "<h2>Summary</h2>", summary_table(report),
+        target_section(report),
         "<h2>Latency over time</h2>",
         f"<figure>{latency_chart(report)}<figcaption>End to end, from the intended send time "
         "to the client's notification; p50 and p99 of the payments completed in each second. "

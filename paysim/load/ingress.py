@@ -37,13 +37,26 @@ from paysim.pipeline.store import DoneEntry
 
 
 @dataclass(frozen=True)
+class Failure:
+    """A payment a target system did not answer usably (refused, timed out, an answer with
+    no decision in it), or an outcome record that could not be read: counted in the report
+    as an error of its ``kind``; ``line`` says what happened (never card data)."""
+
+    kind: str
+    line: str
+    payment_id: str | None = None  # None: a record that names no payment of the run
+
+
+@dataclass(frozen=True)
 class Sent:
     """A payment handed to the pipeline: its id, and its outcome when the ingress already
-    knows it (the HTTP API declines a bad card at once: the answer is the outcome)."""
+    knows it (the HTTP API declines a bad card at once: the answer is the outcome), or the
+    failure that ended it."""
 
     payment_id: str
     outcome: DoneEntry | None = None
     token: str | None = None  # the card's token, when the sender made it
+    failure: Failure | None = None
 
 
 class Ingress(Protocol):

@@ -59,6 +59,8 @@ class RunMetrics:
         self.completed = 0
         self.dropped = 0
         self.last_send_us = started_us
+        self.errors: Counter[str] = Counter()  # by kind: a target's failures (load/targets)
+        self.error_lines: dict[str, str] = {}  # the first line of each kind
         self.operations: OperationMetrics | None = None  # a run with a lifecycle mix
 
     def _second(self, at_us: int) -> Second:
@@ -80,6 +82,11 @@ class RunMetrics:
         behind stretches the sending and shows a lower rate than asked."""
         span_s = (self.last_send_us - self.started_us) / 1e6
         return self.sent / span_s if span_s > 0 else 0.0
+
+    def record_error(self, kind: str, line: str) -> None:
+        with self.lock:
+            self.errors[kind] += 1
+            self.error_lines.setdefault(kind, line)
 
     def record_drop(self) -> None:
         with self.lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from paysim.domain.decisions import IssuerRates
@@ -12,7 +12,7 @@ from paysim.infra.errors import ConfigError
 from paysim.load.generator import Mix, PaymentStream, PopulationSpec, build_population
 from paysim.load.lifecycle import LifecycleSpec
 from paysim.load.replay import read_paysim_csv, read_record
-from paysim.load.runner import Plan, RunOptions
+from paysim.load.runner import Plan, RunOptions, Target
 from paysim.load.scenario import THRESHOLD_METRICS, IssuerSpec, Scenario, load_scenario
 from paysim.load.schedule import (
     MAX_RATE,
@@ -21,6 +21,7 @@ from paysim.load.schedule import (
     parse_duration,
     scheduled_count,
 )
+from paysim.load.targets.choice import TargetFlags, open_target
 from paysim.load.thresholds import Threshold, parse_threshold
 
 DEFAULT_COUNT = 1000
@@ -48,6 +49,8 @@ class SendRequest:
     callback_url: str | None = None
     # Follow-up operations (captures, refunds...); None: the scenario's [lifecycle], if any.
     lifecycle: LifecycleSpec | None = None
+    # Another system to drive instead of paysim's pipeline (load/targets).
+    target: TargetFlags = field(default_factory=TargetFlags)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class PlannedRun:
     plan: Plan
     options: RunOptions
     thresholds: tuple[Threshold, ...]
+    target: Target | None = None  # None: paysim's own pipeline
 
 
 def _stage(text: str) -> Stage:
@@ -129,10 +133,15 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
         record=Path(request.record) if request.record else None,
     )
     lifecycle = request.lifecycle or (scenario.lifecycle if scenario else None)
-    if lifecycle is not None and request.via != "kafka":
+    target = open_target(request.target, request.timeout)
+    if target is not None:
+        # Another system: the run's issuer and lifecycle mix are paysim's pipeline's.
+        _check_target_request(request, lifecycle)
+        options = replace(options, via=f"target-{target.info.kind}")
+    elif lifecycle is not None and request.via != "kafka":
         raise ConfigError("a lifecycle mix is sent straight onto Kafka: drop --via "
                           f"{request.via}")
-    if scenario or lifecycle:
+    if target is None and (scenario or lifecycle):
         # The run's issuer: the scenario's, else the services' (with the mix's hold TTL).
         spec = scenario.issuer if scenario else IssuerSpec(settings.issuer.decline_rate,
                                                            settings.issuer.fault_rate)
@@ -145,7 +154,7 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
         if lifecycle is not None:
             raise ConfigError("--replay sends recorded payments only: a lifecycle mix needs "
                               "a generated run")
-        return PlannedRun(_replay_plan(request, seed, scenario), options, thresholds)
+        return PlannedRun(_replay_plan(request, seed, scenario), options, thresholds, target)
 
     mix = scenario.mix if scenario else Mix()
     if request.bad_share is not None or request.test_card_share is not None:
@@ -160,7 +169,19 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
     plan = Plan(payments=iter(stream), count=count,
                 offsets=profile.offsets() if profile else None, profile=profile,
                 scenario=scenario.name if scenario else None, seed=seed, lifecycle=lifecycle)
-    return PlannedRun(plan, options, thresholds)
+    return PlannedRun(plan, options, thresholds, target)
+
+
+def _check_target_request(request: SendRequest, lifecycle: LifecycleSpec | None) -> None:
+    """What only paysim's pipeline can do, refused when another system is the target. A
+    scenario's [issuer] is left aside without a word: it shapes paysim's processor."""
+    if request.via != "kafka":
+        raise ConfigError("--via chooses paysim's own ingress: drop it with a target")
+    if request.callback_url is not None:
+        raise ConfigError("--callback-url is paysim's webhook: drop it with a target")
+    if lifecycle is not None:
+        raise ConfigError("a lifecycle mix (captures, refunds...) needs paysim's ledger: "
+                          "use a scenario without [lifecycle] with a target")
 
 
 def _replay_plan(request: SendRequest, seed: int, scenario: Scenario | None) -> Plan:

@@ -155,9 +155,63 @@ class LifecycleReport(msgspec.Struct, frozen=True):
     invalid: list[InvalidRow] = msgspec.field(default_factory=list)
 
 
+class WorkerRow(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One generator of a distributed run: its share and what it did. A dead one's figures
+    are its last beat's."""
+
+    share: int
+    host: str
+    pid: int
+    scheduled: int
+    sent: int
+    completed: int
+    dropped: int
+    status: str  # ok, failed (handed in with an error) or dead (never handed in)
+    rate_per_s: float = 0.0
+    error: str | None = None
+
+
+class ErrorRow(msgspec.Struct, frozen=True):
+    """One kind of failure of a target: how many, and the first one's line."""
+
+    kind: str
+    count: int
+    first: str
+
+
+AUDIT_NOT_APPLICABLE = ("not applicable: the payments went to a system that is not paysim's "
+                        "pipeline, so `paysim audit` has no outcomes or ledgers to reconcile")
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """The system a run drove instead of paysim's pipeline."""
+
+    kind: str  # "http" or "kafka"
+    address: str  # the URL, or the topic payments went to
+    outcome_topic: str | None = None  # kafka: where outcomes were read
+    correlate: str | None = None  # kafka: "<pointer> = {field}"
+    concurrency: int | None = None  # http: requests in flight at most
+
+
+class TargetReport(msgspec.Struct, frozen=True):
+    """A run against another system: where it went, and what failed (counted apart from the
+    outcomes: an error is neither approved nor declined, nor lost)."""
+
+    kind: str
+    address: str
+    outcome_topic: str | None
+    correlate: str | None
+    concurrency: int | None
+    errors: int
+    by_error: list[ErrorRow]  # most frequent first
+    audit: str  # AUDIT_NOT_APPLICABLE
+
+
 class RunReport(msgspec.Struct, frozen=True, omit_defaults=True):
     """One run's report: report.json's top level. ``lifecycle`` only on a run with a
-    lifecycle mix."""
+    lifecycle mix, ``workers`` only on a distributed one, ``target`` only on a run against
+    another system (load/targets)."""
 
     schema: str  # SCHEMA
     run_id: str
@@ -173,6 +227,8 @@ class RunReport(msgspec.Struct, frozen=True, omit_defaults=True):
     thresholds: list[ThresholdResult]
     passed: bool  # every threshold passed (also when there are none)
     lifecycle: LifecycleReport | None = None
+    workers: list[WorkerRow] | None = None
+    target: TargetReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as report.json holds it (plain dicts and lists, in its key order)."""
@@ -195,6 +251,7 @@ class RunInfo:
     scheduled: int
     lost_ids: list[str]
     finished_us: int
+    target: TargetInfo | None = None
 
 
 def latency_block(histogram: HdrHistogram, with_histogram: bool = True) -> LatencyBlock:
@@ -237,7 +294,7 @@ def build_report(metrics: RunMetrics, info: RunInfo,
             throughput_per_s=round(completed / duration_s, 1),
             approved_ratio=round(approved / completed, 6) if completed else 0.0,
             declined_ratio=round(1 - approved / completed, 6) if completed else 0.0,
-            by_reason=[ReasonRow(status, code, decisions.reason_text(code), n,
+            by_reason=[ReasonRow(status, code, _reason_text(code, info.target is not None), n,
                                  round(n / completed, 6))
                        for (status, code), n in reasons],
             approved_amounts={currency: ApprovedAmount(amount,
@@ -250,6 +307,7 @@ def build_report(metrics: RunMetrics, info: RunInfo,
                     if h.get_total_count()},
         )
         timeline = [_timeline_second(index, sec) for index, sec in sorted(metrics.seconds.items())]
+        target = None if info.target is None else target_report(info.target, metrics)
     lifecycle = (lifecycle_report(metrics.operations, duration_s)
                  if metrics.operations is not None else None)
     # Outside the lock: the windows take it again.
@@ -258,8 +316,25 @@ def build_report(metrics: RunMetrics, info: RunInfo,
         schema=SCHEMA, run_id=info.run_id, scenario=info.scenario, seed=info.seed,
         via=info.via, started_at=started_at, duration_s=round(duration_s, 3), load=load,
         outcomes=outcomes, latency=latency, timeline=timeline, thresholds=verdicts,
-        passed=all(t.passed for t in verdicts), lifecycle=lifecycle,
+        passed=all(t.passed for t in verdicts), lifecycle=lifecycle, target=target,
     )
+
+
+def _reason_text(code: str, from_target: bool) -> str:
+    """What a code means: paysim's (ISO 8583) text; a target's own codes are its own."""
+    if from_target:
+        return "none given" if code == "-" else decisions.REASONS.get(code, "the target's code")
+    return decisions.reason_text(code)
+
+
+def target_report(info: TargetInfo, metrics: RunMetrics) -> TargetReport:
+    """The target block; the caller holds ``metrics.lock``."""
+    rows = [ErrorRow(kind, count, metrics.error_lines[kind])
+            for kind, count in sorted(metrics.errors.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return TargetReport(kind=info.kind, address=info.address, outcome_topic=info.outcome_topic,
+                        correlate=info.correlate, concurrency=info.concurrency,
+                        errors=sum(metrics.errors.values()), by_error=rows,
+                        audit=AUDIT_NOT_APPLICABLE)
 
 
 def lifecycle_report(operations: OperationMetrics, duration_s: float) -> LifecycleReport:
@@ -385,4 +460,6 @@ def run_values(load: Load, outcomes: Outcomes, metrics: RunMetrics) -> dict[str,
                    "sent": float(load.sent), "achieved_rate": float(load.achieved_rate),
                    "target": float(load.target_rate or 0.0),
                    "throughput": float(outcomes.throughput_per_s)})
+    with metrics.lock:
+        values["errors"] = float(sum(metrics.errors.values()))
     return values

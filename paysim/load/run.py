@@ -29,8 +29,10 @@ def run_load(settings: Settings, request: SendRequest,
     when the run is over."""
     # Planned first, so a mistake in the request is named even when nothing is running.
     planned = plan_run(settings, request)
-    require_services(settings, request.via)
-    run = LoadRun(settings, planned.plan, planned.options, interrupt=interrupt)
+    if planned.target is None:  # another system: paysim's services have no part in it
+        require_services(settings, request.via)
+    run = LoadRun(settings, planned.plan, planned.options, interrupt=interrupt,
+                  target=planned.target)
     with exposed(settings, lambda: run.metrics):
         metrics, info = run.run(on_progress)
     return build_report(metrics, info, planned.thresholds)

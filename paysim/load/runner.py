@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import redis
 from confluent_kafka import KafkaException
@@ -31,11 +31,11 @@ from paysim.infra.errors import PaysimError
 from paysim.infra.files import writing
 from paysim.infra.kafka import error_text
 from paysim.load.generator import GeneratedPayment
-from paysim.load.ingress import Ingress, new_run_id, open_ingress
+from paysim.load.ingress import Failure, Ingress, new_run_id, open_ingress
 from paysim.load.lifecycle import LifecycleSpec
 from paysim.load.metrics import RunMetrics
 from paysim.load.operations import OperationLoad
-from paysim.load.report import RunInfo
+from paysim.load.report import RunInfo, TargetInfo
 from paysim.load.schedule import Profile
 from paysim.pipeline import store
 from paysim.pipeline.store import DoneEntry
@@ -67,6 +67,67 @@ class RunOptions:
     max_send_delay_s: float = 5.0
     issuer: IssuerRates | None = None  # the run's issuer; None: the processor's settings
     issuer_outages_s: tuple[tuple[float, float], ...] = ()  # relative to the run's start
+    # A distributed run: this generator sends the payments numbered k, k + n, k + 2n... of
+    # the schedule (share (k, n)), from the run's common start (Unix µs).
+    share: tuple[int, int] | None = None
+    start_at_us: int | None = None
+
+    def mine(self, index: int) -> bool:
+        """Whether payment ``index`` of the schedule is this generator's to send."""
+        return self.share is None or index % self.share[1] == self.share[0]
+
+    def share_of(self, count: int) -> int:
+        """How many of ``count`` scheduled payments are this generator's."""
+        return count if self.share is None else share_size(count, *self.share)
+
+
+def share_size(count: int, share: int, shares: int) -> int:
+    """How many of payments 0..count-1 are share ``share`` of ``shares`` (k, k + n, ...)."""
+    return max(0, (count - share + shares - 1) // shares)
+
+
+class OutcomeSource(Protocol):
+    """Where the collector reads outcomes: paysim's run stream, or a target's answers."""
+
+    def read(self) -> tuple[list[DoneEntry], list[Failure]]:
+        """The next outcomes (and records that failed to give one), waiting at most about
+        0.2 s for them."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Target(Protocol):
+    """A system that is not paysim's pipeline (load/targets): where payments go and where
+    their outcomes come from, instead of paysim's ingress and run stream."""
+
+    info: TargetInfo
+
+    def open(self, settings: Settings, run_id: str) -> tuple[Ingress, OutcomeSource]:
+        """Connected and ready: the outcome source first, so no early answer is missed."""
+        ...
+
+
+class RunStream:
+    """The run's stream of notified payments in Redis, as paysim's notifier writes it."""
+
+    def __init__(self, client: redis.Redis, run_id: str, stop: threading.Event) -> None:
+        self.client = client
+        self.key = store.run_stream_key(run_id)
+        self.last_id = "0"
+        self.stop = stop
+
+    def read(self) -> tuple[list[DoneEntry], list[Failure]]:
+        try:
+            entries, self.last_id = store.read_stream(self.client, self.key, self.last_id,
+                                                      store.read_done_entry, READ_BATCH, 200)
+        except redis.RedisError:
+            self.stop.wait(0.5)  # Redis back: the run goes on; not back: the timeout ends it
+            return [], []
+        return entries, []
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -83,10 +144,11 @@ class Tick:
     rolling_p99_ms: float | None
     operations: int | None = None  # a lifecycle mix's operations planned so far
     operations_answered: int = 0
+    errors: int = 0  # a target's failures (load/targets)
 
     @property
     def in_flight(self) -> int:
-        return self.sent - self.completed
+        return self.sent - self.completed - self.errors
 
 
 class Interrupt:
@@ -124,8 +186,10 @@ class _Ledger:
 
 class LoadRun:
     def __init__(self, settings: Settings, plan: Plan, options: RunOptions,
-                 run_id: str | None = None, interrupt: Interrupt | None = None) -> None:
+                 run_id: str | None = None, interrupt: Interrupt | None = None,
+                 target: Target | None = None) -> None:
         self.settings = settings
+        self.target = target
         self.plan = plan
         self.options = options
         self.run_id = run_id or new_run_id()
@@ -145,9 +209,14 @@ class LoadRun:
             with writing("the record file", self.options.record):
                 record = self.options.record.open("w")
         client = store.connect(self.settings)
+        source: OutcomeSource | None = None
         try:
-            ingress = open_ingress(self.settings, self.options.via)
-            started = now_us()
+            if self.target is None:
+                ingress = open_ingress(self.settings, self.options.via)
+                source = RunStream(client, self.run_id, self.stop)
+            else:
+                ingress, source = self.target.open(self.settings, self.run_id)
+            started = self.options.start_at_us or now_us()
             self.metrics = RunMetrics(started)
             self._publish_issuer(client, started)
             if self.plan.lifecycle is not None:
@@ -155,7 +224,7 @@ class LoadRun:
                                                 self.plan.seed or 0, self._sending_halted)
                 self.metrics.operations = self.operations.metrics
                 self.operations.start(client)
-            collector = threading.Thread(target=self._collect, args=(client,), daemon=True)
+            collector = threading.Thread(target=self._collect, args=(source,), daemon=True)
             collector.start()
             ticker = None
             if on_tick:
@@ -190,6 +259,8 @@ class LoadRun:
             self.stop.set()
             if self.operations is not None:
                 self.operations.stop()
+            if source is not None:
+                source.close()
             client.close()
             if record:  # also when the run failed before sending
                 record.close()
@@ -203,10 +274,11 @@ class LoadRun:
             target_rate=round(profile.mean_rate(), 3) if profile else None,
             stages=[{"duration_s": s.duration_s, "target_rate": s.target_rate}
                     for s in profile.stages] if profile else [],
-            scheduled=self.plan.count, lost_ids=lost,
+            scheduled=self.options.share_of(self.plan.count), lost_ids=lost,
             finished_us=max(self._last_outcome_us or now_us(),
                             self.metrics.operations.last_answer_us or 0
                             if self.metrics.operations else 0),
+            target=self.target.info if self.target is not None else None,
         )
         return self.metrics, info
 
@@ -231,6 +303,9 @@ class LoadRun:
             # microseconds (as the stage times are), the waits run on the monotonic clock.
             # Anchored anywhere earlier, every payment would count the gap as send delay.
             start, schedule_us = time.monotonic(), now_us()
+            if self.options.start_at_us is not None:  # the generators' common zero
+                start += (self.options.start_at_us - schedule_us) / 1e6
+                schedule_us = self.options.start_at_us
             offsets = self.plan.offsets
             for index, payment in enumerate(self.plan.payments):
                 if index >= self.plan.count or self._sending_halted():
@@ -238,6 +313,8 @@ class LoadRun:
                 offset = next(offsets, None) if offsets is not None else None
                 if offsets is not None and offset is None:
                     break
+                if not self.options.mine(index):
+                    continue
                 if offset is not None:
                     if not self._wait_until(start + offset):
                         break
@@ -257,7 +334,9 @@ class LoadRun:
                     self._send(ingress, payment, intended)
         finally:
             if pool:
-                pool.shutdown(wait=True)
+                # Stopped (Ctrl-C, a failed send): what waits in the queue is not sent, only
+                # what is in flight finishes; a slow target may hold a long queue.
+                pool.shutdown(wait=True, cancel_futures=self._sending_halted())
             ingress.finish()
 
     def _wait_until(self, due: float) -> bool:
@@ -288,6 +367,8 @@ class LoadRun:
         self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
         if handed.outcome is not None:  # declined at the edge: the answer is its outcome
             self._outcome(handed.outcome)
+        elif handed.failure is not None:
+            self._failure(handed.failure)
 
     def _send_pooled(self, ingress: Ingress, payment: GeneratedPayment,
                      intended: int | None) -> None:
@@ -319,8 +400,17 @@ class LoadRun:
         if notified and (self._last_outcome_us is None or notified > self._last_outcome_us):
             self._last_outcome_us = notified
 
-    def _collect(self, client: redis.Redis) -> None:
-        key, last_id = store.run_stream_key(self.run_id), "0"
+    def _failure(self, failure: Failure) -> None:
+        """A payment that ended without an outcome (an error, not lost), or an outcome
+        record that could not be read."""
+        if failure.payment_id is not None:
+            with self.ledger.lock:
+                if failure.payment_id in self.ledger.outcomes:
+                    return
+                self.ledger.outcomes.add(failure.payment_id)
+        self.metrics.record_error(failure.kind, failure.line)
+
+    def _collect(self, source: OutcomeSource) -> None:
         early: list[DoneEntry] = []  # read before the sender noted their send
         deadline = None
         while True:
@@ -329,7 +419,7 @@ class LoadRun:
             if self.interrupt.requested and self.interrupt.first_at is not None:
                 cut = self.interrupt.first_at + self.interrupt.grace_s
                 deadline = cut if deadline is None else min(deadline, cut)
-            if self.interrupt.stop_waiting.is_set():
+            if self.interrupt.stop_waiting.is_set() or self.stop.is_set():
                 return
             with self.ledger.lock:
                 all_in = len(self.ledger.outcomes) >= len(self.ledger.intended)
@@ -337,15 +427,13 @@ class LoadRun:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            try:
-                read, last_id = store.read_stream(client, key, last_id, store.read_done_entry,
-                                                  READ_BATCH, 200)
-            except redis.RedisError:
-                if self.stop.wait(0.5):
-                    return
-                continue
+            read, failures = source.read()
+            for failure in failures:
+                self._failure(failure)
             entries, early = early + read, []
             for entry in entries:
+                if not self.options.mine(entry.seq):
+                    continue  # another generator's payment of the same run
                 with self.ledger.lock:
                     known = entry.payment_id in self.ledger.intended
                 if known:
@@ -379,6 +467,7 @@ class LoadRun:
             approved = sum(n for (status, _), n in metrics.reasons.items()
                            if status == "approved")
             sent, completed, dropped = metrics.sent, metrics.completed, metrics.dropped
+            errors = sum(metrics.errors.values())
         profile = self.plan.profile
         return Tick(
             elapsed_s=elapsed, sent=sent, completed=completed, dropped=dropped,
@@ -386,7 +475,7 @@ class LoadRun:
             target_rate=profile.rate_at(elapsed) if profile else None,
             current_rate=float(second.sent) if second else 0.0,
             approved=approved, declined=completed - approved,
-            rolling_p99_ms=metrics.rolling_p99_ms(now),
+            rolling_p99_ms=metrics.rolling_p99_ms(now), errors=errors,
             **self._operation_counts(),
         )
 

@@ -31,7 +31,7 @@ THRESHOLD_METRICS = (
      for name in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "min_ms", "mean_ms")}
     | {f"reason_{code.lower()}_ratio" for code in decisions.REASONS}
     | {"approved_ratio", "declined_ratio", "lost", "dropped", "sent", "completed",
-       "achieved_rate", "throughput"}
+       "achieved_rate", "throughput", "errors"}
 )
 
 

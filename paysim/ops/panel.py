@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from paysim.infra.config import Settings
+from paysim.ops.run_all import external_lag
 from paysim.ops.supervisor import Child
 from paysim.pipeline import store
 from paysim.stack.process import is_alive
@@ -19,7 +21,7 @@ class ServiceView:
     restarts: int
     processed: int
     dead_letters: int
-    lag: int
+    lag: int | None  # None: not known (an external service's group while Kafka is away)
     uptime_s: float | None
     metrics_url: str  # "" when it serves none (or has not reported yet)
 
@@ -41,3 +43,21 @@ def view(children: list[Child], beats: dict[str, store.Heartbeat]) -> list[Servi
             beat.metrics_url if beat and state == "up" else "",
         ))
     return rows
+
+
+class ExternalLags:
+    """The rows of the services a run-all left external: their consumer groups' lags, read
+    from Kafka at most every ``every_s`` (the panel redraws twice a second)."""
+
+    def __init__(self, settings: Settings, names: tuple[str, ...], every_s: float = 2.0) -> None:
+        self.settings, self.names, self.every_s = settings, names, every_s
+        self._read_at = -every_s
+        self._rows: list[ServiceView] = []
+
+    def rows(self) -> list[ServiceView]:
+        if self.names and time.monotonic() - self._read_at >= self.every_s:
+            self._read_at = time.monotonic()
+            self._rows = [ServiceView(name, "external", None, 0, 0, 0,
+                                      external_lag(self.settings, name, timeout=1.0), None, "")
+                          for name in self.names]
+        return self._rows

@@ -15,12 +15,15 @@ from paysim.pipeline import store
 from paysim.stack.manager import LocalStack
 
 Announce = Callable[[str], None]
+# How long the probe waits for Kafka's metadata; never longer than the kafka.timeout setting.
+PROBE_TIMEOUT_S = 3.0
 
 
 def answering(settings: Settings) -> tuple[bool, bool]:
     """(Kafka answers, Redis answers) at the configured addresses."""
     kafka = cluster_metadata({"bootstrap.servers": settings.kafka_bootstrap,
-                              **settings.kafka.client}, timeout=3) is not None
+                              **settings.kafka.client},
+                             timeout=min(PROBE_TIMEOUT_S, settings.kafka.timeout)) is not None
     try:
         client = store.connect(settings, timeout=3.0)
     except PaysimError:  # a Redis Cluster's client asks for its slots at once

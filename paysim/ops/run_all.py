@@ -19,6 +19,7 @@ from paysim import __version__
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.errors import PaysimError
 from paysim.infra.files import PRIVATE_UMASK, owner_only, writing
+from paysim.infra.kafka import group_lag
 from paysim.infra.waiting import wait_until
 from paysim.ops.readiness import Announce, prepare_run
 from paysim.ops.supervisor import Supervisor
@@ -28,6 +29,7 @@ from paysim.stack.process import ProcessRecord, boot_ticks, is_running
 from paysim.stack.process import stop as stop_process
 
 WATCH_EVERY_S = 2.0
+EXTERNAL_MARK_TTL_S = 10  # renewed every WATCH_EVERY_S while run-all runs
 
 
 def record_path(settings: Settings) -> Path:
@@ -45,8 +47,10 @@ def _services_folder(settings: Settings) -> contextlib.AbstractContextManager[No
 
 @owner_only()
 def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
-            stop: threading.Event, tick: Callable[[Supervisor], None] | None = None) -> None:
-    """Start everything, keep it running until ``stop`` is set, then stop it all cleanly."""
+            stop: threading.Event, tick: Callable[[Supervisor], None] | None = None,
+            external: tuple[str, ...] = ()) -> None:
+    """Start everything but the ``external`` services (their consumer groups are left to an
+    outside implementation), keep it running until ``stop`` is set, then stop it cleanly."""
     with _services_folder(settings):
         settings.services.dir.mkdir(parents=True, exist_ok=True)
         # Held for the supervisor's life: a second run-all on the same folder would start a
@@ -63,13 +67,19 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
     ProcessRecord(pid=os.getpid(), address=f"{settings.http.host}:{settings.http.port}",
                   version=__version__, started_at=time.time(),
                   boot_ticks=boot_ticks(os.getpid()) or 0,
-                  details={"counts": counts}).save(record_path(settings))
+                  details={"counts": counts, "external": list(external)}
+                  ).save(record_path(settings))
     supervisor = None
     client = store.connect(settings, timeout=3.0)
     try:
         prepare_run(settings, announce)
-        supervisor = Supervisor(settings, counts, announce)
+        supervisor = Supervisor(settings, counts, announce, external)
         supervisor.start_all()
+        for name in external:
+            spec = registry.by_name(name)
+            announce(f"{name} is external: consumer group {spec.group} on "
+                     f"{spec.topic(settings)} is left to an outside implementation")
+        _mark_external(client, external)
         last_watch = time.monotonic()
         while not stop.wait(0.5):
             supervisor.poll()
@@ -78,15 +88,23 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
                 # While Redis is away there are no heartbeats to judge by.
                 with contextlib.suppress(redis.RedisError):
                     supervisor.watch(store.read_heartbeats(client))
+                _mark_external(client, external)
             if tick:
                 tick(supervisor)
     finally:
         if supervisor is not None:
             announce("stopping the services")
             supervisor.stop_all()
+            _mark_external(client, ())
         record_path(settings).unlink(missing_ok=True)
         client.close()
         lock.close()
+
+
+def _mark_external(client: redis.Redis, external: tuple[str, ...]) -> None:
+    """Tell `send` and the edge's health check that these are provided (from outside)."""
+    with contextlib.suppress(redis.RedisError):  # Redis away: the mark expires meanwhile
+        store.mark_external(client, external, EXTERNAL_MARK_TTL_S)
 
 
 ERROR_PREFIX = "paysim: error: "  # how the CLI starts the one line of a failure
@@ -94,7 +112,8 @@ ERROR_PREFIX = "paysim: error: "  # how the CLI starts the one line of a failure
 
 @owner_only()
 def start_in_background(settings: Settings, counts: dict[str, int], argv: list[str],
-                        timeout: float = 120.0) -> tuple[ProcessRecord, bool]:
+                        timeout: float = 120.0,
+                        external: tuple[str, ...] = ()) -> tuple[ProcessRecord, bool]:
     """`run-all --detach`: a supervisor of its own, returned (with True) once every service
     is up; or the one already running (with False)."""
     record = running_supervisor(settings)
@@ -112,7 +131,7 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
             env={**os.environ, **settings_env(settings)},
         )
     client = store.connect(settings, timeout=3.0)
-    wanted = set(registry.instance_names(counts))
+    wanted = set(registry.instance_names(counts, external))
 
     def all_up() -> bool:
         if process.poll() is not None:
@@ -156,3 +175,18 @@ def stop_background(settings: Settings) -> ProcessRecord | None:
     stop_process(record.pid, grace_s=60.0)
     record_path(settings).unlink(missing_ok=True)
     return record
+
+
+def external_services(record: ProcessRecord | None) -> tuple[str, ...]:
+    """The services a running run-all left to an outside implementation."""
+    if record is None:
+        return ()
+    return tuple(name for name in record.details.get("external", [])
+                 if name in registry.EXTERNAL_NAMES)
+
+
+def external_lag(settings: Settings, name: str, timeout: float = 5.0) -> int | None:
+    """An external service's lag: its consumer group's committed offsets against the high
+    watermarks of its input topic (None when Kafka does not answer)."""
+    spec = registry.by_name(name)
+    return group_lag(settings, spec.group, spec.topic(settings), timeout)

@@ -62,6 +62,7 @@ class Supervisor:
     settings: Settings
     counts: dict[str, int]  # service -> instances
     announce: Announce
+    external: tuple[str, ...] = ()  # services left to an outside implementation
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
@@ -69,7 +70,8 @@ class Supervisor:
         logs = self.settings.services.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.children = [Child(service, i, logs / f"{service}-{i}.log")
-                         for service in registry.NAMES for i in range(self.counts.get(service, 1))]
+                         for service in registry.NAMES if service not in self.external
+                         for i in range(self.counts.get(service, 1))]
         self.env = {**os.environ, **settings_env(self.settings)}
 
     def start_all(self) -> None:

@@ -37,7 +37,7 @@ from paysim.infra.kafka import client_config, error_text, produce
 from paysim.infra.topics import ensure_topics
 from paysim.pipeline import store
 from paysim.pipeline.prometheus import ERROR, OK, REJECTED, UNDECODABLE, PipelineMetrics
-from paysim.pipeline.service import Output, Rejected, Service, T
+from paysim.pipeline.service import Output, Rejected, Service, T, group_name
 
 # Under the 3 s after which `ps` takes a silent service for gone.
 MAX_BACKOFF_S = 2.0
@@ -186,7 +186,7 @@ class ServiceLoop(Generic[T]):
         self.stop = stop or threading.Event()
         self.counters = Counters()
         self.log = logging.getLogger(f"paysim.{service.name}")
-        self.group = f"paysim-{service.name}"
+        self.group = group_name(service.name)
         self.new_consumer = new_consumer or self._build_consumer
         self.new_producer = new_producer or self._build_producer
         self.consumer = consumer if consumer is not None else self.new_consumer()

@@ -57,6 +57,11 @@ Threads = Callable[[Settings, redis.Redis, int, threading.Event, PipelineMetrics
                    list[threading.Thread]]
 
 
+def group_name(service: str) -> str:
+    """A service's consumer group (and its transactional ids' prefix)."""
+    return f"paysim-{service}"
+
+
 def no_threads(*_: object) -> list[threading.Thread]:
     return []
 
@@ -78,6 +83,11 @@ class ServiceSpec:
     def in_pipeline(self) -> bool:
         """A consumer of the pipeline's topics (not the HTTP edge)."""
         return self.factory is not None
+
+    @property
+    def group(self) -> str:
+        """Its consumer group: an outside implementation (`run-all --external`) joins it."""
+        return group_name(self.name)
 
     def topic(self, settings: Settings) -> str:
         if self.input_topic is None:

@@ -255,8 +255,32 @@ def read_heartbeats(client: redis.Redis,
 
 
 def running_services(client: redis.Redis) -> set[str]:
-    """The services with at least one instance that reported lately ("processor", ...)."""
-    return {beat.service for beat in read_heartbeats(client).values()}
+    """The services with at least one instance that reported lately ("processor", ...), and
+    those a run-all left to an outside implementation (paysim cannot see those run: their
+    consumer group's lag is what `ps` shows of them)."""
+    return {beat.service for beat in read_heartbeats(client).values()} | external_services(
+        client)
+
+
+# The services a running `run-all --external` left to outside implementations, as JSON;
+# renewed by its supervisor, so it expires when the supervisor is gone.
+EXTERNAL_KEY = "paysim:external"
+
+
+def mark_external(client: redis.Redis, names: tuple[str, ...], ttl_s: int) -> None:
+    if names:
+        client.set(EXTERNAL_KEY, json.dumps(list(names)), ex=ttl_s)
+    else:
+        client.delete(EXTERNAL_KEY)
+
+
+def external_services(client: redis.Redis) -> set[str]:
+    raw = client.get(EXTERNAL_KEY)
+    try:
+        names = json.loads(raw) if raw else []
+    except ValueError:
+        return set()
+    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
 
 
 def clear_heartbeat(client: redis.Redis, service: str, instance: int) -> None:

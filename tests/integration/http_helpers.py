@@ -1,4 +1,4 @@
-"""The HTTP API served for real (waitress, as `paysim service http` runs it) in a test's
+"""The HTTP API served for real (as `paysim service http` runs it) in a test's
 thread, and plain HTTP calls to it."""
 
 from __future__ import annotations

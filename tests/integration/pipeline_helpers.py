@@ -27,9 +27,9 @@ from tests.helpers import run_paysim
 
 
 @contextmanager
-def running_pipeline(settings: Settings) -> Iterator[Settings]:
-    """`paysim run-all --detach` with these settings, stopped on the way out."""
-    started = run_paysim("run-all", "--detach", env=settings_env(settings))
+def running_pipeline(settings: Settings, *args: str) -> Iterator[Settings]:
+    """`paysim run-all --detach` (and ``args``) with these settings, stopped on the way out."""
+    started = run_paysim("run-all", "--detach", *args, env=settings_env(settings))
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         yield settings

@@ -15,7 +15,8 @@ from paysim.cli.bench import results_table
 
 def test_a_small_benchmark_fills_in_every_figure() -> None:
     lines: list[str] = []
-    results = run_benchmark(BenchOptions(count=3000, rates=(300.0,), duration_s=3.0, seed=11),
+    results = run_benchmark(BenchOptions(count=3000, rates=(300.0,), duration_s=3.0, seed=11,
+                                         http_duration_s=2.0),
                             announce=lines.append)
 
     assert results["metrics"] is True  # the services and the generator served metrics
@@ -47,10 +48,18 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
         if name != "generator":
             assert rss_bytes(figures["pid"]) is None, name
 
+    edge = results["http"]  # wrk against POST /authorize: figures, and every outcome back
+    assert edge["connections"] == 32 and 1.5 < edge["duration_s"] < 4
+    assert edge["requests"] == edge["accepted"] > 0 and edge["failed"] == 0
+    assert edge["requests_per_s"] > 0
+    assert 0 < edge["latency"]["p50_ms"] <= edge["latency"]["p99_ms"]
+    assert edge["outcomes"] >= edge["accepted"] and edge["caught_up_s"] is not None
+
     assert {t["name"].split(",")[0] for t in results["targets"]} >= {"end to end"}
     json.dumps(results)  # what bench/results.json holds
     out = io.StringIO()
     Console(file=out, width=160).print(results_table(results))
     assert "paysim at saturation" in out.getvalue()
     assert "lifecycle mix" in out.getvalue()
+    assert "HTTP POST /authorize" in out.getvalue()
     assert any(line.startswith("saturation: 3,000 payments") for line in lines)

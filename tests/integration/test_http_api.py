@@ -862,7 +862,7 @@ def test_healthz_answers_while_requests_wait_on_an_unreachable_kafka(
     settings = settings_for({**stack_flags, **secret_flags(), "http.port": port,
                              "kafka.bootstrap": f"127.0.0.1:{free_port()}",
                              "topics.requested": http_settings.topics.requested})
-    pending = 16  # twice waitress's threads: every thread waits on Kafka, and 8 queue
+    pending = 16  # every one waits on Kafka
     sent = threading.Semaphore(0)
     answered: list[tuple[float, int, dict[str, Any]]] = []
 

@@ -9,15 +9,19 @@ import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
 from rich.console import Console
 
+from paysim.bench.http import KEPT_UP_S, HttpFigures, figures_from_wrk, parse_wrk
 from paysim.bench.phases import PhaseFigures, figures_from_report
 from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
-from paysim.bench.results import build_results, targets
+from paysim.bench.results import HTTP_TARGET, build_results, targets
 from paysim.cli.bench import results_table
+from paysim.infra.errors import PaysimError
 from paysim.infra.waiting import wait_until
 from paysim.load.report import SCHEMA, Latency, LatencyBlock, Load, Outcomes, RunReport
-from tests.helpers import assert_one_line_error, run_paysim
+from tests.helpers import assert_one_line_error
+from tests.unit.cli_runner import PaysimCli
 
 MIB = 2**20
 
@@ -160,5 +164,53 @@ def test_the_lifecycle_mix_is_shown_beside_the_plain_payments() -> None:
     assert text.index("paysim at saturation") < text.index("lifecycle mix")
 
 
-def test_bench_refuses_a_bad_duration_in_one_line() -> None:
-    assert_one_line_error(run_paysim("bench", "--duration", "soon"), 2, "--duration")
+def test_bench_refuses_a_bad_duration_in_one_line(paysim_cli: PaysimCli) -> None:
+    assert_one_line_error(paysim_cli("bench", "--duration", "soon"), 2, "--duration")
+
+
+WRK_OUTPUT = (
+    "Running 10s test @ http://127.0.0.1:8080\n  2 threads and 32 connections\n"
+    'paysim-wrk {"requests":31000,"non_2xx":12,"socket_errors":0,"timeouts":0,'
+    '"duration_us":10000000,"p50_us":9500,"p90_us":15000,"p99_us":42000,"p99_9_us":61000,'
+    '"max_us":80000}\n')
+
+
+def http_figures(caught_up_s: float | None = 0.3) -> HttpFigures:
+    return figures_from_wrk(parse_wrk(WRK_OUTPUT), "wrk-x", 32, 30_988, caught_up_s)
+
+
+def test_the_http_phase_reads_what_the_wrk_script_printed() -> None:
+    figures = http_figures()
+    assert (figures.requests, figures.accepted, figures.failed) == (31_000, 30_988, 12)
+    assert figures.requests_per_s == 3100.0 and figures.duration_s == 10.0
+    assert figures.latency == {"p50_ms": 9.5, "p90_ms": 15.0, "p99_ms": 42.0,
+                               "p99_9_ms": 61.0, "max_ms": 80.0}
+    assert figures.kept_up and not http_figures(caught_up_s=None).kept_up
+    assert not http_figures(caught_up_s=KEPT_UP_S + 1).kept_up
+    with pytest.raises(PaysimError, match="wrk printed no figures: unable to connect"):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_the_http_target_needs_the_rate_the_tail_and_the_pipeline_keeping_up() -> None:
+    def verdict(figures: HttpFigures) -> dict:
+        [found] = [t for t in results(http=figures)["targets"] if t["name"] == HTTP_TARGET]
+        return found
+
+    assert verdict(http_figures())["met"] is False  # 12 answers outside 2xx
+    clean = replace(http_figures(), accepted=31_000, failed=0)
+    assert verdict(clean)["met"] is True
+    assert verdict(replace(clean, caught_up_s=None))["met"] is False
+    assert verdict(replace(clean, requests_per_s=2999.0))["met"] is False
+    assert verdict(replace(clean, latency={**clean.latency, "p99_ms": 50.1}))["met"] is False
+    assert "http" in results() and results()["http"] is None
+
+
+def test_the_table_shows_the_http_phase() -> None:
+    out = io.StringIO()
+    Console(file=out, width=160).print(results_table(results(http=http_figures())))
+    text = out.getvalue()
+    for fragment in ("HTTP POST /authorize", "requests/s (wrk, 32 connections, 12 failed)",
+                     "3,100", "9.5 / 42.0 / 61.0", "yes: 30,988 / 30,988 in 0.3 s",
+                     ">= 3,000/s, p99 <= 50 ms: MISSED", "paysim at saturation",
+                     "open model 2,000/s"):
+        assert fragment in text, fragment  # each row whole, none cut short at 160 columns

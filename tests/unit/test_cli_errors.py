@@ -13,8 +13,10 @@ import pytest
 from paysim.cli.bench import bench
 from paysim.cli.payments import send
 from paysim.infra.config import load_settings
+from paysim.stack import manager
 from paysim.stack.jars import jars_ready
-from tests.helpers import assert_one_line_error, cli_args, private_stack_flags, run_paysim
+from tests.helpers import assert_one_line_error, cli_args, private_stack_flags
+from tests.unit.cli_runner import PaysimCli
 
 
 def path_with_only(tmp_path: Path, *programs: str) -> str:
@@ -33,34 +35,43 @@ def stack_args(tmp_path: Path) -> list[str]:
     return cli_args(private_stack_flags(tmp_path / "stack"))
 
 
-def test_java_and_redis_missing_say_what_to_install(tmp_path: Path, stack_args) -> None:
+# The programs are looked up on PATH and JAVA_HOME as the command runs: set in this process,
+# they hide java and redis-server as well as a child's environment would.
+def test_java_and_redis_missing_say_what_to_install(tmp_path: Path, stack_args,
+                                                    paysim_cli: PaysimCli) -> None:
     env = {"PATH": path_with_only(tmp_path), "JAVA_HOME": ""}
-    result = run_paysim("stack", "up", *stack_args, env=env)
+    result = paysim_cli("stack", "up", *stack_args, env=env)
     assert_one_line_error(result, 3, "Java 17+", "apt-get install openjdk-17-jre-headless",
                           "redis-server", "apt-get install redis-server")
 
 
-def test_only_redis_missing_names_only_redis(tmp_path: Path, stack_args) -> None:
+def test_only_redis_missing_names_only_redis(tmp_path: Path, stack_args,
+                                            paysim_cli: PaysimCli) -> None:
     assert jars_ready(load_settings(env={}).stack.cache_dir), "the test setup fetches the jars"
     env = {"PATH": path_with_only(tmp_path, "java"), "JAVA_HOME": ""}
-    result = run_paysim("stack", "up", *stack_args, env=env)
+    result = paysim_cli("stack", "up", *stack_args, env=env)
     assert_one_line_error(result, 3, "redis-server (apt-get install redis-server)")
     assert "Java" not in result.stderr
 
 
-def test_only_java_missing_names_only_java(tmp_path: Path, stack_args) -> None:
+def test_only_java_missing_names_only_java(tmp_path: Path, stack_args,
+                                          paysim_cli: PaysimCli) -> None:
     env = {"PATH": path_with_only(tmp_path, "redis-server"), "JAVA_HOME": ""}
-    result = run_paysim("stack", "up", *stack_args, env=env)
+    result = paysim_cli("stack", "up", *stack_args, env=env)
     assert_one_line_error(result, 3, "Java 17+")
     assert "redis-server" not in result.stderr
 
 
-def test_a_taken_port_is_reported_and_nothing_starts(tmp_path: Path) -> None:
+def test_a_taken_port_is_reported_and_nothing_starts(tmp_path: Path, paysim_cli: PaysimCli,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The squatter never lets go: the grace `up` gives a port just freed (5 s) would only be
+    # waited out.
+    monkeypatch.setattr(manager, "PORT_GRACE_S", 0.3)
     flags = private_stack_flags(tmp_path / "stack")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", flags["stack.redis_port"]))
         squatter.listen()
-        result = run_paysim("stack", "up", *cli_args(flags))
+        result = paysim_cli("stack", "up", *cli_args(flags))
     assert_one_line_error(result, 1, f"port {flags['stack.redis_port']}", "paysim did not start")
     assert not (tmp_path / "stack" / "redis" / "pid.json").exists()
     assert not (tmp_path / "stack" / "kafka" / "pid.json").exists()
@@ -75,24 +86,26 @@ def test_a_taken_port_is_reported_and_nothing_starts(tmp_path: Path) -> None:
         (["stak"], 2, "stak"),
     ],
 )
-def test_bad_flags_give_one_line(args: list[str], code: int, fragment: str) -> None:
-    assert_one_line_error(run_paysim(*args), code, fragment)
+def test_bad_flags_give_one_line(args: list[str], code: int, fragment: str,
+                                 paysim_cli: PaysimCli) -> None:
+    assert_one_line_error(paysim_cli(*args), code, fragment)
 
 
-def test_bad_env_value_gives_one_line() -> None:
-    result = run_paysim("stack", "status", env={"PAYSIM_STACK_REDIS_PORT": "redis"})
+def test_bad_env_value_gives_one_line(paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("stack", "status", env={"PAYSIM_STACK_REDIS_PORT": "redis"})
     assert_one_line_error(result, 2, "PAYSIM_STACK_REDIS_PORT: expected a whole number")
 
 
-def test_redis_unreachable_is_one_line() -> None:
-    result = run_paysim("ps", "--redis-url", "redis://127.0.0.1:1/0")
+def test_redis_unreachable_is_one_line(paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("ps", "--redis-url", "redis://127.0.0.1:1/0")
     assert_one_line_error(result, 1, "Redis")
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "ftp://example.com/x", "file:///etc/passwd",
                                  "http:// spaces.example"])
-def test_a_bad_callback_url_is_refused_before_anything_is_sent(url: str) -> None:
-    result = run_paysim("send", "--count", "1", "--callback-url", url)
+def test_a_bad_callback_url_is_refused_before_anything_is_sent(url: str,
+                                                               paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("send", "--count", "1", "--callback-url", url)
     assert_one_line_error(result, 2, "--callback-url")
 
 
@@ -103,15 +116,15 @@ def test_a_bad_callback_url_is_refused_before_anything_is_sent(url: str) -> None
     ("https://hooks.example.com/4242424242424242", "card number"),
     ("https://hooks.example.com/x?c=4242-4242-4242-4242", "card number"),
 ])
-def test_a_callback_url_to_paysim_itself_or_holding_a_card_is_refused(url: str,
-                                                                      why: str) -> None:
-    result = run_paysim("send", "--count", "1", "--callback-url", url)
+def test_a_callback_url_to_paysim_itself_or_holding_a_card_is_refused(
+        url: str, why: str, paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("send", "--count", "1", "--callback-url", url)
     assert_one_line_error(result, 2, "--callback-url", why)
     assert "4242" not in result.stderr
 
 
-def test_a_callback_url_outside_webhook_allow_is_refused() -> None:
-    result = run_paysim("send", "--count", "1", "--callback-url", "https://other.example/x",
+def test_a_callback_url_outside_webhook_allow_is_refused(paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("send", "--count", "1", "--callback-url", "https://other.example/x",
                         env={"PAYSIM_WEBHOOK_ALLOW": "hooks.example.com"})
     assert_one_line_error(result, 2, "--callback-url", "not in webhook.allow")
 
@@ -123,21 +136,22 @@ NO_REDIS = ("--redis-url", "redis://127.0.0.1:1/0")
     (["--rate", "nan", "--count", "5"], "--rate"),
     (["--stage", "10s:inf"], "--stage"),
 ])
-def test_nan_and_inf_in_send_flags_are_bad_input(args: list[str], flag: str) -> None:
-    assert_one_line_error(run_paysim("send", *args, *NO_REDIS), 2, flag)
+def test_nan_and_inf_in_send_flags_are_bad_input(args: list[str], flag: str,
+                                                  paysim_cli: PaysimCli) -> None:
+    assert_one_line_error(paysim_cli("send", *args, *NO_REDIS), 2, flag)
 
 
-def test_a_ramp_beyond_the_bounds_is_bad_input() -> None:
-    result = run_paysim("send", "--stage", "1h:1000000", *NO_REDIS)
+def test_a_ramp_beyond_the_bounds_is_bad_input(paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("send", "--stage", "1h:1000000", *NO_REDIS)
     assert_one_line_error(result, 2, "--stage", "1,800,000,000", "100,000,000")
-    result = run_paysim("send", "--stage", "10s:1000000000", *NO_REDIS)
+    result = paysim_cli("send", "--stage", "10s:1000000000", *NO_REDIS)
     assert_one_line_error(result, 2, "--stage")
 
 
-def test_nan_in_a_scenario_is_bad_input(tmp_path: Path) -> None:
+def test_nan_in_a_scenario_is_bad_input(tmp_path: Path, paysim_cli: PaysimCli) -> None:
     scenario = tmp_path / "nan.toml"
     scenario.write_text("[issuer]\ndecline_rate = nan\n")
-    result = run_paysim("send", "--scenario", str(scenario), *NO_REDIS)
+    result = paysim_cli("send", "--scenario", str(scenario), *NO_REDIS)
     assert_one_line_error(result, 2, "issuer.decline_rate")
 
 
@@ -183,26 +197,30 @@ UNREACHABLE = {"PAYSIM_REDIS_URL": "redis://127.0.0.1:1/0",
     (["stop"], "PAYSIM_SERVICES_DIR", "services"),
     (["stack", "prepare"], "PAYSIM_STACK_CACHE_DIR", "cache"),
 ])
-def test_an_unwritable_state_folder_is_one_line_naming_it(blocker: Path, args: list[str],
-                                                          setting: str, under: str) -> None:
+def test_an_unwritable_state_folder_is_one_line_naming_it(
+        blocker: Path, args: list[str], setting: str, under: str,
+        paysim_cli: PaysimCli) -> None:
+    """In this process: run-all stops at its folder, before it starts or spawns anything."""
     path = blocker / under
     env = {setting: str(path), **UNREACHABLE}
-    assert_one_line_error(run_paysim(*args, env=env, timeout=60), 1, str(path))
+    assert_one_line_error(paysim_cli(*args, env=env), 1, str(path))
 
 
 @pytest.mark.parametrize("service", ["authorizer", "http"])
-def test_a_service_that_cannot_write_its_secrets_logs_one_line(blocker: Path,
-                                                              service: str) -> None:
-    """A service's failure is a log line (run-all keeps its log), not `paysim: error:`."""
+def test_a_service_that_cannot_write_its_secrets_logs_one_line(
+        blocker: Path, service: str, paysim_cli: PaysimCli) -> None:
+    """A service's failure is a log line (run-all keeps its log), not `paysim: error:`.
+    In this process: the service stops at its keys, before it starts a thread or a server."""
     path = blocker / "secrets.json"
-    result = run_paysim("service", service, env={"PAYSIM_SECRETS_FILE": str(path),
-                                                 **UNREACHABLE}, timeout=60)
+    result = paysim_cli("service", service, env={"PAYSIM_SECRETS_FILE": str(path),
+                                                 **UNREACHABLE})
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot write the secrets file {path}" in lines[0], lines
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_bench_names_an_unwritable_out_before_it_starts(blocker: Path) -> None:
+def test_bench_names_an_unwritable_out_before_it_starts(blocker: Path,
+                                                       paysim_cli: PaysimCli) -> None:
     out = blocker / "results.json"
-    assert_one_line_error(run_paysim("bench", "--out", str(out), timeout=60), 1, str(out))
+    assert_one_line_error(paysim_cli("bench", "--out", str(out)), 1, str(out))

@@ -6,7 +6,6 @@ edge's request rules and the request schema agree); `paysim schema`."""
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import jsonschema
@@ -16,7 +15,6 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7, DRAFT202012
 
-from paysim.cli import main
 from paysim.domain import cards
 from paysim.domain.contract import ecma_pattern
 from paysim.domain.messages import (
@@ -37,6 +35,7 @@ from paysim.edge.openapi import ENDPOINTS, OPENAPI_PATH, openapi_document
 from paysim.edge.validation import BadRequest, authorize_request
 from paysim.pipeline.asyncapi import TOPICS, asyncapi_document, record_schema, topic_fields
 from tests.helpers import assert_one_line_error
+from tests.unit.cli_runner import PaysimCli
 from tests.unit.fakes import KEYS, AckingProducer, FakeRedis, pure_settings
 
 SETTINGS = pure_settings({"topics.results": "shop.results"})
@@ -256,26 +255,17 @@ def test_what_paysim_writes_validates_against_its_topic_schema(topic: Any) -> No
 # ---------------------------------------------------------------------------- the CLI
 
 
-def paysim_schema(capsys: pytest.CaptureFixture[str],
-                  *args: str) -> subprocess.CompletedProcess[str]:
-    """`paysim schema ...` in this process (a child's start-up would cost most of the test)."""
-    with pytest.raises(SystemExit) as ended:
-        main(["schema", *args])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, int(ended.value.code or 0), out, err)
-
-
-def test_schema_openapi_prints_the_document(capsys: pytest.CaptureFixture[str]) -> None:
-    result = paysim_schema(capsys, "openapi")
+def test_schema_openapi_prints_the_document(paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("schema", "openapi")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == openapi_document()
 
 
 def test_schema_topic_prints_one_record_schema_by_setting_or_name(
-    capsys: pytest.CaptureFixture[str],
+    paysim_cli: PaysimCli,
 ) -> None:
-    by_setting = paysim_schema(capsys, "topic", "results")
-    by_name = paysim_schema(capsys, "topic", "payments.results")
+    by_setting = paysim_cli("schema", "topic", "results")
+    by_name = paysim_cli("schema", "topic", "payments.results")
     assert by_setting.returncode == 0 and by_setting.stdout == by_name.stdout
     schema = json.loads(by_setting.stdout)
     assert schema["$ref"] == "#/$defs/PaymentOutcome"
@@ -284,9 +274,9 @@ def test_schema_topic_prints_one_record_schema_by_setting_or_name(
 
 
 def test_schema_topic_of_an_unknown_name_is_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str],
+    paysim_cli: PaysimCli,
 ) -> None:
-    result = paysim_schema(capsys, "topic", "payments.nope\x1b[31m")
+    result = paysim_cli("schema", "topic", "payments.nope\x1b[31m")
     assert_one_line_error(result, 2, "unknown topic 'payments.nope\\x1b[31m'",
                           "requested (payments.requested)", "dlq (payments.dlq)")
     assert result.stdout == ""

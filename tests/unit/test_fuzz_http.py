@@ -5,6 +5,7 @@ number the request held."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.parse
@@ -13,6 +14,7 @@ from typing import Any
 
 import redis
 from confluent_kafka import KafkaError
+from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -111,6 +113,27 @@ class CheckedHealth:
         return health.answer(health.Health(health.OK, health.OK, {}, now), now)
 
 
+class Current:
+    """Stands for the fake of the example being run: the app, whose state is all in its Redis
+    and producer, is built once (building it took most of an example's time) and each example
+    still starts on fresh fakes."""
+
+    def __init__(self) -> None:
+        self.fake: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fake, name)
+
+
+CURRENT_REDIS, CURRENT_PRODUCER = Current(), Current()
+
+
+@functools.cache
+def shared_app() -> Flask:
+    return create_app(pure_settings(), KEYS, CURRENT_PRODUCER,  # type: ignore[arg-type]
+                      CURRENT_REDIS, CheckedHealth())  # type: ignore[arg-type]
+
+
 def client(world: str = "up") -> FlaskClient:
     """The app on fresh fakes, one outcome stored (each example starts from the same state);
     with Redis or Kafka down when ``world`` says so."""
@@ -124,9 +147,8 @@ def client(world: str = "up") -> FlaskClient:
                                                        b"doc": encode(outcome)}
     producer = AckingProducer(KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
                               if world == "kafka down" else None)
-    app = create_app(pure_settings(), KEYS, producer, fake_redis,  # type: ignore[arg-type]
-                     CheckedHealth())  # type: ignore[arg-type]
-    return app.test_client()
+    CURRENT_REDIS.fake, CURRENT_PRODUCER.fake = fake_redis, producer
+    return shared_app().test_client()
 
 
 worlds = st.sampled_from(["up", "up", "up", "redis down", "kafka down"])

@@ -1,11 +1,9 @@
-"""/healthz's answer from the last check, and which requests skip waitress's worker threads."""
+"""/healthz's answer from the last check, and which requests skip the server's worker threads."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from paysim.edge.health import STALE_AFTER_S, Health, answer
-from paysim.edge.server import _is_health_check
+from paysim.edge.server import answers_on_loop
 
 UP = {"authorizer": "up", "processor": "up", "notifier": "up"}
 
@@ -40,22 +38,10 @@ def test_no_check_yet_is_503() -> None:
     assert answer(None, now=1.0)[0] == 503
 
 
-def channel(*requests: SimpleNamespace, outbufs: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(requests=list(requests), total_outbufs_len=outbufs)
-
-
-def request(command: str = "GET", path: str = "/healthz",
-            error: object = None) -> SimpleNamespace:
-    return SimpleNamespace(command=command, path=path, error=error)
-
-
-def test_only_a_lone_get_or_head_of_healthz_runs_on_the_event_loop() -> None:
-    assert _is_health_check(channel(request()))
-    assert _is_health_check(channel(request("HEAD")))
-    assert not _is_health_check(channel(request("POST")))
-    assert not _is_health_check(channel(request(path="/healthz/x")))
-    assert not _is_health_check(channel(request(path="/authorize")))
-    assert not _is_health_check(channel(request(error=ValueError("bad request line"))))
-    # Behind another pipelined request, or an answer not yet sent: the workers keep the order.
-    assert not _is_health_check(channel(request(), request()))
-    assert not _is_health_check(channel(request(), outbufs=10))
+def test_only_a_get_or_head_of_healthz_runs_on_the_event_loop() -> None:
+    assert answers_on_loop("GET", "/healthz")
+    assert answers_on_loop("HEAD", "/healthz")
+    assert not answers_on_loop("POST", "/healthz")
+    assert not answers_on_loop("GET", "/healthz/x")
+    assert not answers_on_loop("GET", "/authorize")
+    assert not answers_on_loop("POST", "/authorize")

@@ -42,7 +42,7 @@ from paysim.load.report_compare import (
 )
 from paysim.load.thresholds import parse_threshold
 from paysim.pipeline.store import DoneEntry
-from tests.helpers import run_paysim
+from tests.unit.cli_runner import PaysimCli
 
 T0 = 1_700_000_000_000_000  # the run's start, Unix microseconds
 SECOND = 1_000_000
@@ -589,7 +589,8 @@ HOSTILE = "Shop [/bold] end [link=http://x]y[/link] \x1b[31m"
 HOSTILE_SHOWN = "Shop [/bold] end [link=http://x]y[/link] \\x1b[31m"
 
 
-def test_report_show_prints_hostile_text_literally(tmp_path: Path, report_b) -> None:
+def test_report_show_prints_hostile_text_literally(tmp_path: Path, report_b,
+                                                   paysim_cli: PaysimCli) -> None:
     """A report file is user input: its run id, scenario, reason texts, thresholds and lost ids
     are printed as written, control characters visible, and nothing breaks the markup."""
     data = report_b.to_dict()
@@ -600,7 +601,7 @@ def test_report_show_prints_hostile_text_literally(tmp_path: Path, report_b) -> 
     data["thresholds"][1]["expression"] = f"p99_ms < 5 {HOSTILE}"
     path = write(tmp_path, "hostile.json", data)
 
-    result = run_paysim("report", "show", str(path), env={"COLUMNS": "400"})
+    result = paysim_cli("report", "show", str(path), env={"COLUMNS": "400"})
 
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout + result.stderr
@@ -610,25 +611,26 @@ def test_report_show_prints_hostile_text_literally(tmp_path: Path, report_b) -> 
         assert fragment in result.stdout, fragment
 
 
-def test_report_diff_prints_hostile_paths_and_run_ids_literally(tmp_path: Path,
-                                                               report_a) -> None:
+def test_report_diff_prints_hostile_paths_and_run_ids_literally(
+        tmp_path: Path, report_a, paysim_cli: PaysimCli) -> None:
     data = report_a.to_dict()
     data["run_id"] = HOSTILE
     folder = tmp_path / "[red]x"
     folder.mkdir()
     path = write(folder, "a.json", data)
 
-    result = run_paysim("report", "diff", str(path), str(path), env={"COLUMNS": "400"})
+    result = paysim_cli("report", "diff", str(path), str(path), env={"COLUMNS": "400"})
 
     assert result.returncode == 0, result.stderr
     assert f"A  {path}  (run {HOSTILE_SHOWN})" in result.stdout
     assert "\x1b" not in result.stdout
 
 
-def test_an_error_naming_hostile_input_shows_its_control_characters(tmp_path: Path) -> None:
+def test_an_error_naming_hostile_input_shows_its_control_characters(
+        tmp_path: Path, paysim_cli: PaysimCli) -> None:
     missing = tmp_path / "nope\x1b[2J\rforged line\u202e.json"
 
-    result = run_paysim("report", "show", str(missing))
+    result = paysim_cli("report", "show", str(missing))
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("paysim: error: ")

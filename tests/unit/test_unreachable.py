@@ -8,13 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_one_line_error, run_paysim
+from paysim.infra.config import load_settings
+from paysim.ops import readiness
+from tests.helpers import assert_one_line_error
+from tests.unit.cli_runner import PaysimCli
 
 DEAD_KAFKA = "127.0.0.1:1"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 KAFKA_TIMEOUT_S = 1  # PAYSIM_KAFKA_TIMEOUT: short, so each test takes seconds
-# What a command may take beyond the Kafka timeout: interpreter start, imports, one Redis
-# connection refused. A command that waits out librdkafka's own 30 s or more fails this.
+# The commands run in this process (tests/unit/cli_runner.py); `run-all --detach` still starts
+# its supervisor as a process of its own, and that child is what finds Kafka dead. What a
+# command may take beyond the Kafka timeout: that child's interpreter start and imports, one
+# Redis connection refused, a busy machine. A command that waits out librdkafka's own 30 s or
+# more fails this.
 SLACK_S = 10
 
 
@@ -42,25 +48,39 @@ def dead_env(tmp_path: Path) -> dict[str, str]:
         (["run-all", "--no-live"], f"Kafka at {DEAD_KAFKA}"),
         (["run-all", "--detach"], f"Kafka at {DEAD_KAFKA}"),
         (["topics", "ensure"], f"Kafka at {DEAD_KAFKA} did not answer in {KAFKA_TIMEOUT_S} s"),
+        (["conformance", "processor"],
+         f"Kafka at {DEAD_KAFKA} did not answer in {KAFKA_TIMEOUT_S} s"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )
 def test_dead_kafka_and_redis_give_one_line_in_bounded_time(
-        args: list[str], fragment: str, dead_env: dict[str, str]) -> None:
+        args: list[str], fragment: str, dead_env: dict[str, str],
+        paysim_cli: PaysimCli) -> None:
     started = time.monotonic()
-    result = run_paysim(*args, env=dead_env, timeout=KAFKA_TIMEOUT_S + 50)
+    result = paysim_cli(*args, env=dead_env)
     took = time.monotonic() - started
     assert_one_line_error(result, 1, fragment)
     assert took < KAFKA_TIMEOUT_S + SLACK_S, f"took {took:.1f} s"
 
 
-def test_a_dead_redis_cluster_gives_one_line(dead_env: dict[str, str]) -> None:
+def test_a_dead_redis_cluster_gives_one_line(dead_env: dict[str, str],
+                                             paysim_cli: PaysimCli) -> None:
     # The cluster client asks the named node for the slots as it is made, not on first use.
     dead_cluster = "redis+cluster://127.0.0.1:1"
-    result = run_paysim("ps", env={**dead_env, "PAYSIM_REDIS_URL": dead_cluster}, timeout=60)
+    result = paysim_cli("ps", env={**dead_env, "PAYSIM_REDIS_URL": dead_cluster})
     assert_one_line_error(result, 1, f"Redis at {dead_cluster} does not answer")
 
 
-def test_the_kafka_timeout_is_a_checked_setting(dead_env: dict[str, str]) -> None:
-    result = run_paysim("topics", "ensure", env={**dead_env, "PAYSIM_KAFKA_TIMEOUT": "0"})
+def test_the_kafka_timeout_is_a_checked_setting(dead_env: dict[str, str],
+                                                paysim_cli: PaysimCli) -> None:
+    result = paysim_cli("topics", "ensure", env={**dead_env, "PAYSIM_KAFKA_TIMEOUT": "0"})
     assert_one_line_error(result, 2, "PAYSIM_KAFKA_TIMEOUT: expected a number of seconds > 0")
+
+
+def test_the_readiness_probe_waits_no_longer_than_the_kafka_timeout(
+        dead_env: dict[str, str]) -> None:
+    """run-all's probe gives Kafka 3 s, or kafka.timeout (1 s here) when that is shorter."""
+    settings = load_settings(env=dead_env)
+    started = time.monotonic()
+    assert readiness.answering(settings) == (False, False)
+    assert time.monotonic() - started < readiness.PROBE_TIMEOUT_S

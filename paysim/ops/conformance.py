@@ -1,0 +1,258 @@
+"""`paysim conformance SERVICE`: drive an implementation of a paysim service that is already
+running through golden cases over the real broker and Redis, and judge what it did.
+
+The run: write the run issuers the cases need, produce every case's records onto the
+service's input topic (one record in a transaction that is then aborted), wait until the
+service's consumer group has committed past all of them, then read back the results and
+dead-letter topics from where they ended before (read_committed, and read_uncommitted to
+find the transaction markers) and the `payment_result_<id>` keys. Cases are in
+conformance_cases.py; the contract in docs/conformance.md.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import client_config, cluster_metadata, error_text, no_answer, quiet_logger
+from paysim.infra.waiting import wait_until
+from paysim.ops.conformance_cases import (
+    Observed,
+    Output,
+    Sent,
+    Suite,
+    Verdict,
+    judge,
+    processor_suite,
+)
+from paysim.pipeline import registry, store
+
+SUITES = {registry.PROCESSOR.name: processor_suite}
+ISSUER_TTL_S = 3600
+
+
+@dataclass(frozen=True)
+class ConformanceReport:
+    service: str
+    run_id: str
+    group: str
+    input_topic: str
+    verdicts: list[Verdict]
+
+    @property
+    def passed(self) -> bool:
+        return all(verdict.passed for verdict in self.verdicts)
+
+
+def new_run_id() -> str:
+    # Letters around the hex: no run of digits a card-number check could take for a PAN.
+    return f"conformance-{uuid.uuid4().hex[:12]}"
+
+
+def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
+                    run_id: str | None = None) -> ConformanceReport:
+    """Drive the running ``service`` through its golden cases; ``timeout`` bounds the wait
+    for it to consume them. PaysimError (one line) when Kafka or Redis does not answer."""
+    if service not in SUITES:
+        raise PaysimError(f"no conformance cases for {service!r}; known: "
+                          f"{', '.join(SUITES)}")
+    spec = registry.by_name(service)
+    topic = spec.topic(settings)
+    wait_s = settings.kafka.timeout
+    if cluster_metadata(client_config(settings), wait_s) is None:
+        raise no_answer(settings, wait_s)
+    client = store.connect_answering(settings)
+    try:
+        suite = SUITES[service](run_id or new_run_id())
+        for run, rates in suite.issuers.items():
+            store.write_run_issuer(client, run, rates, ISSUER_TTL_S)
+        _ends(settings, topic, wait_s)  # the input topic exists, or one line says so
+        outputs = (settings.topics.results, settings.topics.dlq)
+        starts = {name: _ends(settings, name, wait_s) for name in outputs}
+        sent = _produce(settings, topic, suite, wait_s)
+        consumed, detail = _wait_consumed(settings, spec.group, topic, sent, timeout)
+        observed = _observe(settings, client, suite, starts, consumed, detail, wait_s)
+    except redis.RedisError as exc:
+        raise store.unreachable(settings, exc) from None
+    except KafkaException as exc:
+        raise PaysimError(f"Kafka at {settings.kafka_bootstrap}: {error_text(exc)}") from None
+    finally:
+        client.close()
+    return ConformanceReport(service, suite.run_id, spec.group, topic,
+                             judge(suite, sent, observed, topic, service))
+
+
+def _consumer(settings: Settings, isolation: str = "read_committed",
+              group: str | None = None) -> Consumer:
+    """A reader that joins no group (assign only); ``group`` names whose offsets it reads."""
+    return Consumer(client_config(settings, **{
+        "group.id": group or f"paysim-conformance-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "isolation.level": isolation, "enable.partition.eof": True, "logger": quiet_logger}))
+
+
+def _ends(settings: Settings, topic: str, timeout: float) -> dict[int, int]:
+    """Each partition's high watermark now."""
+    consumer = _consumer(settings)
+    try:
+        found = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise PaysimError(f"topic {topic} does not exist on Kafka at "
+                              f"{settings.kafka_bootstrap}")
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in found.partitions}
+    finally:
+        consumer.close()
+
+
+def _produce(settings: Settings, topic: str, suite: Suite,
+             timeout: float) -> dict[str, list[Sent]]:
+    """Every case's records, in order, in transactions (the aborted ones in their own)."""
+    producer = Producer(client_config(settings, **{
+        "transactional.id": f"paysim-conformance-{uuid.uuid4()}", "linger.ms": 0,
+        "logger": quiet_logger}))
+    producer.init_transactions(timeout)
+    sent: dict[str, list[Sent]] = {}
+
+    def delivered(record: Sent):
+        def on_delivery(error, message) -> None:
+            if error is None:
+                record.partition, record.offset = message.partition(), message.offset()
+        return on_delivery
+
+    for case in suite.cases:
+        sent[case.name] = []
+        for send in case.sends:
+            record = Sent(send)
+            sent[case.name].append(record)
+            producer.begin_transaction()
+            producer.produce(topic, key=send.key, value=send.value,
+                             on_delivery=delivered(record))
+            producer.flush(timeout)
+            if send.aborted:
+                producer.abort_transaction(timeout)
+            else:
+                producer.commit_transaction(timeout)
+    missing = [s for records in sent.values() for s in records if s.offset < 0]
+    if missing:
+        raise PaysimError(f"Kafka at {settings.kafka_bootstrap} did not take "
+                          f"{len(missing)} of the conformance records")
+    return sent
+
+
+def _wait_consumed(settings: Settings, group: str, topic: str, sent: dict[str, list[Sent]],
+                   timeout: float) -> tuple[bool, str]:
+    """Wait until ``group`` has committed past every record sent. Not the aborted ones: a
+    consumer has nothing to commit for them until a record follows (one always does)."""
+    last: dict[int, int] = {}
+    for record in (s for records in sent.values() for s in records if not s.send.aborted):
+        last[record.partition] = max(last.get(record.partition, -1), record.offset)
+    consumer = _consumer(settings, group=group)
+    behind: dict[int, int] = {}
+    try:
+        def caught_up() -> bool:
+            committed = consumer.committed([TopicPartition(topic, p) for p in last],
+                                           timeout=settings.kafka.timeout)
+            behind.clear()
+            for tp in committed:
+                if tp.offset <= last[tp.partition]:
+                    behind[tp.partition] = tp.offset
+            return not behind
+
+        started = time.monotonic()
+        done = wait_until(caught_up, timeout, interval=0.25)
+    finally:
+        consumer.close()
+    if done:
+        return True, (f"group {group} committed past all {sum(map(len, sent.values()))} "
+                      f"records in {time.monotonic() - started:.1f} s")
+    return False, (f"group {group} had not committed past the records within {timeout:g} s "
+                   f"({len(behind)} of {len(last)} partitions behind)")
+
+
+def _read(settings: Settings, topic: str, starts: dict[int, int], isolation: str,
+          timeout: float) -> tuple[list[Output], dict[int, int]]:
+    """The records from ``starts`` to each partition's end, and those ends."""
+    consumer = _consumer(settings, isolation)
+    outputs: list[Output] = []
+    try:
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in starts}
+        pending = {p for p in starts if ends[p] > starts[p]}
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in pending])
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(message.partition())
+                continue
+            outputs.append(Output(topic, message.partition(), message.offset(), message.key(),
+                                  message.value() or b""))
+            if message.offset() + 1 >= ends[message.partition()]:
+                pending.discard(message.partition())
+        if pending:
+            raise PaysimError(f"reading {topic} from Kafka at {settings.kafka_bootstrap}: "
+                              f"{len(pending)} partitions not read to their end in "
+                              f"{timeout:g} s")
+    finally:
+        consumer.close()
+    return outputs, ends
+
+
+def _observe(settings: Settings, client: redis.Redis, suite: Suite,
+             starts: dict[str, dict[int, int]], consumed: bool, detail: str,
+             timeout: float) -> Observed:
+    results_topic, dlq_topic = settings.topics.results, settings.topics.dlq
+    ids = [pid for case in suite.cases for pid in case.expects]
+    expected = {pid for case in suite.cases for pid, e in case.expects.items() if e}
+    if consumed:
+        # The seed's key may be written just after the transaction commits.
+        wait_until(lambda: all(client.exists(store.result_key(pid)) for pid in expected),
+                   timeout=5.0, interval=0.1)
+    results: dict[str, list[Output]] = {}
+    wanted = set(ids)
+    data_offsets: dict[tuple[str, int], set[int]] = {}
+    all_ends: dict[tuple[str, int], int] = {}
+    letters: list[Output] = []
+    for topic in (results_topic, dlq_topic):
+        committed, ends = _read(settings, topic, starts[topic], "read_committed", timeout)
+        everything, _ = _read(settings, topic, starts[topic], "read_uncommitted", timeout)
+        for partition, end in ends.items():
+            all_ends[(topic, partition)] = end
+            data_offsets[(topic, partition)] = {o.offset for o in everything
+                                                if o.partition == partition}
+        if topic == dlq_topic:
+            letters = committed
+            continue
+        for output in committed:
+            pid = _payment_id(output.value)
+            if pid in wanted:
+                results.setdefault(pid, []).append(output)
+    values = store.mget(client, [store.result_key(pid) for pid in ids]) if ids else []
+    stored = {pid: None if v is None else v.decode(errors="replace")
+              for pid, v in zip(ids, values, strict=True)}
+    return Observed(consumed, detail, results, letters, stored, data_offsets, all_ends)
+
+
+class _PaymentId(msgspec.Struct):
+    payment_id: str | None = None
+
+
+_ids = msgspec.json.Decoder(_PaymentId)
+
+
+def _payment_id(value: bytes) -> str | None:
+    try:
+        return _ids.decode(value).payment_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -1,0 +1,150 @@
+"""The conformance cases and their judgement, and run-all's external services (pure: no
+broker, no Redis)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from paysim.domain import decisions
+from paysim.domain.messages import PROCESSED, DeadLetter, PaymentAuthorized, PaymentOutcome, encode
+from paysim.ops.conformance_cases import (
+    Observed,
+    Output,
+    Sent,
+    judge_case,
+    judge_transactions,
+    processor_suite,
+)
+from paysim.ops.run_all import external_services
+from paysim.ops.supervisor import Supervisor
+from paysim.pipeline import registry, store
+from paysim.stack.process import ProcessRecord
+from tests.helpers import assert_one_line_error, run_paysim
+from tests.unit.fakes import FakeRedis, pure_settings
+
+# README's reason table: the codes the processor decides (the rest are the authorizer's or
+# the ledger service's operations').
+PROCESSOR_CODES = {"00", "10", "05", "41", "43", "51", "61", "91", "96"}
+
+
+def test_the_suite_covers_every_processor_reason_code() -> None:
+    suite = processor_suite("conformance-test")
+    codes = {expect.code for case in suite.cases for expect in case.expects.values() if expect}
+    assert codes == PROCESSOR_CODES
+    assert sum(case.dead_letters for case in suite.cases) == 5
+    assert any(send.aborted for case in suite.cases for send in case.sends)
+
+
+def judge(case, sent: list[Sent], observed: Observed):
+    return judge_case(case, sent, observed, "payments.authorized", "processor")
+
+
+def _case(name: str):
+    return next(case for case in processor_suite("conformance-test").cases if case.name == name)
+
+
+def _observed(results: dict[str, list[Output]], redis: dict[str, str | None],
+              letters: list[Output] | None = None) -> Observed:
+    return Observed(True, "", results, letters or [], redis, {}, {})
+
+
+def _outcome(payment: PaymentAuthorized, status: str, code: str, approved: int | None,
+             offset: int = 0) -> Output:
+    outcome = PaymentOutcome(
+        payment_id=payment.payment_id, run_id=payment.run_id, seq=payment.seq,
+        amount=payment.amount, currency=payment.currency, merchant=payment.merchant,
+        stages={**payment.stages, PROCESSED: 3}, status=status, reason_code=code,
+        reason_text=decisions.reason_text(code), token=payment.token,
+        masked_pan=payment.masked_pan, network=payment.network, approved_amount=approved)
+    return Output("payments.results", 0, offset, payment.token.encode(), encode(outcome))
+
+
+def test_a_decision_passes_only_with_its_record_and_the_seed_key() -> None:
+    case = _case("41 lost card (test card)")
+    payment = msgspec.json.decode(case.sends[0].value, type=PaymentAuthorized)
+    good = _outcome(payment, "declined", "41", None)
+    passed = judge(case, [], _observed({payment.payment_id: [good]},
+                                       {payment.payment_id: "declined"}))
+    assert passed.passed, passed.detail
+    assert passed.detail == "declined 41: 1 record"
+    no_key = judge(case, [], _observed({payment.payment_id: [good]},
+                                       {payment.payment_id: None}))
+    assert not no_key.passed
+    assert f"payment_result_{payment.payment_id} is None" in no_key.detail
+    wrong = judge(case, [], _observed({payment.payment_id: [
+        _outcome(payment, "declined", "05", None)]}, {payment.payment_id: "declined"}))
+    assert not wrong.passed
+    assert "decided declined 05" in wrong.detail
+
+
+def test_a_redelivered_payment_with_two_decisions_fails() -> None:
+    case = _case("redelivered record: one decision, spent once")
+    twice, after = (msgspec.json.decode(send.value, type=PaymentAuthorized)
+                    for send in (case.sends[0], case.sends[2]))
+    answers = {twice.payment_id: "approved", after.payment_id: "approved"}
+    same = [_outcome(twice, "approved", "00", twice.amount, 0),
+            _outcome(twice, "approved", "00", twice.amount, 1)]
+    later = [_outcome(after, "approved", "00", after.amount, 2)]
+    assert judge(case, [], _observed({twice.payment_id: same,
+                                      after.payment_id: later}, answers)).passed
+    spent_twice = [_outcome(after, "declined", "61", None, 2)]
+    verdict = judge(case, [], _observed({twice.payment_id: same,
+                                         after.payment_id: spent_twice}, answers))
+    assert not verdict.passed
+    assert "decided declined 61" in verdict.detail
+
+
+def test_a_poison_record_needs_a_dead_letter_naming_it() -> None:
+    case = _case("dead letter: not JSON")
+    sent = [Sent(case.sends[0], partition=2, offset=7)]
+    letter = DeadLetter(service="processor", source_topic="payments.authorized", partition=2,
+                        offset=7, reason="not valid JSON", key=None, original=None, at=1)
+    found = Output("payments.dlq", 0, 0, None, encode(letter))
+    assert judge(case, sent, _observed({}, {}, [found])).passed
+    elsewhere = Output("payments.dlq", 0, 0, None, encode(
+        msgspec.structs.replace(letter, offset=8)))
+    verdict = judge(case, sent, _observed({}, {}, [elsewhere]))
+    assert not verdict.passed
+    assert verdict.detail == "no dead letter for payments.authorized 2/7"
+
+
+def test_outputs_without_a_marker_after_them_are_outside_transactions() -> None:
+    output = Output("payments.results", 0, 4, b"k", b"{}")
+    marked = Observed(True, "", {"p": [output]}, [], {}, {("payments.results", 0): {4}},
+                      {("payments.results", 0): 6})
+    assert judge_transactions(marked).passed
+    plain = Observed(True, "", {"p": [output]}, [], {}, {("payments.results", 0): {4, 5}},
+                     {("payments.results", 0): 6})
+    verdict = judge_transactions(plain)
+    assert not verdict.passed
+    assert "1 of 1 outputs written outside a transaction" in verdict.detail
+
+
+def test_external_services_come_from_the_supervisor_record() -> None:
+    record = ProcessRecord(pid=1, address="", version="", started_at=0, boot_ticks=0,
+                           details={"counts": {}, "external": ["processor", "nonsense"]})
+    assert external_services(record) == ("processor",)
+    assert external_services(None) == ()
+    assert "http" not in registry.EXTERNAL_NAMES
+
+
+def test_conformance_of_a_service_without_cases_is_bad_input() -> None:
+    assert_one_line_error(run_paysim("conformance", "ledger"), 2, "ledger")
+
+
+def test_run_all_starts_no_child_for_an_external_service(tmp_path) -> None:
+    settings = pure_settings({"services.dir": str(tmp_path)})
+    supervisor = Supervisor(settings, {"processor": 2}, lambda _: None, ("processor",))
+    names = [child.name for child in supervisor.children]
+    assert names == registry.instance_names({"processor": 2}, ("processor",))
+    assert "processor-0" not in names and "authorizer-0" in names
+
+
+def test_external_marks_are_read_back_and_cleared() -> None:
+    client = FakeRedis()
+    store.mark_external(client, ("processor", "notifier"), 10)
+    assert store.external_services(client) == {"processor", "notifier"}
+    store.mark_external(client, (), 10)
+    assert store.external_services(client) == set()
+    client.set(store.EXTERNAL_KEY, b"{not json")
+    assert store.external_services(client) == set()
