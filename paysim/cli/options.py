@@ -20,7 +20,7 @@ from paysim.infra.config import (
 CONNECTION_KEYS = ("kafka.bootstrap", "redis.url")
 # Flags of the local stack commands: where it keeps its files and which ports it takes.
 STACK_KEYS = ("stack.dir", "stack.kafka_port", "stack.controller_port", "stack.redis_port",
-              "stack.brokers")
+              "stack.brokers", "stack.redis_cluster")
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -54,8 +54,11 @@ def with_settings(*keys: str) -> Callable[[Callable[..., Any]], Callable[..., An
         for key in reversed(all_keys):
             option = OPTIONS_BY_KEY[key]
             metavar = option.metavar or key.split(".")[-1].upper()
-            run = click.option(option.flag_name, _param(key), metavar=metavar,
-                               help=f"{option.help} [env {option.env}]")(run)
+            # A switch is a bare flag; absent, it is None, so the env and file still count.
+            extra: dict[str, Any] = ({"is_flag": True, "default": None}
+                                     if option.switch else {"metavar": metavar})
+            run = click.option(option.flag_name, _param(key),
+                               help=f"{option.help} [env {option.env}]", **extra)(run)
         return click.option(
             "--config", "config_file", metavar="FILE",
             help=f"TOML settings file [env {CONFIG_ENV}; default ./{DEFAULT_CONFIG_FILE}]",

@@ -72,7 +72,9 @@ def settle(settings: Settings, run_id: str | None) -> None:
     closed = settle_now(settings, run_id)
     batches = sum(len(c.batches) for c in closed)
     rows = sum(len(c.movements) for c in closed)
-    console.print(f"closed {len(closed)} window(s): {batches:,} batch(es) of {rows:,} "
+    # On a Redis Cluster a window closes bucket by bucket: count each window once.
+    windows = len({(c.run_id, c.window) for c in closed})
+    console.print(f"closed {windows} window(s): {batches:,} batch(es) of {rows:,} "
                   "movement(s)")
     for run in sorted({c.run_id for c in closed}):
         console.print(f"clearing file of {safe(run)}: "

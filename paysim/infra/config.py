@@ -24,7 +24,10 @@ from paysim.infra.errors import ConfigError
 CONFIG_ENV = "PAYSIM_CONFIG"
 DEFAULT_CONFIG_FILE = "paysim.toml"
 KAFKA_CLIENT_ENV_PREFIX = "PAYSIM_KAFKA_"
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+# A Redis Cluster: the URL names one node, the client finds the rest (docs/architecture.md).
+REDIS_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+REDIS_CLUSTER_NODES = 6  # the local Redis Cluster: 3 primaries, a replica each
 
 
 def _data_home() -> Path:
@@ -128,7 +131,8 @@ def _path(raw: Any) -> Path:
 def _redis_url(raw: Any) -> str:
     url = _text(raw)
     if not url.startswith(REDIS_URL_SCHEMES):
-        raise ValueError("a URL starting with redis://, rediss:// or unix://")
+        raise ValueError("a URL starting with redis://, rediss://, unix://, redis+cluster:// "
+                         "or rediss+cluster://")
     return url
 
 
@@ -178,6 +182,11 @@ class Option:
         return "PAYSIM_" + self.key.upper().replace(".", "_")
 
     @property
+    def switch(self) -> bool:
+        """On or off: its flag takes no value."""
+        return self.parse is _switch
+
+    @property
     def flag_name(self) -> str:
         return self.flag or "--" + self.key.split(".")[-1].replace("_", "-")
 
@@ -189,7 +198,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("kafka.timeout", _seconds, lambda: 30.0,
            "seconds a command waits for Kafka to answer or a topic read to end before it fails"),
     Option("redis.url", _redis_url, lambda: None,
-           "Redis URL (redis://, rediss://, unix://); unset means the local stack", "--redis-url",
+           "Redis URL (redis://, rediss://, unix://; redis+cluster://host:port[,host:port...] "
+           "or rediss+cluster:// for a Redis Cluster, naming one or more nodes); unset means "
+           "the local stack", "--redis-url",
            "URL"),
     Option("redis.outcome_ttl", _whole_number(1), lambda: 3600,
            "seconds an outcome stays in Redis (the seed's one hour)"),
@@ -205,6 +216,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("stack.controller_port", _port, lambda: 9093, "local KRaft controller port",
            metavar="PORT"),
     Option("stack.redis_port", _port, lambda: 6379, "local redis-server port", metavar="PORT"),
+    Option("stack.redis_cluster", _switch, lambda: False,
+           "the local stack runs a Redis Cluster (3 primaries, 3 replicas) instead of one "
+           "redis-server: node n listens on the Redis port + n - 1, its cluster bus on the "
+           "Redis port + 5 + n", "--redis-cluster"),
     Option("stack.brokers", _whole_number(1, 9), lambda: 1,
            "Kafka nodes in the local stack; 3 makes a KRaft cluster with replication 3 and "
            "min.insync.replicas 2 (node n listens on the ports + 2(n-1))", "--brokers", "N"),
@@ -297,10 +312,15 @@ class StackSettings:
     kafka_port: int
     controller_port: int
     redis_port: int
+    redis_cluster: bool
     brokers: int
     kafka_heap_mb: int
     start_timeout: float
     stop_timeout: float
+
+    def redis_cluster_ports(self) -> list[int]:
+        """Client ports of the local Redis Cluster's nodes (the bus ports come after them)."""
+        return [self.redis_port + node for node in range(REDIS_CLUSTER_NODES)]
 
     def broker_ports(self, node: int) -> tuple[int, int]:
         """(client port, controller port) of local node ``node`` (1-based)."""
@@ -412,7 +432,13 @@ class Settings:
     @property
     def redis_url(self) -> str:
         """The configured Redis URL, or the local stack's redis-server."""
-        return self.redis.url or f"redis://127.0.0.1:{self.stack.redis_port}/0"
+        if self.redis.url:
+            return self.redis.url
+        if self.stack.redis_cluster:
+            # Every node: a client must reach the cluster whichever nodes are down.
+            return "redis+cluster://" + ",".join(
+                f"127.0.0.1:{port}" for port in self.stack.redis_cluster_ports())
+        return f"redis://127.0.0.1:{self.stack.redis_port}/0"
 
 
 

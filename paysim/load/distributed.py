@@ -167,7 +167,7 @@ def _announce(client: redis.Redis, announcement: Announcement) -> None:
 
 
 def _beats(client: redis.Redis, run_id: str, workers: int) -> dict[int, Beat]:
-    raw = client.mget([worker_key(run_id, k) for k in range(workers)])
+    raw = store.mget(client, [worker_key(run_id, k) for k in range(workers)])
     return {k: _beat.decode(value) for k, value in enumerate(raw) if value}
 
 
@@ -213,7 +213,8 @@ def _follow(client: redis.Redis, run_id: str, workers: int,
         if interrupt is not None and interrupt.requested and not stop_sent:
             client.set(stop_key(run_id), "1", ex=KEY_TTL_S)
             stop_sent = True
-        for k, raw in enumerate(client.mget([result_key(run_id, k) for k in range(workers)])):
+        results = store.mget(client, [result_key(run_id, k) for k in range(workers)])
+        for k, raw in enumerate(results):
             if raw and k not in handed:
                 handed[k] = _handed.decode(raw)
         beats = _beats(client, run_id, workers)

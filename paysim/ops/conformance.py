@@ -238,7 +238,7 @@ def _observe(settings: Settings, client: redis.Redis, suite: Suite,
             pid = _payment_id(output.value)
             if pid in wanted:
                 results.setdefault(pid, []).append(output)
-    values = client.mget([store.result_key(pid) for pid in ids]) if ids else []
+    values = store.mget(client, [store.result_key(pid) for pid in ids]) if ids else []
     stored = {pid: None if v is None else v.decode(errors="replace")
               for pid, v in zip(ids, values, strict=True)}
     return Observed(consumed, detail, results, letters, stored, data_offsets, all_ends)

@@ -24,7 +24,10 @@ def answering(settings: Settings) -> tuple[bool, bool]:
     kafka = cluster_metadata({"bootstrap.servers": settings.kafka_bootstrap,
                               **settings.kafka.client},
                              timeout=min(PROBE_TIMEOUT_S, settings.kafka.timeout)) is not None
-    client = store.connect(settings, timeout=3.0)
+    try:
+        client = store.connect(settings, timeout=3.0)
+    except PaysimError:  # a Redis Cluster's client asks for its slots at once
+        return kafka, False
     try:
         redis_ok = bool(client.ping())
     except redis.RedisError:

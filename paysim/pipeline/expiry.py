@@ -1,6 +1,7 @@
 """Holds past their TTL become expiry operations: a thread beside the ledger service reads the
-sorted set of open holds once a second and puts an ``expire`` operation for each due one on
-payments.operations, so that expiries travel and apply exactly like every other operation.
+sorted sets of open holds (one per bucket: ledger_store.holds_key) once a second and puts an
+``expire`` operation for each due one on payments.operations, so that expiries travel and
+apply exactly like every other operation.
 
 The operation id is fixed per payment (``expire-<payment id>``): two instances, or one that
 sends again after a crash, cannot expire a hold twice. The hold leaves the set when the
@@ -19,7 +20,7 @@ from confluent_kafka import KafkaException, Producer
 from paysim.domain.messages import OperationKind, OperationRequested, encode, now_us
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config, produce
-from paysim.pipeline import ledger_store
+from paysim.pipeline import ledger_store, shard_store
 
 EVERY_S = 1.0
 BATCH = 500
@@ -56,16 +57,15 @@ class HoldExpirer(threading.Thread):
     def expire_due(self, producer: Producer) -> int:
         """Send an expiry for each hold due now (not sent lately); how many were sent."""
         now = time.monotonic()
-        due = self.redis.zrangebyscore(ledger_store.HOLDS_KEY, "-inf", now_us(), start=0,
-                                       num=BATCH)
+        due = due_holds(self.redis, now_us())
         self.sent = {member: at for member, at in self.sent.items()
                      if now - at < RESEND_AFTER_S}
         count = 0
-        for raw in due:
+        for bucket, raw in due:
             member = raw.decode(errors="replace")
             where = ledger_store.parse_hold_member(member)
             if where is None:
-                self.redis.zrem(ledger_store.HOLDS_KEY, raw)  # not paysim's: drop it
+                self.redis.zrem(ledger_store.holds_key(bucket), raw)  # not paysim's: drop it
                 continue
             if member in self.sent:
                 continue
@@ -77,3 +77,12 @@ class HoldExpirer(threading.Thread):
         if count:
             producer.flush(10)
         return count
+
+
+def due_holds(client: redis.Redis, now: int) -> list[tuple[int, bytes]]:
+    """(bucket, member) of the holds due by ``now`` (Unix µs), at most BATCH per bucket: one
+    pipeline over every bucket's set (on a cluster, one round per primary)."""
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(shard_store.BUCKETS):
+        pipe.zrangebyscore(ledger_store.holds_key(bucket), "-inf", now, start=0, num=BATCH)
+    return [(bucket, raw) for bucket, members in enumerate(pipe.execute()) for raw in members]

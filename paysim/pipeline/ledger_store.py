@@ -1,20 +1,25 @@
 """The ledger in Redis: each card's book, its payments' records and its operations' answers,
 read in one round trip per batch and written back atomically per card.
 
-Keys of one card share the hash tag ``{<run>:<token>}`` (one Redis Cluster slot):
-    paysim:card:{r:t}            hash: the card's book (ledger.Line fields), today's
-                                 authorized amount per currency (``d|USD|20261126``) and
-                                 ``ver``, its version
-    paysim:pay:{r:t}:<payment>   the payment's record (lifecycle.PaymentRecord, JSON)
-    paysim:answer:{r:t}:<op>     an operation's answer (lifecycle.Answer, JSON)
-and ``paysim:holds``, a sorted set of open holds by expiry time.
+Every card belongs to one of shard_store.BUCKETS buckets, and its keys carry its bucket's
+hash tag ``{b<n>.<m>}`` (one Redis Cluster slot), as do the bucket's indexes:
+    paysim:card:{tag}:<run>:<token>            hash: the card's book (ledger.Line fields),
+                                               today's authorized amount per currency
+                                               (``d|USD|20261126``) and ``ver``, its version
+    paysim:pay:{tag}:<run>:<token>:<payment>   the payment's record (lifecycle.PaymentRecord)
+    paysim:answer:{tag}:<run>:<token>:<op>     an operation's answer (lifecycle.Answer, JSON)
+    paysim:holds:{tag}                         the bucket's open holds by expiry time
+    paysim:windows:{tag}                       its settlement windows with movements, by end
+    paysim:moves:{tag}:<run>:<window>          its movements of the run in the window
 
 The decisions are made in Python (paysim.domain.lifecycle) on what was read; the APPLY script
 writes a card's changes only if its version is still the one read, else it reports the card,
 which is read and decided again. Two services write the same cards (the processor's
 authorizations, the lifecycle service's operations): the version keeps one from overwriting
 the other's decision. One card's operations arrive in order (its records are keyed by token),
-so a conflict is rare and one retry settles it.
+so a conflict is rare and one retry settles it. A batch's cards go to Redis in one script
+call per shard_store.call_groups group: one in all on a single Redis, one per bucket on a
+cluster.
 """
 
 from __future__ import annotations
@@ -33,34 +38,43 @@ from paysim.domain.ledger import CARD, Book, Line
 from paysim.domain.lifecycle import Answer, CardFunds, Change, Dispute, PaymentRecord
 from paysim.domain.settlement import Movement
 from paysim.infra.config import Settings
-from paysim.pipeline import store
+from paysim.pipeline import shard_store, store
+from paysim.pipeline.shard_store import bucket_of, tag
 
-HOLDS_KEY = "paysim:holds"
-# Settlement windows with movements not yet settled, by their end (Unix seconds).
-WINDOWS_KEY = "paysim:windows"
 VERSION_FIELD = "ver"
 MAX_TRIES = 5
 
 
-def _tag(run_id: str, token: str) -> str:
-    return f"{{{run_id}:{token}}}"
+def _card(run_id: str, token: str) -> str:
+    """A card's part of its keys: its bucket's tag, run and token."""
+    return f"{tag(bucket_of(run_id, token))}:{run_id}:{token}"
 
 
 def card_key(run_id: str, token: str) -> str:
-    return f"paysim:card:{_tag(run_id, token)}"
+    return f"paysim:card:{_card(run_id, token)}"
 
 
 def record_key(run_id: str, token: str, payment_id: str) -> str:
-    return f"paysim:pay:{_tag(run_id, token)}:{payment_id}"
+    return f"paysim:pay:{_card(run_id, token)}:{payment_id}"
 
 
 def answer_key(run_id: str, token: str, op_id: str) -> str:
-    return f"paysim:answer:{_tag(run_id, token)}:{op_id}"
+    return f"paysim:answer:{_card(run_id, token)}:{op_id}"
 
 
-def movements_key(run_id: str, window: int) -> str:
-    """The run's settlement movements in the window starting at ``window`` (a list)."""
-    return f"paysim:moves:{run_id}:{window}"
+def holds_key(bucket: int) -> str:
+    """The bucket's open holds by expiry (Unix µs): a sorted set."""
+    return f"paysim:holds:{tag(bucket)}"
+
+
+def windows_key(bucket: int) -> str:
+    """The bucket's settlement windows with unsettled movements, by their end (Unix s)."""
+    return f"paysim:windows:{tag(bucket)}"
+
+
+def movements_key(bucket: int, run_id: str, window: int) -> str:
+    """The bucket's settlement movements of the run in the window starting at ``window``."""
+    return f"paysim:moves:{tag(bucket)}:{run_id}:{window}"
 
 
 def window_member(run_id: str, window: int) -> str:
@@ -207,8 +221,18 @@ class LedgerStore:
         return CardWrite(window_s or self.window_s)
 
     def read(self, cards: dict[CardRef, CardReads], day: str) -> dict[CardRef, CardSnapshot]:
-        """Each card's snapshot, in one script call: one command rather than a pipeline of
-        hundreds (redis-py's packing of each command cost more than Redis's work)."""
+        """Each card's snapshot, in one script call per group of buckets: one command rather
+        than a pipeline of hundreds (redis-py's packing of each command cost more than
+        Redis's work)."""
+        snapshots: dict[CardRef, CardSnapshot] = {}
+        by_bucket = _by_bucket(cards)
+        for group in shard_store.call_groups(self.client, by_bucket):
+            snapshots.update(self._read_group(
+                {card: cards[card] for bucket in group for card in by_bucket[bucket]}, day))
+        return snapshots
+
+    def _read_group(self, cards: dict[CardRef, CardReads],
+                    day: str) -> dict[CardRef, CardSnapshot]:
         keys: list[str] = []
         spec: list[tuple[int, int, list[str] | None]] = []
         plan = []
@@ -225,8 +249,6 @@ class LedgerStore:
             keys += [answer_key(card.run_id, card.token, op) for op in ops_l]
             spec.append((len(payments_l), len(ops_l), fields))
             plan.append((card, currencies_l, payments_l, ops_l))
-        if not plan:
-            return {}
         replies = iter(self._read(keys=keys, args=[_encode(spec)]))
         snapshots = {}
         for card, currencies_l, payments_l, ops_l in plan:
@@ -250,22 +272,37 @@ class LedgerStore:
 
     def write(self, writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
         """Apply each card's changes if its version is still the one read; the cards whose
-        version moved meanwhile (to read and decide again). One argument per card describes
-        its changes (APPLY_LUA decodes it), then come its documents and movements: few
-        arguments, as redis-py's packing costs per argument."""
-        keys: list[str] = [HOLDS_KEY, WINDOWS_KEY]
-        args: list[object] = [self.ttl]
+        version moved meanwhile (to read and decide again). One script call per group of
+        buckets (shard_store.call_groups)."""
+        by_bucket: dict[int, list[tuple[CardRef, CardSnapshot, CardWrite]]] = {}
+        for item in writes:
+            by_bucket.setdefault(bucket_of(item[0].run_id, item[0].token), []).append(item)
+        conflicts: set[CardRef] = set()
+        for group in shard_store.call_groups(self.client, by_bucket):
+            conflicts |= self._write_group(group, [item for bucket in group
+                                                   for item in by_bucket[bucket]])
+        return conflicts
+
+    def _write_group(self, buckets: list[int],
+                     writes: list[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
+        """One APPLY call. Its keys start with the group's buckets' holds, then windows; one
+        argument per card describes its changes (APPLY_LUA decodes it), then come its
+        documents and movements: few arguments, as redis-py's packing costs per argument."""
+        place = {bucket: i + 1 for i, bucket in enumerate(buckets)}  # Lua's 1-based index
+        keys: list[str] = [*map(holds_key, buckets), *map(windows_key, buckets)]
+        args: list[object] = [self.ttl, len(buckets)]
         for card, snapshot, write in writes:
+            bucket = bucket_of(card.run_id, card.token)
             width = max(1, round(write.window_s))
             docs = [*(_encode(record) for record in write.records.values()),
                     *(_encode(answer) for answer in write.answers.values())]
             keys.append(card_key(card.run_id, card.token))
             keys += [record_key(card.run_id, card.token, pid) for pid in write.records]
             keys += [answer_key(card.run_id, card.token, op) for op in write.answers]
-            keys += [movements_key(card.run_id, window) for window in write.movements]
+            keys += [movements_key(bucket, card.run_id, window) for window in write.movements]
             # Numbers as text: Lua's numbers are doubles, and microsecond times pass 2^53.
             header = _CardHeader(
-                v=snapshot.version, d=len(docs),
+                v=snapshot.version, b=place[bucket], d=len(docs),
                 i=[str(part) for name, delta in write.increments.items()
                    for part in (name, delta)],
                 o=[str(part) for member, expires in write.holds_open.items()
@@ -276,8 +313,6 @@ class LedgerStore:
             args.append(_encode(header))
             args += docs
             args += [_encode(move) for moved in write.movements.values() for move in moved]
-        if len(keys) == 2:
-            return set()
         conflicts = self._apply(keys=keys, args=args)
         return {writes[int(index) - 1][0] for index in conflicts}
 
@@ -297,12 +332,21 @@ class LedgerStore:
         raise redis.RedisError(f"{len(pending)} card(s) kept changing under this batch")
 
 
+def _by_bucket(cards: dict[CardRef, CardReads]) -> dict[int, list[CardRef]]:
+    found: dict[int, list[CardRef]] = {}
+    for card in cards:
+        found.setdefault(bucket_of(card.run_id, card.token), []).append(card)
+    return found
+
+
 class _CardHeader(msgspec.Struct):
-    """One card's changes as APPLY_LUA takes them: its version read, its increments (field,
-    delta, ...), its documents' count, the holds opened (expiry, member, ...) and closed, and
-    per settlement window (end, member, movements' count)."""
+    """One card's changes as APPLY_LUA takes them: its version read, its bucket's place in
+    the call, its increments (field, delta, ...), its documents' count, the holds opened
+    (expiry, member, ...) and closed, and per settlement window (end, member, movements'
+    count)."""
 
     v: str
+    b: int
     i: list[str]
     d: int
     o: list[str]
@@ -427,19 +471,21 @@ return out
 """
 
 # Writes each card's changes if the card's version is the one the batch read (else the card's
-# index is returned, and nothing of it is written). KEYS[1] is the sorted set of holds, KEYS[2]
-# of settlement windows; then per card its hash, its documents' keys (records, answers) and
-# its windows' movement lists. ARGV[1] is the TTL of what is written; then per card its
-# header (_CardHeader, JSON), its documents, and its movements window by window.
+# index is returned, and nothing of it is written). ARGV[2] is the count n of buckets in the
+# call: KEYS[1..n] are their sorted sets of holds, KEYS[n+1..2n] of settlement windows; then
+# per card its hash, its documents' keys (records, answers) and its windows' movement lists.
+# ARGV[1] is the TTL of what is written; then per card its header (_CardHeader, JSON: h.b is
+# its bucket's place among the n), its documents, and its movements window by window.
 APPLY_LUA = """
-local ttl, holds, windows = ARGV[1], KEYS[1], KEYS[2]
-local k, a, index = 3, 2, 0
+local ttl, buckets = ARGV[1], tonumber(ARGV[2])
+local k, a, index = 2 * buckets + 1, 3, 0
 local conflicts = {}
 while a <= #ARGV do
   index = index + 1
   local h = cjson.decode(ARGV[a])
   a = a + 1
   local card, rows = KEYS[k], 0
+  local holds, windows = KEYS[h.b], KEYS[buckets + h.b]
   for _, w in ipairs(h.w) do
     rows = rows + w[3]
   end

@@ -26,8 +26,8 @@ class RunRates:
         """Each run's behaviour: set by its sender, else the services' settings."""
         unknown = [run for run in run_ids if run not in self._known]
         if unknown:
-            for run, raw in zip(unknown, self.client.mget(
-                    [store.run_issuer_key(run) for run in unknown]), strict=True):
+            for run, raw in zip(unknown, store.mget(
+                    self.client, [store.run_issuer_key(run) for run in unknown]), strict=True):
                 self._known[run] = self._parse(run, raw)
             while len(self._known) > RUNS_KEPT:  # oldest first
                 self._known.pop(next(iter(self._known)))

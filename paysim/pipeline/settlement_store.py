@@ -2,13 +2,20 @@
 settlement book, and the clearing file; and the closer thread beside the ledger service.
 
 The ledger's APPLY script files each step's movement (domain.settlement.Movement) on the
-list of its run and window, and the window in ``paysim:windows`` by its end. A close takes
-the movements listed so far, sums them per merchant and currency, and in one script call
-(CLOSE) removes exactly those from the list, pays the batches on the run's settlement book
-and records them, unless another close of the same window came first (a counter per window,
-which also numbers the batches: a window closed early by `paysim settle` and again at its
-end settles each movement once). Then the batches go onto payments.settlements and their
-movements into the run's clearing file.
+list of its card's bucket, run and window, and the window in the bucket's windows set by its
+end (ledger_store). A close takes the movements listed so far in a group of buckets
+(shard_store.call_groups: every bucket on a single Redis, one bucket on a cluster), sums them
+per merchant and currency, and in one script call (CLOSE) removes exactly those from the
+lists, pays the batches on the run's settlement book and records them, unless another close
+of the same window came first (a counter per bucket and window, which also numbers the
+batches: a window closed early by `paysim settle` and again at its end settles each movement
+once). Then the batches go onto payments.settlements and their movements into the run's
+clearing file.
+
+The run's book, batches and the set of runs with batches are kept per bucket too, in the
+group's first bucket (readers add the buckets up): a script then stays in one slot. On a
+single Redis a window closes into one batch per merchant and currency; on a cluster, into
+one per bucket as well (its id says which: ``<run>/<window>.<n>.b<bucket>/...``).
 """
 
 from __future__ import annotations
@@ -35,26 +42,32 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.files import writing
 from paysim.infra.kafka import client_config, produce
-from paysim.pipeline import ledger_store
+from paysim.pipeline import ledger_store, shard_store, store
 from paysim.pipeline.run_rates import RunRates
+from paysim.pipeline.shard_store import tag
 
 GRACE_S = 5  # a window closes this long after its end: steps decided in it are written by then
 EVERY_S = 1.0
-RUNS_KEY = "paysim:settlement-runs"
 
 
-def book_key(run_id: str) -> str:
-    """The run's settlement book: the payout transfers (ledger.Line fields)."""
-    return f"paysim:book:{run_id}:settlement"
+def runs_key(bucket: int) -> str:
+    """The runs with batches recorded in the bucket (a set)."""
+    return f"paysim:settlement-runs:{tag(bucket)}"
 
 
-def batches_key(run_id: str) -> str:
-    return f"paysim:batches:{run_id}"
+def book_key(bucket: int, run_id: str) -> str:
+    """The bucket's part of the run's settlement book: the payout transfers (ledger.Line
+    fields)."""
+    return f"paysim:book:{tag(bucket)}:{run_id}:settlement"
 
 
-def closes_key(run_id: str) -> str:
-    """How many times each window of the run was closed (the CLOSE script's check)."""
-    return f"paysim:closes:{run_id}"
+def batches_key(bucket: int, run_id: str) -> str:
+    return f"paysim:batches:{tag(bucket)}:{run_id}"
+
+
+def closes_key(bucket: int, run_id: str) -> str:
+    """How many times each window of the run was closed in the bucket (CLOSE's check)."""
+    return f"paysim:closes:{tag(bucket)}:{run_id}"
 
 
 _movement_decoder = msgspec.json.Decoder(Movement)
@@ -70,50 +83,65 @@ class Closed:
 
 
 def open_windows(client: redis.Redis, due_by: float | None,
-                 run_id: str | None = None) -> list[tuple[str, int]]:
+                 run_id: str | None = None) -> dict[tuple[str, int], list[int]]:
     """(run, window start) of every window with unsettled movements, ending by ``due_by``
-    (Unix seconds; None: all of them, the current ones too)."""
-    members = client.zrangebyscore(ledger_store.WINDOWS_KEY, "-inf",
-                                   "+inf" if due_by is None else due_by)
-    found = []
-    for member in members:
-        try:
-            run, window = json.loads(member)
-        except (ValueError, TypeError):
-            client.zrem(ledger_store.WINDOWS_KEY, member)  # not paysim's: drop it
-            continue
-        if isinstance(run, str) and isinstance(window, int) and run_id in (None, run):
-            found.append((run, window))
+    (Unix seconds; None: all of them, the current ones too), with the buckets holding them."""
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(shard_store.BUCKETS):
+        pipe.zrangebyscore(ledger_store.windows_key(bucket), "-inf",
+                           "+inf" if due_by is None else due_by)
+    found: dict[tuple[str, int], list[int]] = {}
+    for bucket, members in enumerate(pipe.execute()):
+        for member in members:
+            try:
+                run, window = json.loads(member)
+            except (ValueError, TypeError):
+                client.zrem(ledger_store.windows_key(bucket), member)  # not paysim's: drop it
+                continue
+            if isinstance(run, str) and isinstance(window, int) and run_id in (None, run):
+                found.setdefault((run, window), []).append(bucket)
     return found
 
 
 def close_window(client: redis.Redis, script: object, run_id: str, window: int,
-                 window_s: float, ttl: int) -> Closed | None:
-    """Settle what the window holds now; None when there was nothing, or another close
-    came first (that one settled it)."""
-    key = ledger_store.movements_key(run_id, window)
+                 buckets: list[int], window_s: float, ttl: int) -> Closed | None:
+    """Settle what the window holds now in ``buckets`` (one call group); None when there was
+    nothing, or another close came first (that one settled it)."""
     pipe = client.pipeline(transaction=False)
-    pipe.hget(closes_key(run_id), str(window))
-    pipe.lrange(key, 0, -1)
-    closes, raw = pipe.execute()
-    closes = int(closes or 0)
-    moves = [_movement_decoder.decode(row) for row in raw]
+    for bucket in buckets:
+        pipe.hget(closes_key(bucket, run_id), str(window))
+        pipe.lrange(ledger_store.movements_key(bucket, run_id, window), 0, -1)
+    replies = pipe.execute()
+    closes = [int(raw or 0) for raw in replies[::2]]
+    rows = replies[1::2]
+    moves = [_movement_decoder.decode(row) for part in rows for row in part]
+    member = ledger_store.window_member(run_id, window)
     if not moves:
-        client.zrem(ledger_store.WINDOWS_KEY, ledger_store.window_member(run_id, window))
+        pipe = client.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.zrem(ledger_store.windows_key(bucket), member)
+        pipe.execute()
         return None
-    run_part = f"{run_id}/{window}.{closes + 1}"
+    # One bucket of many (a cluster's group): its batches say which.
+    part = f".b{buckets[0]}" if len(buckets) < shard_store.BUCKETS else ""
+    run_part = f"{run_id}/{window}.{max(closes) + 1}{part}"
     batches = [msgspec.structs.replace(batch, batch_id=f"{run_part}/{batch.merchant_id}/"
                                                        f"{batch.currency}")
                for batch in settlement.batches(run_id, window, window_s,
                                                settlement.total(moves), now_us())]
     deltas = ledger.net(entry for batch in batches for entry in settlement.payout(batch))
-    args: list[object] = [ledger_store.window_member(run_id, window), str(window), closes,
-                          len(moves), ttl, run_id, len(deltas)]
+    first = buckets[0]
+    keys = [book_key(first, run_id), batches_key(first, run_id), runs_key(first)]
+    args: list[object] = [member, str(window), ttl, run_id, len(buckets)]
+    for bucket, count, listed in zip(buckets, closes, rows, strict=True):
+        keys += [ledger_store.windows_key(bucket), closes_key(bucket, run_id),
+                 ledger_store.movements_key(bucket, run_id, window)]
+        args += [count, len(listed)]
+    args.append(len(deltas))
     for line, delta in deltas.items():
         args += (line.field(), delta)
     args += [encode(batch) for batch in batches]
-    done = script(keys=[ledger_store.WINDOWS_KEY, closes_key(run_id), key, book_key(run_id),
-                        batches_key(run_id), RUNS_KEY], args=args)  # type: ignore[operator]
+    done = script(keys=keys, args=args)  # type: ignore[operator]
     if not done:
         return None
     ids = {(b.merchant_id, b.currency): b.batch_id for b in batches}
@@ -121,26 +149,44 @@ def close_window(client: redis.Redis, script: object, run_id: str, window: int,
                   [(ids[(m.merchant_id, m.currency)], m) for m in moves])
 
 
+def _runs(client: redis.Redis) -> list[str]:
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(shard_store.BUCKETS):
+        pipe.smembers(runs_key(bucket))
+    return sorted({member.decode() for members in pipe.execute() for member in members})
+
+
 def read_batches(client: redis.Redis, run_id: str | None = None) -> list[Batch]:
     """Every closed batch of the run (of every run when None), oldest first."""
-    runs = [run_id] if run_id is not None else sorted(
-        member.decode() for member in client.smembers(RUNS_KEY))
-    found = []
+    runs = [run_id] if run_id is not None else _runs(client)
+    pipe = client.pipeline(transaction=False)
     for run in runs:
-        found += [_batch_decoder.decode(raw) for raw in client.lrange(batches_key(run), 0, -1)]
-    return found
+        for bucket in range(shard_store.BUCKETS):
+            pipe.lrange(batches_key(bucket, run), 0, -1)
+    found = [_batch_decoder.decode(raw) for part in pipe.execute() for raw in part]
+    return sorted(found, key=lambda batch: (batch.run_id, batch.closed_at, batch.batch_id))
 
 
 def read_book(client: redis.Redis, run_id: str) -> Book:
-    return ledger_store.book_from_hash(client.hgetall(book_key(run_id)))
+    """The run's settlement book: its buckets' parts added up."""
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(shard_store.BUCKETS):
+        pipe.hgetall(book_key(bucket, run_id))
+    total: dict[bytes, int] = {}
+    for part in pipe.execute():
+        for name, value in part.items():
+            total[name] = total.get(name, 0) + int(value)
+    return ledger_store.book_from_hash({name: str(value).encode()
+                                        for name, value in total.items()})
 
 
 def unsettled(client: redis.Redis, run_id: str) -> list[Movement]:
     """The run's movements not yet in a batch."""
     found = []
-    for run, window in open_windows(client, None, run_id):
-        found += [_movement_decoder.decode(row) for row in
-                  client.lrange(ledger_store.movements_key(run, window), 0, -1)]
+    for (run, window), buckets in open_windows(client, None, run_id).items():
+        for bucket in buckets:
+            found += [_movement_decoder.decode(row) for row in
+                      client.lrange(ledger_store.movements_key(bucket, run, window), 0, -1)]
     return found
 
 
@@ -188,17 +234,21 @@ class Settler:
         closed = []
         windows = open_windows(self.redis, due_by, run_id)
         rates = self.run_rates.of({run for run, _ in windows})
-        for run, window in windows:
+        for (run, window), listed in windows.items():
             width = rates[run].settlement_window_s or self.settings.lifecycle.settlement_window
-            done = close_window(self.redis, self._close, run, window, width,
-                                self.settings.redis.ledger_ttl)
-            if done is None:
-                continue
-            for batch in done.batches:
-                produce(self.producer, self.settings.topics.settlements, encode(batch),
-                        key=batch.merchant_id)
-            append_clearing(self.settings, done)
-            closed.append(done)
+            # On a single Redis every bucket, listed or not: their close counters keep in
+            # step, and so number the window's batches once.
+            buckets = listed if store.is_cluster(self.redis) else range(shard_store.BUCKETS)
+            for group in shard_store.call_groups(self.redis, buckets):
+                done = close_window(self.redis, self._close, run, window, group, width,
+                                    self.settings.redis.ledger_ttl)
+                if done is None:
+                    continue
+                for batch in done.batches:
+                    produce(self.producer, self.settings.topics.settlements, encode(batch),
+                            key=batch.merchant_id)
+                append_clearing(self.settings, done)
+                closed.append(done)
         if closed:
             self.producer.flush(self.settings.kafka.timeout)
         return closed
@@ -233,35 +283,43 @@ class SettlementCloser(threading.Thread):
             producer.flush(5)
 
 
-# Settles the movements a close read, once. KEYS: windows set, the run's close counters, the
-# window's movements, the run's settlement book, its batches, the runs with batches.
-# ARGV: the window's member, its start, the close count read, the movements read, the TTL,
-# the run, the count of book increments, the increments as field/delta pairs, the batches.
+# Settles the movements a close read, once. KEYS: the run's settlement book, its batches and
+# the runs with batches (of the group's first bucket); then per bucket its windows set, the
+# run's close counters and the window's movements. ARGV: the window's member, its start, the
+# TTL, the run, the count n of buckets, per bucket the close count and movements read, the
+# count of book increments, the increments as field/delta pairs, the batches.
 CLOSE_LUA = """
-local windows, closes, moves, book, batches, runs = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-  KEYS[5], KEYS[6]
-local member, window, expected, nmoves, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
-  ARGV[5]
-if (redis.call('HGET', closes, window) or '0') ~= expected then
-  return 0
+local book, batches, runs = KEYS[1], KEYS[2], KEYS[3]
+local member, window, ttl, run = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = tonumber(ARGV[5])
+for i = 1, n do
+  local closes, moves = KEYS[3 * i + 2], KEYS[3 * i + 3]
+  if (redis.call('HGET', closes, window) or '0') ~= ARGV[4 + 2 * i] then
+    return 0
+  end
+  if redis.call('LLEN', moves) < tonumber(ARGV[5 + 2 * i]) then
+    return 0
+  end
 end
-if redis.call('LLEN', moves) < nmoves then
-  return 0
+for i = 1, n do
+  local windows, closes, moves = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  redis.call('LTRIM', moves, tonumber(ARGV[5 + 2 * i]), -1)
+  redis.call('HINCRBY', closes, window, 1)
+  redis.call('EXPIRE', closes, ttl)
+  if redis.call('LLEN', moves) == 0 then
+    redis.call('ZREM', windows, member)
+  end
 end
-redis.call('LTRIM', moves, nmoves, -1)
-redis.call('HINCRBY', closes, window, 1)
-local nincr = tonumber(ARGV[7])
+local a = 6 + 2 * n
+local nincr = tonumber(ARGV[a])
 for i = 0, nincr - 1 do
-  redis.call('HINCRBY', book, ARGV[8 + 2 * i], ARGV[9 + 2 * i])
+  redis.call('HINCRBY', book, ARGV[a + 1 + 2 * i], ARGV[a + 2 + 2 * i])
 end
-for i = 8 + 2 * nincr, #ARGV do
+for i = a + 1 + 2 * nincr, #ARGV do
   redis.call('RPUSH', batches, ARGV[i])
 end
-if redis.call('LLEN', moves) == 0 then
-  redis.call('ZREM', windows, member)
-end
-redis.call('SADD', runs, ARGV[6])
-for _, key in ipairs({closes, book, batches}) do
+redis.call('SADD', runs, run)
+for _, key in ipairs({book, batches}) do
   redis.call('EXPIRE', key, ttl)
 end
 return 1

@@ -7,28 +7,86 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
 import redis
 from msgspec import UNSET, UnsetType
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from paysim.domain.decisions import IssuerRates
 from paysim.domain.messages import STAGES, Merchant, PaymentOutcome, encode
-from paysim.infra.config import Settings
+from paysim.infra.config import REDIS_CLUSTER_SCHEMES, Settings
 from paysim.infra.errors import PaysimError
 
 WEBHOOK_STREAM = "paysim:webhooks"
 WEBHOOK_GROUP = "paysim-webhooks"
 
 
+# What every store function takes: one Redis, or a Redis Cluster through redis-py's cluster
+# client (the same commands; keys hash-tagged so each script and batch stays in one slot).
+Client = redis.Redis | RedisCluster
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 def connect(settings: Settings, timeout: float = 10.0) -> redis.Redis:
     """A client of the configured Redis; ``timeout`` bounds every command (connecting: 5 s
-    at most), so no wait on a Redis that does not answer is endless."""
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                socket_connect_timeout=min(timeout, 5.0),
-                                health_check_interval=30)
+    at most), so no wait on a Redis that does not answer is endless. A redis+cluster:// URL
+    gives a RedisCluster client, which asks the named node for the cluster's slots at once
+    (a PaysimError when it does not answer)."""
+    url = settings.redis_url
+    options: dict[str, Any] = {"socket_timeout": timeout,
+                               "socket_connect_timeout": min(timeout, 5.0)}
+    if not url.startswith(REDIS_CLUSTER_SCHEMES):
+        return redis.Redis.from_url(url, health_check_interval=30, **options)
+    try:
+        return _cluster_client(url, options)  # type: ignore[return-value]
+    except (RedisClusterException, redis.RedisError, ValueError) as exc:
+        raise unreachable(settings, exc) from None
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    """A cluster client from ``redis+cluster://[user:pass@]host:port[,host:port...]``: every
+    node named is a startup node, so a new client starts while any one node is down."""
+    scheme, _, rest = url.partition("://")
+    split = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:split], rest[split:]
+    credentials, at, hosts = netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    nodes = []
+    for other in others:
+        host, _, port = other.strip().rpartition(":")
+        nodes.append(ClusterNode(host, int(port)))  # ValueError: not a port
+    return RedisCluster.from_url(f"{scheme.replace('+cluster', '', 1)}://{credentials}{at}"
+                                 f"{first}{tail}", startup_nodes=nodes, **options)
+
+
+@contextlib.contextmanager
+def movable_keys(client: Client) -> Iterator[None]:
+    """Around XREAD and XREADGROUP on a cluster: redis-py finds where such a command's keys
+    are by asking the client's *default node* (COMMAND GETKEYS), and a default node that died
+    stays the default: every later XREAD failed with "connection refused" from it, after its
+    replica had taken over, until the run timed out. A connection error here picks another
+    default node, so the caller's next try goes through."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError):
+        if is_cluster(client):
+            client.replace_default_node()  # type: ignore[union-attr]
+        raise
+
+
+def mget(client: Client, keys: list[str]) -> list[bytes | None]:
+    """GET of many keys in one round: MGET on a single Redis; on a cluster, whose MGET takes
+    one slot's keys only, one MGET per slot (not atomic, which no caller needs)."""
+    if is_cluster(client):
+        return client.mget_nonatomic(keys)  # type: ignore[union-attr]
+    return client.mget(keys)
 
 
 HEALTH_PROBE_KEY = "paysim:healthz"
@@ -40,7 +98,7 @@ def probe_write(client: redis.Redis) -> None:
     client.set(HEALTH_PROBE_KEY, "1", px=5000)
 
 
-def unreachable(settings: Settings, exc: redis.RedisError) -> PaysimError:
+def unreachable(settings: Settings, exc: Exception) -> PaysimError:
     """The one line for a Redis that does not answer, naming where it was looked for."""
     return PaysimError(f"Redis at {settings.redis_url} does not answer: {exc}")
 
@@ -229,7 +287,11 @@ def clear_heartbeat(client: redis.Redis, service: str, instance: int) -> None:
     """A clean stop says so at once instead of letting the heartbeat expire."""
     with contextlib.suppress(redis.RedisError):  # else it expires on its own
         key = heartbeat_key(service, instance)
-        client.pipeline(transaction=False).delete(key).srem(HEARTBEAT_INDEX, key).execute()
+        # Not chained: a cluster's pipeline commands return None, not the pipeline.
+        pipe = client.pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.srem(HEARTBEAT_INDEX, key)
+        pipe.execute()
 
 
 # The runs under way: one hash field per run (its RunProgress), rewritten every second by the
@@ -390,7 +452,9 @@ def read_stream(client: redis.Redis, key: str, last_id: bytes | str,
     at most ``count``, decoded, and the id to read on from. Entries ``decode`` refuses
     (ValueError: not written by paysim) are skipped."""
     entries: list[E] = []
-    for _, batch in client.xread({key: last_id}, count=count, block=block_ms) or []:
+    with movable_keys(client):
+        reply = client.xread({key: last_id}, count=count, block=block_ms)
+    for _, batch in reply or []:
         for entry_id, fields in batch:
             last_id = entry_id
             try:

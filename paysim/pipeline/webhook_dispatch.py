@@ -89,8 +89,9 @@ class WebhookDispatcher(threading.Thread):
                                         self.consumer, self.claim_idle_ms, count=50)[1]
         if claimed:
             return [(entry_id, fields) for entry_id, fields in claimed if fields]
-        read = self.redis.xreadgroup(store.WEBHOOK_GROUP, self.consumer,
-                                     {store.WEBHOOK_STREAM: ">"}, count=50, block=500)
+        with store.movable_keys(self.redis):
+            read = self.redis.xreadgroup(store.WEBHOOK_GROUP, self.consumer,
+                                         {store.WEBHOOK_STREAM: ">"}, count=50, block=500)
         return [entry for _, entries in read for entry in entries]
 
     def _post_with_retries(self, url: str, body: bytes,

@@ -28,7 +28,8 @@ from paysim.stack.process import (
     start_detached,
     stop,
 )
-from paysim.stack.redis import RedisServer
+from paysim.stack.redis import CLUSTER_NODES, RedisClusterNode, RedisServer
+from paysim.stack.redis_cluster import form_cluster
 
 PROBE_TIMEOUT_S = 2.0
 PORT_GRACE_S = 5.0
@@ -96,14 +97,22 @@ def port_holder(port: int) -> str:
 
 
 class LocalStack:
-    """The Kafka broker and redis-server that paysim runs under ``settings.dir``."""
+    """The Kafka broker and redis-server (or Redis Cluster) that paysim runs under
+    ``settings.dir``."""
 
-    def __init__(self, settings: StackSettings, announce: Announce = print) -> None:
+    def __init__(self, settings: StackSettings, announce: Announce = print,
+                 kafka: bool = True) -> None:
+        """``kafka``: False for Redis alone (a test's Redis Cluster beside the suite's
+        broker)."""
         self.settings = settings
         self.announce = announce
+        self.cluster_nodes = [RedisClusterNode(settings, node)
+                              for node in range(1, CLUSTER_NODES + 1)
+                              ] if settings.redis_cluster else []
+        redis_parts: list[Component] = list(self.cluster_nodes) or [RedisServer(settings)]
         # Redis first: it is up in milliseconds while the brokers' JVMs start.
-        self.components: list[Component] = [RedisServer(settings)] + [
-            KafkaBroker(settings, node) for node in range(1, settings.brokers + 1)]
+        self.components: list[Component] = redis_parts + [
+            KafkaBroker(settings, node) for node in range(1, settings.brokers + 1) if kafka]
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -169,6 +178,9 @@ class LocalStack:
                         self._wait_until_answering(component, record, component.log_sizes())
                     results.append(StartResult(component.name, component.name in started,
                                                record.pid, record.address, seconds))
+                if self.cluster_nodes:
+                    form_cluster(self.cluster_nodes, self.settings.dir / "redis-cluster.log",
+                                 self.settings.start_timeout, self.announce)
                 return results
             except PaysimError as exc:
                 self._undo(started, exc)

@@ -76,3 +76,9 @@ def find_redis_server() -> tuple[str | None, Missing | None]:
     server = shutil.which("redis-server")
     hint = Missing("redis-server", "apt-get install redis-server")
     return (server, None) if server else (None, hint)
+
+
+def find_redis_cli() -> tuple[str | None, Missing | None]:
+    cli = shutil.which("redis-cli")
+    hint = Missing("redis-cli to create the local Redis Cluster", "apt-get install redis-tools")
+    return (cli, None) if cli else (None, hint)

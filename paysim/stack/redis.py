@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 
+from paysim.infra.config import REDIS_CLUSTER_NODES, StackSettings
 from paysim.stack.component import Announce, Component
 from paysim.stack.prerequisites import Missing, find_redis_server
 
@@ -92,3 +93,38 @@ class RedisServer(Component):
             return False
         finally:
             client.close()
+
+
+CLUSTER_NODES = REDIS_CLUSTER_NODES  # 3 primaries, each with one replica
+CLUSTER_NODE_TIMEOUT_MS = 5000  # how long a primary may be silent before its replica takes over
+
+
+class RedisClusterNode(RedisServer):
+    """One node of the local Redis Cluster: its own folder, port and cluster bus port
+    (``redis-cli --cluster create`` joins them; nodes.conf in its data folder remembers the
+    cluster across restarts)."""
+
+    def __init__(self, settings: StackSettings, node: int) -> None:
+        super().__init__(settings)
+        self.node = node
+        self.name = f"redis-{node}"
+
+    @property
+    def port(self) -> int:
+        return self.settings.redis_port + self.node - 1
+
+    @property
+    def bus_port(self) -> int:
+        return self.settings.redis_port + CLUSTER_NODES + self.node - 1
+
+    def ports(self) -> list[int]:
+        return [self.port, self.bus_port]
+
+    @property
+    def port_flags(self) -> str:
+        return "--redis-port"
+
+    def conf(self) -> dict[str, str]:
+        return {**super().conf(), "cluster-enabled": "yes", "cluster-port": str(self.bus_port),
+                "cluster-config-file": str(self.data_dir / "nodes.conf"),
+                "cluster-node-timeout": str(CLUSTER_NODE_TIMEOUT_MS)}

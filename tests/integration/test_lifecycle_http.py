@@ -335,7 +335,7 @@ def test_settle_closes_the_window_into_a_batch_per_merchant(pipeline: Settings,
     assert view["unsettled"] == []
     # The batch is the sum of the payments' own figures, as their records keep them.
     records = [ledger_store.decode_record(client.get(key)) for key in
-               client.scan_iter(match=f"paysim:pay:{{{RUN}:*", count=1000)]
+               client.scan_iter(match=f"paysim:pay:*:{RUN}:*", count=1000)]
     approved = [r for r in records if r.approved]
     assert batch["net"] == sum(r.merchant_net for r in approved)
     assert batch["gross"] == sum(r.captured for r in approved)

@@ -52,6 +52,20 @@ def test_explicit_services_replace_the_local_stack_addresses() -> None:
     assert settings.redis_url == "rediss://:secret@cache:6380/1"
 
 
+def test_a_cluster_url_or_the_local_cluster_switch_names_a_redis_cluster() -> None:
+    local = load_settings({"stack.redis_cluster": True, "stack.redis_port": 24000}, env={})
+    # Every node, so a client reaches the cluster whichever node is down.
+    assert local.redis_url == "redis+cluster://" + ",".join(
+        f"127.0.0.1:{port}" for port in range(24000, 24006))
+    from_env = load_settings(env={"PAYSIM_STACK_REDIS_CLUSTER": "yes"})
+    assert from_env.stack.redis_cluster is True
+    given = load_settings(env={"PAYSIM_REDIS_URL": "rediss+cluster://node-1:7000",
+                               "PAYSIM_STACK_REDIS_CLUSTER": "no"})
+    assert given.redis_url == "rediss+cluster://node-1:7000"
+    with pytest.raises(ConfigError, match="redis\\+cluster://"):
+        load_settings(env={"PAYSIM_REDIS_URL": "cluster://node-1:7000"})
+
+
 def test_kafka_client_properties_pass_through_from_file_and_env(tmp_path: Path) -> None:
     config = write_config(tmp_path, '[kafka.client]\n"security.protocol" = "SASL_SSL"\n'
                                     '"sasl.mechanism" = "PLAIN"\n')

@@ -26,7 +26,7 @@ from paysim.domain.messages import (
     PaymentRequested,
 )
 from paysim.infra.config import Settings
-from paysim.pipeline import ledger_store, store
+from paysim.pipeline import ledger_store, shard_store, store
 from paysim.pipeline.authorizer import Authorizer
 from paysim.pipeline.notifications import WebhookEvent, event_id
 from paysim.pipeline.notifier import Notifier
@@ -217,7 +217,11 @@ def test_the_ledgers_answers_become_outcomes_on_results_keyed_by_token() -> None
     [script] = client.scripts
     assert script.source == ledger_store.APPLY_LUA
     [(keys, args)] = script.calls
-    assert keys[0] == ledger_store.HOLDS_KEY and args[0] == 5678  # the ledger's TTL
+    # One call for every bucket on a single Redis: their holds sets, windows sets, then cards.
+    buckets = sorted({shard_store.bucket_of("run-a", item.token) for item in items})
+    assert keys[:2 * len(buckets)] == [*map(ledger_store.holds_key, buckets),
+                                       *map(ledger_store.windows_key, buckets)]
+    assert args[:2] == [5678, len(buckets)]  # the ledger's TTL
     for item in items:  # every card's book and every record, kept together
         assert ledger_store.card_key("run-a", item.token) in keys
         assert ledger_store.record_key("run-a", item.token, item.payment_id) in keys

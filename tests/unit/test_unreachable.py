@@ -63,6 +63,14 @@ def test_dead_kafka_and_redis_give_one_line_in_bounded_time(
     assert took < KAFKA_TIMEOUT_S + SLACK_S, f"took {took:.1f} s"
 
 
+def test_a_dead_redis_cluster_gives_one_line(dead_env: dict[str, str],
+                                             paysim_cli: PaysimCli) -> None:
+    # The cluster client asks the named node for the slots as it is made, not on first use.
+    dead_cluster = "redis+cluster://127.0.0.1:1"
+    result = paysim_cli("ps", env={**dead_env, "PAYSIM_REDIS_URL": dead_cluster})
+    assert_one_line_error(result, 1, f"Redis at {dead_cluster} does not answer")
+
+
 def test_the_kafka_timeout_is_a_checked_setting(dead_env: dict[str, str],
                                                 paysim_cli: PaysimCli) -> None:
     result = paysim_cli("topics", "ensure", env={**dead_env, "PAYSIM_KAFKA_TIMEOUT": "0"})
