@@ -89,7 +89,7 @@ def services_table(supervisor: Supervisor, beats: dict[str, store.Heartbeat],
               help="Leave this service's consumer group to an outside implementation "
               "(repeatable); `paysim ps` shows its lag; `paysim conformance processor` "
               "checks an external processor.")
-@with_settings("http.port", "http.host")
+@with_settings("http.port", "http.host", "services.first_instance")
 def run_all_command(settings: Settings, counts: dict[str, int], detach: bool,
                     no_live: bool, external: tuple[str, ...]) -> None:
     """Start the authorizer, processor, notifier, ledger and HTTP API as local processes.
@@ -161,7 +161,8 @@ def ps(ctx: click.Context, settings: Settings, as_json: bool) -> None:
         rows.append({"name": name, "state": "external", "pid": None, "processed": None,
                      "dead_letters": None, "lag": external_lag(settings, name),
                      "uptime_s": None, "metrics_url": None})
-    for name in sorted(set(registry.instance_names(counts, external)) | beats.keys()):
+    first = settings.services.first_instance
+    for name in sorted(set(registry.instance_names(counts, external, first)) | beats.keys()):
         beat = beats.get(name)
         rows.append({
             "name": name, "state": "up" if beat else "down",
@@ -222,4 +223,5 @@ def service(settings: Settings, name: str, instance: int) -> None:
     from paysim.edge.server import run_edge
 
     # The dashboard under /ui: two pages at once, so its streams keep to 2 of the 8 threads.
-    sys.exit(run_edge(settings, lambda stop: dashboard_app(settings, UI_STREAMS, stop)))
+    sys.exit(run_edge(settings, lambda stop: dashboard_app(settings, UI_STREAMS, stop),
+                      instance))

@@ -33,17 +33,17 @@ SHUTDOWN_GRACE_S = DELIVERY_TIMEOUT_S + 2  # an answer waiting on Kafka may fini
 
 
 def _heartbeat(client: redis.Redis, counters: Counters, stop: threading.Event,
-               metrics_url: str) -> None:
+               metrics_url: str, instance: int) -> None:
     while True:
         try:
-            store.write_heartbeat(client, HTTP.name, 0, processed=counters.answered,
+            store.write_heartbeat(client, HTTP.name, instance, processed=counters.answered,
                                   dead_letters=0, aborted_batches=0,
                                   started_at=counters.started_at, lag=0,
                                   metrics_url=metrics_url)
         except redis.RedisError as exc:
             log.warning("heartbeat not written: %s", exc)
         if stop.wait(store.HEARTBEAT_EVERY_S):
-            store.clear_heartbeat(client, HTTP.name, 0)
+            store.clear_heartbeat(client, HTTP.name, instance)
             return
 
 
@@ -54,9 +54,10 @@ def answers_on_loop(method: str, path: str) -> bool:
     return method in ("GET", "HEAD") and path == HEALTH_PATH
 
 
-def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None) -> None:
+def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None,
+          instance: int = 0) -> None:
     """Serve the HTTP API on settings.http.host:port until ``stop`` is set; ``ui`` makes the
-    WSGI app served under /ui, given ``stop``."""
+    WSGI app served under /ui, given ``stop``; ``instance`` names its heartbeat."""
     keys = load_keys(settings)
     ensure_topics(settings)
     host, port = settings.http.host, settings.http.port
@@ -90,9 +91,10 @@ def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None
             raise PaysimError(f"the HTTP API cannot listen on {host}:{port}: "
                               f"{exc.strerror or exc}") from None
         if metrics is not None:
-            endpoint = serve_metrics(settings, metrics.registry, metrics_offset(HTTP.name, 0))
+            endpoint = serve_metrics(settings, metrics.registry,
+                                     metrics_offset(HTTP.name, instance))
         heartbeat = threading.Thread(target=_heartbeat, args=(
-            client, counters, ended, endpoint.url if endpoint else ""),
+            client, counters, ended, endpoint.url if endpoint else "", instance),
             name="http-heartbeat", daemon=True)
         heartbeat.start()
         log.info("HTTP API listening on http://%s:%d", host, port)
@@ -114,6 +116,6 @@ def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None
         client.close()
 
 
-def run_edge(settings: Settings, ui: UiFactory | None = None) -> int:
+def run_edge(settings: Settings, ui: UiFactory | None = None, instance: int = 0) -> int:
     """The HTTP API as a service process (what `paysim service http` runs)."""
-    return run_process(HTTP.name, lambda stop: serve(settings, stop, ui))
+    return run_process(HTTP.name, lambda stop: serve(settings, stop, ui, instance))

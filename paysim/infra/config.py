@@ -276,6 +276,10 @@ OPTIONS: tuple[Option, ...] = (
            "seconds without a heartbeat after which run-all kills a service as stuck"),
     Option("services.dir", _path, lambda: _data_home() / "paysim" / "services",
            "where run-all keeps the services' logs and its pid record"),
+    Option("services.first_instance", _whole_number(0, 99), lambda: 0,
+           "the first instance number of each service this run-all starts: give each host's "
+           "run-all its own range (host 2 of 2 processors each: 2), so that instance names, "
+           "heartbeats and static group members stay unique", "--first-instance", "N"),
     Option("metrics.enabled", _switch, lambda: True,
            "serve Prometheus metrics from every service, the HTTP API and send"),
     Option("metrics.host", _text, lambda: "127.0.0.1", "address the metrics endpoints listen on"),
@@ -385,6 +389,7 @@ class ServiceSettings:
     batch_size: int
     stuck_after: float
     dir: Path
+    first_instance: int
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ def start_in_background(settings: Settings, counts: dict[str, int], argv: list[s
             env={**os.environ, **settings_env(settings)},
         )
     client = store.connect(settings, timeout=3.0)
-    wanted = set(registry.instance_names(counts, external))
+    wanted = set(registry.instance_names(counts, external, settings.services.first_instance))
 
     def all_up() -> bool:
         if process.poll() is not None:

@@ -69,9 +69,10 @@ class Supervisor:
     def __post_init__(self) -> None:
         logs = self.settings.services.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        first = self.settings.services.first_instance
         self.children = [Child(service, i, logs / f"{service}-{i}.log")
                          for service in registry.NAMES if service not in self.external
-                         for i in range(self.counts.get(service, 1))]
+                         for i in range(first, first + self.counts.get(service, 1))]
         self.env = {**os.environ, **settings_env(self.settings)}
 
     def start_all(self) -> None:

@@ -80,11 +80,13 @@ def by_name(name: str) -> ServiceSpec:
     raise ValueError(f"unknown service {name!r}; known: {', '.join(NAMES)}")
 
 
-def instance_names(counts: dict[str, int], external: tuple[str, ...] = ()) -> list[str]:
+def instance_names(counts: dict[str, int], external: tuple[str, ...] = (),
+                   first: int = 0) -> list[str]:
     """Every instance a run-all with these counts runs ("processor-0", ...); one by default,
-    none of the services left to an outside implementation (``external``)."""
+    numbered from ``first``, none of the services left to an outside implementation
+    (``external``)."""
     return [f"{spec.name}-{i}" for spec in ALL if spec.name not in external
-            for i in range(counts.get(spec.name, 1))]
+            for i in range(first, first + counts.get(spec.name, 1))]
 
 
 # What `run-all --external` may leave to an outside implementation: the consumers of a topic.
