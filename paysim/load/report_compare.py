@@ -22,6 +22,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError
+from paysim.infra.files import owner_only
 from paysim.load.report import SCHEMA, LatencyBlock, RunReport
 from paysim.pipeline.settlement_store import run_folder
 
@@ -105,9 +106,10 @@ def keep_report(settings: Settings, report: RunReport) -> Path:
     """Write ``report`` as report.json in the run's folder under lifecycle.runs_dir, where the
     dashboard's list of past runs finds it; OSError when it cannot be written."""
     folder = run_folder(settings, report.run_id)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "report.json"
-    path.write_text(json.dumps(report.to_dict()) + "\n", encoding="utf-8")
+    with owner_only():  # beside the run's clearing file: state, for its owner alone
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict()) + "\n", encoding="utf-8")
     return path
 
 

@@ -16,6 +16,7 @@ from redis.cluster import RedisCluster
 
 from paysim.domain.messages import OperationKind
 from paysim.infra.config import Settings
+from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, settlement_store, shard_store, store
 from paysim.stack.manager import LocalStack
 from paysim.stack.redis import CLUSTER_NODES
@@ -52,7 +53,13 @@ def test_the_stack_forms_a_cluster_of_three_primaries_with_a_replica_each(
         assert isinstance(client, RedisCluster)
         info = client.cluster_info()
         assert info["cluster_state"] == "ok" and int(info["cluster_known_nodes"]) == 6
-        assert len(client.get_primaries()) == 3 and len(client.get_replicas()) == 3
+
+        def roles() -> tuple[int, int]:
+            # A replica shows in the slot map once it has synced: read the map again.
+            client.nodes_manager.initialize()
+            return len(client.get_primaries()), len(client.get_replicas())
+
+        assert wait_until(lambda: roles() == (3, 3), timeout=30), roles()
     finally:
         client.close()
 
