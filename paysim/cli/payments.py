@@ -319,6 +319,11 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
             coordinated = run_distributed(settings, request, workers, local_workers, progress,
                                           interrupt)
             report, dead = coordinated.report, coordinated.dead
+            if record and coordinated.record_parts_away:
+                err_console.print(
+                    "the record file holds this host's generators' payments; share(s) "
+                    f"{', '.join(map(str, coordinated.record_parts_away))} wrote theirs on "
+                    f"their own hosts ({safe(record)}.part<share>)", soft_wrap=True)
         else:
             report = run_load(settings, request, progress, interrupt)
     write_outputs(report, out, html)

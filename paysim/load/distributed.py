@@ -17,6 +17,7 @@ scheduled count, never silently dropped.
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import socket
@@ -31,6 +32,7 @@ import redis
 from paysim.domain.messages import now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError, PaysimError
+from paysim.infra.files import writing
 from paysim.load import metrics_wire
 from paysim.load.ingress import new_run_id
 from paysim.load.metrics_wire import MetricsWire
@@ -115,6 +117,9 @@ class Coordinated:
 
     report: RunReport
     dead: list[int]  # shares whose generator died before handing in
+    # With --record: the shares whose part of the record file is not on this host (their
+    # generator ran elsewhere, or died before writing it); the rest are merged.
+    record_parts_away: list[int] = dataclasses.field(default_factory=list)
 
 
 def run_distributed(settings: Settings, request: SendRequest, workers: int,
@@ -128,9 +133,9 @@ def run_distributed(settings: Settings, request: SendRequest, workers: int,
     if not 1 <= workers <= 64 or not 0 <= local <= workers:
         raise ConfigError(f"--workers: expected 1 to 64 generators with --local-workers from "
                           f"0 to --workers, got {workers} and {local}")
-    if request.replay or request.record or request.target.given():
-        raise ConfigError("--replay, --record, --target and --to-topic send from one "
-                          "generator: drop --workers")
+    if request.replay or request.target.given():
+        raise ConfigError("--replay, --target and --to-topic send from one generator: drop "
+                          "--workers")
     planned = plan_run(settings, request)  # every mistake named before anything starts
     scenario_text = Path(request.scenario).read_text() if request.scenario else None
     run_id = new_run_id()
@@ -154,8 +159,9 @@ def run_distributed(settings: Settings, request: SendRequest, workers: int,
             process.join(5)
             if process.is_alive():
                 process.kill()
+    away = merge_record(Path(request.record), workers) if request.record else []
     return Coordinated(_merged_report(planned, run_id, start_at, handed, dead, workers),
-                       sorted(dead))
+                       sorted(dead), away)
 
 
 def _announce(client: redis.Redis, announcement: Announcement) -> None:
@@ -299,6 +305,41 @@ def _merged_report(planned: PlannedRun, run_id: str, start_at: int, handed: dict
     return msgspec.structs.replace(report, outcomes=outcomes, workers=rows)
 
 
+def record_part(record: str | Path, share: int) -> Path:
+    return Path(f"{record}.part{share}")
+
+
+def merge_record(record: Path, workers: int) -> list[int]:
+    """The generators' parts of a --record file (those on this host) as one file, payments
+    in order of their intended time, as one generator would have written it; the parts
+    merged are removed. The shares whose part is not here."""
+    header: str | None = None
+    lines: list[tuple[float, int, str]] = []
+    away, merged = [], []
+    for share in range(workers):
+        part = record_part(record, share)
+        try:
+            text = part.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            away.append(share)
+            continue
+        merged.append(part)
+        if text:
+            header = header or text[0]
+        for line in text[1:]:
+            if line.strip():
+                entry = json.loads(line)
+                lines.append((float(entry["offset_s"]), int(entry["seq"]), line))
+    if header is None:
+        return away
+    with writing("the record file", record):
+        record.write_text("\n".join([header, *(line for _, _, line in sorted(lines))]) + "\n",
+                          encoding="utf-8")
+    for part in merged:
+        part.unlink()
+    return away
+
+
 # ------------------------------------------------------------------------------ worker
 
 
@@ -353,6 +394,9 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
     host, pid = socket.gethostname(), os.getpid()
     with tempfile.TemporaryDirectory(prefix="paysim-worker-") as folder:
         request = announcement.request
+        if request.record:  # each generator its own part; the coordinator merges them
+            request = dataclasses.replace(request, record=str(record_part(request.record,
+                                                                          share)))
         if announcement.scenario_text is not None:
             path = Path(folder) / "scenario.toml"
             path.write_text(announcement.scenario_text)

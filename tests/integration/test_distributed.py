@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,16 @@ from paysim.infra.waiting import wait_until
 from paysim.load import distributed
 from paysim.load.distributed import Coordinated, run_distributed, run_worker
 from paysim.load.plan import SendRequest
+from paysim.load.replay import read_record
+from paysim.load.schedule import Profile
 from paysim.pipeline import store
 from tests.integration.test_lifecycle_load import assert_audit_clean
 
 
-def test_two_generators_send_one_schedule_with_one_merged_report(pipeline: Settings) -> None:
-    request = SendRequest(rate=100, count=300, seed=71, timeout=60)
+def test_two_generators_send_one_schedule_with_one_merged_report(pipeline: Settings,
+                                                                 tmp_path: Path) -> None:
+    record = tmp_path / "run.jsonl"
+    request = SendRequest(rate=100, count=300, seed=71, timeout=60, record=str(record))
     coordinated = run_distributed(pipeline, request, workers=2)
 
     report = coordinated.report
@@ -37,6 +42,13 @@ def test_two_generators_send_one_schedule_with_one_merged_report(pipeline: Setti
     # One run: the pipeline saw every payment once, under the run's one id.
     assert sum(s.sent for s in report.timeline) == 300
     assert_audit_clean(pipeline, report.run_id)
+    # The merged record file is the one schedule: every payment once, at the intended times
+    # one generator would have used (100/s: 10 ms apart).
+    _, recorded = read_record(record)
+    assert [payment.seq for payment, _ in recorded] == list(range(300))
+    assert [round(offset, 6) for _, offset in recorded] == [
+        round(offset, 6) for offset in islice(Profile.constant(100, 3).offsets(), 300)]
+    assert coordinated.record_parts_away == []
 
 
 def test_a_generator_on_another_host_joins_with_paysim_worker(pipeline: Settings,

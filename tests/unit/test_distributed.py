@@ -3,6 +3,7 @@ generators' measurements into the figures one generator would have made."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -11,7 +12,7 @@ from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
 from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.load import metrics_wire
-from paysim.load.distributed import run_distributed
+from paysim.load.distributed import merge_record, record_part, run_distributed
 from paysim.load.metrics import OperationMetrics, RunMetrics
 from paysim.load.plan import SendRequest
 from paysim.load.report import RunInfo, build_report
@@ -71,7 +72,6 @@ def test_merged_generators_measure_what_one_generator_would() -> None:
     (SendRequest(count=10), 0, None, "--workers: expected 1 to 64"),
     (SendRequest(count=10), 2, 3, "--local-workers from 0 to --workers"),
     (SendRequest(count=10, replay="run.jsonl"), 2, None, "drop --workers"),
-    (SendRequest(count=10, record="run.jsonl"), 2, None, "drop --workers"),
     (SendRequest(count=10, target=TargetFlags(url="http://127.0.0.1:9/pay")), 2, None,
      "drop --workers"),
     (SendRequest(rate=float("nan"), count=10), 2, None, "--rate"),
@@ -81,3 +81,17 @@ def test_a_distributed_run_names_a_bad_request_before_it_starts(
     settings = load_settings({"redis.url": "redis://127.0.0.1:1/0"}, env={})
     with pytest.raises(ConfigError, match=fragment.replace("-", r"\-")):
         run_distributed(settings, request_, workers, local)
+
+
+def test_the_record_parts_merge_into_one_file_in_intended_order(tmp_path) -> None:
+    record = tmp_path / "run.jsonl"
+    header = json.dumps({"paysim_record": 1, "run_id": "r", "seed": 1, "scenario": None})
+    for share in (0, 1):  # share 2 ran on another host: its part is not here
+        lines = [header] + [json.dumps({"seq": seq, "offset_s": seq / 100})
+                            for seq in range(share, 9, 3)]
+        record_part(record, share).write_text("\n".join(lines) + "\n")
+    assert merge_record(record, 3) == [2]
+    merged = record.read_text().splitlines()
+    assert merged[0] == header
+    assert [json.loads(line)["seq"] for line in merged[1:]] == [0, 1, 3, 4, 6, 7]
+    assert not record_part(record, 0).exists() and not record_part(record, 1).exists()
