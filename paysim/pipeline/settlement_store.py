@@ -40,7 +40,7 @@ from paysim.domain.messages import encode, now_us
 from paysim.domain.settlement import Batch, Movement
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
-from paysim.infra.files import writing
+from paysim.infra.files import owner_only, writing
 from paysim.infra.kafka import client_config, produce
 from paysim.pipeline import ledger_store, shard_store, store
 from paysim.pipeline.run_rates import RunRates
@@ -204,7 +204,8 @@ CLEARING_COLUMNS = ("batch_id", "payment_id", "operation", "event", "at", "merch
 def append_clearing(settings: Settings, closed: Closed) -> Path:
     """The closed batches' movements, one row each, added to the run's clearing file."""
     path = run_folder(settings, closed.run_id) / "clearing.csv"
-    with writing("the clearing file", path):
+    # Owner only, from `paysim settle` too (the services already run under a private umask).
+    with writing("the clearing file", path), owner_only():
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
         with path.open("a", newline="", encoding="utf-8") as out:
