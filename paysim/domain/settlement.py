@@ -82,9 +82,15 @@ def movement(change: Change, deltas: dict[ledger.Line, int] | None = None) -> Mo
                     net=net)
 
 
+def window_width(window_s: float) -> int:
+    """A settlement window's length in whole seconds (at least one): what windows start at
+    and end by."""
+    return max(1, round(window_s))
+
+
 def window_of(at_us: int, window_s: float) -> int:
     """The settlement window a time falls in: its start, in Unix seconds."""
-    width = max(1, round(window_s))
+    width = window_width(window_s)
     return at_us // 1_000_000 // width * width
 
 
@@ -119,7 +125,7 @@ def batch_id(run_id: str, window_start: int, merchant_id: str, currency: str) ->
 def batches(run_id: str, window_start: int, window_s: float,
             totals: dict[tuple[str, str], dict[str, int]], closed_at: int) -> list[Batch]:
     """A closed window's batches from its totals per (merchant, currency)."""
-    end = window_start + max(1, round(window_s))
+    end = window_start + window_width(window_s)
     return [Batch(batch_id=batch_id(run_id, window_start, merchant, currency), run_id=run_id,
                   merchant_id=merchant, currency=currency, window_start=window_start,
                   window_end=end, closed_at=closed_at, **sums)

@@ -229,8 +229,8 @@ def _follow(client: redis.Redis, run_id: str, workers: int,
             if k in handed or k in dead:
                 continue
             beat = beats.get(k)
-            if beat is None or now - beat.at_us > DEAD_AFTER_S * 1e6 or _exited(beat,
-                                                                               processes):
+            silent = beat is None or now - beat.at_us > DEAD_AFTER_S * 1e6
+            if silent or _exited(beat, processes):
                 # One more look: it may have handed in between the two reads.
                 if client.exists(result_key(run_id, k)):
                     continue
@@ -252,8 +252,7 @@ def _exited(beat: Beat, processes: list[multiprocessing.process.BaseProcess]) ->
         beat.host == socket.gethostname()
 
 
-def _tick(beats: dict[int, Beat], start_at: int,
-          planned: PlannedRun) -> Tick:
+def _tick(beats: dict[int, Beat], start_at: int, planned: PlannedRun) -> Tick:
     sent = sum(beat.sent for beat in beats.values())
     completed = sum(beat.completed for beat in beats.values())
     # The live p99 is the worst generator's (the report merges their histograms).

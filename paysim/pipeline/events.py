@@ -3,9 +3,11 @@ as webhooks): shared by the processor (authorizations) and the ledger service (t
 
 from __future__ import annotations
 
-from paysim.domain.lifecycle import Change, EventRecord, PaymentRecord
+import redis
+
+from paysim.domain.lifecycle import Change, EventKind, EventRecord, PaymentRecord
 from paysim.domain.messages import PaymentEvent, encode
-from paysim.pipeline.notifications import event_id
+from paysim.pipeline.notifications import event_id, queue_event_webhook
 from paysim.pipeline.service import Output
 
 
@@ -17,6 +19,18 @@ def event_message(record: PaymentRecord, event: EventRecord) -> PaymentEvent:
         op_id=event.op_id, amount=event.amount, currency=record.currency,
         merchant_id=record.merchant_id, network=record.network, mti=event.mti,
         state=record.state, at=event.at)
+
+
+def queue_event_webhooks(pipe: redis.client.Pipeline, change: Change,
+                         skip: frozenset[EventKind] = frozenset()) -> None:
+    """Each event of a step decided now (not a replayed one) as a webhook to the payment's
+    callback URL, when it has one; ``skip``: kinds the client hears of another way."""
+    url = change.record.callback_url
+    if not url or not change.changed:
+        return
+    for event in change.events:
+        if event.kind not in skip:
+            queue_event_webhook(pipe, url, event_message(change.record, event))
 
 
 def event_outputs(topic: str, change: Change) -> list[Output]:

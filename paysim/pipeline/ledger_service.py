@@ -15,9 +15,8 @@ from paysim.domain.lifecycle import Change, PaymentRecord
 from paysim.domain.messages import Codec, OperationRequested, now_us
 from paysim.infra.config import Settings
 from paysim.pipeline import store
-from paysim.pipeline.events import event_message, event_outputs
+from paysim.pipeline.events import event_outputs, queue_event_webhooks
 from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
-from paysim.pipeline.notifications import queue_event_webhook
 from paysim.pipeline.run_rates import RunRates
 from paysim.pipeline.service import Output, Service, ServiceSpec
 
@@ -73,10 +72,7 @@ class LedgerService(Service[OperationRequested]):
         if stream not in self._streams_renewed:  # once per run and batch is enough
             self._streams_renewed.add(stream)
             pipe.expire(stream, self.settings.redis.outcome_ttl)
-        url = change.record.callback_url
-        if url and change.changed:
-            for event in change.events:
-                queue_event_webhook(pipe, url, event_message(change.record, event))
+        queue_event_webhooks(pipe, change)
         return event_outputs(self.settings.topics.events, change)
 
 

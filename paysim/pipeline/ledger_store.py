@@ -293,7 +293,7 @@ class LedgerStore:
         args: list[object] = [self.ttl, len(buckets)]
         for card, snapshot, write in writes:
             bucket = bucket_of(card.run_id, card.token)
-            width = max(1, round(write.window_s))
+            width = settlement.window_width(write.window_s)
             docs = [*(_encode(record) for record in write.records.values()),
                     *(_encode(answer) for answer in write.answers.values())]
             keys.append(card_key(card.run_id, card.token))

@@ -22,9 +22,8 @@ from paysim.domain.messages import (
 )
 from paysim.infra.config import Settings
 from paysim.pipeline import store
-from paysim.pipeline.events import event_message, event_outputs
+from paysim.pipeline.events import event_outputs, queue_event_webhooks
 from paysim.pipeline.ledger_store import CardRef, CardSnapshot, CardWrite, LedgerStore
-from paysim.pipeline.notifications import queue_event_webhook
 from paysim.pipeline.run_rates import RunRates
 from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 
@@ -33,6 +32,10 @@ def issuer_identity(item: PaymentAuthorized) -> tuple[object, ...]:
     # What fixes the issuer's random answers: the same generated payment (same --seed) gets
     # the same answer in every run, whatever its payment id.
     return (item.token, item.amount, item.currency, item.merchant.id, item.seq)
+
+
+# What the notifier's payment.approved already tells the client.
+AUTHORIZATION = frozenset({EventKind.AUTHORIZED})
 
 
 class Processor(Service[PaymentAuthorized]):
@@ -130,11 +133,7 @@ class Processor(Service[PaymentAuthorized]):
         outputs = [Output(self.settings.topics.results, item.token, encode(outcome))]
         if change is not None:
             outputs += event_outputs(self.settings.topics.events, change)
-            if item.callback_url and change.changed:
-                # The authorization reaches the client as the notifier's payment.approved;
-                # what came with it (an automatic capture) as an event webhook of its own.
-                for event in change.events:
-                    if event.kind != EventKind.AUTHORIZED:
-                        queue_event_webhook(pipe, item.callback_url,
-                                            event_message(change.record, event))
+            # The authorization reaches the client as the notifier's payment.approved; what
+            # came with it (an automatic capture) as an event webhook of its own.
+            queue_event_webhooks(pipe, change, skip=AUTHORIZATION)
         return outputs
