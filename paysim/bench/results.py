@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from paysim.bench.capacity import Machine, capacity_figures
 from paysim.bench.http import HttpFigures
 from paysim.bench.phases import PhaseFigures
 from paysim.bench.resources import Usage
@@ -92,7 +93,8 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                   rss_at_start: dict[str, int | None] | None = None,
                   lifecycle: PhaseFigures | None = None,
                   metrics: bool = True, http: HttpFigures | None = None,
-                  tracing: dict[str, Any] | None = None) -> dict[str, Any]:
+                  tracing: dict[str, Any] | None = None,
+                  projected: list[Machine] | None = None) -> dict[str, Any]:
     burst = saturation.as_dict()
     producer_rate = reference["producer"]["records_per_s"]
     burst["ratio_to_kafka_producer"] = (round(saturation.throughput_per_s / producer_rate, 4)
@@ -108,4 +110,9 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
         "lifecycle": lifecycle.as_dict() if lifecycle else None, "open_model": rates,
         "resources": resources, "http": edge,
         "targets": [t.as_dict() for t in targets(burst, rates, resources, edge)],
+        # From the saturation run's CPU per payment (capacity.py): a projection, not a figure.
+        "capacity": capacity_figures(
+            {name: figures["cpu_s_per_1000"] for name, figures in resources.items()},
+            projected, saturation.throughput_per_s, machine.get("cores"))
+        if projected else None,
     }

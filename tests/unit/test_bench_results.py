@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console
 
+from paysim.bench.capacity import Projected
 from paysim.bench.http import KEPT_UP_S, HttpFigures, figures_from_wrk, parse_wrk
 from paysim.bench.phases import PhaseFigures, figures_from_report
 from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
@@ -108,6 +109,18 @@ def test_figures_from_a_send_report() -> None:
     assert figures.latency["end_to_end"] == {"p50_ms": 1.0, "p99_ms": 3.0, "p99_9_ms": 4.0,
                                              "max_ms": 5.0}
     assert set(figures.latency) == {"end_to_end", "authorizer"}
+
+
+def test_results_carry_the_capacity_projection_when_asked() -> None:
+    assert results()["capacity"] is None
+    projected = results(projected=Projected(cores=(2,), primaries=(1,)).machines(6))["capacity"]
+    assert [c["name"] for c in projected["components"]] == [
+        "authorizer", "processor", "notifier", "broker"]  # the usage() figures below
+    [machine] = projected["machines"]
+    assert (machine["cores"], machine["partitions"], machine["primaries"]) == (2, 6, 1)
+    # 0.025 + 0.025 + 0.025 + 0.025 s per 1,000 (5 s each over 200,000): 2 cores / 0.1 ms
+    assert machine["shared_per_s"] == 20_000.0 and machine["bottleneck"] == "all cores"
+    assert projected["measured"] == {"cores": 2, "payments_per_s": 6000.0, "cores_busy": 0.6}
 
 
 def test_targets_met_and_missed() -> None:
