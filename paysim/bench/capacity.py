@@ -171,19 +171,26 @@ class Projected:
                 for c in self.cores]
 
 
+@dataclass(frozen=True)
+class Measured:
+    """The run the CPU figures come from."""
+
+    cores: int | None  # the measuring machine's
+    partitions: int  # its topics.partitions
+    payments_per_s: float  # at saturation
+
+
 def capacity_figures(cpu_s_per_1000: Mapping[str, float | None],
-                     projected: Iterable[Machine], measured_per_s: float,
-                     machine_cores: int | None) -> dict[str, Any]:
+                     projected: Iterable[Machine], measured: Measured) -> dict[str, Any]:
     """results.json's "capacity": the measured inputs, each component's rate per core, the
     projection for each machine, and the check against the run itself: the cores the measured
     rate kept busy by the same figures (on a machine that was paysim's alone, close to all of
     them; far fewer when other work shared it or something other than CPU held it back)."""
     components = components_from(cpu_s_per_1000)
+    busy = measured.payments_per_s * sum(c.cpu_s_per_payment for c in components)
     return {
         "basis": BASIS,
-        "measured": {"cores": machine_cores, "payments_per_s": measured_per_s,
-                     "cores_busy": round(measured_per_s * sum(c.cpu_s_per_payment
-                                                              for c in components), 2)},
+        "measured": {**asdict(measured), "cores_busy": round(busy, 2)},
         "components": [{"name": c.name, "cpu_s_per_1000": c.cpu_s_per_1000,
                         "per_core_per_s": _finite(c.per_core_per_s),
                         "scaling": c.scaling.value} for c in components],

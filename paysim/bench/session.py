@@ -135,7 +135,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
         started=started, quick=options.quick, machine=facts, reference=kafka_reference,
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
         rss_at_start=at_start, lifecycle=mix, metrics=options.metrics, http=edge,
-        tracing=spans, projected=options.projected.machines(settings.topics.partitions),
+        tracing=spans, projected=options.projected, partitions=settings.topics.partitions,
     )
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from paysim.bench.capacity import Projected, Scaling
 from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
+from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.infra.files import writing
 from paysim.load.schedule import MAX_RATE, parse_duration
@@ -59,6 +60,9 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
               help="Redis primaries in the projection (repeatable). [default: 1 3]")
 @click.option("--project-workers", type=click.IntRange(1, 4096),
               help="`send --workers` in the projection. [default: one per core]")
+@click.option("--project-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run nothing: print the capacity projection of a saved results.json (for "
+              "other --project-* figures).")
 @click.option("--trace-ratio", type=FiniteFloatRange(0, 1),
               help="Trace this share of the payments (0.1: one in ten) in the generator and "
               "the services, exported over OTLP/HTTP to a receiver on 127.0.0.1 that counts "
@@ -68,7 +72,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
           http_duration: str | None, seed: int, out: Path, metrics: bool,
           trace_ratio: float | None, project_cores: tuple[int, ...],
           project_partitions: int | None, project_primaries: tuple[int, ...],
-          project_workers: int | None) -> None:
+          project_workers: int | None, project_from: Path | None) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
@@ -76,6 +80,13 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     at saturation, then open-model runs at fixed rates, then wrk against the HTTP API's
     POST /authorize; samples each process's memory and CPU. Prints one table and writes the
     results as JSON."""
+    projected = Projected(cores=project_cores or Projected.cores,
+                          partitions=project_partitions,
+                          primaries=project_primaries or Projected.primaries,
+                          workers=project_workers)
+    if project_from is not None:
+        _print_projection(project_from, projected)
+        return
     # Imported here: the benchmark's modules would add 0.13 s to every other command's start.
     from paysim.bench.session import BenchOptions, run_benchmark
 
@@ -85,11 +96,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
                       duration_s=_duration(duration) or options.duration_s, metrics=metrics,
                       http_duration_s=_duration(http_duration, "--http-duration")
                       or options.http_duration_s, trace_ratio=trace_ratio,
-                      projected=Projected(
-                          cores=project_cores or Projected.cores,
-                          partitions=project_partitions,
-                          primaries=project_primaries or Projected.primaries,
-                          workers=project_workers))
+                      projected=projected)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +109,23 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     if results["capacity"]:
         wide.print(capacity_table(results["capacity"]))
     console.print(f"results written to {safe(out)}")
+
+
+def _print_projection(saved: Path, projected: Projected) -> None:
+    """`bench --project-from`: a saved run's projection, for other machines."""
+    from paysim.bench.results import reprojected
+
+    try:
+        data = saved.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"--project-from: cannot read {saved}: {error.strerror}") from None
+    try:
+        # A file from before the model has no partitions: the benchmark's own default then.
+        capacity = reprojected(data, projected, load_settings({}, env={}).topics.partitions)
+    except ValueError as error:
+        raise ConfigError(f"--project-from {saved}: {error}") from None
+    Console(highlight=False, emoji=False, width=max(console.width, 160)).print(
+        capacity_table(capacity))
 
 
 def _ms(block: dict[str, float]) -> str:

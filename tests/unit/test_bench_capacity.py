@@ -14,6 +14,7 @@ from paysim.bench.capacity import (
     CORES,
     Component,
     Machine,
+    Measured,
     Projected,
     Scaling,
     capacity_figures,
@@ -92,11 +93,13 @@ def test_the_projected_machines_and_what_results_json_keeps() -> None:
         (2, 1, 6), (8, 1, 6), (32, 1, 6), (2, 3, 6), (8, 3, 6), (32, 3, 6)]
     assert Projected(partitions=12).machines(6)[0].partitions == 12
 
-    kept = capacity_figures({**MEASURED, "ledger": 0.0, "gone": None}, machines, 6000.0, 2)
+    kept = capacity_figures({**MEASURED, "ledger": 0.0, "gone": None}, machines,
+                            Measured(2, 6, 6000.0))
     json.dumps(kept, allow_nan=False)  # no infinity in results.json
     assert kept["basis"] == BASIS
     # 6,000/s x 0.25 ms of CPU per payment: the run kept 1.5 of its 2 cores busy.
-    assert kept["measured"] == {"cores": 2, "payments_per_s": 6000.0, "cores_busy": 1.5}
+    assert kept["measured"] == {"cores": 2, "partitions": 6, "payments_per_s": 6000.0,
+                                "cores_busy": 1.5}
     assert [c["name"] for c in kept["components"]][-1] == "ledger"  # "gone": no figure
     assert kept["components"][0] == {"name": "authorizer", "cpu_s_per_1000": 0.025,
                                      "per_core_per_s": 40_000.0,
@@ -109,7 +112,8 @@ def test_the_projected_machines_and_what_results_json_keeps() -> None:
 
 
 def test_the_table_is_labelled_a_projection_with_a_column_per_machine() -> None:
-    kept = capacity_figures(MEASURED, Projected().machines(run_partitions=6), 6000.0, 2)
+    kept = capacity_figures(MEASURED, Projected().machines(run_partitions=6),
+                            Measured(2, 6, 6000.0))
     out = io.StringIO()
     Console(file=out, width=160).print(capacity_table(kept))
     text = out.getvalue()
