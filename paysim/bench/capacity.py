@@ -199,5 +199,6 @@ def capacity_figures(cpu_s_per_1000: Mapping[str, float | None],
 
 
 def _finite(value: float) -> float | None:
-    """JSON has no infinity: None for a rate nothing limits."""
-    return round(value, 1) if math.isfinite(value) else None
+    """Whole payments/s (rounded once, so the table shows what results.json holds); JSON has
+    no infinity: None for a rate nothing limits."""
+    return float(round(value)) if math.isfinite(value) else None
