@@ -78,8 +78,8 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
     Kafka's producer and consumer perf tools with paysim-sized records, then paysim end to end
     at saturation, then open-model runs at fixed rates, then wrk against the HTTP API's
-    POST /authorize; samples each process's memory and CPU. Prints one table and writes the
-    results as JSON."""
+    POST /authorize; samples each process's memory and CPU. Prints the measured table, then a
+    capacity projection from the CPU each process spent, and writes the results as JSON."""
     projected = Projected(cores=project_cores or Projected.cores,
                           partitions=project_partitions,
                           primaries=project_primaries or Projected.primaries,
@@ -139,7 +139,7 @@ def _mib(value: float | None) -> str:
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """The one table bench/run prints."""
+    """The table of measured figures bench/run prints."""
     title = "paysim benchmark" + (" (--quick: smaller than the targets ask)"
                                   if results["quick"] else "")
     table = Table(title=title)
@@ -238,7 +238,8 @@ def capacity_table(capacity: dict[str, Any]) -> Table:
                   "by these figures (the projection counts every core as paysim's).",
                   caption_justify="left")
     table.add_column("", no_wrap=True)
-    for name in (*names, "cores allow", "projected", "saturates first"):
+    # Names are a saved file's keys with --project-from: printed literally.
+    for name in (*map(safe, names), "cores allow", "projected", "saturates first"):
         table.add_column(name, justify="right", no_wrap=True)
     by_name = {component["name"]: component for component in capacity["components"]}
     table.add_row("CPU s/1k (measured)",
@@ -254,7 +255,7 @@ def capacity_table(capacity: dict[str, Any]) -> Table:
                       f"{'primary' if primaries == 1 else 'primaries'}",
                       *(_rate(machine["components"][name]["ceiling_per_s"]) for name in names),
                       _rate(machine["shared_per_s"]), _rate(machine["projected_per_s"]),
-                      machine["bottleneck"])
+                      safe(machine["bottleneck"]))
     return table
 
 

@@ -127,3 +127,10 @@ def test_the_table_is_labelled_a_projection_with_a_column_per_machine() -> None:
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
     assert rows["8 cores, 1 primary"].rstrip("│ ").endswith("redis")
     assert rows["8 cores, 3 primaries"].rstrip("│ ").endswith("all cores")
+
+
+def test_a_saved_file_s_names_are_printed_literally() -> None:
+    kept = capacity_figures({"[red]x\x1b": 0.5}, [Machine(2, 6, 1)], Measured(2, 6, 100.0))
+    out = io.StringIO()
+    Console(file=out, width=160).print(capacity_table(kept))
+    assert out.getvalue().count("[red]x\\x1b") == 2  # its column and what saturates first
