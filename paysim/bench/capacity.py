@@ -114,9 +114,9 @@ class Projection:
     ceilings: tuple[Ceiling, ...]
 
     @property
-    def busiest(self) -> str:
-        """The component that takes the largest share of the cores."""
-        return max(self.ceilings, key=lambda c: c.cores_used).name
+    def busiest(self) -> str | None:
+        """The component that takes the largest share of the cores (None without any)."""
+        return max(self.ceilings, key=lambda c: c.cores_used).name if self.ceilings else None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self.machine), "shared_per_s": _finite(self.shared_per_s),

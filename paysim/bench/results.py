@@ -163,6 +163,8 @@ def reprojected(saved: bytes, projected: Projected, default_partitions: int) -> 
         run = msgspec.json.decode(saved, type=SavedRun)
     except msgspec.DecodeError as error:
         raise ValueError(f"not a benchmark's results.json: {error}") from None
+    if not any(usage.cpu_s_per_1000 for usage in run.resources.values()):
+        raise ValueError("no process's CPU seconds per 1,000 payments in it")
     measured = run.capacity.measured if run.capacity else None
     partitions = (measured.partitions if measured else None) or default_partitions
     return capacity_figures(

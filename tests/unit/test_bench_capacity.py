@@ -52,6 +52,8 @@ def test_payments_per_core_is_the_inverse_of_cpu_per_payment() -> None:
     assert per_core == {"authorizer": 40_000, "processor": 20_000, "notifier": 40_000,
                         "redis": 20_000, "broker": 25_000, "generator": 16_667}
     assert Component("ledger", 0.0, Scaling.PARTITIONS).per_core_per_s == math.inf
+    nothing = project([], Machine(2, 6, 1))  # no figures: nothing to name, no error
+    assert nothing.bottleneck == CORES and nothing.busiest is None
 
 
 def test_two_cores_run_out_before_any_component_reaches_its_limit() -> None:
