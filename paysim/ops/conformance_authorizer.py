@@ -85,6 +85,7 @@ class PassedOn(Expectation):
     test_reason: str | None
     pan: str  # to check that it appears nowhere in the record
     code: str = "passed on"
+    roles: tuple[str, ...] = ("authorized",)  # its results record is the processor's
 
     def judge(self, payment_id: str, sent: bytes, observed: Observed) -> tuple[list[str], str]:
         outputs = observed.outputs(payment_id, "authorized")
@@ -127,6 +128,7 @@ class DeclinedAtEdge(Expectation):
     code: str
     masked_pan: str | None
     network: str
+    roles: tuple[str, ...] = ("authorized", "results")
 
     def judge(self, payment_id: str, sent: bytes, observed: Observed) -> tuple[list[str], str]:
         outputs = observed.outputs(payment_id, "results")

@@ -55,6 +55,7 @@ class Expectation(ABC):
     """What one payment must come to, and how to tell from what was read back."""
 
     code: str  # the reason code it holds the candidate to (the suites' coverage)
+    roles: tuple[str, ...] = ("results",)  # the output topics it judges (topics.<role>)
 
     @abstractmethod
     def judge(self, payment_id: str, sent: bytes, observed: Observed) -> tuple[list[str], str]:
@@ -182,6 +183,15 @@ class Suite:
     issuers: dict[str, IssuerRates] = field(default_factory=dict)
     outputs: tuple[str, ...] = ("results",)
     withhold_original: bool = False
+
+
+    def roles_of(self, payment_id: str) -> tuple[str, ...]:
+        """The output topics the candidate answers this payment on (all: no expectation)."""
+        for case in self.cases:
+            if payment_id in case.expects:
+                expect = case.expects[payment_id]
+                return self.outputs if expect is None else expect.roles
+        return self.outputs
 
 
 # run id, the keys the candidate shares with paysim (card and token keys) -> the suite
@@ -414,8 +424,12 @@ def outside_transactions(outputs: list[Output], observed: Observed) -> list[Outp
     return alone
 
 
-def judge_transactions(observed: Observed) -> Verdict:
-    outputs = [o for found in observed.results.values() for o in found] + observed.dead_letters
+def judge_transactions(observed: Observed, suite: Suite | None = None) -> Verdict:
+    """Every output the candidate wrote is in a committed transaction. With ``suite``, a
+    payment's outputs are those on the topics its expectation judges (a passed-on payment's
+    results record is the processor's, not the authorizer's candidate's)."""
+    outputs = [o for pid, found in observed.results.items() for o in found
+               if suite is None or o.role in suite.roles_of(pid)] + observed.dead_letters
     alone = outside_transactions(outputs, observed)
     if not outputs:
         return Verdict("outputs only in committed transactions", False, "no outputs to judge")
@@ -437,5 +451,5 @@ def judge(suite: Suite, sent: dict[str, list[Sent]], observed: Observed,
         poisoned = [s for s in sent[case.name] if case.dead_letters]
         verdicts.append(judge_case(case, poisoned, observed, input_topic, service,
                                    suite.withhold_original))
-    verdicts.append(judge_transactions(observed))
+    verdicts.append(judge_transactions(observed, suite))
     return verdicts

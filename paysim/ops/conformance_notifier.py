@@ -58,6 +58,7 @@ class Notified(Expectation):
 
     status: str
     code: str
+    roles: tuple[str, ...] = ("notifications",)
 
     def judge(self, payment_id: str, sent: bytes, observed: Observed) -> tuple[list[str], str]:
         outcome = msgspec.json.decode(sent, type=PaymentOutcome)
