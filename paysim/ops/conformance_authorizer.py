@@ -96,7 +96,7 @@ class PassedOn(Expectation):
         problems += first_problem(outputs, lambda output: self._check(output, request))
         # No seed key to check: the issuer (the processor) writes it for this payment.
         test = f", test_reason {self.test_reason}" if self.test_reason else ""
-        return problems, f"{self.network} {self.masked_pan}{test}: {records(outputs)}"
+        return problems, f"{self.network}{test}: {records(outputs)}"
 
     def _check(self, output: Output, sent: PaymentRequested) -> str | None:
         where = f"authorized record at {output.partition}/{output.offset}"
@@ -131,16 +131,16 @@ class DeclinedAtEdge(Expectation):
     roles: tuple[str, ...] = ("authorized", "results")
 
     def judge(self, payment_id: str, sent: bytes, observed: Observed) -> tuple[list[str], str]:
-        outputs = observed.outputs(payment_id, "results")
-        problems = []
-        if not outputs:
-            problems.append(f"no results record for payment {payment_id}")
         passed = observed.outputs(payment_id, "authorized")
         if passed:
-            problems.append(f"{records(passed)} on the authorized topic for a declined card")
+            # Then its results record and seed key are the processor's: nothing to judge.
+            return [f"passed on to the issuer ({records(passed)} on the authorized topic); "
+                    f"expected declined {self.code}"], ""
+        outputs = observed.outputs(payment_id, "results")
+        problems = [] if outputs else [f"no results record for payment {payment_id}"]
         request = msgspec.json.decode(sent, type=PaymentRequested)
         problems += first_problem(outputs, lambda output: self._check(output, request))
-        problems += seed_key_problems(payment_id, Status.DECLINED, observed)
+        problems += seed_key_problems(payment_id, Status.DECLINED.value, observed)
         return problems, f"declined {self.code}: {records(outputs)}"
 
     def awaited_key(self, payment_id: str) -> str | None:
@@ -152,12 +152,14 @@ class DeclinedAtEdge(Expectation):
             outcome = _outcomes.decode(output.value)
         except SchemaError as exc:
             return f"{where}: {exc}"
-        got = (outcome.status, outcome.reason_code, outcome.approved_amount, outcome.token,
-               outcome.masked_pan, outcome.network)
-        want = (Status.DECLINED.value, self.code, None, None, self.masked_pan, self.network)
+        if (outcome.status, outcome.reason_code) != (Status.DECLINED, self.code):
+            return (f"{where}: {outcome.status} {outcome.reason_code}, expected declined "
+                    f"{self.code}")
+        got = (outcome.approved_amount, outcome.token, outcome.masked_pan, outcome.network)
+        want = (None, None, self.masked_pan, self.network)
         if got != want:
-            return (f"{where}: (status, code, approved amount, token, masked_pan, network) "
-                    f"{got}, expected {want}")
+            return (f"{where}: (approved amount, token, masked_pan, network) {got}, "
+                    f"expected {want}")
         problem = _echo_problem(outcome, sent) or _stages_problem(outcome.stages, sent)
         if problem:
             return f"{where}: {problem}"

@@ -228,7 +228,8 @@ def test_an_authorizer_that_skips_the_cvv_check_fails_the_n7_cases() -> None:
     verdict = judge_case(case, [], _observed({request.payment_id: [output]}, {}),
                          "payments.requested", "authorizer")
     assert not verdict.passed
-    assert "authorized topic for a declined card" in verdict.detail
+    assert verdict.detail == ("passed on to the issuer (1 record on the authorized topic); "
+                              "expected declined N7")
 
 
 def test_an_authorizer_dead_letter_keeping_the_record_fails() -> None:
