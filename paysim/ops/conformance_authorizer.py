@@ -68,9 +68,19 @@ def _stages_problem(stages: dict[str, int], sent: PaymentRequested) -> str | Non
     return None
 
 
-def _echo_problem(record: msgspec.Struct, sent: PaymentRequested) -> str | None:
+def _written_problem(where: str, output: Output, record: PaymentAuthorized | PaymentOutcome,
+                     sent: PaymentRequested, key: str, key_name: str) -> str | None:
+    """What the authorizer must write on either topic: the request's fields as they came,
+    its stages with 'authorized' added, under the right key."""
     changed = [name for name in ECHOED if getattr(record, name) != getattr(sent, name)]
-    return f"changed {', '.join(changed)}" if changed else None
+    if changed:
+        return f"{where}: changed {', '.join(changed)}"
+    problem = _stages_problem(record.stages, sent)
+    if problem:
+        return f"{where}: {problem}"
+    if output.key != key.encode():
+        return f"{where} not keyed by {key_name}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -113,12 +123,7 @@ class PassedOn(Expectation):
         if got != want:
             return f"{where}: (token, masked_pan, network, expiry, test_reason) {got}, " \
                    f"expected {want}"
-        problem = _echo_problem(record, sent) or _stages_problem(record.stages, sent)
-        if problem:
-            return f"{where}: {problem}"
-        if output.key != self.token.encode():
-            return f"{where} not keyed by the card token"
-        return None
+        return _written_problem(where, output, record, sent, self.token, "the card token")
 
 
 @dataclass(frozen=True)
@@ -160,12 +165,8 @@ class DeclinedAtEdge(Expectation):
         if got != want:
             return (f"{where}: (approved amount, token, masked_pan, network) {got}, "
                     f"expected {want}")
-        problem = _echo_problem(outcome, sent) or _stages_problem(outcome.stages, sent)
-        if problem:
-            return f"{where}: {problem}"
-        if output.key != sent.payment_id.encode():
-            return f"{where} not keyed by the payment id"
-        return None
+        return _written_problem(where, output, outcome, sent, sent.payment_id,
+                                "the payment id")
 
 
 class _Requests:

@@ -62,15 +62,21 @@ def start_example(settings: Settings, broken: str | None = None) -> subprocess.P
 
 
 @contextmanager
-def example(settings: Settings, broken: str | None = None) -> Iterator[subprocess.Popen]:
-    """The example running for the block, stopped cleanly (SIGTERM) after it."""
-    child = start_example(settings, broken)
+def stopped_after(child: subprocess.Popen, timeout: float) -> Iterator[subprocess.Popen]:
+    """``child`` for the block, stopped cleanly (SIGTERM) after it: it must exit 0."""
     try:
         yield child
     finally:
         child.terminate()
-        _, err = child.communicate(timeout=30)
+        _, err = child.communicate(timeout=timeout)
     assert child.returncode == 0, err
+
+
+@contextmanager
+def example(settings: Settings, broken: str | None = None) -> Iterator[subprocess.Popen]:
+    """The example running for the block, stopped cleanly after it."""
+    with stopped_after(start_example(settings, broken), 30) as child:
+        yield child
 
 
 def conformance(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -209,12 +215,8 @@ def own_service(settings: Settings, service: str,
                              env={**child_env(settings), "PATH": "/usr/bin:/bin",
                                   "PYTHONPATH": str(BROKEN_SERVICE.parents[2])},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    with stopped_after(child, 60):
         yield child
-    finally:
-        child.terminate()
-        _, err = child.communicate(timeout=60)
-    assert child.returncode == 0, err
 
 
 @pytest.mark.parametrize("service", ["authorizer", "notifier"])
