@@ -37,6 +37,7 @@ from paysim.ops.conformance_cases import (
     processor_suite,
 )
 from paysim.ops.conformance_notifier import notifier_suite
+from paysim.ops.conformance_webhooks import Receiver, receiving
 from paysim.pipeline import registry, store
 
 SUITES: dict[str, SuiteFactory] = {registry.AUTHORIZER.name: authorizer_suite,
@@ -44,6 +45,9 @@ SUITES: dict[str, SuiteFactory] = {registry.AUTHORIZER.name: authorizer_suite,
                                    registry.NOTIFIER.name: notifier_suite}
 DLQ = "dlq"  # the dead-letter topic's setting: every service writes there
 ISSUER_TTL_S = 3600
+# How long the Redis writes and webhooks may come after the candidate's commit: a webhook's
+# first attempt may fail and be retried after a backoff (paysim's: 0.5 s, then 1 s, ...).
+WEBHOOK_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,18 @@ def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
         raise no_answer(settings, wait_s)
     client = store.connect_answering(settings)
     try:
-        suite = SUITES[service](run_id or new_run_id(), load_keys(settings))
-        for run, rates in suite.issuers.items():
-            store.write_run_issuer(client, run, rates, ISSUER_TTL_S)
-        _ends(settings, topic, wait_s)  # the input topic exists, or one line says so
-        starts = {role: _ends(settings, getattr(settings.topics, role), wait_s)
-                  for role in (*suite.outputs, DLQ)}
-        sent = _produce(settings, topic, suite, wait_s)
-        consumed, detail = _wait_consumed(settings, spec.group, topic, sent, timeout)
-        observed = _observe(settings, client, suite, starts, consumed, detail, wait_s)
+        run = run_id or new_run_id()
+        with receiving(run) as webhooks:
+            suite = SUITES[service](run, load_keys(settings), webhooks.url)
+            for issued, rates in suite.issuers.items():
+                store.write_run_issuer(client, issued, rates, ISSUER_TTL_S)
+            _ends(settings, topic, wait_s)  # the input topic exists, or one line says so
+            starts = {role: _ends(settings, getattr(settings.topics, role), wait_s)
+                      for role in (*suite.outputs, DLQ)}
+            sent = _produce(settings, topic, suite, wait_s)
+            consumed, detail = _wait_consumed(settings, spec.group, topic, sent, timeout)
+            observed = _observe(settings, client, suite, starts, consumed, detail, wait_s,
+                                webhooks)
     except redis.RedisError as exc:
         raise store.unreachable(settings, exc) from None
     except KafkaException as exc:
@@ -221,14 +228,17 @@ def _read(settings: Settings, role: str, starts: dict[int, int], isolation: str,
 
 def _observe(settings: Settings, client: redis.Redis, suite: Suite,
              starts: dict[str, dict[int, int]], consumed: bool, detail: str,
-             timeout: float) -> Observed:
+             timeout: float, webhooks: Receiver) -> Observed:
     expects = [(pid, e) for case in suite.cases for pid, e in case.expects.items()]
     ids = [pid for pid, _ in expects]
     awaited = [key for pid, e in expects if e is not None
                for key in [e.awaited_key(pid)] if key is not None]
+    posted = {pid for pid, e in expects if e is not None and e.awaits_webhook}
     if consumed:
-        # The Redis writes may land just after the transaction commits.
-        wait_until(lambda: all(client.exists(key) for key in awaited), timeout=5.0,
+        # The Redis writes may land just after the transaction commits, and a webhook is
+        # posted after that.
+        wait_until(lambda: all(client.exists(key) for key in awaited)
+                   and posted <= webhooks.taken().keys(), timeout=WEBHOOK_WAIT_S,
                    interval=0.1)
     results: dict[str, list[Output]] = {}
     wanted = set(ids)
@@ -253,8 +263,10 @@ def _observe(settings: Settings, client: redis.Redis, suite: Suite,
     values = store.mget(client, [store.result_key(pid) for pid in ids]) if ids else []
     stored = {pid: None if v is None else v.decode(errors="replace")
               for pid, v in zip(ids, values, strict=True)}
+    posts = {pid: [(post.signature, post.body) for post in found]
+             for pid, found in webhooks.taken().items()}
     return Observed(consumed, detail, results, letters, stored, data_offsets, all_ends,
-                    _outcomes(client, ids), _done(client, suite, wanted))
+                    _outcomes(client, ids), _done(client, suite, wanted), posts)
 
 
 def _outcomes(client: redis.Redis, ids: list[str]) -> dict[str, tuple[dict[str, bytes], int]]:

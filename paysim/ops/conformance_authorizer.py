@@ -208,7 +208,7 @@ def _declined(code: str, pan: str) -> DeclinedAtEdge:
     return DeclinedAtEdge(code, masked, cards.network(pan))
 
 
-def authorizer_suite(run_id: str, keys: Keys) -> Suite:
+def authorizer_suite(run_id: str, keys: Keys, _webhooks: str | None = None) -> Suite:
     """Every check of the authorizer and its order, the networks, the test cards,
     redelivery, aborted input and poison records."""
     build = _Requests(run_id, keys)

@@ -66,6 +66,9 @@ class Expectation(ABC):
         everything (it may be written just after the commit); None: nothing to wait for."""
         return None
 
+    # A webhook is awaited for the payment too (it is posted after the commit).
+    awaits_webhook: bool = False
+
 
 @dataclass(frozen=True)
 class Expect(Expectation):
@@ -159,6 +162,8 @@ class Observed:
     outcomes: dict[str, tuple[dict[str, bytes], int]] = field(default_factory=dict)
     # payment id -> its entries on its run's stream (paysim:run:<run>:done), raw
     done: dict[str, list[bytes]] = field(default_factory=dict)
+    # payment id -> the webhooks posted for it: (Stripe-Signature header, body)
+    webhooks: dict[str, list[tuple[str | None, bytes]]] = field(default_factory=dict)
 
     def outputs(self, payment_id: str, role: str) -> list[Output]:
         """The payment's records on one output topic."""
@@ -194,8 +199,9 @@ class Suite:
         return self.outputs
 
 
-# run id, the keys the candidate shares with paysim (card and token keys) -> the suite
-SuiteFactory = Callable[[str, Keys], Suite]
+# run id, the keys the candidate shares with paysim (card, token and webhook keys), and the
+# URL of the conformance run's webhook receiver -> the suite
+SuiteFactory = Callable[[str, Keys, str], Suite]
 
 
 def new_token() -> str:
@@ -241,7 +247,8 @@ def poison_case(name: str, value: bytes, payment_id: str | None = None,
     return Case(name, [Send(key or new_token(), value, payment_id)], expects, dead_letters=1)
 
 
-def processor_suite(run_id: str, _keys: Keys | None = None) -> Suite:
+def processor_suite(run_id: str, _keys: Keys | None = None,
+                    _webhooks: str | None = None) -> Suite:
     """Every decision row of the processor, redelivery, aborted input and poison records."""
     seq = iter(range(1_000_000))
     faulty, declining = f"{run_id}-faulty", f"{run_id}-declining"

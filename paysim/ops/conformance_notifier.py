@@ -28,6 +28,7 @@ from paysim.domain.messages import (
     SchemaError,
     encode,
 )
+from paysim.domain.webhooks import SignatureError, verify
 from paysim.infra.secrets import Keys
 from paysim.ops.conformance_cases import (
     CURRENCY,
@@ -43,6 +44,7 @@ from paysim.ops.conformance_cases import (
     poison_case,
     records,
 )
+from paysim.pipeline.notifications import WebhookEvent
 from paysim.pipeline.store import outcome_key, read_done_entry
 
 # What a notification copies from the outcome.
@@ -50,15 +52,22 @@ ECHOED = ("payment_id", "run_id", "status", "reason_code", "amount", "currency",
 
 _notifications = Codec(Notification)
 _outcomes = Codec(PaymentOutcome)
+_webhooks = msgspec.json.Decoder(WebhookEvent[Notification])
 
 
 @dataclass(frozen=True)
 class Notified(Expectation):
-    """The outcome told: its notification record(s), its stored outcome, its run's entry."""
+    """The outcome told: its notification record(s), its stored outcome, its run's entry;
+    with ``webhook_secret``, its webhook too, signed with that key."""
 
     status: str
     code: str
     roles: tuple[str, ...] = ("notifications",)
+    webhook_secret: bytes | None = None
+
+    @property
+    def awaits_webhook(self) -> bool:  # type: ignore[override]
+        return self.webhook_secret is not None
 
     def judge(self, payment_id: str, sent: bytes, observed: Observed) -> tuple[list[str], str]:
         outcome = msgspec.json.decode(sent, type=PaymentOutcome)
@@ -73,8 +82,13 @@ class Notified(Expectation):
                             "a payment has one")
         problems += _stored_problems(payment_id, outcome, observed)
         problems += _done_problems(payment_id, outcome, observed)
-        return problems, (f"{self.status} {self.code}: {records(outputs)}, one event id, "
-                          "stored, on the run's stream")
+        told = f"{self.status} {self.code}: {records(outputs)}, one event id, stored, on " \
+               "the run's stream"
+        if self.webhook_secret is None:
+            return problems, told
+        posts = observed.webhooks.get(payment_id, [])
+        problems += _webhook_problems(posts, outcome, events, self.webhook_secret)
+        return problems, f"{told}, {len(posts)} signed webhook{'s' if len(posts) > 1 else ''}"
 
     def awaited_key(self, payment_id: str) -> str | None:
         return outcome_key(payment_id)
@@ -94,6 +108,32 @@ def _notification_problem(output: Output, outcome: PaymentOutcome) -> str | None
     if output.key != outcome.payment_id.encode():
         return f"{where} not keyed by the payment id"
     return None
+
+
+def _webhook_problems(posts: list[tuple[str | None, bytes]], outcome: PaymentOutcome,
+                      events: set[str], secret: bytes) -> list[str]:
+    """Each POST to the payment's callback_url: signed with the webhook key, Stripe's event
+    envelope around the notification, the notification's event id as its id."""
+    if not posts:
+        return ["no webhook posted to the payment's callback_url"]
+    for signature, body in posts:
+        try:
+            verify(body, signature, secret)
+        except SignatureError as exc:
+            return [f"webhook signature: {exc}"]
+        try:
+            event = _webhooks.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return [f"webhook body is not an event around a notification: {exc}"]
+        if event.type != f"payment.{outcome.status}":
+            return [f"webhook type {event.type!r}, expected 'payment.{outcome.status}'"]
+        told = event.data.object
+        if event.id not in events or told.event_id != event.id:
+            return ["webhook id is not its notification's event id"]
+        changed = [name for name in ECHOED if getattr(told, name) != getattr(outcome, name)]
+        if changed:
+            return [f"webhook changed {', '.join(changed)}"]
+    return []
 
 
 def _stored_problems(payment_id: str, outcome: PaymentOutcome,
@@ -157,8 +197,9 @@ def _send(outcome: PaymentOutcome, *, aborted: bool = False) -> Send:
                 aborted)
 
 
-def notifier_suite(run_id: str, _keys: Keys | None = None) -> Suite:
-    """Outcomes of every kind told, redelivery, aborted input and poison records."""
+def notifier_suite(run_id: str, keys: Keys | None = None, webhooks: str | None = None) -> Suite:
+    """Outcomes of every kind told, a webhook (with ``keys`` and the receiver's URL
+    ``webhooks``), redelivery, aborted input and poison records."""
     seq = iter(range(1_000_000))
 
     def outcome(status: Status, code: str, **kwargs) -> PaymentOutcome:
@@ -175,6 +216,13 @@ def notifier_suite(run_id: str, _keys: Keys | None = None) -> Suite:
     ]:
         cases.append(Case(name, [_send(told)],
                           {told.payment_id: Notified(told.status, told.reason_code)}))
+    if keys is not None and webhooks is not None:
+        called = outcome(Status.DECLINED, "51", token=new_token())
+        called = msgspec.structs.replace(called,
+                                         callback_url=f"{webhooks}/{called.payment_id}")
+        cases.append(Case("webhook: signed, to the callback_url", [_send(called)], {
+            called.payment_id: Notified(called.status, called.reason_code,
+                                        webhook_secret=keys.webhook_secret)}))
     twice = outcome(Status.APPROVED, "00", token=new_token())
     cases.append(Case("redelivered record: one event id", [_send(twice), _send(twice)],
                       {twice.payment_id: Notified(twice.status, twice.reason_code)}))

@@ -15,6 +15,7 @@ from paysim.domain.messages import (
     PaymentRequested,
     encode,
 )
+from paysim.domain.webhooks import sign
 from paysim.ops.conformance_authorizer import (
     NETWORK_CARDS,
     DeclinedAtEdge,
@@ -34,7 +35,7 @@ from paysim.ops.run_all import external_services
 from paysim.ops.supervisor import Supervisor
 from paysim.pipeline import registry, store
 from paysim.pipeline.authorizer import authorize
-from paysim.pipeline.notifications import notification_for
+from paysim.pipeline.notifications import notification_for, webhook_body
 from paysim.stack.process import ProcessRecord
 from tests.helpers import assert_one_line_error, run_paysim
 from tests.unit.fakes import KEYS, FakeRedis, pure_settings
@@ -273,3 +274,27 @@ def test_a_notifier_redelivery_needs_one_event_id_and_its_stored_outcome() -> No
     observed.results, observed.done = {pid: same}, {}
     verdict = judge_case(case, [], observed, "payments.results", "notifier")
     assert verdict.detail == f"no entry for payment {pid} on its run's stream"
+
+
+def test_a_notifier_webhook_must_be_signed_with_the_webhook_key() -> None:
+    suite = notifier_suite("conformance-test", KEYS, "http://127.0.0.1:1/conformance/x")
+    case = next(c for c in suite.cases if c.name == "webhook: signed, to the callback_url")
+    outcome = msgspec.json.decode(case.sends[0].value, type=PaymentOutcome)
+    assert outcome.callback_url == f"http://127.0.0.1:1/conformance/x/{outcome.payment_id}"
+    pid = outcome.payment_id
+    notified = msgspec.structs.replace(outcome, stages={**outcome.stages, NOTIFIED: 5})
+    entry = store.DoneEntry(pid, outcome.status, outcome.reason_code, outcome.amount,
+                            outcome.currency, outcome.seq, notified.stages)
+    body = webhook_body(notification_for(outcome, "evt_1", 5_000_000))
+    observed = Observed(True, "", {pid: [_told(outcome, "evt_1", 0)]}, [], {}, {}, {},
+                        {pid: ({"status": b"declined", "doc": encode(notified)}, 3600)},
+                        {pid: [encode(entry)]},
+                        {pid: [(sign(body, KEYS.webhook_secret), body)]})
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert verdict.passed, verdict.detail
+    observed.webhooks = {pid: [(sign(body, b"another key"), body)]}
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert verdict.detail.startswith("webhook signature:")
+    observed.webhooks = {}
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert verdict.detail == "no webhook posted to the payment's callback_url"
