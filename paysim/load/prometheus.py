@@ -9,11 +9,7 @@ listed like a service, with a heartbeat (`send-<pid>`) naming its metrics URL, s
 
 from __future__ import annotations
 
-import array
 import contextlib
-import functools
-import itertools
-import operator
 import os
 import threading
 import time
@@ -28,6 +24,8 @@ from prometheus_client.registry import Collector
 
 from paysim.infra.config import Settings
 from paysim.infra.prometheus import LATENCY_BUCKETS_S, bucket_pairs, serve_metrics
+from paysim.load import hdr
+from paysim.load.hdr import counts_copy
 from paysim.load.metrics import RunMetrics
 from paysim.pipeline import store
 from paysim.pipeline.registry import GENERATOR, metrics_offset
@@ -39,80 +37,16 @@ SEND_DELAY_BUCKETS_S: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.002
                                            0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def counts_copy(histogram: HdrHistogram) -> array.array[int]:
-    """A copy of an HdrHistogram's counts array, taken at C speed (under the run's lock): an
-    ``array``, whose items Python reads many times faster than a ctypes array's."""
-    view = memoryview(histogram.counts).cast("B")  # its format is ctypes' ("<Q"): bytes first
-    copy = array.array(memoryview(histogram.counts).format.lstrip("<>=!@"))
-    copy.frombytes(view)
-    return copy
-
-
 def hdr_buckets(histogram: HdrHistogram, counts: Sequence[int],
                 bounds_s: Sequence[float]) -> tuple[list[int], float]:
     """The cumulative count at each bound (seconds) and +Inf, and the sum in seconds, of
     ``counts`` (a copy of ``histogram``'s, in microseconds; ``histogram`` only maps values to
     indexes). A bucket of HdrHistogram counts at or under a bound when its lowest value is,
-    so a bound splits HdrHistogram's buckets within their 0.1% width.
-
-    A scrape takes a millisecond or two per histogram: no Python loop walks HdrHistogram's
-    23,552 buckets (its value iterator does, with three method calls for each bucket recorded
-    into, a tenth of a second per histogram): the slices are summed by ``sum``, the buckets
-    recorded into picked by ``itertools.compress``, and each bucket's middle value is worked
-    out once per process (``_Layout``)."""
-    layout = _layout(histogram)
-    out, running, start = [], 0, 0
-    for end in layout.ends(bounds_s, len(counts)):
-        if end > start:
-            running += sum(counts[start:end])
-            start = end
-        out.append(running)
-    out.append(running + sum(counts[start:]))
-    # Each value taken at its bucket's middle, as HdrHistogram's mean does, and added one by
-    # one in index order (reduce, not sum: Python 3.12's sum compensates), so the sum is the
-    # same float, to the last bit, as a walk over the buckets gives.
-    recorded = itertools.compress(counts, counts)
-    middles = itertools.compress(layout.middles_us, counts)
-    total_us = functools.reduce(operator.add, map(operator.mul, recorded, middles), 0.0)
-    return out, total_us / 1e6
-
-
-class _Layout:
-    """What an HdrHistogram's shape says about its counts array, worked out once: where each
-    bound ends, and each bucket's middle value."""
-
-    def __init__(self, histogram: HdrHistogram) -> None:
-        self.histogram = histogram
-        self._ends: dict[tuple[float, ...], list[int]] = {}
-        # Buckets are contiguous: bucket i holds [lowest(i), lowest(i + 1) - 1].
-        lowest = [histogram.get_value_from_index(i) for i in range(histogram.counts_len + 1)]
-        self.middles_us = [(lowest[i] + lowest[i + 1] - 1) / 2
-                           for i in range(histogram.counts_len)]
-
-    def ends(self, bounds_s: Sequence[float], length: int) -> list[int]:
-        """The counts array's end (exclusive) of each bound's cumulative bucket."""
-        key = tuple(bounds_s)
-        ends = self._ends.get(key)
-        if ends is None:
-            ends = self._ends[key] = [
-                min(self.histogram.get_counts_array_index(int(bound * 1e6)) + 1, length)
-                for bound in key]
-        return ends
-
-
-_layouts: dict[tuple[int, int, int], _Layout] = {}
-_layouts_lock = threading.Lock()
-
-
-def _layout(histogram: HdrHistogram) -> _Layout:
-    """The layout of every histogram of this shape (paysim's are all one shape)."""
-    key = (histogram.lowest_trackable_value, histogram.highest_trackable_value,
-           histogram.significant_figures)
-    with _layouts_lock:
-        layout = _layouts.get(key)
-        if layout is None:
-            layout = _layouts[key] = _Layout(histogram)
-        return layout
+    so a bound splits HdrHistogram's buckets within their 0.1% width. Each value is taken at
+    its bucket's middle, as HdrHistogram's mean does. A millisecond or two per histogram
+    (load/hdr.py), not a walk over its 23,552 buckets in Python."""
+    counts_at, total_us = hdr.buckets(histogram, counts, bounds_s, 1e6)
+    return counts_at, total_us / 1e6
 
 
 class LoadCollector(Collector):

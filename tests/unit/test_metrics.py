@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.infra.prometheus import LATENCY_BUCKETS_S, BatchHistogram, serve_metrics
+from paysim.load import hdr
 from paysim.load.metrics import RunMetrics
 from paysim.load.prometheus import (
     SEND_DELAY_BUCKETS_S,
@@ -109,6 +110,28 @@ def test_hdr_buckets_give_exactly_what_walking_the_histogram_gives(seed: int) ->
     bounds = tuple(sorted(rng.sample(LATENCY_BUCKETS_S + SEND_DELAY_BUCKETS_S, 12)))
     assert hdr_buckets(histogram, counts_copy(histogram), bounds) == walked_buckets(histogram,
                                                                                     bounds)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hdr_figures_are_hdrhs_own_to_the_last_bit(seed: int) -> None:
+    """load/hdr.py's mean and percentiles (which latency_block and the live verdicts read)
+    against hdrh's walks: the same numbers, including the edges (0th, 100th, one value)."""
+    rng = random.Random(seed)
+    histogram = HdrHistogram(1, 3_600_000_000, 3)
+    for _ in range(2000):
+        histogram.record_value(min(3_600_000_000, max(1, int(rng.lognormvariate(8, 3)))),
+                               rng.choice((1, 3)))
+    percentiles = (0.0, 50.0, 90.0, 99.0, 99.9, 100.0)
+    assert hdr.values_at_percentiles(histogram, percentiles) == [
+        histogram.get_value_at_percentile(p) for p in percentiles]
+    assert hdr.mean(histogram) == histogram.get_mean_value()
+    one = HdrHistogram(1, 3_600_000_000, 3)
+    one.record_value(123_456)
+    assert hdr.values_at_percentiles(one, (0.0, 99.0)) == [
+        one.get_value_at_percentile(0.0), one.get_value_at_percentile(99.0)]
+    assert hdr.mean(one) == one.get_mean_value()
+    empty = HdrHistogram(1, 3_600_000_000, 3)
+    assert hdr.mean(empty) == 0.0 and hdr.values_at_percentiles(empty, (50.0,)) == [0]
 
 
 def test_the_load_collector_reads_the_runs_counts_and_latencies() -> None:
