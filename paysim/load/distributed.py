@@ -248,7 +248,11 @@ def _follow(client: redis.Redis, run_id: str, workers: int,
         if on_progress is not None:
             on_progress(tick)
         time.sleep(0.5)
+    # The final figures: the run's last progress (marked finished when ``live`` closes).
+    follower.refresh(client, last=True)
     beats = _beats(client, run_id, workers)
+    follower.generators = _generator_rows(beats, dead)
+    live.publish(follower.tick(_tick(beats, start_at, planned)))
     return handed, {k: beats.get(k, Beat("", 0)) for k in sorted(dead)}
 
 
@@ -441,6 +445,7 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
             raise
         error = str(exc)
         metrics, info = run.metrics, None
+    hand_in(metrics, last=True)
     handed = Handed(
         share=share, host=host, pid=pid, scheduled=options.share_of(planned.plan.count),
         lost=len(info.lost_ids) if info else 0,

@@ -42,9 +42,12 @@ class LiveHandIn:
         self.every_s = every_s
         self._at = -every_s
 
-    def __call__(self, metrics: RunMetrics | None) -> None:
+    def __call__(self, metrics: RunMetrics | None, last: bool = False) -> None:
+        """Hand in, if a second passed since the last time; ``last``: the run is over (its
+        final figures, handed in before the generator's result, so the coordinator that
+        sees every result merges the final ones)."""
         now = time.monotonic()
-        if metrics is None or now - self._at < self.every_s:
+        if metrics is None or (now - self._at < self.every_s and not last):
             return
         self._at = now
         current = (now_us() - metrics.started_us) // 1_000_000
@@ -67,9 +70,10 @@ class LiveMerge:
         self._kept: dict[int, Second] = {}
         self._at = -every_s
 
-    def refresh(self, client: redis.Redis) -> RunMetrics | None:
+    def refresh(self, client: redis.Redis, last: bool = False) -> RunMetrics | None:
+        """The merge, made again if a second passed (or ``last``: every generator is done)."""
         now = time.monotonic()
-        if now - self._at < self.every_s:
+        if now - self._at < self.every_s and not last:
             return self.merged
         self._at = now
         raws = store.mget(client, [live_key(self.run_id, k) for k in range(self.workers)])
