@@ -70,6 +70,11 @@ def short(name: str) -> str:
 def body_object(request: Request) -> tuple[bytes, dict[str, Any]]:
     """The raw body (413 when too large) and the JSON object in it."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    return raw, json_object(raw)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object in a request body; BadRequest when it is none."""
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
@@ -80,15 +85,20 @@ def body_object(request: Request) -> tuple[bytes, dict[str, Any]]:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    return raw, body
+    return body
 
 
 def authorize_body(request: Request) -> tuple[bytes, AuthorizeRequest]:
-    """The raw POST /authorize body and the request in it. Every BadRequest says which fields
-    are expected: the seed took any JSON, so its clients learn them here."""
+    """The raw POST /authorize body and the request in it (413 when too large)."""
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    return raw, authorize_raw(raw)
+
+
+def authorize_raw(raw: bytes) -> AuthorizeRequest:
+    """The request in a POST /authorize body. Every BadRequest says which fields are
+    expected: the seed took any JSON, so its clients learn them here."""
     try:
-        raw, body = body_object(request)
-        return raw, authorize_request(body)
+        return authorize_request(json_object(raw))
     except BadRequest as exc:
         raise exc.expecting(expected_fields(AuthorizeRequest)) from None
 

@@ -22,7 +22,7 @@ from werkzeug.test import TestResponse
 
 from paysim.domain import cards
 from paysim.domain.messages import Merchant, PaymentOutcome, encode
-from paysim.edge import health
+from paysim.edge import health, http_server
 from paysim.edge.app import create_app
 from paysim.pipeline import store
 from tests.unit import fuzzing
@@ -197,3 +197,45 @@ def test_any_payment_id_gets_a_json_answer_without_a_card_number(
     path = "/payments/" + urllib.parse.quote(payment_id.encode(errors="surrogatepass"), safe="")
     response = client(world).get(path, headers=sent)
     check_answer(response)
+
+
+def _direct_post(body: bytes, sent: dict[str, str]) -> tuple[int, dict[str, Any], bool]:
+    """POST /authorize through the server's direct path (no Flask): status, body, replayed."""
+    handler = shared_app().extensions["paysim.direct"][("POST", "/authorize")]
+    answer = handler(http_server.Request(
+        method="POST", target=b"/authorize", version="1.1", body=[body],
+        headers=[(name.encode("latin-1"), value.encode("latin-1"))
+                 for name, value in sent.items()]))
+    assert ("Content-Type", "application/json") in answer.headers
+    replayed = ("Idempotent-Replayed", "true") in answer.headers
+    return int(answer.status.split()[0]), json.loads(answer.body), replayed
+
+
+def _flask_post(app: FlaskClient, body: bytes,
+                sent: dict[str, str]) -> tuple[int, dict[str, Any], bool]:
+    response = app.post("/authorize", data=body, headers=sent)
+    return (response.status_code, json.loads(response.get_data()),
+            response.headers.get("Idempotent-Replayed") == "true")
+
+
+def _same_payment(answer: tuple[int, dict[str, Any], bool]) -> tuple[int, dict[str, Any], bool]:
+    """An answer with its new payment id blanked: each path makes its own."""
+    status, body, replayed = answer
+    return status, {**body, **({"payment_id": "?"} if "payment_id" in body else {})}, replayed
+
+
+@fuzzing.FUZZ
+@given(body=st.builds(encoded, authorize_bodies(), st.booleans()) | any_body, sent=headers,
+       world=worlds)
+@example(body=b"x" * (64 * 1024 + 1), sent={}, world="up")  # past the body limit: 413
+@example(body=encoded(VALID_BODY, True), sent={"Idempotency-Key": "k-1"}, world="up")
+@example(body=encoded(VALID_BODY, True), sent={"Idempotency_Key": PANS[0]}, world="up")
+def test_the_direct_path_answers_post_authorize_as_the_flask_route(
+    body: bytes, sent: dict[str, str], world: str,
+) -> None:
+    app = client(world)
+    through_flask = [_flask_post(app, body, sent), _flask_post(app, body, sent)]
+    client(world)  # fresh fakes, the same state
+    direct = [_direct_post(body, sent), _direct_post(body, sent)]
+    # Twice each: the second is the replay (or the answer why not) when a key was given.
+    assert [_same_payment(a) for a in direct] == [_same_payment(a) for a in through_flask]
