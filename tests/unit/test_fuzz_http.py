@@ -22,7 +22,8 @@ from werkzeug.test import TestResponse
 
 from paysim.domain import cards
 from paysim.domain.messages import Merchant, PaymentOutcome, encode
-from paysim.edge import health, http_server
+from paysim.domain.requests import AuthorizeRequest
+from paysim.edge import health, http_server, validation
 from paysim.edge.app import create_app
 from paysim.pipeline import store
 from tests.unit import fuzzing
@@ -239,3 +240,28 @@ def test_the_direct_path_answers_post_authorize_as_the_flask_route(
     direct = [_direct_post(body, sent), _direct_post(body, sent)]
     # Twice each: the second is the replay (or the answer why not) when a key was given.
     assert [_same_payment(a) for a in direct] == [_same_payment(a) for a in through_flask]
+
+
+@fuzzing.FUZZ
+@given(body=st.builds(encoded, authorize_bodies(), st.booleans()) | any_body)
+@example(body=b'{"card_number":"4242424242424242","exp_month":12,"exp_year":2099,"cvv":"1",'
+              b'"amount":1,"currency":"USD","merchant":{"id":"m","name":"n","mcc":"5411",'
+              b'"country":"US","extra":1}}')  # a nested unknown field: msgspec would take it
+@example(body=b'{"card_number":"4242424242424242","exp_month":12,"exp_year":null,"cvv":"1",'
+              b'"amount":1,"currency":"USD"}')  # half a way of the expiry group
+def test_msgspecs_decoder_takes_no_body_the_walk_refuses(body: bytes) -> None:
+    fast = validation.fast_typed(body, AuthorizeRequest)
+    try:
+        walked: AuthorizeRequest | None = validation.authorize_request(
+            validation.json_object(body))
+    except validation.BadRequest:
+        walked = None
+    if fast is not None:
+        assert fast == walked
+
+
+def test_msgspecs_decoder_takes_a_good_body() -> None:
+    good = encoded({**VALID_BODY, "merchant": {"id": "m", "name": "Shop", "mcc": "5411",
+                                               "country": "US"}, "seq": 3}, True)
+    assert validation.fast_typed(good, AuthorizeRequest) == validation.authorize_request(
+        json.loads(good))
