@@ -191,7 +191,7 @@ def fast_typed(raw: bytes, kind: type[S]) -> S | None:
         if not isinstance(body, dict) or not _known_fields_only(body, kind):
             return None
         value = msgspec.convert(body, kind)  # types and constraints, strict as the walk
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):  # msgspec's depth limit is Python's
         return None
     return value if _passes_checks(value, kind) else None
 

@@ -234,11 +234,12 @@ def _same_payment(answer: tuple[int, dict[str, Any], bool]) -> tuple[int, dict[s
 def test_the_direct_path_answers_post_authorize_as_the_flask_route(
     body: bytes, sent: dict[str, str], world: str,
 ) -> None:
+    # With a key, twice each: the second is the replay (or the answer why not).
+    times = 2 if {"Idempotency-Key", "Idempotency_Key"} & set(sent) else 1
     app = client(world)
-    through_flask = [_flask_post(app, body, sent), _flask_post(app, body, sent)]
+    through_flask = [_flask_post(app, body, sent) for _ in range(times)]
     client(world)  # fresh fakes, the same state
-    direct = [_direct_post(body, sent), _direct_post(body, sent)]
-    # Twice each: the second is the replay (or the answer why not) when a key was given.
+    direct = [_direct_post(body, sent) for _ in range(times)]
     assert [_same_payment(a) for a in direct] == [_same_payment(a) for a in through_flask]
 
 
@@ -249,6 +250,7 @@ def test_the_direct_path_answers_post_authorize_as_the_flask_route(
               b'"country":"US","extra":1}}')  # a nested unknown field: msgspec would take it
 @example(body=b'{"card_number":"4242424242424242","exp_month":12,"exp_year":null,"cvv":"1",'
               b'"amount":1,"currency":"USD"}')  # half a way of the expiry group
+@example(body=b"[" * 30_000)  # msgspec's decoder raises RecursionError: the walk answers
 def test_msgspecs_decoder_takes_no_body_the_walk_refuses(body: bytes) -> None:
     fast = validation.fast_typed(body, AuthorizeRequest)
     try:
