@@ -144,7 +144,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     under UI_PATH (the dashboard, which the CLI hands in: the edge does not import it). The
     app's sends onto Kafka (``app.extensions["paysim.deliveries"]``) wait on their own
     delivery reports once the caller starts their poller, and poll the producer themselves
-    until then."""
+    until then. ``app.extensions["paysim.direct"]`` holds the routes a server may answer
+    without Flask (POST /authorize: the route's own core, errors and metrics included)."""
     app = Flask("paysim.http_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Werkzeug answers a path with "//" (a payment id holding %2F decodes to one) with an HTML
