@@ -13,6 +13,7 @@ from rich.table import Table
 
 from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
+from paysim.infra.collector import tune_for_batches
 from paysim.infra.errors import ConfigError
 from paysim.infra.files import writing
 from paysim.load.schedule import MAX_RATE, parse_duration
@@ -75,6 +76,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
+    tune_for_batches()  # this process is the benchmark's generator
     results = run_benchmark(options, announce=lambda line: err_console.print(safe(line)))
     with writing("the results", out):
         out.write_text(json.dumps(results, indent=2) + "\n")
