@@ -3,8 +3,9 @@
 With the interpreter's defaults (a young collection every 700 net allocations of container
 objects), a batch's payments (hundreds at saturation, each a few dozen objects alive until the
 batch ends) outlive several young collections, reach the oldest generation, and bring on full
-collections that walk every object of the process: 39% of the processor's CPU at saturation
-(py-spy --native: gc_collect_main), measured before this change (docs/performance.md).
+collections that walk every object of the process: 13-39% of the processor's samples holding
+the GIL at saturation (py-spy --native: gc_collect_main), more the longer it had run
+(docs/performance.md, "CPU per payment").
 
 Nearly nothing a payment allocates is cyclic: reference counting frees it when its batch is
 done. So the young generation is made large enough to hold a batch, and what the process
