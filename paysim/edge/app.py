@@ -54,7 +54,7 @@ from paysim.edge.validation import (
 )
 from paysim.infra.config import Settings
 from paysim.infra.secrets import Keys
-from paysim.infra.tracing import open_tracer, sending
+from paysim.infra.tracing import TRACE_HEADERS, TRACERESPONSE, RequestTrace, open_tracer
 from paysim.pipeline import ledger_store, notifications, store
 from paysim.pipeline.registry import HTTP
 from paysim.pipeline.webhook_dispatch import callback_policy
@@ -84,13 +84,24 @@ class Counters:
 
 
 class Reply(NamedTuple):
-    """A route's answer, and whether it replays an earlier one (paysim.edge.idempotency)."""
+    """A route's answer, whether it replays an earlier one (paysim.edge.idempotency), and
+    the W3C traceresponse naming the span its record was sent in (when tracing)."""
 
     answer: Answer
     replayed: bool = False
+    traceresponse: str | None = None
 
     def headers(self) -> list[tuple[str, str]]:
-        return [(idempotency.REPLAY_HEADER, "true")] if self.replayed else []
+        headers = [(idempotency.REPLAY_HEADER, "true")] if self.replayed else []
+        if self.traceresponse is not None:
+            headers.append((TRACERESPONSE, self.traceresponse))
+        return headers
+
+
+def trace_parent(header: Callable[[str], str | None]) -> dict[str, str]:
+    """A request's W3C trace headers (``header`` reads one by name), as tracing takes them."""
+    found = {name: header(name) for name in TRACE_HEADERS}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -185,10 +196,11 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         return Checked(message, token, route_note(message.payment_id, fields.run_id, token,
                                                   settings.redis.ledger_ttl))
 
-    def send(payment: Checked) -> Answer:
+    def send(payment: Checked, traced: RequestTrace) -> Answer:
         message = payment.message
-        # The payment's trace starts here (when tracing): its context goes in the headers.
-        with sending(tracer, topics.requested, message.payment_id) as trace:
+        # The payment's trace starts here (when tracing), or continues the caller's: its
+        # context goes in the headers.
+        with traced.sending(topics.requested, message.payment_id) as trace:
             failure = deliveries.deliver(topics.requested, payment.token, encode(message),
                                          headers=trace.headers)
             trace.failed(failure)
@@ -229,9 +241,10 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                         answer.body.get("payment_id", path), type(exc).__name__)
         return Reply(answer)
 
-    def authorize_reply(raw: bytes, key_header: str | None) -> Reply:
-        """POST /authorize, given its body and its Idempotency-Key header: what the Flask
-        route and the server's direct path (``app.extensions["paysim.direct"]``) answer."""
+    def authorize_reply(raw: bytes, key_header: str | None, traced: RequestTrace) -> Reply:
+        """POST /authorize, given its body, its Idempotency-Key header and its way into
+        tracing: what the Flask route and the server's direct path
+        (``app.extensions["paysim.direct"]``) answer."""
         fields = authorize_raw(raw)
         if fields.callback_url is not None:
             refusal = refused_callback(fields.callback_url, policy)
@@ -241,22 +254,30 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         payment = checked(fields)
         if isinstance(payment, Answer):
             return idempotent(key, raw, AUTHORIZE_PATH, lambda _key: payment)
-        return idempotent(key, raw, AUTHORIZE_PATH, lambda _key: send(payment),
-                          also=(payment.note,))
+        reply = idempotent(key, raw, AUTHORIZE_PATH, lambda _key: send(payment, traced),
+                           also=(payment.note,))
+        return reply._replace(traceresponse=traced.response)
+
+    def request_trace() -> RequestTrace:
+        """A Flask request's way into tracing (continuing its traceparent)."""
+        return RequestTrace(tracer, trace_parent(request.headers.get) if tracer else {})
 
     @app.post(AUTHORIZE_PATH)
     def authorize() -> Response:
         raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-        return _reply(authorize_reply(raw, request.headers.get(idempotency.HEADER)))
+        return _reply(authorize_reply(raw, request.headers.get(idempotency.HEADER),
+                                      request_trace()))
 
     def operation_view(route: Route) -> Callable[[str], Response]:
         def view(payment_id: str) -> Response:
             raw, fields = operation_body(request, route.body)
             key = idempotency.key_from(request.headers.get(idempotency.HEADER))
-            return _reply(idempotent(
+            traced = request_trace()
+            reply = idempotent(
                 key, request.path.encode() + b"\n" + raw, request.path,
                 lambda key: operations.apply(route, payment_id, fields,
-                                             operation_id(key, request.path))))
+                                             operation_id(key, request.path), traced))
+            return _reply(reply._replace(traceresponse=traced.response))
         return view
 
     for route in ROUTES:
@@ -335,7 +356,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             if len(raw) > MAX_BODY_BYTES:
                 reply = Reply(Answer(413, body(Error(error=TOO_LARGE))))
             else:
-                reply = authorize_reply(raw, incoming.header(idempotency.HEADER))
+                traced = RequestTrace(tracer, trace_parent(incoming.header) if tracer else {})
+                reply = authorize_reply(raw, incoming.header(idempotency.HEADER), traced)
         except Exception as exc:
             reply = Reply(error_answer(exc, incoming.method, AUTHORIZE_PATH))
         status = reply.answer.status

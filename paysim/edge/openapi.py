@@ -33,6 +33,7 @@ from paysim.edge.answers import (
 from paysim.edge.health import HEALTH_PATH, HealthAnswer
 from paysim.edge.operations import ROUTES, Route
 from paysim.edge.validation import MAX_BODY_BYTES
+from paysim.infra.tracing import TRACERESPONSE
 from paysim.pipeline.ledger_store import PaymentView
 
 OPENAPI_PATH = "/openapi.json"
@@ -74,6 +75,18 @@ REDIS_DOWN = Answer(503, "Redis is unavailable, or Kafka did not take the record
 # On an answer given again for an Idempotency-Key (a success or a declined card).
 REPLAYED = (idempotency.REPLAY_HEADER, "`true` on an answer given again for an "
                                        "Idempotency-Key")
+# On an answer whose request put a record on Kafka, when tracing is on.
+TRACED = (TRACERESPONSE, "when tracing (OTEL_EXPORTER_OTLP_ENDPOINT) is on: W3C Trace "
+                         "Context's `traceresponse`, `00-<trace id>-<span id>-<flags>`, the "
+                         "span that sent the record; its trace continues the request's "
+                         "`traceparent` when it had a valid one")
+TRACEPARENT = {
+    "name": "traceparent", "in": "header", "required": False,
+    "description": "W3C Trace Context: when tracing is on, what the request sends joins this "
+                   "trace (as a child of this span, sampled as its flags say); a missing or "
+                   "malformed one starts a new trace",
+    "schema": {"type": "string"},
+}
 NOTIFY_REQUEST: dict[str, Any] = {
     "type": "object",
     "description": "Other fields are ignored.",
@@ -98,10 +111,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "post", "/authorize", "authorize",
         "Check a card and put the payment on the requested topic", request=AuthorizeRequest,
-        parameters=(IDEMPOTENCY_KEY,),
+        parameters=(IDEMPOTENCY_KEY, TRACEPARENT),
         answers=(
             Answer(200, "accepted: Kafka has the payment; its outcome follows on the topics "
-                        "and at GET /payments/{payment_id}", (Accepted,), (REPLAYED,)),
+                        "and at GET /payments/{payment_id}", (Accepted,), (REPLAYED, TRACED)),
             Answer(400, "a card check failed (`reason_code` says which), or the request is "
                         "malformed (`error` names the first problem)", (Declined, Error),
                    (REPLAYED,)),
@@ -137,14 +150,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 # Every operation on a payment answers alike (paysim.edge.operations).
 OPERATION_ANSWERS = (
     Answer(200, "applied by the ledger; the payment's life as it now is", (OperationApplied,),
-           (REPLAYED,)),
+           (REPLAYED, TRACED)),
     Answer(202, "on Kafka but not applied within the wait; it applies once (GET the "
-                "payment)", (OperationPending,)),
+                "payment)", (OperationPending,), (TRACED,)),
     BAD_BODY,
     Answer(404, "no such payment (unknown, not finished, or expired)"),
     Answer(409, "the ledger refuses the step, naming the payment's state (or an amount above "
                 "what it allows); or a request with this Idempotency-Key is still being "
-                "processed", (Refused, Error), (REPLAYED,)),
+                "processed", (Refused, Error), (REPLAYED, TRACED)),
     TOO_LARGE,
     Answer(422, "the Idempotency-Key was used with another body"),
     INTERNAL, REDIS_DOWN,
@@ -158,7 +171,7 @@ def _operation_endpoint(route: Route) -> Endpoint:
         # void and reverse take no fields, capture and refund none they need: the body may
         # be left out.
         request_required=any(f.required for f in msgspec.structs.fields(route.body)),
-        parameters=(PAYMENT_ID, IDEMPOTENCY_KEY))
+        parameters=(PAYMENT_ID, IDEMPOTENCY_KEY, TRACEPARENT))
 
 
 ENDPOINTS += tuple(_operation_endpoint(route) for route in ROUTES)

@@ -44,6 +44,7 @@ from paysim.edge.idempotency import Answer as HttpAnswer
 from paysim.edge.idempotency import Write
 from paysim.edge.validation import short
 from paysim.infra.config import Settings
+from paysim.infra.tracing import RequestTrace
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, store
 
@@ -110,8 +111,10 @@ class Operations:
         self.deliveries = deliveries
         self.redis = client
 
-    def apply(self, route: Route, payment_id: str, fields: OperationBody,
-              op_id: str) -> HttpAnswer:
+    def apply(self, route: Route, payment_id: str, fields: OperationBody, op_id: str,
+              traced: RequestTrace | None = None) -> HttpAnswer:
+        """The operation checked, sent and answered; ``traced``: the request's tracing (its
+        operation's span continues the request's traceparent, else the payment's trace)."""
         stored = store.read_outcome(self.redis, payment_id)
         if stored is not None and not stored.outcome.token:
             # Declined by the card checks, before it had a token: it never reached the ledger.
@@ -129,7 +132,12 @@ class Operations:
         refusal = self._refusal(op, record)
         if refusal is not None:
             return refusal
-        failure = self.deliveries.deliver(self.settings.topics.operations, token, encode(op))
+        topic = self.settings.topics.operations
+        traced = traced or RequestTrace(None, {})
+        payment_trace = None if stored is None else stored.trace_id
+        with traced.sending(topic, payment_id, payment_trace) as trace:
+            failure = self.deliveries.deliver(topic, token, encode(op), headers=trace.headers)
+            trace.failed(failure)
         if failure is not None:
             return HttpAnswer(503, body(Error(error=f"operation not accepted, Kafka is "
                                                     f"unavailable: {failure}")))

@@ -33,7 +33,7 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Message
@@ -130,6 +130,7 @@ class Sending:
         self.span = span
         self.headers: Headers = []
         PROPAGATOR.inject(self.headers, trace.set_span_in_context(span), HEADERS)
+        self.traceresponse = traceresponse(span.get_span_context())
 
     def failed(self, reason: str | None) -> None:
         """The send failed for ``reason`` (None: it did not)."""
@@ -178,11 +179,18 @@ def unsampled(headers: Headers) -> Headers | None:
     return None
 
 
+def traceresponse(context: SpanContext) -> str:
+    """W3C Trace Context's ``traceresponse`` value naming ``context``: what an HTTP answer
+    tells its caller of the trace its request joined or started."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
 class Unsampled:
     """A payment left out of the sample where it entered: only its context, flag off."""
 
     def __init__(self, trace_id: int, span_id: int) -> None:
-        self.headers: Headers = [(TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-00".encode())]
+        self.traceresponse = f"00-{trace_id:032x}-{span_id:016x}-00"
+        self.headers: Headers = [(TRACEPARENT, self.traceresponse.encode())]
 
     def failed(self, reason: str | None) -> None:
         pass
@@ -333,6 +341,16 @@ class BatchTrace:
         self._sends = []
 
 
+def _trace_id(text: str | None) -> int:
+    """A stored trace id (32 hex digits, not all zeros) as a number; 0 for anything else."""
+    if text is None or len(text) != 32:
+        return 0
+    try:
+        return int(text, 16)
+    except ValueError:
+        return 0
+
+
 class DrawnIds(RandomIdGenerator):
     """Random ids, except a trace id drawn beforehand on this thread (see PaymentTracer)."""
 
@@ -359,21 +377,49 @@ class PaymentTracer:
         self.bound = TraceIdRatioBased.get_bound_for_rate(ratio)
         self.recorder = Recorder(processor, provider, ids, self.bound)
 
+    def sending(self, topic: str, payment_id: str, parent: Mapping[str, str] | None = None,
+                trace_id: str | None = None) -> contextlib.AbstractContextManager[
+                    Sending | Unsampled]:
+        """The first span of what enters on ``topic``: a child of ``parent`` (a carrier of
+        the W3C headers, such as an HTTP request's) when it holds a valid ``traceparent``,
+        sampled as the parent says; else the root of a trace whose id is ``trace_id`` (32 hex
+        digits: an operation joins its payment's trace) or a new one, sampled by the ratio."""
+        return self._entry(f"send {topic}", SpanKind.PRODUCER, lambda: _attributes(
+            topic, "send", "send", **{"paysim.payment_id": payment_id,
+                                      "messaging.client.id": self.service}), parent, trace_id)
+
+    def requesting(self, method: str, url: str, host: str, port: int,
+                   payment_id: str) -> contextlib.AbstractContextManager[Sending | Unsampled]:
+        """A payment's first span around its HTTP request to a system under test (``send
+        --target``), OpenTelemetry's HTTP client conventions; ``.headers`` go with it."""
+        return self._entry(method, SpanKind.CLIENT, lambda: {
+            "http.request.method": method, "url.full": url, "server.address": host,
+            "server.port": port, "paysim.payment_id": payment_id}, None, None)
+
     @contextlib.contextmanager
-    def sending(self, topic: str, payment_id: str) -> Iterator[Sending | Unsampled]:
-        # The trace id is drawn and tested against the ratio as the SDK's sampler would test
-        # it: a payment left out gets its traceparent (sampled flag off) without the SDK,
-        # whose non-recording span cost 8 us; a sampled one's span takes the same id.
-        trace_id = self.ids.generate_trace_id()
-        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self.bound:
-            yield Unsampled(trace_id, self.ids.generate_span_id())
-            return
-        self.ids.drawn.trace_id = trace_id
-        span = self.tracer.start_span(
-            f"send {topic}", kind=SpanKind.PRODUCER,
-            attributes=_attributes(topic, "send", "send", **{"paysim.payment_id": payment_id,
-                                                              "messaging.client.id":
-                                                                  self.service}))
+    def _entry(self, name: str, kind: SpanKind, attributes: Callable[[], dict[str, Any]],
+               parent: Mapping[str, str] | None,
+               trace_id: str | None) -> Iterator[Sending | Unsampled]:
+        """The first span (``attributes`` made only for a sampled one), or an unsampled
+        context without the SDK."""
+        context = None if parent is None else PROPAGATOR.extract(parent)
+        span_context = None if context is None else (
+            trace.get_current_span(context).get_span_context())
+        if span_context is not None and span_context.is_valid:
+            if not span_context.trace_flags.sampled:
+                yield Unsampled(span_context.trace_id, self.ids.generate_span_id())
+                return
+        else:
+            context = None
+            # The trace id is drawn and tested against the ratio as the SDK's sampler would
+            # test it: a payment left out gets its traceparent (sampled flag off) without the
+            # SDK, whose non-recording span cost 8 us; a sampled one's span takes the same id.
+            drawn = _trace_id(trace_id) or self.ids.generate_trace_id()
+            if drawn & TraceIdRatioBased.TRACE_ID_LIMIT >= self.bound:
+                yield Unsampled(drawn, self.ids.generate_span_id())
+                return
+            self.ids.drawn.trace_id = drawn
+        span = self.tracer.start_span(name, context=context, kind=kind, attributes=attributes())
         try:
             yield Sending(span)
         except Exception as exc:

@@ -13,7 +13,7 @@ import contextlib
 import importlib.util
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from paysim.infra.config import Settings
@@ -22,6 +22,10 @@ from paysim.infra.errors import ConfigError
 if TYPE_CHECKING:
     from paysim.infra.otel import PaymentTracer, Sending, Unsampled
 
+TRACEPARENT = "traceparent"  # W3C Trace Context's request (and record) header
+TRACE_HEADERS = (TRACEPARENT, "tracestate")
+# The W3C Trace Context (level 2) answer header naming the span a request's work started.
+TRACERESPONSE = "traceresponse"
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 SAMPLER_ARG = "OTEL_TRACES_SAMPLER_ARG"
 
@@ -99,9 +103,10 @@ def open_tracer(settings: Settings, service: str, instance: int = 0,
 
 
 class NotSending:
-    """Sending untraced: no headers, nothing to note."""
+    """Sending untraced: no headers, nothing to note, nothing to answer."""
 
     headers = None
+    traceresponse = None
 
     def failed(self, reason: str | None) -> None:
         pass
@@ -110,11 +115,47 @@ class NotSending:
 _NOT_SENDING: Any = contextlib.nullcontext(NotSending())
 
 
-def sending(tracer: PaymentTracer | None, topic: str,
-            payment_id: str) -> contextlib.AbstractContextManager[Sending | Unsampled | NotSending]:
-    """Where a payment enters: its trace's first span around sending it onto ``topic``;
-    the record goes with ``.headers``, and ``.failed(reason)`` notes a failed send. Without a
-    tracer, one shared context that does nothing."""
+def sending(tracer: PaymentTracer | None, topic: str, payment_id: str,
+            parent: Mapping[str, str] | None = None, trace_id: str | None = None,
+            ) -> contextlib.AbstractContextManager[Sending | Unsampled | NotSending]:
+    """Where a payment (or an operation on one) enters: its trace's first span around sending
+    it onto ``topic``, continuing ``parent``'s W3C ``traceparent`` when it holds a valid one
+    (else the trace ``trace_id`` names, else a new trace); the record goes with ``.headers``,
+    ``.failed(reason)`` notes a failed send, and ``.traceresponse`` names the span for the
+    caller. Without a tracer, one shared context that does nothing."""
     if tracer is None:
         return _NOT_SENDING
-    return tracer.sending(topic, payment_id)
+    return tracer.sending(topic, payment_id, parent, trace_id)
+
+
+def requesting(tracer: PaymentTracer | None, method: str, url: str, host: str, port: int,
+               payment_id: str) -> contextlib.AbstractContextManager[
+                   Sending | Unsampled | NotSending]:
+    """A payment's trace's first span around its HTTP request to a system under test; the
+    request goes with ``.headers`` (the W3C ``traceparent``). Without a tracer, nothing."""
+    if tracer is None:
+        return _NOT_SENDING
+    return tracer.requesting(method, url, host, port, payment_id)
+
+
+class RequestTrace:
+    """An HTTP request's way into tracing: what it sends continues the request's own
+    ``traceparent``, and ``response`` keeps the ``traceresponse`` to answer with (None when
+    untraced, or nothing was sent)."""
+
+    def __init__(self, tracer: PaymentTracer | None, headers: Mapping[str, str]) -> None:
+        self.tracer, self.headers = tracer, headers
+        self.response: str | None = None
+
+    def sending(self, topic: str, payment_id: str, trace_id: str | None = None,
+                ) -> contextlib.AbstractContextManager[Sending | Unsampled | NotSending]:
+        if self.tracer is None:
+            return _NOT_SENDING
+        return self._sending(self.tracer, topic, payment_id, trace_id)
+
+    @contextlib.contextmanager
+    def _sending(self, tracer: PaymentTracer, topic: str, payment_id: str,
+                 trace_id: str | None) -> Iterator[Sending | Unsampled]:
+        with tracer.sending(topic, payment_id, self.headers, trace_id) as trace:
+            self.response = trace.traceresponse
+            yield trace

@@ -31,7 +31,7 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config, produce, quiet_logger
 from paysim.infra.secrets import Keys, load_keys
-from paysim.infra.tracing import open_tracer
+from paysim.infra.tracing import TRACERESPONSE, open_tracer
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import GeneratedPayment
 from paysim.pipeline.registry import GENERATOR
@@ -59,6 +59,7 @@ class Sent:
     outcome: DoneEntry | None = None
     token: str | None = None  # the card's token, when the sender made it
     failure: Failure | None = None
+    traceparent: str | None = None  # the trace's first span, when traced (W3C traceparent)
 
 
 class Ingress(Protocol):
@@ -133,14 +134,16 @@ class KafkaIngress:
         # settles against the ledger in the same order.
         key = cards.tokenize(payment.card.number, self.keys.token_key)
         topic = self.settings.topics.requested
+        traceparent = None
         if self.tracer is None:
             produce(self.producer, topic, encode(message), key=key, on_delivery=self._delivered)
         else:  # the payment's trace starts here: its context goes in the headers
             with self.tracer.sending(topic, message.payment_id) as trace:
                 produce(self.producer, topic, encode(message), key=key,
                         on_delivery=self._delivered, headers=trace.headers)
+            traceparent = trace.traceresponse
         self.producer.poll(0)
-        return Sent(message.payment_id, token=key)
+        return Sent(message.payment_id, token=key, traceparent=traceparent)
 
     def _delivered(self, error, _message) -> None:
         if error is not None:
@@ -185,7 +188,9 @@ class HttpIngress:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return Sent(json.loads(response.read())["payment_id"])
+                # The API's traceresponse (when it traces) names the payment's first span.
+                return Sent(json.loads(response.read())["payment_id"],
+                            traceparent=response.headers.get(TRACERESPONSE))
         except urllib.error.HTTPError as exc:
             answer = json.loads(exc.read() or b"{}")
             if exc.code == 400 and "reason_code" in answer:

@@ -198,6 +198,7 @@ class PlannedOp:
     won: bool | None = None
     expected: bool = False
     invalid: bool = False  # sent on purpose where the payment's state forbids it
+    traceparent: str | None = None  # its payment's trace context, when tracing: its parent
 
 
 @dataclass
@@ -219,11 +220,13 @@ class PaymentLife:
     capture_amounts: list[int] = field(default_factory=list)  # the parts still to send
     parts_sent: int = 0
     ops: int = 0  # operations planned so far: numbers each op id
+    traceparent: str | None = None  # where its trace entered (when tracing): its ops' parent
 
     def op(self, kind: OperationKind, due_us: int, **fields: object) -> PlannedOp:
         self.ops += 1
         return PlannedOp(f"{self.payment_id}:{kind.value}:{self.ops}", kind, self.payment_id,
-                         self.token, self.currency, due_us, **fields)
+                         self.token, self.currency, due_us, **fields,
+                         traceparent=self.traceparent)
 
 
 def split_amount(total: int, shares: tuple[float, ...]) -> list[int]:
@@ -250,9 +253,10 @@ class FollowUps:
         return draw_fate(self.spec, self.seed, seq)
 
     def sent(self, payment_id: str, token: str, currency: str, amount: int, fate: Fate,
-             intended_us: int) -> list[PlannedOp]:
-        """A payment was sent: its reversal, if it has one."""
-        life = PaymentLife(payment_id, token, currency, amount, fate)
+             intended_us: int, traceparent: str | None = None) -> list[PlannedOp]:
+        """A payment was sent (``traceparent``: its trace's first span, when traced): its
+        reversal, if it has one."""
+        life = PaymentLife(payment_id, token, currency, amount, fate, traceparent=traceparent)
         self.lives[payment_id] = life
         if fate.reversal_delay_s is None:
             return []

@@ -31,9 +31,11 @@ from paysim.domain.messages import (
 )
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config, error_text, produce, quiet_logger
+from paysim.infra.tracing import TRACEPARENT, open_tracer, sending
 from paysim.load.lifecycle import Fate, FollowUps, LifecycleSpec, PlannedOp
 from paysim.load.metrics import OperationMetrics
 from paysim.pipeline import store
+from paysim.pipeline.registry import GENERATOR
 from paysim.pipeline.store import DoneEntry
 
 READ_BATCH = 2000
@@ -56,6 +58,9 @@ class OperationLoad:
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # The generator's tracer (one per process): each operation's span continues its
+        # payment's trace. None unless an OTLP endpoint is set.
+        self.tracer = open_tracer(settings, GENERATOR)
         self.producer = Producer(client_config(settings, **{
             "enable.idempotence": True, "linger.ms": 5, "logger": quiet_logger}))
 
@@ -65,10 +70,10 @@ class OperationLoad:
         return self.followups.fate(seq)
 
     def payment_sent(self, payment_id: str, token: str, currency: str, amount: int,
-                     fate: Fate, intended_us: int) -> None:
+                     fate: Fate, intended_us: int, traceparent: str | None = None) -> None:
         with self.changed:
             self._plan(self.followups.sent(payment_id, token, currency, amount, fate,
-                                           intended_us))
+                                           intended_us, traceparent))
 
     def authorization(self, entry: DoneEntry) -> None:
         """A payment's outcome: plan what follows it, from its notified time."""
@@ -110,6 +115,8 @@ class OperationLoad:
         for thread in self._threads:
             thread.join()
         self.producer.flush(10)
+        if self.tracer is not None:
+            self.tracer.flush()
 
     def pending(self) -> int:
         """Operations planned and not answered yet (sent, due or expected)."""
@@ -138,13 +145,20 @@ class OperationLoad:
                     ready.append(op)
             try:
                 for op in ready:
-                    produce(self.producer, self.settings.topics.operations,
-                            encode(self._message(op)), key=op.token,
-                            on_delivery=self._delivered)
+                    self._produce(op)
                 self.producer.poll(0)
             except KafkaException as exc:  # the run reports it; its operations stay pending
                 self.errors.append(f"Kafka did not take an operation: {error_text(exc)}")
                 return
+
+    def _produce(self, op: PlannedOp) -> None:
+        """One operation onto Kafka; when tracing, in its own span, a child of its payment's
+        first span (sampled as the payment was)."""
+        topic = self.settings.topics.operations
+        parent = None if op.traceparent is None else {TRACEPARENT: op.traceparent}
+        with sending(self.tracer, topic, op.payment_id, parent) as trace:
+            produce(self.producer, topic, encode(self._message(op)), key=op.token,
+                    on_delivery=self._delivered, headers=trace.headers)
 
     def _message(self, op: PlannedOp) -> OperationRequested:
         return OperationRequested(op_id=op.op_id, kind=op.kind, payment_id=op.payment_id,

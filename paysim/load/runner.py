@@ -370,7 +370,8 @@ class LoadRun:
                                   fate.capture, fate.partial_approval)
             operations.payment_sent(handed.payment_id, handed.token or "", payment.currency,
                                     payment.amount, fate,
-                                    intended if intended is not None else sent_us)
+                                    intended if intended is not None else sent_us,
+                                    handed.traceparent)
         self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
         if handed.outcome is not None:  # declined at the edge: the answer is its outcome
             self._outcome(handed.outcome)

@@ -34,12 +34,14 @@ from paysim.pipeline.service import ServiceSpec
 
 KAFKA_BINDING = "0.5.0"  # the AsyncAPI Kafka bindings' version for AsyncAPI 3.0
 JSON_SCHEMA_2020_12 = "https://json-schema.org/draft/2020-12/schema"
-# The one record header paysim writes: the payment's W3C trace context, only when tracing is
-# on (paysim.infra.tracing); tracestate passes on when the sender gave one.
+# The one record header paysim writes: the payment's (or the operation's) W3C trace context,
+# only when tracing is on (paysim.infra.tracing); tracestate passes on when the sender gave one.
 TRACE_HEADERS: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
-    "description": "Only when tracing is on (OTEL_EXPORTER_OTLP_ENDPOINT set): the payment's "
-                   "W3C trace context, whose span the reader's spans continue. Else none.",
+    "description": "Only when tracing is on (OTEL_EXPORTER_OTLP_ENDPOINT set): the W3C trace "
+                   "context of the payment (of an operation on payments.operations: the "
+                   "operation's, in its payment's trace), whose span the reader's spans "
+                   "continue. Else none.",
     "properties": {
         "traceparent": {"type": "string",
                         "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",

@@ -2,14 +2,18 @@
 pointing at a small OTLP/HTTP receiver (paysim.bench.otlp, protobuf decoded with
 opentelemetry-proto). Every payment, sent straight onto Kafka or through the HTTP API, is one
 trace across all hops, whose spans chain parent to child; its records carry the traceparent
-the AsyncAPI document declares; `paysim status` shows the trace id."""
+the AsyncAPI document declares; `paysim status` shows the trace id. A caller's traceparent is
+continued, and an operation on the payment joins its trace through the ledger service."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from email.message import Message
+from typing import Any
 
 import jsonschema
 import pytest
@@ -18,6 +22,7 @@ from paysim.bench.otlp import OtlpReceiver, ReceivedSpan
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.kafka import read_records
 from paysim.infra.waiting import wait_until
+from paysim.pipeline import store
 from paysim.pipeline.asyncapi import TOPICS, TRACE_HEADERS
 from paysim.pipeline.registry import AUTHORIZER, GENERATOR, HTTP, NOTIFIER, PROCESSOR
 from tests.helpers import free_port, run_paysim, settings_for
@@ -152,3 +157,58 @@ def test_every_payment_is_one_trace_across_all_hops(traced_pipeline: Settings,
     status = run_paysim("status", payment_id, env=settings_env(settings))
     assert status.returncode == 0, status.stderr
     assert f"trace    {received[payment_id][0].trace_id}" in status.stdout
+
+
+def post(settings: Settings, path: str, body: dict[str, Any],
+         headers: dict[str, str]) -> tuple[int, dict[str, Any], Message]:
+    request = urllib.request.Request(
+        f"http://{settings.http.host}:{settings.http.port}{path}", method="POST",
+        data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status, json.loads(answer.read()), answer.headers
+
+
+def test_a_callers_trace_goes_on_through_the_payment_and_its_capture(
+        traced_pipeline: Settings, receiver: OtlpReceiver) -> None:
+    """POST /authorize with the caller's traceparent, then a capture: one trace, the caller's,
+    from the HTTP API through the three hops and on through the ledger service."""
+    settings = traced_pipeline
+    caller_trace, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    status, body, headers = post(settings, "/authorize", {
+        "card_number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvv": "123",
+        "amount": 5_000, "currency": "USD", "capture": "manual",
+        "merchant": {"id": "m-t", "name": "Hotel", "mcc": "7011", "country": "US"}},
+        {"traceparent": f"00-{caller_trace}-{caller_span}-01"})
+    assert status == 200, body
+    payment_id = body["payment_id"]
+    assert headers["traceresponse"].startswith(f"00-{caller_trace}-")
+    client = store.connect(settings)
+    try:
+        assert wait_until(lambda: store.read_outcome(client, payment_id) is not None, timeout=60)
+    finally:
+        client.close()
+    status, body, headers = post(settings, f"/payments/{payment_id}/capture", {}, {})
+    assert status == 200, body
+    # Without a traceparent of its own, the capture joins its payment's trace.
+    assert headers["traceresponse"].startswith(f"00-{caller_trace}-")
+    capture_span = headers["traceresponse"].split("-")[2]
+    topics = settings.topics
+
+    def spans() -> dict[tuple[str, str], ReceivedSpan]:
+        return {(s.service, s.name): s for s in receiver.received() if s.trace_id == caller_trace}
+
+    wanted = ("paysim-ledger", f"process {topics.operations}")
+    assert wait_until(lambda: wanted in spans(), timeout=30, interval=0.2), sorted(spans())
+    found = spans()
+    entry = found[("paysim-http", f"send {topics.requested}")]
+    assert entry.parent_span_id == caller_span
+    assert found[("paysim-authorizer", f"process {topics.requested}")].parent_span_id == \
+        entry.span_id
+    operation = found[("paysim-http", f"send {topics.operations}")]
+    assert operation.span_id == capture_span
+    ledger = found[wanted]
+    assert ledger.parent_span_id == operation.span_id
+    [(link_trace, link_span)] = ledger.links  # its batch's span
+    batches = {s.span_id: s for s in receiver.received()
+               if s.name == f"consume {topics.operations}"}
+    assert batches[link_span].trace_id == link_trace

@@ -15,11 +15,13 @@ import json
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from paysim.domain.decisions import Status
 from paysim.domain.messages import NOTIFIED, REQUESTED, CaptureMode, now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError
+from paysim.infra.tracing import TRACE_HEADERS, open_tracer, requesting
 from paysim.load.generator import GeneratedPayment
 from paysim.load.ingress import Failure, Sent
 from paysim.load.report import TargetInfo
@@ -29,7 +31,11 @@ from paysim.load.targets.template import (
     load_request_template,
     new_fields,
 )
+from paysim.pipeline.registry import GENERATOR
 from paysim.pipeline.store import DoneEntry
+
+if TYPE_CHECKING:
+    from paysim.infra.otel import PaymentTracer
 
 DEFAULT_CONCURRENCY = 64
 MAX_CONCURRENCY = 1024
@@ -69,8 +75,9 @@ class HttpTargetIngress:
     outcome (or its failure)."""
 
     def __init__(self, address: Address, template: RequestTemplate, concurrency: int,
-                 timeout: float) -> None:
+                 timeout: float, tracer: PaymentTracer | None = None) -> None:
         self.address = address
+        self.tracer = tracer  # None unless an OTLP endpoint is set
         self.template = template
         self.senders = concurrency
         self.timeout = timeout
@@ -118,8 +125,17 @@ class HttpTargetIngress:
         body = json.dumps(self.template.body(fields)).encode()
         requested = now_us()
         failure = None
+        address = self.address
         try:
-            status, answer = self._exchange(body, headers)
+            with requesting(self.tracer, self.template.method, address.url, address.host,
+                            address.port, fields.payment_id) as trace:
+                if trace.headers:  # the target's own spans may join the payment's trace
+                    headers = {name: value for name, value in headers.items()
+                               if name.lower() not in TRACE_HEADERS}
+                    headers.update((name, value.decode("latin-1"))
+                                   for name, value in trace.headers)
+                status, answer = self._exchange(body, headers)
+                trace.failed(None if status < 500 else f"HTTP {status}")
         except ConnectionRefusedError:
             failure = Failure("refused", f"{self.address.url} refused the connection")
         except TimeoutError:
@@ -144,6 +160,8 @@ class HttpTargetIngress:
         with self._lock:
             for connection in self._opened:
                 connection.close()
+        if self.tracer is not None:
+            self.tracer.flush()
 
 
 def _for(failure: Failure, payment_id: str) -> Failure:
@@ -205,5 +223,6 @@ class HttpTarget:
         self.info = TargetInfo(kind="http", address=self.address.url, concurrency=concurrency)
 
     def open(self, settings: Settings, run_id: str) -> tuple[HttpTargetIngress, HttpAnswers]:
-        return (HttpTargetIngress(self.address, self.template, self.concurrency, self.timeout),
+        return (HttpTargetIngress(self.address, self.template, self.concurrency, self.timeout,
+                                  open_tracer(settings, GENERATOR)),
                 HttpAnswers())

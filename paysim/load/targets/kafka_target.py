@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -23,6 +24,7 @@ from paysim.domain.messages import NOTIFIED, REQUESTED, CaptureMode, now_us
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError, PaysimError
 from paysim.infra.kafka import client_config, no_answer, quiet_logger
+from paysim.infra.tracing import TRACE_HEADERS, open_tracer, sending
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import GeneratedPayment
 from paysim.load.ingress import Failure, Sent
@@ -35,7 +37,11 @@ from paysim.load.targets.template import (
     load_record_template,
     new_fields,
 )
+from paysim.pipeline.registry import GENERATOR
 from paysim.pipeline.store import DoneEntry
+
+if TYPE_CHECKING:
+    from paysim.infra.otel import PaymentTracer
 
 READ_BATCH = 2000
 
@@ -89,8 +95,9 @@ class KafkaTargetIngress:
     senders = 1  # produce() only queues: one thread keeps up
 
     def __init__(self, producer: Producer, topic: str, template: RecordTemplate,
-                 correlation: Correlation) -> None:
+                 correlation: Correlation, tracer: PaymentTracer | None = None) -> None:
         self.producer = producer
+        self.tracer = tracer  # None unless an OTLP endpoint is set
         self.topic = topic
         self.template = template
         self.correlation = correlation
@@ -112,18 +119,23 @@ class KafkaTargetIngress:
                 self.correlation.fail(Failure("delivery", f"{self.topic}: {error.str()}",
                                               payment_id))
 
-        while True:
-            try:
-                self.producer.produce(self.topic, value, key, headers=headers,
-                                      on_delivery=delivered)
-                break
-            except BufferError:  # the local queue is full: wait for room
-                self.producer.poll(0.05)
+        with sending(self.tracer, self.topic, payment_id) as trace:
+            if trace.headers:  # the consumer's spans may join the payment's trace
+                headers = [*(h for h in headers if h[0] not in TRACE_HEADERS), *trace.headers]
+            while True:
+                try:
+                    self.producer.produce(self.topic, value, key, headers=headers,
+                                          on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: wait for room
+                    self.producer.poll(0.05)
         self.producer.poll(0)
         return Sent(payment_id)
 
     def finish(self) -> None:
         remaining = self.producer.flush(30)
+        if self.tracer is not None:
+            self.tracer.flush()
         if remaining:
             raise PaysimError(f"Kafka did not take every payment for {self.topic}: "
                               f"{remaining} not delivered in 30 s")
@@ -231,7 +243,8 @@ class KafkaTarget:
         except BaseException:
             consumer.close()
             raise
-        return (KafkaTargetIngress(producer, self.topic, self.template, correlation),
+        return (KafkaTargetIngress(producer, self.topic, self.template, correlation,
+                                   open_tracer(settings, GENERATOR)),
                 OutcomeReader(consumer, self.outcome_topic, self.template, correlation))
 
     def _assign_at_end(self, settings: Settings, consumer: Consumer) -> None:
