@@ -270,3 +270,18 @@ def test_the_entry_records_exactly_the_payments_its_traceparent_says_are_sampled
     kept = {value[3:35].decode() for [(_, value)] in headers if sampled([(_, value)])}
     recorded = {format_trace_id(span.context.trace_id) for span in exporter.get_finished_spans()}
     assert recorded == kept and 50 < len(kept) < 150
+
+
+def test_the_bench_receiver_counts_what_the_test_receiver_decodes(
+        exporter: InMemorySpanExporter) -> None:
+    """The traced bench's receiver only counts (it runs in the process the bench measures);
+    its count is the decoded spans' count."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from paysim.bench.otlp import count_spans, decode_spans
+
+    through_the_pipeline(send_payments(3, otel.in_memory(exporter, "http")), FakeRedis(),
+                         tracers_for(exporter, 1.0))
+    body = encode_spans(exporter.get_finished_spans()).SerializeToString()
+    assert count_spans(body) == len(decode_spans(body)) == len(exporter.get_finished_spans())
+    assert count_spans(b"") == 0
