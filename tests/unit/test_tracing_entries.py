@@ -6,6 +6,7 @@ gets a span in its payment's trace, which the ledger service's spans continue; a
 
 from __future__ import annotations
 
+import functools
 import http.server
 import threading
 from collections.abc import Iterator
@@ -234,7 +235,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 def target() -> Iterator[str]:
     Recorder.seen = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/pay"
@@ -243,7 +244,9 @@ def target() -> Iterator[str]:
         server.server_close()
 
 
+@functools.cache
 def payments(count: int) -> list[GeneratedPayment]:
+    """Generated payments (their population takes a second to build: once)."""
     return PaymentStream(build_population(7), 7).take(count)
 
 
@@ -264,7 +267,7 @@ def test_a_target_runs_requests_carry_the_payments_traceparent(
 def test_a_kafka_target_runs_records_carry_the_payments_traceparent(
         exporter: InMemorySpanExporter) -> None:
     template = load_record_template(EXAMPLES / "kafka-authorize.toml")
-    first, second = payments(2)
+    first, second = payments(3)[:2]
     producer = AckingProducer()
     ingress = KafkaTargetIngress(producer, "their.topic", template,  # type: ignore[arg-type]
                                  Correlation(), otel.in_memory(exporter, "send"))
