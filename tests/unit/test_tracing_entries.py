@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -21,6 +22,7 @@ from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
 from paysim.domain.messages import Merchant, OperationKind, PaymentOutcome, encode
 from paysim.edge import app as app_module
+from paysim.edge import http_server
 from paysim.edge import operations as edge_operations
 from paysim.infra import otel
 from paysim.load.generator import GeneratedPayment, PaymentStream, build_population
@@ -92,6 +94,24 @@ def test_an_incoming_traceparent_is_the_parent_and_the_answer_names_the_span(
     assert answer.headers["traceresponse"] == names(send)
     [record] = producer.records
     assert traceparent_of(record.headers) == names(send)
+
+
+def test_the_servers_direct_path_continues_it_too(exporter: InMemorySpanExporter) -> None:
+    """POST /authorize as the edge's server answers it without Flask."""
+    tracer = otel.in_memory(exporter, "http")
+    with mock.patch.object(app_module, "open_tracer", lambda *_args: tracer):
+        app = app_module.create_app(SETTINGS, KEYS, AckingProducer(),  # type: ignore[arg-type]
+                                    FakeRedis(), CheckedHealth())  # type: ignore[arg-type]
+    direct = app.extensions["paysim.direct"][("POST", "/authorize")]
+    answer = direct(http_server.Request(
+        "POST", b"/authorize", "HTTP/1.1",
+        [(b"Content-Type", b"application/json"),
+         (b"TraceParent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode())],
+        [json.dumps(VALID_BODY).encode()]))
+    assert answer.status.startswith("200"), answer.body
+    send = only(exporter.get_finished_spans(), f"send {TOPICS.requested}")
+    assert send.parent is not None and format_span_id(send.parent.span_id) == CALLER_SPAN
+    assert ("traceresponse", names(send)) in answer.headers
 
 
 @pytest.mark.parametrize("bad", [
