@@ -190,7 +190,7 @@ def test_a_broker_a_redis_primary_and_a_generator_killed_in_one_run_lose_nothing
         f"{base:,.0f} ms (the payments sent in the 10 s before the first fault's window)\n"
         + "\n".join(f"{f.at - start:5.1f} s  {f.label}" for f in done)
         + f"\n{generator}\n\n{table}\n\n{audit.stdout}")
-    print(f"{table}\nthe fault run's summary: {summary}")
+    print(f"{summary.read_text()}\nthe fault run's summary, as above: {summary}")
 
     # The killed broker and Redis node stay down; the cluster serves on without them.
     status = json.loads(run_paysim("stack", "status", "--json",
