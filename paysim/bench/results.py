@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
+
+from paysim.bench.capacity import Measured, Projected, capacity_figures
 from paysim.bench.http import HttpFigures
 from paysim.bench.phases import PhaseFigures
 from paysim.bench.resources import Usage
@@ -92,7 +95,11 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                   rss_at_start: dict[str, int | None] | None = None,
                   lifecycle: PhaseFigures | None = None,
                   metrics: bool = True, http: HttpFigures | None = None,
-                  tracing: dict[str, Any] | None = None) -> dict[str, Any]:
+                  tracing: dict[str, Any] | None = None,
+                  projected: Projected | None = None,
+                  partitions: int | None = None) -> dict[str, Any]:
+    """results.json's content; with ``projected``, the capacity projection from the run's
+    CPU per payment, ``partitions`` being the run's topics.partitions."""
     burst = saturation.as_dict()
     producer_rate = reference["producer"]["records_per_s"]
     burst["ratio_to_kafka_producer"] = (round(saturation.throughput_per_s / producer_rate, 4)
@@ -108,4 +115,59 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
         "lifecycle": lifecycle.as_dict() if lifecycle else None, "open_model": rates,
         "resources": resources, "http": edge,
         "targets": [t.as_dict() for t in targets(burst, rates, resources, edge)],
+        # From the saturation run's CPU per payment (capacity.py): a projection, not a figure.
+        "capacity": capacity_figures(
+            {name: figures["cpu_s_per_1000"] for name, figures in resources.items()},
+            projected.machines(partitions), Measured(machine.get("cores"), partitions,
+                                                     saturation.throughput_per_s))
+        if projected and partitions else None,
     }
+
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class SavedUsage(msgspec.Struct):
+    cpu_s_per_1000: NonNegative | None = None
+
+
+class SavedSaturation(msgspec.Struct):
+    throughput_per_s: NonNegative
+
+
+class SavedMachine(msgspec.Struct):
+    cores: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class SavedMeasured(msgspec.Struct):
+    partitions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class SavedCapacity(msgspec.Struct):
+    measured: SavedMeasured | None = None
+
+
+class SavedRun(msgspec.Struct):
+    """What the capacity model needs of a saved results.json (the rest is not read)."""
+
+    resources: dict[str, SavedUsage]
+    saturation: SavedSaturation
+    machine: SavedMachine = msgspec.field(default_factory=SavedMachine)
+    capacity: SavedCapacity | None = None  # none in files from before the capacity model
+
+
+def reprojected(saved: bytes, projected: Projected, default_partitions: int) -> dict[str, Any]:
+    """The capacity projection of a saved run, for the machines asked: its "capacity".
+    Raises ValueError, naming what is wrong, for a file that is not a benchmark's results."""
+    try:
+        run = msgspec.json.decode(saved, type=SavedRun)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"not a benchmark's results.json: {error}") from None
+    if not any(usage.cpu_s_per_1000 for usage in run.resources.values()):
+        raise ValueError("no process's CPU seconds per 1,000 payments in it")
+    measured = run.capacity.measured if run.capacity else None
+    partitions = (measured.partitions if measured else None) or default_partitions
+    return capacity_figures(
+        {name: usage.cpu_s_per_1000 for name, usage in run.resources.items()},
+        projected.machines(partitions),
+        Measured(run.machine.cores, partitions, run.saturation.throughput_per_s))

@@ -11,12 +11,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paysim.bench import reference
+from paysim.bench.capacity import BROKER, GENERATOR, REDIS, Projected
 from paysim.bench.http import CONNECTIONS, http_phase
 from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, lifecycle_saturation, open_model, saturation
@@ -64,6 +65,7 @@ class BenchOptions:
     http_duration_s: float = 30.0  # of wrk against POST /authorize
     # Traced at this sample ratio, exported to a local OTLP receiver; None: not traced.
     trace_ratio: float | None = None
+    projected: Projected = field(default_factory=Projected)  # what the capacity model projects
 
     @property
     def lifecycle_count(self) -> int:
@@ -98,7 +100,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             kafka_reference = reference_figures(settings, payloads, options.count, announce)
             with traced(options.trace_ratio) as receiver:
                 with running_services(settings) as pids:
-                    pids = {**pids, **stack_pids(stack), "generator": os.getpid()}
+                    pids = {**pids, **stack_pids(stack), GENERATOR: os.getpid()}
                     at_start = {name: rss_bytes(pid) for name, pid in pids.items()}
                     warm_up = min(WARM_UP_PAYMENTS, options.count)
                     announce(f"warm-up: {warm_up:,} payments (not measured)")
@@ -133,7 +135,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
         started=started, quick=options.quick, machine=facts, reference=kafka_reference,
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
         rss_at_start=at_start, lifecycle=mix, metrics=options.metrics, http=edge,
-        tracing=spans,
+        tracing=spans, projected=options.projected, partitions=settings.topics.partitions,
     )
 
 
@@ -246,7 +248,7 @@ def service_pids(settings: Settings) -> dict[str, int]:
 
 
 def stack_pids(stack: LocalStack) -> dict[str, int]:
-    names = {"kafka": "broker", "redis": "redis"}
+    names = {"kafka": BROKER, "redis": REDIS}
     return {names.get(status.name, status.name): status.pid for status in stack.status()
             if status.pid is not None}
 

@@ -11,8 +11,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from paysim.bench.capacity import Projected, Scaling
 from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
+from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.infra.files import writing
 from paysim.load.schedule import MAX_RATE, parse_duration
@@ -48,6 +50,19 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
               help="Serve Prometheus metrics from the services and the generator (the cost "
               "of metrics is the difference between the two).")
+@click.option("--project-cores", type=click.IntRange(1, 4096), multiple=True,
+              help="Cores of a machine the capacity model projects (repeatable). "
+              "[default: 2 8 32]")
+@click.option("--project-partitions", type=click.IntRange(1, 10_000),
+              help="Partitions per topic in the projection. [default: the run's "
+              "topics.partitions]")
+@click.option("--project-primaries", type=click.IntRange(1, 1000), multiple=True,
+              help="Redis primaries in the projection (repeatable). [default: 1 3]")
+@click.option("--project-workers", type=click.IntRange(1, 4096),
+              help="`send --workers` in the projection. [default: one per core]")
+@click.option("--project-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run nothing: print the capacity projection of a saved results.json (for "
+              "other --project-* figures).")
 @click.option("--trace-ratio", type=FiniteFloatRange(0, 1),
               help="Trace this share of the payments (0.1: one in ten) in the generator and "
               "the services, exported over OTLP/HTTP to a receiver on 127.0.0.1 that counts "
@@ -55,14 +70,23 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
               "[default: no tracing]")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
           http_duration: str | None, seed: int, out: Path, metrics: bool,
-          trace_ratio: float | None) -> None:
+          trace_ratio: float | None, project_cores: tuple[int, ...],
+          project_partitions: int | None, project_primaries: tuple[int, ...],
+          project_workers: int | None, project_from: Path | None) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
     Kafka's producer and consumer perf tools with paysim-sized records, then paysim end to end
     at saturation, then open-model runs at fixed rates, then wrk against the HTTP API's
-    POST /authorize; samples each process's memory and CPU. Prints one table and writes the
-    results as JSON."""
+    POST /authorize; samples each process's memory and CPU. Prints the measured table, then a
+    capacity projection from the CPU each process spent, and writes the results as JSON."""
+    projected = Projected(cores=project_cores or Projected.cores,
+                          partitions=project_partitions,
+                          primaries=project_primaries or Projected.primaries,
+                          workers=project_workers)
+    if project_from is not None:
+        _print_projection(project_from, projected)
+        return
     # Imported here: the benchmark's modules would add 0.13 s to every other command's start.
     from paysim.bench.session import BenchOptions, run_benchmark
 
@@ -71,7 +95,8 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
                       rates=rates or options.rates,
                       duration_s=_duration(duration) or options.duration_s, metrics=metrics,
                       http_duration_s=_duration(http_duration, "--http-duration")
-                      or options.http_duration_s, trace_ratio=trace_ratio)
+                      or options.http_duration_s, trace_ratio=trace_ratio,
+                      projected=projected)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +104,28 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     with writing("the results", out):
         out.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for the table's rows on one line each, also when piped to a file.
-    Console(highlight=False, emoji=False, width=max(console.width, 160)).print(
-        results_table(results))
+    wide = Console(highlight=False, emoji=False, width=max(console.width, 160))
+    wide.print(results_table(results))
+    if results["capacity"]:
+        wide.print(capacity_table(results["capacity"]))
     console.print(f"results written to {safe(out)}")
+
+
+def _print_projection(saved: Path, projected: Projected) -> None:
+    """`bench --project-from`: a saved run's projection, for other machines."""
+    from paysim.bench.results import reprojected
+
+    try:
+        data = saved.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"--project-from: cannot read {saved}: {error.strerror}") from None
+    try:
+        # A file from before the model has no partitions: the benchmark's own default then.
+        capacity = reprojected(data, projected, load_settings({}, env={}).topics.partitions)
+    except ValueError as error:
+        raise ConfigError(f"--project-from {saved}: {error}") from None
+    Console(highlight=False, emoji=False, width=max(console.width, 160)).print(
+        capacity_table(capacity))
 
 
 def _ms(block: dict[str, float]) -> str:
@@ -95,7 +139,7 @@ def _mib(value: float | None) -> str:
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """The one table bench/run prints."""
+    """The table of measured figures bench/run prints."""
     title = "paysim benchmark" + (" (--quick: smaller than the targets ask)"
                                   if results["quick"] else "")
     table = Table(title=title)
@@ -174,6 +218,54 @@ def results_table(results: dict[str, Any]) -> Table:
                       f"({figures['rss_growth_pct']:+.1f}%); {figures['cpu_s_per_1000']:.3f}",
                       _verdict(growth) if growth else "")
     return table
+
+
+def capacity_table(capacity: dict[str, Any]) -> Table:
+    """The capacity model's projection (bench/capacity.py): the measured inputs, then one row
+    per machine with each component's ceiling, what the cores allow, and what saturates
+    first."""
+    machines = capacity["machines"]
+    names = [component["name"] for component in capacity["components"]]
+    first = machines[0]
+    workers = f"{first['workers']} send workers" if first["workers"] else "a send worker per core"
+    measured = capacity["measured"]
+    table = Table(title=f"capacity projection: {capacity['basis']}",
+                  caption=f"C cores, N = {first['partitions']} partitions per topic, M Redis "
+                  f"primaries, W = {workers}; payments/s each component sustains on the cores "
+                  "it can use; all cores: no component's own limit comes first.\n"
+                  f"This run: {measured['payments_per_s']:,.0f} payments/s at saturation on "
+                  f"{measured['cores'] or '?'} cores kept {measured['cores_busy']:g} cores busy "
+                  "by these figures (the projection counts every core as paysim's).",
+                  caption_justify="left")
+    table.add_column("", no_wrap=True)
+    # Names are a saved file's keys with --project-from: printed literally.
+    for name in (*map(safe, names), "cores allow", "projected", "saturates first"):
+        table.add_column(name, justify="right", no_wrap=True)
+    by_name = {component["name"]: component for component in capacity["components"]}
+    table.add_row("CPU s/1k (measured)",
+                  *(f"{by_name[name]['cpu_s_per_1000']:.3f}" for name in names), "", "", "")
+    table.add_row("payments/s per core",
+                  *(_rate(by_name[name]["per_core_per_s"]) for name in names), "", "", "")
+    table.add_row("cores it can use", *(USABLE[Scaling(by_name[name]["scaling"])]
+                                        for name in names), "C / CPU", "lowest", "",
+                  end_section=True)
+    for machine in machines:
+        primaries = machine["primaries"]
+        table.add_row(f"{machine['cores']} cores, {primaries} "
+                      f"{'primary' if primaries == 1 else 'primaries'}",
+                      *(_rate(machine["components"][name]["ceiling_per_s"]) for name in names),
+                      _rate(machine["shared_per_s"]), _rate(machine["projected_per_s"]),
+                      safe(machine["bottleneck"]))
+    return table
+
+
+# What limits the cores each kind of component keeps busy, in the caption's letters.
+USABLE = {Scaling.PARTITIONS: "min(N, C)", Scaling.PRIMARIES: "min(M, C)", Scaling.ANY: "C",
+          Scaling.WORKERS: "min(W, C)"}
+
+
+def _rate(value: float | None) -> str:
+    return "no limit" if value is None else f"{value:,.0f}"
 
 
 def _verdict(target: dict[str, Any]) -> str:

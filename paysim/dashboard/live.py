@@ -3,9 +3,8 @@
 Sources, all read-only: the heartbeats in Redis (what `paysim ps` reads: the processes up,
 their counts, their metrics URL), each service's Prometheus endpoint (scraped), and the runs
 under way (``store.read_run_progress``, written by `paysim send`). `send` itself is not
-scraped: its scrape turns HdrHistograms into buckets in Python, a tenth of a second or more of
-the sender's time, which once a second would slow the very run it shows; its rate and
-end-to-end percentiles come from its progress record instead. Rates and latency
+scraped: its progress record has all the page shows of it (its rate, end-to-end percentiles
+and threshold verdicts; a distributed run's merged). Rates and latency
 percentiles come from the change between two scrapes of the same endpoint, as Prometheus's
 ``rate()`` and ``histogram_quantile()`` would compute them; a counter that went down (the
 process restarted) counts from zero.

@@ -35,7 +35,9 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError, PaysimError
 from paysim.infra.files import writing
 from paysim.load import metrics_wire
+from paysim.load.distributed_live import LiveHandIn, LiveMerge
 from paysim.load.ingress import new_run_id
+from paysim.load.live import LivePublisher
 from paysim.load.metrics_wire import MetricsWire
 from paysim.load.plan import PlannedRun, SendRequest, plan_run
 from paysim.load.report import RunInfo, RunReport, WorkerRow, build_report
@@ -156,8 +158,11 @@ def run_distributed(settings: Settings, request: SendRequest, workers: int,
             process.start()
             processes.append(process)
         start_at = _start_when_ready(client, run_id, workers, processes, join_timeout_s)
-        handed, dead = _follow(client, run_id, workers, processes, on_progress, interrupt,
-                               start_at, planned)
+        follower = LiveMerge(run_id, workers, start_at)
+        with LivePublisher(settings, run_id, planned.plan.scenario, planned.thresholds,
+                           lambda: follower.merged, lambda: follower.generators) as live:
+            handed, dead = _follow(client, run_id, workers, processes, on_progress, interrupt,
+                                   start_at, planned, follower, live)
     finally:
         client.zrem(OPEN_RUNS, run_id)
         client.close()
@@ -214,10 +219,11 @@ def start_key(run_id: str) -> str:
 def _follow(client: redis.Redis, run_id: str, workers: int,
             processes: list[multiprocessing.process.BaseProcess],
             on_progress: Callable[[Tick], None] | None, interrupt: Interrupt | None,
-            start_at: int, planned: PlannedRun,
+            start_at: int, planned: PlannedRun, follower: LiveMerge, live: LivePublisher,
             ) -> tuple[dict[int, Handed], dict[int, Beat]]:
-    """Until every generator handed in or died: progress summed from their beats. The dead
-    ones' last beats (what they said they sent)."""
+    """Until every generator handed in or died: progress summed from their beats, published
+    with their measurements merged (``follower``) for the dashboard. The dead ones' last
+    beats (what they said they sent)."""
     handed: dict[int, Handed] = {}
     dead: set[int] = set()
     stop_sent = False
@@ -249,13 +255,27 @@ def _follow(client: redis.Redis, run_id: str, workers: int,
                     if client.exists(result_key(run_id, k)):
                         continue
                     dead.add(k)
+            follower.refresh(client)
         except redis.RedisError as exc:
             outage.begun(exc)  # raises once Redis has not answered for OUTAGE_S
+        follower.generators = _generator_rows(beats, dead)
+        tick = follower.tick(_tick(beats, start_at, planned))
+        live.publish(tick)  # a Redis error is its own to ignore
         if on_progress is not None:
-            on_progress(_tick(beats, start_at, planned))
+            on_progress(tick)
         time.sleep(0.5)
+    # The final figures: the run's last progress (marked finished when ``live`` closes).
+    _riding_out(lambda: follower.refresh(client, last=True))
     beats = _riding_out(lambda: _beats(client, run_id, workers))
+    follower.generators = _generator_rows(beats, dead)
+    live.publish(follower.tick(_tick(beats, start_at, planned)))
     return handed, {k: beats.get(k, Beat("", 0)) for k in sorted(dead)}
+
+
+def _generator_rows(beats: dict[int, Beat], dead: set[int]) -> list[store.GeneratorProgress]:
+    return [store.GeneratorProgress(k, beat.host, beat.pid, beat.sent, beat.completed,
+                                    beat.dropped, alive=k not in dead)
+            for k, beat in sorted(beats.items())]
 
 
 class _Outage:
@@ -454,6 +474,7 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
     options = dataclasses.replace(planned.options, share=(share, workers), start_at_us=start_at)
     interrupt = Interrupt()
     run = LoadRun(settings, planned.plan, options, run_id=run_id, interrupt=interrupt)
+    hand_in = LiveHandIn(client, run_id, share)
 
     def on_tick(tick: Tick) -> None:
         try:
@@ -462,6 +483,7 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
             client.set(worker_key(run_id, share), _encode(Beat(
                 host, pid, True, tick.sent, tick.completed, tick.dropped, now_us(),
                 tick.approved, tick.declined, tick.rolling_p99_ms)), ex=KEY_TTL_S)
+            hand_in(run.metrics)
         except redis.RedisError:
             pass  # Redis failing over: the next tick beats again (the coordinator allows it)
 
@@ -473,6 +495,7 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
             raise
         error = str(exc)
         metrics, info = run.metrics, None
+    _riding_out(lambda: hand_in(metrics, last=True))
     handed = Handed(
         share=share, host=host, pid=pid, scheduled=options.share_of(planned.plan.count),
         lost=len(info.lost_ids) if info else 0,

@@ -46,6 +46,7 @@ class MetricsWire(msgspec.Struct, frozen=True):
     approved_amounts: dict[str, int]
     seconds: list[SecondWire]
     operations: OperationsWire | None = None
+    seconds_from: int = 0  # ``seconds`` holds every second of the run from this one on
 
 
 def _encode(histogram: HdrHistogram) -> str:
@@ -58,7 +59,8 @@ def _decoded(text: str) -> HdrHistogram:
     return histogram
 
 
-def to_wire(metrics: RunMetrics) -> MetricsWire:
+def to_wire(metrics: RunMetrics, seconds_from: int = 0) -> MetricsWire:
+    """Everything ``metrics`` holds; of its timeline, the seconds from ``seconds_from`` on."""
     with metrics.lock:
         operations = metrics.operations
         return MetricsWire(
@@ -71,8 +73,9 @@ def to_wire(metrics: RunMetrics) -> MetricsWire:
             approved_amounts=dict(metrics.approved_amounts),
             seconds=[SecondWire(index, s.sent, s.completed, s.approved, s.declined,
                                 dict(s.reasons), _encode(s.latency))
-                     for index, s in sorted(metrics.seconds.items())],
-            operations=None if operations is None else _operations_wire(operations))
+                     for index, s in sorted(metrics.seconds.items()) if index >= seconds_from],
+            operations=None if operations is None else _operations_wire(operations),
+            seconds_from=seconds_from)
 
 
 def _operations_wire(operations: OperationMetrics) -> OperationsWire:

@@ -163,9 +163,10 @@ def plan_run(settings: Settings, request: SendRequest) -> PlannedRun:
                   else request.test_card_share)
     if mix.bad_card_share + mix.test_card_share > 1:
         raise ConfigError("--bad-share and --test-card-share add up to more than 1")
+    # The profile's bounds are checked before the population, which takes Faker a while.
+    profile, count = _profile(request, scenario)
     population = build_population(seed, scenario.population if scenario else PopulationSpec())
     stream = PaymentStream(population, seed, mix, settings.issuer.max_amount_usd)
-    profile, count = _profile(request, scenario)
     plan = Plan(payments=iter(stream), count=count,
                 offsets=profile.offsets() if profile else None, profile=profile,
                 scenario=scenario.name if scenario else None, seed=seed, lifecycle=lifecycle)

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import redis
 from hdrh.histogram import HdrHistogram
@@ -25,6 +24,8 @@ from prometheus_client.registry import Collector
 
 from paysim.infra.config import Settings
 from paysim.infra.prometheus import LATENCY_BUCKETS_S, bucket_pairs, serve_metrics
+from paysim.load import hdr
+from paysim.load.hdr import counts_copy
 from paysim.load.metrics import RunMetrics
 from paysim.pipeline import store
 from paysim.pipeline.registry import GENERATOR, metrics_offset
@@ -36,35 +37,16 @@ SEND_DELAY_BUCKETS_S: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.002
                                            0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def counts_copy(histogram: HdrHistogram) -> Any:
-    """A copy of an HdrHistogram's counts array, taken at C speed (under the run's lock)."""
-    return type(histogram.counts).from_buffer_copy(histogram.counts)
-
-
-def hdr_buckets(histogram: HdrHistogram, counts: Any,
+def hdr_buckets(histogram: HdrHistogram, counts: Sequence[int],
                 bounds_s: Sequence[float]) -> tuple[list[int], float]:
     """The cumulative count at each bound (seconds) and +Inf, and the sum in seconds, of
     ``counts`` (a copy of ``histogram``'s, in microseconds; ``histogram`` only maps values to
     indexes). A bucket of HdrHistogram counts at or under a bound when its lowest value is,
-    so a bound splits HdrHistogram's buckets within their 0.1% width.
-
-    Sums over the counts array, not HdrHistogram's value iterator: the iterator walks its
-    23,552 buckets in Python, 0.1 s for each histogram."""
-    out, running, start = [], 0, 0
-    for bound in bounds_s:
-        end = min(histogram.get_counts_array_index(int(bound * 1e6)) + 1, len(counts))
-        if end > start:
-            running += sum(counts[start:end])
-            start = end
-        out.append(running)
-    out.append(running + sum(counts[start:]))
-    total_us = 0.0
-    for index, count in enumerate(counts):
-        if count:  # each value taken at its bucket's middle, as HdrHistogram's mean does
-            value = histogram.get_value_from_index(index)
-            total_us += count * (histogram.get_lowest_equivalent_value(value)
-                                 + histogram.get_highest_equivalent_value(value)) / 2
-    return out, total_us / 1e6
+    so a bound splits HdrHistogram's buckets within their 0.1% width. Each value is taken at
+    its bucket's middle, as HdrHistogram's mean does. A millisecond or two per histogram
+    (load/hdr.py), not a walk over its 23,552 buckets in Python."""
+    counts_at, total_us = hdr.buckets(histogram, counts, bounds_s, 1e6)
+    return counts_at, total_us / 1e6
 
 
 class LoadCollector(Collector):

@@ -23,7 +23,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError
 from paysim.infra.files import owner_only
-from paysim.load.report import SCHEMA, LatencyBlock, RunReport
+from paysim.load.report import SCHEMA, LatencyBlock, RunReport, TargetReport
 from paysim.pipeline.settlement_store import run_folder
 
 SCHEMA_FILE = "report.schema.json"
@@ -201,9 +201,28 @@ def diff_rows(a: RunReport, b: RunReport) -> list[Row]:
             rows.append(Row(f"{name} {label}", value_a, value_b, "ms", LOWER))
     rows.append(Row("send delay p99", a.load.send_delay.p99_ms, b.load.send_delay.p99_ms, "ms",
                     LOWER))
+    if a.target is not None or b.target is not None:
+        rows += _target_rows(a.target, b.target)
     if a.thresholds or b.thresholds:
         rows.append(Row("thresholds failed", len(a.failed_thresholds),
                         len(b.failed_thresholds), "count", LOWER))
+    return rows
+
+
+def _target_rows(a: TargetReport | None, b: TargetReport | None) -> list[Row]:
+    """A run against another system: its errors, in all and by kind (a kind one run lacks
+    counts 0 there; a run without a target block has no figure)."""
+    def count(report: TargetReport | None, kind: str) -> float | None:
+        if report is None:
+            return None
+        return next((row.count for row in report.by_error if row.kind == kind), 0)
+
+    rows = [Row("target errors", None if a is None else a.errors,
+                None if b is None else b.errors, "count", LOWER)]
+    kinds = [row.kind for row in (a.by_error if a else [])]
+    kinds += [row.kind for row in (b.by_error if b else []) if row.kind not in kinds]
+    rows += [Row(f"errors: {kind}", count(a, kind), count(b, kind), "count", LOWER)
+             for kind in kinds]
     return rows
 
 

@@ -34,9 +34,8 @@ def run_load(settings: Settings, request: SendRequest,
         require_services(settings, request.via)
     run = LoadRun(settings, planned.plan, planned.options, interrupt=interrupt,
                   target=planned.target)
-    live = LivePublisher(settings, run, [
-        f"{t.expression} @ {t.window_s}s" if t.window_s else t.expression
-        for t in planned.thresholds])
+    live = LivePublisher(settings, run.run_id, planned.plan.scenario, planned.thresholds,
+                         lambda: run.metrics)
     with exposed(settings, lambda: run.metrics), live:
         metrics, info = run.run(live.wrap(on_progress))
     return build_report(metrics, info, planned.thresholds)

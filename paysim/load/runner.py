@@ -94,6 +94,10 @@ class OutcomeSource(Protocol):
         0.2 s for them."""
         ...
 
+    # True once the source can give no more (a fatal error, reported as a failure): the
+    # collector stops waiting, and what is still awaited is lost.
+    ended: bool
+
     def close(self) -> None: ...
 
 
@@ -110,6 +114,8 @@ class Target(Protocol):
 
 class RunStream:
     """The run's stream of notified payments in Redis, as paysim's notifier writes it."""
+
+    ended = False  # Redis gone: the run goes on, and its timeout ends the wait
 
     def __init__(self, client: redis.Redis, run_id: str, stop: threading.Event) -> None:
         self.client = client
@@ -431,6 +437,8 @@ class LoadRun:
             read, failures = source.read()
             for failure in failures:
                 self._failure(failure)
+            if source.ended:
+                return
             entries, early = early + read, []
             for entry in entries:
                 if not self.options.mine(entry.seq):

@@ -32,6 +32,10 @@ class Threshold:
     times_target: bool  # "0.98 * target": the bound scales with the target rate
     window_s: int | None = None
 
+    def stated(self) -> str:
+        """The expression with its window, as the run lists it: ``p99_ms < 250 @ 10s``."""
+        return f"{self.expression} @ {self.window_s}s" if self.window_s else self.expression
+
     def bound(self, values: Mapping[str, float]) -> float:
         return self.number * values.get("target", 0.0) if self.times_target else self.number
 

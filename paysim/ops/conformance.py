@@ -3,10 +3,11 @@ running through golden cases over the real broker and Redis, and judge what it d
 
 The run: write the run issuers the cases need, produce every case's records onto the
 service's input topic (one record in a transaction that is then aborted), wait until the
-service's consumer group has committed past all of them, then read back the results and
-dead-letter topics from where they ended before (read_committed, and read_uncommitted to
-find the transaction markers) and the `payment_result_<id>` keys. Cases are in
-conformance_cases.py; the contract in docs/conformance.md.
+service's consumer group has committed past all of them, then read back its output topics
+and the dead-letter topic from where they ended before (read_committed, and
+read_uncommitted to find the transaction markers), the `payment_result_<id>` keys, and the
+outcomes and run stream entries the notifier keeps. Cases are in conformance_cases.py (and
+one module per service's suite); the contract in docs/conformance.md.
 """
 
 from __future__ import annotations
@@ -22,20 +23,31 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config, cluster_metadata, error_text, no_answer, quiet_logger
+from paysim.infra.secrets import load_keys
 from paysim.infra.waiting import wait_until
+from paysim.ops.conformance_authorizer import authorizer_suite
 from paysim.ops.conformance_cases import (
     Observed,
     Output,
     Sent,
     Suite,
+    SuiteFactory,
     Verdict,
     judge,
     processor_suite,
 )
+from paysim.ops.conformance_notifier import notifier_suite
+from paysim.ops.conformance_webhooks import Receiver, receiving
 from paysim.pipeline import registry, store
 
-SUITES = {registry.PROCESSOR.name: processor_suite}
+SUITES: dict[str, SuiteFactory] = {registry.AUTHORIZER.name: authorizer_suite,
+                                   registry.PROCESSOR.name: processor_suite,
+                                   registry.NOTIFIER.name: notifier_suite}
+DLQ = "dlq"  # the dead-letter topic's setting: every service writes there
 ISSUER_TTL_S = 3600
+# How long the Redis writes and webhooks may come after the candidate's commit: a webhook's
+# first attempt may fail and be retried after a backoff (paysim's: 0.5 s, then 1 s, ...).
+WEBHOOK_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -70,15 +82,18 @@ def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
         raise no_answer(settings, wait_s)
     client = store.connect_answering(settings)
     try:
-        suite = SUITES[service](run_id or new_run_id())
-        for run, rates in suite.issuers.items():
-            store.write_run_issuer(client, run, rates, ISSUER_TTL_S)
-        _ends(settings, topic, wait_s)  # the input topic exists, or one line says so
-        outputs = (settings.topics.results, settings.topics.dlq)
-        starts = {name: _ends(settings, name, wait_s) for name in outputs}
-        sent = _produce(settings, topic, suite, wait_s)
-        consumed, detail = _wait_consumed(settings, spec.group, topic, sent, timeout)
-        observed = _observe(settings, client, suite, starts, consumed, detail, wait_s)
+        run = run_id or new_run_id()
+        with receiving(run) as webhooks:
+            suite = SUITES[service](run, load_keys(settings), webhooks.url)
+            for issued, rates in suite.issuers.items():
+                store.write_run_issuer(client, issued, rates, ISSUER_TTL_S)
+            _ends(settings, topic, wait_s)  # the input topic exists, or one line says so
+            starts = {role: _ends(settings, getattr(settings.topics, role), wait_s)
+                      for role in (*suite.outputs, DLQ)}
+            sent = _produce(settings, topic, suite, wait_s)
+            consumed, detail = _wait_consumed(settings, spec.group, topic, sent, timeout)
+            observed = _observe(settings, client, suite, starts, consumed, detail, wait_s,
+                                webhooks)
     except redis.RedisError as exc:
         raise store.unreachable(settings, exc) from None
     except KafkaException as exc:
@@ -177,9 +192,11 @@ def _wait_consumed(settings: Settings, group: str, topic: str, sent: dict[str, l
                    f"({len(behind)} of {len(last)} partitions behind)")
 
 
-def _read(settings: Settings, topic: str, starts: dict[int, int], isolation: str,
+def _read(settings: Settings, role: str, starts: dict[int, int], isolation: str,
           timeout: float) -> tuple[list[Output], dict[int, int]]:
-    """The records from ``starts`` to each partition's end, and those ends."""
+    """The records of topics.<role> from ``starts`` to each partition's end, and those
+    ends."""
+    topic = getattr(settings.topics, role)
     consumer = _consumer(settings, isolation)
     outputs: list[Output] = []
     try:
@@ -197,7 +214,7 @@ def _read(settings: Settings, topic: str, starts: dict[int, int], isolation: str
                     pending.discard(message.partition())
                 continue
             outputs.append(Output(topic, message.partition(), message.offset(), message.key(),
-                                  message.value() or b""))
+                                  message.value() or b"", role))
             if message.offset() + 1 >= ends[message.partition()]:
                 pending.discard(message.partition())
         if pending:
@@ -211,27 +228,32 @@ def _read(settings: Settings, topic: str, starts: dict[int, int], isolation: str
 
 def _observe(settings: Settings, client: redis.Redis, suite: Suite,
              starts: dict[str, dict[int, int]], consumed: bool, detail: str,
-             timeout: float) -> Observed:
-    results_topic, dlq_topic = settings.topics.results, settings.topics.dlq
-    ids = [pid for case in suite.cases for pid in case.expects]
-    expected = {pid for case in suite.cases for pid, e in case.expects.items() if e}
+             timeout: float, webhooks: Receiver) -> Observed:
+    expects = [(pid, e) for case in suite.cases for pid, e in case.expects.items()]
+    ids = [pid for pid, _ in expects]
+    awaited = [key for pid, e in expects if e is not None
+               for key in [e.awaited_key(pid)] if key is not None]
+    posted = {pid for pid, e in expects if e is not None and e.awaits_webhook}
     if consumed:
-        # The seed's key may be written just after the transaction commits.
-        wait_until(lambda: all(client.exists(store.result_key(pid)) for pid in expected),
-                   timeout=5.0, interval=0.1)
+        # The Redis writes may land just after the transaction commits, and a webhook is
+        # posted after that.
+        wait_until(lambda: all(client.exists(key) for key in awaited)
+                   and posted <= webhooks.taken().keys(), timeout=WEBHOOK_WAIT_S,
+                   interval=0.1)
     results: dict[str, list[Output]] = {}
     wanted = set(ids)
     data_offsets: dict[tuple[str, int], set[int]] = {}
     all_ends: dict[tuple[str, int], int] = {}
     letters: list[Output] = []
-    for topic in (results_topic, dlq_topic):
-        committed, ends = _read(settings, topic, starts[topic], "read_committed", timeout)
-        everything, _ = _read(settings, topic, starts[topic], "read_uncommitted", timeout)
+    for role in starts:
+        committed, ends = _read(settings, role, starts[role], "read_committed", timeout)
+        everything, _ = _read(settings, role, starts[role], "read_uncommitted", timeout)
+        topic = getattr(settings.topics, role)
         for partition, end in ends.items():
             all_ends[(topic, partition)] = end
             data_offsets[(topic, partition)] = {o.offset for o in everything
                                                 if o.partition == partition}
-        if topic == dlq_topic:
+        if role == DLQ:
             letters = committed
             continue
         for output in committed:
@@ -241,7 +263,36 @@ def _observe(settings: Settings, client: redis.Redis, suite: Suite,
     values = store.mget(client, [store.result_key(pid) for pid in ids]) if ids else []
     stored = {pid: None if v is None else v.decode(errors="replace")
               for pid, v in zip(ids, values, strict=True)}
-    return Observed(consumed, detail, results, letters, stored, data_offsets, all_ends)
+    posts = {pid: [(post.signature, post.body) for post in found]
+             for pid, found in webhooks.taken().items()}
+    return Observed(consumed, detail, results, letters, stored, data_offsets, all_ends,
+                    _outcomes(client, ids), _done(client, suite, wanted), posts)
+
+
+def _outcomes(client: redis.Redis, ids: list[str]) -> dict[str, tuple[dict[str, bytes], int]]:
+    """Each payment's outcome hash (field -> value) and its TTL, where it has one."""
+    pipe = client.pipeline(transaction=False)
+    for pid in ids:
+        pipe.hgetall(store.outcome_key(pid))
+        pipe.ttl(store.outcome_key(pid))
+    replies = pipe.execute() if ids else []
+    found = {}
+    for pid, fields, ttl in zip(ids, replies[::2], replies[1::2], strict=True):
+        if fields:
+            found[pid] = ({k.decode(): v for k, v in fields.items()}, int(ttl))
+    return found
+
+
+def _done(client: redis.Redis, suite: Suite, wanted: set[str]) -> dict[str, list[bytes]]:
+    """The run streams' entries of the suite's payments (field ``o``, raw), by payment id."""
+    found: dict[str, list[bytes]] = {}
+    for run in (suite.run_id, *suite.issuers):
+        for _, fields in client.xrange(store.run_stream_key(run)):
+            raw = fields.get(store.DONE_FIELD.encode(), b"")
+            pid = _payment_id(raw)
+            if pid in wanted:
+                found.setdefault(pid, []).append(raw)
+    return found
 
 
 class _PaymentId(msgspec.Struct):

@@ -300,6 +300,32 @@ LIVE_RUNS_KEY = "paysim:live-runs"
 LIVE_RUN_FRESH_S = 5.0
 
 
+PASSING, FAILING, PENDING = "passing", "failing", "pending"
+
+
+class LiveVerdict(msgspec.Struct, frozen=True):
+    """A threshold judged on the run so far: ``passing``, ``failing`` (so far: a total such
+    as ``sent`` may still reach its bound), or ``pending`` (its metric not measured yet)."""
+
+    expression: str  # as the run states it ("p99_ms < 250 @ 10s" with a window)
+    state: str
+    actual: float | None  # over the run so far
+    bound: float
+    failed_windows: int = 0
+
+
+class GeneratorProgress(msgspec.Struct, frozen=True):
+    """One generator of a distributed run, as its last beat said."""
+
+    share: int
+    host: str
+    pid: int
+    sent: int
+    completed: int
+    dropped: int
+    alive: bool
+
+
 class RunProgress(msgspec.Struct, frozen=True, kw_only=True):
     """A run under way as `paysim send` last published it (the dashboard's progress panel)."""
 
@@ -320,6 +346,8 @@ class RunProgress(msgspec.Struct, frozen=True, kw_only=True):
     thresholds: list[str]  # the run's threshold expressions
     finished: bool = False
     rolling_p50_ms: float | None = None
+    verdicts: list[LiveVerdict] = msgspec.field(default_factory=list)  # one per threshold
+    generators: list[GeneratorProgress] = msgspec.field(default_factory=list)  # distributed
 
 
 def write_run_progress(client: redis.Redis, progress: RunProgress) -> None:

@@ -8,9 +8,10 @@ import json
 
 from rich.console import Console
 
+from paysim.bench.capacity import CORES
 from paysim.bench.resources import rss_bytes
 from paysim.bench.session import BenchOptions, run_benchmark
-from paysim.cli.bench import results_table
+from paysim.cli.bench import capacity_table, results_table
 
 
 def test_a_small_benchmark_fills_in_every_figure() -> None:
@@ -56,10 +57,22 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
     assert edge["outcomes"] >= edge["accepted"] and edge["caught_up_s"] is not None
 
     assert {t["name"].split(",")[0] for t in results["targets"]} >= {"end to end"}
+
+    capacity = results["capacity"]  # projected from the saturation run's CPU per payment
+    names = [c["name"] for c in capacity["components"]]
+    assert set(names) >= {"authorizer", "processor", "notifier", "broker", "redis", "generator"}
+    assert [(m["cores"], m["primaries"]) for m in capacity["machines"]] == [
+        (2, 1), (8, 1), (32, 1), (2, 3), (8, 3), (32, 3)]
+    for machine in capacity["machines"]:
+        assert machine["bottleneck"] in (*names, CORES)
+        assert 0 < machine["projected_per_s"] <= machine["shared_per_s"]
+    assert capacity["machines"][2]["projected_per_s"] >= capacity["machines"][0]["projected_per_s"]
     json.dumps(results)  # what bench/results.json holds
     out = io.StringIO()
     Console(file=out, width=160).print(results_table(results))
     assert "paysim at saturation" in out.getvalue()
     assert "lifecycle mix" in out.getvalue()
     assert "HTTP POST /authorize" in out.getvalue()
+    Console(file=out, width=160).print(capacity_table(capacity))
+    assert "capacity projection: projected from this run's CPU" in out.getvalue()
     assert any(line.startswith("saturation: 3,000 payments") for line in lines)

@@ -1,7 +1,9 @@
 """Bring your own service: `run-all --external processor` leaves the processor's consumer
 group to examples/external-processor (no paysim import), `ps` shows it with its lag, and
 `paysim conformance processor` passes it, and fails each deliberately broken variant on the
-case that variant breaks."""
+case that variant breaks. `paysim conformance authorizer` and `notifier` pass paysim's own
+services, started apart in the groups run-all left external, and fail a broken one on the
+cases it breaks."""
 
 from __future__ import annotations
 
@@ -60,15 +62,21 @@ def start_example(settings: Settings, broken: str | None = None) -> subprocess.P
 
 
 @contextmanager
-def example(settings: Settings, broken: str | None = None) -> Iterator[subprocess.Popen]:
-    """The example running for the block, stopped cleanly (SIGTERM) after it."""
-    child = start_example(settings, broken)
+def stopped_after(child: subprocess.Popen, timeout: float) -> Iterator[subprocess.Popen]:
+    """``child`` for the block, stopped cleanly (SIGTERM) after it: it must exit 0."""
     try:
         yield child
     finally:
         child.terminate()
-        _, err = child.communicate(timeout=30)
+        _, err = child.communicate(timeout=timeout)
     assert child.returncode == 0, err
+
+
+@contextmanager
+def example(settings: Settings, broken: str | None = None) -> Iterator[subprocess.Popen]:
+    """The example running for the block, stopped cleanly after it."""
+    with stopped_after(start_example(settings, broken), 30) as child:
+        yield child
 
 
 def conformance(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -173,6 +181,65 @@ def test_paysims_own_processor_passes_conformance(external) -> None:
         _, err = own.communicate(timeout=60)
     assert result.returncode == 0, result.stdout + err
     assert all(case["passed"] for case in json.loads(result.stdout)["cases"])
+
+
+BROKEN_SERVICE = Path(__file__).resolve().parent / "broken_service.py"
+# A breakage of paysim's own service per suite, and the cases it must fail, no more, no fewer.
+BROKEN_OWN = {
+    "authorizer": ("skip-cvv", {"N7 CVV check failed (4 digits on a Visa)",
+                                "N7 CVV check failed (3 digits on an Amex)",
+                                "the first failing check decides (14, 54, N7, 13 in that order)"}),
+    "notifier": ("random-event-id", {"redelivered record: one event id"}),
+}
+SUITE_SIZES = {"authorizer": 22, "notifier": 14}  # cases, with "consumed" and "transactions"
+
+
+@pytest.fixture(scope="module")
+def edges_external(local_stack, service_flags, tmp_path_factory) -> Iterator[Settings]:
+    """run-all --external authorizer --external notifier, on topics of their own."""
+    topics = {name: value.replace("byos.", "byos-edges.") for name, value in TOPICS.items()}
+    settings = settings_for({**service_flags, **topics, "http.port": free_port(),
+                             "services.dir": str(tmp_path_factory.mktemp("byos-edges"))})
+    with running_pipeline(settings, "--external", "authorizer", "--external", "notifier"):
+        yield settings
+
+
+@contextmanager
+def own_service(settings: Settings, service: str,
+                breakage: str | None = None) -> Iterator[subprocess.Popen]:
+    """paysim's own ``service`` (broken by ``breakage``) in the group left external, stopped
+    cleanly after the block."""
+    command = ([str(BROKEN_SERVICE), service, breakage] if breakage
+               else ["-m", "paysim", "service", service])
+    child = subprocess.Popen([sys.executable, *command],
+                             env={**child_env(settings), "PATH": "/usr/bin:/bin",
+                                  "PYTHONPATH": str(BROKEN_SERVICE.parents[2])},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with stopped_after(child, 60):
+        yield child
+
+
+@pytest.mark.parametrize("service", ["authorizer", "notifier"])
+def test_paysims_own_service_passes_its_conformance_suite(edges_external, service) -> None:
+    with own_service(edges_external, service):
+        result = run_paysim("conformance", service, "--timeout", CONFORMANCE_TIMEOUT,
+                            env=settings_env(edges_external), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    size = SUITE_SIZES[service]
+    assert f"{size} passed, 0 failed" in result.stdout, result.stdout
+    assert "FAIL" not in result.stdout
+
+
+@pytest.mark.parametrize("service", ["authorizer", "notifier"])
+def test_a_broken_service_fails_the_cases_it_breaks(edges_external, service) -> None:
+    breakage, failing = BROKEN_OWN[service]
+    with own_service(edges_external, service, breakage):
+        result = run_paysim("conformance", service, "--timeout", CONFORMANCE_TIMEOUT, "--json",
+                            env=settings_env(edges_external), timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    cases = json.loads(result.stdout)["cases"]
+    assert len(cases) == SUITE_SIZES[service]
+    assert {case["name"] for case in cases if not case["passed"]} == failing
 
 
 def test_conformance_with_redis_unreachable_is_one_line(external) -> None:

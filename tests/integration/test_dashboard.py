@@ -66,8 +66,9 @@ def test_the_page_follows_a_run_live_and_lists_it_afterwards(
     assert wait_until(lambda: browser.find_element(By.ID, "status").text == "live", timeout=20)
     assert wait_until(lambda: (number(browser, "kpi-services") or 0) >= 5, timeout=20)
 
+    # A loose threshold: the test checks that a verdict is shown, not how loaded the machine is.
     child, out, err = start_send(pipeline, "--rate", "40", "--duration", "12s", "--seed", "31",
-                                 "--threshold", "p99_ms < 5000")
+                                 "--threshold", "p99_ms < 60000")
     try:
         # The run's progress appears, and its numbers grow from one second to the next.
         assert wait_until(lambda: (number(browser, "run-sent") or 0) > 0, timeout=30), \
@@ -81,7 +82,13 @@ def test_the_page_follows_a_run_live_and_lists_it_afterwards(
         # Rates from the services' metrics: payments sent and messages processed per second.
         assert wait_until(lambda: (number(browser, "kpi-processed") or 0) > 0, timeout=15)
         assert wait_until(lambda: (number(browser, "kpi-sent") or 0) > 0, timeout=15)
-        assert "p99_ms < 5000" in browser.find_element(By.ID, "run").text
+        assert "p99_ms < 60000" in browser.find_element(By.ID, "run").text
+        # The threshold's verdict on the run so far, in green, once a payment completed.
+        assert wait_until(lambda: [cell.get_attribute("data-state") for cell in
+                                   browser.find_elements(By.CSS_SELECTOR,
+                                                         "#run-thresholds td.verdict.ok")]
+                          == ["passing"], timeout=15)
+        assert "passing" in browser.find_element(By.ID, "run-thresholds").text
         assert "approved/00" in browser.find_element(By.ID, "reasons").text
         lines = browser.find_elements(By.CSS_SELECTOR, "#chart-throughput path")
         assert lines and any(line.get_attribute("d").count("L") >= 2 for line in lines)

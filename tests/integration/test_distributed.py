@@ -4,6 +4,7 @@ mid-run, reported with what it had sent."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -22,6 +23,48 @@ from paysim.load.schedule import Profile
 from paysim.pipeline import store
 from tests.integration.fault_helpers import generator_beat, started_runs
 from tests.integration.test_lifecycle_load import assert_audit_clean
+
+
+def test_a_distributed_run_publishes_its_merged_progress_and_verdicts_live(
+        pipeline: Settings) -> None:
+    """What the dashboard reads (store.read_run_progress) while `send --workers 2` runs: the
+    generators' counts growing to the total, their rows, the merged rolling p99, and each
+    threshold's verdict on the run so far."""
+    request = SendRequest(rate=40, count=200, seed=73, timeout=60,
+                          thresholds=("p99_ms < 5000", "sent >= 200"))
+    done: list[Coordinated] = []
+    runner = threading.Thread(target=lambda: done.append(
+        run_distributed(pipeline, request, workers=2)), daemon=True)
+    seen: list[store.RunProgress] = []
+    client = store.connect(pipeline)
+    try:
+        runner.start()
+
+        def finished() -> bool:
+            seen.extend(run for run in store.read_run_progress(client) if run.generators)
+            return any(run.finished for run in seen)
+
+        assert wait_until(finished, timeout=90), seen[-1:] or "no progress published"
+        runner.join(30)
+    finally:
+        client.close()
+    [coordinated] = done
+    ours = [run for run in seen if run.run_id == coordinated.report.run_id]
+    assert ours, "the coordinator published nothing under its run's id"
+    assert all(a.sent <= b.sent for a, b in itertools.pairwise(ours))
+    under_way = [run for run in ours if 0 < run.sent < 200 and not run.finished]
+    assert under_way, [run.sent for run in ours]
+    last = ours[-1]
+    assert last.finished and (last.scheduled, last.sent, last.completed) == (200, 200, 200)
+    assert [(g.share, g.sent, g.alive) for g in last.generators] == [(0, 100, True),
+                                                                      (1, 100, True)]
+    assert any(run.rolling_p99_ms is not None for run in ours)
+    assert last.reasons and sum(last.reasons.values()) == 200
+    # The verdicts: p99 passing once measured; the total failing so far, then passing.
+    assert [(v.expression, v.state) for v in last.verdicts] == [
+        ("p99_ms < 5000", store.PASSING), ("sent >= 200", store.PASSING)]
+    assert any(v.expression == "sent >= 200" and v.state == store.FAILING
+               for run in under_way for v in run.verdicts)
 
 
 def test_two_generators_send_one_schedule_with_one_merged_report(pipeline: Settings,

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from paysim.bench.capacity import Projected
 from paysim.bench.http import KEPT_UP_S, HttpFigures, figures_from_wrk, parse_wrk
 from paysim.bench.phases import PhaseFigures, figures_from_report
 from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
-from paysim.bench.results import HTTP_TARGET, build_results, targets
+from paysim.bench.results import HTTP_TARGET, build_results, reprojected, targets
 from paysim.cli.bench import results_table
 from paysim.infra.errors import PaysimError
 from paysim.infra.waiting import wait_until
@@ -108,6 +111,63 @@ def test_figures_from_a_send_report() -> None:
     assert figures.latency["end_to_end"] == {"p50_ms": 1.0, "p99_ms": 3.0, "p99_9_ms": 4.0,
                                              "max_ms": 5.0}
     assert set(figures.latency) == {"end_to_end", "authorizer"}
+
+
+def test_results_carry_the_capacity_projection_when_asked() -> None:
+    assert results()["capacity"] is None
+    projected = results(projected=Projected(cores=(2,), primaries=(1,)),
+                        partitions=6)["capacity"]
+    assert [c["name"] for c in projected["components"]] == [
+        "authorizer", "processor", "notifier", "broker"]  # the usage() figures below
+    [machine] = projected["machines"]
+    assert (machine["cores"], machine["partitions"], machine["primaries"]) == (2, 6, 1)
+    # 0.025 + 0.025 + 0.025 + 0.025 s per 1,000 (5 s each over 200,000): 2 cores / 0.1 ms
+    assert machine["shared_per_s"] == 20_000.0 and machine["bottleneck"] == "all cores"
+    assert projected["measured"] == {"cores": 2, "partitions": 6, "payments_per_s": 6000.0,
+                                     "cores_busy": 0.6}
+
+
+def test_a_saved_run_is_projected_again_for_other_machines() -> None:
+    saved = json.dumps(results(projected=Projected(), partitions=6)).encode()
+    again = reprojected(saved, Projected(cores=(32,), primaries=(3,)), default_partitions=99)
+    [machine] = again["machines"]
+    assert (machine["cores"], machine["partitions"]) == (32, 6)  # the run's own partitions
+    # Four components at 0.025 s per 1,000 (40,000/s per core), six partitions each:
+    # 240,000/s; the broker 32 x 40,000; all 32 cores: 320,000/s.
+    assert machine["projected_per_s"] == 240_000.0 and machine["bottleneck"] == "authorizer"
+    before = json.dumps(results()).encode()  # a file from before the model: no partitions
+    assert reprojected(before, Projected(cores=(2,)), 12)["machines"][0]["partitions"] == 12
+    assert reprojected(saved, Projected(partitions=3), 6)["machines"][0]["partitions"] == 3
+
+
+@pytest.mark.parametrize(("saved", "complaint"), [
+    (b"nope[", "malformed"),
+    (b'{"saturation": {"throughput_per_s": 1.0}}', "resources"),
+    (b'{"resources": {"x": {"cpu_s_per_1000": -1}}, "saturation": {"throughput_per_s": 1}}',
+     ">= 0"),
+    (b'{"resources": {}, "saturation": {"throughput_per_s": "fast"}}', "throughput_per_s"),
+    (b'{"resources": {"x": {"cpu_s_per_1000": 0}}, "saturation": {"throughput_per_s": 1}}',
+     "no process's CPU"),
+])
+def test_a_file_the_model_cannot_use_is_refused_with_the_reason(saved: bytes,
+                                                                 complaint: str) -> None:
+    with pytest.raises(ValueError) as error:
+        reprojected(saved, Projected(), 6)
+    assert complaint in str(error.value)
+
+
+def test_bench_project_from_prints_a_saved_run_s_projection(tmp_path: Path,
+                                                           paysim_cli: PaysimCli) -> None:
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps(results(projected=Projected(), partitions=6)))
+    shown = paysim_cli("bench", "--project-from", str(saved), "--project-cores", "32",
+                       "--project-primaries", "3")
+    assert shown.returncode == 0, shown.stderr
+    assert "capacity projection" in shown.stdout and "32 cores, 3 primaries" in shown.stdout
+    assert "240,000" in shown.stdout and "│ 2 cores" not in shown.stdout
+    saved.write_text('{"resources": []}')
+    assert_one_line_error(paysim_cli("bench", "--project-from", str(saved)), 2,
+                          "--project-from", "not a benchmark's results.json")
 
 
 def test_targets_met_and_missed() -> None:

@@ -169,6 +169,10 @@ def test_nan_in_a_scenario_is_bad_input(tmp_path: Path, paysim_cli: PaysimCli) -
     (send, ["--count", "100000001"], "--count"),
     (bench, ["--rate", "nan"], "--rate"),
     (bench, ["--rate", "inf"], "--rate"),
+    (bench, ["--project-cores", "0"], "--project-cores"),
+    (bench, ["--project-partitions", "0"], "--project-partitions"),
+    (bench, ["--project-primaries", "x"], "--project-primaries"),
+    (bench, ["--project-workers", "0"], "--project-workers"),
 ])
 def test_number_flags_refuse_nan_inf_and_out_of_bounds(command: click.Command, args: list[str],
                                                        flag: str) -> None:

@@ -5,8 +5,23 @@ from __future__ import annotations
 
 import msgspec
 
-from paysim.domain import decisions
-from paysim.domain.messages import PROCESSED, DeadLetter, PaymentAuthorized, PaymentOutcome, encode
+from paysim.domain import cards, decisions
+from paysim.domain.messages import (
+    NOTIFIED,
+    PROCESSED,
+    DeadLetter,
+    PaymentAuthorized,
+    PaymentOutcome,
+    PaymentRequested,
+    encode,
+)
+from paysim.domain.webhooks import sign
+from paysim.ops.conformance_authorizer import (
+    NETWORK_CARDS,
+    DeclinedAtEdge,
+    PassedOn,
+    authorizer_suite,
+)
 from paysim.ops.conformance_cases import (
     Observed,
     Output,
@@ -15,12 +30,15 @@ from paysim.ops.conformance_cases import (
     judge_transactions,
     processor_suite,
 )
+from paysim.ops.conformance_notifier import notifier_suite
 from paysim.ops.run_all import external_services
 from paysim.ops.supervisor import Supervisor
 from paysim.pipeline import registry, store
+from paysim.pipeline.authorizer import authorize
+from paysim.pipeline.notifications import notification_for, webhook_body
 from paysim.stack.process import ProcessRecord
 from tests.helpers import assert_one_line_error, run_paysim
-from tests.unit.fakes import FakeRedis, pure_settings
+from tests.unit.fakes import KEYS, FakeRedis, pure_settings
 
 # README's reason table: the codes the processor decides (the rest are the authorizer's or
 # the ledger service's operations').
@@ -56,7 +74,8 @@ def _outcome(payment: PaymentAuthorized, status: str, code: str, approved: int |
         stages={**payment.stages, PROCESSED: 3}, status=status, reason_code=code,
         reason_text=decisions.reason_text(code), token=payment.token,
         masked_pan=payment.masked_pan, network=payment.network, approved_amount=approved)
-    return Output("payments.results", 0, offset, payment.token.encode(), encode(outcome))
+    return Output("payments.results", 0, offset, payment.token.encode(), encode(outcome),
+                  "results")
 
 
 def test_a_decision_passes_only_with_its_record_and_the_seed_key() -> None:
@@ -99,17 +118,17 @@ def test_a_poison_record_needs_a_dead_letter_naming_it() -> None:
     sent = [Sent(case.sends[0], partition=2, offset=7)]
     letter = DeadLetter(service="processor", source_topic="payments.authorized", partition=2,
                         offset=7, reason="not valid JSON", key=None, original=None, at=1)
-    found = Output("payments.dlq", 0, 0, None, encode(letter))
+    found = Output("payments.dlq", 0, 0, None, encode(letter), "dlq")
     assert judge(case, sent, _observed({}, {}, [found])).passed
     elsewhere = Output("payments.dlq", 0, 0, None, encode(
-        msgspec.structs.replace(letter, offset=8)))
+        msgspec.structs.replace(letter, offset=8)), "dlq")
     verdict = judge(case, sent, _observed({}, {}, [elsewhere]))
     assert not verdict.passed
     assert verdict.detail == "no dead letter for payments.authorized 2/7"
 
 
 def test_outputs_without_a_marker_after_them_are_outside_transactions() -> None:
-    output = Output("payments.results", 0, 4, b"k", b"{}")
+    output = Output("payments.results", 0, 4, b"k", b"{}", "results")
     marked = Observed(True, "", {"p": [output]}, [], {}, {("payments.results", 0): {4}},
                       {("payments.results", 0): 6})
     assert judge_transactions(marked).passed
@@ -148,3 +167,134 @@ def test_external_marks_are_read_back_and_cleared() -> None:
     assert store.external_services(client) == set()
     client.set(store.EXTERNAL_KEY, b"{not json")
     assert store.external_services(client) == set()
+
+
+# ------------------------------------------------------------------ the authorizer's suite
+
+AUTHORIZER_CODES = {"14", "54", "N7", "12", "13"}  # README's table: the authorizer's codes
+
+
+def _authorizer_cases():
+    return authorizer_suite("conformance-test", KEYS).cases
+
+
+def test_the_authorizer_suite_covers_its_codes_networks_and_test_cards() -> None:
+    expects = [e for case in _authorizer_cases() for e in case.expects.values() if e]
+    assert {e.code for e in expects if isinstance(e, DeclinedAtEdge)} == AUTHORIZER_CODES
+    passed = [e for e in expects if isinstance(e, PassedOn)]
+    assert {e.network for e in passed} == set(NETWORK_CARDS)
+    assert {e.test_reason for e in passed} == {None, *decisions.TEST_CARDS.values()}
+    assert sum(case.dead_letters for case in _authorizer_cases()) == 7
+    assert authorizer_suite("conformance-test", KEYS).withhold_original
+
+
+def _authorizers_outputs(case) -> tuple[dict[str, list[Output]], dict[str, str | None]]:
+    """What paysim's own authorizer decides for the case's records (its pure decision)."""
+    results: dict[str, list[Output]] = {}
+    seed: dict[str, str | None] = {}
+    cipher = cards.CardCipher(KEYS.card_key)
+    for offset, send in enumerate(case.sends):
+        request = msgspec.json.decode(send.value, type=PaymentRequested)
+        card = cipher.decrypt(request.card, request.payment_id.encode())
+        verdict = authorize(request, card, pure_settings(), KEYS.token_key)
+        if isinstance(verdict, PaymentAuthorized):
+            output = Output("payments.authorized", 0, offset, verdict.token.encode(),
+                            encode(verdict), "authorized")
+        else:
+            output = Output("payments.results", 0, offset, verdict.payment_id.encode(),
+                            encode(verdict), "results")
+            seed[verdict.payment_id] = verdict.status
+        results.setdefault(request.payment_id, []).append(output)
+    return results, seed
+
+
+def test_paysims_authorizer_decisions_pass_every_decision_case() -> None:
+    decided = [case for case in _authorizer_cases()
+               if not case.dead_letters and all(case.expects.values())]
+    assert len(decided) == 12
+    for case in decided:
+        results, seed = _authorizers_outputs(case)
+        verdict = judge_case(case, [], _observed(results, seed), "payments.requested",
+                             "authorizer")
+        assert verdict.passed, (case.name, verdict.detail)
+
+
+def test_an_authorizer_that_skips_the_cvv_check_fails_the_n7_cases() -> None:
+    case = next(c for c in _authorizer_cases() if c.name.startswith("N7") and "Visa" in c.name)
+    request = msgspec.json.decode(case.sends[0].value, type=PaymentRequested)
+    card = cards.CardCipher(KEYS.card_key).decrypt(request.card, request.payment_id.encode())
+    lenient = authorize(request, msgspec.structs.replace(card, cvv="123"), pure_settings(),
+                        KEYS.token_key)
+    output = Output("payments.authorized", 0, 0, b"k", encode(lenient), "authorized")
+    verdict = judge_case(case, [], _observed({request.payment_id: [output]}, {}),
+                         "payments.requested", "authorizer")
+    assert not verdict.passed
+    assert verdict.detail == ("passed on to the issuer (1 record on the authorized topic); "
+                              "expected declined N7")
+
+
+def test_an_authorizer_dead_letter_keeping_the_record_fails() -> None:
+    case = next(c for c in _authorizer_cases() if c.name == "dead letter: not JSON")
+    sent = [Sent(case.sends[0], partition=1, offset=3)]
+    letter = DeadLetter(service="authorizer", source_topic="payments.requested", partition=1,
+                        offset=3, reason="not valid JSON", key=None, original=None, at=1)
+    kept = msgspec.structs.replace(letter, original="e3RoaXM=")
+    for found, passes in ((letter, True), (kept, False)):
+        verdict = judge_case(case, sent, _observed({}, {}, [
+            Output("payments.dlq", 0, 0, None, encode(found), "dlq")]),
+            "payments.requested", "authorizer", withhold_original=True)
+        assert verdict.passed is passes, verdict.detail
+
+
+# ------------------------------------------------------------------ the notifier's suite
+
+
+def _told(outcome: PaymentOutcome, event: str, offset: int) -> Output:
+    notification = notification_for(outcome, event, 5)
+    return Output("payments.notifications", 0, offset, outcome.payment_id.encode(),
+                  encode(notification), "notifications")
+
+
+def test_a_notifier_redelivery_needs_one_event_id_and_its_stored_outcome() -> None:
+    case = next(c for c in notifier_suite("conformance-test").cases
+                if c.name == "redelivered record: one event id")
+    outcome = msgspec.json.decode(case.sends[0].value, type=PaymentOutcome)
+    pid = outcome.payment_id
+    notified = msgspec.structs.replace(outcome, stages={**outcome.stages, NOTIFIED: 5})
+    stored = {pid: ({"status": b"approved", "doc": encode(notified)}, 3600)}
+    entry = store.DoneEntry(pid, outcome.status, outcome.reason_code, outcome.amount,
+                            outcome.currency, outcome.seq, notified.stages)
+    done = {pid: [encode(entry)]}
+    same = [_told(outcome, "evt_1", 0), _told(outcome, "evt_1", 1)]
+    observed = Observed(True, "", {pid: same}, [], {}, {}, {}, stored, done)
+    assert judge_case(case, [], observed, "payments.results", "notifier").passed
+    observed.results = {pid: [_told(outcome, "evt_1", 0), _told(outcome, "evt_2", 1)]}
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert "2 notifications with 2 event ids" in verdict.detail
+    observed.results, observed.done = {pid: same}, {}
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert verdict.detail == f"no entry for payment {pid} on its run's stream"
+
+
+def test_a_notifier_webhook_must_be_signed_with_the_webhook_key() -> None:
+    suite = notifier_suite("conformance-test", KEYS, "http://127.0.0.1:1/conformance/x")
+    case = next(c for c in suite.cases if c.name == "webhook: signed, to the callback_url")
+    outcome = msgspec.json.decode(case.sends[0].value, type=PaymentOutcome)
+    assert outcome.callback_url == f"http://127.0.0.1:1/conformance/x/{outcome.payment_id}"
+    pid = outcome.payment_id
+    notified = msgspec.structs.replace(outcome, stages={**outcome.stages, NOTIFIED: 5})
+    entry = store.DoneEntry(pid, outcome.status, outcome.reason_code, outcome.amount,
+                            outcome.currency, outcome.seq, notified.stages)
+    body = webhook_body(notification_for(outcome, "evt_1", 5_000_000))
+    observed = Observed(True, "", {pid: [_told(outcome, "evt_1", 0)]}, [], {}, {}, {},
+                        {pid: ({"status": b"declined", "doc": encode(notified)}, 3600)},
+                        {pid: [encode(entry)]},
+                        {pid: [(sign(body, KEYS.webhook_secret), body)]})
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert verdict.passed, verdict.detail
+    observed.webhooks = {pid: [(sign(body, b"another key"), body)]}
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert verdict.detail.startswith("webhook signature:")
+    observed.webhooks = {}
+    verdict = judge_case(case, [], observed, "payments.results", "notifier")
+    assert verdict.detail == "no webhook posted to the payment's callback_url"

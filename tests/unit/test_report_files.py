@@ -28,7 +28,15 @@ from paysim.cli.report import report as report_group
 from paysim.infra.errors import ConfigError
 from paysim.load.html import embed_json, nice_step, render_html
 from paysim.load.metrics import OperationMetrics, RunMetrics
-from paysim.load.report import LatencyBlock, RunInfo, RunReport, build_report
+from paysim.load.report import (
+    AUDIT_NOT_APPLICABLE,
+    ErrorRow,
+    LatencyBlock,
+    RunInfo,
+    RunReport,
+    TargetReport,
+    build_report,
+)
 from paysim.load.report_compare import (
     HIGHER,
     LOWER,
@@ -465,6 +473,32 @@ def test_diff_against_an_empty_run(report_a, empty_report) -> None:
     assert rows["processor max"].b is None
     assert rows["completed"].change == -160
     assert rows["target rate"].b is None
+
+
+def _target(errors: dict[str, int]) -> TargetReport:
+    return TargetReport(kind="kafka", address="orders", outcome_topic="decisions",
+                        correlate="/id = {payment_id}", concurrency=None,
+                        errors=sum(errors.values()), audit=AUDIT_NOT_APPLICABLE,
+                        by_error=[ErrorRow(kind, n, f"first {kind}")
+                                  for kind, n in errors.items()])
+
+
+def test_diff_of_two_target_runs_compares_their_errors_and_lost(report_a, report_b) -> None:
+    a = msgspec.structs.replace(report_a, target=_target({"unparsable outcome": 3}))
+    b = msgspec.structs.replace(report_b, target=_target({"no decision": 2,
+                                                          "unparsable outcome": 1}))
+    rows = {row.figure: row for row in diff_rows(a, b)}
+    assert (rows["target errors"].a, rows["target errors"].b) == (3, 3)
+    assert rows["target errors"].verdict == "same"
+    unparsable = rows["errors: unparsable outcome"]
+    assert (unparsable.a, unparsable.b, unparsable.verdict) == (3, 1, "better")
+    no_decision = rows["errors: no decision"]
+    assert (no_decision.a, no_decision.b, no_decision.verdict) == (0, 2, "worse")
+    assert (rows["lost"].a, rows["lost"].b) == (a.outcomes.lost, b.outcomes.lost)
+    # Against paysim's own pipeline (no target block) the target's figures are missing.
+    mixed = {row.figure: row for row in diff_rows(a, report_b)}
+    assert (mixed["target errors"].a, mixed["target errors"].b) == (3, None)
+    assert "target errors" not in {row.figure for row in diff_rows(report_a, report_b)}
 
 
 # ---------------------------------------------------------------------------------- CLI

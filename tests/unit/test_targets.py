@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError
 from jsonschema import Draft202012Validator
 
 from paysim.domain import cards
@@ -17,8 +18,9 @@ from paysim.load.ingress import Failure
 from paysim.load.metrics import RunMetrics
 from paysim.load.plan import SendRequest, plan_run
 from paysim.load.report import RunInfo, TargetInfo, build_report
+from paysim.load.runner import LoadRun
 from paysim.load.targets.choice import TargetFlags, open_target
-from paysim.load.targets.http_target import HttpTarget, parse_target_url, read_answer
+from paysim.load.targets.http_target import HttpAnswers, HttpTarget, parse_target_url, read_answer
 from paysim.load.targets.kafka_target import Correlation, OutcomeReader, Pending
 from paysim.load.targets.pointer import MISSING, parse_pointer
 from paysim.load.targets.template import (
@@ -234,6 +236,50 @@ def test_an_outcome_record_is_matched_once_to_its_payment(tmp_path: Path) -> Non
                               {"requested": 1_000, "notified": 4_000})
     assert outcomes.outcome(record, 5_000) is None  # a repeat, or someone else's
     assert outcomes.outcome(json.dumps({"id": "other", "ok": True}).encode(), 5_000) is None
+
+
+class _Fatal:
+    """A consumed message carrying a fatal error (an unusable consumer)."""
+
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError._FATAL, "fenced by a newer instance", fatal=True)
+
+
+class _FatalConsumer:
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def poll(self, _timeout: float) -> _Fatal:
+        self.polls += 1
+        return _Fatal()
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Fatal]:
+        return []
+
+
+def test_a_fatal_kafka_error_ends_the_outcome_reader_with_one_failure(tmp_path: Path) -> None:
+    template = load_record_template(write(tmp_path, KAFKA_BASE + 'reason = "/code"\n'))
+    consumer = _FatalConsumer()
+    outcomes = OutcomeReader(consumer, "outcomes", template, Correlation())  # type: ignore[arg-type]
+    entries, failures = outcomes.read()
+    assert entries == [] and outcomes.ended
+    assert [(f.kind, f.payment_id) for f in failures] == [("outcome topic unreadable", None)]
+    assert failures[0].line == ("reading outcomes stopped at a fatal Kafka error: "
+                                "fenced by a newer instance")
+    assert outcomes.read() == ([], []) and consumer.polls == 1  # read no more
+
+
+def test_the_collector_counts_an_ended_sources_failure_and_stops() -> None:
+    settings = load_settings({}, env={})
+    planned = plan_run(settings, SendRequest(count=3))
+    run = LoadRun(settings, planned.plan, planned.options)
+    run.metrics = RunMetrics(1_000_000)
+    source = HttpAnswers(ended=True)  # any source that says it can give no more
+    failure = Failure("outcome topic unreadable", "reading outcomes stopped: fenced")
+    source.read = lambda: ([], [failure])  # type: ignore[method-assign]
+    run._collect(source)  # returns, although nothing was sent and no deadline passed
+    assert run.metrics.errors == {"outcome topic unreadable": 1}
+    assert run.metrics.error_lines["outcome topic unreadable"] == failure.line
 
 
 def test_an_unreadable_outcome_record_is_one_failure(tmp_path: Path) -> None:

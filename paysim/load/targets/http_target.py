@@ -181,6 +181,7 @@ class HttpAnswers:
     is nothing to read; it only paces the collector."""
 
     pause: threading.Event = field(default_factory=threading.Event)
+    ended: bool = False  # every answer comes with its send: this source never fails
 
     def read(self) -> tuple[list[DoneEntry], list[Failure]]:
         self.pause.wait(0.2)

@@ -138,10 +138,13 @@ class OutcomeReader:
         self.topic = topic
         self.template = template
         self.correlation = correlation
+        self.ended = False  # a fatal Kafka error: the consumer can read no more
 
     def read(self) -> tuple[list[DoneEntry], list[Failure]]:
         entries: list[DoneEntry] = []
         failures = self.correlation.drain_failures()
+        if self.ended:
+            return entries, failures
         # poll() returns with the first record; consume() with a timeout would wait for a
         # whole batch (or the timeout) and add that wait to every outcome's latency.
         first = self.consumer.poll(0.2)
@@ -151,7 +154,13 @@ class OutcomeReader:
             error = message.error()
             if error is not None:
                 if error.fatal():
-                    raise KafkaException(error)
+                    # The consumer is unusable: one line, counted as an error; the payments
+                    # still awaiting an outcome are reported lost.
+                    self.ended = True
+                    failures.append(Failure("outcome topic unreadable", (
+                        f"reading {self.topic} stopped at a fatal Kafka error: "
+                        f"{error.str()}")))
+                    break
                 continue  # transient (a broker reconnecting): the run's timeout bounds it
             outcome = self.outcome(message.value() or b"", now_us(), message.partition(),
                                    message.offset())
