@@ -14,6 +14,7 @@ from rich.table import Table
 from paysim.bench.capacity import Projected, Scaling
 from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
+from paysim.infra.collector import tune_for_batches
 from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.infra.files import writing
@@ -100,6 +101,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
+    tune_for_batches()  # this process is the benchmark's generator
     results = run_benchmark(options, announce=lambda line: err_console.print(safe(line)))
     with writing("the results", out):
         out.write_text(json.dumps(results, indent=2) + "\n")

@@ -24,6 +24,7 @@ from paysim.cli.render import console, err_console, print_json, safe
 from paysim.domain import money
 from paysim.domain.messages import STAGES, CallbackUrl, failed_value_check
 from paysim.domain.webhooks import refused_callback
+from paysim.infra.collector import tune_for_batches
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.load.distributed import run_distributed
@@ -325,6 +326,7 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
                     f"{', '.join(map(str, coordinated.record_parts_away))} wrote theirs on "
                     f"their own hosts ({safe(record)}.part<share>)", soft_wrap=True)
         else:
+            tune_for_batches()
             report = run_load(settings, request, progress, interrupt)
     write_outputs(report, out, html)
     try:

@@ -6,6 +6,7 @@ import click
 
 from paysim.cli.options import FiniteFloatRange, with_settings
 from paysim.cli.render import console, safe
+from paysim.infra.collector import tune_for_batches
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.load.distributed import run_worker
@@ -25,6 +26,7 @@ def worker(settings: Settings, run_id: str | None, wait: float) -> None:
     def joined(run: str, share: int, workers: int) -> None:
         console.print(f"joined run {safe(run)} as generator {share + 1} of {workers}")
 
+    tune_for_batches()
     handed = run_worker(settings, run_id, wait, joined)
     console.print(f"handed in: sent {handed.metrics.sent:,} of {handed.scheduled:,}, "
                   f"completed {handed.metrics.completed:,}, lost {handed.lost:,}")

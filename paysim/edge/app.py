@@ -20,32 +20,34 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from confluent_kafka import Producer
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from paysim.domain import cards, decisions
-from paysim.domain.messages import encode, new_payment_request, now_us
+from paysim.domain.messages import PaymentRequested, encode, new_payment_request, now_us
 from paysim.domain.requests import AuthorizeRequest
 from paysim.domain.webhooks import refused_callback
-from paysim.edge import idempotency
+from paysim.edge import http_server, idempotency
 from paysim.edge.answers import Accepted, Declined, Error, Resent, body
 from paysim.edge.delivery import Deliveries
 from paysim.edge.health import HEALTH_PATH, HealthChecker
-from paysim.edge.idempotency import Answer, Idempotency
+from paysim.edge.idempotency import Answer, Idempotency, Write
 from paysim.edge.openapi import OPENAPI_PATH, openapi_document
-from paysim.edge.operations import ROUTES, Operations, Route, note_route, operation_id
+from paysim.edge.operations import ROUTES, Operations, Route, operation_id, route_note
 from paysim.edge.prometheus import HttpMetrics
 from paysim.edge.validation import (
     MAX_BODY_BYTES,
     BadRequest,
-    authorize_body,
+    authorize_raw,
     notify_body,
     operation_body,
     short,
@@ -60,6 +62,12 @@ from paysim.pipeline.webhook_dispatch import callback_policy
 log = logging.getLogger("paysim.http")
 
 UI_PATH = "/ui"  # where run-all's HTTP API serves the dashboard
+AUTHORIZE_PATH = "/authorize"
+TOO_LARGE = f"request body is larger than {MAX_BODY_BYTES // 1024} KiB"
+JSON_TYPE = "application/json"
+
+# The server's direct path: (method, path) -> a handler answering without Flask.
+DirectRoutes = dict[tuple[str, str], http_server.Direct]
 
 
 class Counters:
@@ -75,16 +83,56 @@ class Counters:
             self.answered += 1
 
 
+class Reply(NamedTuple):
+    """A route's answer, and whether it replays an earlier one (paysim.edge.idempotency)."""
+
+    answer: Answer
+    replayed: bool = False
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [(idempotency.REPLAY_HEADER, "true")] if self.replayed else []
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A payment that passed the card checks: sealed, its card tokenized, its route note."""
+
+    message: PaymentRequested
+    token: str
+    note: Write
+
+
+def _encoded(answer_body: dict[str, Any]) -> bytes:
+    return json.dumps(answer_body, separators=(",", ":")).encode()
+
+
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(body, separators=(",", ":")), status=status,
-                        mimetype="application/json")
+    response = Response(_encoded(body), status=status, mimetype=JSON_TYPE)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
 
 
+def _reply(reply: Reply) -> Response:
+    return _json(*reply.answer, dict(reply.headers()))
+
+
 def _error(status: int, message: str, **fields: Any) -> Response:
     return _json(status, {**body(Error(error=message)), **fields})
+
+
+def error_answer(exc: Exception, method: str, path: str) -> Answer:
+    """What a route answers when it raised ``exc``: a BadRequest's 4xx, 503 while Redis is
+    away, 500 for anything else (logged with its type and where, never its message: it
+    could carry request data)."""
+    if isinstance(exc, BadRequest):
+        return Answer(exc.status, {**body(Error(error=str(exc))), **exc.fields})
+    if isinstance(exc, redis.RedisError):
+        log.warning("%s %s: Redis: %s", method, path, type(exc).__name__)
+        return Answer(503, body(Error(error="Redis is unavailable; try again")))
+    where = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    log.error("%s %s failed: %s\n%s", method, path, type(exc).__name__, where)
+    return Answer(500, body(Error(error="internal error")))
 
 
 def create_app(settings: Settings, keys: Keys, producer: Producer,
@@ -96,7 +144,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     under UI_PATH (the dashboard, which the CLI hands in: the edge does not import it). The
     app's sends onto Kafka (``app.extensions["paysim.deliveries"]``) wait on their own
     delivery reports once the caller starts their poller, and poll the producer themselves
-    until then."""
+    until then. ``app.extensions["paysim.direct"]`` holds the routes a server may answer
+    without Flask (POST /authorize: the route's own core, errors and metrics included)."""
     app = Flask("paysim.http_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Werkzeug answers a path with "//" (a payment id holding %2F decodes to one) with an HTML
@@ -113,7 +162,8 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     operations = Operations(settings, deliveries, redis_client)
     tracer = open_tracer(settings, HTTP.name)  # None unless an OTLP endpoint is set
 
-    def authorize_once(fields: AuthorizeRequest) -> Answer:
+    def checked(fields: AuthorizeRequest) -> Answer | Checked:
+        """The card checks' 400, or the payment sealed and ready to send."""
         exp_month, exp_year = fields.card_expiry()
         card = cards.CardBlock(number=fields.card_number, exp_month=exp_month,
                                exp_year=exp_year, cvv=fields.cvv)
@@ -130,12 +180,16 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             callback_url=fields.callback_url, requested_at=at, capture=fields.capture,
             partial_approval=fields.partial_approval)
         token = cards.tokenize(card.number, keys.token_key)
-        # Noted before it is sent: a reversal may come before the payment's outcome.
-        note_route(redis_client, message.payment_id, fields.run_id, token,
-                   settings.redis.ledger_ttl)
+        # Noted before it is sent (with the Idempotency-Key's reservation): a reversal may
+        # come before the payment's outcome.
+        return Checked(message, token, route_note(message.payment_id, fields.run_id, token,
+                                                  settings.redis.ledger_ttl))
+
+    def send(payment: Checked) -> Answer:
+        message = payment.message
         # The payment's trace starts here (when tracing): its context goes in the headers.
         with sending(tracer, topics.requested, message.payment_id) as trace:
-            failure = deliveries.deliver(topics.requested, token, encode(message),
+            failure = deliveries.deliver(topics.requested, payment.token, encode(message),
                                          headers=trace.headers)
             trace.failed(failure)
         if failure is not None:
@@ -144,16 +198,18 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                                                 f"{failure}")))
         return Answer(200, body(Accepted(payment_id=message.payment_id)))
 
-    def idempotent(fingerprint: bytes, work: Callable[[str | None], Answer]) -> Response:
-        """``work`` once per Idempotency-Key (given the key, or None without one): a retry
-        with the same key and body gets the first answer again."""
-        key = idempotency.key_from(request.headers)
+    def idempotent(key: str | None, fingerprint: bytes, path: str,
+                   work: Callable[[str | None], Answer], also: Sequence[Write] = ()) -> Reply:
+        """``work`` once per Idempotency-Key (``key``; None without one): a retry with the
+        same key and body gets the first answer again. ``also``: the work's first writes,
+        made in the key's reservation's round trip."""
         if key is None:
-            return _json(*work(None))
+            idempotency.write_all(redis_client, also)
+            return Reply(work(None))
         idem = Idempotency(redis_client, key, fingerprint, keys.token_key)
-        earlier = idem.reserve()
+        earlier = idem.reserve(also)
         if earlier is not None:
-            return _json(*earlier, {idempotency.REPLAY_HEADER: "true"})
+            return Reply(earlier, replayed=True)
         try:
             answer = work(key)
         except BaseException:
@@ -163,30 +219,44 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             # Nothing was accepted, or not yet applied: the client may retry with this key
             # (an operation's id comes from the key, so the retry cannot apply it twice).
             idem.release()
-            return _json(*answer)
+            return Reply(answer)
         try:
             idem.finish(answer)
         except redis.RedisError as exc:
             # The work is done: say so. The reservation expires on its own, and a retry
             # meanwhile gets 409 rather than doing it twice.
             log.warning("idempotency answer for %s not stored: %s",
-                        answer.body.get("payment_id", request.path), type(exc).__name__)
-        return _json(*answer)
+                        answer.body.get("payment_id", path), type(exc).__name__)
+        return Reply(answer)
 
-    @app.post("/authorize")
-    def authorize() -> Response:
-        raw, fields = authorize_body(request)
+    def authorize_reply(raw: bytes, key_header: str | None) -> Reply:
+        """POST /authorize, given its body and its Idempotency-Key header: what the Flask
+        route and the server's direct path (``app.extensions["paysim.direct"]``) answer."""
+        fields = authorize_raw(raw)
         if fields.callback_url is not None:
             refusal = refused_callback(fields.callback_url, policy)
             if refusal is not None:
                 raise BadRequest(f"field 'callback_url' is refused: {refusal}")
-        return idempotent(raw, lambda _key: authorize_once(fields))
+        key = idempotency.key_from(key_header)
+        payment = checked(fields)
+        if isinstance(payment, Answer):
+            return idempotent(key, raw, AUTHORIZE_PATH, lambda _key: payment)
+        return idempotent(key, raw, AUTHORIZE_PATH, lambda _key: send(payment),
+                          also=(payment.note,))
+
+    @app.post(AUTHORIZE_PATH)
+    def authorize() -> Response:
+        raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        return _reply(authorize_reply(raw, request.headers.get(idempotency.HEADER)))
 
     def operation_view(route: Route) -> Callable[[str], Response]:
         def view(payment_id: str) -> Response:
             raw, fields = operation_body(request, route.body)
-            return idempotent(request.path.encode() + b"\n" + raw, lambda key: operations.apply(
-                route, payment_id, fields, operation_id(key, request.path)))
+            key = idempotency.key_from(request.headers.get(idempotency.HEADER))
+            return _reply(idempotent(
+                key, request.path.encode() + b"\n" + raw, request.path,
+                lambda key: operations.apply(route, payment_id, fields,
+                                             operation_id(key, request.path))))
         return view
 
     for route in ROUTES:
@@ -233,14 +303,14 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
 
     @app.errorhandler(BadRequest)
     def bad_request(exc: BadRequest) -> Response:
-        return _error(exc.status, str(exc), **exc.fields)
+        return _json(*error_answer(exc, request.method, request.path))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         response = exc.get_response()  # keeps headers such as Allow on a 405
         status = exc.code or 500
         if status == 413:
-            message = f"request body is larger than {MAX_BODY_BYTES // 1024} KiB"
+            message = TOO_LARGE
         else:
             message = f"{exc.name}: {' '.join((exc.description or '').split())}".rstrip(": ")
         response.set_data(json.dumps(body(Error(error=message))))
@@ -249,16 +319,35 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
 
     @app.errorhandler(redis.RedisError)
     def redis_down(exc: redis.RedisError) -> Response:
-        log.warning("%s %s: Redis: %s", request.method, request.path, type(exc).__name__)
-        return _error(503, "Redis is unavailable; try again")
+        return _json(*error_answer(exc, request.method, request.path))
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> Response:
-        # The type and where it happened, never the message: it could carry request data.
-        where = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
-        log.error("%s %s failed: %s\n%s", request.method, request.path, type(exc).__name__,
-                  where)
-        return _error(500, "internal error")
+        return _json(*error_answer(exc, request.method, request.path))
+
+    def direct_authorize(incoming: http_server.Request) -> http_server.Answer:
+        """POST /authorize on the server's worker thread without Flask (its per-request
+        cost was a third of the edge's Python time): the route's own core, answers, errors,
+        counters and metrics, with the body size Flask would allow."""
+        started = time.perf_counter()
+        raw = incoming.payload()
+        try:
+            if len(raw) > MAX_BODY_BYTES:
+                reply = Reply(Answer(413, body(Error(error=TOO_LARGE))))
+            else:
+                reply = authorize_reply(raw, incoming.header(idempotency.HEADER))
+        except Exception as exc:
+            reply = Reply(error_answer(exc, incoming.method, AUTHORIZE_PATH))
+        status = reply.answer.status
+        counters.count()
+        if metrics is not None:
+            metrics.answered(AUTHORIZE_PATH, status, time.perf_counter() - started)
+        return http_server.Answer(f"{status} {HTTP_STATUS_CODES.get(status, '').upper()}",
+                                  [("Content-Type", JSON_TYPE), *reply.headers()],
+                                  _encoded(reply.answer.body))
+
+    direct: DirectRoutes = {("POST", AUTHORIZE_PATH): direct_authorize}
+    app.extensions["paysim.direct"] = direct
 
     @app.before_request
     def start_clock() -> None:

@@ -8,6 +8,9 @@ waiting on Kafka holds a worker thread but no CPU, and there are more workers th
 benchmark's connections. Requests the caller marks as answered without I/O (``on_loop``:
 /healthz) run on the loop's thread itself, so they never queue behind the workers.
 
+A route the caller serves itself (``direct``: POST /authorize) runs on a worker thread without
+the WSGI app: the caller's handler takes the parsed request and gives the whole answer.
+
 Keep-alive, pipelining (answers in request order), ``Expect: 100-continue``, chunked request
 bodies, HEAD. An answer of type ``text/event-stream`` (the dashboard's server-sent events
 under /ui) is streamed: each chunk written as the app yields it, from its worker thread,
@@ -68,6 +71,29 @@ class Request:
     body: list[bytes] = field(default_factory=list)
     keep_alive: bool = True
     refused: Answer | None = None  # answered by the server itself, then the connection closes
+
+    def payload(self) -> bytes:
+        """The whole body (chunked bodies decoded)."""
+        return b"".join(self.body)
+
+    def header(self, name: str) -> str | None:
+        """A header's value as the WSGI app would read it: names matched as in the environ
+        (case and - or _ alike), repeated headers joined with commas."""
+        wanted = _environ_name(name.encode("latin-1"))
+        values = [value.decode("latin-1") for raw_name, value in self.headers
+                  if _environ_name(raw_name) == wanted]
+        return ",".join(values) if values else None
+
+
+# A route the caller answers itself, without the WSGI app: the request to its answer.
+Direct = Callable[[Request], Answer]
+# (method, path) -> that route's handler, or None: the WSGI app answers.
+DirectRoutes = Callable[[str, str], Direct | None]
+
+
+def _environ_name(raw_name: bytes) -> str:
+    """A header's name as the WSGI environ has it (without the HTTP_ prefix)."""
+    return raw_name.decode("latin-1").upper().replace("-", "_")
 
 
 def json_answer(status: str, message: str) -> Answer:
@@ -256,11 +282,15 @@ class Connection(asyncio.Protocol):
             self._respond(request, request.refused)
             return
         self.busy = True
-        environ = self.server.environ(request, self.peer)
-        if self.server.on_loop(request.method, environ["PATH_INFO"]):
-            self._respond(request, call_app(self.server.app, environ))
-            return
-        future = self.server.executor.submit(call_app, self.server.app, environ)
+        direct = self.server.direct(request.method, self.server.path_of(request))
+        if direct is not None:
+            future = self.server.executor.submit(direct, request)
+        else:
+            environ = self.server.environ(request, self.peer)
+            if self.server.on_loop(request.method, environ["PATH_INFO"]):
+                self._respond(request, call_app(self.server.app, environ))
+                return
+            future = self.server.executor.submit(call_app, self.server.app, environ)
         future.add_done_callback(lambda done: self.server.loop.call_soon_threadsafe(
             self._respond_from, request, done))
 
@@ -338,10 +368,11 @@ class HttpServer:
     """Serves ``app`` on host:port until ``stop`` is set (``serve_until``)."""
 
     def __init__(self, app: WsgiApp, host: str, port: int, on_loop: OnLoop,
-                 workers: int = WORKERS) -> None:
+                 workers: int = WORKERS, direct: DirectRoutes | None = None) -> None:
         self.app = app
         self.host, self.port = host, port
         self.on_loop = on_loop
+        self.direct: DirectRoutes = direct or (lambda _method, _path: None)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
         self.connections: set[Connection] = set()
         self.stopping = False
@@ -390,15 +421,20 @@ class HttpServer:
             if connection.idle and connection.last_active < before:
                 connection.close()
 
+    @staticmethod
+    def path_of(request: Request) -> str:
+        """The request's path, decoded as the environ's PATH_INFO."""
+        return unquote_to_bytes(httptools.parse_url(request.target).path or b"/").decode(
+            "latin-1")
+
     def environ(self, request: Request, peer: tuple[str, int]) -> dict[str, Any]:
         """The WSGI environ of one request (PEP 3333)."""
         url = httptools.parse_url(request.target)
-        path = (url.path or b"/")
-        body = b"".join(request.body)
+        body = request.payload()
         environ: dict[str, Any] = {
             "REQUEST_METHOD": request.method,
             "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+            "PATH_INFO": self.path_of(request),
             "QUERY_STRING": (url.query or b"").decode("latin-1"),
             "SERVER_NAME": self.host,
             "SERVER_PORT": str(self.port),
@@ -415,7 +451,7 @@ class HttpServer:
             "wsgi.run_once": False,
         }
         for raw_name, raw_value in request.headers:
-            name = raw_name.decode("latin-1").upper().replace("-", "_")
+            name = _environ_name(raw_name)
             value = raw_value.decode("latin-1")
             if name == "CONTENT_TYPE":
                 environ[name] = value

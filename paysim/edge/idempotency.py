@@ -4,6 +4,9 @@ A request with a key reserves it in Redis before the work, with a keyed fingerpr
 body; when done, the record holds the answer, which a retry with the same key and body gets
 again (marked with the REPLAY_HEADER). The same key with another body is refused (422), and so
 is a retry while the first request is still at work (409).
+
+The reservation can carry the work's first writes (``Write``: POST /authorize's route note) in
+the same round trip to Redis; they stay only when the reservation is this request's.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import redis
-from werkzeug.datastructures import Headers
 
 from paysim.domain.messages import NoCardNumber
 from paysim.edge.validation import BadRequest
@@ -37,9 +40,17 @@ class Answer(NamedTuple):
     body: dict[str, Any]
 
 
-def key_from(headers: Headers) -> str | None:
-    """The request's Idempotency-Key, None without one; BadRequest when it is unusable."""
-    key = headers.get(HEADER)
+class Write(NamedTuple):
+    """A string the work writes before anything else, with its time to live."""
+
+    key: str
+    value: str
+    ttl: int
+
+
+def key_from(key: str | None) -> str | None:
+    """The request's Idempotency-Key (its HEADER's value, None without one); BadRequest when
+    it is unusable."""
     if key is None:
         return None
     key = key.strip()
@@ -48,6 +59,12 @@ def key_from(headers: Headers) -> str | None:
     if not NoCardNumber.predicate(key):  # it would be a Redis key, in clear, for a day
         raise BadRequest(f"{HEADER} {NoCardNumber.answer}")
     return key
+
+
+def write_all(client: redis.Redis, writes: Sequence[Write]) -> None:
+    """The work's first writes, for a request without a key (one command each)."""
+    for write in writes:
+        client.set(write.key, write.value, ex=write.ttl)
 
 
 class Idempotency:
@@ -59,28 +76,44 @@ class Idempotency:
         # Keyed: the body holds a PAN and CVV, and a bare hash of them could be brute-forced.
         self.hash = hmac.new(secret, body, hashlib.sha256).hexdigest()
 
-    def reserve(self) -> Answer | None:
-        """None when this request may do the work; else the earlier answer to replay.
+    def reserve(self, also: Sequence[Write] = ()) -> Answer | None:
+        """None when this request may do the work (``also`` written with the reservation, in
+        one round trip); else the earlier answer to replay, ``also`` removed again.
         BadRequest (422 or 409) when the key cannot serve this request."""
         pending = json.dumps({"hash": self.hash, "state": "pending"})
         for _ in range(3):  # the record can expire between the SET and the GET
-            if self.client.set(self.redis_key, pending, nx=True, ex=PENDING_TTL_S):
+            if self._set_pending(pending, also):
                 return None
             raw = self.client.get(self.redis_key)
             if raw is None:
                 continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                record = {}
-            if record.get("hash") != self.hash:
-                raise BadRequest(f"{HEADER} was already used with a different request body",
-                                 status=422)
-            if record.get("state") != "done":
-                raise BadRequest(f"a request with this {HEADER} is still being processed; "
-                                 "retry later", status=409)
-            return Answer(int(record["status"]), record["body"])
+            if also:  # the work is another request's: nothing of this one stays
+                self.client.delete(*(write.key for write in also))
+            return self._earlier(raw)
         raise redis.RedisError("idempotency record keeps changing")
+
+    def _set_pending(self, pending: str, also: Sequence[Write]) -> bool:
+        if not also:
+            return bool(self.client.set(self.redis_key, pending, nx=True, ex=PENDING_TTL_S))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.redis_key, pending, nx=True, ex=PENDING_TTL_S)
+        for write in also:
+            pipe.set(write.key, write.value, ex=write.ttl)
+        return bool(pipe.execute()[0])
+
+    def _earlier(self, raw: bytes) -> Answer:
+        """The answer a record holds; BadRequest when it cannot be replayed to this body."""
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = {}
+        if record.get("hash") != self.hash:
+            raise BadRequest(f"{HEADER} was already used with a different request body",
+                             status=422)
+        if record.get("state") != "done":
+            raise BadRequest(f"a request with this {HEADER} is still being processed; "
+                             "retry later", status=409)
+        return Answer(int(record["status"]), record["body"])
 
     def finish(self, answer: Answer) -> None:
         record = {"hash": self.hash, "state": "done", "status": answer.status,

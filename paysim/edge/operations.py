@@ -41,6 +41,7 @@ from paysim.edge.answers import (
 )
 from paysim.edge.delivery import Deliveries
 from paysim.edge.idempotency import Answer as HttpAnswer
+from paysim.edge.idempotency import Write
 from paysim.edge.validation import short
 from paysim.infra.config import Settings
 from paysim.infra.waiting import wait_until
@@ -87,9 +88,9 @@ def route_key(payment_id: str) -> str:
     return f"paysim:route:{payment_id}"
 
 
-def note_route(client: redis.Redis, payment_id: str, run_id: str, token: str,
-               ttl: int) -> None:
-    client.set(route_key(payment_id), json.dumps([run_id, token]), ex=ttl)
+def route_note(payment_id: str, run_id: str, token: str, ttl: int) -> Write:
+    """The note of a payment's run and card token, written before the payment is sent."""
+    return Write(route_key(payment_id), json.dumps([run_id, token]), ttl)
 
 
 def operation_id(idempotency_key: str | None, path: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from confluent_kafka import Producer
 
-from paysim.edge.app import Counters, create_app
+from paysim.edge.app import Counters, DirectRoutes, create_app
 from paysim.edge.delivery import DELIVERY_TIMEOUT_S, Deliveries
 from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.edge.http_server import HttpServer
@@ -83,7 +83,9 @@ def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None
     try:
         health.check()  # the first answer is a real one
         health.start()
-        server = HttpServer(app, host, port, answers_on_loop)
+        direct: DirectRoutes = app.extensions["paysim.direct"]
+        server = HttpServer(app, host, port, answers_on_loop,
+                            direct=lambda method, path: direct.get((method, path)))
         try:
             server.listen()
         except OSError as exc:

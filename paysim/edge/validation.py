@@ -15,6 +15,10 @@ the keys in the body:
    answer of a failing messages.Check (``field 'x' must not hold a card number ...``); an
    object field is checked the same way, its names prefixed (``merchant.mcc``).
 
+A body goes through msgspec's own decoder first (``fast_typed``: a tenth of the walk's time);
+only a body it refuses, or one that fails a check after it, takes the field-by-field walk,
+which names the problem. The decoder takes no body the walk would refuse.
+
 A description that begins with the type ("a string of 1 to 100 characters") is the answer to a
 wrong type as well. A string holding a lone UTF-16 surrogate (json.loads takes ``"\\ud800"``;
 nothing can encode it afterwards) is refused with its type. ``authorize_body`` and
@@ -70,6 +74,11 @@ def short(name: str) -> str:
 def body_object(request: Request) -> tuple[bytes, dict[str, Any]]:
     """The raw body (413 when too large) and the JSON object in it."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    return raw, json_object(raw)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object in a request body; BadRequest when it is none."""
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
@@ -80,15 +89,23 @@ def body_object(request: Request) -> tuple[bytes, dict[str, Any]]:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    return raw, body
+    return body
 
 
 def authorize_body(request: Request) -> tuple[bytes, AuthorizeRequest]:
-    """The raw POST /authorize body and the request in it. Every BadRequest says which fields
-    are expected: the seed took any JSON, so its clients learn them here."""
+    """The raw POST /authorize body and the request in it (413 when too large)."""
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    return raw, authorize_raw(raw)
+
+
+def authorize_raw(raw: bytes) -> AuthorizeRequest:
+    """The request in a POST /authorize body. Every BadRequest says which fields are
+    expected: the seed took any JSON, so its clients learn them here."""
+    fast = fast_typed(raw, AuthorizeRequest)
+    if fast is not None:
+        return fast
     try:
-        raw, body = body_object(request)
-        return raw, authorize_request(body)
+        return authorize_request(json_object(raw))
     except BadRequest as exc:
         raise exc.expecting(expected_fields(AuthorizeRequest)) from None
 
@@ -166,6 +183,52 @@ def typed(body: dict[str, Any], kind: type[S]) -> S:
     return msgspec.convert(given, kind)
 
 
+def fast_typed(raw: bytes, kind: type[S]) -> S | None:
+    """``raw`` as a ``kind`` through msgspec's decoder, when it passes every check the walk
+    makes; None when anything is off (the walk then names the problem)."""
+    try:
+        body = msgspec.json.decode(raw)  # lone surrogates, NaN, bad UTF-8: refused
+        if not isinstance(body, dict) or not _known_fields_only(body, kind):
+            return None
+        value = msgspec.convert(body, kind)  # types and constraints, strict as the walk
+    except (msgspec.MsgspecError, RecursionError):  # msgspec's depth limit is Python's
+        return None
+    return value if _passes_checks(value, kind) else None
+
+
+def _known_fields_only(body: dict[str, Any], kind: type[msgspec.Struct]) -> bool:
+    """No unknown field at any depth (a nested type may take them when decoding a topic)."""
+    fields = {field.name: field for field in _fields(kind)}
+    for name, value in body.items():
+        field = fields.get(name)
+        if field is None:
+            return False
+        if field.is_object and isinstance(value, dict) and not _known_fields_only(
+                value, field.base):
+            return False
+    return True
+
+
+def _passes_checks(value: msgspec.Struct, kind: type[msgspec.Struct]) -> bool:
+    """The messages.Check of each field and object field, and each one_of group given one
+    way, whole."""
+    for field in _fields(kind):
+        given = getattr(value, field.attr)
+        if given is None or given is field.default:  # left out: the declaration's own value
+            continue
+        if field.is_object and not _passes_checks(given, field.base):
+            return False
+        if not all(check.predicate(given) for check in field.checks):
+            return False
+    attrs = {field.name: field.attr for field in _fields(kind)}
+    for group in getattr(kind, "one_of", ()):
+        ways = [way for way in group.ways
+                if any(getattr(value, attrs[name]) is not None for name in way)]
+        if len(ways) != 1 or any(getattr(value, attrs[name]) is None for name in ways[0]):
+            return False
+    return True
+
+
 # ---------------------------------------------------------------------------- the walk
 
 
@@ -174,7 +237,9 @@ class _Field:
     """One declared field, as the checks need it."""
 
     name: str
+    attr: str  # the Struct's attribute (``name`` is the field's name in JSON)
     required: bool
+    default: Any  # msgspec.NODEFAULT when required
     base: Any  # str, int or a Struct type: what a wrong type is told it should be
     declared: Any  # the type with its constraints, without `| None`
     description: str | None
@@ -217,8 +282,8 @@ def _fields(kind: type[msgspec.Struct]) -> tuple[_Field, ...]:
         description = next((meta.description for meta in metadata
                             if isinstance(meta, msgspec.Meta) and meta.description), None)
         checks = tuple(check for name, check in declared_checks(kind) if name == info.name)
-        fields.append(_Field(info.encode_name, info.required, base, declared, description,
-                             checks))
+        fields.append(_Field(info.encode_name, info.name, info.required, info.default, base,
+                             declared, description, checks))
     return tuple(fields)
 
 

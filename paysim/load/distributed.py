@@ -31,6 +31,7 @@ import msgspec
 import redis
 
 from paysim.domain.messages import now_us
+from paysim.infra.collector import tune_for_batches
 from paysim.infra.config import Settings
 from paysim.infra.errors import ConfigError, PaysimError
 from paysim.infra.files import writing
@@ -411,6 +412,7 @@ def merge_record(record: Path, workers: int) -> list[int]:
 
 def _worker_process(settings: Settings, run_id: str) -> None:
     """A local generator's process: errors are handed in, not raised (nobody reads them)."""
+    tune_for_batches()
     try:
         run_worker(settings, run_id)
     except PaysimError as exc:

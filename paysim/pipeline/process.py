@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaException
 
+from paysim.infra.collector import tune_for_batches
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.prometheus import serve_metrics
@@ -55,8 +56,10 @@ def run_pipeline_service(spec: ServiceSpec, settings: Settings, instance: int) -
         try:
             for thread in spec.threads(settings, client, instance, stop, metrics):
                 thread.start()
-            ServiceLoop(service, settings, instance, stop, metrics=metrics,
-                        tracer=open_tracer(settings, spec.name, instance)).run()
+            loop = ServiceLoop(service, settings, instance, stop, metrics=metrics,
+                               tracer=open_tracer(settings, spec.name, instance))
+            tune_for_batches()
+            loop.run()
         finally:
             if endpoint is not None:
                 endpoint.close()

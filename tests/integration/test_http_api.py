@@ -35,6 +35,7 @@ from paysim.domain.messages import (
 from paysim.edge import server as server_module
 from paysim.edge.app import create_app
 from paysim.edge.health import HealthChecker
+from paysim.edge.operations import route_key
 from paysim.infra.config import Settings
 from paysim.infra.kafka import client_config
 from paysim.infra.secrets import Keys
@@ -528,15 +529,21 @@ def test_unknown_route_and_wrong_method_are_json(client: FlaskClient) -> None:
 # ---------------------------------------------------------------------------- idempotency
 
 
+def route_notes(client: redis.Redis) -> set[bytes]:
+    return set(client.scan_iter(match=route_key("*"), count=1000))
+
+
 def test_same_idempotency_key_and_body_replays_one_payment(
-    client: FlaskClient, requested: TopicReader,
+    client: FlaskClient, requested: TopicReader, redis_client: redis.Redis,
 ) -> None:
     before = requested.count()
     headers = {"Idempotency-Key": f"test-{uuid.uuid4()}"}
     body = json.dumps(card_body(amount=777)).encode()
 
+    noted_before = route_notes(redis_client)
     first = client.post("/authorize", data=body, headers=headers,
                         content_type="application/json")
+    noted = route_notes(redis_client)
     second = client.post("/authorize", data=body, headers=headers,
                          content_type="application/json")
 
@@ -545,21 +552,27 @@ def test_same_idempotency_key_and_body_replays_one_payment(
     assert second.headers["Idempotent-Replayed"] == "true"
     assert requested.count() == before + 1
     find_requested(requested, first.get_json()["payment_id"])  # exactly one record
+    # The route note went with the key's reservation; the replay's own note did not stay.
+    payment_id = first.get_json()["payment_id"]
+    assert noted - noted_before == {route_key(payment_id).encode()}
+    assert route_notes(redis_client) == noted
 
 
 def test_same_idempotency_key_with_another_body_is_422(
-    client: FlaskClient, requested: TopicReader,
+    client: FlaskClient, requested: TopicReader, redis_client: redis.Redis,
 ) -> None:
     headers = {"Idempotency-Key": f"test-{uuid.uuid4()}"}
     assert client.post("/authorize", json=card_body(amount=100), headers=headers
                        ).status_code == 200
     before = requested.count()
+    noted = route_notes(redis_client)
 
     response = client.post("/authorize", json=card_body(amount=200), headers=headers)
 
     assert response.status_code == 422
     assert "different" in response.get_json()["error"]
     assert requested.count() == before
+    assert route_notes(redis_client) == noted  # nothing of the refused request stays
 
 
 def test_idempotency_key_still_pending_is_409(

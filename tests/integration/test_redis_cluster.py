@@ -6,6 +6,7 @@ primary killed mid-run: test_cluster.py's fault run, with a broker and a generat
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from paysim.domain.messages import OperationKind
+from paysim.edge import idempotency, operations
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, settlement_store, shard_store, store
@@ -93,5 +95,27 @@ def test_every_operation_kind_on_the_cluster_is_answered_and_audits_clean(
         assert len({batch.batch_id for batch in batches}) == len(batches)
         book = settlement_store.read_book(client, report.run_id)
         assert sum(book.lines.values()) == 0  # the payouts balance on the run's book
+    finally:
+        client.close()
+
+
+def test_an_idempotency_reservation_with_its_route_note_on_the_cluster(
+        on_cluster: Settings) -> None:
+    """The reservation and the route note are one pipeline over two slots; a replay's own
+    note is removed again."""
+    client = store.connect(on_cluster)
+    try:
+        key, first, second = (f"cluster-{uuid.uuid4()}" for _ in range(3))
+        notes = [operations.route_note(payment_id, "run-c", "tok", 60)
+                 for payment_id in (first, second)]
+        assert len({client.keyslot(note.key) for note in notes}
+                   | {client.keyslot(store.idempotency_key(key))}) > 1  # across slots
+        idem = idempotency.Idempotency(client, key, b"{}", b"k" * 32)
+        assert idem.reserve([notes[0]]) is None
+        assert json.loads(client.get(notes[0].key)) == ["run-c", "tok"]
+        idem.finish(idempotency.Answer(200, {"payment_id": first}))
+        again = idempotency.Idempotency(client, key, b"{}", b"k" * 32)
+        assert again.reserve([notes[1]]) == idempotency.Answer(200, {"payment_id": first})
+        assert client.get(notes[1].key) is None
     finally:
         client.close()

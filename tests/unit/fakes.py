@@ -381,6 +381,11 @@ class FakePipeline:
     def expire(self, name: str, time: int) -> FakePipeline:
         return self.execute_command("EXPIRE", name, time)
 
+    def set(self, name: str, value: str | bytes, nx: bool = False,
+            ex: int | None = None) -> FakePipeline:
+        """Applied to the client's strings when the pipeline executes (NX answered)."""
+        return self.execute_command("SET", name, value, {"nx": nx, "ex": ex})
+
     def xadd(self, name: str, fields: dict[str, Any], id: str = "*",
              **_: Any) -> FakePipeline:
         return self.execute_command("XADD", name, id, dict(fields))
@@ -418,6 +423,8 @@ class FakePipeline:
             return [stored.get(key.encode()) for key in args[1]]
         if name == "HGETALL":
             return dict(self.client.hashes.get(args[0], {}))
+        if name == "SET" and len(args) == 3 and isinstance(args[2], dict):  # from set()
+            return self.client.set(args[0], args[1], **args[2])
         return True
 
     def execute(self) -> list[Any]:

@@ -22,7 +22,8 @@ from werkzeug.test import TestResponse
 
 from paysim.domain import cards
 from paysim.domain.messages import Merchant, PaymentOutcome, encode
-from paysim.edge import health
+from paysim.domain.requests import AuthorizeRequest
+from paysim.edge import health, http_server, validation
 from paysim.edge.app import create_app
 from paysim.pipeline import store
 from tests.unit import fuzzing
@@ -197,3 +198,72 @@ def test_any_payment_id_gets_a_json_answer_without_a_card_number(
     path = "/payments/" + urllib.parse.quote(payment_id.encode(errors="surrogatepass"), safe="")
     response = client(world).get(path, headers=sent)
     check_answer(response)
+
+
+def _direct_post(body: bytes, sent: dict[str, str]) -> tuple[int, dict[str, Any], bool]:
+    """POST /authorize through the server's direct path (no Flask): status, body, replayed."""
+    handler = shared_app().extensions["paysim.direct"][("POST", "/authorize")]
+    answer = handler(http_server.Request(
+        method="POST", target=b"/authorize", version="1.1", body=[body],
+        headers=[(name.encode("latin-1"), value.encode("latin-1"))
+                 for name, value in sent.items()]))
+    assert ("Content-Type", "application/json") in answer.headers
+    replayed = ("Idempotent-Replayed", "true") in answer.headers
+    return int(answer.status.split()[0]), json.loads(answer.body), replayed
+
+
+def _flask_post(app: FlaskClient, body: bytes,
+                sent: dict[str, str]) -> tuple[int, dict[str, Any], bool]:
+    response = app.post("/authorize", data=body, headers=sent)
+    return (response.status_code, json.loads(response.get_data()),
+            response.headers.get("Idempotent-Replayed") == "true")
+
+
+def _same_payment(answer: tuple[int, dict[str, Any], bool]) -> tuple[int, dict[str, Any], bool]:
+    """An answer with its new payment id blanked: each path makes its own."""
+    status, body, replayed = answer
+    return status, {**body, **({"payment_id": "?"} if "payment_id" in body else {})}, replayed
+
+
+@fuzzing.FUZZ
+@given(body=st.builds(encoded, authorize_bodies(), st.booleans()) | any_body, sent=headers,
+       world=worlds)
+@example(body=b"x" * (64 * 1024 + 1), sent={}, world="up")  # past the body limit: 413
+@example(body=encoded(VALID_BODY, True), sent={"Idempotency-Key": "k-1"}, world="up")
+@example(body=encoded(VALID_BODY, True), sent={"Idempotency_Key": PANS[0]}, world="up")
+def test_the_direct_path_answers_post_authorize_as_the_flask_route(
+    body: bytes, sent: dict[str, str], world: str,
+) -> None:
+    # With a key, twice each: the second is the replay (or the answer why not).
+    times = 2 if {"Idempotency-Key", "Idempotency_Key"} & set(sent) else 1
+    app = client(world)
+    through_flask = [_flask_post(app, body, sent) for _ in range(times)]
+    client(world)  # fresh fakes, the same state
+    direct = [_direct_post(body, sent) for _ in range(times)]
+    assert [_same_payment(a) for a in direct] == [_same_payment(a) for a in through_flask]
+
+
+@fuzzing.FUZZ
+@given(body=st.builds(encoded, authorize_bodies(), st.booleans()) | any_body)
+@example(body=b'{"card_number":"4242424242424242","exp_month":12,"exp_year":2099,"cvv":"1",'
+              b'"amount":1,"currency":"USD","merchant":{"id":"m","name":"n","mcc":"5411",'
+              b'"country":"US","extra":1}}')  # a nested unknown field: msgspec would take it
+@example(body=b'{"card_number":"4242424242424242","exp_month":12,"exp_year":null,"cvv":"1",'
+              b'"amount":1,"currency":"USD"}')  # half a way of the expiry group
+@example(body=b"[" * 30_000)  # msgspec's decoder raises RecursionError: the walk answers
+def test_msgspecs_decoder_takes_no_body_the_walk_refuses(body: bytes) -> None:
+    fast = validation.fast_typed(body, AuthorizeRequest)
+    try:
+        walked: AuthorizeRequest | None = validation.authorize_request(
+            validation.json_object(body))
+    except validation.BadRequest:
+        walked = None
+    if fast is not None:
+        assert fast == walked
+
+
+def test_msgspecs_decoder_takes_a_good_body() -> None:
+    good = encoded({**VALID_BODY, "merchant": {"id": "m", "name": "Shop", "mcc": "5411",
+                                               "country": "US"}, "seq": 3}, True)
+    assert validation.fast_typed(good, AuthorizeRequest) == validation.authorize_request(
+        json.loads(good))

@@ -44,11 +44,20 @@ class App:
         return [body]
 
 
+def direct_echo(request: http_server.Request) -> http_server.Answer:
+    """A route answered without the app (as the edge's POST /authorize): what it was given."""
+    body = json.dumps({"direct": True, "body": request.payload().decode(),
+                       "key": request.header("Idempotency-Key")}).encode()
+    return http_server.Answer("200 OK", [("Content-Type", "application/json")], body)
+
+
 @contextlib.contextmanager
 def serving(app: App, workers: int = 4, grace_s: float = 5.0) -> Iterator[tuple[int, Any]]:
     port = free_port()
     server = HttpServer(app, "127.0.0.1", port, lambda method, path: path == "/loop",
-                        workers=workers)
+                        workers=workers,
+                        direct=lambda method, path: direct_echo if (method, path) == (
+                            "POST", "/direct") else None)
     server.listen()
     stop = threading.Event()
     thread = threading.Thread(target=server.serve_until, args=(stop, grace_s), daemon=True)
@@ -94,6 +103,24 @@ def test_keep_alive_requests_on_one_connection_with_their_bodies_and_headers() -
                               "type": "application/json", "key": f"k{n}"}
         connection.close()
     assert all(name.startswith("http") for name in app.threads)  # the workers ran the app
+
+
+def test_a_direct_route_is_answered_without_the_app_in_order_with_the_others() -> None:
+    app = App()
+    with serving(app) as (port, _):
+        # Pipelined: the direct route's, then the app's; repeated and differently
+        # written header names read as the WSGI environ reads them.
+        got = raw(port, b"POST /direct HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                        b"idempotency_key: a\r\nIDEMPOTENCY-KEY: b\r\n\r\n{}"
+                        b"GET /direct HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                  until=b"")
+    answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in
+               got.split(b"HTTP/1.1 200 OK")[1:]]
+    assert answers[0] == {"direct": True, "body": "{}", "key": "a,b"}
+    assert answers[1]["method"] == "GET" and answers[1]["key"] is None  # GET: the app's
+    assert len(app.threads) == 1  # the direct route did not go through the app
+    request = http_server.Request("POST", b"/", "1.1", headers=[(b"X-A", b"1")])
+    assert request.header("Idempotency-Key") is None and request.header("x_a") == "1"
 
 
 def test_pipelined_requests_are_answered_in_order() -> None:
