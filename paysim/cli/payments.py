@@ -353,6 +353,10 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
     failed = [t.expression for t in report.failed_thresholds]
     if failed:
         err_console.print(f"[red]thresholds failed: {safe('; '.join(failed))}[/]")
+    if dead:  # said also when interrupted: a dead share is not the user's doing
+        err_console.print(f"[red]{len(dead)} generator(s) died before handing in:[/] share(s) "
+                          f"{', '.join(map(str, dead))}; the generators table shows what each "
+                          "had sent")
     if interrupt.requested:
         run_id = safe(report.run_id)
         audit = ("" if report.target is not None
@@ -361,10 +365,6 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
             f"interrupted: sent {report.load.sent:,} of {report.load.scheduled:,} payments; "
             f"the report covers them (run {run_id}{audit})", soft_wrap=True)
         ctx.exit(130)
-    if dead:
-        err_console.print(f"[red]{len(dead)} generator(s) died before handing in:[/] share(s) "
-                          f"{', '.join(map(str, dead))}; the generators table shows what each "
-                          "had sent")
     if outcomes.lost or failed or errors or dead:
         ctx.exit(1)
 

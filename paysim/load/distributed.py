@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import redis
@@ -47,8 +48,13 @@ from paysim.pipeline import store
 KEY_TTL_S = 3600
 DEAD_AFTER_S = 5.0  # no beat for this long, and no result: the generator is gone
 START_LEAD_S = 1.0  # from "all ready" to the common start: time to hear it
+# How long the coordination rides out a Redis that does not answer: a Redis Cluster's
+# failover (a replica promoted after cluster-node-timeout, 5 s locally) is well inside it.
+OUTAGE_S = 60.0
+RETRY_EVERY_S = 0.5
 OPEN_RUNS = "paysim:dist:open"  # run ids awaiting generators, by announcement time
 LOST_IDS_KEPT = 100
+T = TypeVar("T")
 
 
 def plan_key(run_id: str) -> str:
@@ -222,36 +228,46 @@ def _follow(client: redis.Redis, run_id: str, workers: int,
     handed: dict[int, Handed] = {}
     dead: set[int] = set()
     stop_sent = False
+    heard_us = now_us()  # since when Redis has answered without a break
+    outage = _Outage()
+    beats: dict[int, Beat] = {}
     while len(handed) + len(dead) < workers:
-        if interrupt is not None and interrupt.requested and not stop_sent:
-            client.set(stop_key(run_id), "1", ex=KEY_TTL_S)
-            stop_sent = True
-        results = store.mget(client, [result_key(run_id, k) for k in range(workers)])
-        for k, raw in enumerate(results):
-            if raw and k not in handed:
-                handed[k] = _handed.decode(raw)
-        beats = _beats(client, run_id, workers)
-        now = now_us()
-        for k in range(workers):
-            if k in handed or k in dead:
-                continue
-            beat = beats.get(k)
-            silent = beat is None or now - beat.at_us > DEAD_AFTER_S * 1e6
-            if silent or _exited(beat, processes):
-                # One more look: it may have handed in between the two reads.
-                if client.exists(result_key(run_id, k)):
+        try:
+            if interrupt is not None and interrupt.requested and not stop_sent:
+                client.set(stop_key(run_id), "1", ex=KEY_TTL_S)
+                stop_sent = True
+            results = store.mget(client, [result_key(run_id, k) for k in range(workers)])
+            beats = _beats(client, run_id, workers)
+            if outage.over():
+                heard_us = now_us()
+            for k, raw in enumerate(results):
+                if raw and k not in handed:
+                    handed[k] = _handed.decode(raw)
+            now = now_us()
+            for k in range(workers):
+                if k in handed or k in dead:
                     continue
-                dead.add(k)
-        follower.refresh(client)
+                beat = beats.get(k)
+                # A beat missed while Redis did not answer (the generator could not write
+                # it either) is not the generator's silence.
+                silent = beat is None or now - max(beat.at_us, heard_us) > DEAD_AFTER_S * 1e6
+                if silent or _exited(beat, processes):
+                    # One more look: it may have handed in between the two reads.
+                    if client.exists(result_key(run_id, k)):
+                        continue
+                    dead.add(k)
+            follower.refresh(client)
+        except redis.RedisError as exc:
+            outage.begun(exc)  # raises once Redis has not answered for OUTAGE_S
         follower.generators = _generator_rows(beats, dead)
         tick = follower.tick(_tick(beats, start_at, planned))
-        live.publish(tick)
+        live.publish(tick)  # a Redis error is its own to ignore
         if on_progress is not None:
             on_progress(tick)
         time.sleep(0.5)
     # The final figures: the run's last progress (marked finished when ``live`` closes).
-    follower.refresh(client, last=True)
-    beats = _beats(client, run_id, workers)
+    _riding_out(lambda: follower.refresh(client, last=True))
+    beats = _riding_out(lambda: _beats(client, run_id, workers))
     follower.generators = _generator_rows(beats, dead)
     live.publish(follower.tick(_tick(beats, start_at, planned)))
     return handed, {k: beats.get(k, Beat("", 0)) for k in sorted(dead)}
@@ -261,6 +277,37 @@ def _generator_rows(beats: dict[int, Beat], dead: set[int]) -> list[store.Genera
     return [store.GeneratorProgress(k, beat.host, beat.pid, beat.sent, beat.completed,
                                     beat.dropped, alive=k not in dead)
             for k, beat in sorted(beats.items())]
+
+
+class _Outage:
+    """Redis not answering a coordination loop: ridden out for OUTAGE_S, then raised."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def begun(self, error: redis.RedisError) -> None:
+        """Redis failed with ``error``: raised once it has failed for OUTAGE_S."""
+        if self.since is None:
+            self.since = time.monotonic()
+        elif time.monotonic() - self.since > OUTAGE_S:
+            raise error
+
+    def over(self) -> bool:
+        """Redis answered: True when that ends an outage."""
+        ended, self.since = self.since is not None, None
+        return ended
+
+
+def _riding_out(call: Callable[[], T]) -> T:
+    """``call`` retried through a Redis outage of up to OUTAGE_S (a cluster's failover):
+    for the coordination's writes and reads a run cannot end without."""
+    outage = _Outage()
+    while True:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            outage.begun(exc)
+        time.sleep(RETRY_EVERY_S)
 
 
 def stop_key(run_id: str) -> str:
@@ -432,12 +479,15 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
     hand_in = LiveHandIn(client, run_id, share)
 
     def on_tick(tick: Tick) -> None:
-        if client.exists(stop_key(run_id)):
-            interrupt.request()
-        client.set(worker_key(run_id, share), _encode(Beat(
-            host, pid, True, tick.sent, tick.completed, tick.dropped, now_us(), tick.approved,
-            tick.declined, tick.rolling_p99_ms)), ex=KEY_TTL_S)
-        hand_in(run.metrics)
+        try:
+            if client.exists(stop_key(run_id)):
+                interrupt.request()
+            client.set(worker_key(run_id, share), _encode(Beat(
+                host, pid, True, tick.sent, tick.completed, tick.dropped, now_us(),
+                tick.approved, tick.declined, tick.rolling_p99_ms)), ex=KEY_TTL_S)
+            hand_in(run.metrics)
+        except redis.RedisError:
+            pass  # Redis failing over: the next tick beats again (the coordinator allows it)
 
     error = None
     try:
@@ -447,14 +497,14 @@ def _run_share(settings: Settings, client: redis.Redis, announcement: Announceme
             raise
         error = str(exc)
         metrics, info = run.metrics, None
-    hand_in(metrics, last=True)
+    _riding_out(lambda: hand_in(metrics, last=True))
     handed = Handed(
         share=share, host=host, pid=pid, scheduled=options.share_of(planned.plan.count),
         lost=len(info.lost_ids) if info else 0,
         lost_ids=info.lost_ids[:LOST_IDS_KEPT] if info else [],
         finished_us=info.finished_us if info else now_us(),
         metrics=metrics_wire.to_wire(metrics), error=error)
-    client.set(result_key(run_id, share), _encode(handed), ex=KEY_TTL_S)
+    _riding_out(lambda: client.set(result_key(run_id, share), _encode(handed), ex=KEY_TTL_S))
     return handed
 
 

@@ -262,7 +262,18 @@ class LocalStack:
                 for (name, record), was_killed in zip(running, killed, strict=True)]
 
     def status(self) -> list[ComponentStatus]:
-        return [self._status(component) for component in self.components]
+        """Each component's state; a Redis Cluster that runs under the stack folder is shown
+        node by node even when these settings name a single redis-server (a `stack status`
+        without `--redis-cluster` after `stack up --redis-cluster`)."""
+        return [self._status(component) for component in self._shown()]
+
+    def _shown(self) -> list[Component]:
+        if self.cluster_nodes:
+            return self.components
+        nodes = [RedisClusterNode(self.settings, node) for node in range(1, CLUSTER_NODES + 1)]
+        if self.running(self.components[0]) or not any(self.running(n) for n in nodes):
+            return self.components
+        return [*nodes, *self.components[1:]]  # the cluster in the single server's place
 
     def _status(self, component: Component) -> ComponentStatus:
         record = self.running(component)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, TypeVar
 
 import redis
@@ -23,7 +24,8 @@ from paysim.infra.waiting import wait_until
 from paysim.load.generator import Mix, PaymentStream, build_population
 from paysim.pipeline import store
 from paysim.pipeline.registry import NOTIFIER, PIPELINE_NAMES
-from tests.helpers import run_paysim
+from paysim.stack.redis import CLUSTER_NODES
+from tests.helpers import free_port, free_port_run, run_paysim, settings_for
 
 
 @contextmanager
@@ -38,6 +40,25 @@ def running_pipeline(settings: Settings, *args: str,
         yield settings
     finally:
         run_paysim("stop", env=settings_env(settings))
+
+
+@contextmanager
+def pipeline_on(flags: dict[str, object]) -> Iterator[Settings]:
+    """run-all in the background on the stack of ``flags``, with no random issuer declines so
+    every outcome is the one the generator injected."""
+    with running_pipeline(settings_for({**flags, "http.port": free_port(),
+                                        "issuer.decline_rate": 0,
+                                        "issuer.fault_rate": 0})) as settings:
+        yield settings
+
+
+def redis_cluster_flags(home: Path) -> dict[str, object]:
+    """A local Redis Cluster of its own under ``home`` (`stack up --redis-cluster`: 3
+    primaries, a replica each), with the services' folders beside it."""
+    return {"stack.dir": str(home / "stack"), "stack.redis_cluster": True,
+            # Each node's port, then each node's cluster bus port: one run of free ports.
+            "stack.redis_port": free_port_run(2 * CLUSTER_NODES, step=1),
+            "services.dir": str(home / "services"), "lifecycle.runs_dir": str(home / "runs")}
 
 
 def paysim(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,7 +81,7 @@ def reason_counts(report: dict) -> dict[str, int]:
 
 
 def run_done_entries(settings: Settings, run_id: str) -> list[store.DoneEntry]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = store.connect(settings)
     try:
         return [store.read_done_entry(fields)
                 for _, fields in client.xrange(store.run_stream_key(run_id))]

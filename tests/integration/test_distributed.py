@@ -21,6 +21,7 @@ from paysim.load.plan import SendRequest
 from paysim.load.replay import read_record
 from paysim.load.schedule import Profile
 from paysim.pipeline import store
+from tests.integration.fault_helpers import generator_beat, started_runs
 from tests.integration.test_lifecycle_load import assert_audit_clean
 
 
@@ -118,19 +119,14 @@ def test_a_generator_on_another_host_joins_with_paysim_worker(pipeline: Settings
 def test_a_generator_killed_mid_run_is_reported_with_what_it_sent(pipeline: Settings) -> None:
     result: list[Coordinated] = []
     client = store.connect(pipeline)
-    earlier = set(client.keys("paysim:dist:*:start"))  # the other tests' runs
+    earlier = started_runs(client)  # the other tests' runs
     coordinator = threading.Thread(target=lambda: result.append(run_distributed(
         pipeline, SendRequest(rate=40, count=400, seed=5, timeout=30), workers=2)))
     coordinator.start()
     try:
         def victim() -> distributed.Beat | None:
-            runs = [raw.decode() for raw in set(client.keys("paysim:dist:*:start")) - earlier]
-            for key in runs:
-                run_id = key.split(":")[2]
-                beat = distributed._beats(client, run_id, 2).get(1)
-                if beat is not None and beat.sent >= 20 and beat.pid:
-                    return beat
-            return None
+            beat = generator_beat(client, 1, 2, earlier)
+            return beat if beat is not None and beat.sent >= 20 else None
 
         assert wait_until(lambda: victim() is not None, timeout=60)
         beat = victim()

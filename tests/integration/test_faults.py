@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException
 
-from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
+from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED
 from paysim.infra.config import Settings
 from paysim.infra.kafka import admin_client
 from paysim.infra.waiting import wait_until
@@ -23,6 +21,15 @@ from paysim.pipeline.store import DoneEntry
 from paysim.stack.manager import LocalStack
 from paysim.stack.process import is_alive
 from tests.helpers import free_port, settings_for
+from tests.integration.fault_helpers import (
+    LIFECYCLE_MIX,
+    Fault,
+    audited_clean,
+    fault_windows,
+    first_entries,
+    format_windows,
+    sent_and_latency,
+)
 from tests.integration.pipeline_helpers import (
     paysim,
     run_done_entries,
@@ -53,15 +60,6 @@ def fault_pipeline(local_stack, service_flags: dict[str, object]) -> Iterator[Se
     with running_pipeline(settings_for({**service_flags, "http.port": free_port(),
                                         "services.stuck_after": 30})) as settings:
         yield settings
-
-
-@dataclass(frozen=True)
-class Fault:
-    at: float  # time.monotonic() of the kill
-    label: str
-    answered: float | None = None  # time.time() at which a restarted component answered
-    down_s: float = 0.0  # from the kill until it answered (a broker: for the groups)
-    broker: bool = False
 
 
 def service_pid(settings: Settings, name: str) -> int | None:
@@ -110,29 +108,6 @@ def restart_component(stack: LocalStack, name: str, settings: Settings) -> Fault
     return Fault(killed, label, time.time(), time.monotonic() - killed, broker)
 
 
-# Payments living their life while the faults happen (issue 12): holds captured in parts,
-# voids, refunds, disputes and their resolution, reversals (half racing their authorization).
-LIFECYCLE_MIX = """
-name = "faults with a lifecycle mix"
-[lifecycle]
-manual_capture_share = 0.3
-capture_delay = { min = "1s", max = "3s" }
-split_capture_share = 0.3
-split_parts = 2
-void_share = 0.05
-void_delay = "2s"
-refund_share = 0.05
-refund_delay = "3s"
-dispute_share = 0.01
-dispute_delay = "3s"
-dispute_won_share = 0.5
-resolve_delay = "2s"
-reversal_share = 0.01
-reversal_delay = "1s"
-reversal_race_share = 0.5
-"""
-
-
 def test_every_payment_gets_one_outcome_through_kills_and_restarts(
     fault_pipeline: Settings, local_stack: LocalStack, tmp_path: Path,
 ) -> None:
@@ -167,18 +142,8 @@ def test_every_payment_gets_one_outcome_through_kills_and_restarts(
     sent = report["load"]["sent"]
     assert report["outcomes"]["lost"] == 0, report["outcomes"]["lost_ids"][:5]
 
-    audit = paysim(pipeline, "audit", "--run", report["run_id"], "--json")
-    found = json.loads(audit.stdout)
-    print(json.dumps({k: found[k] for k in ("sent", "outcomes", "lost_count", "doubled_count",
-                                            "disagreeing_count", "ledgers_checked")}))
-    assert audit.returncode == 0, found
+    found = audited_clean(pipeline, report["run_id"])
     assert found["sent"] == sent
-    assert (found["lost_count"], found["doubled_count"], found["disagreeing_count"]) == (0, 0, 0)
-    assert found["ledger_mismatches"] == []
-    # The ledger under every fault: each book balances and agrees with its payments' records
-    # (no operation applied twice), money is conserved per currency, nothing held past its TTL.
-    assert found["unbalanced"] == {} and found["holds_overdue"] == []
-    assert all(sum(kinds.values()) == 0 for kinds in found["balances"].values())
     answered = {row["kind"]: row["answered"] for row in report["lifecycle"]["kinds"]}
     print("operations answered:", answered)
     assert all(answered.get(kind, 0) > 0 for kind in ("capture", "void", "refund", "reverse"))
@@ -206,12 +171,6 @@ def test_every_payment_gets_one_outcome_through_kills_and_restarts(
             assert max(resumed[fault.label].values()) < RECOVERY_S, (fault.label, resumed)
 
 
-def first_entries(entries: list[DoneEntry]) -> list[DoneEntry]:
-    """Each payment's first entry: a record replayed after a crash may add a repeat."""
-    seen: set[str] = set()
-    return [e for e in entries if e.payment_id not in seen and not seen.add(e.payment_id)]
-
-
 def resumed_after(entries: list[DoneEntry], answered: float) -> dict[str, float]:
     """Per service stage, seconds from ``answered`` (time.time()) to the first stamp of that
     stage at or after it: how long each service took to process again."""
@@ -219,34 +178,3 @@ def resumed_after(entries: list[DoneEntry], answered: float) -> dict[str, float]
     return {stage: (min((e.stages[stage] for e in entries if e.stages.get(stage, 0) >= at_us),
                         default=float("inf")) - at_us) / 1e6
             for stage in (AUTHORIZED, PROCESSED, NOTIFIED)}
-
-
-def sent_and_latency(entries: list[DoneEntry], offset: float) -> list[tuple[float, float]]:
-    """Each payment's send time (on the test's time.monotonic() clock: wall clock minus
-    ``offset``) and its latency in ms from that send to its notification."""
-    return [(sent / 1e6 - offset, (notified - sent) / 1000) for e in entries
-            if (sent := e.stages.get(REQUESTED)) is not None
-            and (notified := e.stages.get(NOTIFIED)) is not None]
-
-
-def fault_windows(latencies: list[tuple[float, float]],
-                  faults: list[Fault]) -> list[tuple[int, float]]:
-    """Per fault: of the payments sent from 1 s before it (those in flight when it struck)
-    until 1 s before the next, how many took over a second, and the worst latency in ms.
-
-    By send time, not completion time: a backlog a fault leaves behind completes during the
-    faults that follow, and by completion it would be charged to them."""
-    bounds = [f.at - 1 for f in faults] + [float("inf")]
-    windows = []
-    for begin, end in itertools.pairwise(bounds):
-        taken = [ms for sent, ms in latencies if begin <= sent < end]
-        windows.append((sum(1 for ms in taken if ms > 1000), max(taken, default=0.0)))
-    return windows
-
-
-def format_windows(faults: list[Fault], windows: list[tuple[int, float]]) -> str:
-    width = max((len(fault.label) for fault in faults), default=5)
-    lines = [f"{'fault':<{width}} {'delayed':>7}  {'worst ms':>8}"]
-    lines += [f"{fault.label:<{width}} {delayed:>7,}  {worst:>8,.0f}"
-              for fault, (delayed, worst) in zip(faults, windows, strict=True)]
-    return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""The whole pipeline as a user runs it: `paysim run-all --detach`, `send`, `status`, `stop`."""
+"""The whole pipeline as a user runs it: `paysim run-all --detach`, `send`, `status`, `stop`;
+every test twice, on a single redis-server and on a Redis Cluster (issue 15: the pipeline runs
+unchanged on it)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import signal
 import threading
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-import redis
+import pytest
 import stripe
 from confluent_kafka import Producer
 
@@ -30,10 +33,22 @@ from tests.helpers import free_port, run_paysim
 from tests.integration.pipeline_helpers import (
     injected,
     paysim,
+    pipeline_on,
     reason_counts,
     run_done_entries,
     send,
 )
+
+
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def pipeline(request: pytest.FixtureRequest, local_stack,
+             service_flags: dict[str, object]) -> Iterator[Settings]:
+    """The services on the suite's redis-server, then on the session's Redis Cluster (pytest
+    runs the module's tests once per store, the pipeline started once for each)."""
+    flags = (service_flags if request.param == "redis"
+             else request.getfixturevalue("redis_cluster"))
+    with pipeline_on(flags) as settings:
+        yield settings
 
 
 def test_thousand_payments_get_exactly_the_injected_outcomes(pipeline: Settings) -> None:
@@ -85,7 +100,7 @@ def test_status_prints_a_hostile_merchant_name_literally(pipeline: Settings) -> 
         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as answer:
         payment_id = json.loads(answer.read())["payment_id"]
-    client = redis.Redis.from_url(pipeline.redis_url)
+    client = store.connect(pipeline)
     try:
         assert wait_until(lambda: store.read_outcome(client, payment_id) is not None, timeout=60)
     finally:
@@ -173,6 +188,32 @@ def _pan_hits(blob: bytes, pans: set[bytes]) -> list[bytes]:
     return [pan for pan in pans if pan in blob]
 
 
+def _stored(client: store.Client, chunk: int = 500) -> Iterator[tuple[bytes, bytes]]:
+    """Every key in Redis with what it holds as bytes (strings, hashes' and streams' fields),
+    read in pipelined rounds: key by key, a cluster's round trips made this test slow."""
+    keys = list(client.scan_iter(count=1000))
+    for begin in range(0, len(keys), chunk):
+        part = keys[begin:begin + chunk]
+        pipe = client.pipeline(transaction=False)
+        for key in part:
+            pipe.type(key)
+        kinds = [kind.decode() for kind in pipe.execute()]
+        pipe = client.pipeline(transaction=False)
+        read = {"string": pipe.get, "hash": pipe.hgetall, "stream": pipe.xrange}
+        shown = [(key, kind) for key, kind in zip(part, kinds, strict=True) if kind in read]
+        yield from ((key, b"") for key, kind in zip(part, kinds, strict=True)
+                    if kind not in read)  # sets, lists: their key alone is checked
+        for key, kind in shown:
+            read[kind](key)
+        for (key, kind), value in zip(shown, pipe.execute(), strict=True):
+            if kind == "hash":
+                value = b" ".join(k + b"=" + v for k, v in value.items())
+            elif kind == "stream":
+                value = b" ".join(b" ".join(k + b"=" + v for k, v in fields.items())
+                                  for _, fields in value)
+            yield key, value or b""
+
+
 def test_no_pan_or_cvv_leaves_the_edge(pipeline: Settings) -> None:
     seed, count = 31337, 500
     send(pipeline, "--count", str(count), "--seed", str(seed))
@@ -198,19 +239,9 @@ def test_no_pan_or_cvv_leaves_the_edge(pipeline: Settings) -> None:
             assert not _pan_hits(value, pans), f"a PAN on {topic}"
             assert b'"cvv"' not in value, f"a CVV field on {topic}"
 
-    client = redis.Redis.from_url(pipeline.redis_url)
+    client = store.connect(pipeline)
     try:
-        for key in client.scan_iter(count=1000):
-            kind = client.type(key).decode()
-            if kind == "string":
-                blob = client.get(key) or b""
-            elif kind == "hash":
-                blob = b" ".join(k + b"=" + v for k, v in client.hgetall(key).items())
-            elif kind == "stream":
-                blob = b" ".join(b" ".join(k + b"=" + v for k, v in fields.items())
-                                 for _, fields in client.xrange(key))
-            else:
-                blob = b""
+        for key, blob in _stored(client):
             assert not _pan_hits(key + blob, pans), f"a PAN in Redis key {key!r}"
             # A field named cvv (as a hash/stream field or a JSON key); the reason text
             # "CVV check failed" is not one.
@@ -244,6 +275,7 @@ def notifications() -> list[bytes]:
 
 
 def test_signed_webhooks_reach_the_client_and_verify(pipeline: Settings) -> None:
+    _Receiver.received.clear()  # the test runs once per store: only this run's deliveries
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -275,7 +307,7 @@ def test_signed_webhooks_reach_the_client_and_verify(pipeline: Settings) -> None
         assert event.type == f"payment.{note.status}"
         event_ids.add(event.id)
     assert len(event_ids) == 20
-    client = redis.Redis.from_url(pipeline.redis_url)
+    client = store.connect(pipeline)
     try:
         ids = [e.payment_id for e in run_done_entries(pipeline, summary["run_id"])]
 

@@ -7,11 +7,12 @@ import json
 import random
 
 import pytest
+import redis
 
 from paysim.domain.messages import AUTHORIZED, NOTIFIED, PROCESSED, REQUESTED
 from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
-from paysim.load import metrics_wire
+from paysim.load import distributed, metrics_wire
 from paysim.load.distributed import merge_record, record_part, run_distributed
 from paysim.load.metrics import OperationMetrics, RunMetrics
 from paysim.load.plan import SendRequest
@@ -95,3 +96,25 @@ def test_the_record_parts_merge_into_one_file_in_intended_order(tmp_path) -> Non
     assert merged[0] == header
     assert [json.loads(line)["seq"] for line in merged[1:]] == [0, 1, 3, 4, 6, 7]
     assert not record_part(record, 0).exists() and not record_part(record, 1).exists()
+
+
+def test_coordination_rides_out_a_redis_failover_and_gives_up_after_the_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(distributed, "RETRY_EVERY_S", 0)
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) <= 3:
+            raise redis.ConnectionError("connection refused")  # the primary is down
+        return "answered"
+
+    assert distributed._riding_out(flaky) == "answered" and len(calls) == 4
+
+    monkeypatch.setattr(distributed, "OUTAGE_S", 0)  # no outage is short enough now
+
+    def down() -> str:
+        raise redis.ConnectionError("connection refused")
+
+    with pytest.raises(redis.ConnectionError):
+        distributed._riding_out(down)
