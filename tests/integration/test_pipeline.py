@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -354,11 +355,29 @@ def test_send_through_the_http_api_gets_the_injected_outcomes(pipeline: Settings
 
 def test_payments_without_an_outcome_are_listed_with_exit_1(pipeline: Settings) -> None:
     processor = ps(pipeline)["processor-0"]["pid"]
+    stopped = threading.Event()
+
+    def beat_for_the_stopped_processor() -> None:
+        # A processor that is stuck but still beats: without this, a send slow to start
+        # (a loaded machine) finds its heartbeat stale and refuses to run at all.
+        client = store.connect(pipeline)
+        key = store.heartbeat_key("processor", 0)
+        try:
+            while not stopped.wait(0.5):
+                client.hset(key, "seen_at", time.time())
+                client.expire(key, store.HEARTBEAT_TTL_S)
+        finally:
+            client.close()
+
     os.kill(processor, signal.SIGSTOP)  # authorized payments now wait at the processor
+    beater = threading.Thread(target=beat_for_the_stopped_processor, daemon=True)
+    beater.start()
     try:
         result = paysim(pipeline, "send", "--count", "20", "--seed", "13", "--bad-share", "0",
                         "--test-card-share", "0", "--timeout", "2")
     finally:
+        stopped.set()
+        beater.join()
         os.kill(processor, signal.SIGCONT)
     assert result.returncode == 1
     assert "20 payments had no outcome after 2 s" in result.stderr
