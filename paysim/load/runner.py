@@ -438,8 +438,6 @@ class LoadRun:
             read, failures = source.read()
             for failure in failures:
                 self._failure(failure)
-            if source.ended:
-                return
             entries, early = early + read, []
             for entry in entries:
                 if not self.options.mine(entry.seq):
@@ -450,6 +448,8 @@ class LoadRun:
                     self._outcome(entry)
                 else:
                     early.append(entry)
+            if source.ended:  # after the outcomes read with its end: they are not lost
+                return
 
     def _wait_for_operations(self, operations: OperationLoad) -> None:
         """Until every planned operation is answered, or the timeout passed the last one's

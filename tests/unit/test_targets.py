@@ -274,12 +274,17 @@ def test_the_collector_counts_an_ended_sources_failure_and_stops() -> None:
     planned = plan_run(settings, SendRequest(count=3))
     run = LoadRun(settings, planned.plan, planned.options)
     run.metrics = RunMetrics(1_000_000)
+    run._sent("pay-1", 1_000_100, 1_000_200)
     source = HttpAnswers(ended=True)  # any source that says it can give no more
     failure = Failure("outcome topic unreadable", "reading outcomes stopped: fenced")
-    source.read = lambda: ([], [failure])  # type: ignore[method-assign]
-    run._collect(source)  # returns, although nothing was sent and no deadline passed
+    # An outcome read in the same batch as the fatal error still counts.
+    read_first = DoneEntry("pay-1", "approved", "00", 500, "EUR", 0,
+                           {"requested": 1_000_100, "notified": 1_004_000})
+    source.read = lambda: ([read_first], [failure])  # type: ignore[method-assign]
+    run._collect(source)  # returns, although no deadline passed
     assert run.metrics.errors == {"outcome topic unreadable": 1}
     assert run.metrics.error_lines["outcome topic unreadable"] == failure.line
+    assert run.ledger.outcomes == {"pay-1"} and run.metrics.completed == 1
 
 
 def test_an_unreadable_outcome_record_is_one_failure(tmp_path: Path) -> None:
