@@ -41,11 +41,20 @@ class Receiver:
             return {name: list(posts) for name, posts in self.posts.items()}
 
 
+def _length(header: str | None) -> int:
+    """The body's length to read: a missing, malformed or negative Content-Length reads none
+    (the case then reports the unsigned body), never a traceback or a read to the end."""
+    try:
+        length = int(header or 0)
+    except ValueError:
+        return 0
+    return max(0, min(length, MAX_BODY_BYTES))
+
+
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(min(length, MAX_BODY_BYTES))
+            body = self.rfile.read(_length(self.headers.get("Content-Length")))
             receiver.keep(self.path.rstrip("/").rsplit("/", 1)[-1],
                           Received(self.headers.get(STRIPE_SIGNATURE_HEADER), body))
             self.send_response(200)
