@@ -133,6 +133,7 @@ class DeclinedAtEdge(Expectation):
     code: str
     masked_pan: str | None
     network: str
+    pan: str  # to check that it appears nowhere in the record
     roles: tuple[str, ...] = ("authorized", "results")
 
     def judge(self, payment_id: str, sent: bytes, observed: Observed) -> tuple[list[str], str]:
@@ -153,6 +154,8 @@ class DeclinedAtEdge(Expectation):
 
     def _check(self, output: Output, sent: PaymentRequested) -> str | None:
         where = f"results record at {output.partition}/{output.offset}"
+        if self.pan.encode() in output.value or b'"cvv"' in output.value:
+            return f"{where} carries the card number or CVV"
         try:
             outcome = _outcomes.decode(output.value)
         except SchemaError as exc:
@@ -205,7 +208,7 @@ class _Requests:
 
 def _declined(code: str, pan: str) -> DeclinedAtEdge:
     masked = cards.mask(pan) if cards.ascii_digits(pan) and len(pan) >= 12 else None
-    return DeclinedAtEdge(code, masked, cards.network(pan))
+    return DeclinedAtEdge(code, masked, cards.network(pan), pan)
 
 
 def authorizer_suite(run_id: str, keys: Keys, _webhooks: str | None = None) -> Suite:

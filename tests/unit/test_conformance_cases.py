@@ -3,6 +3,8 @@ broker, no Redis)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 
 from paysim.domain import cards, decisions
@@ -231,6 +233,19 @@ def test_an_authorizer_that_skips_the_cvv_check_fails_the_n7_cases() -> None:
     assert not verdict.passed
     assert verdict.detail == ("passed on to the issuer (1 record on the authorized topic); "
                               "expected declined N7")
+
+
+def test_a_declined_record_carrying_the_card_number_fails() -> None:
+    case = next(c for c in _authorizer_cases() if c.name == "14 invalid card number (Luhn)")
+    results, seed = _authorizers_outputs(case)
+    [(payment_id, [output])] = results.items()
+    outcome = msgspec.json.decode(output.value, type=PaymentOutcome)
+    leaky = msgspec.structs.replace(outcome, reason_text="card 4242424242424241 failed")
+    verdict = judge_case(case, [], _observed(
+        {payment_id: [dataclasses.replace(output, value=encode(leaky))]}, seed),
+        "payments.requested", "authorizer")
+    assert not verdict.passed
+    assert "carries the card number or CVV" in verdict.detail
 
 
 def test_an_authorizer_dead_letter_keeping_the_record_fails() -> None:
