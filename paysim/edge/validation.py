@@ -21,7 +21,7 @@ which names the problem. The decoder takes no body the walk would refuse.
 
 A description that begins with the type ("a string of 1 to 100 characters") is the answer to a
 wrong type as well. A string holding a lone UTF-16 surrogate (json.loads takes ``"\\ud800"``;
-nothing can encode it afterwards) is refused with its type. ``authorize_body`` and
+nothing can encode it afterwards) is refused with its type. ``authorize_raw`` and
 ``notify_body`` add to every answer which fields the endpoint expects.
 """
 
@@ -90,12 +90,6 @@ def json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
-
-
-def authorize_body(request: Request) -> tuple[bytes, AuthorizeRequest]:
-    """The raw POST /authorize body and the request in it (413 when too large)."""
-    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-    return raw, authorize_raw(raw)
 
 
 def authorize_raw(raw: bytes) -> AuthorizeRequest:
