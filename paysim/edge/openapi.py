@@ -11,6 +11,7 @@ when a route of the app has none, or an entry no route).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -78,8 +79,10 @@ REPLAYED = (idempotency.REPLAY_HEADER, "`true` on an answer given again for an "
 # On an answer whose request put a record on Kafka, when tracing is on.
 TRACED = (TRACERESPONSE, "when tracing (OTEL_EXPORTER_OTLP_ENDPOINT) is on: W3C Trace "
                          "Context's `traceresponse`, `00-<trace id>-<span id>-<flags>`, the "
-                         "span that sent the record; its trace continues the request's "
-                         "`traceparent` when it had a valid one")
+                         "span that sent the record (on a 503, tried to); its trace "
+                         "continues the request's `traceparent` when it had a valid one")
+# The 503 of a request whose record Kafka did not take: its send's span failed, and is named.
+NOT_SENT = dataclasses.replace(REDIS_DOWN, headers=(TRACED,))
 TRACEPARENT = {
     "name": "traceparent", "in": "header", "required": False,
     "description": "W3C Trace Context: when tracing is on, what the request sends joins this "
@@ -121,7 +124,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             Answer(409, "a request with this Idempotency-Key is still being processed"),
             TOO_LARGE,
             Answer(422, "the Idempotency-Key was used with another body"),
-            INTERNAL, REDIS_DOWN,
+            INTERNAL, NOT_SENT,
         )),
     Endpoint(
         "post", "/notify_client", "notifyClient",
@@ -160,7 +163,7 @@ OPERATION_ANSWERS = (
                 "processed", (Refused, Error), (REPLAYED, TRACED)),
     TOO_LARGE,
     Answer(422, "the Idempotency-Key was used with another body"),
-    INTERNAL, REDIS_DOWN,
+    INTERNAL, NOT_SENT,
 )
 
 
