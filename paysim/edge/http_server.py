@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -297,8 +297,12 @@ class Connection(asyncio.Protocol):
     def _respond_from(self, request: Request, done: Future[Answer]) -> None:
         try:
             answer = done.result()
-        except Exception:  # call_app answers the app's errors; a pool shut down lands here
+        except CancelledError:  # the pool was shut down with this request still waiting
             answer = json_answer("503 Service Unavailable", "the server is stopping")
+        except Exception as exc:  # call_app answers the app's errors; a direct route may not
+            log.error("%r %r failed outside its route: %s", request.method,
+                      self.server.path_of(request), type(exc).__name__)
+            answer = json_answer("500 Internal Server Error", "internal error")
         self._respond(request, answer)
 
     def _respond(self, request: Request, answer: Answer) -> None:

@@ -51,13 +51,19 @@ def direct_echo(request: http_server.Request) -> http_server.Answer:
     return http_server.Answer("200 OK", [("Content-Type", "application/json")], body)
 
 
+def direct_boom(request: http_server.Request) -> http_server.Answer:
+    """A direct route that fails outside any handler of its own."""
+    raise ValueError("a bug")
+
+
 @contextlib.contextmanager
 def serving(app: App, workers: int = 4, grace_s: float = 5.0) -> Iterator[tuple[int, Any]]:
     port = free_port()
     server = HttpServer(app, "127.0.0.1", port, lambda method, path: path == "/loop",
                         workers=workers,
-                        direct=lambda method, path: direct_echo if (method, path) == (
-                            "POST", "/direct") else None)
+                        direct=lambda method, path: {"/direct": direct_echo,
+                                                     "/boom": direct_boom}.get(path)
+                        if method == "POST" else None)
     server.listen()
     stop = threading.Event()
     thread = threading.Thread(target=server.serve_until, args=(stop, grace_s), daemon=True)
@@ -121,6 +127,18 @@ def test_a_direct_route_is_answered_without_the_app_in_order_with_the_others() -
     assert len(app.threads) == 1  # the direct route did not go through the app
     request = http_server.Request("POST", b"/", "1.1", headers=[(b"X-A", b"1")])
     assert request.header("Idempotency-Key") is None and request.header("x_a") == "1"
+
+
+def test_a_direct_route_that_raises_is_a_logged_500_and_the_connection_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+    with serving(app) as (port, _):
+        got = raw(port, b"POST /boom HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                        b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                  until=b"")
+    assert got.startswith(b"HTTP/1.1 500 Internal Server Error")
+    assert b'"internal error"' in got and b"HTTP/1.1 200 OK" in got  # the next one answered
+    assert "'/boom' failed outside its route: ValueError" in caplog.text
 
 
 def test_pipelined_requests_are_answered_in_order() -> None:
