@@ -135,8 +135,8 @@ def read_records(settings: Settings, topic: str,
             if found is None or found.error is not None or not found.partitions:
                 raise PaysimError(f"topic {topic} does not exist on Kafka at "
                                   f"{settings.kafka_bootstrap}")
-            ends = {partition: consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=remaining())[1]
+            ends = {partition: _end_offset(consumer, TopicPartition(topic, partition),
+                                           deadline)
                     for partition in found.partitions}
         except KafkaException as exc:
             raise no_answer(settings, timeout, exc) from None
@@ -148,6 +148,27 @@ def read_records(settings: Settings, topic: str,
                           f"came for {timeout:g} s (the kafka.timeout setting) with {unread} of "
                           f"{len(ends)} partitions not read to their end")
     return records
+
+
+# A topic created a moment ago may have no leader known yet for a partition; such answers
+# are retried until the deadline rather than taken for Kafka not answering.
+_NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def _end_offset(consumer: Consumer, partition: TopicPartition, deadline: float) -> int:
+    """The partition's high watermark (its last stable offset, read_committed), asked again
+    while the partition's leader is still being elected."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                partition, timeout=max(deadline - time.monotonic(), 0.001))[1]
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if (error is None or error.code() not in _NO_LEADER_YET
+                    or time.monotonic() + 0.1 >= deadline):
+                raise
+            time.sleep(0.1)  # the metadata refresh the next ask needs takes this long or more
 
 
 def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import KafkaError
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from paysim.infra.kafka import _read_to
+from paysim.infra.kafka import _end_offset, _read_to
 from tests.unit.fakes import FakeMessage
 
 TOPIC = "t"
@@ -80,3 +81,32 @@ def test_a_read_that_keeps_progressing_may_outlast_the_idle_timeout() -> None:
 
     assert unread == 0 and len(records) == 5
     assert time.monotonic() - started > 0.25
+
+
+class ElectingConsumer:
+    """Answers a partition's watermarks with ``error`` ``failures`` times, then (0, 7)."""
+
+    def __init__(self, failures: int, error: int) -> None:
+        self.failures, self.error, self.asked = failures, error, 0
+
+    def get_watermark_offsets(self, partition, timeout: float = -1) -> tuple[int, int]:
+        self.asked += 1
+        if self.asked <= self.failures:
+            raise KafkaException(KafkaError(self.error))
+        return 0, 7
+
+
+def test_a_partition_whose_leader_is_being_elected_is_asked_again() -> None:
+    consumer = ElectingConsumer(3, KafkaError.NOT_LEADER_FOR_PARTITION)
+    assert _end_offset(consumer, TopicPartition(TOPIC, 0), time.monotonic() + 10) == 7
+    assert consumer.asked == 4
+
+
+def test_other_errors_and_a_passed_deadline_are_raised_at_once() -> None:
+    consumer = ElectingConsumer(1, KafkaError._TIMED_OUT)
+    with pytest.raises(KafkaException):
+        _end_offset(consumer, TopicPartition(TOPIC, 0), time.monotonic() + 10)
+    consumer = ElectingConsumer(5, KafkaError.LEADER_NOT_AVAILABLE)
+    with pytest.raises(KafkaException):
+        _end_offset(consumer, TopicPartition(TOPIC, 0), time.monotonic())
+    assert consumer.asked == 1
