@@ -191,6 +191,8 @@ class Option:
         return self.flag or "--" + self.key.split(".")[-1].replace("_", "-")
 
 
+MAX_BROKERS = 9  # the local stack's Kafka nodes at most (ports are spaced 2 apart)
+
 OPTIONS: tuple[Option, ...] = (
     Option("kafka.bootstrap", _bootstrap, lambda: None,
            "Kafka bootstrap servers; unset means the local stack", "--bootstrap",
@@ -220,7 +222,7 @@ OPTIONS: tuple[Option, ...] = (
            "the local stack runs a Redis Cluster (3 primaries, 3 replicas) instead of one "
            "redis-server: node n listens on the Redis port + n - 1, its cluster bus on the "
            "Redis port + 5 + n", "--redis-cluster"),
-    Option("stack.brokers", _whole_number(1, 9), lambda: 1,
+    Option("stack.brokers", _whole_number(1, MAX_BROKERS), lambda: 1,
            "Kafka nodes in the local stack; 3 makes a KRaft cluster with replication 3 and "
            "min.insync.replicas 2 (node n listens on the ports + 2(n-1))", "--brokers", "N"),
     Option("stack.kafka_heap_mb", _whole_number(128), lambda: 512, "local broker heap in MiB"),

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from paysim.infra.config import StackSettings
+from paysim.infra.config import MAX_BROKERS, StackSettings
 from paysim.infra.errors import PaysimError
 from paysim.infra.files import owner_only
 from paysim.infra.waiting import wait_until
@@ -262,18 +262,35 @@ class LocalStack:
                 for (name, record), was_killed in zip(running, killed, strict=True)]
 
     def status(self) -> list[ComponentStatus]:
-        """Each component's state; a Redis Cluster that runs under the stack folder is shown
-        node by node even when these settings name a single redis-server (a `stack status`
-        without `--redis-cluster` after `stack up --redis-cluster`)."""
+        """Each component's state; a Redis Cluster or a Kafka of several brokers that runs
+        under the stack folder is shown node by node even when these settings name a single
+        redis-server or broker (a `stack status` without `--redis-cluster` or `--brokers`)."""
         return [self._status(component) for component in self._shown()]
 
     def _shown(self) -> list[Component]:
-        if self.cluster_nodes:
-            return self.components
-        nodes = [RedisClusterNode(self.settings, node) for node in range(1, CLUSTER_NODES + 1)]
-        if self.running(self.components[0]) or not any(self.running(n) for n in nodes):
-            return self.components
-        return [*nodes, *self.components[1:]]  # the cluster in the single server's place
+        redis_parts = [c for c in self.components if not isinstance(c, KafkaBroker)]
+        brokers = [c for c in self.components if isinstance(c, KafkaBroker)]
+        if not self.cluster_nodes:
+            nodes = [RedisClusterNode(self.settings, node)
+                     for node in range(1, CLUSTER_NODES + 1)]
+            if not self.running(redis_parts[0]) and any(self.running(n) for n in nodes):
+                redis_parts = nodes  # the cluster in the single server's place
+        if len(brokers) == 1 and not self.running(brokers[0]):
+            brokers = self._recorded_brokers() or brokers
+        return [*redis_parts, *brokers]
+
+    def _recorded_brokers(self) -> list[KafkaBroker]:
+        """The brokers of a Kafka of several nodes running under the stack folder while these
+        settings name one (a `stack status` without `--brokers` after `stack up --brokers 3`);
+        none when there is no such Kafka."""
+        many = replace(self.settings, brokers=MAX_BROKERS)  # names its nodes kafka-<n>
+        count = 0
+        while count < MAX_BROKERS and self.running(KafkaBroker(many, count + 1)):
+            count += 1
+        if count < 2:
+            return []
+        found = replace(self.settings, brokers=count)
+        return [KafkaBroker(found, node) for node in range(1, count + 1)]
 
     def _status(self, component: Component) -> ComponentStatus:
         record = self.running(component)

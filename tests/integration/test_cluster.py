@@ -76,6 +76,13 @@ def test_topics_are_replicated_three_times_with_two_in_sync(cluster) -> None:
     for name in settings.topics.names():
         for partition in metadata.topics[name].partitions.values():
             assert len(partition.replicas) == 3
+    # `stack status` finds both clusters from the stack's own records, also when not told.
+    plain = {**settings_env(settings), "PAYSIM_STACK_BROKERS": "1",
+             "PAYSIM_STACK_REDIS_CLUSTER": "0"}
+    status = json.loads(run_paysim("stack", "status", "--json", env=plain).stdout)
+    assert "kafka" not in status and "redis" not in status, status
+    assert [status[f"kafka-{n}"]["state"] for n in (1, 2, 3)] == ["up"] * 3, status
+    assert [status[f"redis-{n}"]["state"] for n in range(1, 7)] == ["up"] * 6, status
 
 
 def primaries(settings: Settings) -> set[int]:

@@ -121,7 +121,8 @@ class KafkaTargetIngress:
 
         with sending(self.tracer, self.topic, payment_id) as trace:
             if trace.headers:  # the consumer's spans may join the payment's trace
-                headers = [*(h for h in headers if h[0] not in TRACE_HEADERS), *trace.headers]
+                headers = [*(h for h in headers if h[0].lower() not in TRACE_HEADERS),
+                           *trace.headers]
             while True:
                 try:
                     self.producer.produce(self.topic, value, key, headers=headers,
