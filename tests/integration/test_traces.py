@@ -122,7 +122,14 @@ def test_every_payment_is_one_trace_across_all_hops(traced_pipeline: Settings,
     assert wait_until(lambda: len(traces()) == 25, timeout=60, interval=0.5), \
         incomplete(receiver.received(), set(entered_by) - set(traces()))
     received = traces()
-    batch_spans = {s.span_id: s for s in receiver.received() if s.name.startswith("consume ")}
+
+    def batch_spans() -> dict[str, ReceivedSpan]:
+        return {s.span_id: s for s in receiver.received() if s.name.startswith("consume ")}
+
+    # A batch's span ends after its payments' spans, so it may come in a later export.
+    linked = {span_id for trace in received.values() for s in trace for _, span_id in s.links}
+    assert wait_until(lambda: linked <= batch_spans().keys(), timeout=30, interval=0.2)
+    batches = batch_spans()
     services = [f"paysim-{spec.name}" for spec in (AUTHORIZER, PROCESSOR, NOTIFIER)]
     trace_ids, lengths = set(), set()
     for payment_id, trace in received.items():
@@ -138,8 +145,8 @@ def test_every_payment_is_one_trace_across_all_hops(traced_pipeline: Settings,
         for process in spans[1::2]:
             assert process.attributes["messaging.system"] == "kafka"
             [(link_trace, link_span)] = process.links  # its batch's span
-            assert batch_spans[link_span].trace_id == link_trace
-            assert batch_spans[link_span].name == process.name.replace("process", "consume")
+            assert batches[link_span].trace_id == link_trace
+            assert batches[link_span].name == process.name.replace("process", "consume")
     assert len(trace_ids) == 25  # one trace per payment
     assert lengths == {7, 5}  # the seeds' payments take both paths
 
@@ -198,7 +205,12 @@ def test_a_callers_trace_goes_on_through_the_payment_and_its_capture(
         return {(s.service, s.name): s for s in receiver.received() if s.trace_id == caller_trace}
 
     wanted = ("paysim-ledger", f"process {topics.operations}")
-    assert wait_until(lambda: wanted in spans(), timeout=30, interval=0.2), sorted(spans())
+    # Each service exports on its own schedule: wait for every span the checks below read.
+    needed = {wanted, ("paysim-http", f"send {topics.requested}"),
+              ("paysim-authorizer", f"process {topics.requested}"),
+              ("paysim-http", f"send {topics.operations}")}
+    assert wait_until(lambda: needed <= spans().keys(), timeout=30, interval=0.2), \
+        sorted(spans())
     found = spans()
     entry = found[("paysim-http", f"send {topics.requested}")]
     assert entry.parent_span_id == caller_span
@@ -209,6 +221,10 @@ def test_a_callers_trace_goes_on_through_the_payment_and_its_capture(
     ledger = found[wanted]
     assert ledger.parent_span_id == operation.span_id
     [(link_trace, link_span)] = ledger.links  # its batch's span
-    batches = {s.span_id: s for s in receiver.received()
-               if s.name == f"consume {topics.operations}"}
-    assert batches[link_span].trace_id == link_trace
+
+    def batches() -> dict[str, ReceivedSpan]:
+        return {s.span_id: s for s in receiver.received()
+                if s.name == f"consume {topics.operations}"}
+
+    assert wait_until(lambda: link_span in batches(), timeout=30, interval=0.2)
+    assert batches()[link_span].trace_id == link_trace
