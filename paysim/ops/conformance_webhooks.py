@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import BinaryIO
 
 from paysim.domain.webhooks import STRIPE_SIGNATURE_HEADER
 
@@ -51,10 +52,31 @@ def _length(header: str | None) -> int:
     return max(0, min(length, MAX_BODY_BYTES))
 
 
+def _chunked(stream: BinaryIO) -> bytes:
+    """A ``Transfer-Encoding: chunked`` body (an HTTP client with no length to give sends one),
+    at most MAX_BODY_BYTES of it; a malformed chunk size ends it where it stands."""
+    body = b""
+    while len(body) < MAX_BODY_BYTES:
+        line = stream.readline(64).split(b";", 1)[0].strip()
+        try:
+            size = int(line, 16)
+        except ValueError:
+            break
+        if size <= 0:
+            break
+        body += stream.read(min(size, MAX_BODY_BYTES - len(body)))
+        stream.readline(64)  # the CRLF after the chunk
+    return body
+
+
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(_length(self.headers.get("Content-Length")))
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                body = _chunked(self.rfile)
+                self.close_connection = True  # a trailer or an overlong body may be left
+            else:
+                body = self.rfile.read(_length(self.headers.get("Content-Length")))
             receiver.keep(self.path.rstrip("/").rsplit("/", 1)[-1],
                           Received(self.headers.get(STRIPE_SIGNATURE_HEADER), body))
             self.send_response(200)

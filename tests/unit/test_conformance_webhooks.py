@@ -35,3 +35,12 @@ def test_a_malformed_or_negative_content_length_reads_no_body() -> None:
             assert b" 200 " in answer.split(b"\r\n", 1)[0]
         taken = receiver.taken()
     assert taken == {"pay-1": [Received("t=1,v1=ab", b""), Received("t=1,v1=ab", b"")]}
+
+
+def test_a_chunked_body_is_read_whole() -> None:
+    with receiving("run-1") as receiver:
+        answer = post(receiver.url, b"Transfer-Encoding: chunked\r\n",
+                      b"3\r\n{\"a\r\n5;ext=1\r\n\": 1}\r\n0\r\n\r\n")
+        taken = receiver.taken()
+    assert b" 200 " in answer.split(b"\r\n", 1)[0]
+    assert taken == {"pay-1": [Received("t=1,v1=ab", b'{"a": 1}')]}
