@@ -142,6 +142,7 @@ def _mib(value: float | None) -> str:
 
 def results_table(results: dict[str, Any]) -> Table:
     """The table of measured figures bench/run prints."""
+    from paysim.bench.results import CPU_TARGET, RATIO_TARGET, open_model_target
     title = "paysim benchmark" + (" (--quick: smaller than the targets ask)"
                                   if results["quick"] else "")
     table = Table(title=title)
@@ -161,8 +162,9 @@ def results_table(results: dict[str, Any]) -> Table:
                   f"payments/s, exactly-once ({burst['completed']:,} done, "
                   f"{burst['lost']} lost)",
                   f"{burst['throughput_per_s']:,.0f}", _verdict(results["targets"][0]))
+    ratio = verdicts.get(RATIO_TARGET)
     table.add_row("", "ratio to Kafka's producer tool",
-                  f"{burst['ratio_to_kafka_producer']:.3f}", "")
+                  f"{burst['ratio_to_kafka_producer']:.3f}", _verdict(ratio) if ratio else "")
     table.add_row("", "end to end p50/p99/p99.9 ms", _ms(burst["latency"]["end_to_end"]),
                   "", end_section=True)
     mix = results.get("lifecycle")
@@ -181,7 +183,7 @@ def results_table(results: dict[str, Any]) -> Table:
         table.add_section()
     for phase in results["open_model"]:
         rate = phase["target_rate"]
-        name = f"p99 end to end at {rate:,.0f}/s open model"
+        name = open_model_target(rate)
         table.add_row(f"open model {rate:,.0f}/s",
                       f"achieved/s ({phase['lost']} lost, {phase['dropped']} dropped)",
                       f"{phase['achieved_rate']:,.1f}", "")
@@ -219,6 +221,10 @@ def results_table(results: dict[str, Any]) -> Table:
                       f"{_mib(figures['rss_last_tenth_mib'])} "
                       f"({figures['rss_growth_pct']:+.1f}%); {figures['cpu_s_per_1000']:.3f}",
                       _verdict(growth) if growth else "")
+    cost = verdicts.get(CPU_TARGET)
+    if cost:
+        table.add_row("every process", "CPU µs per payment, summed", cost["actual"],
+                      _verdict(cost))
     return table
 
 
