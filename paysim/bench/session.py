@@ -28,6 +28,7 @@ from paysim.domain.messages import encode
 from paysim.infra import tracing
 from paysim.infra.config import Settings, load_settings
 from paysim.infra.errors import PaysimError
+from paysim.infra.kafka import INTERNAL_COMPRESSION
 from paysim.infra.secrets import load_keys
 from paysim.infra.waiting import wait_until
 from paysim.load.generator import Mix, PaymentStream, build_population
@@ -212,7 +213,7 @@ def reference_figures(settings: Settings, payloads: list[bytes], count: int,
     producer = reference.run_producer_perf(
         settings, REFERENCE_TOPIC, payloads, count,
         {"acks": "all", "enable.idempotence": "true", "linger.ms": "5",
-         "compression.type": "lz4"}, announce=announce)
+         "compression.type": INTERNAL_COMPRESSION}, announce=announce)
     consumer = reference.run_consumer_perf(settings, REFERENCE_TOPIC, count, announce=announce)
     return {"records": count, "record_bytes": mean_size(payloads),
             "producer": asdict(producer), "consumer": asdict(consumer)}

@@ -209,7 +209,6 @@ class Authorization:
 
 MTI = {
     (EventKind.AUTHORIZED, CaptureMode.MANUAL): "0100/0110",
-    (EventKind.AUTHORIZED, CaptureMode.AUTOMATIC): "0200/0210",
     (EventKind.CAPTURED, CaptureMode.AUTOMATIC): "0200/0210",
     (EventKind.CAPTURED, CaptureMode.MANUAL): "0220",
     (EventKind.INCREMENTED, CaptureMode.MANUAL): "0100/0110",
@@ -323,9 +322,13 @@ def authorize(request: Authorization, record: PaymentRecord | None, funds: CardF
     step.record.hold_expires_at = now + hold_ttl_us
     step.spent_today = amount
     step.hold(amount)
-    step.event(EventKind.AUTHORIZED, amount)
     if request.capture == CaptureMode.AUTOMATIC:
+        # One event, captured: the 0200/0210 is the authorization and the capture in one
+        # message, and the hold lives only inside this step (an authorized event before it
+        # was one more record a payment on payments.events for nothing: issue 16).
         step.capture(amount)
+    else:
+        step.event(EventKind.AUTHORIZED, amount)
     return step.done(Answer(code, amount))
 
 

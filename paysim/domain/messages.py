@@ -193,7 +193,8 @@ class OperationRequested(msgspec.Struct, frozen=True, kw_only=True):
 class PaymentEvent(msgspec.Struct, frozen=True, kw_only=True):
     """On payments.events, keyed by card token: one change in a payment's life, with the
     ISO 8583 message type it corresponds to (none for disputes and settlement, which card
-    networks carry in clearing files, not in 0xxx messages)."""
+    networks carry in clearing files, not in 0xxx messages). An authorization captured at
+    once is one event, captured (0200/0210); a manual one's is authorized (0100/0110)."""
 
     v: int = SCHEMA_VERSION
     event_id: str

@@ -27,6 +27,13 @@ quiet_logger = logging.getLogger("paysim.kafka.quiet")
 quiet_logger.addHandler(logging.NullHandler())
 quiet_logger.propagate = False
 
+# Compression of what paysim's own producers (the sender, the services) write, and of Kafka's
+# producer perf tool in `paysim bench`, so that the ratio to it compares like with like. lz4
+# kept: none saved the broker no CPU the runs could resolve (its validation of lz4 batches,
+# LogValidator, was 2-5% of its Java samples) and made the perf tool twice as fast on two busy
+# cores, which no payment gains from (docs/performance.md, "The broker's CPU per payment").
+INTERNAL_COMPRESSION = "lz4"
+
 
 def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Pass-through properties (SASL, SSL, ...), then ``overrides``; bootstrap servers last,

@@ -29,7 +29,7 @@ from paysim.domain.messages import (
 )
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
-from paysim.infra.kafka import client_config, produce, quiet_logger
+from paysim.infra.kafka import INTERNAL_COMPRESSION, client_config, produce, quiet_logger
 from paysim.infra.secrets import Keys, load_keys
 from paysim.infra.tracing import TRACERESPONSE, open_tracer
 from paysim.infra.waiting import wait_until
@@ -106,7 +106,7 @@ class KafkaIngress:
         self.tracer = open_tracer(settings, GENERATOR)  # None unless an OTLP endpoint is set
         self._idempotence_state = ""
         self.producer = Producer(client_config(settings, **{
-            "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4",
+            "enable.idempotence": True, "linger.ms": 5, "compression.type": INTERNAL_COMPRESSION,
             "statistics.interval.ms": 50, "stats_cb": self._on_stats, "logger": quiet_logger,
         }))
         self._wait_until_ready()

@@ -97,7 +97,8 @@ TOPICS: tuple[Topic, ...] = (
           "expire, reverse, refund, dispute, resolve), each applied once by its op_id",
           TOKEN_KEY, (HTTP, LEDGER), "paysim send (a scenario's [lifecycle] mix)"),
     Topic("events", PaymentEvent,
-          "Every change in a payment's life on the ledger, with its ISO 8583 message type",
+          "Every change in a payment's life on the ledger, with its ISO 8583 message type "
+          "(an authorization captured at once is one change: captured, 0200/0210)",
           TOKEN_KEY, (PROCESSOR, LEDGER)),
     Topic("settlements", Batch,
           "Closed settlement batches: per merchant, currency and window, what is paid out",

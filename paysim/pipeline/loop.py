@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from paysim.domain.messages import DeadLetter, SchemaError, encode, now_us
 from paysim.infra.config import Settings
-from paysim.infra.kafka import client_config, error_text, produce
+from paysim.infra.kafka import INTERNAL_COMPRESSION, client_config, error_text, produce
 from paysim.infra.topics import ensure_topics
 from paysim.pipeline import store
 from paysim.pipeline.prometheus import ERROR, OK, REJECTED, UNDECODABLE, PipelineMetrics
@@ -254,7 +254,7 @@ class ServiceLoop(Generic[T]):
         return Producer(client_config(self.settings, **{
             "transactional.id": f"{self.group}-{self.instance}", "linger.ms": 0,
             "retry.backoff.ms": 5, "retry.backoff.max.ms": 50,
-            "compression.type": "lz4", "logger": self.log,
+            "compression.type": INTERNAL_COMPRESSION, "logger": self.log,
         }))
 
     def on_kafka_error(self, error: KafkaError) -> None:
