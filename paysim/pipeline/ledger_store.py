@@ -51,15 +51,29 @@ def _card(run_id: str, token: str) -> str:
 
 
 def card_key(run_id: str, token: str) -> str:
-    return f"paysim:card:{_card(run_id, token)}"
+    return _card_key(_card(run_id, token))
 
 
 def record_key(run_id: str, token: str, payment_id: str) -> str:
-    return f"paysim:pay:{_card(run_id, token)}:{payment_id}"
+    return _record_key(_card(run_id, token), payment_id)
 
 
 def answer_key(run_id: str, token: str, op_id: str) -> str:
-    return f"paysim:answer:{_card(run_id, token)}:{op_id}"
+    return _answer_key(_card(run_id, token), op_id)
+
+
+# The same from the card's part, worked out once per card in a batch (its CRC-32 and
+# formatting were paid per key).
+def _card_key(part: str) -> str:
+    return f"paysim:card:{part}"
+
+
+def _record_key(part: str, payment_id: str) -> str:
+    return f"paysim:pay:{part}:{payment_id}"
+
+
+def _answer_key(part: str, op_id: str) -> str:
+    return f"paysim:answer:{part}:{op_id}"
 
 
 def holds_key(bucket: int) -> str:
@@ -190,10 +204,16 @@ class CardWrite:
             self.holds_open.pop(member, None)
 
 
-@dataclass(frozen=True)
-class CardRef:
+class CardRef(msgspec.Struct, frozen=True):
+    """A card of a run; a dict key in every batch (a Struct hashes in C)."""
+
     run_id: str
     token: str
+
+    @property
+    def part(self) -> str:
+        """The card's part of its keys (see _card)."""
+        return _card(self.run_id, self.token)
 
 
 # What a batch reads of a card: the currencies of its book lines (None: every line), the
@@ -244,9 +264,10 @@ class LedgerStore:
                 fields = [VERSION_FIELD]
                 for currency in currencies_l:
                     fields += _card_fields(currency, day)
-            keys.append(card_key(card.run_id, card.token))
-            keys += [record_key(card.run_id, card.token, pid) for pid in payments_l]
-            keys += [answer_key(card.run_id, card.token, op) for op in ops_l]
+            part = card.part
+            keys.append(_card_key(part))
+            keys += [_record_key(part, pid) for pid in payments_l]
+            keys += [_answer_key(part, op) for op in ops_l]
             spec.append((len(payments_l), len(ops_l), fields))
             plan.append((card, currencies_l, payments_l, ops_l))
         replies = iter(self._read(keys=keys, args=[_encode(spec)]))
@@ -293,12 +314,13 @@ class LedgerStore:
         args: list[object] = [self.ttl, len(buckets)]
         for card, snapshot, write in writes:
             bucket = bucket_of(card.run_id, card.token)
+            part = card.part
             width = settlement.window_width(write.window_s)
             docs = [*(_encode(record) for record in write.records.values()),
                     *(_encode(answer) for answer in write.answers.values())]
-            keys.append(card_key(card.run_id, card.token))
-            keys += [record_key(card.run_id, card.token, pid) for pid in write.records]
-            keys += [answer_key(card.run_id, card.token, op) for op in write.answers]
+            keys.append(_card_key(part))
+            keys += [_record_key(part, pid) for pid in write.records]
+            keys += [_answer_key(part, op) for op in write.answers]
             keys += [movements_key(bucket, card.run_id, window) for window in write.movements]
             # Numbers as text: Lua's numbers are doubles, and microsecond times pass 2^53.
             header = _CardHeader(
