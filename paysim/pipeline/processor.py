@@ -55,6 +55,8 @@ class Processor(Service[PaymentAuthorized]):
         self._changes: dict[str, lifecycle.Change] = {}
         self._rejected: dict[str, str] = {}
         self.run_rates = RunRates(redis_client, self.rates)
+        self._cluster = store.is_cluster(redis_client)
+        self._decisions: list[tuple[str, str]] = []  # the batch's (payment id, status)
 
     def prepare(self, items: list[PaymentAuthorized]) -> None:
         """Issuer prechecks, then the ledger's answer for the rest (one read, one write)."""
@@ -117,6 +119,11 @@ class Processor(Service[PaymentAuthorized]):
         return (money.minor_units(profile.credit_limit_usd, currency),
                 money.minor_units(profile.daily_limit_usd, currency))
 
+    def finish(self, pipe: redis.client.Pipeline) -> None:
+        """The batch's decisions, written together (store.write_decisions)."""
+        decisions, self._decisions = self._decisions, []
+        store.write_decisions(pipe, decisions, self.settings.redis.outcome_ttl, self._cluster)
+
     def decide(self, item: PaymentAuthorized, pipe: redis.client.Pipeline) -> list[Output]:
         if item.payment_id in self._rejected:
             raise Rejected(self._rejected[item.payment_id])
@@ -133,8 +140,7 @@ class Processor(Service[PaymentAuthorized]):
             masked_pan=item.masked_pan, network=item.network,
             approved_amount=change.answer.amount if change is not None and approved else None,
         )
-        store.write_decision(pipe, outcome.payment_id, outcome.status,
-                             self.settings.redis.outcome_ttl)
+        self._decisions.append((outcome.payment_id, outcome.status))
         outputs = [Output(self.settings.topics.results, item.token, encode(outcome))]
         if change is not None:
             outputs += event_outputs(self.settings.topics.events, change)
