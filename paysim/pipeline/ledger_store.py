@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -51,29 +51,23 @@ def _card(run_id: str, token: str) -> str:
 
 
 def card_key(run_id: str, token: str) -> str:
-    return _card_key(_card(run_id, token))
+    return _card_keys(_card(run_id, token))[0]
 
 
 def record_key(run_id: str, token: str, payment_id: str) -> str:
-    return _record_key(_card(run_id, token), payment_id)
+    return _card_keys(_card(run_id, token), payments=(payment_id,))[1]
 
 
 def answer_key(run_id: str, token: str, op_id: str) -> str:
-    return _answer_key(_card(run_id, token), op_id)
+    return _card_keys(_card(run_id, token), ops=(op_id,))[1]
 
 
-# The same from the card's part, worked out once per card in a batch (its CRC-32 and
-# formatting were paid per key).
-def _card_key(part: str) -> str:
-    return f"paysim:card:{part}"
-
-
-def _record_key(part: str, payment_id: str) -> str:
-    return f"paysim:pay:{part}:{payment_id}"
-
-
-def _answer_key(part: str, op_id: str) -> str:
-    return f"paysim:answer:{part}:{op_id}"
+def _card_keys(part: str, payments: Iterable[str] = (), ops: Iterable[str] = ()) -> list[str]:
+    """A card's hash, then these payments' records and these operations' answers, from the
+    card's part of its keys (worked out once per card in a batch: its CRC-32 and formatting
+    were paid per key)."""
+    return [f"paysim:card:{part}", *(f"paysim:pay:{part}:{pid}" for pid in payments),
+            *(f"paysim:answer:{part}:{op}" for op in ops)]
 
 
 def holds_key(bucket: int) -> str:
@@ -264,10 +258,7 @@ class LedgerStore:
                 fields = [VERSION_FIELD]
                 for currency in currencies_l:
                     fields += _card_fields(currency, day)
-            part = card.part
-            keys.append(_card_key(part))
-            keys += [_record_key(part, pid) for pid in payments_l]
-            keys += [_answer_key(part, op) for op in ops_l]
+            keys += _card_keys(card.part, payments_l, ops_l)
             spec.append((len(payments_l), len(ops_l), fields))
             plan.append((card, currencies_l, payments_l, ops_l))
         replies = iter(self._read(keys=keys, args=[_encode(spec)]))
@@ -314,13 +305,10 @@ class LedgerStore:
         args: list[object] = [self.ttl, len(buckets)]
         for card, snapshot, write in writes:
             bucket = bucket_of(card.run_id, card.token)
-            part = card.part
             width = settlement.window_width(write.window_s)
             docs = [*(_encode(record) for record in write.records.values()),
                     *(_encode(answer) for answer in write.answers.values())]
-            keys.append(_card_key(part))
-            keys += [_record_key(part, pid) for pid in write.records]
-            keys += [_answer_key(part, op) for op in write.answers]
+            keys += _card_keys(card.part, write.records, write.answers)
             keys += [movements_key(bucket, card.run_id, window) for window in write.movements]
             # Numbers as text: Lua's numbers are doubles, and microsecond times pass 2^53.
             header = _CardHeader(
