@@ -266,6 +266,18 @@ def test_the_ledgers_answers_become_outcomes_on_results_keyed_by_token() -> None
         ("captured", items[0].payment_id, 4_200, "0200/0210")]
 
 
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_batchs_decisions_are_the_sets_the_seed_asks_for(cluster: bool) -> None:
+    pipe = FakePipeline(FakeRedis())
+    store.write_decisions(pipe, [("p-1", "approved"), ("p-2", "declined")], 60, cluster)
+    # One script call on a single Redis; a SET each on a cluster (the keys' slots differ).
+    assert [command[0] for command in pipe.commands] == (["SET", "SET"] if cluster else ["EVAL"])
+    assert as_sets(pipe.commands) == [("SET", "payment_result_p-1", "approved", "EX", 60),
+                                      ("SET", "payment_result_p-2", "declined", "EX", 60)]
+    store.write_decisions(pipe, [], 60, cluster)
+    assert len(pipe.commands) == (2 if cluster else 1)  # an empty batch writes nothing
+
+
 def test_a_card_written_meanwhile_is_read_and_decided_again() -> None:
     client = FakeRedis()
     calls = []
