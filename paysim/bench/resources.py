@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -32,15 +33,34 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def total_rss(pids: tuple[int, ...]) -> int | None:
+    """The processes' resident bytes now, summed; None once one is gone."""
+    sizes = [rss_bytes(pid) for pid in pids]
+    return None if None in sizes else sum(size or 0 for size in sizes)
+
+
+def total_cpu(pids: tuple[int, ...]) -> float | None:
+    """The processes' CPU seconds so far, summed; None once one is gone."""
+    times = [cpu_seconds(pid) for pid in pids]
+    return None if None in times else sum(time or 0.0 for time in times)
+
+
 @dataclass
 class Usage:
-    """One process over a phase."""
+    """One component over a phase: one process, or the instances of one service (their CPU
+    and RSS summed)."""
 
     name: str
-    pid: int
+    pids: tuple[int, ...]
     cpu_start_s: float
     cpu_end_s: float = 0.0
     rss: list[int] = field(default_factory=list)  # samples, in order
+
+    @property
+    def pid(self) -> int:
+        """The first instance's."""
+        return self.pids[0]
+
 
     @property
     def cpu_s(self) -> float:
@@ -62,12 +82,17 @@ class Usage:
 
 
 class Sampler:
-    """Samples each named process's RSS on a thread; CPU time is read at start and stop."""
+    """Samples each named process's RSS on a thread; CPU time is read at start and stop. A
+    name may stand for several processes (a service's instances): their figures are summed."""
 
-    def __init__(self, pids: dict[str, int], interval_s: float = 0.25) -> None:
+    def __init__(self, pids: Mapping[str, int | tuple[int, ...]],
+                 interval_s: float = 0.25) -> None:
         self.interval_s = interval_s
-        self.usage = {name: Usage(name, pid, cpu_seconds(pid) or 0.0)
-                      for name, pid in pids.items()}
+        self.usage = {}
+        for name, each in pids.items():
+            usage = Usage(name, each if isinstance(each, tuple) else (each,), 0.0)
+            usage.cpu_start_s = total_cpu(usage.pids) or 0.0
+            self.usage[name] = usage
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
 
@@ -81,11 +106,11 @@ class Sampler:
         self._thread.join()
         self._sample()
         for usage in self.usage.values():
-            usage.cpu_end_s = cpu_seconds(usage.pid) or usage.cpu_start_s
+            usage.cpu_end_s = total_cpu(usage.pids) or usage.cpu_start_s
 
     def _sample(self) -> None:
         for usage in self.usage.values():
-            rss = rss_bytes(usage.pid)
+            rss = total_rss(usage.pids)
             if rss is not None:
                 usage.rss.append(rss)
 

@@ -117,9 +117,10 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                   metrics: bool = True, http: HttpFigures | None = None,
                   tracing: dict[str, Any] | None = None,
                   projected: Projected | None = None,
-                  partitions: int | None = None) -> dict[str, Any]:
+                  partitions: int | None = None, processors: int = 1) -> dict[str, Any]:
     """results.json's content; with ``projected``, the capacity projection from the run's
-    CPU per payment, ``partitions`` being the run's topics.partitions."""
+    CPU per payment, ``partitions`` being the run's topics.partitions. ``processors``: the
+    processor's instances (their CPU and RSS are summed under its name)."""
     burst = saturation.as_dict()
     producer_rate = reference["producer"]["records_per_s"]
     burst["ratio_to_kafka_producer"] = (round(saturation.throughput_per_s / producer_rate, 4)
@@ -130,7 +131,7 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                                        (rss_at_start or {}).get(u.name)) for u in usage}
     return {
         "schema": SCHEMA, "started_at": started.isoformat(timespec="seconds"), "quick": quick,
-        "metrics": metrics, "tracing": tracing,
+        "metrics": metrics, "tracing": tracing, "processors": processors,
         "machine": machine, "reference": reference, "saturation": burst,
         "lifecycle": lifecycle.as_dict() if lifecycle else None, "open_model": rates,
         "resources": resources, "http": edge,

@@ -21,7 +21,7 @@ from paysim.bench.capacity import BROKER, GENERATOR, REDIS, Projected
 from paysim.bench.http import CONNECTIONS, http_phase
 from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, lifecycle_saturation, open_model, saturation
-from paysim.bench.resources import Sampler, rss_bytes
+from paysim.bench.resources import Sampler, total_rss
 from paysim.bench.results import build_results
 from paysim.domain import cards
 from paysim.domain.messages import encode
@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # imported when tracing: it brings opentelemetry's protobuf t
     from paysim.bench.otlp import OtlpReceiver
 
 Announce = Callable[[str], None]
-SERVICES = tuple(f"{name}-0" for name in registry.PIPELINE_NAMES)
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000
 # Enough for the broker's JIT and for each service to reach the memory it holds under load
@@ -67,6 +66,7 @@ class BenchOptions:
     # Traced at this sample ratio, exported to a local OTLP receiver; None: not traced.
     trace_ratio: float | None = None
     projected: Projected = field(default_factory=Projected)  # what the capacity model projects
+    processors: int = 1  # processor instances (`run-all --processors`), sharing its partitions
 
     @property
     def lifecycle_count(self) -> int:
@@ -100,18 +100,19 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                      f"{mean_size(payloads)} bytes")
             kafka_reference = reference_figures(settings, payloads, options.count, announce)
             with traced(options.trace_ratio) as receiver:
-                with running_services(settings) as pids:
-                    pids = {**pids, **stack_pids(stack), GENERATOR: os.getpid()}
-                    at_start = {name: rss_bytes(pid) for name, pid in pids.items()}
+                counts = instance_counts(options.processors)
+                with running_services(settings, counts) as pids:
+                    pids = {**pids, **stack_pids(stack), GENERATOR: (os.getpid(),)}
+                    at_start = {name: total_rss(each) for name, each in pids.items()}
                     warm_up = min(WARM_UP_PAYMENTS, options.count)
                     announce(f"warm-up: {warm_up:,} payments (not measured)")
                     saturation(settings, warm_up, options.seed + 1)
-                    fresh_redis(settings)
+                    fresh_redis(settings, counts)
                     announce(f"saturation: {options.count:,} payments as fast as they go")
                     with Sampler(pids) as sampler:
                         burst = saturation(settings, options.count, options.seed,
                                            progress(announce, "saturation"))
-                    fresh_redis(settings)
+                    fresh_redis(settings, counts)
                     mix_count = options.lifecycle_count
                     announce(f"lifecycle mix: {mix_count:,} payments of the marketplace mix as "
                              "fast as they go, each follow-up sent at once")
@@ -119,12 +120,12 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                                                progress(announce, "lifecycle mix"))
                     rates: list[PhaseFigures] = []
                     for rate in options.rates:
-                        fresh_redis(settings)
+                        fresh_redis(settings, counts)
                         announce(f"open model: {rate:,.0f}/s for {options.duration_s:g} s")
                         rates.append(open_model(settings, rate, options.duration_s,
                                                 options.seed + int(rate),
                                                 progress(announce, f"{rate:,.0f}/s")))
-                    fresh_redis(settings)
+                    fresh_redis(settings, counts)
                     announce(f"HTTP: wrk POSTs /authorize over {CONNECTIONS} connections for "
                              f"{options.http_duration_s:g} s")
                     edge = http_phase(settings, options.http_duration_s)
@@ -137,6 +138,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
         saturation=burst, open_model=rates, usage=list(sampler.usage.values()),
         rss_at_start=at_start, lifecycle=mix, metrics=options.metrics, http=edge,
         tracing=spans, projected=options.projected, partitions=settings.topics.partitions,
+        processors=options.processors,
     )
 
 
@@ -173,7 +175,7 @@ def receiver_figures(receiver: OtlpReceiver | None,
             "bytes": receiver.bytes}
 
 
-def fresh_redis(settings: Settings) -> None:
+def fresh_redis(settings: Settings, counts: dict[str, int]) -> None:
     """Each phase starts from an empty Redis with a compacted append-only file, as a run of
     its own would. Otherwise the earlier phases' outcomes (over a GB by the last one) make
     Redis rewrite its append-only file during a later phase, and that rewrite, not the
@@ -191,7 +193,7 @@ def fresh_redis(settings: Settings) -> None:
         client.close()
     if not compacted:
         raise PaysimError("Redis did not finish rewriting its append-only file in 60 s")
-    service_pids(settings)
+    service_pids(settings, counts)
 
 
 def sample_payloads(settings: Settings, seed: int) -> list[bytes]:
@@ -219,38 +221,50 @@ def reference_figures(settings: Settings, payloads: list[bytes], count: int,
             "producer": asdict(producer), "consumer": asdict(consumer)}
 
 
+def instance_counts(processors: int) -> dict[str, int]:
+    """Each pipeline service's instances: one, and ``processors`` processors."""
+    return {name: processors if name == registry.PROCESSOR.name else 1
+            for name in registry.PIPELINE_NAMES}
+
+
 @contextmanager
-def running_services(settings: Settings) -> Iterator[dict[str, int]]:
-    """The services as `paysim run-all --detach` starts them (the same core), their pids;
-    stopped on the way out."""
-    start_in_background(settings, {name: 1 for name in registry.PIPELINE_NAMES}, [
-        "run-all", "--no-live", *(f"--{name}s=1" for name in registry.PIPELINE_NAMES)])
+def running_services(settings: Settings,
+                     counts: dict[str, int]) -> Iterator[dict[str, tuple[int, ...]]]:
+    """The services as `paysim run-all --detach` starts them (the same core), ``counts``
+    instances each; each one's instances' pids. Stopped on the way out."""
+    start_in_background(settings, counts, [
+        "run-all", "--no-live", *(f"--{name}s={n}" for name, n in counts.items())])
     try:
-        yield service_pids(settings)
+        yield service_pids(settings, counts)
     finally:
         stop_background(settings)
 
 
-def service_pids(settings: Settings) -> dict[str, int]:
+def service_pids(settings: Settings, counts: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Each service's instances' pids, once every instance reports."""
+    instances = [f"{name}-{i}" for name, n in counts.items() for i in range(n)]
     client = store.connect(settings)
     try:
         beats: dict[str, store.Heartbeat] = {}
 
         def all_reporting() -> bool:
             beats.update(store.read_heartbeats(client))
-            return all(name in beats for name in SERVICES)
+            return all(name in beats for name in instances)
 
         if not wait_until(all_reporting, timeout=60, interval=0.2):
             raise PaysimError(f"services not reporting after 60 s: "
-                              f"{sorted(set(SERVICES) - set(beats))}")
-        return {beats[name].service: beats[name].pid for name in SERVICES}
+                              f"{sorted(set(instances) - set(beats))}")
+        pids: dict[str, tuple[int, ...]] = {}
+        for name in instances:
+            pids[beats[name].service] = (*pids.get(beats[name].service, ()), beats[name].pid)
+        return pids
     finally:
         client.close()
 
 
-def stack_pids(stack: LocalStack) -> dict[str, int]:
+def stack_pids(stack: LocalStack) -> dict[str, tuple[int, ...]]:
     names = {"kafka": BROKER, "redis": REDIS}
-    return {names.get(status.name, status.name): status.pid for status in stack.status()
+    return {names.get(status.name, status.name): (status.pid,) for status in stack.status()
             if status.pid is not None}
 
 

@@ -69,11 +69,14 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
               "the services, exported over OTLP/HTTP to a receiver on 127.0.0.1 that counts "
               "the spans (the cost of tracing is the difference to a run without). "
               "[default: no tracing]")
+@click.option("--processors", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Processor instances sharing its partitions, as `run-all --processors` "
+              "starts them (their CPU and memory are summed in the table).")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
           http_duration: str | None, seed: int, out: Path, metrics: bool,
           trace_ratio: float | None, project_cores: tuple[int, ...],
           project_partitions: int | None, project_primaries: tuple[int, ...],
-          project_workers: int | None, project_from: Path | None) -> None:
+          project_workers: int | None, project_from: Path | None, processors: int) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
@@ -97,7 +100,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
                       duration_s=_duration(duration) or options.duration_s, metrics=metrics,
                       http_duration_s=_duration(http_duration, "--http-duration")
                       or options.http_duration_s, trace_ratio=trace_ratio,
-                      projected=projected)
+                      projected=projected, processors=processors)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)

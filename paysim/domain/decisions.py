@@ -93,7 +93,11 @@ FORCED_BY_ISSUER = frozenset({"05", "41", "43", "96"})
 
 def draw(*parts: object) -> float:
     """A uniform number in [0, 1) fixed by ``parts``: the same payment, the same draw."""
-    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return _draw_text("|".join(map(str, parts)))
+
+
+def _draw_text(text: str) -> float:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -138,10 +142,14 @@ def issuer_precheck(forced_reason: str | None, rates: IssuerRates, now_us: int,
     """What the issuer answers before the ledger is consulted, or None to go on to it."""
     if forced_reason in FORCED_BY_ISSUER:
         return forced_reason
-    if rates.in_outage(now_us):
+    if rates.outages and rates.in_outage(now_us):
         return "91"
-    if rates.fault_rate and draw("fault", *identity) < rates.fault_rate:
+    if not (rates.fault_rate or rates.decline_rate):
+        return None
+    # draw("fault", *identity) and draw("decline", *identity), the identity's text made once
+    text = "|".join(map(str, identity))
+    if rates.fault_rate and _draw_text(f"fault|{text}") < rates.fault_rate:
         return "91"
-    if rates.decline_rate and draw("decline", *identity) < rates.decline_rate:
+    if rates.decline_rate and _draw_text(f"decline|{text}") < rates.decline_rate:
         return "05"
     return None

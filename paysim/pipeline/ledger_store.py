@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -51,15 +51,23 @@ def _card(run_id: str, token: str) -> str:
 
 
 def card_key(run_id: str, token: str) -> str:
-    return f"paysim:card:{_card(run_id, token)}"
+    return _card_keys(_card(run_id, token))[0]
 
 
 def record_key(run_id: str, token: str, payment_id: str) -> str:
-    return f"paysim:pay:{_card(run_id, token)}:{payment_id}"
+    return _card_keys(_card(run_id, token), payments=(payment_id,))[1]
 
 
 def answer_key(run_id: str, token: str, op_id: str) -> str:
-    return f"paysim:answer:{_card(run_id, token)}:{op_id}"
+    return _card_keys(_card(run_id, token), ops=(op_id,))[1]
+
+
+def _card_keys(part: str, payments: Iterable[str] = (), ops: Iterable[str] = ()) -> list[str]:
+    """A card's hash, then these payments' records and these operations' answers, from the
+    card's part of its keys (worked out once per card in a batch: its CRC-32 and formatting
+    were paid per key)."""
+    return [f"paysim:card:{part}", *(f"paysim:pay:{part}:{pid}" for pid in payments),
+            *(f"paysim:answer:{part}:{op}" for op in ops)]
 
 
 def holds_key(bucket: int) -> str:
@@ -190,10 +198,16 @@ class CardWrite:
             self.holds_open.pop(member, None)
 
 
-@dataclass(frozen=True)
-class CardRef:
+class CardRef(msgspec.Struct, frozen=True):
+    """A card of a run; a dict key in every batch (a Struct hashes in C)."""
+
     run_id: str
     token: str
+
+    @property
+    def part(self) -> str:
+        """The card's part of its keys (see _card)."""
+        return _card(self.run_id, self.token)
 
 
 # What a batch reads of a card: the currencies of its book lines (None: every line), the
@@ -244,9 +258,7 @@ class LedgerStore:
                 fields = [VERSION_FIELD]
                 for currency in currencies_l:
                     fields += _card_fields(currency, day)
-            keys.append(card_key(card.run_id, card.token))
-            keys += [record_key(card.run_id, card.token, pid) for pid in payments_l]
-            keys += [answer_key(card.run_id, card.token, op) for op in ops_l]
+            keys += _card_keys(card.part, payments_l, ops_l)
             spec.append((len(payments_l), len(ops_l), fields))
             plan.append((card, currencies_l, payments_l, ops_l))
         replies = iter(self._read(keys=keys, args=[_encode(spec)]))
@@ -296,9 +308,7 @@ class LedgerStore:
             width = settlement.window_width(write.window_s)
             docs = [*(_encode(record) for record in write.records.values()),
                     *(_encode(answer) for answer in write.answers.values())]
-            keys.append(card_key(card.run_id, card.token))
-            keys += [record_key(card.run_id, card.token, pid) for pid in write.records]
-            keys += [answer_key(card.run_id, card.token, op) for op in write.answers]
+            keys += _card_keys(card.part, write.records, write.answers)
             keys += [movements_key(bucket, card.run_id, window) for window in write.movements]
             # Numbers as text: Lua's numbers are doubles, and microsecond times pass 2^53.
             header = _CardHeader(

@@ -392,6 +392,14 @@ class ServiceLoop(Generic[T]):
         """Each record's outputs; a record that breaks the rules' code becomes a dead letter."""
         pipe = self.service.redis.pipeline(transaction=False)
         try:
+            self._decide_groups(decoded, outputs, trace, pipe)
+        finally:
+            self.service.finish(pipe)
+        return pipe
+
+    def _decide_groups(self, decoded: list[tuple[Message, T]], outputs: list[Output],
+                       trace: BatchTrace | None, pipe: redis.client.Pipeline) -> None:
+        try:
             self.service.prepare([item for _, item in decoded])
             groups = [decoded]
         except (KafkaException, redis.RedisError):
@@ -426,7 +434,6 @@ class ServiceLoop(Generic[T]):
                     outputs.append(self._dead(message,
                                               f"internal error: {type(exc).__name__}: {exc}",
                                               ERROR))
-        return pipe
 
     def _decide_traced(self, trace: BatchTrace, message: Message, item: T,
                        pipe: redis.client.Pipeline) -> list[Output]:

@@ -50,6 +50,10 @@ class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 
     def decide(self, item: T, pipe: redis.client.Pipeline) -> list[Output]:
         """The outputs for one message; Redis writes go into ``pipe``."""
 
+    def finish(self, pipe: redis.client.Pipeline) -> None:
+        """Batch-wide writes after the batch's decisions, into the same pipeline. Called once
+        per batch, also when deciding failed (the pipeline is then dropped)."""
+
 
 class Rejected(Exception):
     """A message that decodes but cannot be taken (say, a card block that does not decrypt):

@@ -391,6 +391,32 @@ def write_decision(pipe: redis.client.Pipeline, payment_id: str, status: str, tt
     pipe.execute_command("SET", result_key(payment_id), status, "EX", ttl)
 
 
+# Sets each KEYS[i] to ARGV[i + 1], expiring after ARGV[1] seconds.
+_SET_ALL_LUA = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
+
+def write_decisions(pipe: redis.client.Pipeline, decisions: list[tuple[str, str]],
+                    ttl: int, cluster: bool) -> None:
+    """Each (payment id, status) as write_decision writes it. On a single Redis as one script
+    call: a batch's hundreds of SETs cost the client more in redis-py's packing and reply
+    parsing (5 µs a payment) than the script's one command (under 1 µs). EVAL, not EVALSHA:
+    nothing to load first, and Redis caches the compiled script. A cluster keeps the keys in
+    many slots, so there each is its own SET."""
+    if cluster:
+        for payment_id, status in decisions:
+            write_decision(pipe, payment_id, status, ttl)
+    elif decisions:
+        pipe.execute_command("EVAL", _SET_ALL_LUA, len(decisions),
+                             *(result_key(payment_id) for payment_id, _ in decisions),
+                             ttl, *(status for _, status in decisions))
+
+
 def write_outcome(pipe: redis.client.Pipeline, outcome: PaymentOutcome, ttl: int,
                   **extra: Any) -> None:
     """The whole outcome, once, as the notifier confirms it: the status as a field of its own

@@ -26,10 +26,12 @@ from paysim.bench.results import (
     reprojected,
     targets,
 )
+from paysim.bench.session import instance_counts
 from paysim.cli.bench import results_table
 from paysim.infra.errors import PaysimError
 from paysim.infra.waiting import wait_until
 from paysim.load.report import SCHEMA, Latency, LatencyBlock, Load, Outcomes, RunReport
+from paysim.pipeline import registry
 from tests.helpers import assert_one_line_error
 from tests.unit.cli_runner import PaysimCli
 
@@ -51,7 +53,7 @@ def phase(rate: float | None, *, throughput: float = 6000.0, completed: int = 20
 def usage(name: str, first_mib: int, last_mib: int, cpu_s: float = 5.0) -> Usage:
     samples = [first_mib * MIB] * 10 + [(first_mib + last_mib) // 2 * MIB] * 80 + \
         [last_mib * MIB] * 10
-    return Usage(name, 1, cpu_start_s=1.0, cpu_end_s=1.0 + cpu_s, rss=samples)
+    return Usage(name, (1,), cpu_start_s=1.0, cpu_end_s=1.0 + cpu_s, rss=samples)
 
 
 def results(**overrides: object) -> dict:
@@ -77,7 +79,7 @@ def test_rss_growth_compares_the_first_and_last_tenth_of_the_samples() -> None:
     assert grown.rss_window_mean(first=True) == 100 * MIB
     assert grown.rss_window_mean(first=False) == 120 * MIB
     assert abs(grown.rss_growth - 0.20) < 1e-9
-    assert Usage("x", 1, 0.0).rss_growth == 0.0  # no samples: no growth, no error
+    assert Usage("x", (1,), 0.0).rss_growth == 0.0  # no samples: no growth, no error
 
 
 def test_a_process_cpu_and_memory_come_from_proc() -> None:
@@ -97,6 +99,23 @@ def test_the_sampler_records_memory_and_cpu_spent_while_it_ran() -> None:
     mine = sampler.usage["me"]
     assert len(mine.rss) >= 2
     assert mine.cpu_s >= 0.04  # /proc counts in 10 ms ticks
+
+
+def test_a_services_instances_are_summed_under_its_name() -> None:
+    me = os.getpid()
+    with Sampler({"one": me, "both": (me, me)}, interval_s=0.01) as sampler:
+        pass
+    one, both = sampler.usage["one"], sampler.usage["both"]
+    assert both.pids == (me, me) and both.pid == me
+    assert both.rss[0] == pytest.approx(2 * one.rss[0], rel=0.05)
+    assert both.cpu_start_s == pytest.approx(2 * one.cpu_start_s, abs=0.05)
+
+
+def test_the_bench_starts_the_processors_asked_for_and_one_of_each_other_service() -> None:
+    counts = instance_counts(2)
+    assert counts["processor"] == 2
+    assert all(n == 1 for name, n in counts.items() if name != "processor")
+    assert set(counts) == set(registry.PIPELINE_NAMES)
 
 
 def test_figures_from_a_send_report() -> None:

@@ -65,7 +65,13 @@ class PingService(Service[Ping]):
         if item.fail == "crash":
             raise RuntimeError(f"{item.id} broke the rules")
         pipe.execute_command("SET", f"seen:{item.id}", "1")
+        self.decided = getattr(self, "decided", 0) + 1
         return [Output(OUT, item.id, b"pong " + item.id.encode())]
+
+    def finish(self, pipe: redis.client.Pipeline) -> None:
+        """The batch's count of pongs, after them."""
+        pipe.execute_command("INCRBY", "pongs", getattr(self, "decided", 0))
+        self.decided = 0
 
 
 PINGER = ServiceSpec("pinger", "answers pings", input_topic="authorized", factory=PingService)
@@ -180,7 +186,16 @@ def test_the_redis_writes_of_a_batch_go_in_one_pipeline() -> None:
     batch_pipelines = [commands for commands in harness.redis.executions
                        if any(c[0] == "SET" for c in commands)]
     assert batch_pipelines == [[("SET", "seen:p0-0", "1"), ("SET", "seen:p0-1", "1"),
-                                ("SET", "seen:p1-5", "1")]]
+                                ("SET", "seen:p1-5", "1"), ("INCRBY", "pongs", 3)]]
+
+
+def test_the_batch_wide_writes_come_once_per_batch_also_when_records_are_taken_alone(
+) -> None:
+    harness = Harness([ping(0, 0), ping(0, 1, fail="prepare"), ping(0, 2), ping(0, 3,
+                                                                               "crash")])
+    harness.run()
+    # prepare failed for the batch: its records were decided one by one, then finished once
+    assert harness.redis.commands("INCRBY") == [("INCRBY", "pongs", 2)]
 
 
 # ------------------------------------------------------------------------ abort and retry

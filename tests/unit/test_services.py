@@ -200,7 +200,22 @@ def decide_batch(service: Processor | Notifier, items: list[Any],
     pipe = FakePipeline(client)
     service.prepare(items)
     outputs = [out for item in items for out in service.decide(item, pipe)]  # type: ignore[arg-type]
+    service.finish(pipe)
     return outputs, pipe
+
+
+def as_sets(commands: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The commands, a batch's decisions written as one script call (store.write_decisions)
+    read as the SETs it makes."""
+    found: list[tuple[Any, ...]] = []
+    for command in commands:
+        if command[0] != "EVAL":
+            found.append(command)
+            continue
+        count = command[2]
+        keys, (ttl, *values) = command[3:3 + count], command[3 + count:]
+        found += [("SET", key, value, "EX", ttl) for key, value in zip(keys, values, strict=True)]
+    return found
 
 
 def answers(outputs: list[Output]) -> list[str]:
@@ -240,7 +255,7 @@ def test_the_ledgers_answers_become_outcomes_on_results_keyed_by_token() -> None
         statuses.append(outcome.status)
     assert answers(results) == ["00", "51", "61"]
     assert statuses == [Status.APPROVED, Status.DECLINED, Status.DECLINED]
-    assert pipe.commands == [
+    assert as_sets(pipe.commands) == [
         ("SET", f"payment_result_{item.payment_id}", status, "EX", 1234)
         for item, status in zip(items, ["approved", "declined", "declined"], strict=True)]
     # The approved, automatically captured payment's one event, keyed by its token.
@@ -248,6 +263,18 @@ def test_the_ledgers_answers_become_outcomes_on_results_keyed_by_token() -> None
               if o.topic == SETTINGS.topics.events]
     assert [(e.kind, e.payment_id, e.amount, e.mti, e.state) for e in events] == [
         ("captured", items[0].payment_id, 4_200, "0200/0210", "captured")]
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_batchs_decisions_are_the_sets_the_seed_asks_for(cluster: bool) -> None:
+    pipe = FakePipeline(FakeRedis())
+    store.write_decisions(pipe, [("p-1", "approved"), ("p-2", "declined")], 60, cluster)
+    # One script call on a single Redis; a SET each on a cluster (the keys' slots differ).
+    assert [command[0] for command in pipe.commands] == (["SET", "SET"] if cluster else ["EVAL"])
+    assert as_sets(pipe.commands) == [("SET", "payment_result_p-1", "approved", "EX", 60),
+                                      ("SET", "payment_result_p-2", "declined", "EX", 60)]
+    store.write_decisions(pipe, [], 60, cluster)
+    assert len(pipe.commands) == (2 if cluster else 1)  # an empty batch writes nothing
 
 
 def test_a_card_written_meanwhile_is_read_and_decided_again() -> None:
@@ -273,7 +300,7 @@ def test_a_forced_issuer_answer_skips_the_ledger(forced: str) -> None:
     assert ledger_store.record_key("run-a", plain.token, plain.payment_id) in keys
     assert not any(forced_item.payment_id in key for key in keys)
     assert ("SET", f"payment_result_{forced_item.payment_id}", "declined", "EX", 1234) in (
-        pipe.commands)
+        as_sets(pipe.commands))
 
 
 def test_a_batch_the_issuer_answers_alone_calls_no_script() -> None:
@@ -330,11 +357,12 @@ def test_an_unknown_currency_is_rejected_and_the_rest_settle() -> None:
     with pytest.raises(Rejected, match="unknown currency 'XYZ'"):
         service.decide(bad, pipe)  # type: ignore[arg-type]
     output, *_events = service.decide(good, pipe)  # type: ignore[arg-type]
+    service.finish(pipe)
     assert answers([output]) == ["00"]
     [(keys, _)] = client.scripts[0].calls
     assert not any(bad.payment_id in key for key in keys)
-    assert pipe.commands == [("SET", f"payment_result_{good.payment_id}", "approved", "EX",
-                              1234)]
+    assert as_sets(pipe.commands) == [("SET", f"payment_result_{good.payment_id}", "approved",
+                                       "EX", 1234)]
 
 
 # ============================================================================ notifier
