@@ -426,6 +426,7 @@ class ServiceLoop(Generic[T]):
                     outputs.append(self._dead(message,
                                               f"internal error: {type(exc).__name__}: {exc}",
                                               ERROR))
+        self.service.finish(pipe)
         return pipe
 
     def _decide_traced(self, trace: BatchTrace, message: Message, item: T,

@@ -50,6 +50,9 @@ class Service(ABC, Generic[T]):  # Generic, not PEP 695: paysim supports Python 
     def decide(self, item: T, pipe: redis.client.Pipeline) -> list[Output]:
         """The outputs for one message; Redis writes go into ``pipe``."""
 
+    def finish(self, pipe: redis.client.Pipeline) -> None:
+        """Batch-wide Redis writes into ``pipe`` once every message of it was decided."""
+
 
 class Rejected(Exception):
     """A message that decodes but cannot be taken (say, a card block that does not decrypt):
