@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import calendar
 import hashlib
 import hmac
 import os
@@ -38,13 +37,14 @@ def luhn_valid(pan: str) -> bool:
         return False
     # Slices and table lookups instead of a per-digit loop: the authorizer checks every card.
     digits = pan.encode()
-    kept = sum(digits[-1::-2]) - 48 * len(digits[-1::-2])
-    doubled = sum(_LUHN_DOUBLED[d] for d in digits[-2::-2])
-    return (kept + doubled) % 10 == 0
+    kept = digits[-1::-2]
+    doubled = digits[-2::-2].translate(_LUHN_DOUBLED)  # summed in C, not digit by digit
+    return (sum(kept) - 48 * len(kept) + sum(doubled)) % 10 == 0
 
 
-# The Luhn value of each ASCII digit's byte when doubled (2 * d, minus 9 past 9).
-_LUHN_DOUBLED = {48 + d: (2 * d - 9 if d > 4 else 2 * d) for d in range(10)}
+# Each ASCII digit's byte to the Luhn value of the digit doubled (2 * d, minus 9 past 9).
+_LUHN_DOUBLED = bytes.maketrans(b"0123456789",
+                                bytes(2 * d - 9 if d > 4 else 2 * d for d in range(10)))
 
 
 def luhn_complete(partial: str) -> str:
@@ -151,9 +151,12 @@ def expired(exp_month: int, exp_year: int, now: datetime) -> bool:
         exp_year += 2000
     if not 1 <= exp_month <= 12 or not 2000 <= exp_year <= 9999:
         return True
-    last_day = calendar.monthrange(exp_year, exp_month)[1]
-    end = datetime(exp_year, exp_month, last_day, 23, 59, 59, 999999, tzinfo=UTC)
-    return now > end
+    if now.tzinfo is not UTC:
+        now = now.astimezone(UTC)
+    # Past the last moment of the expiry month is in a later month: compared as (year,
+    # month), not with that moment built (its calendar lookup and datetime were a tenth of
+    # the authorizer's decision).
+    return (now.year, now.month) > (exp_year, exp_month)
 
 
 _EXPIRY_TEXT = re.compile(r"([0-9]{2})/([0-9]{2}|[0-9]{4})")

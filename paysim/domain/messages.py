@@ -8,9 +8,9 @@ time (Unix microseconds) it entered each stage, for per-stage latency.
 from __future__ import annotations
 
 import functools
+import os
 import time
 import typing
-import uuid
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Generic, TypeVar
@@ -115,6 +115,16 @@ class PaymentRequested(Message, frozen=True, kw_only=True):
     card: str
 
 
+def new_payment_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives it, at a third of its
+    cost: no UUID object is built (the generator draws one per payment)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_payment_request(card: cards.CardBlock, cipher: cards.CardCipher, *, run_id: str,
                         seq: int, amount: int, currency: str, merchant: Merchant,
                         callback_url: str | None, requested_at: int | None = None,
@@ -122,7 +132,7 @@ def new_payment_request(card: cards.CardBlock, cipher: cards.CardCipher, *, run_
                         partial_approval: bool = False) -> PaymentRequested:
     """A payment entering the pipeline, under a new payment id: its card sealed for the
     authorizer and bound to that id, its ``requested`` stage at ``requested_at`` (now)."""
-    payment_id = str(uuid.uuid4())
+    payment_id = new_payment_id()
     at = now_us() if requested_at is None else requested_at
     return PaymentRequested(
         payment_id=payment_id, run_id=run_id, seq=seq, amount=amount, currency=currency,

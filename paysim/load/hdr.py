@@ -122,3 +122,41 @@ def buckets(histogram: HdrHistogram, counts: Sequence[int], bounds: Sequence[flo
     total = functools.reduce(operator.add,
                              map(operator.mul, itertools.compress(counts, counts), middles), 0.0)
     return out, total
+
+
+class Recorder:
+    """``HdrHistogram.record_value(value)`` for histograms of one shape, at a third of its
+    cost: hdrh works out a value's bucket through five method calls and ``bin()``; here the
+    same arithmetic is inlined (``int.bit_length`` is its count of leading zeros), and one
+    value can go into several histograms from one index. The counts, total, min and max come
+    out as hdrh's own (a pure test compares them)."""
+
+    def __init__(self, shape: HdrHistogram) -> None:
+        self.sub_bucket_mask = shape.sub_bucket_mask
+        self.unit_magnitude = shape.unit_magnitude
+        self.half_count_magnitude = shape.sub_bucket_half_count_magnitude
+        self.half_count = shape.sub_bucket_half_count
+        # bit_length(value | mask) less this is hdrh's bucket index.
+        self.bucket_shift = shape.unit_magnitude + shape.sub_bucket_half_count_magnitude + 1
+        self.counts_len = shape.counts_len
+
+    def index(self, value: int) -> int:
+        """The value's index in the counts array (past the end when it is too large)."""
+        bucket = (value | self.sub_bucket_mask).bit_length() - self.bucket_shift
+        return (((bucket + 1) << self.half_count_magnitude)
+                + (value >> (bucket + self.unit_magnitude)) - self.half_count)
+
+    def record(self, value: int, *histograms: HdrHistogram) -> None:
+        """Record ``value`` (an int >= 0, as record_value takes it) once in each histogram;
+        a value past the histograms' range is not recorded, as record_value does not."""
+        index = self.index(value)
+        if index >= self.counts_len:
+            return
+        for histogram in histograms:
+            histogram.counts[index] += 1
+            histogram.total_count += 1
+            if value < histogram.min_value:
+                histogram.min_value = value
+            if value > histogram.max_value:
+                histogram.max_value = value
+

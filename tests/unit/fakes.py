@@ -22,7 +22,7 @@ from confluent_kafka import (
 
 from paysim.infra.config import Settings, load_settings
 from paysim.infra.secrets import Keys
-from paysim.pipeline import ledger_store
+from paysim.pipeline import ledger_store, store
 
 Partition = tuple[str, int]
 
@@ -375,7 +375,10 @@ class FakePipeline:
         self.commands: list[Command] = []
 
     def execute_command(self, *args: Any) -> FakePipeline:
-        self.commands.append(args)
+        if args[:2] == ("EVAL", store.NOTIFIED_LUA):
+            self.commands += notified_script(args[2:])
+        else:
+            self.commands.append(args)
         return self
 
     def expire(self, name: str, time: int) -> FakePipeline:
@@ -436,6 +439,27 @@ class FakePipeline:
         self.client.executed.extend(done)
         self.client.executions.append(done)
         return [self._answer(command) for command in done]
+
+
+def notified_script(call: tuple[Any, ...]) -> list[Command]:
+    """The commands store.NOTIFIED_LUA runs for its keys and arguments, in its order (the
+    integration tests check the script itself on a real Redis)."""
+    count, *rest = call
+    keys, (ttl, *args) = rest[:count], rest[count:]
+    commands: list[Command] = []
+    streams: list[str] = []
+    for i in range(count // 2):
+        hash_key, stream = keys[2 * i], keys[2 * i + 1]
+        status, doc, webhook_status, trace_id, entry = args[5 * i:5 * i + 5]
+        fields = ["status", status, "doc", doc, "notification", "sent",
+                  "webhook_status", webhook_status]
+        if trace_id != "":
+            fields += ["trace_id", trace_id]
+        commands += [("HSET", hash_key, *fields), ("EXPIRE", hash_key, ttl),
+                     ("XADD", stream, "*", store.DONE_FIELD, entry)]
+        if stream not in streams:
+            streams.append(stream)
+    return commands + [("EXPIRE", stream, ttl) for stream in streams]
 
 
 class FakeScript:

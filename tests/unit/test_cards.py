@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import os
+import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -406,3 +408,37 @@ def test_parse_expiry(text: str, expected: tuple[int, int]) -> None:
 def test_parse_expiry_refuses_other_forms(text: str) -> None:
     with pytest.raises(ValueError, match="MM/YY or MM/YYYY"):
         cards.parse_expiry(text)
+
+
+def test_luhn_valid_agrees_with_the_textbook_loop() -> None:
+    def textbook(pan: str) -> bool:
+        total = 0
+        for position, digit in enumerate(int(d) for d in reversed(pan)):
+            doubled = digit * 2 if position % 2 else digit
+            total += doubled - 9 if doubled > 9 else doubled
+        return total % 10 == 0
+
+    rng = random.Random(16)
+    numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(1, 19)))
+               for _ in range(5000)]
+    numbers += [cards.luhn_complete(n[:-1]) for n in numbers if len(n) > 1]
+    assert any(cards.luhn_valid(n) for n in numbers) and not all(map(cards.luhn_valid, numbers))
+    assert [cards.luhn_valid(n) for n in numbers] == [textbook(n) for n in numbers]
+
+
+def test_expired_agrees_with_the_last_moment_of_the_month_at_every_month_edge() -> None:
+    def by_last_moment(month: int, year: int, now: datetime) -> bool:
+        last_day = calendar.monthrange(year, month)[1]
+        return now > datetime(year, month, last_day, 23, 59, 59, 999999, tzinfo=UTC)
+
+    plus_five = timezone(timedelta(hours=5))
+    for year in (2027, 2028):
+        for month in range(1, 13):
+            start = datetime(year, month, 1, tzinfo=UTC)
+            for now in (start - ONE_MICROSECOND, start, start + timedelta(days=15),
+                        (start - ONE_MICROSECOND).astimezone(plus_five),
+                        start.astimezone(plus_five)):
+                for card_month, card_year in ((month, year), (month - 1 or 12, year),
+                                              (month % 12 + 1, year), (month, year - 1)):
+                    assert cards.expired(card_month, card_year, now) == by_last_moment(
+                        card_month, card_year, now), (card_month, card_year, now)

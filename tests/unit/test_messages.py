@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
+import uuid
 
 import msgspec
 import pytest
@@ -256,3 +259,15 @@ def test_the_declared_card_number_check(changes: dict[str, object], problem: str
                                         ) -> None:
     message = PaymentRequested(**{**COMMON, **changes}, card="x")
     assert messages.failed_check(message) == problem
+
+
+def test_new_payment_id_is_a_random_version_4_uuid_in_its_canonical_text() -> None:
+    ids = [messages.new_payment_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # lowercase, dashed: what str(uuid.uuid4()) gives
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every bit the version and variant leave free varies.
+    free = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+    assert functools.reduce(operator.or_, (uuid.UUID(t).int for t in ids)) & free == free

@@ -18,7 +18,7 @@ from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.infra.prometheus import LATENCY_BUCKETS_S, BatchHistogram, serve_metrics
 from paysim.load import hdr
-from paysim.load.metrics import RunMetrics
+from paysim.load.metrics import MAX_LATENCY_US, RunMetrics, new_histogram
 from paysim.load.prometheus import (
     SEND_DELAY_BUCKETS_S,
     LoadCollector,
@@ -278,3 +278,23 @@ def test_a_taken_fixed_port_falls_back_to_a_free_one() -> None:
             assert "paysim_webhook_deliveries_total" in scrape(endpoint.url)
         finally:
             endpoint.close()
+
+
+def test_the_recorder_records_what_hdrh_records_to_the_last_bit() -> None:
+    """Recorder.record against HdrHistogram.record_value: the same counts, total, min and
+    max, so the same percentiles and the same encoded histogram in report.json."""
+    rng = random.Random(16)
+    edges = [0, 1, 2, 2047, 2048, 2049, 4095, 4096, 65_535, 65_536, 1 << 31,
+             MAX_LATENCY_US - 1, MAX_LATENCY_US, MAX_LATENCY_US * 4]  # the last: out of range
+    values = edges + [int(rng.lognormvariate(9, 2.5)) for _ in range(20_000)]
+    theirs, ours, twin = new_histogram(), new_histogram(), new_histogram()
+    recorder = hdr.Recorder(new_histogram())
+    for value in values:
+        theirs.record_value(value)
+        recorder.record(value, ours, twin)
+    for histogram in (ours, twin):
+        assert list(histogram.counts) == list(theirs.counts)
+        assert (histogram.total_count, histogram.min_value, histogram.max_value) == (
+            theirs.total_count, theirs.min_value, theirs.max_value)
+        assert histogram.encode() == theirs.encode()
+    assert theirs.total_count == len(values) - 1  # the value past the range was left out

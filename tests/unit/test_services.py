@@ -196,7 +196,7 @@ def authorized(*, run_id: str = "run-a", test_reason: str | None = None, currenc
 
 def decide_batch(service: Processor | Notifier, items: list[Any],
                  client: FakeRedis) -> tuple[list[Output], FakePipeline]:
-    """prepare, then decide each item into one pipeline, as the loop does."""
+    """prepare, then decide each item into one pipeline and finish it, as the loop does."""
     pipe = FakePipeline(client)
     service.prepare(items)
     outputs = [out for item in items for out in service.decide(item, pipe)]  # type: ignore[arg-type]
@@ -454,3 +454,38 @@ def test_each_runs_stream_ttl_is_renewed_once_per_batch() -> None:
     assert stream_expires(second) == [store.run_stream_key("run-1")]
     entries = [c for c in first.commands if c[0] == "XADD" and c[1].startswith("paysim:run:")]
     assert len(entries) == 3
+
+
+def test_a_webhook_is_queued_after_its_outcome_is_written() -> None:
+    """The dispatcher records a delivery on the outcome hash: were the webhook queued first,
+    the notifier's write could land after the delivery and set it back to pending."""
+    client = FakeRedis()
+    with_url = outcome()
+    _, pipe = decide_batch(notifier(client), [with_url, outcome(callback_url=None)], client)
+    written = pipe.commands.index(
+        next(c for c in pipe.commands if c[:2] == ("HSET", store.outcome_key(with_url.payment_id))))
+    queued = pipe.commands.index(
+        next(c for c in pipe.commands if c[:2] == ("XADD", store.WEBHOOK_STREAM)))
+    assert written < queued
+
+
+def test_a_batch_is_one_script_call_and_an_aborted_batch_leaves_nothing_behind() -> None:
+    client = FakeRedis()
+    service = notifier(client)
+    aborted = FakePipeline(client)
+    service.prepare([outcome()])
+    service.decide(outcome(), aborted)  # type: ignore[arg-type]
+    # The batch's transaction aborted before finish: the next batch starts afresh.
+    items = [outcome(), outcome(callback_url=None)]
+    calls: list[tuple[Any, ...]] = []
+    pipe = FakePipeline(client)
+    pipe.execute_command = lambda *args: calls.append(args) or pipe  # type: ignore[method-assign]
+    service.prepare(items)
+    for item in items:
+        service.decide(item, pipe)  # type: ignore[arg-type]
+    service.finish(pipe)  # type: ignore[arg-type]
+    [script, webhook] = calls
+    assert script[:3] == ("EVAL", store.NOTIFIED_LUA, 4)
+    assert script[3:7] == (store.outcome_key(items[0].payment_id), store.run_stream_key("run-a"),
+                           store.outcome_key(items[1].payment_id), store.run_stream_key("run-a"))
+    assert webhook[:2] == ("XADD", store.WEBHOOK_STREAM)
