@@ -8,8 +8,11 @@ waiting on Kafka holds a worker thread but no CPU, and there are more workers th
 benchmark's connections. Requests the caller marks as answered without I/O (``on_loop``:
 /healthz) run on the loop's thread itself, so they never queue behind the workers.
 
-A route the caller serves itself (``direct``: POST /authorize) runs on a worker thread without
-the WSGI app: the caller's handler takes the parsed request and gives the whole answer.
+A route the caller serves itself (``direct``: POST /authorize) runs without the WSGI app: the
+caller's handler takes the parsed request and gives the whole answer, on a worker thread; or,
+when the caller has it in the form (``direct_on_loop``), on the loop itself, the handler
+starting the work and calling back with the answer on the loop once its waits are over (no
+worker thread a request, and no wake-up of one).
 
 Keep-alive, pipelining (answers in request order), ``Expect: 100-continue``, chunked request
 bodies, HEAD. An answer of type ``text/event-stream`` (the dashboard's server-sent events
@@ -89,6 +92,10 @@ class Request:
 Direct = Callable[[Request], Answer]
 # (method, path) -> that route's handler, or None: the WSGI app answers.
 DirectRoutes = Callable[[str, str], Direct | None]
+# A route answered on the loop: given the request and what to call with its answer (on the
+# loop), it starts the work and returns at once.
+LoopDirect = Callable[[Request, Callable[[Answer], None]], None]
+LoopRoutes = Callable[[str, str], LoopDirect | None]
 
 
 def _environ_name(raw_name: bytes) -> str:
@@ -282,7 +289,12 @@ class Connection(asyncio.Protocol):
             self._respond(request, request.refused)
             return
         self.busy = True
-        direct = self.server.direct(request.method, self.server.path_of(request))
+        path = self.server.path_of(request)
+        on_loop = self.server.direct_on_loop(request.method, path)
+        if on_loop is not None:
+            self._start_on_loop(on_loop, request)
+            return
+        direct = self.server.direct(request.method, path)
         if direct is not None:
             future = self.server.executor.submit(direct, request)
         else:
@@ -293,6 +305,23 @@ class Connection(asyncio.Protocol):
             future = self.server.executor.submit(call_app, self.server.app, environ)
         future.add_done_callback(lambda done: self.server.loop.call_soon_threadsafe(
             self._respond_from, request, done))
+
+    def _start_on_loop(self, handler: LoopDirect, request: Request) -> None:
+        answered = False
+
+        def respond(answer: Answer) -> None:
+            nonlocal answered
+            answered = True
+            self._respond(request, answer)
+
+        try:
+            handler(request, respond)
+        except Exception as exc:  # the handler answers its own errors; this is a last line
+            log.error("%r %r failed outside its route: %s", request.method,
+                      self.server.path_of(request), type(exc).__name__)
+            if not answered:
+                self._respond(request, json_answer("500 Internal Server Error",
+                                                   "internal error"))
 
     def _respond_from(self, request: Request, done: Future[Answer]) -> None:
         try:
@@ -372,11 +401,13 @@ class HttpServer:
     """Serves ``app`` on host:port until ``stop`` is set (``serve_until``)."""
 
     def __init__(self, app: WsgiApp, host: str, port: int, on_loop: OnLoop,
-                 workers: int = WORKERS, direct: DirectRoutes | None = None) -> None:
+                 workers: int = WORKERS, direct: DirectRoutes | None = None,
+                 direct_on_loop: LoopRoutes | None = None) -> None:
         self.app = app
         self.host, self.port = host, port
         self.on_loop = on_loop
         self.direct: DirectRoutes = direct or (lambda _method, _path: None)
+        self.direct_on_loop: LoopRoutes = direct_on_loop or (lambda _method, _path: None)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
         self.connections: set[Connection] = set()
         self.stopping = False

@@ -103,7 +103,7 @@ class DownRedis(FakeRedis):
     def _down(self, *_: Any, **__: Any) -> Any:
         raise redis.ConnectionError("Connection refused")
 
-    get = set = delete = hgetall = ping = pipeline = _down
+    get = set = delete = hgetall = ping = pipeline = execute_command = _down
 
 
 class CheckedHealth:
