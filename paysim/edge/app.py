@@ -121,6 +121,14 @@ def _encoded(answer_body: dict[str, Any]) -> bytes:
     return json.dumps(answer_body, separators=(",", ":")).encode()
 
 
+def _server_answer(reply: Reply) -> http_server.Answer:
+    """A reply as the server writes it (the direct paths, without Flask)."""
+    status = reply.answer.status
+    return http_server.Answer(f"{status} {HTTP_STATUS_CODES.get(status, '').upper()}",
+                              [("Content-Type", JSON_TYPE), *reply.headers()],
+                              _encoded(reply.answer.body))
+
+
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     response = Response(_encoded(body), status=status, mimetype=JSON_TYPE)
     for name, value in (headers or {}).items():
@@ -379,9 +387,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         counters.count()
         if metrics is not None:
             metrics.answered(AUTHORIZE_PATH, status, time.perf_counter() - started)
-        return http_server.Answer(f"{status} {HTTP_STATUS_CODES.get(status, '').upper()}",
-                                  [("Content-Type", JSON_TYPE), *reply.headers()],
-                                  _encoded(reply.answer.body))
+        return _server_answer(reply)
 
     direct: DirectRoutes = {
         ("POST", AUTHORIZE_PATH): lambda incoming: blocking(direct_authorize(incoming))}
@@ -391,9 +397,17 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     # tracing: a span is the current one of the thread that waits inside it.
     runner = LoopRunner(redis_client, deliveries)
     app.extensions["paysim.runner"] = runner
+
+    def authorize_on_loop(incoming: http_server.Request,
+                          answered: Callable[[http_server.Answer], None]) -> None:
+        def failed(exc: Exception) -> None:  # direct_authorize answers its own errors
+            answered(_server_answer(Reply(error_answer(exc, incoming.method,
+                                                       AUTHORIZE_PATH))))
+
+        runner.start(direct_authorize(incoming), answered, failed)
+
     on_loop: LoopRoutes = {} if tracer is not None else {
-        ("POST", AUTHORIZE_PATH): lambda incoming, answered: runner.start(
-            direct_authorize(incoming), answered)}
+        ("POST", AUTHORIZE_PATH): authorize_on_loop}
     app.extensions["paysim.direct_on_loop"] = on_loop
 
     @app.before_request

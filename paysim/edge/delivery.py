@@ -60,8 +60,13 @@ class Deliveries:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.producer.poll(POLL_S)
-            self._hand_over()
+            self.poll_once(POLL_S)
+
+    def poll_once(self, timeout: float) -> None:
+        """Serve the delivery reports ready within ``timeout``: the futures' at once, the
+        loops' in one hand-over a loop (what the poller does, over and over)."""
+        self.producer.poll(timeout)
+        self._hand_over()
 
     def _hand_over(self) -> None:
         """The reports of the last poll to their loops: one call_soon_threadsafe a loop."""

@@ -145,11 +145,11 @@ class RedisBatcher:
 
     def _execute(self, batch: list[tuple[tuple[Command, ...], Done]]
                  ) -> list[Any] | BaseException:
-        pipe = self.client.pipeline(transaction=False)
-        for commands, _done in batch:
-            for command in commands:
-                pipe.execute_command(*command)
         try:
+            pipe = self.client.pipeline(transaction=False)
+            for commands, _done in batch:
+                for command in commands:
+                    pipe.execute_command(*command)
             return pipe.execute(raise_on_error=False)
         except Exception as exc:  # the whole pipeline failed (Redis away): each request hears
             return exc
@@ -193,22 +193,26 @@ class LoopRunner:
         self.redis = RedisBatcher(client)
         self.deliveries = deliveries
 
-    def start(self, steps: Steps[T], finished: Callable[[T], None]) -> None:
-        """On the loop: run ``steps``; ``finished`` gets the answer, on the loop. A step
-        that raises out of ``steps`` is the caller's to prevent (catch it inside)."""
-        self._advance(asyncio.get_running_loop(), steps, finished, None, None)
+    def start(self, steps: Steps[T], finished: Callable[[T], None],
+              failed: Callable[[Exception], None]) -> None:
+        """On the loop: run ``steps``; ``finished`` gets the answer, on the loop, or
+        ``failed`` what ``steps`` raised (a route answers its own errors: a last line)."""
+        self._advance(asyncio.get_running_loop(), steps, finished, failed, None, None)
 
     def _advance(self, loop: asyncio.AbstractEventLoop, steps: Steps[T],
-                 finished: Callable[[T], None], answer: Any,
-                 failure: BaseException | None) -> None:
+                 finished: Callable[[T], None], failed: Callable[[Exception], None],
+                 answer: Any, failure: BaseException | None) -> None:
         try:
             step = steps.send(answer) if failure is None else steps.throw(failure)
         except StopIteration as stop:
             finished(stop.value)
             return
+        except Exception as exc:
+            failed(exc)
+            return
 
         def resume(answer: Any, failure: BaseException | None = None) -> None:
-            self._advance(loop, steps, finished, answer, failure)
+            self._advance(loop, steps, finished, failed, answer, failure)
 
         if isinstance(step, RedisCalls):
             self.redis.call(loop, step.commands, resume)

@@ -429,7 +429,7 @@ class FakePipeline:
             return self.client.execute_command(name, *args)
         return True
 
-    def execute(self) -> list[Any]:
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
         for i, (prefix, error) in enumerate(self.client.execute_failures):
             if any(len(c) > 1 and str(c[1]).startswith(prefix) for c in self.commands):
                 del self.client.execute_failures[i]
