@@ -74,6 +74,7 @@ class Request:
     body: list[bytes] = field(default_factory=list)
     keep_alive: bool = True
     refused: Answer | None = None  # answered by the server itself, then the connection closes
+    _by_name: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def payload(self) -> bytes:
         """The whole body (chunked bodies decoded)."""
@@ -82,10 +83,13 @@ class Request:
     def header(self, name: str) -> str | None:
         """A header's value as the WSGI app would read it: names matched as in the environ
         (case and - or _ alike), repeated headers joined with commas."""
-        wanted = _environ_name(name.encode("latin-1"))
-        values = [value.decode("latin-1") for raw_name, value in self.headers
-                  if _environ_name(raw_name) == wanted]
-        return ",".join(values) if values else None
+        if self._by_name is None:  # once a request: a route may read several
+            self._by_name = {}
+            for raw_name, value in self.headers:
+                key, text = _environ_name(raw_name), value.decode("latin-1")
+                known = self._by_name.get(key)
+                self._by_name[key] = text if known is None else f"{known},{text}"
+        return self._by_name.get(_environ_name(name.encode("latin-1")))
 
 
 # A route the caller answers itself, without the WSGI app: the request to its answer.
