@@ -69,6 +69,7 @@ def test_the_blocking_runner_answers_the_same_steps_the_same() -> None:
     got = [run_blocking(reserve(key), fake, None)  # type: ignore[arg-type]
            for key in ("a", "old")]
     assert got == ["taken:b'mine'", "refused:b'theirs'"]
+    # One command alone goes without a pipeline (which is what Refusing refuses).
     assert run_blocking(caught("a"), Refusing(), None) == "no error"  # type: ignore[arg-type]
 
 
