@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from confluent_kafka import Producer
@@ -44,6 +44,7 @@ from paysim.edge.idempotency import Answer, Idempotency, Write
 from paysim.edge.openapi import OPENAPI_PATH, openapi_document
 from paysim.edge.operations import ROUTES, Operations, Route, operation_id, route_note
 from paysim.edge.prometheus import HttpMetrics
+from paysim.edge.steps import LoopRunner, Send, Steps, returning, run_blocking
 from paysim.edge.validation import (
     MAX_BODY_BYTES,
     BadRequest,
@@ -66,8 +67,11 @@ AUTHORIZE_PATH = "/authorize"
 TOO_LARGE = f"request body is larger than {MAX_BODY_BYTES // 1024} KiB"
 JSON_TYPE = "application/json"
 
-# The server's direct path: (method, path) -> a handler answering without Flask.
+# The server's direct path: (method, path) -> a handler answering without Flask, on a worker
+# thread; and the same routes' handlers on the event loop.
 DirectRoutes = dict[tuple[str, str], http_server.Direct]
+LoopRoutes = dict[tuple[str, str], http_server.LoopDirect]
+T = TypeVar("T")
 
 
 class Counters:
@@ -115,6 +119,14 @@ class Checked:
 
 def _encoded(answer_body: dict[str, Any]) -> bytes:
     return json.dumps(answer_body, separators=(",", ":")).encode()
+
+
+def _server_answer(reply: Reply) -> http_server.Answer:
+    """A reply as the server writes it (the direct paths, without Flask)."""
+    status = reply.answer.status
+    return http_server.Answer(f"{status} {HTTP_STATUS_CODES.get(status, '').upper()}",
+                              [("Content-Type", JSON_TYPE), *reply.headers()],
+                              _encoded(reply.answer.body))
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -171,6 +183,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     # The URL as written, no DNS here: the dispatcher checks the addresses when it connects.
     policy = callback_policy(settings)
     operations = Operations(settings, deliveries, redis_client)
+
+    def blocking(steps: Steps[T]) -> T:
+        return run_blocking(steps, redis_client, deliveries)
     tracer = open_tracer(settings, HTTP.name)  # None unless an OTLP endpoint is set
 
     def checked(fields: AuthorizeRequest) -> Answer | Checked:
@@ -196,13 +211,14 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         return Checked(message, token, route_note(message.payment_id, fields.run_id, token,
                                                   settings.redis.ledger_ttl))
 
-    def send(payment: Checked, traced: RequestTrace) -> Answer:
+    def send(payment: Checked, traced: RequestTrace) -> Steps[Answer]:
         message = payment.message
         # The payment's trace starts here (when tracing), or continues the caller's: its
-        # context goes in the headers.
+        # context goes in the headers. (Traced requests run on a worker thread, never
+        # interleaved on the loop: the span is the thread's current one while it waits.)
         with traced.sending(topics.requested, message.payment_id) as trace:
-            failure = deliveries.deliver(topics.requested, payment.token, encode(message),
-                                         headers=trace.headers)
+            failure = yield Send(topics.requested, payment.token, encode(message),
+                                 trace.headers)
             trace.failed(failure)
         if failure is not None:
             log.warning("payment %s not accepted: %s", message.payment_id, failure)
@@ -211,29 +227,32 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         return Answer(200, body(Accepted(payment_id=message.payment_id)))
 
     def idempotent(key: str | None, fingerprint: bytes, path: str,
-                   work: Callable[[str | None], Answer], also: Sequence[Write] = ()) -> Reply:
+                   work: Callable[[str | None], Steps[Answer]],
+                   also: Sequence[Write] = ()) -> Steps[Reply]:
         """``work`` once per Idempotency-Key (``key``; None without one): a retry with the
         same key and body gets the first answer again. ``also``: the work's first writes,
         made in the key's reservation's round trip."""
         if key is None:
-            idempotency.write_all(redis_client, also)
-            return Reply(work(None))
+            yield from idempotency.write_all(also)
+            return Reply((yield from work(None)))
         idem = Idempotency(redis_client, key, fingerprint, keys.token_key)
-        earlier = idem.reserve(also)
+        earlier = yield from idem.reserving(also)
         if earlier is not None:
             return Reply(earlier, replayed=True)
         try:
-            answer = work(key)
+            answer = yield from work(key)
+        except GeneratorExit:  # abandoned by its runner: nothing more can be done
+            raise
         except BaseException:
-            idem.release()
+            yield from idem.releasing()
             raise
         if answer.status >= 500 or answer.status == 202:
             # Nothing was accepted, or not yet applied: the client may retry with this key
             # (an operation's id comes from the key, so the retry cannot apply it twice).
-            idem.release()
+            yield from idem.releasing()
             return Reply(answer)
         try:
-            idem.finish(answer)
+            yield from idem.finishing(answer)
         except redis.RedisError as exc:
             # The work is done: say so. The reservation expires on its own, and a retry
             # meanwhile gets 409 rather than doing it twice.
@@ -241,10 +260,11 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                         answer.body.get("payment_id", path), type(exc).__name__)
         return Reply(answer)
 
-    def authorize_reply(raw: bytes, key_header: str | None, traced: RequestTrace) -> Reply:
+    def authorize_reply(raw: bytes, key_header: str | None,
+                        traced: RequestTrace) -> Steps[Reply]:
         """POST /authorize, given its body, its Idempotency-Key header and its way into
-        tracing: what the Flask route and the server's direct path
-        (``app.extensions["paysim.direct"]``) answer."""
+        tracing: what the Flask route and the server's direct paths
+        (``app.extensions["paysim.direct"]``, ``["paysim.direct_on_loop"]``) answer."""
         fields = authorize_raw(raw)
         if fields.callback_url is not None:
             refusal = refused_callback(fields.callback_url, policy)
@@ -253,9 +273,10 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         key = idempotency.key_from(key_header)
         payment = checked(fields)
         if isinstance(payment, Answer):
-            return idempotent(key, raw, AUTHORIZE_PATH, lambda _key: payment)
-        reply = idempotent(key, raw, AUTHORIZE_PATH, lambda _key: send(payment, traced),
-                           also=(payment.note,))
+            return (yield from idempotent(key, raw, AUTHORIZE_PATH,
+                                          lambda _key: returning(payment)))
+        reply = yield from idempotent(key, raw, AUTHORIZE_PATH,
+                                      lambda _key: send(payment, traced), also=(payment.note,))
         return reply._replace(traceresponse=traced.response)
 
     def request_trace() -> RequestTrace:
@@ -265,18 +286,19 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     @app.post(AUTHORIZE_PATH)
     def authorize() -> Response:
         raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-        return _reply(authorize_reply(raw, request.headers.get(idempotency.HEADER),
-                                      request_trace()))
+        return _reply(blocking(authorize_reply(raw, request.headers.get(idempotency.HEADER),
+                                               request_trace())))
 
     def operation_view(route: Route) -> Callable[[str], Response]:
         def view(payment_id: str) -> Response:
             raw, fields = operation_body(request, route.body)
             key = idempotency.key_from(request.headers.get(idempotency.HEADER))
             traced = request_trace()
-            reply = idempotent(
+            reply = blocking(idempotent(
                 key, request.path.encode() + b"\n" + raw, request.path,
-                lambda key: operations.apply(route, payment_id, fields,
-                                             operation_id(key, request.path), traced))
+                lambda key: returning(operations.apply(route, payment_id, fields,
+                                                       operation_id(key, request.path),
+                                                       traced))))
             return _reply(reply._replace(traceresponse=traced.response))
         return view
 
@@ -346,10 +368,10 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
     def internal_error(exc: Exception) -> Response:
         return _json(*error_answer(exc, request.method, request.path))
 
-    def direct_authorize(incoming: http_server.Request) -> http_server.Answer:
-        """POST /authorize on the server's worker thread without Flask (its per-request
-        cost was a third of the edge's Python time): the route's own core, answers, errors,
-        counters and metrics, with the body size Flask would allow."""
+    def direct_authorize(incoming: http_server.Request) -> Steps[http_server.Answer]:
+        """POST /authorize without Flask (its per-request cost was a third of the edge's
+        Python time): the route's own core, answers, errors, counters and metrics, with the
+        body size Flask would allow."""
         started = time.perf_counter()
         raw = incoming.payload()
         try:
@@ -357,19 +379,36 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                 reply = Reply(Answer(413, body(Error(error=TOO_LARGE))))
             else:
                 traced = RequestTrace(tracer, trace_parent(incoming.header) if tracer else {})
-                reply = authorize_reply(raw, incoming.header(idempotency.HEADER), traced)
+                reply = yield from authorize_reply(raw, incoming.header(idempotency.HEADER),
+                                                   traced)
         except Exception as exc:
             reply = Reply(error_answer(exc, incoming.method, AUTHORIZE_PATH))
         status = reply.answer.status
         counters.count()
         if metrics is not None:
             metrics.answered(AUTHORIZE_PATH, status, time.perf_counter() - started)
-        return http_server.Answer(f"{status} {HTTP_STATUS_CODES.get(status, '').upper()}",
-                                  [("Content-Type", JSON_TYPE), *reply.headers()],
-                                  _encoded(reply.answer.body))
+        return _server_answer(reply)
 
-    direct: DirectRoutes = {("POST", AUTHORIZE_PATH): direct_authorize}
+    direct: DirectRoutes = {
+        ("POST", AUTHORIZE_PATH): lambda incoming: blocking(direct_authorize(incoming))}
     app.extensions["paysim.direct"] = direct
+    # The same on the server's event loop, many requests at once and no worker thread each
+    # (the Redis calls of the requests waiting at one moment in one pipeline). Not when
+    # tracing: a span is the current one of the thread that waits inside it.
+    runner = LoopRunner(redis_client, deliveries)
+    app.extensions["paysim.runner"] = runner
+
+    def authorize_on_loop(incoming: http_server.Request,
+                          answered: Callable[[http_server.Answer], None]) -> None:
+        def failed(exc: Exception) -> None:  # direct_authorize answers its own errors
+            answered(_server_answer(Reply(error_answer(exc, incoming.method,
+                                                       AUTHORIZE_PATH))))
+
+        runner.start(direct_authorize(incoming), answered, failed)
+
+    on_loop: LoopRoutes = {} if tracer is not None else {
+        ("POST", AUTHORIZE_PATH): authorize_on_loop}
+    app.extensions["paysim.direct_on_loop"] = on_loop
 
     @app.before_request
     def start_clock() -> None:

@@ -6,12 +6,19 @@ report completes, and the producer batches whatever is in flight (its linger.ms)
 polls the producer for every report (Deliveries.start, what the server runs); a request only
 waits on its own future. Without that thread (the Flask test client, tools), the waiting
 caller polls the producer itself.
+
+A send from the server's event loop (``send_to_loop``) has no thread waiting on it: the
+poller hands the reports of one poll to the loop together, one wake-up for all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -19,6 +26,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from paysim.infra.kafka import error_text, produce
+
+log = logging.getLogger("paysim.http")
 
 DELIVERY_TIMEOUT_S = 10.0  # the producer's message.timeout.ms (set in paysim.edge.server)
 # The wait outlasts the producer's own message.timeout.ms, so the answer is final: a record
@@ -37,6 +46,10 @@ class Deliveries:
         self.producer = producer
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        # Reports for sends from an event loop, served by a poll and not yet handed over.
+        self._reports: list[tuple[asyncio.AbstractEventLoop, Callable[[Failure], None],
+                                  Failure]] = []
+        self._reports_lock = threading.Lock()
 
     def start(self) -> None:
         """Serve every delivery report from a thread of its own from now on."""
@@ -47,7 +60,25 @@ class Deliveries:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.producer.poll(POLL_S)
+            self.poll_once(POLL_S)
+
+    def poll_once(self, timeout: float) -> None:
+        """Serve the delivery reports ready within ``timeout``: the futures' at once, the
+        loops' in one hand-over a loop (what the poller does, over and over)."""
+        self.producer.poll(timeout)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The reports of the last poll to their loops: one call_soon_threadsafe a loop."""
+        with self._reports_lock:
+            if not self._reports:
+                return
+            reports, self._reports = self._reports, []
+        for loop in {loop for loop, _done, _failure in reports}:
+            mine = [(done, failure) for at, done, failure in reports if at is loop]
+            # A closed loop (RuntimeError): nobody waits for these any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_report_all, mine)
 
     def close(self, timeout: float = DELIVERY_TIMEOUT_S) -> int:
         """Stop the poller, then wait for what is still in flight (at most ``timeout``):
@@ -55,7 +86,9 @@ class Deliveries:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(POLL_S * 10)
-        return self.producer.flush(timeout)
+        remaining = self.producer.flush(timeout)
+        self._hand_over()
+        return remaining
 
     def send(self, topic: str, key: str, value: bytes, deadline: float | None = None,
              headers: list[tuple[str, bytes]] | None = None) -> Future[Failure]:
@@ -77,6 +110,24 @@ class Deliveries:
             future.set_result(error_text(exc))
         return future
 
+    def send_to_loop(self, loop: asyncio.AbstractEventLoop, topic: str, key: str,
+                     value: bytes, headers: list[tuple[str, bytes]] | None,
+                     done: Callable[[Failure], None]) -> None:
+        """On ``loop`` (running): produce one record; ``done`` gets its delivery's result on
+        the loop, handed over by the poller (``start`` it first). A full producer queue is a
+        failure at once: the loop does not wait for room."""
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            with self._reports_lock:
+                self._reports.append((loop, done, None if err is None else err.str()))
+
+        try:
+            produce(self.producer, topic, value, key=key, on_delivery=on_delivery,
+                    deadline=time.monotonic(), headers=headers)
+        except BufferError:
+            loop.call_soon(done, "the Kafka producer queue is full")
+        except KafkaException as exc:
+            loop.call_soon(done, error_text(exc))
+
     def deliver(self, topic: str, key: str, value: bytes, timeout: float = WAIT_S,
                 headers: list[tuple[str, bytes]] | None = None) -> Failure:
         """Produce one record and wait for the broker's acknowledgement: None when it was
@@ -95,3 +146,11 @@ class Deliveries:
                 return late
             self.producer.poll(min(0.05, remaining))
         return future.result()
+
+
+def _report_all(reports: list[tuple[Callable[[Failure], None], Failure]]) -> None:
+    for done, failure in reports:
+        try:
+            done(failure)
+        except Exception:  # one request's failure is not the others'
+            log.exception("a delivery report's request failed")

@@ -8,8 +8,11 @@ waiting on Kafka holds a worker thread but no CPU, and there are more workers th
 benchmark's connections. Requests the caller marks as answered without I/O (``on_loop``:
 /healthz) run on the loop's thread itself, so they never queue behind the workers.
 
-A route the caller serves itself (``direct``: POST /authorize) runs on a worker thread without
-the WSGI app: the caller's handler takes the parsed request and gives the whole answer.
+A route the caller serves itself (``direct``: POST /authorize) runs without the WSGI app: the
+caller's handler takes the parsed request and gives the whole answer, on a worker thread; or,
+when the caller has it in the form (``direct_on_loop``), on the loop itself, the handler
+starting the work and calling back with the answer on the loop once its waits are over (no
+worker thread a request, and no wake-up of one).
 
 Keep-alive, pipelining (answers in request order), ``Expect: 100-continue``, chunked request
 bodies, HEAD. An answer of type ``text/event-stream`` (the dashboard's server-sent events
@@ -71,6 +74,7 @@ class Request:
     body: list[bytes] = field(default_factory=list)
     keep_alive: bool = True
     refused: Answer | None = None  # answered by the server itself, then the connection closes
+    _by_name: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def payload(self) -> bytes:
         """The whole body (chunked bodies decoded)."""
@@ -79,16 +83,23 @@ class Request:
     def header(self, name: str) -> str | None:
         """A header's value as the WSGI app would read it: names matched as in the environ
         (case and - or _ alike), repeated headers joined with commas."""
-        wanted = _environ_name(name.encode("latin-1"))
-        values = [value.decode("latin-1") for raw_name, value in self.headers
-                  if _environ_name(raw_name) == wanted]
-        return ",".join(values) if values else None
+        if self._by_name is None:  # once a request: a route may read several
+            self._by_name = {}
+            for raw_name, value in self.headers:
+                key, text = _environ_name(raw_name), value.decode("latin-1")
+                known = self._by_name.get(key)
+                self._by_name[key] = text if known is None else f"{known},{text}"
+        return self._by_name.get(_environ_name(name.encode("latin-1")))
 
 
 # A route the caller answers itself, without the WSGI app: the request to its answer.
 Direct = Callable[[Request], Answer]
 # (method, path) -> that route's handler, or None: the WSGI app answers.
 DirectRoutes = Callable[[str, str], Direct | None]
+# A route answered on the loop: given the request and what to call with its answer (on the
+# loop), it starts the work and returns at once.
+LoopDirect = Callable[[Request, Callable[[Answer], None]], None]
+LoopRoutes = Callable[[str, str], LoopDirect | None]
 
 
 def _environ_name(raw_name: bytes) -> str:
@@ -282,7 +293,12 @@ class Connection(asyncio.Protocol):
             self._respond(request, request.refused)
             return
         self.busy = True
-        direct = self.server.direct(request.method, self.server.path_of(request))
+        path = self.server.path_of(request)
+        on_loop = self.server.direct_on_loop(request.method, path)
+        if on_loop is not None:
+            self._start_on_loop(on_loop, request)
+            return
+        direct = self.server.direct(request.method, path)
         if direct is not None:
             future = self.server.executor.submit(direct, request)
         else:
@@ -293,6 +309,23 @@ class Connection(asyncio.Protocol):
             future = self.server.executor.submit(call_app, self.server.app, environ)
         future.add_done_callback(lambda done: self.server.loop.call_soon_threadsafe(
             self._respond_from, request, done))
+
+    def _start_on_loop(self, handler: LoopDirect, request: Request) -> None:
+        answered = False
+
+        def respond(answer: Answer) -> None:
+            nonlocal answered
+            answered = True
+            self._respond(request, answer)
+
+        try:
+            handler(request, respond)
+        except Exception as exc:  # the handler answers its own errors; this is a last line
+            log.error("%r %r failed outside its route: %s", request.method,
+                      self.server.path_of(request), type(exc).__name__)
+            if not answered:
+                self._respond(request, json_answer("500 Internal Server Error",
+                                                   "internal error"))
 
     def _respond_from(self, request: Request, done: Future[Answer]) -> None:
         try:
@@ -372,11 +405,13 @@ class HttpServer:
     """Serves ``app`` on host:port until ``stop`` is set (``serve_until``)."""
 
     def __init__(self, app: WsgiApp, host: str, port: int, on_loop: OnLoop,
-                 workers: int = WORKERS, direct: DirectRoutes | None = None) -> None:
+                 workers: int = WORKERS, direct: DirectRoutes | None = None,
+                 direct_on_loop: LoopRoutes | None = None) -> None:
         self.app = app
         self.host, self.port = host, port
         self.on_loop = on_loop
         self.direct: DirectRoutes = direct or (lambda _method, _path: None)
+        self.direct_on_loop: LoopRoutes = direct_on_loop or (lambda _method, _path: None)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http")
         self.connections: set[Connection] = set()
         self.stopping = False

@@ -91,7 +91,7 @@ def route_key(payment_id: str) -> str:
 
 def route_note(payment_id: str, run_id: str, token: str, ttl: int) -> Write:
     """The note of a payment's run and card token, written before the payment is sent."""
-    return Write(route_key(payment_id), json.dumps([run_id, token]), ttl)
+    return Write(route_key(payment_id), msgspec.json.encode((run_id, token)), ttl)
 
 
 def operation_id(idempotency_key: str | None, path: str) -> str:

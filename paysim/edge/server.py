@@ -11,11 +11,12 @@ from typing import Any
 import redis
 from confluent_kafka import Producer
 
-from paysim.edge.app import Counters, DirectRoutes, create_app
+from paysim.edge.app import Counters, DirectRoutes, LoopRoutes, create_app
 from paysim.edge.delivery import DELIVERY_TIMEOUT_S, Deliveries
 from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.edge.http_server import HttpServer
 from paysim.edge.prometheus import HttpMetrics
+from paysim.edge.steps import LoopRunner
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config
@@ -79,13 +80,16 @@ def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None
     counters: Counters = app.extensions["paysim.counters"]
     deliveries: Deliveries = app.extensions["paysim.deliveries"]
     deliveries.start()
+    runner: LoopRunner = app.extensions["paysim.runner"]
     endpoint: MetricsEndpoint | None = None
     try:
         health.check()  # the first answer is a real one
         health.start()
         direct: DirectRoutes = app.extensions["paysim.direct"]
+        on_loop: LoopRoutes = app.extensions["paysim.direct_on_loop"]
         server = HttpServer(app, host, port, answers_on_loop,
-                            direct=lambda method, path: direct.get((method, path)))
+                            direct=lambda method, path: direct.get((method, path)),
+                            direct_on_loop=lambda method, path: on_loop.get((method, path)))
         try:
             server.listen()
         except OSError as exc:
@@ -112,6 +116,7 @@ def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None
             health.join(5)
         else:
             health.redis.close()
+        runner.close()
         remaining = deliveries.close(DELIVERY_TIMEOUT_S)
         if remaining:
             log.warning("%d records not delivered at shutdown", remaining)

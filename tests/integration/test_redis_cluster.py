@@ -15,6 +15,8 @@ from redis.cluster import RedisCluster
 
 from paysim.domain.messages import OperationKind
 from paysim.edge import idempotency, operations
+from paysim.edge.delivery import Deliveries
+from paysim.edge.steps import LoopRunner
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, settlement_store, shard_store, store
@@ -22,6 +24,7 @@ from paysim.stack.redis import CLUSTER_NODES
 from tests.helpers import run_paysim
 from tests.integration.pipeline_helpers import paysim, pipeline_on
 from tests.integration.test_lifecycle_load import EVERY_KIND, assert_audit_clean, run_scenario
+from tests.unit.on_loop import steps_on_loop
 
 
 @pytest.fixture(scope="module")
@@ -117,5 +120,32 @@ def test_an_idempotency_reservation_with_its_route_note_on_the_cluster(
         again = idempotency.Idempotency(client, key, b"{}", b"k" * 32)
         assert again.reserve([notes[1]]) == idempotency.Answer(200, {"payment_id": first})
         assert client.get(notes[1].key) is None
+    finally:
+        client.close()
+
+
+def test_reservations_of_requests_waiting_together_in_one_batch_on_the_cluster(
+        on_cluster: Settings) -> None:
+    """The server's event loop sends the reservations of the requests waiting at one moment
+    as one pipeline: on a cluster, its commands go to the nodes holding their keys."""
+    client = store.connect(on_cluster)
+    try:
+        keys = [f"cluster-batch-{uuid.uuid4()}" for _ in range(6)]
+        notes = [operations.route_note(str(uuid.uuid4()), "run-c", "tok", 60) for _ in keys]
+        assert len({client.keyslot(note.key) for note in notes}) > 1
+        first = [idempotency.Idempotency(client, key, b"{}", b"k" * 32) for key in keys]
+        runner = LoopRunner(client, Deliveries(None))  # type: ignore[arg-type]
+        assert steps_on_loop(runner, [idem.reserving([note])
+                                      for idem, note in zip(first, notes, strict=True)]
+                             ) == [None] * len(keys)
+        assert all(client.get(note.key) for note in notes)
+        first[0].finish(idempotency.Answer(200, {"payment_id": "p"}))
+        # Again with the same keys: one replay, the others still at work (409).
+        runner = LoopRunner(client, Deliveries(None))  # type: ignore[arg-type]
+        again = steps_on_loop(runner, [
+            idempotency.Idempotency(client, key, b"{}", b"k" * 32).reserving()
+            for key in keys[:2]])
+        assert again[0] == idempotency.Answer(200, {"payment_id": "p"})
+        assert again[1].startswith("raised a request with this Idempotency-Key is still")
     finally:
         client.close()

@@ -428,9 +428,11 @@ class FakePipeline:
             return dict(self.client.hashes.get(args[0], {}))
         if name == "SET" and len(args) == 3 and isinstance(args[2], dict):  # from set()
             return self.client.set(args[0], args[1], **args[2])
+        if name in ("SET", "DEL"):  # raw, as execute_command("SET", key, value, "NX", ...)
+            return self.client.execute_command(name, *args)
         return True
 
-    def execute(self) -> list[Any]:
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
         for i, (prefix, error) in enumerate(self.client.execute_failures):
             if any(len(c) > 1 and str(c[1]).startswith(prefix) for c in self.commands):
                 del self.client.execute_failures[i]
@@ -530,6 +532,18 @@ class FakeRedis:
 
     def ping(self) -> bool:
         return True
+
+    def execute_command(self, name: str, *args: Any) -> Any:
+        """GET, SET (with NX, EX) and DEL as raw commands, answered as redis-py does."""
+        if name == "GET":
+            return self.get(args[0])
+        if name == "DEL":
+            return self.delete(*args)
+        if name == "SET":
+            options = [str(arg).upper() for arg in args[2:]]
+            ex = int(args[2 + options.index("EX") + 1]) if "EX" in options else None
+            return self.set(args[0], args[1], nx="NX" in options, ex=ex) or None
+        raise NotImplementedError(name)
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
         self.mget_calls.append(list(keys))

@@ -28,6 +28,7 @@ from paysim.edge.app import create_app
 from paysim.pipeline import store
 from tests.unit import fuzzing
 from tests.unit.fakes import KEYS, AckingProducer, FakeRedis, pure_settings
+from tests.unit.on_loop import run_on_loop
 
 # Luhn-valid card numbers (a test card among them), planted in fields, ids and headers.
 PANS = ("4242424242424242", "4000000000000002", "5555555555554444", "378282246310005",
@@ -103,7 +104,7 @@ class DownRedis(FakeRedis):
     def _down(self, *_: Any, **__: Any) -> Any:
         raise redis.ConnectionError("Connection refused")
 
-    get = set = delete = hgetall = ping = pipeline = _down
+    get = set = delete = hgetall = ping = pipeline = execute_command = _down
 
 
 class CheckedHealth:
@@ -212,6 +213,21 @@ def _direct_post(body: bytes, sent: dict[str, str]) -> tuple[int, dict[str, Any]
     return int(answer.status.split()[0]), json.loads(answer.body), replayed
 
 
+def _loop_post(body: bytes, sent: dict[str, str]) -> tuple[int, dict[str, Any], bool]:
+    """POST /authorize as the server runs it on its event loop: status, body, replayed."""
+    app = shared_app()
+    handler = app.extensions["paysim.direct_on_loop"][("POST", "/authorize")]
+    deliveries = app.extensions["paysim.deliveries"]
+    request = http_server.Request(
+        method="POST", target=b"/authorize", version="1.1", body=[body],
+        headers=[(name.encode("latin-1"), value.encode("latin-1"))
+                 for name, value in sent.items()])
+    (answer,) = run_on_loop([lambda done: handler(request, done)],
+                            between=lambda: deliveries.poll_once(0))
+    replayed = ("Idempotent-Replayed", "true") in answer.headers
+    return int(answer.status.split()[0]), json.loads(answer.body), replayed
+
+
 def _flask_post(app: FlaskClient, body: bytes,
                 sent: dict[str, str]) -> tuple[int, dict[str, Any], bool]:
     response = app.post("/authorize", data=body, headers=sent)
@@ -231,7 +247,7 @@ def _same_payment(answer: tuple[int, dict[str, Any], bool]) -> tuple[int, dict[s
 @example(body=b"x" * (64 * 1024 + 1), sent={}, world="up")  # past the body limit: 413
 @example(body=encoded(VALID_BODY, True), sent={"Idempotency-Key": "k-1"}, world="up")
 @example(body=encoded(VALID_BODY, True), sent={"Idempotency_Key": PANS[0]}, world="up")
-def test_the_direct_path_answers_post_authorize_as_the_flask_route(
+def test_the_direct_paths_answer_post_authorize_as_the_flask_route(
     body: bytes, sent: dict[str, str], world: str,
 ) -> None:
     # With a key, twice each: the second is the replay (or the answer why not).
@@ -241,6 +257,9 @@ def test_the_direct_path_answers_post_authorize_as_the_flask_route(
     client(world)  # fresh fakes, the same state
     direct = [_direct_post(body, sent) for _ in range(times)]
     assert [_same_payment(a) for a in direct] == [_same_payment(a) for a in through_flask]
+    client(world)
+    on_loop = [_loop_post(body, sent) for _ in range(times)]
+    assert [_same_payment(a) for a in on_loop] == [_same_payment(a) for a in through_flask]
 
 
 @fuzzing.FUZZ

@@ -4,6 +4,7 @@ stop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -56,6 +57,20 @@ def direct_boom(request: http_server.Request) -> http_server.Answer:
     raise ValueError("a bug")
 
 
+def later_echo(request: http_server.Request,
+               answered: Any) -> None:
+    """A route answered on the loop (as the edge's POST /authorize is): the answer comes in a
+    later pass of the loop, as after a wait; the thread that answered is in the body."""
+    body = json.dumps({"on_loop": True, "body": request.payload().decode(),
+                       "thread": threading.current_thread().name}).encode()
+    asyncio.get_running_loop().call_soon(
+        answered, http_server.Answer("200 OK", [("Content-Type", "application/json")], body))
+
+
+def later_boom(request: http_server.Request, answered: Any) -> None:
+    raise ValueError("a bug")
+
+
 @contextlib.contextmanager
 def serving(app: App, workers: int = 4, grace_s: float = 5.0) -> Iterator[tuple[int, Any]]:
     port = free_port()
@@ -63,6 +78,9 @@ def serving(app: App, workers: int = 4, grace_s: float = 5.0) -> Iterator[tuple[
                         workers=workers,
                         direct=lambda method, path: {"/direct": direct_echo,
                                                      "/boom": direct_boom}.get(path)
+                        if method == "POST" else None,
+                        direct_on_loop=lambda method, path: {
+                            "/later": later_echo, "/later-boom": later_boom}.get(path)
                         if method == "POST" else None)
     server.listen()
     stop = threading.Event()
@@ -127,6 +145,26 @@ def test_a_direct_route_is_answered_without_the_app_in_order_with_the_others() -
     assert len(app.threads) == 1  # the direct route did not go through the app
     request = http_server.Request("POST", b"/", "1.1", headers=[(b"X-A", b"1")])
     assert request.header("Idempotency-Key") is None and request.header("x_a") == "1"
+
+
+def test_a_route_answered_on_the_loop_keeps_its_place_among_pipelined_requests(
+        caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+    with serving(app) as (port, _):
+        got = raw(port, b"POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                        b"POST /direct HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                        b"POST /later-boom HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                        b"POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                        b"Connection: close\r\n\r\n1", until=b"")
+    parts = [part for part in got.split(b"HTTP/1.1 ")[1:]]
+    assert [part[:3] for part in parts] == [b"200", b"200", b"500", b"200"]
+    bodies = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in parts]
+    assert bodies[0]["on_loop"] and bodies[0]["body"] == "{}"
+    assert not bodies[0]["thread"].startswith("http")  # the loop's thread, not a worker
+    assert bodies[1]["direct"] and bodies[2] == {"error": "internal error"}
+    assert bodies[3]["on_loop"] and bodies[3]["body"] == "1"
+    assert "'/later-boom' failed outside its route: ValueError" in caplog.text
+    assert app.threads == []
 
 
 def test_a_direct_route_that_raises_is_a_logged_500_and_the_connection_goes_on(
