@@ -113,11 +113,13 @@ def test_a_windowed_threshold_fails_on_a_bad_window_even_if_the_run_passes(
 
     # Paused once 50 of the run's 400 payments (50/s for 8 s) were notified: 7 s are left.
     result = send_with_fault(pipeline, 50, pause, "--rate", "50", "--duration", "8s",
-                             "--seed", "8", "--threshold", "p90_ms < 1000",
+                             "--seed", "8", "--threshold", "p50_ms < 1000",
                              "--threshold", "p90_ms < 1000 @ 2s")
     report = parse_report(json.loads(result.stdout))
     whole, windowed = report.thresholds
-    assert whole.passed, whole  # the pause is under 10% of the run
+    # The pause holds up a fifth of the run at most, a quarter of its window by over 1 s.
+    # (A whole-run p90 sat next to its bound on a loaded machine: p50 leaves room.)
+    assert whole.passed, whole
     assert not windowed.passed and windowed.failed_windows >= 1, windowed
     assert not report.passed
     assert result.returncode == 1
