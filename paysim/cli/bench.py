@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
 from paysim.infra.collector import tune_for_batches
 from paysim.infra.config import load_settings
-from paysim.infra.errors import ConfigError
+from paysim.infra.errors import ConfigError, PaysimError
 from paysim.infra.files import writing
 from paysim.load.schedule import MAX_RATE, parse_duration
 
@@ -105,6 +106,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
     tune_for_batches()  # this process is the benchmark's generator
+    signal.signal(signal.SIGTERM, _terminated)
     results = run_benchmark(options, announce=lambda line: err_console.print(safe(line)))
     with writing("the results", out):
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -114,6 +116,17 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     if results["capacity"]:
         wide.print(capacity_table(results["capacity"]))
     console.print(f"results written to {safe(out)}")
+
+
+class Terminated(PaysimError):
+    exit_code = 128 + signal.SIGTERM
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # Raised where the benchmark stands, so that its stack and services are stopped on the
+    # way out (Python's default for SIGTERM ends the process with no cleanup at all, and left
+    # a broker and a redis-server running).
+    raise Terminated("terminated (SIGTERM): the benchmark's stack and services were stopped")
 
 
 def _print_projection(saved: Path, projected: Projected) -> None:

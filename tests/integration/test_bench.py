@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -12,6 +17,7 @@ from paysim.bench.capacity import CORES
 from paysim.bench.resources import rss_bytes
 from paysim.bench.session import BenchOptions, run_benchmark
 from paysim.cli.bench import capacity_table, results_table
+from paysim.infra.waiting import wait_until
 
 
 def test_a_small_benchmark_fills_in_every_figure() -> None:
@@ -76,3 +82,53 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
     Console(file=out, width=160).print(capacity_table(capacity))
     assert "capacity projection: projected from this run's CPU" in out.getvalue()
     assert any(line.startswith("saturation: 3,000 payments") for line in lines)
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Processes started with TMPDIR at ``folder``: the benchmark and whatever it started (the
+    broker, redis-server and the services inherit its environment)."""
+    marker = b"TMPDIR=" + str(folder).encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes() + b"\0"
+        except OSError:
+            continue  # gone meanwhile
+        if marker in environment:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_terminated_benchmark_stops_its_stack_and_says_so(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    log = tmp_path / "bench.log"
+    with log.open("wb") as out:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "paysim", "bench", "--quick", "--count", "200000",
+             "--out", str(tmp_path / "results.json")],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        # Its stack is up and the warm-up under way: the broker, redis and services run.
+        assert wait_until(lambda: b"warm-up" in log.read_bytes(), timeout=180), \
+            log.read_text()
+        # The benchmark, the broker, redis-server, the supervisor and its services.
+        assert len(processes_under(scratch)) >= 6, processes_under(scratch)
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(120) == 143
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    try:
+        assert wait_until(lambda: processes_under(scratch) == [], timeout=30), \
+            processes_under(scratch)
+    finally:
+        for pid in processes_under(scratch):  # what a failed stop left: not the next test's
+            os.kill(pid, signal.SIGKILL)
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == "paysim: error: terminated (SIGTERM): the benchmark's stack and services were " \
+        "stopped", last
+    assert "Traceback" not in log.read_text()
+    assert list(scratch.iterdir()) == []  # the temporary folder is gone too
