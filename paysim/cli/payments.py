@@ -372,7 +372,9 @@ def send(ctx: click.Context, settings: Settings, count: int | None, rate: float 
 @contextmanager
 def ctrl_c_requests(interrupt: Interrupt) -> Iterator[None]:
     """While inside, Ctrl-C (SIGINT) asks the run to stop instead of raising
-    KeyboardInterrupt: the first stops sending, the second stops waiting for outcomes."""
+    KeyboardInterrupt: the first stops sending, the second stops waiting for outcomes.
+    SIGTERM (a supervisor, `kill`) does the same: Python's default for it would end the
+    process with no report and leave `--workers`' generator processes sending on."""
 
     def on_ctrl_c(*_: object) -> None:
         first = not interrupt.requested
@@ -383,11 +385,12 @@ def ctrl_c_requests(interrupt: Interrupt) -> Iterator[None]:
         # Straight to the descriptor: the handler may run while the console is mid-print.
         os.write(err_console.file.fileno(), f"{line}\n".encode())
 
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    previous = {sig: signal.signal(sig, on_ctrl_c) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def write_outputs(report: RunReport, out: str | None, html: str | None) -> None:

@@ -224,6 +224,37 @@ def test_ctrl_c_stops_sending_and_prints_the_partial_report_with_its_run_id(
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
+def children_of(pid: int) -> set[int]:
+    return {int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()}
+
+
+def test_sigterm_stops_a_run_of_several_workers_as_ctrl_c_does(pipeline: Settings) -> None:
+    before = notified_so_far(pipeline)
+    child, stdout, stderr = start_send(pipeline, "--workers", "2", "--rate", "100",
+                                       "--duration", "120s", "--seed", "12")
+    try:
+        assert wait_until(lambda: notified(pipeline) >= before + 150, timeout=90), \
+            stderr.text()
+        workers = children_of(child.pid)
+        assert len(workers) >= 2, workers  # the two generator processes (and spawn's helper)
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=90)
+    finally:
+        child.kill()
+    errors = stderr.text()
+    assert child.returncode == 130, errors
+    assert "stopping: no more payments are sent" in errors, errors
+    report = parse_report(json.loads(stdout.text()), "paysim send --json")
+    assert 150 <= report.load.sent < report.load.scheduled == 12_000
+    assert report.outcomes.completed == report.load.sent and report.outcomes.lost == 0
+    # The generator processes stopped with it: none sends on after the run.
+    assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+                      timeout=30), workers
+    audit = paysim(pipeline, "audit", "--run", report.run_id, "--json")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
 def test_a_second_ctrl_c_stops_waiting_for_outcomes_and_still_names_the_run(
     pipeline: Settings,
 ) -> None:
