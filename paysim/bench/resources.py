@@ -61,7 +61,6 @@ class Usage:
         """The first instance's."""
         return self.pids[0]
 
-
     @property
     def cpu_s(self) -> float:
         return max(0.0, self.cpu_end_s - self.cpu_start_s)
@@ -90,9 +89,8 @@ class Sampler:
         self.interval_s = interval_s
         self.usage = {}
         for name, each in pids.items():
-            usage = Usage(name, each if isinstance(each, tuple) else (each,), 0.0)
-            usage.cpu_start_s = total_cpu(usage.pids) or 0.0
-            self.usage[name] = usage
+            group = each if isinstance(each, tuple) else (each,)
+            self.usage[name] = Usage(name, group, total_cpu(group) or 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
 

@@ -235,7 +235,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         if key is None:
             yield from idempotency.write_all(also)
             return Reply((yield from work(None)))
-        idem = Idempotency(redis_client, key, fingerprint, keys.token_key)
+        idem = Idempotency(key, fingerprint, keys.token_key)
         earlier = yield from idem.reserving(also)
         if earlier is not None:
             return Reply(earlier, replayed=True)
@@ -279,9 +279,14 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
                                       lambda _key: send(payment, traced), also=(payment.note,))
         return reply._replace(traceresponse=traced.response)
 
+    def traced_by(header: Callable[[str], str | None]) -> RequestTrace:
+        """A request's way into tracing, continuing its traceparent (``header`` reads one of
+        its headers by name)."""
+        return RequestTrace(tracer, trace_parent(header) if tracer else {})
+
     def request_trace() -> RequestTrace:
-        """A Flask request's way into tracing (continuing its traceparent)."""
-        return RequestTrace(tracer, trace_parent(request.headers.get) if tracer else {})
+        """A Flask request's way into tracing."""
+        return traced_by(request.headers.get)
 
     @app.post(AUTHORIZE_PATH)
     def authorize() -> Response:
@@ -378,7 +383,7 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
             if len(raw) > MAX_BODY_BYTES:
                 reply = Reply(Answer(413, body(Error(error=TOO_LARGE))))
             else:
-                traced = RequestTrace(tracer, trace_parent(incoming.header) if tracer else {})
+                traced = traced_by(incoming.header)
                 reply = yield from authorize_reply(raw, incoming.header(idempotency.HEADER),
                                                    traced)
         except Exception as exc:

@@ -22,7 +22,7 @@ import msgspec
 import redis
 
 from paysim.domain.messages import NoCardNumber
-from paysim.edge.steps import Command, RedisCalls, Steps, run_blocking
+from paysim.edge.steps import Command, RedisCalls, Steps
 from paysim.edge.validation import BadRequest
 from paysim.pipeline import store
 
@@ -75,22 +75,13 @@ def _set(write: Write) -> Command:
 
 class Idempotency:
     """One Idempotency-Key: reserved before the work, then holding the answer to replay.
-    Its work is steps (paysim.edge.steps): the server runs them on its event loop, with the
-    Redis calls of other requests; ``reserve`` and ``finish`` run them here and now."""
+    Its work is steps (paysim.edge.steps): run on the server's event loop, with the Redis
+    calls of other requests, or on a thread by run_blocking."""
 
-    def __init__(self, client: redis.Redis, key: str, body: bytes, secret: bytes) -> None:
-        self.client = client
+    def __init__(self, key: str, body: bytes, secret: bytes) -> None:
         self.redis_key = store.idempotency_key(key)
         # Keyed: the body holds a PAN and CVV, and a bare hash of them could be brute-forced.
         self.hash = hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-    def reserve(self, also: Sequence[Write] = ()) -> Answer | None:
-        """``reserving``, run on this thread."""
-        return run_blocking(self.reserving(also), self.client, None)
-
-    def finish(self, answer: Answer) -> None:
-        """``finishing``, run on this thread."""
-        run_blocking(self.finishing(answer), self.client, None)
 
     def reserving(self, also: Sequence[Write] = ()) -> Steps[Answer | None]:
         """None when this request may do the work (``also`` written with the reservation, in

@@ -112,7 +112,7 @@ class Operations:
         self.redis = client
 
     def apply(self, route: Route, payment_id: str, fields: OperationBody, op_id: str,
-              traced: RequestTrace | None = None) -> HttpAnswer:
+              traced: RequestTrace) -> HttpAnswer:
         """The operation checked, sent and answered; ``traced``: the request's tracing (its
         operation's span continues the request's traceparent, else the payment's trace)."""
         stored = store.read_outcome(self.redis, payment_id)
@@ -133,7 +133,6 @@ class Operations:
         if refusal is not None:
             return refusal
         topic = self.settings.topics.operations
-        traced = traced or RequestTrace(None, {})
         payment_trace = None if stored is None else stored.trace_id
         with traced.sending(topic, payment_id, payment_trace) as trace:
             failure = self.deliveries.deliver(topic, token, encode(op), headers=trace.headers)

@@ -121,8 +121,8 @@ class Processor(Service[PaymentAuthorized]):
 
     def finish(self, pipe: redis.client.Pipeline) -> None:
         """The batch's decisions, written together (store.write_decisions)."""
-        decisions, self._decisions = self._decisions, []
-        store.write_decisions(pipe, decisions, self.settings.redis.outcome_ttl, self._cluster)
+        decided, self._decisions = self._decisions, []
+        store.write_decisions(pipe, decided, self.settings.redis.outcome_ttl, self._cluster)
 
     def decide(self, item: PaymentAuthorized, pipe: redis.client.Pipeline) -> list[Output]:
         if item.payment_id in self._rejected:

@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 from paysim.domain.messages import OperationKind
 from paysim.edge import idempotency, operations
 from paysim.edge.delivery import Deliveries
-from paysim.edge.steps import LoopRunner
+from paysim.edge.steps import LoopRunner, run_blocking
 from paysim.infra.config import Settings, settings_env
 from paysim.infra.waiting import wait_until
 from paysim.pipeline import ledger_store, settlement_store, shard_store, store
@@ -113,12 +113,14 @@ def test_an_idempotency_reservation_with_its_route_note_on_the_cluster(
                  for payment_id in (first, second)]
         assert len({client.keyslot(note.key) for note in notes}
                    | {client.keyslot(store.idempotency_key(key))}) > 1  # across slots
-        idem = idempotency.Idempotency(client, key, b"{}", b"k" * 32)
-        assert idem.reserve([notes[0]]) is None
+        idem = idempotency.Idempotency(key, b"{}", b"k" * 32)
+        assert run_blocking(idem.reserving([notes[0]]), client, None) is None
         assert json.loads(client.get(notes[0].key)) == ["run-c", "tok"]
-        idem.finish(idempotency.Answer(200, {"payment_id": first}))
-        again = idempotency.Idempotency(client, key, b"{}", b"k" * 32)
-        assert again.reserve([notes[1]]) == idempotency.Answer(200, {"payment_id": first})
+        run_blocking(idem.finishing(idempotency.Answer(200, {"payment_id": first})), client,
+                     None)
+        again = idempotency.Idempotency(key, b"{}", b"k" * 32)
+        assert run_blocking(again.reserving([notes[1]]), client, None) == \
+            idempotency.Answer(200, {"payment_id": first})
         assert client.get(notes[1].key) is None
     finally:
         client.close()
@@ -133,17 +135,18 @@ def test_reservations_of_requests_waiting_together_in_one_batch_on_the_cluster(
         keys = [f"cluster-batch-{uuid.uuid4()}" for _ in range(6)]
         notes = [operations.route_note(str(uuid.uuid4()), "run-c", "tok", 60) for _ in keys]
         assert len({client.keyslot(note.key) for note in notes}) > 1
-        first = [idempotency.Idempotency(client, key, b"{}", b"k" * 32) for key in keys]
+        first = [idempotency.Idempotency(key, b"{}", b"k" * 32) for key in keys]
         runner = LoopRunner(client, Deliveries(None))  # type: ignore[arg-type]
         assert steps_on_loop(runner, [idem.reserving([note])
                                       for idem, note in zip(first, notes, strict=True)]
                              ) == [None] * len(keys)
         assert all(client.get(note.key) for note in notes)
-        first[0].finish(idempotency.Answer(200, {"payment_id": "p"}))
+        run_blocking(first[0].finishing(idempotency.Answer(200, {"payment_id": "p"})), client,
+                     None)
         # Again with the same keys: one replay, the others still at work (409).
         runner = LoopRunner(client, Deliveries(None))  # type: ignore[arg-type]
         again = steps_on_loop(runner, [
-            idempotency.Idempotency(client, key, b"{}", b"k" * 32).reserving()
+            idempotency.Idempotency(key, b"{}", b"k" * 32).reserving()
             for key in keys[:2]])
         assert again[0] == idempotency.Answer(200, {"payment_id": "p"})
         assert again[1].startswith("raised a request with this Idempotency-Key is still")
