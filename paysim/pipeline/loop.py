@@ -127,11 +127,20 @@ class CallWorker:
 
     def call(self, function: Callable[..., Any], *args: Any, wait: float) -> Any:
         """``function(*args)``, or ClientStuck when it has not returned after ``wait`` s."""
+        return self.wait(self.submit(function, *args), wait)
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> _Call:
+        """Queue ``function(*args)``; wait() for its result."""
         call = _Call(function, args)
         self._calls.put(call)
-        if not call.done.wait(wait):
+        return call
+
+    def wait(self, call: _Call, wait: float) -> Any:
+        """A submitted call's result, or ClientStuck when it has not returned after ``wait``
+        s more."""
+        if not call.done.wait(max(0.0, wait)):
             self.stuck = True
-            raise ClientStuck(f"{getattr(function, '__name__', 'a call')} did not return "
+            raise ClientStuck(f"{getattr(call.function, '__name__', 'a call')} did not return "
                               f"within {wait:g} s")
         if call.error is not None:
             raise call.error
@@ -171,6 +180,17 @@ def first_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
     return first
 
 
+@dataclass
+class PendingCall:
+    """A producer call on its way on the worker thread (ServiceLoop._kafka_start)."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]  # with the timeout, when it takes one
+    limit: float  # its timeout, or the call timeout for calls without one
+    began: float  # time.monotonic() when it was queued
+    handle: _Call
+
+
 class ServiceLoop(Generic[T]):
     def __init__(self, service: Service[T], settings: Settings, instance: int = 0,
                  stop: threading.Event | None = None, *, consumer: Consumer | None = None,
@@ -200,6 +220,9 @@ class ServiceLoop(Generic[T]):
         self.worker = CallWorker(self.producer, f"{service.name}-producer")
         self.call_timeout, self.call_grace = CALL_TIMEOUT_S, CALL_GRACE_S  # tests shorten them
         self._consumer_open = False  # subscribed and not closed
+        # The consumer's partitions, kept from its rebalance callbacks: asking the consumer
+        # for them once per batch was up to 14% of the authorizer's samples at small batches.
+        self._assigned: set[tuple[str, int]] = set()
         self._unhealthy: str | None = None  # why the producer must be renewed before going on
         self._producer_spent = False  # the producer is the one to replace, not one to init
         # The first offset, per partition, of a batch whose transaction may or may not have
@@ -315,8 +338,21 @@ class ServiceLoop(Generic[T]):
             self._close()
 
     def _subscribe(self) -> None:
-        self.consumer.subscribe([self.service.input_topic])
+        self._assigned = set()
+        self.consumer.subscribe([self.service.input_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
         self._consumer_open = True
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions given to the consumer (all of them, or with the cooperative protocol
+        the ones added). Served by its poll, on the loop's thread."""
+        if consumer is self.consumer:  # not a replaced consumer's, closing late
+            self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken from the consumer, or lost (librdkafka calls this for both)."""
+        if consumer is self.consumer:
+            self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
 
     def _next_batch(self) -> list[Message]:
         """What is waiting, up to a batch; else the first message to arrive within 0.2 s.
@@ -458,7 +494,7 @@ class ServiceLoop(Generic[T]):
         started = time.monotonic()
         # A rebalance between fetching and here may have taken partitions away: their records
         # belong to the new owner now, and processing them too would doubly produce.
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        assigned = self._assigned
         messages = [m for m in messages if (m.topic(), m.partition()) in assigned]
         if not messages:
             return
@@ -485,16 +521,24 @@ class ServiceLoop(Generic[T]):
         for output in outputs:
             produce(self.producer, output.topic, output.value, key=output.key,
                     headers=output.headers)
-        pipe.execute()
         # The offsets to commit come from the batch itself, not from the consumer's position,
         # which a rebalance may have moved.
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             key = (message.topic(), message.partition())
             next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
-        self._kafka_call(self.producer.send_offsets_to_transaction,
-                         [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                         self.consumer.consumer_group_metadata(), timeout=self.call_timeout)
+        # Adding the offsets is two round trips to the broker (AddOffsetsToTxn, then
+        # TxnOffsetCommit), the first often retried while the coordinator still writes the
+        # last transaction's markers: the worker thread makes them while this one writes
+        # Redis. Both are done before the commit, as before.
+        offsets = self._kafka_start(
+            self.producer.send_offsets_to_transaction,
+            [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+            self.consumer.consumer_group_metadata(), timeout=self.call_timeout)
+        try:
+            pipe.execute()
+        finally:  # also after a Redis error: the abort queues behind this call
+            self._kafka_wait(offsets)
         self._kafka_call(self.producer.commit_transaction, timeout=self.call_timeout)
         self._producer_used = True
         dead = sum(self._outcomes.values())
@@ -512,23 +556,39 @@ class ServiceLoop(Generic[T]):
         overruns it (or the call timeout, for calls without one) by more than the grace, or
         fails after running longer than it: a client in that state does not recover by
         itself after a broker restart (librdkafka#5456, #5511)."""
+        return self._kafka_wait(self._kafka_start(call, *args, timeout=timeout))
+
+    def _kafka_start(self, call: Callable[..., Any], *args: Any,
+                     timeout: float | None = None) -> PendingCall:
+        """Queue a producer call on its worker thread; _kafka_wait() for its result."""
         limit = self.call_timeout if timeout is None else timeout
         full = args if timeout is None else (*args, timeout)
-        name = getattr(call, "__name__", "call")
+        return PendingCall(call, full, limit, time.monotonic(),
+                           self.worker.submit(call, *full))
+
+    def _kafka_wait(self, pending: PendingCall) -> Any:
+        """The result of a call _kafka_start() queued, retried as _kafka_call() says."""
+        name = getattr(pending.function, "__name__", "call")
+        limit = pending.limit
         for attempt in range(10):
-            began = time.monotonic()
             try:
-                return self.worker.call(call, *full, wait=limit + self.call_grace)
+                waited = time.monotonic() - pending.began
+                return self.worker.wait(pending.handle, limit + self.call_grace - waited)
+            except ClientStuck:
+                raise ClientStuck(f"{name} did not return within "
+                                  f"{limit + self.call_grace:g} s") from None
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.fatal():
                     raise FatalServiceError(f"{name}: {error.str()}") from None
-                if time.monotonic() - began >= limit:
+                if time.monotonic() - pending.began >= limit:
                     raise ClientStuck(f"{name} failed after its {limit:g} s: "
                                       f"{error.str()}") from None
                 if not error.retriable() or attempt == 9:
                     raise
                 time.sleep(0.1 * (attempt + 1))
+                pending = replace(pending, began=time.monotonic(),
+                                  handle=self.worker.submit(pending.function, *pending.args))
         return None
 
     def _abort(self) -> bool:

@@ -111,9 +111,18 @@ class FakeConsumer:
         self.error_cb: Callable[[KafkaError], None] | None = None
         self.committed_failure: BaseException | None = None  # committed() raises it
         self.committed_calls = 0
+        self.on_assign: Callable[[Any, list[TopicPartition]], None] | None = None
+        self.on_revoke: Callable[[Any, list[TopicPartition]], None] | None = None
+        self.assign_pending = False  # subscribed: the assignment comes with the next fetch
 
-    def subscribe(self, topics: list[str]) -> None:
+    def subscribe(self, topics: list[str],
+                  on_assign: Callable[[Any, list[TopicPartition]], None] | None = None,
+                  on_revoke: Callable[[Any, list[TopicPartition]], None] | None = None) -> None:
+        """As the real consumer, the assignment comes with the first fetch, through
+        ``on_assign``; ``revoke_on_fetch`` goes through ``on_revoke``."""
         self.subscribed = list(topics)
+        self.on_assign, self.on_revoke = on_assign, on_revoke
+        self.assign_pending = True
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         self.calls += 1
@@ -123,6 +132,10 @@ class FakeConsumer:
         for error in self.client_errors.pop(self.calls, []):
             if self.error_cb is not None:
                 self.error_cb(error)
+        if self.assign_pending:
+            self.assign_pending = False
+            if self.on_assign is not None:
+                self.on_assign(self, self.assignment())
         self.events.extend(self.fetch_events.pop(self.calls, []))
         batch = self.events[:num_messages]
         del self.events[:len(batch)]
@@ -133,8 +146,11 @@ class FakeConsumer:
                 if record.offset() >= self.positions[tp]:
                     batch.append(record)
                     self.positions[tp] = record.offset() + 1
-        if batch:
+        if batch and self.revoke_on_fetch:
             self.assigned -= self.revoke_on_fetch
+            if self.on_revoke is not None:
+                self.on_revoke(self, [TopicPartition(t, p) for t, p in
+                                      sorted(self.revoke_on_fetch)])
             self.revoke_on_fetch = set()
         return batch
 
@@ -440,6 +456,8 @@ class FakePipeline:
         done, self.commands = self.commands, []
         self.client.executed.extend(done)
         self.client.executions.append(done)
+        if self.client.after_execute is not None:
+            self.client.after_execute(done)
         return [self._answer(command) for command in done]
 
 
@@ -503,6 +521,7 @@ class FakeRedis:
         # (key prefix, error): the next pipeline writing a key with that prefix raises it.
         self.execute_failures: list[tuple[str, Exception]] = []
         self.mget_calls: list[list[str]] = []
+        self.after_execute: Callable[[list[Command]], None] | None = None  # given each pipeline
         self.scripts: list[FakeScript] = []  # every registered script but the ledger's READ
         # A script's answer; the ledger's APPLY script answers the cards that conflicted:
         # none unless a test says otherwise.

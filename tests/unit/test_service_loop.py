@@ -198,6 +198,48 @@ def test_the_batch_wide_writes_come_once_per_batch_also_when_records_are_taken_a
     assert harness.redis.commands("INCRBY") == [("INCRBY", "pongs", 2)]
 
 
+def test_the_offsets_are_added_while_redis_is_written_and_both_before_the_commit() -> None:
+    harness = Harness([ping(0, 0), ping(0, 1)])
+    offsets_in_flight = threading.Event()
+    send_offsets = harness.producer.send_offsets_to_transaction
+
+    def in_flight(*args: object) -> None:
+        offsets_in_flight.set()
+        send_offsets(*args)  # type: ignore[arg-type]
+
+    overlapped: list[bool] = []
+
+    def written(commands: list[tuple[object, ...]]) -> None:
+        if any(c[0] == "SET" and str(c[1]).startswith("seen:") for c in commands):
+            # One after the other, the offsets would only be sent once this returned.
+            overlapped.append(offsets_in_flight.wait(2.0))
+
+    harness.producer.send_offsets_to_transaction = in_flight  # type: ignore[method-assign]
+    harness.redis.after_execute = written
+    harness.run()
+    assert overlapped == [True]
+    [transaction] = harness.producer.committed
+    assert transaction.offsets == [(IN, 0, 2)]
+    assert harness.seen() == ["p0-0", "p0-1"]
+    assert harness.loop.counters.aborted_batches == 0
+
+
+def test_the_partitions_come_from_the_rebalance_callbacks_not_a_call_per_batch() -> None:
+    records = [ping(0, offset) for offset in range(6)]
+    harness = Harness(records, settings=pure_settings({"services.batch_size": 1}))
+    asked: list[int] = []
+    assignment = harness.consumer.assignment
+
+    def counted() -> list[object]:
+        asked.append(1)
+        return assignment()
+
+    harness.consumer.assignment = counted  # type: ignore[method-assign]
+    harness.run()
+    assert len(harness.producer.committed) == 6
+    assert len(asked) <= 2  # the fake's on_assign and the first heartbeat's lags; no batch's
+
+
 # ------------------------------------------------------------------------ abort and retry
 
 
