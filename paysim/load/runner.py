@@ -374,7 +374,7 @@ class LoadRun:
                                     handed.traceparent)
         self._sent(handed.payment_id, intended if intended is not None else sent_us, sent_us)
         if handed.outcome is not None:  # declined at the edge: the answer is its outcome
-            self._outcome(handed.outcome)
+            self._outcomes([handed.outcome])
         elif handed.failure is not None:
             self._failure(handed.failure)
 
@@ -394,19 +394,31 @@ class LoadRun:
 
     # ---------------------------------------------------------------- collecting
 
-    def _outcome(self, entry: DoneEntry) -> None:
-        payment_id = entry.payment_id
+    def _outcomes(self, entries: list[DoneEntry]) -> list[DoneEntry]:
+        """Record what was read, under one lock for the whole read (not two a payment: the
+        sender waits on the same lock); returns the entries read before their send was noted.
+        A replayed duplicate is left out."""
+        fresh: list[tuple[DoneEntry, int]] = []
+        early: list[DoneEntry] = []
         with self.ledger.lock:
-            if payment_id in self.ledger.outcomes or payment_id not in self.ledger.intended:
-                return  # a replayed duplicate, or (rarely) read before its send was noted
-            self.ledger.outcomes.add(payment_id)
-            intended = self.ledger.intended[payment_id]
-        self.metrics.record_outcome(entry, intended)
-        if self.operations is not None:
-            self.operations.authorization(entry)
-        notified = entry.stages.get(NOTIFIED)
-        if notified and (self._last_outcome_us is None or notified > self._last_outcome_us):
-            self._last_outcome_us = notified
+            intended, outcomes = self.ledger.intended, self.ledger.outcomes
+            for entry in entries:
+                sent_for = intended.get(entry.payment_id)
+                if sent_for is None:
+                    early.append(entry)
+                elif entry.payment_id not in outcomes:
+                    outcomes.add(entry.payment_id)
+                    fresh.append((entry, sent_for))
+        self.metrics.record_outcomes(fresh)
+        last = self._last_outcome_us
+        for entry, _ in fresh:
+            if self.operations is not None:
+                self.operations.authorization(entry)
+            notified = entry.stages.get(NOTIFIED)
+            if notified and (last is None or notified > last):
+                last = notified
+        self._last_outcome_us = last
+        return early
 
     def _failure(self, failure: Failure) -> None:
         """A payment that ended without an outcome (an error, not lost), or an outcome
@@ -438,16 +450,9 @@ class LoadRun:
             read, failures = source.read()
             for failure in failures:
                 self._failure(failure)
-            entries, early = early + read, []
-            for entry in entries:
-                if not self.options.mine(entry.seq):
-                    continue  # another generator's payment of the same run
-                with self.ledger.lock:
-                    known = entry.payment_id in self.ledger.intended
-                if known:
-                    self._outcome(entry)
-                else:
-                    early.append(entry)
+            # Another generator's payments of the same run are not this one's to count.
+            early = self._outcomes([entry for entry in early + read
+                                    if self.options.mine(entry.seq)])
             if source.ended:  # after the outcomes read with its end: they are not lost
                 return
 
