@@ -8,20 +8,28 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import signal
 import threading
 from pathlib import Path
 
 import jsonschema
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from paysim.infra.config import Settings
+from paysim.infra.errors import PaysimError
+from paysim.infra.secrets import load_keys
 from paysim.infra.waiting import wait_until
+from paysim.load.generator import PaymentStream, build_population
+from paysim.load.ingress import KafkaIngress
 from paysim.load.plan import SendRequest
 from paysim.load.replay import read_record
 from paysim.load.report import RunReport
 from paysim.load.report_compare import parse_report
 from paysim.load.run import run_load
 from paysim.load.runner import Tick
+from tests.helpers import settings_for
 from tests.integration.pipeline_helpers import (
     injected,
     notified,
@@ -278,3 +286,20 @@ def test_a_second_ctrl_c_stops_waiting_for_outcomes_and_still_names_the_run(
     assert "stopping now: not waiting for more outcomes" in errors, errors
     assert report.outcomes.completed < report.load.sent
     assert f"paysim audit --run {report.run_id}" in errors
+
+
+def test_the_kafka_sender_reports_a_payment_the_broker_refused(
+        local_stack, service_flags: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """Only failed deliveries come back to the sender (delivery.report.only.error): one the
+    broker refuses (a topic that takes no record of a payment's size) still fails the run
+    with the broker's word, not silently."""
+    name = f"paysim.test.small-{secrets.token_hex(3)}"
+    settings = settings_for({**service_flags, "topics.requested": name})
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(name, 1, 1, config={"max.message.bytes": "100"})])[
+        name].result(timeout=30)
+    sender = KafkaIngress(settings, load_keys(settings))
+    for payment in PaymentStream(build_population(3), 3).take(2):
+        sender.send(payment, "run-refused", None)
+    with pytest.raises(PaysimError, match=r"did not take every payment: .*too large"):
+        sender.finish()

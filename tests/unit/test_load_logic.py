@@ -13,6 +13,7 @@ from paysim.infra.config import load_settings
 from paysim.infra.errors import ConfigError
 from paysim.load.plan import SendRequest, plan_run
 from paysim.load.replay import read_paysim_csv, read_record
+from paysim.load.runner import SEND_TICK_S, tick_end
 from paysim.load.scenario import load_scenario
 from paysim.load.schedule import Profile, Stage, parse_duration
 from paysim.load.thresholds import WorstWindow, evaluate, parse_threshold
@@ -251,3 +252,15 @@ def test_replay_offsets_must_be_finite(tmp_path: Path) -> None:
         "merchant": {"id": "m", "name": "M", "mcc": "5999", "country": "US"}}) + "\n")
     with pytest.raises(ConfigError, match=r"r.jsonl:2: not a recorded payment"):
         read_record(path)
+
+
+def test_the_scheduler_wakes_for_a_payment_never_before_it_is_due_and_within_a_tick() -> None:
+    """tick_end: the payments of one tick share one wake, at the tick's end; a payment on a
+    tick's end (in spite of float error) is sent at it, not a tick later."""
+    offsets = [n / 2000 for n in range(4000)] + [n / 7919 for n in range(8000)]
+    for offset in offsets:
+        wake = tick_end(offset)
+        assert offset - 1e-12 <= wake <= offset + SEND_TICK_S
+    assert tick_end(0.003) == pytest.approx(0.003) and tick_end(0.0) == 0.0
+    # 2,000/s: two payments a wake (the first, due at 0, wakes alone).
+    assert len({round(tick_end(n / 2000), 9) for n in range(2000)}) == 1001

@@ -160,6 +160,30 @@ def test_the_load_collector_reads_the_runs_counts_and_latencies() -> None:
     assert samples(empty) == {}
 
 
+def test_the_rolling_percentiles_are_hdrhs_walk_over_the_windows_seconds() -> None:
+    """rolling_ms (the live display's, each tick) against hdrh's get_value_at_percentile on
+    the window's seconds merged by hand: the same values; None before any outcome."""
+    started = 1_000_000_000
+    metrics = RunMetrics(started)
+    assert metrics.rolling_ms(started + 3_000_000, (50.0, 99.0)) == [None, None]
+    rng = random.Random(5)
+    for n in range(3000):
+        notified = started + rng.randrange(8_000_000)
+        latency = int(rng.lognormvariate(9, 1.5)) + 1
+        stages = {"requested": notified - latency, "notified": notified}
+        metrics.record_outcome(DoneEntry(f"p{n}", "approved", "00", 1, "USD", n, stages),
+                               notified - latency)
+    now = started + 7_500_000
+    window = new_histogram()
+    for second in range(2, 8):  # the last five whole seconds and the current one
+        if second in metrics.seconds and second > 7 - 5:
+            window.add(metrics.seconds[second].latency)
+    percentiles = (0.0, 50.0, 99.0, 100.0)
+    assert window.get_total_count() > 1000
+    assert metrics.rolling_ms(now, percentiles) == [
+        window.get_value_at_percentile(p) / 1000 for p in percentiles]
+
+
 # ------------------------------------------------------------------------ words and labels
 
 
