@@ -117,8 +117,14 @@ class Checked:
     note: Write
 
 
+# Built once: json.dumps with separators builds an encoder a call (7 of its 9 µs). The json
+# module, not msgspec: msgspec writes non-ASCII as UTF-8, and the answers' bytes (the seed's
+# Cyrillic message as \u escapes) are what clients have read since the seed.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _encoded(answer_body: dict[str, Any]) -> bytes:
-    return json.dumps(answer_body, separators=(",", ":")).encode()
+    return _ENCODER.encode(answer_body).encode()
 
 
 def _server_answer(reply: Reply) -> http_server.Answer:
