@@ -1,8 +1,9 @@
 """A route's work as steps: one implementation of its rules, run two ways.
 
 A route's core is a generator that yields what it needs done outside itself (``RedisCalls``:
-commands for Redis, answered with their results; ``Send``: a record onto Kafka, answered with
-its delivery's ``Failure``) and returns its answer. ``run_blocking`` runs such a generator on
+commands for Redis, answered with their results; ``RedisWrites``: writes it does not wait
+for; ``Send``: a record onto Kafka, answered with its delivery's ``Failure``) and returns its
+answer. ``run_blocking`` runs such a generator on
 the calling thread, each step as a call (the Flask routes, the tests, a worker thread).
 ``LoopRunner`` runs many at once on the server's event loop with no thread per request:
 the Redis calls of every request waiting at one moment go to Redis as one pipeline (a thread
