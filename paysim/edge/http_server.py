@@ -35,10 +35,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
+
+try:  # the event loop and its transports in C (libuv); asyncio's own where it is missing
+    import uvloop
+except ImportError:  # pragma: no cover - a platform without it (Windows)
+    uvloop = None  # type: ignore[assignment]
 
 log = logging.getLogger("paysim.http")
 
@@ -172,6 +177,11 @@ def _stream_of(first: list[bytes], rest: Iterator[bytes], result: Any) -> Iterat
             close()
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The server's event loop: uvloop's (libuv, its transports in C) where installed."""
+    return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+
+
 class Clock:
     """The Date header, formatted once a second."""
 
@@ -205,8 +215,8 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's does not subclass asyncio.Transport, but is one).
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
         self.server.connections.add(self)
@@ -416,7 +426,7 @@ class HttpServer:
         self.connections: set[Connection] = set()
         self.stopping = False
         self.clock = Clock()
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_loop()
         self._server: asyncio.base_events.Server | None = None
 
     def listen(self) -> None:

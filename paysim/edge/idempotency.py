@@ -22,7 +22,7 @@ import msgspec
 import redis
 
 from paysim.domain.messages import NoCardNumber
-from paysim.edge.steps import Command, RedisCalls, Steps
+from paysim.edge.steps import Command, RedisCalls, RedisWrites, Steps
 from paysim.edge.validation import BadRequest
 from paysim.pipeline import store
 
@@ -119,10 +119,14 @@ class Idempotency:
         return Answer(int(record["status"]), record["body"])
 
     def finishing(self, answer: Answer) -> Steps[None]:
+        """Store the answer to replay. Not waited for: the work is done, and the client is
+        told so either way (a record not stored expires as pending; a retry meanwhile gets
+        409 rather than doing it twice). On the server's loop a retry still finds it: the
+        retry's reservation goes to Redis after it (paysim.edge.steps.RedisWrites)."""
         record = {"hash": self.hash, "state": "done", "status": answer.status,
                   "body": answer.body}
-        yield RedisCalls((("SET", self.redis_key, msgspec.json.encode(record), "EX",
-                           DONE_TTL_S),))
+        yield RedisWrites((("SET", self.redis_key, msgspec.json.encode(record), "EX",
+                            DONE_TTL_S),), "the idempotency answer")
 
     def releasing(self) -> Steps[None]:
         """Forget the reservation after a failure that the client should retry."""

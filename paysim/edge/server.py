@@ -17,6 +17,7 @@ from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.edge.http_server import HttpServer
 from paysim.edge.prometheus import HttpMetrics
 from paysim.edge.steps import LoopRunner
+from paysim.infra.collector import tune_for_batches
 from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import client_config
@@ -104,6 +105,10 @@ def serve(settings: Settings, stop: threading.Event, ui: UiFactory | None = None
             name="http-heartbeat", daemon=True)
         heartbeat.start()
         log.info("HTTP API listening on http://%s:%d", host, port)
+        # As the pipeline services: a request's objects (its steps, waiting on Redis and
+        # Kafka for milliseconds) outlived the default young collections and brought on
+        # full ones that walked the whole process (17 of 72 µs a request in-process).
+        tune_for_batches()
         server.serve_until(stop, SHUTDOWN_GRACE_S)
         log.info("HTTP API stopped after %d requests", counters.answered)
     finally:

@@ -1,8 +1,9 @@
 """A route's work as steps: one implementation of its rules, run two ways.
 
 A route's core is a generator that yields what it needs done outside itself (``RedisCalls``:
-commands for Redis, answered with their results; ``Send``: a record onto Kafka, answered with
-its delivery's ``Failure``) and returns its answer. ``run_blocking`` runs such a generator on
+commands for Redis, answered with their results; ``RedisWrites``: writes it does not wait
+for; ``Send``: a record onto Kafka, answered with its delivery's ``Failure``) and returns its
+answer. ``run_blocking`` runs such a generator on
 the calling thread, each step as a call (the Flask routes, the tests, a worker thread).
 ``LoopRunner`` runs many at once on the server's event loop with no thread per request:
 the Redis calls of every request waiting at one moment go to Redis as one pipeline (a thread
@@ -18,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 
@@ -40,6 +41,17 @@ class RedisCalls:
 
 
 @dataclass(frozen=True)
+class RedisWrites:
+    """Writes whose results the work does not need (``what`` they store, for the log): the
+    runner goes on at once, answered None, and only logs their failure. On the loop they are
+    still sent before whatever is asked after them (the pipelines go one after another, each
+    in order), so a request that follows the answer finds them written."""
+
+    commands: tuple[Command, ...]
+    what: str
+
+
+@dataclass(frozen=True)
 class Send:
     """A record onto Kafka; the answer is None once the broker acknowledged it, else why not."""
 
@@ -49,7 +61,7 @@ class Send:
     headers: list[tuple[str, bytes]] | None = None
 
 
-Step = RedisCalls | Send
+Step = RedisCalls | RedisWrites | Send
 Steps = Generator[Step, Any, T]
 
 
@@ -73,6 +85,8 @@ def run_blocking(steps: Steps[T], client: redis.Redis, deliveries: Deliveries | 
         try:
             if isinstance(step, RedisCalls):
                 answer = _call_blocking(client, step.commands)
+            elif isinstance(step, RedisWrites):
+                _write_blocking(client, step)
             else:
                 assert deliveries is not None, "these steps send nothing"
                 answer = deliveries.deliver(step.topic, step.key, step.value,
@@ -90,7 +104,27 @@ def _call_blocking(client: redis.Redis, commands: Sequence[Command]) -> list[Any
     return pipe.execute()
 
 
+def _write_blocking(client: redis.Redis, writes: RedisWrites) -> None:
+    try:
+        _call_blocking(client, writes.commands)
+    except redis.RedisError as exc:
+        _not_written(writes.what, exc)
+
+
+def _not_written(what: str, failure: BaseException | None) -> None:
+    if failure is not None:
+        log.warning("%s not stored: %s", what, type(failure).__name__)
+
+
 Done = Callable[[Any, BaseException | None], None]  # a step's answer, or why it failed
+
+
+class Waiting(NamedTuple):
+    """Commands queued on the loop, what gets their results, whether a request waits."""
+
+    commands: tuple[Command, ...]
+    done: Done
+    awaited: bool
 
 
 class RedisBatcher:
@@ -100,19 +134,21 @@ class RedisBatcher:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._waiting: list[tuple[tuple[Command, ...], Done]] = []
+        self._waiting: list[Waiting] = []
         self._out = False  # a pipeline is with the thread
         self._ready = threading.Condition()
-        self._batch: list[tuple[tuple[Command, ...], Done]] | None = None
+        self._batch: list[Waiting] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
 
     def call(self, loop: asyncio.AbstractEventLoop, commands: tuple[Command, ...],
-             done: Done) -> None:
-        """On the loop: queue ``commands``; ``done`` gets their results on the loop."""
+             done: Done, awaited: bool = True) -> None:
+        """On the loop: queue ``commands``; ``done`` gets their results on the loop. Not
+        ``awaited`` (writes nobody waits for): sent at ``close`` if the loop has stopped
+        before their turn."""
         self._loop = loop
-        self._waiting.append((commands, done))
+        self._waiting.append(Waiting(commands, done, awaited))
         if not self._out:
             self._out = True
             loop.call_soon(self._hand_over)  # after this pass of the loop: more may come
@@ -143,28 +179,18 @@ class RedisBatcher:
             except RuntimeError:  # the loop closed: nobody waits for these any more
                 return
 
-    def _execute(self, batch: list[tuple[tuple[Command, ...], Done]]
-                 ) -> list[Any] | BaseException:
+    def _execute(self, batch: list[Waiting]) -> list[Any] | BaseException:
         try:
             pipe = self.client.pipeline(transaction=False)
-            for commands, _done in batch:
+            for commands, _done, _awaited in batch:
                 for command in commands:
                     pipe.execute_command(*command)
             return pipe.execute(raise_on_error=False)
         except Exception as exc:  # the whole pipeline failed (Redis away): each request hears
             return exc
 
-    def _answer(self, batch: list[tuple[tuple[Command, ...], Done]],
-                outcome: list[Any] | BaseException) -> None:
-        at = 0
-        for commands, done in batch:
-            if isinstance(outcome, BaseException):
-                _safely(done, None, outcome)
-                continue
-            results = outcome[at:at + len(commands)]
-            at += len(commands)
-            failed = next((r for r in results if isinstance(r, Exception)), None)
-            _safely(done, results, failed)
+    def _answer(self, batch: list[Waiting], outcome: list[Any] | BaseException) -> None:
+        _answer_each(batch, outcome)
         if self._waiting:
             assert self._loop is not None
             self._hand_over()
@@ -172,11 +198,30 @@ class RedisBatcher:
             self._out = False
 
     def close(self) -> None:
+        """Stop the thread (the loop has stopped); send the writes still queued, which no
+        request waits for (those that wait were abandoned with their connections)."""
         with self._ready:
             self._closed = True
             self._ready.notify()
         if self._thread is not None:
             self._thread.join(5)
+        writes = [waiting for waiting in self._waiting if not waiting.awaited]
+        self._waiting = []
+        if writes:
+            _answer_each(writes, self._execute(writes))
+
+
+def _answer_each(batch: list[Waiting], outcome: list[Any] | BaseException) -> None:
+    """Each queued call's results from its batch's (or the whole batch's failure)."""
+    at = 0
+    for commands, done, _awaited in batch:
+        if isinstance(outcome, BaseException):
+            _safely(done, None, outcome)
+            continue
+        results = outcome[at:at + len(commands)]
+        at += len(commands)
+        failed = next((r for r in results if isinstance(r, Exception)), None)
+        _safely(done, results, failed)
 
 
 def _safely(done: Done, answer: Any, failure: BaseException | None) -> None:
@@ -216,6 +261,12 @@ class LoopRunner:
 
         if isinstance(step, RedisCalls):
             self.redis.call(loop, step.commands, resume)
+        elif isinstance(step, RedisWrites):
+            what = step.what
+            self.redis.call(loop, step.commands,
+                            lambda _results, failure: _not_written(what, failure),
+                            awaited=False)
+            resume(None)  # queued before anything the rest asks: the order holds
         else:
             # The loop does not wait for room in a full producer queue: that is a 503 at
             # once, where a worker thread would have waited (paysim.edge.delivery.WAIT_S).

@@ -144,7 +144,7 @@ def expected_fields(kind: type[msgspec.Struct]) -> str:
     """``kind``'s fields for a client: "expected fields: a, b (or c: <description>), d;
     optional: e {its fields}, f"."""
     groups = _groups(kind)
-    by_name = {field.name: field for field in _fields(kind)}
+    by_name = _by_name(kind)
     required: list[str] = []
     optional: list[str] = []
     listed_groups: list[OneOf] = []
@@ -192,7 +192,7 @@ def fast_typed(raw: bytes, kind: type[S]) -> S | None:
 
 def _known_fields_only(body: dict[str, Any], kind: type[msgspec.Struct]) -> bool:
     """No unknown field at any depth (a nested type may take them when decoding a topic)."""
-    fields = {field.name: field for field in _fields(kind)}
+    fields = _by_name(kind)
     for name, value in body.items():
         field = fields.get(name)
         if field is None:
@@ -212,9 +212,10 @@ def _passes_checks(value: msgspec.Struct, kind: type[msgspec.Struct]) -> bool:
             continue
         if field.is_object and not _passes_checks(given, field.base):
             return False
-        if not all(check.predicate(given) for check in field.checks):
-            return False
-    attrs = {field.name: field.attr for field in _fields(kind)}
+        for check in field.checks:
+            if not check.predicate(given):
+                return False
+    attrs = _attrs(kind)
     for group in getattr(kind, "one_of", ()):
         ways = [way for way in group.ways
                 if any(getattr(value, attrs[name]) is not None for name in way)]
@@ -239,7 +240,7 @@ class _Field:
     description: str | None
     checks: tuple[Check, ...]
 
-    @property
+    @functools.cached_property  # read for each field of each request's body
     def is_object(self) -> bool:
         return isinstance(self.base, type) and issubclass(self.base, msgspec.Struct)
 
@@ -279,6 +280,18 @@ def _fields(kind: type[msgspec.Struct]) -> tuple[_Field, ...]:
         fields.append(_Field(info.encode_name, info.name, info.required, info.default, base,
                              declared, description, checks))
     return tuple(fields)
+
+
+@functools.cache
+def _by_name(kind: type[msgspec.Struct]) -> dict[str, _Field]:
+    """``kind``'s fields by their names in JSON."""
+    return {field.name: field for field in _fields(kind)}
+
+
+@functools.cache
+def _attrs(kind: type[msgspec.Struct]) -> dict[str, str]:
+    """``kind``'s attributes by their fields' names in JSON."""
+    return {field.name: field.attr for field in _fields(kind)}
 
 
 @functools.cache
@@ -325,7 +338,7 @@ def _check_type(value: Any, field: _Field, prefix: str) -> None:
 def _check_group(body: dict[str, Any], kind: type[msgspec.Struct], group: OneOf,
                  prefix: str) -> None:
     """Exactly one way of ``group`` given (a field null is one left out), and that way whole."""
-    by_name = {field.name: field for field in _fields(kind)}
+    by_name = _by_name(kind)
     given = [way for way in group.ways if any(body.get(name) is not None for name in way)]
     if len(given) != 1:
         ways = ", or ".join(_way(way, by_name) for way in group.ways)

@@ -833,6 +833,41 @@ def test_serve_answers_over_http_and_stops(
         assert 0 < redis_client.ttl(heartbeat) <= 5
 
 
+def test_a_retry_sent_the_moment_the_answer_arrives_is_a_replay(
+    http_settings: Settings, stack_flags: dict[str, object], requested: TopicReader,
+) -> None:
+    """On the event loop the answer is written before its stored answer reaches Redis; the
+    retry's reservation goes after it, so the retry replays (never a 409), on the same
+    connection or another."""
+    settings = settings_for({**stack_flags, **secret_flags(), "http.port": free_port(),
+                             "topics.requested": http_settings.topics.requested,
+                             "topics.notifications": http_settings.topics.notifications})
+    with serving(settings) as base:
+        port = int(base.rsplit(":", 1)[1])
+        first = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        other = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        before = requested.count()
+
+        def post(connection: http.client.HTTPConnection, key: str,
+                 body: bytes) -> tuple[int, bytes, str | None]:
+            connection.request("POST", "/authorize", body=body, headers={
+                "Content-Type": "application/json", "Idempotency-Key": key})
+            response = connection.getresponse()
+            return response.status, response.read(), response.getheader("Idempotent-Replayed")
+
+        try:
+            for n in range(20):
+                key, body = f"test-{uuid.uuid4()}", json.dumps(card_body(amount=100 + n)).encode()
+                status, answer, replayed = post(first, key, body)
+                assert (status, replayed) == (200, None)
+                again = other if n % 2 else first
+                assert post(again, key, body) == (200, answer, "true")
+        finally:
+            first.close()
+            other.close()
+        assert requested.count() == before + 20
+
+
 def test_healthz_is_503_naming_redis_when_redis_refuses_writes(
     http_settings: Settings, stack_flags: dict[str, object], redis_client: redis.Redis,
 ) -> None:

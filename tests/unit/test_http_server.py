@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from paysim.edge import http_server
 from paysim.edge.http_server import HttpServer
@@ -108,6 +109,14 @@ def raw(port: int, data: bytes, until: bytes = b"", timeout: float = 5) -> bytes
             if until and until in got:
                 break
         return got
+
+
+def test_the_server_runs_on_uvloop_where_it_is_installed() -> None:
+    server = HttpServer(App(), "127.0.0.1", 0, lambda _method, _path: False)
+    try:
+        assert isinstance(server.loop, uvloop.Loop)
+    finally:
+        server.close()
 
 
 def test_keep_alive_requests_on_one_connection_with_their_bodies_and_headers() -> None:
