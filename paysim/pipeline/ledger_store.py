@@ -297,33 +297,46 @@ class LedgerStore:
 
     def _write_group(self, buckets: list[int],
                      writes: list[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
-        """One APPLY call. Its keys start with the group's buckets' holds, then windows; one
-        argument per card describes its changes (APPLY_LUA decodes it), then come its
-        documents and movements: few arguments, as redis-py's packing costs per argument."""
+        """One APPLY call. Its keys are the group's buckets' holds, then windows, then the
+        batch's movement lists (one per bucket, run and window, however many cards file
+        into it), then per card its hash and documents' keys. Its arguments are the TTL, the
+        counts of buckets and lists, and the whole batch's changes as one MessagePack
+        document (_BatchWrite): redis-py packs three arguments rather than three per payment,
+        and the script decodes once rather than a JSON header per card."""
         place = {bucket: i + 1 for i, bucket in enumerate(buckets)}  # Lua's 1-based index
-        keys: list[str] = [*map(holds_key, buckets), *map(windows_key, buckets)]
-        args: list[object] = [self.ttl, len(buckets)]
+        lists: dict[tuple[int, str, int], int] = {}  # (bucket, run, window) -> its index
+        list_rows: list[tuple[int, str, str]] = []
+        card_keys: list[str] = []
+        rows: list[_CardRow] = []
         for card, snapshot, write in writes:
             bucket = bucket_of(card.run_id, card.token)
             width = settlement.window_width(write.window_s)
-            docs = [*(_encode(record) for record in write.records.values()),
-                    *(_encode(answer) for answer in write.answers.values())]
-            keys += _card_keys(card.part, write.records, write.answers)
-            keys += [movements_key(bucket, card.run_id, window) for window in write.movements]
-            # Numbers as text: Lua's numbers are doubles, and microsecond times pass 2^53.
-            header = _CardHeader(
-                v=snapshot.version, b=place[bucket], d=len(docs),
-                i=[str(part) for name, delta in write.increments.items()
-                   for part in (name, delta)],
-                o=[str(part) for member, expires in write.holds_open.items()
-                   for part in (expires, member)],
-                c=sorted(write.holds_closed),
-                w=[(str(window + width), window_member(card.run_id, window), len(moved))
-                   for window, moved in write.movements.items()])
-            args.append(_encode(header))
-            args += docs
-            args += [_encode(move) for moved in write.movements.values() for move in moved]
-        conflicts = self._apply(keys=keys, args=args)
+            docs = [*(_encode(record).decode() for record in write.records.values()),
+                    *(_encode(answer).decode() for answer in write.answers.values())]
+            card_keys += _card_keys(card.part, write.records, write.answers)
+            moves: list[int | list[str]] = []
+            for window, moved in write.movements.items():
+                where = (bucket, card.run_id, window)
+                index = lists.get(where)
+                if index is None:
+                    index = lists[where] = len(lists) + 1
+                    # Numbers as text: Lua's numbers are doubles.
+                    list_rows.append((place[bucket], str(window + width),
+                                      window_member(card.run_id, window)))
+                moves += (index, [_encode(move).decode() for move in moved])
+            rows.append(_CardRow(
+                snapshot.version, place[bucket],
+                [part for name, delta in write.increments.items() for part in (name, delta)],
+                docs,
+                # Expiry times as text: microseconds near 2^53 lose digits as Lua doubles.
+                [part for member, expires in write.holds_open.items()
+                 for part in (str(expires), member)],
+                sorted(write.holds_closed), moves))
+        keys = [*map(holds_key, buckets), *map(windows_key, buckets),
+                *(movements_key(bucket, run_id, window) for bucket, run_id, window in lists),
+                *card_keys]
+        conflicts = self._apply(keys=keys, args=[self.ttl, len(buckets), len(lists),
+                                                 _batch_encode((list_rows, rows))])
         return {writes[int(index) - 1][0] for index in conflicts}
 
     def settle(self, cards: dict[CardRef, CardReads], day: str,
@@ -349,19 +362,23 @@ def _by_bucket(cards: dict[CardRef, CardReads]) -> dict[int, list[CardRef]]:
     return found
 
 
-class _CardHeader(msgspec.Struct):
-    """One card's changes as APPLY_LUA takes them: its version read, its bucket's place in
-    the call, its increments (field, delta, ...), its documents' count, the holds opened
-    (expiry, member, ...) and closed, and per settlement window (end, member, movements'
-    count)."""
+class _CardRow(msgspec.Struct, array_like=True):
+    """One card's changes as APPLY_LUA takes them (an array: [1] is its version read, [2]
+    its bucket's place in the call, and so on): its increments (field, delta, ...), its
+    documents (records, then answers), the holds opened (expiry, member, ...) and closed, and
+    its movements (the batch's list index, then its rows, per settlement window)."""
 
-    v: str
-    b: int
-    i: list[str]
-    d: int
-    o: list[str]
-    c: list[str]
-    w: list[tuple[str, str, int]]
+    version: str
+    bucket: int
+    increments: list[str | int]
+    docs: list[str]
+    holds_open: list[str]
+    holds_closed: list[str]
+    movements: list[int | list[str]]
+
+
+# A batch's write: its movement lists (bucket place, window end, window member), its cards.
+_batch_encode = msgspec.msgpack.Encoder().encode
 
 
 @functools.lru_cache(maxsize=4096)
@@ -481,54 +498,56 @@ return out
 """
 
 # Writes each card's changes if the card's version is the one the batch read (else the card's
-# index is returned, and nothing of it is written). ARGV[2] is the count n of buckets in the
-# call: KEYS[1..n] are their sorted sets of holds, KEYS[n+1..2n] of settlement windows; then
-# per card its hash, its documents' keys (records, answers) and its windows' movement lists.
-# ARGV[1] is the TTL of what is written; then per card its header (_CardHeader, JSON: h.b is
-# its bucket's place among the n), its documents, and its movements window by window.
+# index is returned, and nothing of it is written). ARGV: the TTL of what is written, the
+# count n of buckets in the call, the count m of movement lists, and the batch (MessagePack:
+# the lists' rows, then the cards' rows, as _write_group builds them; text, not bin: this
+# Redis's cmsgpack does not decode bin). KEYS[1..n] are the buckets' sorted sets of holds,
+# KEYS[n+1..2n] of settlement windows, KEYS[2n+1..2n+m] the movement lists; then per card its
+# hash and its documents' keys. Each list's movements are pushed once, after every card: in
+# the cards' order, those of conflicting cards left out.
 APPLY_LUA = """
-local ttl, buckets = ARGV[1], tonumber(ARGV[2])
-local k, a, index = 2 * buckets + 1, 3, 0
-local conflicts = {}
-while a <= #ARGV do
-  index = index + 1
-  local h = cjson.decode(ARGV[a])
-  a = a + 1
-  local card, rows = KEYS[k], 0
-  local holds, windows = KEYS[h.b], KEYS[buckets + h.b]
-  for _, w in ipairs(h.w) do
-    rows = rows + w[3]
-  end
-  if (redis.call('HGET', card, 'ver') or '0') ~= h.v then
+local ttl, buckets, nlists = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local batch = cmsgpack.unpack(ARGV[4])
+local lists, k = batch[1], 2 * buckets + nlists + 1
+local conflicts, pushed = {}, {}
+for index, c in ipairs(batch[2]) do
+  local card, docs = KEYS[k], c[4]
+  if (redis.call('HGET', card, 'ver') or '0') ~= c[1] then
     conflicts[#conflicts + 1] = index
   else
-    for i = 1, #h.i, 2 do
-      redis.call('HINCRBY', card, h.i[i], h.i[i + 1])
+    local inc, opened, moves = c[3], c[5], c[7]
+    for i = 1, #inc, 2 do
+      redis.call('HINCRBY', card, inc[i], inc[i + 1])
     end
     redis.call('HINCRBY', card, 'ver', 1)
     redis.call('EXPIRE', card, ttl)
-    for i = 1, h.d do
-      redis.call('SET', KEYS[k + i], ARGV[a + i - 1], 'EX', ttl)
+    for i = 1, #docs do
+      redis.call('SET', KEYS[k + i], docs[i], 'EX', ttl)
     end
-    for i = 1, #h.o, 2 do
-      redis.call('ZADD', holds, h.o[i], h.o[i + 1])
+    local holds = KEYS[c[2]]
+    for i = 1, #opened, 2 do
+      redis.call('ZADD', holds, opened[i], opened[i + 1])
     end
-    for _, member in ipairs(h.c) do
+    for _, member in ipairs(c[6]) do
       redis.call('ZREM', holds, member)
     end
-    local r = a + h.d
-    for j, w in ipairs(h.w) do
-      local list = KEYS[k + h.d + j]
-      redis.call('ZADD', windows, w[1], w[2])
-      for i = 0, w[3] - 1 do
-        redis.call('RPUSH', list, ARGV[r + i])
+    for i = 1, #moves, 2 do
+      local into = pushed[moves[i]] or {}
+      pushed[moves[i]] = into
+      for _, row in ipairs(moves[i + 1]) do
+        into[#into + 1] = row
       end
-      redis.call('EXPIRE', list, ttl)
-      r = r + w[3]
     end
   end
-  a = a + h.d + rows
-  k = k + 1 + h.d + #h.w
+  k = k + 1 + #docs
+end
+for l, rows in pairs(pushed) do
+  local list, w = KEYS[2 * buckets + l], lists[l]
+  redis.call('ZADD', KEYS[buckets + w[1]], w[2], w[3])
+  for i = 1, #rows, 1000 do  -- unpack's arguments are bounded by Lua's stack
+    redis.call('RPUSH', list, unpack(rows, i, math.min(i + 999, #rows)))
+  end
+  redis.call('EXPIRE', list, ttl)
 end
 return conflicts
 """
