@@ -128,3 +128,19 @@ def test_a_card_whose_version_moved_is_reported_and_not_written(
     assert records[0] is None and records[1] is not None
     assert moves == [fresh.payment_id]
     assert client.hgetall(ledger_store.card_key(run_id, stale.token)) == {b"ver": b"1"}
+
+
+def test_increments_past_a_doubles_whole_numbers_stay_exact(
+        client: redis.Redis, settings: Settings) -> None:
+    # APPLY sums a card's fields in Lua (doubles) and falls back to HINCRBY past 2^53.
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    card = CardRef(run_id, cards.tokenize(PANS[0], KEY))
+    key = ledger_store.card_key(run_id, card.token)
+    client.hset(key, mapping={"big": 2 ** 60, "small": 10, ledger_store.VERSION_FIELD: 4})
+    [(_, snapshot)] = ledger.read({card: ({"EUR"}, set(), set())}, "20261126").items()
+    write = ledger.card_write()
+    write.increments.update({"big": 3, "small": -15, "new": 7})
+    assert ledger.write([(card, snapshot, write)]) == set()
+    assert client.hgetall(key) == {b"big": str(2 ** 60 + 3).encode(), b"small": b"-5",
+                                   b"new": b"7", b"ver": b"5"}
