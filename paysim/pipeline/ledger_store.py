@@ -300,43 +300,46 @@ class LedgerStore:
         """One APPLY call. Its keys are the group's buckets' holds, then windows, then the
         batch's movement lists (one per bucket, run and window, however many cards file
         into it), then per card its hash and documents' keys. Its arguments are the TTL, the
-        counts of buckets and lists, and the whole batch's changes as one MessagePack
-        document (_BatchWrite): redis-py packs three arguments rather than three per payment,
-        and the script decodes once rather than a JSON header per card."""
+        counts of buckets and lists, and the whole batch's changes as one flat MessagePack
+        array (APPLY_LUA walks it): redis-py packs four arguments rather than three per
+        payment, and the script decodes one array, not a JSON header per card (nested
+        arrays per card cost the script half as much again to decode)."""
         place = {bucket: i + 1 for i, bucket in enumerate(buckets)}  # Lua's 1-based index
         lists: dict[tuple[int, str, int], int] = {}  # (bucket, run, window) -> its index
-        list_rows: list[tuple[int, str, str]] = []
+        list_rows: list[object] = []  # per list: bucket place, window end, window member
         card_keys: list[str] = []
-        rows: list[_CardRow] = []
+        cards: list[object] = []
         for card, snapshot, write in writes:
             bucket = bucket_of(card.run_id, card.token)
             width = settlement.window_width(write.window_s)
-            docs = [*(_encode(record).decode() for record in write.records.values()),
-                    *(_encode(answer).decode() for answer in write.answers.values())]
             card_keys += _card_keys(card.part, write.records, write.answers)
-            moves: list[int | list[str]] = []
+            # Amounts as numbers: a batch's sums are far below 2^53, a double's whole numbers.
+            cards += (snapshot.version, place[bucket], len(write.increments))
+            for name, delta in write.increments.items():
+                cards += (name, delta)
+            cards.append(len(write.records) + len(write.answers))
+            cards += [_encode(record).decode() for record in write.records.values()]
+            cards += [_encode(answer).decode() for answer in write.answers.values()]
+            cards.append(len(write.holds_open))
+            for member, expires in write.holds_open.items():
+                cards += (str(expires), member)  # text: microseconds near 2^53
+            cards.append(len(write.holds_closed))
+            cards += sorted(write.holds_closed)
+            cards.append(len(write.movements))
             for window, moved in write.movements.items():
                 where = (bucket, card.run_id, window)
                 index = lists.get(where)
                 if index is None:
                     index = lists[where] = len(lists) + 1
-                    # Numbers as text: Lua's numbers are doubles.
-                    list_rows.append((place[bucket], str(window + width),
-                                      window_member(card.run_id, window)))
-                moves += (index, [_encode(move).decode() for move in moved])
-            rows.append(_CardRow(
-                snapshot.version, place[bucket],
-                [part for name, delta in write.increments.items() for part in (name, delta)],
-                docs,
-                # Expiry times as text: microseconds near 2^53 lose digits as Lua doubles.
-                [part for member, expires in write.holds_open.items()
-                 for part in (str(expires), member)],
-                sorted(write.holds_closed), moves))
+                    list_rows += (place[bucket], str(window + width),
+                                  window_member(card.run_id, window))
+                cards += (index, len(moved))
+                cards += [_encode(move).decode() for move in moved]
         keys = [*map(holds_key, buckets), *map(windows_key, buckets),
                 *(movements_key(bucket, run_id, window) for bucket, run_id, window in lists),
                 *card_keys]
         conflicts = self._apply(keys=keys, args=[self.ttl, len(buckets), len(lists),
-                                                 _batch_encode((list_rows, rows))])
+                                                 _batch_encode([*list_rows, *cards])])
         return {writes[int(index) - 1][0] for index in conflicts}
 
     def settle(self, cards: dict[CardRef, CardReads], day: str,
@@ -360,21 +363,6 @@ def _by_bucket(cards: dict[CardRef, CardReads]) -> dict[int, list[CardRef]]:
     for card in cards:
         found.setdefault(bucket_of(card.run_id, card.token), []).append(card)
     return found
-
-
-class _CardRow(msgspec.Struct, array_like=True):
-    """One card's changes as APPLY_LUA takes them (an array: [1] is its version read, [2]
-    its bucket's place in the call, and so on): its increments (field, delta, ...), its
-    documents (records, then answers), the holds opened (expiry, member, ...) and closed, and
-    its movements (the batch's list index, then its rows, per settlement window)."""
-
-    version: str
-    bucket: int
-    increments: list[str | int]
-    docs: list[str]
-    holds_open: list[str]
-    holds_closed: list[str]
-    movements: list[int | list[str]]
 
 
 # What the READ and APPLY scripts take, one document a call: MessagePack, which the scripts
@@ -501,65 +489,89 @@ return out
 
 # Writes each card's changes if the card's version is the one the batch read (else the card's
 # index is returned, and nothing of it is written). ARGV: the TTL of what is written, the
-# count n of buckets in the call, the count m of movement lists, and the batch (MessagePack:
-# the lists' rows, then the cards' rows, as _write_group builds them; text, not bin: this
-# Redis's cmsgpack does not decode bin). KEYS[1..n] are the buckets' sorted sets of holds,
-# KEYS[n+1..2n] of settlement windows, KEYS[2n+1..2n+m] the movement lists; then per card its
-# hash and its documents' keys. A card's version and the fields it increments are read with
-# one HMGET and written back summed with one HSET: two calls, not one HINCRBY a field (each
-# call a script makes costs Redis about a microsecond). Each list's movements are pushed once,
-# after every card: in the cards' order, those of conflicting cards left out.
+# count n of buckets in the call, the count m of movement lists, and the batch as one flat
+# MessagePack array of text and numbers (text, not bin: this Redis's cmsgpack does not decode
+# bin): per list its bucket's place, window end and window member; then per card its version
+# read, its bucket's place, the count of its increments and each (field, delta), the count of
+# its documents and each, of its holds opened and each (expiry, member), of those closed and
+# each, of its windows and per window (list index, count of movements, the movements).
+# KEYS[1..n] are the buckets' sorted sets of holds, KEYS[n+1..2n] of settlement windows,
+# KEYS[2n+1..2n+m] the movement lists; then per card its hash and its documents' keys. A
+# card's version and the fields it increments are read with one HMGET and written back summed
+# with one HSET: two calls, not one HINCRBY a field (each call a script makes costs Redis
+# about a microsecond). Each list's movements are pushed once, after every card: in the
+# cards' order, those of conflicting cards left out.
 APPLY_LUA = """
 local ttl, buckets, nlists = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local batch = cmsgpack.unpack(ARGV[4])
-local lists, k = batch[1], 2 * buckets + nlists + 1
+local t = cmsgpack.unpack(ARGV[4])
+local lists, p = {}, 1
+for l = 1, nlists do
+  lists[l] = {t[p], t[p + 1], t[p + 2]}
+  p = p + 3
+end
+local k, index = 2 * buckets + nlists + 1, 0
 local conflicts, pushed = {}, {}
 local SAFE = 2 ^ 53  -- integers up to here are exact in Lua's doubles
-for index, c in ipairs(batch[2]) do
-  local card, docs, inc = KEYS[k], c[4], c[3]
-  local fields = {'ver'}
-  for i = 1, #inc, 2 do
-    fields[#fields + 1] = inc[i]
+while p <= #t do
+  index = index + 1
+  local card, version, holds, nfields = KEYS[k], t[p], KEYS[t[p + 1]], t[p + 2]
+  p = p + 3
+  local fields, deltas = {'ver'}, {}
+  for i = 1, nfields do
+    fields[i + 1], deltas[i + 1] = t[p], t[p + 1]
+    p = p + 2
   end
+  local ndocs = t[p]
+  local docs = p + 1
+  p = docs + ndocs
+  local opened = p + 1
+  p = opened + 2 * t[p]
+  local closed = p + 1
+  p = closed + t[p]
+  local windows = t[p]
+  p = p + 1
   local now = redis.call('HMGET', card, unpack(fields))
-  if (now[1] or '0') ~= c[1] then
-    conflicts[#conflicts + 1] = index
-  else
-    local opened, moves = c[5], c[7]
+  local fresh = (now[1] or '0') == version
+  if fresh then
     local sums = {'ver', (tonumber(now[1]) or 0) + 1}
     for j = 2, #fields do
       local sum = tonumber(now[j] or '0')
       if sum then
-        sum = sum + inc[2 * j - 2]
+        sum = sum + deltas[j]
       end
       if sum and math.abs(sum) < SAFE then
         sums[#sums + 1] = fields[j]
         sums[#sums + 1] = sum
       else  -- not a whole number a double holds exactly: Redis's own 64-bit HINCRBY
-        redis.call('HINCRBY', card, fields[j], inc[2 * j - 2])
+        redis.call('HINCRBY', card, fields[j], deltas[j])
       end
     end
     redis.call('HSET', card, unpack(sums))
     redis.call('EXPIRE', card, ttl)
-    for i = 1, #docs do
-      redis.call('SET', KEYS[k + i], docs[i], 'EX', ttl)
+    for i = 1, ndocs do
+      redis.call('SET', KEYS[k + i], t[docs + i - 1], 'EX', ttl)
     end
-    local holds = KEYS[c[2]]
-    for i = 1, #opened, 2 do
-      redis.call('ZADD', holds, opened[i], opened[i + 1])
+    for i = opened, closed - 2, 2 do
+      redis.call('ZADD', holds, t[i], t[i + 1])
     end
-    for _, member in ipairs(c[6]) do
-      redis.call('ZREM', holds, member)
+    for i = closed, p - 2 do
+      redis.call('ZREM', holds, t[i])
     end
-    for i = 1, #moves, 2 do
-      local into = pushed[moves[i]] or {}
-      pushed[moves[i]] = into
-      for _, row in ipairs(moves[i + 1]) do
-        into[#into + 1] = row
+  else
+    conflicts[#conflicts + 1] = index
+  end
+  for _ = 1, windows do
+    local list, rows = t[p], t[p + 1]
+    if fresh then
+      local into = pushed[list] or {}
+      pushed[list] = into
+      for i = p + 2, p + 1 + rows do
+        into[#into + 1] = t[i]
       end
     end
+    p = p + 2 + rows
   end
-  k = k + 1 + #docs
+  k = k + 1 + ndocs
 end
 for l, rows in pairs(pushed) do
   local list, w = KEYS[2 * buckets + l], lists[l]

@@ -130,6 +130,28 @@ def test_a_card_whose_version_moved_is_reported_and_not_written(
     assert client.hgetall(ledger_store.card_key(run_id, stale.token)) == {b"ver": b"1"}
 
 
+def test_holds_opened_and_closed_by_a_write(client: redis.Redis, settings: Settings) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    card = CardRef(run_id, cards.tokenize(PANS[1], KEY))
+    holds = ledger_store.holds_key(shard_store.bucket_of(run_id, card.token))
+    expiry = 2 ** 53 - 1  # a time in µs near the end of a double's whole numbers
+
+    def write(opened: dict[str, int], closed: set[str]) -> None:
+        [(_, snapshot)] = ledger.read({card: ({"EUR"}, set(), set())}, "20261126").items()
+        changes = ledger.card_write()
+        changes.holds_open.update(opened)
+        changes.holds_closed.update(closed)
+        assert ledger.write([(card, snapshot, changes)]) == set()
+
+    write({f"{run_id}-a": expiry, f"{run_id}-b": 5}, set())
+    assert client.zscore(holds, f"{run_id}-a") == expiry
+    assert client.zscore(holds, f"{run_id}-b") == 5
+    write({}, {f"{run_id}-a", f"{run_id}-b"})
+    assert client.zscore(holds, f"{run_id}-a") is None
+    assert client.zscore(holds, f"{run_id}-b") is None
+
+
 def test_increments_past_a_doubles_whole_numbers_stay_exact(
         client: redis.Redis, settings: Settings) -> None:
     # APPLY sums a card's fields in Lua (doubles) and falls back to HINCRBY past 2^53.
