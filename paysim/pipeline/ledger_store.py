@@ -43,6 +43,7 @@ from paysim.pipeline.shard_store import bucket_of, tag
 
 VERSION_FIELD = "ver"
 MAX_TRIES = 5
+_SAFE = 2 ** 53  # whole numbers up to here are exact as Lua's numbers (doubles)
 
 
 def _card(run_id: str, token: str) -> str:
@@ -313,10 +314,11 @@ class LedgerStore:
             bucket = bucket_of(card.run_id, card.token)
             width = settlement.window_width(write.window_s)
             card_keys += _card_keys(card.part, write.records, write.answers)
-            # Amounts as numbers: a batch's sums are far below 2^53, a double's whole numbers.
             cards += (snapshot.version, place[bucket], len(write.increments))
             for name, delta in write.increments.items():
-                cards += (name, delta)
+                # A delta past a double's whole numbers as text: the script leaves it to
+                # HINCRBY (limits keep real ones far below).
+                cards += (name, delta if -_SAFE < delta < _SAFE else str(delta))
             cards.append(len(write.records) + len(write.answers))
             cards += [_encode(record).decode() for record in write.records.values()]
             cards += [_encode(answer).decode() for answer in write.answers.values()]
@@ -467,9 +469,9 @@ def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:
 
 # Reads a batch's cards. ARGV[1]: per card (MessagePack: cheaper for the script to decode than
 # JSON) the counts of its records and answers and the fields of its hash to read (nil: all of
-# it); KEYS: per card its hash, then the records'
-# and answers' keys. Returns per card the fields (HMGET) or the whole hash (HGETALL, flat),
-# then each record and answer (nil when missing).
+# it); KEYS: per card its hash, then the records' and answers' keys. Returns per card the
+# fields (HMGET) or the whole hash (HGETALL, flat), then each record and answer (nil when
+# missing).
 READ_LUA = """
 local out, k = {}, 1
 for _, card in ipairs(cmsgpack.unpack(ARGV[1])) do
@@ -535,15 +537,13 @@ while p <= #t do
   if fresh then
     local sums = {'ver', (tonumber(now[1]) or 0) + 1}
     for j = 2, #fields do
-      local sum = tonumber(now[j] or '0')
-      if sum then
-        sum = sum + deltas[j]
-      end
-      if sum and math.abs(sum) < SAFE then
+      local delta, sum = deltas[j], tonumber(now[j] or '0')
+      if type(delta) == 'number' and sum and sum == math.floor(sum)
+          and math.abs(sum) < SAFE and math.abs(sum + delta) < SAFE then
         sums[#sums + 1] = fields[j]
-        sums[#sums + 1] = sum
-      else  -- not a whole number a double holds exactly: Redis's own 64-bit HINCRBY
-        redis.call('HINCRBY', card, fields[j], deltas[j])
+        sums[#sums + 1] = sum + delta
+      else  -- not whole numbers a double holds exactly: Redis's own 64-bit HINCRBY
+        redis.call('HINCRBY', card, fields[j], delta)
       end
     end
     redis.call('HSET', card, unpack(sums))

@@ -159,10 +159,13 @@ def test_increments_past_a_doubles_whole_numbers_stay_exact(
     ledger = LedgerStore.for_settings(client, settings)
     card = CardRef(run_id, cards.tokenize(PANS[0], KEY))
     key = ledger_store.card_key(run_id, card.token)
-    client.hset(key, mapping={"big": 2 ** 60, "small": 10, ledger_store.VERSION_FIELD: 4})
+    client.hset(key, mapping={"big": 2 ** 60, "edge": 2 ** 53 + 1, "cancels": -(2 ** 60),
+                              "small": 10, ledger_store.VERSION_FIELD: 4})
     [(_, snapshot)] = ledger.read({card: ({"EUR"}, set(), set())}, "20261126").items()
     write = ledger.card_write()
-    write.increments.update({"big": 3, "small": -15, "new": 7})
+    write.increments.update({"big": 3, "edge": -10, "cancels": 2 ** 60 + 3, "small": -15,
+                             "new": 7})
     assert ledger.write([(card, snapshot, write)]) == set()
-    assert client.hgetall(key) == {b"big": str(2 ** 60 + 3).encode(), b"small": b"-5",
-                                   b"new": b"7", b"ver": b"5"}
+    assert client.hgetall(key) == {
+        b"big": str(2 ** 60 + 3).encode(), b"edge": str(2 ** 53 - 9).encode(),
+        b"cancels": b"3", b"small": b"-5", b"new": b"7", b"ver": b"5"}
