@@ -43,6 +43,7 @@ from paysim.pipeline.shard_store import bucket_of, tag
 
 VERSION_FIELD = "ver"
 MAX_TRIES = 5
+_SAFE = 2 ** 53  # whole numbers up to here are exact as Lua's numbers (doubles)
 
 
 def _card(run_id: str, token: str) -> str:
@@ -261,7 +262,7 @@ class LedgerStore:
             keys += _card_keys(card.part, payments_l, ops_l)
             spec.append((len(payments_l), len(ops_l), fields))
             plan.append((card, currencies_l, payments_l, ops_l))
-        replies = iter(self._read(keys=keys, args=[_encode(spec)]))
+        replies = iter(self._read(keys=keys, args=[_batch_encode(spec)]))
         snapshots = {}
         for card, currencies_l, payments_l, ops_l in plan:
             if currencies_l is None:
@@ -297,33 +298,50 @@ class LedgerStore:
 
     def _write_group(self, buckets: list[int],
                      writes: list[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
-        """One APPLY call. Its keys start with the group's buckets' holds, then windows; one
-        argument per card describes its changes (APPLY_LUA decodes it), then come its
-        documents and movements: few arguments, as redis-py's packing costs per argument."""
+        """One APPLY call. Its keys are the group's buckets' holds, then windows, then the
+        batch's movement lists (one per bucket, run and window, however many cards file
+        into it), then per card its hash and documents' keys. Its arguments are the TTL, the
+        counts of buckets and lists, and the whole batch's changes as one flat MessagePack
+        array (APPLY_LUA walks it): redis-py packs four arguments rather than three per
+        payment, and the script decodes one array, not a JSON header per card (nested
+        arrays per card cost the script half as much again to decode)."""
         place = {bucket: i + 1 for i, bucket in enumerate(buckets)}  # Lua's 1-based index
-        keys: list[str] = [*map(holds_key, buckets), *map(windows_key, buckets)]
-        args: list[object] = [self.ttl, len(buckets)]
+        lists: dict[tuple[int, str, int], int] = {}  # (bucket, run, window) -> its index
+        list_rows: list[object] = []  # per list: bucket place, window end, window member
+        card_keys: list[str] = []
+        cards: list[object] = []
         for card, snapshot, write in writes:
             bucket = bucket_of(card.run_id, card.token)
             width = settlement.window_width(write.window_s)
-            docs = [*(_encode(record) for record in write.records.values()),
-                    *(_encode(answer) for answer in write.answers.values())]
-            keys += _card_keys(card.part, write.records, write.answers)
-            keys += [movements_key(bucket, card.run_id, window) for window in write.movements]
-            # Numbers as text: Lua's numbers are doubles, and microsecond times pass 2^53.
-            header = _CardHeader(
-                v=snapshot.version, b=place[bucket], d=len(docs),
-                i=[str(part) for name, delta in write.increments.items()
-                   for part in (name, delta)],
-                o=[str(part) for member, expires in write.holds_open.items()
-                   for part in (expires, member)],
-                c=sorted(write.holds_closed),
-                w=[(str(window + width), window_member(card.run_id, window), len(moved))
-                   for window, moved in write.movements.items()])
-            args.append(_encode(header))
-            args += docs
-            args += [_encode(move) for moved in write.movements.values() for move in moved]
-        conflicts = self._apply(keys=keys, args=args)
+            card_keys += _card_keys(card.part, write.records, write.answers)
+            cards += (snapshot.version, place[bucket], len(write.increments))
+            for name, delta in write.increments.items():
+                # A delta past a double's whole numbers as text: the script leaves it to
+                # HINCRBY (limits keep real ones far below).
+                cards += (name, delta if -_SAFE < delta < _SAFE else str(delta))
+            cards.append(len(write.records) + len(write.answers))
+            cards += [_encode(record).decode() for record in write.records.values()]
+            cards += [_encode(answer).decode() for answer in write.answers.values()]
+            cards.append(len(write.holds_open))
+            for member, expires in write.holds_open.items():
+                cards += (str(expires), member)  # text: microseconds near 2^53
+            cards.append(len(write.holds_closed))
+            cards += sorted(write.holds_closed)
+            cards.append(len(write.movements))
+            for window, moved in write.movements.items():
+                where = (bucket, card.run_id, window)
+                index = lists.get(where)
+                if index is None:
+                    index = lists[where] = len(lists) + 1
+                    list_rows += (place[bucket], str(window + width),
+                                  window_member(card.run_id, window))
+                cards += (index, len(moved))
+                cards += [_encode(move).decode() for move in moved]
+        keys = [*map(holds_key, buckets), *map(windows_key, buckets),
+                *(movements_key(bucket, run_id, window) for bucket, run_id, window in lists),
+                *card_keys]
+        conflicts = self._apply(keys=keys, args=[self.ttl, len(buckets), len(lists),
+                                                 _batch_encode([*list_rows, *cards])])
         return {writes[int(index) - 1][0] for index in conflicts}
 
     def settle(self, cards: dict[CardRef, CardReads], day: str,
@@ -349,19 +367,9 @@ def _by_bucket(cards: dict[CardRef, CardReads]) -> dict[int, list[CardRef]]:
     return found
 
 
-class _CardHeader(msgspec.Struct):
-    """One card's changes as APPLY_LUA takes them: its version read, its bucket's place in
-    the call, its increments (field, delta, ...), its documents' count, the holds opened
-    (expiry, member, ...) and closed, and per settlement window (end, member, movements'
-    count)."""
-
-    v: str
-    b: int
-    i: list[str]
-    d: int
-    o: list[str]
-    c: list[str]
-    w: list[tuple[str, str, int]]
+# What the READ and APPLY scripts take, one document a call: MessagePack, which the scripts
+# decode for less than JSON (cmsgpack against cjson) and redis-py packs as one argument.
+_batch_encode = msgspec.msgpack.Encoder().encode
 
 
 @functools.lru_cache(maxsize=4096)
@@ -459,15 +467,16 @@ def _maybe(raw: bytes | None, decoder: msgspec.json.Decoder) -> object:
     return None if raw is None else decoder.decode(raw)
 
 
-# Reads a batch's cards. ARGV[1]: per card (JSON) the counts of its records and answers and
-# the fields of its hash to read (null: all of it); KEYS: per card its hash, then the records'
-# and answers' keys. Returns per card the fields (HMGET) or the whole hash (HGETALL, flat),
-# then each record and answer (nil when missing).
+# Reads a batch's cards. ARGV[1]: per card (MessagePack: cheaper for the script to decode than
+# JSON) the counts of its records and answers and the fields of its hash to read (nil: all of
+# it); KEYS: per card its hash, then the records' and answers' keys. Returns per card the
+# fields (HMGET) or the whole hash (HGETALL, flat), then each record and answer (nil when
+# missing).
 READ_LUA = """
 local out, k = {}, 1
-for _, card in ipairs(cjson.decode(ARGV[1])) do
+for _, card in ipairs(cmsgpack.unpack(ARGV[1])) do
   local fields = card[3]
-  if fields == cjson.null then
+  if fields == nil then
     out[#out + 1] = redis.call('HGETALL', KEYS[k])
   else
     out[#out + 1] = redis.call('HMGET', KEYS[k], unpack(fields))
@@ -481,54 +490,96 @@ return out
 """
 
 # Writes each card's changes if the card's version is the one the batch read (else the card's
-# index is returned, and nothing of it is written). ARGV[2] is the count n of buckets in the
-# call: KEYS[1..n] are their sorted sets of holds, KEYS[n+1..2n] of settlement windows; then
-# per card its hash, its documents' keys (records, answers) and its windows' movement lists.
-# ARGV[1] is the TTL of what is written; then per card its header (_CardHeader, JSON: h.b is
-# its bucket's place among the n), its documents, and its movements window by window.
+# index is returned, and nothing of it is written). ARGV: the TTL of what is written, the
+# count n of buckets in the call, the count m of movement lists, and the batch as one flat
+# MessagePack array of text and numbers (text, not bin: this Redis's cmsgpack does not decode
+# bin): per list its bucket's place, window end and window member; then per card its version
+# read, its bucket's place, the count of its increments and each (field, delta), the count of
+# its documents and each, of its holds opened and each (expiry, member), of those closed and
+# each, of its windows and per window (list index, count of movements, the movements).
+# KEYS[1..n] are the buckets' sorted sets of holds, KEYS[n+1..2n] of settlement windows,
+# KEYS[2n+1..2n+m] the movement lists; then per card its hash and its documents' keys. A
+# card's version and the fields it increments are read with one HMGET and written back summed
+# with one HSET: two calls, not one HINCRBY a field (each call a script makes costs Redis
+# about a microsecond). Each list's movements are pushed once, after every card: in the
+# cards' order, those of conflicting cards left out.
 APPLY_LUA = """
-local ttl, buckets = ARGV[1], tonumber(ARGV[2])
-local k, a, index = 2 * buckets + 1, 3, 0
-local conflicts = {}
-while a <= #ARGV do
+local ttl, buckets, nlists = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = cmsgpack.unpack(ARGV[4])
+local lists, p = {}, 1
+for l = 1, nlists do
+  lists[l] = {t[p], t[p + 1], t[p + 2]}
+  p = p + 3
+end
+local k, index = 2 * buckets + nlists + 1, 0
+local conflicts, pushed = {}, {}
+local SAFE = 2 ^ 53  -- integers up to here are exact in Lua's doubles
+while p <= #t do
   index = index + 1
-  local h = cjson.decode(ARGV[a])
-  a = a + 1
-  local card, rows = KEYS[k], 0
-  local holds, windows = KEYS[h.b], KEYS[buckets + h.b]
-  for _, w in ipairs(h.w) do
-    rows = rows + w[3]
+  local card, version, holds, nfields = KEYS[k], t[p], KEYS[t[p + 1]], t[p + 2]
+  p = p + 3
+  local fields, deltas = {'ver'}, {}
+  for i = 1, nfields do
+    fields[i + 1], deltas[i + 1] = t[p], t[p + 1]
+    p = p + 2
   end
-  if (redis.call('HGET', card, 'ver') or '0') ~= h.v then
-    conflicts[#conflicts + 1] = index
-  else
-    for i = 1, #h.i, 2 do
-      redis.call('HINCRBY', card, h.i[i], h.i[i + 1])
-    end
-    redis.call('HINCRBY', card, 'ver', 1)
-    redis.call('EXPIRE', card, ttl)
-    for i = 1, h.d do
-      redis.call('SET', KEYS[k + i], ARGV[a + i - 1], 'EX', ttl)
-    end
-    for i = 1, #h.o, 2 do
-      redis.call('ZADD', holds, h.o[i], h.o[i + 1])
-    end
-    for _, member in ipairs(h.c) do
-      redis.call('ZREM', holds, member)
-    end
-    local r = a + h.d
-    for j, w in ipairs(h.w) do
-      local list = KEYS[k + h.d + j]
-      redis.call('ZADD', windows, w[1], w[2])
-      for i = 0, w[3] - 1 do
-        redis.call('RPUSH', list, ARGV[r + i])
+  local ndocs = t[p]
+  local docs = p + 1
+  p = docs + ndocs
+  local opened = p + 1
+  p = opened + 2 * t[p]
+  local closed = p + 1
+  p = closed + t[p]
+  local windows = t[p]
+  p = p + 1
+  local now = redis.call('HMGET', card, unpack(fields))
+  local fresh = (now[1] or '0') == version
+  if fresh then
+    local sums = {'ver', (tonumber(now[1]) or 0) + 1}
+    for j = 2, #fields do
+      local delta, sum = deltas[j], tonumber(now[j] or '0')
+      if type(delta) == 'number' and sum and sum == math.floor(sum)
+          and math.abs(sum) < SAFE and math.abs(sum + delta) < SAFE then
+        sums[#sums + 1] = fields[j]
+        sums[#sums + 1] = sum + delta
+      else  -- not whole numbers a double holds exactly: Redis's own 64-bit HINCRBY
+        redis.call('HINCRBY', card, fields[j], delta)
       end
-      redis.call('EXPIRE', list, ttl)
-      r = r + w[3]
     end
+    redis.call('HSET', card, unpack(sums))
+    redis.call('EXPIRE', card, ttl)
+    for i = 1, ndocs do
+      redis.call('SET', KEYS[k + i], t[docs + i - 1], 'EX', ttl)
+    end
+    for i = opened, closed - 2, 2 do
+      redis.call('ZADD', holds, t[i], t[i + 1])
+    end
+    for i = closed, p - 2 do
+      redis.call('ZREM', holds, t[i])
+    end
+  else
+    conflicts[#conflicts + 1] = index
   end
-  a = a + h.d + rows
-  k = k + 1 + h.d + #h.w
+  for _ = 1, windows do
+    local list, rows = t[p], t[p + 1]
+    if fresh then
+      local into = pushed[list] or {}
+      pushed[list] = into
+      for i = p + 2, p + 1 + rows do
+        into[#into + 1] = t[i]
+      end
+    end
+    p = p + 2 + rows
+  end
+  k = k + 1 + ndocs
+end
+for l, rows in pairs(pushed) do
+  local list, w = KEYS[2 * buckets + l], lists[l]
+  redis.call('ZADD', KEYS[buckets + w[1]], w[2], w[3])
+  for i = 1, #rows, 1000 do  -- unpack's arguments are bounded by Lua's stack
+    redis.call('RPUSH', list, unpack(rows, i, math.min(i + 999, #rows)))
+  end
+  redis.call('EXPIRE', list, ttl)
 end
 return conflicts
 """

@@ -5,13 +5,13 @@ steps to run without a broker or a redis-server, and a record of every call to a
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
     TIMESTAMP_NOT_AVAILABLE,
@@ -500,7 +500,7 @@ class FakeScript:
         """The ledger's READ script on this client's hashes and strings."""
         out: list[Any] = []
         at = 0
-        for records, answers, fields in json.loads(args[0]):
+        for records, answers, fields in msgspec.msgpack.decode(args[0]):
             stored = self.client.hashes.get(keys[at], {})
             if fields is None:
                 out.append([part for pair in stored.items() for part in pair])

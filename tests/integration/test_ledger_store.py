@@ -1,0 +1,171 @@
+"""The ledger's APPLY script on a real redis-server: what a processor batch leaves in Redis
+(records, balanced books, one settlement movement per capture, filed under its window), that a
+replayed batch posts nothing twice, and that a card whose version moved is left untouched
+while the others of its call are written."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from paysim.domain import cards, lifecycle
+from paysim.domain.messages import AUTHORIZED, REQUESTED, Merchant, PaymentAuthorized, now_us
+from paysim.infra.config import Settings
+from paysim.pipeline import ledger_store, settlement_store, shard_store, store
+from paysim.pipeline.ledger_store import CardRef, LedgerStore
+from paysim.pipeline.processor import Processor
+from paysim.pipeline.registry import PROCESSOR
+from tests.helpers import settings_for
+
+MERCHANT = Merchant(id="m00001", name="Acme Groceries", mcc="5411", country="US")
+KEY = b"k" * 32
+PANS = ["4111111111111111", "5555555555554444", "4000056655665556"]
+
+
+@pytest.fixture
+def client(local_stack, settings: Settings) -> Iterator[redis.Redis]:
+    connected = store.connect_answering(settings)
+    yield connected
+    connected.close()
+
+
+def authorized(run_id: str, pan: str, amount: int, currency: str) -> PaymentAuthorized:
+    return PaymentAuthorized(
+        payment_id=str(uuid.uuid4()), run_id=run_id, amount=amount, currency=currency,
+        merchant=MERCHANT, stages={REQUESTED: 1, AUTHORIZED: 2},
+        token=cards.tokenize(pan, KEY), masked_pan=cards.mask(pan), network="visa",
+        exp_month=12, exp_year=2040)
+
+
+def authorization(item: PaymentAuthorized) -> lifecycle.Authorization:
+    return lifecycle.Authorization(
+        payment_id=item.payment_id, run_id=item.run_id, token=item.token, amount=item.amount,
+        currency=item.currency, merchant_id=item.merchant.id, network=item.network,
+        capture=item.capture, partial_approval=False, credit_limit=1_000_000,
+        daily_limit=1_000_000, callback_url=None)
+
+
+def run_batch(service: Processor, client: redis.Redis, items: list[PaymentAuthorized]) -> None:
+    """prepare, decide and finish one batch, as the service loop does."""
+    pipe = client.pipeline(transaction=False)
+    service.prepare(items)
+    for item in items:
+        service.decide(item, pipe)
+    service.finish(pipe)
+    pipe.execute()
+
+
+def ledger_state(client: redis.Redis, run_id: str,
+                 items: list[PaymentAuthorized]) -> tuple[object, ...]:
+    # The books without their version: a replayed batch's cards are written back unchanged,
+    # which moves the version (as any write does) and nothing else.
+    version = ledger_store.VERSION_FIELD.encode()
+    books = {item.token: {name: value for name, value in
+                          client.hgetall(ledger_store.card_key(run_id, item.token)).items()
+                          if name != version} for item in items}
+    records = [ledger_store.read_record(client, run_id, item.token, item.payment_id)
+               for item in items]
+    moves = sorted(move.payment_id for move in settlement_store.unsettled(client, run_id))
+    return books, records, moves
+
+
+def test_a_batch_writes_balanced_books_records_and_one_movement_per_capture(
+        client: redis.Redis, service_flags: dict[str, object]) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    # No random issuer answers: every payment goes to the ledger.
+    settings = settings_for({**service_flags, "issuer.decline_rate": 0, "issuer.fault_rate": 0})
+    service = PROCESSOR.build(settings, client)
+    assert isinstance(service, Processor)
+    # Two payments on one card (its second sees the first's), then more cards than buckets
+    # (so some share a bucket's movement list) in three currencies.
+    others = [cards.luhn_complete(f"4{n:014d}") for n in range(1, 2 * shard_store.BUCKETS)]
+    items = [authorized(run_id, PANS[0], 1_000, "EUR"), authorized(run_id, PANS[0], 2_500, "EUR"),
+             *(authorized(run_id, pan, 700 + n, ("USD", "JPY", "EUR")[n % 3])
+               for n, pan in enumerate(others))]
+    run_batch(service, client, items)
+
+    books, records, moves = ledger_state(client, run_id, items)
+    for item, record in zip(items, records, strict=True):
+        assert record is not None and record.captured == item.amount
+    assert len(books) == len(items) - 1
+    for raw in books.values():
+        book = ledger_store.book_from_hash(raw)
+        assert book.lines and list(book.unbalanced()) == []
+    assert ledger_store.book_from_hash(books[items[0].token]).balance(
+        "card", "EUR") == -3_500
+    assert moves == sorted(item.payment_id for item in items)
+
+    # The same batch again (a redelivery): nothing is posted twice.
+    run_batch(service, client, items)
+    assert ledger_state(client, run_id, items) == (books, records, moves)
+
+
+def test_a_card_whose_version_moved_is_reported_and_not_written(
+        client: redis.Redis, settings: Settings) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    stale, fresh = (authorized(run_id, pan, 1_234, "EUR") for pan in PANS[:2])
+    cards_read = {CardRef(run_id, item.token): ({"EUR"}, {item.payment_id}, set())
+                  for item in (stale, fresh)}
+    snapshots = ledger.read(cards_read, "20261126")
+    writes = []
+    for card, snapshot in snapshots.items():
+        item = stale if card.token == stale.token else fresh
+        write = ledger.card_write()
+        change = lifecycle.authorize(authorization(item), None, snapshot.funds("EUR"),
+                                     now_us(), 3_600_000_000)
+        snapshot.take(change)
+        write.take(change, None, "20261126")
+        writes.append((card, snapshot, write))
+    # Another writer changes the stale card between the read and the write.
+    client.hincrby(ledger_store.card_key(run_id, stale.token), ledger_store.VERSION_FIELD, 1)
+
+    assert ledger.write(writes) == {CardRef(run_id, stale.token)}
+    _, records, moves = ledger_state(client, run_id, [stale, fresh])
+    assert records[0] is None and records[1] is not None
+    assert moves == [fresh.payment_id]
+    assert client.hgetall(ledger_store.card_key(run_id, stale.token)) == {b"ver": b"1"}
+
+
+def test_holds_opened_and_closed_by_a_write(client: redis.Redis, settings: Settings) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    card = CardRef(run_id, cards.tokenize(PANS[1], KEY))
+    holds = ledger_store.holds_key(shard_store.bucket_of(run_id, card.token))
+    expiry = 2 ** 53 - 1  # a time in µs near the end of a double's whole numbers
+
+    def write(opened: dict[str, int], closed: set[str]) -> None:
+        [(_, snapshot)] = ledger.read({card: ({"EUR"}, set(), set())}, "20261126").items()
+        changes = ledger.card_write()
+        changes.holds_open.update(opened)
+        changes.holds_closed.update(closed)
+        assert ledger.write([(card, snapshot, changes)]) == set()
+
+    write({f"{run_id}-a": expiry, f"{run_id}-b": 5}, set())
+    assert client.zscore(holds, f"{run_id}-a") == expiry
+    assert client.zscore(holds, f"{run_id}-b") == 5
+    write({}, {f"{run_id}-a", f"{run_id}-b"})
+    assert client.zscore(holds, f"{run_id}-a") is None
+    assert client.zscore(holds, f"{run_id}-b") is None
+
+
+def test_increments_past_a_doubles_whole_numbers_stay_exact(
+        client: redis.Redis, settings: Settings) -> None:
+    # APPLY sums a card's fields in Lua (doubles) and falls back to HINCRBY past 2^53.
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    card = CardRef(run_id, cards.tokenize(PANS[0], KEY))
+    key = ledger_store.card_key(run_id, card.token)
+    client.hset(key, mapping={"big": 2 ** 60, "edge": 2 ** 53 + 1, "cancels": -(2 ** 60),
+                              "small": 10, ledger_store.VERSION_FIELD: 4})
+    [(_, snapshot)] = ledger.read({card: ({"EUR"}, set(), set())}, "20261126").items()
+    write = ledger.card_write()
+    write.increments.update({"big": 3, "edge": -10, "cancels": 2 ** 60 + 3, "small": -15,
+                             "new": 7})
+    assert ledger.write([(card, snapshot, write)]) == set()
+    assert client.hgetall(key) == {
+        b"big": str(2 ** 60 + 3).encode(), b"edge": str(2 ** 53 - 9).encode(),
+        b"cancels": b"3", b"small": b"-5", b"new": b"7", b"ver": b"5"}
