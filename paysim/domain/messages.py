@@ -46,22 +46,8 @@ class Check:
         self.answer = answer
 
 
-# Free-text values found to hold no card number: a run's payments repeat their run id and a
-# few hundred merchants' ids and names, and the search was a tenth of the authorizer's
-# decision. Only clean values are kept (never one holding a card number), at most this many.
-_CLEAN_TEXT_LIMIT = 100_000
-_clean_text: set[str] = set()
-
-
 def _no_card_number(text: str) -> bool:
-    if text in _clean_text:
-        return True
-    if cards.contains_card_number(text):
-        return False
-    if len(_clean_text) >= _CLEAN_TEXT_LIMIT:
-        _clean_text.clear()
-    _clean_text.add(text)
-    return True
+    return not cards.contains_card_number(text)
 
 
 # On every free-text field: the edge refuses a card number there (400), the authorizer

@@ -261,24 +261,6 @@ def test_the_declared_card_number_check(changes: dict[str, object], problem: str
     assert messages.failed_check(message) == problem
 
 
-def test_the_card_number_check_remembers_only_clean_text(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
-    """Clean values are remembered (bounded), a value holding a card number never is: it is
-    refused each time it comes, also after the same text without the number passed."""
-    monkeypatch.setattr(messages, "_clean_text", set())
-    monkeypatch.setattr(messages, "_CLEAN_TEXT_LIMIT", 3)
-    dirty = PaymentRequested(**{**COMMON, "run_id": f"run {PAN}"}, card="x")
-    clean = PaymentRequested(**COMMON, card="x")
-    for _ in range(3):
-        assert messages.failed_check(clean) is None
-        assert messages.failed_check(dirty) == f"run_id {NO_PAN}"
-    assert not any(PAN in text for text in messages._clean_text)
-    for n in range(10):
-        assert messages.failed_check(PaymentRequested(**{**COMMON, "run_id": f"run-{n}"},
-                                                      card="x")) is None
-        assert len(messages._clean_text) <= 3
-
-
 def test_new_payment_id_is_a_random_version_4_uuid_in_its_canonical_text() -> None:
     ids = [messages.new_payment_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
