@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from paysim.bench import reference
+from paysim.bench import DEFAULT_PROCESSORS, reference
 from paysim.bench.capacity import BROKER, GENERATOR, REDIS, Projected
 from paysim.bench.http import CONNECTIONS, http_phase
 from paysim.bench.machine import machine_facts
@@ -66,7 +66,7 @@ class BenchOptions:
     # Traced at this sample ratio, exported to a local OTLP receiver; None: not traced.
     trace_ratio: float | None = None
     projected: Projected = field(default_factory=Projected)  # what the capacity model projects
-    processors: int = 1  # processor instances (`run-all --processors`), sharing its partitions
+    processors: int = DEFAULT_PROCESSORS  # processor instances, as `run-all --processors`
 
     @property
     def lifecycle_count(self) -> int:

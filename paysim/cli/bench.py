@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from paysim.bench import DEFAULT_PROCESSORS
 from paysim.bench.capacity import Projected, Scaling
 from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
@@ -70,7 +71,8 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
               "the services, exported over OTLP/HTTP to a receiver on 127.0.0.1 that counts "
               "the spans (the cost of tracing is the difference to a run without). "
               "[default: no tracing]")
-@click.option("--processors", type=click.IntRange(1, 16), default=1, show_default=True,
+@click.option("--processors", type=click.IntRange(1, 16), default=DEFAULT_PROCESSORS,
+              show_default=True,
               help="Processor instances sharing its partitions, as `run-all --processors` "
               "starts them (their CPU and memory are summed in the table).")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
