@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from paysim.domain import cards
-from paysim.domain.messages import CallbackUrl, CaptureMode, Merchant, NoCardNumber
+from paysim.domain.messages import CallbackUrl, CaptureMode, Merchant, MinorUnits, NoCardNumber
 
 DEFAULT_MERCHANT = Merchant(id="web", name="paysim web checkout", mcc="5999", country="US")
 HTTP_RUN_ID = "http"  # the run of payments that name none
@@ -57,7 +57,7 @@ class AuthorizeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     exp_year: int | None = None
     expiry: Expiry | None = None
     cvv: str
-    amount: int
+    amount: MinorUnits
     currency: str
     merchant: Merchant = DEFAULT_MERCHANT
     callback_url: CallbackUrl | None = None

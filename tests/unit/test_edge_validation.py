@@ -149,6 +149,14 @@ def test_a_card_number_in_a_free_field_is_refused(given: dict[str, Any], expecte
     assert PAN not in answer and "4242 4242" not in answer
 
 
+def test_an_amount_that_looks_like_a_card_number_is_refused() -> None:
+    answer = error(body(amount=int(PAN)))
+    assert answer == ("field 'amount' must not look like a card number (a Luhn-valid run of "
+                      "13 to 19 digits)")
+    assert PAN not in answer
+    assert authorize_request(body(amount=10**12 - 1)).amount == 10**12 - 1
+
+
 def test_the_card_number_itself_is_not_a_free_field() -> None:
     assert authorize_request(body(card_number=PAN)).card_number == PAN
 

@@ -208,6 +208,21 @@ def test_the_authorizer_answers_every_record_and_lets_no_card_number_through(
     check_no_clear_card_number(harness)
 
 
+def test_an_amount_that_looks_like_a_card_number_is_a_dead_letter_without_its_bytes() -> None:
+    # Found by the fuzz: the authorizer declined it ("invalid amount") and its outcome echoed
+    # the amount, a Luhn-valid run of 18 digits, onto payments.results.
+    payment_id = str(uuid.uuid4())
+    card = CardBlock(PANS[0], 12, 2099, "123")
+    doc = {**common(payment_id), "amount": 525969678039357312,
+           "card": CardCipher(KEYS.card_key).encrypt(card, payment_id.encode())}
+    values: list[bytes | None] = [json.dumps(doc).encode()]
+    harness = run_service(AUTHORIZER, values)
+    check_every_record_answered(harness, values)
+    check_no_clear_card_number(harness)
+    assert [letter.reason for letter in harness.letters()] == [
+        "amount is not allowed to look like a card number"]
+
+
 @fuzzing.FUZZ
 @given(values=st.lists(records(PaymentAuthorized), min_size=1, max_size=6))
 def test_the_processor_answers_every_record(values: list[bytes | None]) -> None:

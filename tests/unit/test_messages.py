@@ -261,6 +261,21 @@ def test_the_declared_card_number_check(changes: dict[str, object], problem: str
     assert messages.failed_check(message) == problem
 
 
+@pytest.mark.parametrize(("amount", "problem"), [
+    (1234, None),
+    (10**12 - 1, None),  # 12 digits: no card number is that short
+    (10**18, None),  # 19 digits, but not Luhn-valid
+    (int(PAN), "amount is not allowed to look like a card number"),
+    (525969678039357312, "amount is not allowed to look like a card number"),  # the fuzz's
+    (-int(PAN), "amount is not allowed to look like a card number"),
+], ids=["small", "12-digits", "not-luhn", "pan", "18-digits", "negative"])
+def test_an_amount_that_looks_like_a_card_number_fails_its_check(amount: int,
+                                                                 problem: str | None) -> None:
+    # It would be echoed, in clear, by every record and answer about the payment.
+    message = PaymentRequested(**{**COMMON, "amount": amount}, card="x")
+    assert messages.failed_check(message) == problem
+
+
 def test_new_payment_id_is_a_random_version_4_uuid_in_its_canonical_text() -> None:
     ids = [messages.new_payment_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
