@@ -56,13 +56,14 @@ NoCardNumber = Check(_no_card_number, "allowed to hold a card number",
                      "must not hold a card number (a Luhn-valid run of 13 to 19 digits)")
 
 
+CARD_NUMBER_LIKE = 10**12 - 1  # the largest amount of fewer than 13 digits
+
+
 def _amount_no_card_number(amount: int) -> bool:
     # Below 13 digits no amount can be one (and none is a real payment's: 10^12 minor units).
-    return -CARD_NUMBER_LIKE <= amount <= CARD_NUMBER_LIKE or not cards.contains_card_number(
-        str(amount))
+    return -CARD_NUMBER_LIKE <= amount <= CARD_NUMBER_LIKE or _no_card_number(str(amount))
 
 
-CARD_NUMBER_LIKE = 10**12 - 1  # the largest amount of fewer than 13 digits
 # On the amount: a card number given as the amount would be echoed, in clear, by every record
 # and answer about the payment. The edge refuses it (400), the authorizer dead-letters it.
 AmountNoCardNumber = Check(_amount_no_card_number, "allowed to look like a card number",
