@@ -43,6 +43,10 @@ for command in (run_all_command, send, status, audit, settlement, settle, ps, st
     cli.add_command(command)
 
 
+# 128 + SIGPIPE: what a shell reports for a writer whose reader closed the pipe.
+CLOSED_PIPE_EXIT = 141
+
+
 def _fail(message: str, code: int, details: list[str] | None = None) -> None:
     # Messages quote input (a path, an id, a field's value): its control characters are shown.
     print(f"paysim: error: {printable(message)}", file=sys.stderr)
@@ -53,8 +57,16 @@ def _fail(message: str, code: int, details: list[str] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure ends as one line on stderr and a non-zero exit code."""
+    stdout = sys.stdout
     try:
         code = cli.main(args=argv, prog_name="paysim", standalone_mode=False)
+    except SystemExit:
+        # Click ends a command whose reader went away (`paysim audit | head`) with exit 1 and
+        # swaps stdout for a wrapper that hides the failed flush; 1 is also what `audit` says
+        # when it finds a payment lost. Exit as a tool killed by SIGPIPE does instead.
+        if sys.stdout is not stdout:
+            sys.exit(CLOSED_PIPE_EXIT)
+        raise
     except NO_ARGS_IS_HELP as exc:  # a bare `paysim` or `paysim stack`: help, not an error
         click.echo(exc.ctx.get_help())
         code = 0

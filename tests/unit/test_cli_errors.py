@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 
+from paysim.cli import CLOSED_PIPE_EXIT
 from paysim.cli.bench import bench
 from paysim.cli.payments import send
 from paysim.infra.config import load_settings
@@ -228,3 +231,15 @@ def test_bench_names_an_unwritable_out_before_it_starts(blocker: Path,
                                                        paysim_cli: PaysimCli) -> None:
     out = blocker / "results.json"
     assert_one_line_error(paysim_cli("bench", "--out", str(out)), 1, str(out))
+
+
+def test_a_reader_that_goes_away_ends_the_command_as_sigpipe_would_not_as_a_failure() -> None:
+    """`paysim audit | head`: exit 1 is the audit's "a payment was lost", so a closed pipe
+    must say something else: 141, as for a tool killed by SIGPIPE, and nothing on stderr."""
+    command = subprocess.Popen([sys.executable, "-m", "paysim", "schema", "asyncapi"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert command.stdout is not None and command.stderr is not None
+    command.stdout.close()  # before it writes: its first write meets a closed pipe
+    error = command.stderr.read()
+    assert command.wait(timeout=60) == CLOSED_PIPE_EXIT
+    assert error == b""
