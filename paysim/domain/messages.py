@@ -56,20 +56,22 @@ NoCardNumber = Check(_no_card_number, "allowed to hold a card number",
                      "must not hold a card number (a Luhn-valid run of 13 to 19 digits)")
 
 
-CARD_NUMBER_LIKE = 10**12 - 1  # the largest amount of fewer than 13 digits
+CARD_NUMBER_LIKE = 10**12 - 1  # the largest number of fewer than 13 digits
 
 
-def _amount_no_card_number(amount: int) -> bool:
-    # Below 13 digits no amount can be one (and none is a real payment's: 10^12 minor units).
-    return -CARD_NUMBER_LIKE <= amount <= CARD_NUMBER_LIKE or _no_card_number(str(amount))
+def _number_no_card_number(number: int) -> bool:
+    # Below 13 digits no number can be one (and no real payment's amount is 10^12 minor units).
+    return -CARD_NUMBER_LIKE <= number <= CARD_NUMBER_LIKE or _no_card_number(str(number))
 
 
-# On the amount: a card number given as the amount would be echoed, in clear, by every record
-# and answer about the payment. The edge refuses it (400), the authorizer dead-letters it.
-AmountNoCardNumber = Check(_amount_no_card_number, "allowed to look like a card number",
+# On the numbers every record and answer about a payment echoes (its amount, its seq): a card
+# number given as one would go on, in clear. The edge refuses it (400), the authorizer
+# dead-letters it.
+NumberNoCardNumber = Check(_number_no_card_number, "allowed to look like a card number",
                            "must not look like a card number (a Luhn-valid run of 13 to 19 "
                            "digits)")
-MinorUnits = Annotated[int, AmountNoCardNumber]
+MinorUnits = Annotated[int, NumberNoCardNumber]
+RunIndex = Annotated[int, NumberNoCardNumber]  # a payment's seq in its run
 
 
 # Field types, declared once for the topics and the HTTP API. A description completes
@@ -115,7 +117,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     v: int = SCHEMA_VERSION
     payment_id: Uuid
     run_id: Text
-    seq: int = 0  # the payment's index in its run
+    seq: RunIndex = 0  # the payment's index in its run
     amount: MinorUnits
     currency: Currency
     merchant: Merchant

@@ -13,7 +13,14 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from paysim.domain import cards
-from paysim.domain.messages import CallbackUrl, CaptureMode, Merchant, MinorUnits, NoCardNumber
+from paysim.domain.messages import (
+    CallbackUrl,
+    CaptureMode,
+    Merchant,
+    MinorUnits,
+    NoCardNumber,
+    NumberNoCardNumber,
+)
 
 DEFAULT_MERCHANT = Merchant(id="web", name="paysim web checkout", mcc="5999", country="US")
 HTTP_RUN_ID = "http"  # the run of payments that name none
@@ -24,7 +31,8 @@ RunLabel = Annotated[str, msgspec.Meta(min_length=1, max_length=100,
                                        description="a string of 1 to 100 characters"),
                      NoCardNumber]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ,
-                                  description=f"a whole number from 0 to {MAX_SEQ}")]
+                                  description=f"a whole number from 0 to {MAX_SEQ}"),
+              NumberNoCardNumber]
 # As printed on a card; the seed took any card data, and its clients may send this form.
 Expiry = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}/(?:[0-9]{2}|[0-9]{4})\Z",
                                      description="MM/YY or MM/YYYY")]

@@ -278,10 +278,12 @@ def authorizer_suite(run_id: str, keys: Keys, _webhooks: str | None = None) -> S
         ("a card number in merchant.name", msgspec.structs.replace(
             build.request(VISA), merchant=msgspec.structs.replace(
                 MERCHANT, name=f"Shop {NETWORK_CARDS['discover']}"))),
-        # Every record about a payment echoes its amount: one that reads as a card number
-        # (13 to 19 digits passing Luhn) would carry it onto the outcomes in clear.
+        # Every record about a payment echoes its amount and seq: one that reads as a card
+        # number (13 to 19 digits passing Luhn) would carry it onward in clear.
         ("an amount that looks like a card number",
          msgspec.structs.replace(build.request(VISA), amount=int(VISA))),
+        ("a seq that looks like a card number",
+         msgspec.structs.replace(build.request(VISA), seq=int(AMEX))),
     ]:
         cases.append(poison_case(f"dead letter: {name}", encode(request), request.payment_id))
     missing = msgspec.json.decode(encode(build.request(VISA)))

@@ -191,7 +191,7 @@ BROKEN_OWN = {
                                 "the first failing check decides (14, 54, N7, 13 in that order)"}),
     "notifier": ("random-event-id", {"redelivered record: one event id"}),
 }
-SUITE_SIZES = {"authorizer": 23, "notifier": 14}  # cases, with "consumed" and "transactions"
+SUITE_SIZES = {"authorizer": 24, "notifier": 14}  # cases, with "consumed" and "transactions"
 
 
 @pytest.fixture(scope="module")

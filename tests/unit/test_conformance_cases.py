@@ -186,7 +186,7 @@ def test_the_authorizer_suite_covers_its_codes_networks_and_test_cards() -> None
     passed = [e for e in expects if isinstance(e, PassedOn)]
     assert {e.network for e in passed} == set(NETWORK_CARDS)
     assert {e.test_reason for e in passed} == {None, *decisions.TEST_CARDS.values()}
-    assert sum(case.dead_letters for case in _authorizer_cases()) == 8
+    assert sum(case.dead_letters for case in _authorizer_cases()) == 9
     assert authorizer_suite("conformance-test", KEYS).withhold_original
 
 

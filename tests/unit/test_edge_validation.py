@@ -149,12 +149,14 @@ def test_a_card_number_in_a_free_field_is_refused(given: dict[str, Any], expecte
     assert PAN not in answer and "4242 4242" not in answer
 
 
-def test_an_amount_that_looks_like_a_card_number_is_refused() -> None:
-    answer = error(body(amount=int(PAN)))
-    assert answer == ("field 'amount' must not look like a card number (a Luhn-valid run of "
+@pytest.mark.parametrize("field", ["amount", "seq"])
+def test_a_number_that_looks_like_a_card_number_is_refused(field: str) -> None:
+    # Every record and answer about the payment echoes its amount and its seq.
+    answer = error(body(**{field: int(PAN)}))
+    assert answer == (f"field '{field}' must not look like a card number (a Luhn-valid run of "
                       "13 to 19 digits)")
     assert PAN not in answer
-    assert authorize_request(body(amount=10**12 - 1)).amount == 10**12 - 1
+    assert getattr(authorize_request(body(**{field: 10**12 - 1})), field) == 10**12 - 1
 
 
 def test_the_card_number_itself_is_not_a_free_field() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from unittest import mock
 
 import msgspec
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -208,19 +209,23 @@ def test_the_authorizer_answers_every_record_and_lets_no_card_number_through(
     check_no_clear_card_number(harness)
 
 
-def test_an_amount_that_looks_like_a_card_number_is_a_dead_letter_without_its_bytes() -> None:
-    # Found by the fuzz: the authorizer declined it ("invalid amount") and its outcome echoed
-    # the amount, a Luhn-valid run of 18 digits, onto payments.results.
+@pytest.mark.parametrize(("field", "number"), [
+    # Found by the fuzz, each: the authorizer declined the first ("invalid amount") and passed
+    # the second on, and their records echoed the number, a Luhn-valid run of 18 and of 13
+    # digits, onto payments.results and payments.authorized.
+    ("amount", 525969678039357312), ("seq", 7379123212343)])
+def test_a_number_that_looks_like_a_card_number_is_a_dead_letter_without_its_bytes(
+        field: str, number: int) -> None:
     payment_id = str(uuid.uuid4())
     card = CardBlock(PANS[0], 12, 2099, "123")
-    doc = {**common(payment_id), "amount": 525969678039357312,
+    doc = {**common(payment_id), field: number,
            "card": CardCipher(KEYS.card_key).encrypt(card, payment_id.encode())}
     values: list[bytes | None] = [json.dumps(doc).encode()]
     harness = run_service(AUTHORIZER, values)
     check_every_record_answered(harness, values)
     check_no_clear_card_number(harness)
     assert [letter.reason for letter in harness.letters()] == [
-        "amount is not allowed to look like a card number"]
+        f"{field} is not allowed to look like a card number"]
 
 
 @fuzzing.FUZZ

@@ -276,6 +276,18 @@ def test_an_amount_that_looks_like_a_card_number_fails_its_check(amount: int,
     assert messages.failed_check(message) == problem
 
 
+@pytest.mark.parametrize(("seq", "problem"), [
+    (0, None), (10**12 - 1, None), (10**18, None),
+    (int(PAN), "seq is not allowed to look like a card number"),
+    (7379123212343, "seq is not allowed to look like a card number"),  # the fuzz's, 13 digits
+], ids=["zero", "12-digits", "not-luhn", "pan", "13-digits"])
+def test_a_seq_that_looks_like_a_card_number_fails_its_check(seq: int,
+                                                             problem: str | None) -> None:
+    # Like the amount, every record about the payment echoes it.
+    message = PaymentRequested(**{**COMMON, "seq": seq}, card="x")
+    assert messages.failed_check(message) == problem
+
+
 def test_new_payment_id_is_a_random_version_4_uuid_in_its_canonical_text() -> None:
     ids = [messages.new_payment_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
