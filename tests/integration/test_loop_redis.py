@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sized
 from typing import Any
 
 import pytest
@@ -40,14 +40,32 @@ def loop_client(url: str, **options: Any) -> LoopRedis:
     return pipes
 
 
+def on_loop(client: LoopRedis, work: Callable[[asyncio.AbstractEventLoop],
+                                              Awaitable[None]]) -> None:
+    """``work`` on a loop of its own (bounded by run_on_loop's deadline); the client closed
+    after."""
+    async def run(done: Callable[[None], None]) -> None:
+        await work(asyncio.get_running_loop())
+        done(None)
+
+    try:
+        run_on_loop([lambda done: asyncio.get_running_loop().create_task(run(done))])
+    finally:
+        client.close()
+
+
+async def answered(results: Sized, count: int) -> None:
+    while len(results) < count:
+        await asyncio.sleep(0.001)
+
+
 def calls(client: LoopRedis, batches: list[list[tuple[Command, ...]]]) -> list[Result]:
     """Each batch's calls asked in one pass of the loop, one pass after another without
     waiting for answers (so their pipelines are in flight together); every call's result
     and failure, in the order asked."""
     results: dict[int, Result] = {}
 
-    async def ask(done: Any) -> None:
-        loop = asyncio.get_running_loop()
+    async def ask(loop: asyncio.AbstractEventLoop) -> None:
         n = 0
         for batch in batches:
             for commands in batch:
@@ -55,14 +73,9 @@ def calls(client: LoopRedis, batches: list[list[tuple[Command, ...]]]) -> list[R
                             lambda got, failure, n=n: results.__setitem__(n, (got, failure)))
                 n += 1
             await asyncio.sleep(0)
-        while len(results) < n:
-            await asyncio.sleep(0.001)
-        done(None)
+        await answered(results, n)
 
-    try:
-        run_on_loop([lambda done: asyncio.get_running_loop().create_task(ask(done))])
-    finally:
-        client.close()
+    on_loop(client, ask)
     return [results[n] for n in range(len(results))]
 
 
@@ -114,28 +127,23 @@ def test_a_lost_connection_fails_its_calls_and_the_next_call_connects_again(
     key = f"loop-{uuid.uuid4().hex}"
     results: list[Result] = []
 
-    async def main(done: Any) -> None:
-        loop = asyncio.get_running_loop()
-        client.call(loop, (("CLIENT", "ID"),), lambda got, failure: results.append(
-            (got, failure)))
-        while not results:
-            await asyncio.sleep(0.001)
-        client.call(loop, (("BLPOP", key, 5),), lambda got, failure: results.append(
-            (got, failure)))
-        await asyncio.sleep(0.05)
-        blocking.client_kill_filter(_id=results[0][0][0])
-        while len(results) < 2:
-            await asyncio.sleep(0.001)
-        client.call(loop, (("SET", key, "again"),), lambda got, failure: results.append(
-            (got, failure)))
-        while len(results) < 3:
-            await asyncio.sleep(0.001)
-        done(None)
+    def record(got: Any, failure: BaseException | None) -> None:
+        results.append((got, failure))
 
-    try:
-        run_on_loop([lambda done: asyncio.get_running_loop().create_task(main(done))])
-    finally:
-        client.close()
+    async def main(loop: asyncio.AbstractEventLoop) -> None:
+        client.call(loop, (("CLIENT", "ID"),), record)
+        await answered(results, 1)
+        client.call(loop, (("BLPOP", key, 5),), record)
+        mine = results[0][0][0]
+        while not any(int(c["id"]) == mine and c["cmd"] == "blpop"
+                      for c in blocking.client_list()):  # until Redis holds it blocked
+            await asyncio.sleep(0.001)
+        blocking.client_kill_filter(_id=mine)
+        await answered(results, 2)
+        client.call(loop, (("SET", key, "again"),), record)
+        await answered(results, 3)
+
+    on_loop(client, main)
     assert isinstance(results[1][1], redis.ConnectionError) and results[1][0] is None
     assert results[2] == ([b"OK"], None)
     assert blocking.get(key) == b"again"
