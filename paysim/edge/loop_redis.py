@@ -213,9 +213,10 @@ class LoopRedis:
             self._flush()
             return
         failed, self._queued = self._queued, []
+        transport, self._transport, self._link = self._transport, None, None
         answer_each(failed, redis.ConnectionError(f"Redis refused the connection: {failure}"))
-        if self._transport is not None:
-            self._transport.close()  # the next call connects again
+        if transport is not None:
+            transport.close()  # the next call connects again, on a connection of its own
 
     def _received(self, data: bytes) -> None:
         reader = self._reader
