@@ -41,6 +41,7 @@ from paysim.edge.answers import Accepted, Declined, Error, Resent, body
 from paysim.edge.delivery import Deliveries
 from paysim.edge.health import HEALTH_PATH, HealthChecker
 from paysim.edge.idempotency import Answer, Idempotency, Write
+from paysim.edge.loop_redis import pipes_for
 from paysim.edge.openapi import OPENAPI_PATH, openapi_document
 from paysim.edge.operations import ROUTES, Operations, Route, operation_id, route_note
 from paysim.edge.prometheus import HttpMetrics
@@ -397,9 +398,9 @@ def create_app(settings: Settings, keys: Keys, producer: Producer,
         ("POST", AUTHORIZE_PATH): lambda incoming: blocking(direct_authorize(incoming))}
     app.extensions["paysim.direct"] = direct
     # The same on the server's event loop, many requests at once and no worker thread each
-    # (the Redis calls of the requests waiting at one moment in one pipeline). Not when
+    # (their Redis calls in pipelines from the loop itself, paysim.edge.loop_redis). Not when
     # tracing: a span is the current one of the thread that waits inside it.
-    runner = LoopRunner(redis_client, deliveries)
+    runner = LoopRunner(redis_client, deliveries, pipes_for(redis_client))
     app.extensions["paysim.runner"] = runner
 
     def authorize_on_loop(incoming: http_server.Request,

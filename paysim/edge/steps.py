@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import redis
 
@@ -180,17 +180,10 @@ class RedisBatcher:
                 return
 
     def _execute(self, batch: list[Waiting]) -> list[Any] | BaseException:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for commands, _done, _awaited in batch:
-                for command in commands:
-                    pipe.execute_command(*command)
-            return pipe.execute(raise_on_error=False)
-        except Exception as exc:  # the whole pipeline failed (Redis away): each request hears
-            return exc
+        return execute_waiting(self.client, batch)
 
     def _answer(self, batch: list[Waiting], outcome: list[Any] | BaseException) -> None:
-        _answer_each(batch, outcome)
+        answer_each(batch, outcome)
         if self._waiting:
             assert self._loop is not None
             self._hand_over()
@@ -208,10 +201,23 @@ class RedisBatcher:
         writes = [waiting for waiting in self._waiting if not waiting.awaited]
         self._waiting = []
         if writes:
-            _answer_each(writes, self._execute(writes))
+            answer_each(writes, self._execute(writes))
 
 
-def _answer_each(batch: list[Waiting], outcome: list[Any] | BaseException) -> None:
+def execute_waiting(client: redis.Redis, batch: list[Waiting]) -> list[Any] | BaseException:
+    """The calls of ``batch`` in one pipeline on a blocking client: every command's result
+    (an error reply as its exception), or why the whole pipeline failed."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        for commands, _done, _awaited in batch:
+            for command in commands:
+                pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)
+    except Exception as exc:  # the whole pipeline failed (Redis away): each request hears
+        return exc
+
+
+def answer_each(batch: list[Waiting], outcome: list[Any] | BaseException) -> None:
     """Each queued call's results from its batch's (or the whole batch's failure)."""
     at = 0
     for commands, done, _awaited in batch:
@@ -231,11 +237,23 @@ def _safely(done: Done, answer: Any, failure: BaseException | None) -> None:
         log.exception("a request waiting on Redis failed")
 
 
-class LoopRunner:
-    """Runs routes' steps on the running event loop (``start``), many at once."""
+class RedisPipes(Protocol):
+    """What takes the Redis calls of the requests on the loop: the thread's RedisBatcher, or
+    the loop's own client (paysim.edge.loop_redis.LoopRedis)."""
 
-    def __init__(self, client: redis.Redis, deliveries: Deliveries) -> None:
-        self.redis = RedisBatcher(client)
+    def call(self, loop: asyncio.AbstractEventLoop, commands: tuple[Command, ...],
+             done: Done, awaited: bool = True) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LoopRunner:
+    """Runs routes' steps on the running event loop (``start``), many at once. Their Redis
+    calls go to ``pipes``, by default a RedisBatcher of ``client``."""
+
+    def __init__(self, client: redis.Redis, deliveries: Deliveries,
+                 pipes: RedisPipes | None = None) -> None:
+        self.redis: RedisPipes = pipes if pipes is not None else RedisBatcher(client)
         self.deliveries = deliveries
 
     def start(self, steps: Steps[T], finished: Callable[[T], None],
