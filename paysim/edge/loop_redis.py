@@ -39,7 +39,7 @@ from paysim.edge.steps import (
     RedisPipes,
     Waiting,
     answer_each,
-    execute_waiting,
+    send_unawaited,
 )
 
 _MORE = object()  # hiredis.Reader's answer while a reply is still incomplete
@@ -169,10 +169,11 @@ class LoopRedis:
             self._task = self._loop.create_task(self._connect())  # kept: tasks are weak
             return
         batch, self._queued = self._queued, []
-        self._write(batch, [command for waiting in batch for command in waiting.commands])
+        self._write(batch)
 
-    def _write(self, batch: list[Waiting], commands: list[Command]) -> None:
+    def _write(self, batch: list[Waiting]) -> None:
         assert self._transport is not None and self._loop is not None
+        commands = [command for waiting in batch for command in waiting.commands]
         self._transport.write(b"".join([hiredis.pack_command(command)
                                         for command in commands]))
         self._sent.append(_Sent(batch, len(commands), time.monotonic(), []))
@@ -203,7 +204,7 @@ class LoopRedis:
         handshake = self.target.handshake()
         if handshake:  # nothing else goes until it is answered: a failed AUTH would
             # leave the connection to the default user
-            self._write([Waiting(handshake, self._handshaken, True)], list(handshake))
+            self._write([Waiting(handshake, self._handshaken, True)])
         else:
             self._handshaken([], None)
 
@@ -269,11 +270,9 @@ class LoopRedis:
         """After the loop stopped: the writes nobody waits for that were queued or not yet
         answered go through the blocking client (those that wait were abandoned with their
         connections), and the connection is dropped."""
-        waiting = [*self._queued, *(w for sent in self._sent for w in sent.batch)]
+        left = [*self._queued, *(w for sent in self._sent for w in sent.batch)]
         self._queued, self._sent = [], deque()
-        writes = [w for w in waiting if not w.awaited]
-        if writes:
-            answer_each(writes, execute_waiting(self.client, writes))
+        send_unawaited(self.client, left)
         if self._transport is not None:
             with contextlib.suppress(RuntimeError):  # its loop is closed
                 self._transport.abort()

@@ -171,16 +171,13 @@ class RedisBatcher:
                 if self._batch is None:
                     return
                 batch, self._batch = self._batch, None
-            outcome = self._execute(batch)
+            outcome = execute_waiting(self.client, batch)
             loop = self._loop
             try:
                 assert loop is not None
                 loop.call_soon_threadsafe(self._answer, batch, outcome)
             except RuntimeError:  # the loop closed: nobody waits for these any more
                 return
-
-    def _execute(self, batch: list[Waiting]) -> list[Any] | BaseException:
-        return execute_waiting(self.client, batch)
 
     def _answer(self, batch: list[Waiting], outcome: list[Any] | BaseException) -> None:
         answer_each(batch, outcome)
@@ -198,10 +195,8 @@ class RedisBatcher:
             self._ready.notify()
         if self._thread is not None:
             self._thread.join(5)
-        writes = [waiting for waiting in self._waiting if not waiting.awaited]
-        self._waiting = []
-        if writes:
-            answer_each(writes, self._execute(writes))
+        left, self._waiting = self._waiting, []
+        send_unawaited(self.client, left)
 
 
 def execute_waiting(client: redis.Redis, batch: list[Waiting]) -> list[Any] | BaseException:
@@ -215,6 +210,14 @@ def execute_waiting(client: redis.Redis, batch: list[Waiting]) -> list[Any] | Ba
         return pipe.execute(raise_on_error=False)
     except Exception as exc:  # the whole pipeline failed (Redis away): each request hears
         return exc
+
+
+def send_unawaited(client: redis.Redis, left: list[Waiting]) -> None:
+    """At close, once the loop has stopped: the writes among ``left`` that nobody waits for,
+    through the blocking client (those that wait were abandoned with their connections)."""
+    writes = [waiting for waiting in left if not waiting.awaited]
+    if writes:
+        answer_each(writes, execute_waiting(client, writes))
 
 
 def answer_each(batch: list[Waiting], outcome: list[Any] | BaseException) -> None:
