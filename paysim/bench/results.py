@@ -132,6 +132,7 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
     return {
         "schema": SCHEMA, "started_at": started.isoformat(timespec="seconds"), "quick": quick,
         "metrics": metrics, "tracing": tracing, "processors": processors,
+        "partitions": partitions,
         "machine": machine, "reference": reference, "saturation": burst,
         "lifecycle": lifecycle.as_dict() if lifecycle else None, "open_model": rates,
         "resources": resources, "http": edge,

@@ -67,12 +67,22 @@ class BenchOptions:
     trace_ratio: float | None = None
     projected: Projected = field(default_factory=Projected)  # what the capacity model projects
     processors: int = DEFAULT_PROCESSORS  # processor instances, as `run-all --processors`
+    partitions: int | None = None  # per topic; None: one per processor (see topic_partitions)
 
     @property
     def lifecycle_count(self) -> int:
         """Payments of the lifecycle mix: a quarter of the saturation run's (each brings
         about half an operation more, and the phase is there to compare rates, not to soak)."""
         return max(1000, self.count // 4)
+
+    @property
+    def topic_partitions(self) -> int:
+        """Partitions per topic on the benchmark's stack: as asked, else one per processor.
+
+        librdkafka sends a produce request per partition (confluentinc/librdkafka#1700), so
+        below saturation every partition a batch touches costs the broker a request, a marker
+        and a fetch; partitions no instance needs are CPU spent for nothing on two cores."""
+        return self.partitions or self.processors
 
     @classmethod
     def quick_run(cls) -> BenchOptions:
@@ -87,6 +97,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             **private_stack_flags(str(Path(scratch) / "stack")),
             "secrets.file": str(Path(scratch) / "secrets.json"),
             "services.dir": str(Path(scratch) / "services"),
+            "topics.partitions": options.topic_partitions,
             "http.port": free_port(),
             "metrics.enabled": options.metrics,
             "tracing.sample_ratio": options.trace_ratio,
@@ -101,6 +112,9 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             kafka_reference = reference_figures(settings, payloads, options.count, announce)
             with traced(options.trace_ratio) as receiver:
                 counts = instance_counts(options.processors)
+                processors = options.processors
+                announce(f"services: {processors} processor{'s' if processors > 1 else ''}, "
+                         f"one of each other; topics of {options.topic_partitions} partitions")
                 with running_services(settings, counts) as pids:
                     pids = {**pids, **stack_pids(stack), GENERATOR: (os.getpid(),)}
                     at_start = {name: total_rss(each) for name, each in pids.items()}

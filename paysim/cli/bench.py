@@ -57,8 +57,8 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
               help="Cores of a machine the capacity model projects (repeatable). "
               "[default: 2 8 32]")
 @click.option("--project-partitions", type=click.IntRange(1, 10_000),
-              help="Partitions per topic in the projection. [default: the run's "
-              "topics.partitions]")
+              help="Partitions per topic in the projection. [default: topics.partitions' "
+              "default, 6]")
 @click.option("--project-primaries", type=click.IntRange(1, 1000), multiple=True,
               help="Redis primaries in the projection (repeatable). [default: 1 3]")
 @click.option("--project-workers", type=click.IntRange(1, 4096),
@@ -75,11 +75,15 @@ def _duration(text: str | None, flag: str = "--duration") -> float | None:
               show_default=True,
               help="Processor instances sharing its partitions, as `run-all --processors` "
               "starts them (their CPU and memory are summed in the table).")
+@click.option("--partitions", type=click.IntRange(1, 1000),
+              help="Partitions per topic on the benchmark's stack (Kafka's perf tools use "
+              "the same). [default: one per processor]")
 def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: str | None,
           http_duration: str | None, seed: int, out: Path, metrics: bool,
           trace_ratio: float | None, project_cores: tuple[int, ...],
           project_partitions: int | None, project_primaries: tuple[int, ...],
-          project_workers: int | None, project_from: Path | None, processors: int) -> None:
+          project_workers: int | None, project_from: Path | None, processors: int,
+          partitions: int | None) -> None:
     """Benchmark paysim against Kafka's own perf tools on a private local stack.
 
     Starts a fresh broker and redis-server of its own (free ports, a temporary folder), runs
@@ -87,12 +91,15 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     at saturation, then open-model runs at fixed rates, then wrk against the HTTP API's
     POST /authorize; samples each process's memory and CPU. Prints the measured table, then a
     capacity projection from the CPU each process spent, and writes the results as JSON."""
+    # The projection is of paysim as deployed by default on larger machines, whatever the
+    # partitions the benchmark's own stack was sized with.
+    default_partitions = load_settings({}, env={}).topics.partitions
     projected = Projected(cores=project_cores or Projected.cores,
-                          partitions=project_partitions,
+                          partitions=project_partitions or default_partitions,
                           primaries=project_primaries or Projected.primaries,
                           workers=project_workers)
     if project_from is not None:
-        _print_projection(project_from, projected)
+        _print_projection(project_from, projected, default_partitions)
         return
     # Imported here: the benchmark's modules would add 0.13 s to every other command's start.
     from paysim.bench.session import BenchOptions, run_benchmark
@@ -103,7 +110,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
                       duration_s=_duration(duration) or options.duration_s, metrics=metrics,
                       http_duration_s=_duration(http_duration, "--http-duration")
                       or options.http_duration_s, trace_ratio=trace_ratio,
-                      projected=projected, processors=processors)
+                      projected=projected, processors=processors, partitions=partitions)
     # Checked before the benchmark's minutes, not after them.
     with writing("the results", out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +138,7 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated("terminated (SIGTERM): the benchmark's stack and services were stopped")
 
 
-def _print_projection(saved: Path, projected: Projected) -> None:
+def _print_projection(saved: Path, projected: Projected, default_partitions: int) -> None:
     """`bench --project-from`: a saved run's projection, for other machines."""
     from paysim.bench.results import reprojected
 
@@ -140,8 +147,8 @@ def _print_projection(saved: Path, projected: Projected) -> None:
     except OSError as error:
         raise ConfigError(f"--project-from: cannot read {saved}: {error.strerror}") from None
     try:
-        # A file from before the model has no partitions: the benchmark's own default then.
-        capacity = reprojected(data, projected, load_settings({}, env={}).topics.partitions)
+        # A file from before the model has no partitions: paysim's default then.
+        capacity = reprojected(data, projected, default_partitions)
     except ValueError as error:
         raise ConfigError(f"--project-from {saved}: {error}") from None
     Console(highlight=False, emoji=False, width=max(console.width, 160)).print(

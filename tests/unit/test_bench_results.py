@@ -26,7 +26,7 @@ from paysim.bench.results import (
     reprojected,
     targets,
 )
-from paysim.bench.session import instance_counts
+from paysim.bench.session import BenchOptions, instance_counts
 from paysim.cli.bench import results_table
 from paysim.infra.errors import PaysimError
 from paysim.infra.waiting import wait_until
@@ -118,6 +118,16 @@ def test_the_bench_starts_the_processors_asked_for_and_one_of_each_other_service
     assert set(counts) == set(registry.PIPELINE_NAMES)
 
 
+def test_the_bench_sizes_its_topics_one_partition_per_processor_unless_asked() -> None:
+    assert BenchOptions().topic_partitions == BenchOptions().processors == 2
+    assert BenchOptions(processors=3).topic_partitions == 3
+    assert BenchOptions(processors=3, partitions=12).topic_partitions == 12
+
+
+def test_results_say_the_stack_s_partitions() -> None:
+    assert results(partitions=2)["partitions"] == 2
+
+
 def test_figures_from_a_send_report() -> None:
     block = LatencyBlock(count=10, min_ms=0.5, mean_ms=1.5, p50_ms=1.0, p90_ms=2.0, p99_ms=3.0,
                          p99_9_ms=4.0, max_ms=5.0, histogram="x")
@@ -191,6 +201,11 @@ def test_bench_project_from_prints_a_saved_run_s_projection(tmp_path: Path,
     assert shown.returncode == 0, shown.stderr
     assert "capacity projection" in shown.stdout and "32 cores, 3 primaries" in shown.stdout
     assert "240,000" in shown.stdout and "│ 2 cores" not in shown.stdout
+    # A run on a stack of 2 partitions is projected with paysim's default partitions, 6.
+    saved.write_text(json.dumps(results(projected=Projected(), partitions=2)))
+    shown = paysim_cli("bench", "--project-from", str(saved))
+    assert shown.returncode == 0, shown.stderr
+    assert "N = 6 partitions" in shown.stdout
     saved.write_text('{"resources": []}')
     assert_one_line_error(paysim_cli("bench", "--project-from", str(saved)), 2,
                           "--project-from", "not a benchmark's results.json")

@@ -174,6 +174,7 @@ def test_nan_in_a_scenario_is_bad_input(tmp_path: Path, paysim_cli: PaysimCli) -
     (bench, ["--rate", "inf"], "--rate"),
     (bench, ["--project-cores", "0"], "--project-cores"),
     (bench, ["--project-partitions", "0"], "--project-partitions"),
+    (bench, ["--partitions", "0"], "--partitions"),
     (bench, ["--project-primaries", "x"], "--project-primaries"),
     (bench, ["--project-workers", "0"], "--project-workers"),
 ])
