@@ -112,9 +112,10 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             kafka_reference = reference_figures(settings, payloads, options.count, announce)
             with traced(options.trace_ratio) as receiver:
                 counts = instance_counts(options.processors)
-                processors = options.processors
+                processors, partitions = options.processors, options.topic_partitions
                 announce(f"services: {processors} processor{'s' if processors > 1 else ''}, "
-                         f"one of each other; topics of {options.topic_partitions} partitions")
+                         f"one of each other; topics of {partitions} "
+                         f"partition{'s' if partitions > 1 else ''}")
                 with running_services(settings, counts) as pids:
                     pids = {**pids, **stack_pids(stack), GENERATOR: (os.getpid(),)}
                     at_start = {name: total_rss(each) for name, each in pids.items()}
