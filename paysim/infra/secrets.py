@@ -41,8 +41,12 @@ def _new_value(name: str) -> str:
         os.urandom(32)).decode()
 
 
-def _generated(path: Path) -> dict[str, str]:
-    """Read the secrets file, creating it (mode 0600) first if no process has yet."""
+def _stored(path: Path, create: bool) -> dict[str, str]:
+    """Read the secrets file, creating it (mode 0600) first if no process has yet and
+    ``create``; without ``create``, a missing file is a ConfigError naming it."""
+    if not path.exists() and not create:
+        raise ConfigError(f"no secrets: {path} does not exist and secrets."
+                          f"{', secrets.'.join(_NAMES)} are not all set")
     if not path.exists():
         with owner_only(), writing("the secrets file", path):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +97,11 @@ def webhook_key(text: str) -> bytes:
     return text.encode()
 
 
-def load_keys(settings: Settings) -> Keys:
+def load_keys(settings: Settings, create: bool = True) -> Keys:
+    """The configured keys, else the secrets file's; the file is made on first use unless
+    ``create`` is false (a check that must use the keys someone else already has)."""
     configured = {name: getattr(settings.secrets, name) for name in _NAMES}
-    stored = {} if all(configured.values()) else _generated(settings.secrets.file)
+    stored = {} if all(configured.values()) else _stored(settings.secrets.file, create)
     keys = {}
     for name in _NAMES:
         text = configured[name] or stored.get(name) or ""

@@ -21,9 +21,9 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from paysim.infra.config import Settings
-from paysim.infra.errors import PaysimError
+from paysim.infra.errors import ConfigError, PaysimError
 from paysim.infra.kafka import client_config, cluster_metadata, error_text, no_answer, quiet_logger
-from paysim.infra.secrets import load_keys
+from paysim.infra.secrets import Keys, load_keys
 from paysim.infra.waiting import wait_until
 from paysim.ops.conformance_authorizer import authorizer_suite
 from paysim.ops.conformance_cases import (
@@ -43,6 +43,8 @@ from paysim.pipeline import registry, store
 SUITES: dict[str, SuiteFactory] = {registry.AUTHORIZER.name: authorizer_suite,
                                    registry.PROCESSOR.name: processor_suite,
                                    registry.NOTIFIER.name: notifier_suite}
+# The suites that use the candidate's secrets (card and token keys, the webhook secret).
+KEYED_SUITES = frozenset({registry.AUTHORIZER.name, registry.NOTIFIER.name})
 DLQ = "dlq"  # the dead-letter topic's setting: every service writes there
 ISSUER_TTL_S = 3600
 # How long the Redis writes and webhooks may come after the candidate's commit: a webhook's
@@ -75,6 +77,7 @@ def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
     if service not in SUITES:
         raise PaysimError(f"no conformance cases for {service!r}; known: "
                           f"{', '.join(SUITES)}")
+    keys = candidate_keys(settings, service)
     spec = registry.by_name(service)
     topic = spec.topic(settings)
     wait_s = settings.kafka.timeout
@@ -84,7 +87,7 @@ def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
     try:
         run = run_id or new_run_id()
         with receiving(run) as webhooks:
-            suite = SUITES[service](run, load_keys(settings), webhooks.url)
+            suite = SUITES[service](run, keys, webhooks.url)
             for issued, rates in suite.issuers.items():
                 store.write_run_issuer(client, issued, rates, ISSUER_TTL_S)
             _ends(settings, topic, wait_s)  # the input topic exists, or one line says so
@@ -102,6 +105,21 @@ def run_conformance(settings: Settings, service: str, timeout: float = 60.0,
         client.close()
     return ConformanceReport(service, suite.run_id, spec.group, topic,
                              judge(suite, sent, observed, topic, service))
+
+
+def candidate_keys(settings: Settings, service: str) -> Keys | None:
+    """The secrets the candidate uses, for the suites that seal cards (the authorizer's) or
+    verify webhook signatures (the notifier's); None for the processor's, which needs none.
+
+    Never made up: a secrets file created here would hold keys no candidate has, and every
+    sealed case would then fail without saying why."""
+    if service not in KEYED_SUITES:
+        return None
+    try:
+        return load_keys(settings, create=False)
+    except ConfigError as exc:
+        raise ConfigError(f"conformance {service}: {exc}; run it with the secrets the "
+                          "candidate uses (secrets.file, or PAYSIM_SECRETS_*)") from None
 
 
 def _consumer(settings: Settings, isolation: str = "read_committed",

@@ -218,9 +218,12 @@ def _declined(code: str, pan: str) -> DeclinedAtEdge:
     return DeclinedAtEdge(code, masked, cards.network(pan), pan)
 
 
-def authorizer_suite(run_id: str, keys: Keys, _webhooks: str | None = None) -> Suite:
+def authorizer_suite(run_id: str, keys: Keys | None, _webhooks: str | None = None) -> Suite:
     """Every check of the authorizer and its order, the networks, the test cards,
-    redelivery, aborted input and poison records."""
+    redelivery, aborted input and poison records. ``keys``: the candidate's, which seal
+    the cards (None is a caller's mistake: see conformance.candidate_keys)."""
+    if keys is None:
+        raise ValueError("the authorizer's cases seal cards: they need the candidate's keys")
     build = _Requests(run_id, keys)
 
     def many(name: str, rows: list[tuple[str, dict[str, object], Expectation]]) -> Case:

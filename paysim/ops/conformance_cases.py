@@ -201,7 +201,8 @@ class Suite:
 
 # run id, the keys the candidate shares with paysim (card, token and webhook keys), and the
 # URL of the conformance run's webhook receiver -> the suite
-SuiteFactory = Callable[[str, Keys, str], Suite]
+# The keys are None for a suite outside conformance.KEYED_SUITES.
+SuiteFactory = Callable[[str, Keys | None, str], Suite]
 
 
 def new_token() -> str:

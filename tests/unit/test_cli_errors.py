@@ -228,6 +228,17 @@ def test_a_service_that_cannot_write_its_secrets_logs_one_line(
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("service", ["authorizer", "notifier"])
+def test_conformance_without_the_candidate_s_secrets_says_so_before_it_connects(
+        tmp_path: Path, service: str, paysim_cli: PaysimCli) -> None:
+    """Keys made up here would seal cards and sign webhooks the candidate cannot read."""
+    path = tmp_path / "secrets.json"
+    result = paysim_cli("conformance", service, env={"PAYSIM_SECRETS_FILE": str(path),
+                                                     **UNREACHABLE})
+    assert_one_line_error(result, 2, f"conformance {service}: no secrets: {path}")
+    assert not path.exists()
+
+
 def test_bench_names_an_unwritable_out_before_it_starts(blocker: Path,
                                                        paysim_cli: PaysimCli) -> None:
     out = blocker / "results.json"

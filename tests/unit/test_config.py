@@ -178,3 +178,14 @@ def test_an_unwritable_secrets_file_is_one_line_naming_it(tmp_path: Path) -> Non
         load_keys(load_settings(env={"PAYSIM_SECRETS_FILE": str(path)}))
     assert error.value.exit_code == 1
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_keys_that_must_exist_already_are_not_made_up(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    settings = load_settings(env={"PAYSIM_SECRETS_FILE": str(path)})
+    with pytest.raises(ConfigError) as error:
+        load_keys(settings, create=False)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    assert not path.exists()
+    made = load_keys(settings)  # a service's first start makes them
+    assert load_keys(settings, create=False) == made
