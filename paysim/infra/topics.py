@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
@@ -16,6 +16,7 @@ from paysim.infra.kafka import admin_client, no_answer
 class TopicsReport:
     created: list[str]
     existing: list[str]
+    partitions: dict[str, int] = field(default_factory=dict)  # each wanted topic's count
 
 
 def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsReport:
@@ -24,7 +25,8 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsR
     admin = admin_client(settings)
     timeout = settings.kafka.timeout
     try:
-        present = set(admin.list_topics(timeout=timeout).topics)
+        present = {name: len(topic.partitions)
+                   for name, topic in admin.list_topics(timeout=timeout).topics.items()}
     except KafkaException as exc:
         raise no_answer(settings, timeout, exc) from None
     missing = [name for name in wanted if name not in present]
@@ -46,4 +48,5 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsR
                 if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise PaysimError(f"cannot create topic {name}: {error.str()}") from None
     existing = [name for name in wanted if name not in created]
-    return TopicsReport(created=created, existing=existing)
+    partitions = {name: present.get(name) or settings.topics.partitions for name in wanted}
+    return TopicsReport(created=created, existing=existing, partitions=partitions)

@@ -3,7 +3,7 @@ configured and none answers), and the topics exist."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import redis
 
@@ -11,7 +11,7 @@ from paysim.infra.config import Settings
 from paysim.infra.errors import PaysimError
 from paysim.infra.kafka import cluster_metadata
 from paysim.infra.topics import ensure_topics
-from paysim.pipeline import store
+from paysim.pipeline import registry, store
 from paysim.stack.manager import LocalStack
 
 Announce = Callable[[str], None]
@@ -56,8 +56,30 @@ def ensure_services_reachable(settings: Settings, announce: Announce) -> None:
         raise PaysimError(f"Redis at {settings.redis_url} does not answer")
 
 
-def prepare_run(settings: Settings, announce: Announce) -> None:
+def prepare_run(settings: Settings, announce: Announce,
+                counts: Mapping[str, int] | None = None) -> None:
+    """Kafka and Redis answer, the topics exist; ``counts``: the instances this run starts of
+    each service, said when they are more than its topic's partitions."""
     ensure_services_reachable(settings, announce)
     report = ensure_topics(settings)
     if report.created:
         announce(f"created topics: {', '.join(report.created)}")
+    inputs = {name: registry.by_name(name).topic(settings) for name in counts or {}
+              if registry.by_name(name).input_topic is not None}
+    for line in beyond_partitions(counts or {}, inputs, report.partitions):
+        announce(line)
+
+
+def beyond_partitions(counts: Mapping[str, int], inputs: Mapping[str, str],
+                      partitions: Mapping[str, int]) -> list[str]:
+    """A line for each service with more instances than its input topic (``inputs``) has
+    partitions: a consumer group gives the members beyond them nothing to do."""
+    lines = []
+    for name, count in counts.items():
+        topic = inputs.get(name)
+        held = partitions.get(topic) if topic is not None else None
+        if held is not None and count > held:
+            lines.append(f"{name}: {count} instances on the {held} partitions of {topic}: "
+                         f"{count - held} will have nothing to do (topics.partitions sets a "
+                         "new topic's partitions; see docs/deployment.md)")
+    return lines

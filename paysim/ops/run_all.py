@@ -76,7 +76,8 @@ def run_all(settings: Settings, counts: dict[str, int], announce: Announce,
     supervisor = None
     client = store.connect(settings, timeout=3.0)
     try:
-        prepare_run(settings, announce)
+        prepare_run(settings, announce,
+                    {name: n for name, n in counts.items() if name not in external})
         supervisor = Supervisor(settings, counts, announce, external)
         supervisor.start_all()
         for name in external:

@@ -67,3 +67,6 @@ def test_ensure_topics_is_idempotent_and_leaves_existing_topics_alone(
     assert len(topics[preexisting].partitions) == 1
     for name in settings.topics.names():
         assert len(topics[name].partitions) == settings.topics.partitions
+    # Each topic's partitions as Kafka has them, the one made elsewhere included.
+    assert second.partitions == {**dict.fromkeys(settings.topics.names(),
+                                                 settings.topics.partitions), preexisting: 1}

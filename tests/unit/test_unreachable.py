@@ -84,3 +84,13 @@ def test_the_readiness_probe_waits_no_longer_than_the_kafka_timeout(
     started = time.monotonic()
     assert readiness.answering(settings) == (False, False)
     assert time.monotonic() - started < readiness.PROBE_TIMEOUT_S
+
+
+def test_instances_beyond_their_topic_s_partitions_are_said() -> None:
+    inputs = {"authorizer": "payments.requested", "processor": "payments.authorized"}
+    partitions = {"payments.requested": 6, "payments.authorized": 2}
+    [line] = readiness.beyond_partitions({"authorizer": 6, "processor": 3, "ledger": 9}, inputs,
+                               partitions)
+    assert line.startswith("processor: 3 instances on the 2 partitions of "
+                           "payments.authorized: 1 will have nothing to do")
+    assert readiness.beyond_partitions({"processor": 2}, inputs, partitions) == []
