@@ -160,7 +160,7 @@ class Projected:
     """Which machines to project (bench's --project-* options)."""
 
     cores: tuple[int, ...] = DEFAULT_CORES
-    partitions: int | None = None  # None: the run's topics.partitions
+    partitions: int | None = None  # None: the run's (`paysim bench` passes paysim's default)
     primaries: tuple[int, ...] = DEFAULT_PRIMARIES
     workers: int | None = None  # send workers; None: one per core
 

@@ -116,6 +116,9 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                 announce(f"services: {processors} processor{'s' if processors > 1 else ''}, "
                          f"one of each other; topics of {partitions} "
                          f"partition{'s' if partitions > 1 else ''}")
+                if processors > partitions:  # their CPU and memory still count in its row
+                    announce(f"  {processors - partitions} of the processors will get no "
+                             "partition: --partitions sets how many there are")
                 with running_services(settings, counts) as pids:
                     pids = {**pids, **stack_pids(stack), GENERATOR: (os.getpid(),)}
                     at_start = {name: total_rss(each) for name, each in pids.items()}

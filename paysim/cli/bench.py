@@ -17,7 +17,7 @@ from paysim.bench.capacity import Projected, Scaling
 from paysim.cli.options import FiniteFloatRange
 from paysim.cli.render import console, err_console, safe
 from paysim.infra.collector import tune_for_batches
-from paysim.infra.config import load_settings
+from paysim.infra.config import OPTIONS_BY_KEY
 from paysim.infra.errors import ConfigError, PaysimError
 from paysim.infra.files import writing
 from paysim.load.schedule import MAX_RATE, parse_duration
@@ -93,7 +93,7 @@ def bench(quick: bool, count: int | None, rates: tuple[float, ...], duration: st
     capacity projection from the CPU each process spent, and writes the results as JSON."""
     # The projection is of paysim as deployed by default on larger machines, whatever the
     # partitions the benchmark's own stack was sized with.
-    default_partitions = load_settings({}, env={}).topics.partitions
+    default_partitions = OPTIONS_BY_KEY["topics.partitions"].default()
     projected = Projected(cores=project_cores or Projected.cores,
                           partitions=project_partitions or default_partitions,
                           primaries=project_primaries or Projected.primaries,

@@ -48,5 +48,7 @@ def ensure_topics(settings: Settings, names: list[str] | None = None) -> TopicsR
                 if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise PaysimError(f"cannot create topic {name}: {error.str()}") from None
     existing = [name for name in wanted if name not in created]
+    # A topic created here, or by whoever won the race to create it, has the configured count
+    # as far as this process knows.
     partitions = {name: present.get(name) or settings.topics.partitions for name in wanted}
     return TopicsReport(created=created, existing=existing, partitions=partitions)

@@ -3,7 +3,7 @@ configured and none answers), and the topics exist."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import redis
 
@@ -64,22 +64,32 @@ def prepare_run(settings: Settings, announce: Announce,
     report = ensure_topics(settings)
     if report.created:
         announce(f"created topics: {', '.join(report.created)}")
-    inputs = {name: registry.by_name(name).topic(settings) for name in counts or {}
-              if registry.by_name(name).input_topic is not None}
-    for line in beyond_partitions(counts or {}, inputs, report.partitions):
+    for line in beyond_partitions(counts or {}, input_topics(settings, counts or {}),
+                                  report.partitions,
+                                  set(report.created)):
         announce(line)
 
 
+def input_topics(settings: Settings, names: Iterable[str]) -> dict[str, str]:
+    """Each named service's input topic; the services that consume none are left out."""
+    specs = [registry.by_name(name) for name in names]
+    return {spec.name: spec.topic(settings) for spec in specs if spec.input_topic is not None}
+
+
 def beyond_partitions(counts: Mapping[str, int], inputs: Mapping[str, str],
-                      partitions: Mapping[str, int]) -> list[str]:
+                      partitions: Mapping[str, int], created: set[str]) -> list[str]:
     """A line for each service with more instances than its input topic (``inputs``) has
-    partitions: a consumer group gives the members beyond them nothing to do."""
+    partitions: a consumer group gives the members beyond them nothing to do. ``created``:
+    the topics this run made (the others were there, and keep their partitions)."""
     lines = []
     for name, count in counts.items():
         topic = inputs.get(name)
         held = partitions.get(topic) if topic is not None else None
-        if held is not None and count > held:
-            lines.append(f"{name}: {count} instances on the {held} partitions of {topic}: "
-                         f"{count - held} will have nothing to do (topics.partitions sets a "
-                         "new topic's partitions; see docs/deployment.md)")
+        if held is None or count <= held:
+            continue
+        remedy = ("topics.partitions sets a new topic's partitions" if topic in created else
+                  "the topic was there already: add partitions to it on the broker")
+        lines.append(f"{name}: {count} instances on the {held} partitions of {topic}: "
+                     f"{count - held} of them will get no partition ({remedy}; see "
+                     "docs/deployment.md)")
     return lines

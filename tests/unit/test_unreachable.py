@@ -89,8 +89,17 @@ def test_the_readiness_probe_waits_no_longer_than_the_kafka_timeout(
 def test_instances_beyond_their_topic_s_partitions_are_said() -> None:
     inputs = {"authorizer": "payments.requested", "processor": "payments.authorized"}
     partitions = {"payments.requested": 6, "payments.authorized": 2}
-    [line] = readiness.beyond_partitions({"authorizer": 6, "processor": 3, "ledger": 9}, inputs,
-                               partitions)
+    counts = {"authorizer": 6, "processor": 3, "ledger": 9}
+    [line] = readiness.beyond_partitions(counts, inputs, partitions, {"payments.authorized"})
     assert line.startswith("processor: 3 instances on the 2 partitions of "
-                           "payments.authorized: 1 will have nothing to do")
-    assert readiness.beyond_partitions({"processor": 2}, inputs, partitions) == []
+                           "payments.authorized: 1 of them will get no partition")
+    assert "topics.partitions sets" in line
+    [there] = readiness.beyond_partitions(counts, inputs, partitions, set())
+    assert "was there already: add partitions to it on the broker" in there
+    assert readiness.beyond_partitions({"processor": 2}, inputs, partitions, set()) == []
+
+
+def test_the_services_input_topics_are_the_ones_checked() -> None:
+    settings = load_settings(env={"PAYSIM_TOPICS_AUTHORIZED": "mine.authorized"})
+    topics = readiness.input_topics(settings, ["authorizer", "processor", "http"])
+    assert topics == {"authorizer": settings.topics.requested, "processor": "mine.authorized"}
