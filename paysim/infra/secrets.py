@@ -44,10 +44,10 @@ def _new_value(name: str) -> str:
 def _stored(path: Path, create: bool) -> dict[str, str]:
     """Read the secrets file, creating it (mode 0600) first if no process has yet and
     ``create``; without ``create``, a missing file is a ConfigError naming it."""
-    if not path.exists() and not create:
-        raise ConfigError(f"no secrets: {path} does not exist and secrets."
-                          f"{', secrets.'.join(_NAMES)} are not all set")
     if not path.exists():
+        if not create:
+            raise ConfigError(f"no secrets: {path} does not exist and secrets."
+                              f"{', secrets.'.join(_NAMES)} are not all set")
         with owner_only(), writing("the secrets file", path):
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = {name: _new_value(name) for name in _NAMES}

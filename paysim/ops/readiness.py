@@ -56,16 +56,14 @@ def ensure_services_reachable(settings: Settings, announce: Announce) -> None:
         raise PaysimError(f"Redis at {settings.redis_url} does not answer")
 
 
-def prepare_run(settings: Settings, announce: Announce,
-                counts: Mapping[str, int] | None = None) -> None:
+def prepare_run(settings: Settings, announce: Announce, counts: Mapping[str, int]) -> None:
     """Kafka and Redis answer, the topics exist; ``counts``: the instances this run starts of
     each service, said when they are more than its topic's partitions."""
     ensure_services_reachable(settings, announce)
     report = ensure_topics(settings)
     if report.created:
         announce(f"created topics: {', '.join(report.created)}")
-    for line in beyond_partitions(counts or {}, input_topics(settings, counts or {}),
-                                  report.partitions,
+    for line in beyond_partitions(counts, input_topics(settings, counts), report.partitions,
                                   set(report.created)):
         announce(line)
 
