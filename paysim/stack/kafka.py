@@ -223,9 +223,10 @@ class KafkaBroker(Component):
         heap = f"{self.settings.kafka_heap_mb}m"
         # The throughput collector, not G1: G1's write barriers and concurrent threads cost the
         # broker's request threads CPU on two shared cores, and its short pauses bought nothing
-        # for a 512 MiB heap. ParallelGC against G1, alternated on one machine (issue 16,
-        # session 11): saturation 8,686-9,301 against 8,162-8,876 payments/s, the 2,000/s p99
-        # 82-92 against 98-120 ms (docs/performance.md).
+        # for a 512 MiB heap. ParallelGC against G1 in five alternated pairs of shortened
+        # benchmark phases (issue 16, session 11): saturation 8,686-9,301 against 8,162-8,876
+        # payments/s, the 2,000/s p99 82-92 against 98-120 ms, half the time stopped for
+        # collections (docs/performance.md, "The broker's garbage collector").
         return [
             self._java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseParallelGC",
             "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
