@@ -293,6 +293,51 @@ def test_failures_in_a_row_double_the_backoff() -> None:
     assert harness.producer.records == [pong(ping(0, 0))]
 
 
+def test_a_batch_hands_the_worker_two_calls_and_its_records_go_from_the_worker() -> None:
+    harness = Harness([ping(0, 0), ping(0, 1), ping(1, 5)])
+    submitted: list[str] = []
+    submit = harness.loop.worker.submit
+
+    def counted(function: object, *args: object) -> object:
+        opening = isinstance(function, loop.TransactionOpening)
+        submitted.append("opening" if opening else getattr(function, "__name__", "?"))
+        return submit(function, *args)  # type: ignore[arg-type]
+
+    callers: dict[str, set[str]] = {}
+    for method in ("begin_transaction", "produce", "send_offsets_to_transaction"):
+        real = getattr(harness.producer, method)
+
+        def on_thread(*args: object, real: object = real, method: str = method,
+                      **kwargs: object) -> object:
+            callers.setdefault(method, set()).add(threading.current_thread().name)
+            return real(*args, **kwargs)  # type: ignore[operator]
+
+        setattr(harness.producer, method, on_thread)
+    harness.loop.worker.submit = counted  # type: ignore[method-assign]
+    harness.run()
+    # The batch's two: the opening (begin, records, offsets) and the commit.
+    assert submitted == ["init_transactions", "opening", "commit_transaction", "flush"]
+    assert callers == {method: {"pinger-producer"} for method in
+                       ("begin_transaction", "produce", "send_offsets_to_transaction")}
+    [transaction] = harness.producer.committed
+    assert transaction.records == [pong(m) for m in harness.records]
+
+
+@pytest.mark.parametrize(("method", "call"), [
+    ("begin_transaction", 1), ("produce", 2), ("send_offsets_to_transaction", 1)])
+def test_a_retriable_error_opening_the_transaction_resumes_at_the_step_that_failed(
+        method: str, call: int) -> None:
+    records = [ping(0, 0), ping(0, 1), ping(0, 2)]
+    harness = Harness(records)
+    harness.producer.fail_on(method, kafka_error(KafkaError._TIMED_OUT, retriable=True), call)
+    harness.run()
+    assert harness.loop.counters.aborted_batches == 0
+    assert harness.producer.aborted == [] and harness.consumer.seeks == []
+    [transaction] = harness.producer.committed
+    assert transaction.records == [pong(m) for m in records]  # each record once
+    assert transaction.offsets == [(IN, 0, 3)]
+
+
 def test_a_retriable_kafka_error_is_retried_in_place_without_an_abort() -> None:
     harness = Harness([ping(0, 0), ping(0, 1)])
     harness.producer.fail_on("commit_transaction",
