@@ -183,8 +183,8 @@ def first_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
 class TransactionOpening:
     """A batch's transaction opened in one call on the worker thread: begin_transaction, its
     records, then its offsets (AddOffsetsToTxn and TxnOffsetCommit). One hand-off to the
-    worker instead of one per step: at 2,000 payments/s each hand-off was a thread wake-up
-    on two busy cores (docs/performance.md). Called again after a retriable error
+    worker instead of one per step: at 2,000 payments/s each hand-off was two thread
+    wake-ups on two busy cores (docs/performance.md). Called again after a retriable error
     (ServiceLoop._kafka_wait), it resumes at the step that failed."""
 
     def __init__(self, producer: Producer, outputs: list[Output], offsets: list[TopicPartition],
@@ -202,6 +202,9 @@ class TransactionOpening:
         return "produce" if self.produced < len(self.outputs) else "send_offsets_to_transaction"
 
     def __call__(self, timeout: float) -> None:
+        """The steps not done yet, within ``timeout`` s for them all (the loop's limit for
+        the call)."""
+        started = time.monotonic()
         if not self.begun:
             self.producer.begin_transaction()
             self.begun = True
@@ -210,7 +213,8 @@ class TransactionOpening:
             produce(self.producer, output.topic, output.value, key=output.key,
                     headers=output.headers)
             self.produced += 1
-        self.producer.send_offsets_to_transaction(self.offsets, self.group_metadata, timeout)
+        left = max(0.0, timeout - (time.monotonic() - started))
+        self.producer.send_offsets_to_transaction(self.offsets, self.group_metadata, left)
 
 
 @dataclass

@@ -483,6 +483,31 @@ def test_a_fenced_producer_ends_the_loop_without_committing() -> None:
     assert harness.redis.commands("DEL", heartbeat), "a stopped service clears its heartbeat"
 
 
+@pytest.mark.parametrize("method", ["begin_transaction", "send_offsets_to_transaction"])
+def test_a_fatal_error_opening_the_transaction_names_the_step_that_failed(method: str) -> None:
+    harness = Harness([ping(0, 0), ping(0, 1)])
+    harness.producer.fail_on(method, FENCED)
+    with pytest.raises(FatalServiceError, match=f"^{method}: producer fenced"):
+        harness.run()
+    assert harness.producer.committed == []
+
+
+def test_the_offsets_get_what_is_left_of_the_openings_timeout() -> None:
+    harness = Harness([ping(0, 0)])
+    harness.producer.slow_on("begin_transaction", 0.3)
+    timeouts: list[float] = []
+    send_offsets = harness.producer.send_offsets_to_transaction
+
+    def timed(offsets: object, metadata: object, timeout: float) -> None:
+        timeouts.append(timeout)
+        send_offsets(offsets, metadata, timeout)  # type: ignore[arg-type]
+
+    harness.producer.send_offsets_to_transaction = timed  # type: ignore[method-assign]
+    harness.run()
+    [timeout] = timeouts
+    assert timeout <= harness.loop.call_timeout - 0.3
+
+
 def test_a_fatal_error_while_aborting_ends_the_loop() -> None:
     harness = Harness([ping(0, 0)])
     harness.producer.fail_on("commit_transaction", kafka_error())
