@@ -59,6 +59,13 @@ START_TIMEOUT_S = 60.0
 RENEW_CALL_TIMEOUT_S = 1.0
 # How long past its own timeout a call may run before the loop gives up on it.
 CALL_GRACE_S = 1.0
+# The shortest batch cycle, unless a batch fills first: after a batch that was not full, the
+# next fetch waits until this long after that batch began. With the offsets added first
+# (TransactionOpening) nothing holds a stage back any more, and at 2,000 payments/s the
+# stages cycled faster, each a smaller transaction, each costing the machine 2.5-3.3 ms of
+# CPU: HTTP fell by a fifth. 8 ms kept the number of transactions where it was, with the
+# 2,000/s p99 at 50 ms against 82 (docs/performance.md, "The coordinator's refusals, again").
+MIN_CYCLE_S = 0.008
 # A consumer close that takes longer is left to finish (or not) on its own thread.
 CLOSE_TIMEOUT_S = 5.0
 # Batches in a row that Kafka failed before the clients are renewed even though no call hung:
@@ -182,16 +189,24 @@ def first_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
 
 class TransactionOpening:
     """A batch's transaction opened in one call on the worker thread: begin_transaction, its
-    records, then its offsets (AddOffsetsToTxn and TxnOffsetCommit). One hand-off to the
+    offsets (AddOffsetsToTxn and TxnOffsetCommit), then its records. One hand-off to the
     worker instead of one per step: at 2,000 payments/s each hand-off was two thread
-    wake-ups on two busy cores (docs/performance.md). Called again after a retriable error
-    (ServiceLoop._kafka_wait), it resumes at the step that failed."""
+    wake-ups on two busy cores. Called again after a retriable error
+    (ServiceLoop._kafka_wait), it resumes at the step that failed.
+
+    The offsets go first. The coordinator refuses a transaction's first request while it
+    still writes the markers of the producer's last one; librdkafka retries a refused
+    AddOffsetsToTxn after retry.backoff.ms (1 ms here), but a refused AddPartitionsToTxn,
+    which the first record triggers, after a fixed 20 ms. Records produced once the offsets
+    are in never meet the refusal: at 2,000/s each stage's p99 lost those 20 ms
+    (docs/performance.md, "The coordinator's refusals, again")."""
 
     def __init__(self, producer: Producer, outputs: list[Output], offsets: list[TopicPartition],
                  group_metadata: object) -> None:
         self.producer, self.outputs = producer, outputs
         self.offsets, self.group_metadata = offsets, group_metadata
         self.begun = False
+        self.offsets_added = False
         self.produced = 0  # outputs handed to the producer so far
 
     @property
@@ -199,7 +214,7 @@ class TransactionOpening:
         """The step under way, for the loop's messages about a call that failed or hung."""
         if not self.begun:
             return "begin_transaction"
-        return "produce" if self.produced < len(self.outputs) else "send_offsets_to_transaction"
+        return "send_offsets_to_transaction" if not self.offsets_added else "produce"
 
     def __call__(self, timeout: float) -> None:
         """The steps not done yet, within ``timeout`` s for them all (the loop's limit for
@@ -208,13 +223,15 @@ class TransactionOpening:
         if not self.begun:
             self.producer.begin_transaction()
             self.begun = True
+        if not self.offsets_added:
+            left = max(0.0, timeout - (time.monotonic() - started))
+            self.producer.send_offsets_to_transaction(self.offsets, self.group_metadata, left)
+            self.offsets_added = True
         while self.produced < len(self.outputs):
             output = self.outputs[self.produced]
             produce(self.producer, output.topic, output.value, key=output.key,
                     headers=output.headers)
             self.produced += 1
-        left = max(0.0, timeout - (time.monotonic() - started))
-        self.producer.send_offsets_to_transaction(self.offsets, self.group_metadata, left)
 
 
 @dataclass
@@ -256,6 +273,8 @@ class ServiceLoop(Generic[T]):
         self.producer = producer if producer is not None else self.new_producer()
         self.worker = CallWorker(self.producer, f"{service.name}-producer")
         self.call_timeout, self.call_grace = CALL_TIMEOUT_S, CALL_GRACE_S  # tests shorten them
+        self.min_cycle = MIN_CYCLE_S
+        self._cycle_began: float | None = None  # when the last batch began, if it was not full
         self._consumer_open = False  # subscribed and not closed
         # The consumer's partitions, kept from its rebalance callbacks: asking the consumer
         # for them once per batch was up to 14% of the authorizer's samples at small batches.
@@ -313,7 +332,9 @@ class ServiceLoop(Generic[T]):
         # lingering only delayed the commit (1,000/s open model: p50 112 -> 65 ms).
         return Producer(client_config(self.settings, **{
             "transactional.id": f"{self.group}-{self.instance}", "linger.ms": 0,
-            "retry.backoff.ms": 5, "retry.backoff.max.ms": 50,
+            # A refused AddOffsetsToTxn (the last transaction's markers still being written)
+            # is asked again after 1 ms, doubling: see TransactionOpening.
+            "retry.backoff.ms": 1, "retry.backoff.max.ms": 50,
             "compression.type": INTERNAL_COMPRESSION, "logger": self.log,
         }))
 
@@ -394,16 +415,23 @@ class ServiceLoop(Generic[T]):
     def _next_batch(self) -> list[Message]:
         """What is waiting, up to a batch; else the first message to arrive within 0.2 s.
 
-        Not consume(n, timeout): that waits the whole timeout for n messages, which at low
-        load adds the timeout to every stage's latency."""
+        Not consume(n, timeout) as a rule: that waits the whole timeout for n messages, which
+        at low load adds the timeout to every stage's latency. Only after a batch that was not
+        full and began less than MIN_CYCLE_S ago does it wait, for the rest of that time or a
+        full batch, whichever comes first (see MIN_CYCLE_S)."""
         size = self.settings.services.batch_size
-        batch = self.consumer.consume(num_messages=size, timeout=0)
+        began, self._cycle_began = self._cycle_began, None
+        rest = 0.0 if began is None else began + self.min_cycle - time.monotonic()
+        batch = self.consumer.consume(num_messages=size, timeout=max(0.0, rest))
         if batch:
+            self._cycle_began = time.monotonic() if len(batch) < size else None
             return batch
         first = self.consumer.poll(0.2)
         if first is None:
             return []
-        return [first, *self.consumer.consume(num_messages=size - 1, timeout=0)]
+        batch = [first, *self.consumer.consume(num_messages=size - 1, timeout=0)]
+        self._cycle_began = time.monotonic() if len(batch) < size else None
+        return batch
 
     def _usable(self, message: Message) -> bool:
         error = message.error()

@@ -323,6 +323,62 @@ def test_a_batch_hands_the_worker_two_calls_and_its_records_go_from_the_worker()
     assert transaction.records == [pong(m) for m in harness.records]
 
 
+def test_the_offsets_are_added_before_the_first_record_is_produced() -> None:
+    harness = Harness([ping(0, 0), ping(0, 1)])
+    steps: list[str] = []
+    for method in ("begin_transaction", "send_offsets_to_transaction", "produce",
+                   "commit_transaction"):
+        real = getattr(harness.producer, method)
+
+        def logged(*args: object, real: object = real, method: str = method,
+                   **kwargs: object) -> object:
+            steps.append(method)
+            return real(*args, **kwargs)  # type: ignore[operator]
+
+        setattr(harness.producer, method, logged)
+    harness.run()
+    # A record would make librdkafka send AddPartitionsToTxn, which a coordinator still
+    # writing the last transaction's markers refuses for a fixed 20 ms.
+    assert steps == ["begin_transaction", "send_offsets_to_transaction", "produce", "produce",
+                     "commit_transaction"]
+
+
+def fetch_timeouts(harness: Harness) -> list[float]:
+    """The timeout of each of the loop's consume() calls, as it makes them."""
+    timeouts: list[float] = []
+    consume = harness.consumer.consume
+
+    def timed(num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        timeouts.append(timeout)
+        return consume(num_messages, timeout)
+
+    harness.consumer.consume = timed  # type: ignore[method-assign]
+    return timeouts
+
+
+def test_after_a_batch_that_was_not_full_the_next_fetch_waits_out_the_shortest_cycle() -> None:
+    harness = Harness([ping(0, offset) for offset in range(3)],
+                      settings=pure_settings({"services.batch_size": 2}))
+    harness.loop.min_cycle = 60.0  # longer than the test: every wait shows
+    timeouts = fetch_timeouts(harness)
+    harness.run()
+    # A full batch of 2 (no wait after it), then 1 left (not full): the fetch after it
+    # waits for the rest of the cycle, or a full batch.
+    assert timeouts[0] == 0.0 and timeouts[1] == 0.0
+    assert 59.0 < timeouts[2] <= 60.0
+    assert harness.seen() == ["p0-0", "p0-1", "p0-2"]
+
+
+def test_full_batches_are_fetched_without_waiting() -> None:
+    harness = Harness([ping(0, offset) for offset in range(6)],
+                      settings=pure_settings({"services.batch_size": 2}))
+    harness.loop.min_cycle = 60.0
+    timeouts = fetch_timeouts(harness)
+    harness.run()
+    assert timeouts[:3] == [0.0, 0.0, 0.0]  # three full batches, each fetched at once
+    assert len(harness.producer.committed) == 3
+
+
 @pytest.mark.parametrize(("method", "call"), [
     ("begin_transaction", 1), ("produce", 2), ("send_offsets_to_transaction", 1)])
 def test_a_retriable_error_opening_the_transaction_resumes_at_the_step_that_failed(
