@@ -63,8 +63,8 @@ CALL_GRACE_S = 1.0
 # next fetch waits until this long after that batch began. With the offsets added first
 # (TransactionOpening) nothing holds a stage back any more, and at 2,000 payments/s the
 # stages cycled faster, each a smaller transaction, each costing the machine 2.5-3.3 ms of
-# CPU: HTTP fell by a fifth. 8 ms kept the number of transactions where it was, with the
-# 2,000/s p99 at 50 ms against 82 (docs/performance.md, "The coordinator's refusals, again").
+# CPU: HTTP fell 9-30%. 8 ms kept the number of transactions where it was, with the 2,000/s
+# p99 at 50 ms against 73-82 (docs/performance.md, "The offsets first, and a shortest cycle").
 MIN_CYCLE_S = 0.008
 # A consumer close that takes longer is left to finish (or not) on its own thread.
 CLOSE_TIMEOUT_S = 5.0
@@ -199,7 +199,7 @@ class TransactionOpening:
     AddOffsetsToTxn after retry.backoff.ms (1 ms here), but a refused AddPartitionsToTxn,
     which the first record triggers, after a fixed 20 ms. Records produced once the offsets
     are in never meet the refusal: at 2,000/s each stage's p99 lost those 20 ms
-    (docs/performance.md, "The coordinator's refusals, again")."""
+    (docs/performance.md, "The offsets first, and a shortest cycle")."""
 
     def __init__(self, producer: Producer, outputs: list[Output], offsets: list[TopicPartition],
                  group_metadata: object) -> None:
