@@ -315,7 +315,7 @@ def test_a_batch_hands_the_worker_two_calls_and_its_records_go_from_the_worker()
         setattr(harness.producer, method, on_thread)
     harness.loop.worker.submit = counted  # type: ignore[method-assign]
     harness.run()
-    # The batch's two: the opening (begin, records, offsets) and the commit.
+    # The batch's two: the opening (begin, offsets, records) and the commit.
     assert submitted == ["init_transactions", "opening", "commit_transaction", "flush"]
     assert callers == {method: {"pinger-producer"} for method in
                        ("begin_transaction", "produce", "send_offsets_to_transaction")}
@@ -360,12 +360,14 @@ def test_after_a_batch_that_was_not_full_the_next_fetch_waits_out_the_shortest_c
     harness = Harness([ping(0, offset) for offset in range(3)],
                       settings=pure_settings({"services.batch_size": 2}))
     harness.loop.min_cycle = 60.0  # longer than the test: every wait shows
+    harness.producer.slow_on("commit_transaction", 0.3, call=2)  # the second batch's
     timeouts = fetch_timeouts(harness)
     harness.run()
     # A full batch of 2 (no wait after it), then 1 left (not full): the fetch after it
-    # waits for the rest of the cycle, or a full batch.
+    # waits for the rest of the cycle counted from when that batch began (its 0.3 s commit
+    # included), or a full batch.
     assert timeouts[0] == 0.0 and timeouts[1] == 0.0
-    assert 59.0 < timeouts[2] <= 60.0
+    assert 59.0 < timeouts[2] <= 59.7
     assert harness.seen() == ["p0-0", "p0-1", "p0-2"]
 
 
@@ -392,6 +394,9 @@ def test_a_retriable_error_opening_the_transaction_resumes_at_the_step_that_fail
     [transaction] = harness.producer.committed
     assert transaction.records == [pong(m) for m in records]  # each record once
     assert transaction.offsets == [(IN, 0, 3)]
+    # The offsets are sent again only when they were the step that failed.
+    again = 1 if method == "send_offsets_to_transaction" else 0
+    assert harness.producer._calls["send_offsets_to_transaction"] == 1 + again
 
 
 def test_a_retriable_kafka_error_is_retried_in_place_without_an_abort() -> None:
