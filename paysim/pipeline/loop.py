@@ -246,6 +246,12 @@ class PendingCall:
     began: float  # time.monotonic() when it was queued
     handle: _Call
 
+    @property
+    def name(self) -> str:
+        """The call's name for the loop's messages; read when they are written, as a
+        TransactionOpening names the step under way."""
+        return getattr(self.function, "__name__", "call")
+
 
 class ServiceLoop(Generic[T]):
     def __init__(self, service: Service[T], settings: Settings, instance: int = 0,
@@ -425,13 +431,11 @@ class ServiceLoop(Generic[T]):
         began, self._cycle_began = self._cycle_began, None
         rest = 0.0 if began is None else began + self.min_cycle - time.monotonic()
         batch = self.consumer.consume(num_messages=size, timeout=max(0.0, rest))
-        if batch:
-            self._cycle_began = time.monotonic() if len(batch) < size else None
-            return batch
-        first = self.consumer.poll(0.2)
-        if first is None:
-            return []
-        batch = [first, *self.consumer.consume(num_messages=size - 1, timeout=0)]
+        if not batch:
+            first = self.consumer.poll(0.2)
+            if first is None:
+                return []
+            batch = [first, *self.consumer.consume(num_messages=size - 1, timeout=0)]
         self._cycle_began = time.monotonic() if len(batch) < size else None
         return batch
 
@@ -636,12 +640,10 @@ class ServiceLoop(Generic[T]):
                 waited = time.monotonic() - pending.began
                 return self.worker.wait(pending.handle, limit + self.call_grace - waited)
             except ClientStuck:
-                name = getattr(pending.function, "__name__", "call")
-                raise ClientStuck(f"{name} did not return within "
+                raise ClientStuck(f"{pending.name} did not return within "
                                   f"{limit + self.call_grace:g} s") from None
             except KafkaException as exc:
-                # Named after the failure: a TransactionOpening names the step that failed.
-                name = getattr(pending.function, "__name__", "call")
+                name = pending.name
                 error: KafkaError = exc.args[0]
                 if error.fatal():
                     raise FatalServiceError(f"{name}: {error.str()}") from None

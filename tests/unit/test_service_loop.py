@@ -10,7 +10,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import pytest
@@ -293,6 +293,21 @@ def test_failures_in_a_row_double_the_backoff() -> None:
     assert harness.producer.records == [pong(ping(0, 0))]
 
 
+def watch_calls(producer: FakeProducer, methods: tuple[str, ...],
+                seen: Callable[[str], object]) -> None:
+    """Call ``seen(method)`` as each of ``methods`` of ``producer`` is called, on the
+    calling thread, then the method itself."""
+    for method in methods:
+        real = getattr(producer, method)
+
+        def watched(*args: object, real: Callable[..., object] = real, method: str = method,
+                    **kwargs: object) -> object:
+            seen(method)
+            return real(*args, **kwargs)
+
+        setattr(producer, method, watched)
+
+
 def test_a_batch_hands_the_worker_two_calls_and_its_records_go_from_the_worker() -> None:
     harness = Harness([ping(0, 0), ping(0, 1), ping(1, 5)])
     submitted: list[str] = []
@@ -304,15 +319,9 @@ def test_a_batch_hands_the_worker_two_calls_and_its_records_go_from_the_worker()
         return submit(function, *args)  # type: ignore[arg-type]
 
     callers: dict[str, set[str]] = {}
-    for method in ("begin_transaction", "produce", "send_offsets_to_transaction"):
-        real = getattr(harness.producer, method)
-
-        def on_thread(*args: object, real: object = real, method: str = method,
-                      **kwargs: object) -> object:
-            callers.setdefault(method, set()).add(threading.current_thread().name)
-            return real(*args, **kwargs)  # type: ignore[operator]
-
-        setattr(harness.producer, method, on_thread)
+    watch_calls(harness.producer, ("begin_transaction", "produce", "send_offsets_to_transaction"),
+                lambda method: callers.setdefault(method, set()).add(
+                    threading.current_thread().name))
     harness.loop.worker.submit = counted  # type: ignore[method-assign]
     harness.run()
     # The batch's two: the opening (begin, offsets, records) and the commit.
@@ -326,16 +335,8 @@ def test_a_batch_hands_the_worker_two_calls_and_its_records_go_from_the_worker()
 def test_the_offsets_are_added_before_the_first_record_is_produced() -> None:
     harness = Harness([ping(0, 0), ping(0, 1)])
     steps: list[str] = []
-    for method in ("begin_transaction", "send_offsets_to_transaction", "produce",
-                   "commit_transaction"):
-        real = getattr(harness.producer, method)
-
-        def logged(*args: object, real: object = real, method: str = method,
-                   **kwargs: object) -> object:
-            steps.append(method)
-            return real(*args, **kwargs)  # type: ignore[operator]
-
-        setattr(harness.producer, method, logged)
+    watch_calls(harness.producer, ("begin_transaction", "send_offsets_to_transaction",
+                                   "produce", "commit_transaction"), steps.append)
     harness.run()
     # A record would make librdkafka send AddPartitionsToTxn, which a coordinator still
     # writing the last transaction's markers refuses for a fixed 20 ms.
