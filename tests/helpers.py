@@ -11,17 +11,7 @@ from paysim.infra.config import OPTIONS_BY_KEY, Settings, load_settings
 from paysim.stack import ports
 
 free_port = ports.free_port
-_bindable = ports.bindable
-
-
-def free_port_run(count: int, step: int = 2) -> int:
-    """A port p with p, p+step, ... p+(count-1)*step all free (a multi-node stack's nodes)."""
-    for _ in range(100):
-        base = free_port()
-        run = [base + i * step for i in range(count)]
-        if max(run) <= ports.PORT_RANGE[1] and all(_bindable(port) for port in run):
-            return base
-    raise AssertionError(f"no run of {count} free ports found")
+free_port_run = ports.free_port_run
 
 
 def private_stack_flags(stack_dir: Path) -> dict[str, object]:

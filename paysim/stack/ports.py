@@ -20,12 +20,28 @@ def bindable(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
+# Every port this process has handed out. Picks made before any of them is bound must not
+# collide: a cluster's Redis run and its controllers' run, both free when picked, once shared
+# a port, and the broker that came second could not bind it.
+_handed_out: set[int] = set()
+
+
+def free_port_run(count: int, step: int = 1) -> int:
+    """A port p with p, p+step, ... p+(count-1)*step all free and none handed out before
+    by this process (a multi-node stack's nodes); they count as handed out from now on."""
+    highest_base = PORT_RANGE[1] - (count - 1) * step
     for _ in range(1000):
-        port = random.randint(*PORT_RANGE)
-        if bindable(port):
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+        base = random.randint(PORT_RANGE[0], highest_base)
+        run = range(base, base + count * step, step)
+        if _handed_out.isdisjoint(run) and all(bindable(port) for port in run):
+            _handed_out.update(run)
+            return base
+    raise RuntimeError(f"no run of {count} free ports below the ephemeral range")
+
+
+def free_port() -> int:
+    """A free port not handed out before by this process."""
+    return free_port_run(1)
 
 
 def private_stack_flags(stack_dir: str) -> dict[str, object]:

@@ -56,7 +56,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
     home = tmp_path_factory.mktemp("cluster")
     settings = settings_for({
         **redis_cluster_flags(home), "stack.brokers": 3,
-        "stack.kafka_port": free_port_run(3), "stack.controller_port": free_port_run(3),
+        # A broker n listens on port + 2 (n - 1) (StackSettings.broker_ports).
+        "stack.kafka_port": free_port_run(3, step=2),
+        "stack.controller_port": free_port_run(3, step=2),
         "http.port": free_port(), "secrets.file": str(home / "secrets.json"),
         "services.stuck_after": 10,
     })
