@@ -51,6 +51,13 @@ PAYLOAD_SAMPLES = 1000
 # backlog), so that the saturation run's RSS growth measures the run, not the ramp from idle.
 # Memory at the services' start is reported too.
 WARM_UP_PAYMENTS = 100_000
+# Then payments at WARM_UP_RATE for BenchOptions.warm_up_open_s. At saturation the stages
+# commit few large transactions, so the broker's request paths run too seldom to get
+# compiled: after WARM_UP_PAYMENTS alone, the broker's JIT compiler threads still took 43%
+# of its CPU over the next 60,000 payments at saturation (its CPU a payment 30-54 µs, against
+# 11-18 once compiled). 20 s at 2,000/s (some 9,000 small transactions) brings that to 2%
+# (docs/performance.md, "The broker's JIT in the saturation run").
+WARM_UP_RATE = 2000.0
 PROGRESS_EVERY_S = 5.0
 
 
@@ -63,6 +70,7 @@ class BenchOptions:
     quick: bool = False
     metrics: bool = True  # Prometheus metrics served by the services and the generator
     http_duration_s: float = 30.0  # of wrk against POST /authorize
+    warm_up_open_s: float = 20.0  # of the warm-up's open model at WARM_UP_RATE
     # Traced at this sample ratio, exported to a local OTLP receiver; None: not traced.
     trace_ratio: float | None = None
     projected: Projected = field(default_factory=Projected)  # what the capacity model projects
@@ -86,7 +94,8 @@ class BenchOptions:
 
     @classmethod
     def quick_run(cls) -> BenchOptions:
-        return cls(count=20_000, duration_s=10.0, quick=True, http_duration_s=10.0)
+        return cls(count=20_000, duration_s=10.0, quick=True, http_duration_s=10.0,
+                   warm_up_open_s=5.0)
 
 
 def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str, Any]:
@@ -123,8 +132,11 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                     pids = {**pids, **stack_pids(stack), GENERATOR: (os.getpid(),)}
                     at_start = {name: total_rss(each) for name, each in pids.items()}
                     warm_up = min(WARM_UP_PAYMENTS, options.count)
-                    announce(f"warm-up: {warm_up:,} payments (not measured)")
+                    announce(f"warm-up: {warm_up:,} payments as fast as they go, then "
+                             f"{WARM_UP_RATE:,.0f}/s for {options.warm_up_open_s:g} s "
+                             "(not measured)")
                     saturation(settings, warm_up, options.seed + 1)
+                    open_model(settings, WARM_UP_RATE, options.warm_up_open_s, options.seed + 3)
                     fresh_redis(settings, counts)
                     announce(f"saturation: {options.count:,} payments as fast as they go")
                     with Sampler(pids) as sampler:

@@ -23,8 +23,10 @@ from paysim.infra.waiting import wait_until
 def test_a_small_benchmark_fills_in_every_figure() -> None:
     lines: list[str] = []
     results = run_benchmark(BenchOptions(count=3000, rates=(300.0,), duration_s=3.0, seed=11,
-                                         http_duration_s=2.0),
+                                         http_duration_s=2.0, warm_up_open_s=1.0),
                             announce=lines.append)
+    assert "warm-up: 3,000 payments as fast as they go, then 2,000/s for 1 s (not measured)" \
+        in lines, lines
 
     assert results["metrics"] is True  # the services and the generator served metrics
     reference = results["reference"]
