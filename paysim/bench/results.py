@@ -16,6 +16,20 @@ from paysim.bench.resources import Usage
 from paysim.pipeline import registry
 
 SCHEMA = "paysim-bench/1"
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """What ran before the measured phases, unmeasured: runs with other warm-ups are not
+    comparable at saturation (docs/performance.md, "The broker's JIT in the saturation run")."""
+
+    payments: int  # as fast as they go
+    open_model_rate: float  # then payments at this rate a second
+    open_model_s: float  # for this long
+
+    def as_dict(self) -> dict[str, float]:
+        return {"payments": self.payments, "open_model_rate": self.open_model_rate,
+                "open_model_s": self.open_model_s}
 MIB = 2**20
 
 # The targets of the performance issues, on a 2-core machine running everything: the first
@@ -117,7 +131,8 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                   metrics: bool = True, http: HttpFigures | None = None,
                   tracing: dict[str, Any] | None = None,
                   projected: Projected | None = None,
-                  partitions: int | None = None, processors: int = 1) -> dict[str, Any]:
+                  partitions: int | None = None, processors: int = 1,
+                  warm_up: WarmUp | None = None) -> dict[str, Any]:
     """results.json's content; with ``projected``, the capacity projection from the run's
     CPU per payment, ``partitions`` being the run's topics.partitions. ``processors``: the
     processor's instances (their CPU and RSS are summed under its name)."""
@@ -133,6 +148,7 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
         "schema": SCHEMA, "started_at": started.isoformat(timespec="seconds"), "quick": quick,
         "metrics": metrics, "tracing": tracing, "processors": processors,
         "partitions": partitions,
+        "warm_up": warm_up.as_dict() if warm_up is not None else None,
         "machine": machine, "reference": reference, "saturation": burst,
         "lifecycle": lifecycle.as_dict() if lifecycle else None, "open_model": rates,
         "resources": resources, "http": edge,

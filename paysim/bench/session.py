@@ -22,7 +22,7 @@ from paysim.bench.http import CONNECTIONS, http_phase
 from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, lifecycle_saturation, open_model, saturation
 from paysim.bench.resources import Sampler, total_rss
-from paysim.bench.results import build_results
+from paysim.bench.results import WarmUp, build_results
 from paysim.domain import cards
 from paysim.domain.messages import encode
 from paysim.infra import tracing
@@ -46,16 +46,16 @@ if TYPE_CHECKING:  # imported when tracing: it brings opentelemetry's protobuf t
 Announce = Callable[[str], None]
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000
-# Enough for the broker's JIT and for each service to reach the memory it holds under load
-# (its batches, librdkafka's buffers: 5-10 MB above idle, reached some seconds into a
-# backlog), so that the saturation run's RSS growth measures the run, not the ramp from idle.
-# Memory at the services' start is reported too.
+# Enough for each service to reach the memory it holds under load (its batches, librdkafka's
+# buffers: 5-10 MB above idle, reached some seconds into a backlog), so that the saturation
+# run's RSS growth measures the run, not the ramp from idle. Memory at the services' start is
+# reported too. Not enough for the broker's JIT: see WARM_UP_RATE.
 WARM_UP_PAYMENTS = 100_000
 # Then payments at WARM_UP_RATE for BenchOptions.warm_up_open_s. At saturation the stages
 # commit few large transactions, so the broker's request paths run too seldom to get
 # compiled: after WARM_UP_PAYMENTS alone, the broker's JIT compiler threads still took 43%
 # of its CPU over the next 60,000 payments at saturation (its CPU a payment 30-54 µs, against
-# 11-18 once compiled). 20 s at 2,000/s (some 9,000 small transactions) brings that to 2%
+# 11-18 once compiled). 20 s at 2,000/s (some 9,000 small transactions) brought that to 6%
 # (docs/performance.md, "The broker's JIT in the saturation run").
 WARM_UP_RATE = 2000.0
 PROGRESS_EVERY_S = 5.0
@@ -131,12 +131,14 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                 with running_services(settings, counts) as pids:
                     pids = {**pids, **stack_pids(stack), GENERATOR: (os.getpid(),)}
                     at_start = {name: total_rss(each) for name, each in pids.items()}
-                    warm_up = min(WARM_UP_PAYMENTS, options.count)
-                    announce(f"warm-up: {warm_up:,} payments as fast as they go, then "
-                             f"{WARM_UP_RATE:,.0f}/s for {options.warm_up_open_s:g} s "
+                    warm_up = WarmUp(min(WARM_UP_PAYMENTS, options.count), WARM_UP_RATE,
+                                     options.warm_up_open_s)
+                    announce(f"warm-up: {warm_up.payments:,} payments as fast as they go, then "
+                             f"{warm_up.open_model_rate:,.0f}/s for {warm_up.open_model_s:g} s "
                              "(not measured)")
-                    saturation(settings, warm_up, options.seed + 1)
-                    open_model(settings, WARM_UP_RATE, options.warm_up_open_s, options.seed + 3)
+                    saturation(settings, warm_up.payments, options.seed + 1)
+                    open_model(settings, warm_up.open_model_rate, warm_up.open_model_s,
+                               options.seed + 3)
                     fresh_redis(settings, counts)
                     announce(f"saturation: {options.count:,} payments as fast as they go")
                     with Sampler(pids) as sampler:
@@ -169,6 +171,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
         rss_at_start=at_start, lifecycle=mix, metrics=options.metrics, http=edge,
         tracing=spans, projected=options.projected, partitions=settings.topics.partitions,
         processors=options.processors,
+        warm_up=warm_up,
     )
 
 

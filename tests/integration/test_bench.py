@@ -27,6 +27,8 @@ def test_a_small_benchmark_fills_in_every_figure() -> None:
                             announce=lines.append)
     assert "warm-up: 3,000 payments as fast as they go, then 2,000/s for 1 s (not measured)" \
         in lines, lines
+    assert results["warm_up"] == {"payments": 3000, "open_model_rate": 2000.0,
+                                  "open_model_s": 1.0}
 
     assert results["metrics"] is True  # the services and the generator served metrics
     reference = results["reference"]

@@ -22,6 +22,7 @@ from paysim.bench.results import (
     CPU_TARGET,
     HTTP_TARGET,
     RATIO_TARGET,
+    WarmUp,
     build_results,
     reprojected,
     targets,
@@ -349,3 +350,10 @@ def _table_text(kept: dict) -> str:
     out = io.StringIO()
     Console(file=out, width=200).print(results_table(kept))
     return out.getvalue()
+
+
+def test_results_say_what_warm_up_ran_before_the_measured_phases() -> None:
+    warm = results(warm_up=WarmUp(100_000, 2000.0, 20.0))
+    assert warm["warm_up"] == {"payments": 100_000, "open_model_rate": 2000.0,
+                               "open_model_s": 20.0}
+    assert results()["warm_up"] is None  # a run saved before the warm-up was recorded

@@ -372,6 +372,26 @@ def test_after_a_batch_that_was_not_full_the_next_fetch_waits_out_the_shortest_c
     assert harness.seen() == ["p0-0", "p0-1", "p0-2"]
 
 
+def test_a_batch_begun_by_poll_after_an_empty_fetch_starts_the_shortest_cycle_too() -> None:
+    harness = Harness([ping(0, 0), ping(0, 1)], settings=pure_settings({"services.batch_size": 3}))
+    harness.loop.min_cycle = 60.0
+    timeouts = fetch_timeouts(harness)
+    consume, fetches = harness.consumer.consume, [0]
+
+    def nothing_at_first(num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        fetches[0] += 1
+        return [] if fetches[0] == 1 else consume(num_messages, timeout)
+
+    harness.consumer.consume = nothing_at_first  # type: ignore[method-assign]
+    harness.run()
+    # The first fetch finds nothing: poll() waits for the first record (the fake's poll
+    # fetches one), the rest comes at once, and the batch of 2 is not full, so the fetch
+    # after it waits out the cycle as after any batch that was not full.
+    assert timeouts[:2] == [-1, 0.0]
+    assert 59.0 < timeouts[2] <= 60.0
+    assert harness.seen() == ["p0-0", "p0-1"]
+
+
 def test_full_batches_are_fetched_without_waiting() -> None:
     harness = Harness([ping(0, offset) for offset in range(6)],
                       settings=pure_settings({"services.batch_size": 2}))
