@@ -66,7 +66,10 @@ CALL_GRACE_S = 1.0
 # stages cycled faster, each a smaller transaction, each costing the machine 2.5-3.3 ms of
 # CPU: HTTP fell 9-30%. 8 ms kept the number of transactions where it was, with the 2,000/s
 # p99 at 50 ms against 73-82 (docs/performance.md, "The offsets first, and a shortest cycle").
-MIN_CYCLE_S = 0.008
+# 12 ms made about 30% fewer transactions than 8 at 2,000/s, for 2-5 ms more at the median:
+# less CPU, HTTP 12-36% higher, the 5,000/s p99 lower in every run compared (docs/
+# performance.md, "The shortest cycle's length"). 5 ms made more transactions than 8.
+MIN_CYCLE_S = 0.012
 # A consumer close that takes longer is left to finish (or not) on its own thread.
 CLOSE_TIMEOUT_S = 5.0
 # Batches in a row that Kafka failed before the clients are renewed even though no call hung:
