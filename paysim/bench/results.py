@@ -18,18 +18,6 @@ from paysim.pipeline import registry
 SCHEMA = "paysim-bench/1"
 
 
-@dataclass(frozen=True)
-class WarmUp:
-    """What ran before the measured phases, unmeasured: runs with other warm-ups are not
-    comparable at saturation (docs/performance.md, "The broker's JIT in the saturation run")."""
-
-    payments: int  # as fast as they go
-    open_model_rate: float  # then payments at this rate a second
-    open_model_s: float  # for this long
-
-    def as_dict(self) -> dict[str, float]:
-        return {"payments": self.payments, "open_model_rate": self.open_model_rate,
-                "open_model_s": self.open_model_s}
 MIB = 2**20
 
 # The targets of the performance issues, on a 2-core machine running everything: the first
@@ -62,6 +50,20 @@ class Target:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "bound": self.bound, "actual": self.actual, "met": self.met}
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """What ran before the measured phases, unmeasured: runs with other warm-ups are not
+    comparable at saturation (docs/performance.md, "The broker's JIT in the saturation run")."""
+
+    payments: int  # as fast as they go
+    open_model_rate: float  # then payments at this rate a second
+    open_model_s: float  # for this long
+
+    def as_dict(self) -> dict[str, float]:
+        return {"payments": self.payments, "open_model_rate": self.open_model_rate,
+                "open_model_s": self.open_model_s}
 
 
 def usage_figures(usage: Usage, payments: int, rss_at_start: int | None) -> dict[str, Any]:

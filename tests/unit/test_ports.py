@@ -8,11 +8,16 @@ from paysim.stack import ports
 
 
 @pytest.fixture
-def picks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The bases random.randint will offer, in order; every port counts as bindable."""
-    offered: list[int] = []
+def all_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing handed out yet, and every port bindable."""
     monkeypatch.setattr(ports, "_handed_out", set())
     monkeypatch.setattr(ports, "bindable", lambda port: True)
+
+
+@pytest.fixture
+def picks(all_free: None, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bases random.randint will offer, in order."""
+    offered: list[int] = []
     monkeypatch.setattr(ports.random, "randint", lambda low, high: offered.pop(0))
     return offered
 
@@ -37,10 +42,9 @@ def test_no_free_run_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         ports.free_port_run(3)
 
 
-def test_a_run_stays_below_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_stays_below_the_ephemeral_range(all_free: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     highs: list[int] = []
-    monkeypatch.setattr(ports, "_handed_out", set())
-    monkeypatch.setattr(ports, "bindable", lambda port: True)
     monkeypatch.setattr(ports.random, "randint", lambda low, high: highs.append(high) or high)
     base = ports.free_port_run(3, step=2)
     assert base + 4 == ports.PORT_RANGE[1] and highs == [base]
