@@ -223,10 +223,17 @@ def test_an_operation_with_an_idempotency_key_applies_once(pipeline: Settings,
     assert again[2].get("Idempotent-Replayed") == "true"
     status, view, _ = call(pipeline, "GET", f"/payments/{pid}")
     assert status == 200 and view["lifecycle"]["amounts"]["captured"] == 1_000
-    # The ledger answered it once, on the run's operations stream (what `send` reads).
-    done = [store.read_operation_done(fields) for _, fields in
-            client.xrange(store.run_operations_key(RUN))]
-    mine = [entry for entry in done if entry.op_id == first[1]["operation"]["id"]]
+    # The ledger answered it once, on the run's operations stream (what `send` reads). The
+    # entry is written in the ledger's batch pipeline, after the answer the API returned.
+    op_id = first[1]["operation"]["id"]
+
+    def entries() -> list[store.OperationDone]:
+        return [entry for entry in (store.read_operation_done(fields) for _, fields in
+                                    client.xrange(store.run_operations_key(RUN)))
+                if entry.op_id == op_id]
+
+    assert wait_until(lambda: bool(entries()), timeout=30)
+    mine = entries()
     assert [(e.kind, e.payment_id, e.reason_code, e.amount) for e in mine] == [
         ("capture", pid, "00", 1_000)]
     assert mine[0].answered_at >= mine[0].requested_at
