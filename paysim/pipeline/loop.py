@@ -290,6 +290,9 @@ class ServiceLoop(Generic[T]):
         # The consumer's partitions, kept from its rebalance callbacks: asking the consumer
         # for them once per batch was up to 14% of the authorizer's samples at small batches.
         self._assigned: set[tuple[str, int]] = set()
+        # The consumer's group metadata for send_offsets_to_transaction, kept from one batch
+        # to the next (see _group_metadata).
+        self._metadata: object | None = None
         self._unhealthy: str | None = None  # why the producer must be renewed before going on
         self._producer_spent = False  # the producer is the one to replace, not one to init
         # The first offset, per partition, of a batch whose transaction may or may not have
@@ -407,7 +410,7 @@ class ServiceLoop(Generic[T]):
             self._close()
 
     def _subscribe(self) -> None:
-        self._assigned = set()
+        self._assigned, self._metadata = set(), None
         self.consumer.subscribe([self.service.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke)
         self._consumer_open = True
@@ -415,11 +418,13 @@ class ServiceLoop(Generic[T]):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions given to the consumer (all of them, or with the cooperative protocol
         the ones added). Served by its poll, on the loop's thread."""
+        self._metadata = None  # a new generation of the group
         if consumer is self.consumer:  # not a replaced consumer's, closing late
             self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions taken from the consumer, or lost (librdkafka calls this for both)."""
+        self._metadata = None
         if consumer is self.consumer:
             self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
 
@@ -469,6 +474,7 @@ class ServiceLoop(Generic[T]):
             # the producer, ending its transaction, and the consumer then resumes from the
             # committed offsets, so no rewind either.
             self._count_abort()
+            self._metadata = None
             self.log.warning("batch of %d abandoned, will retry with a new producer: %s",
                              len(messages), exc)
             self._mark_unhealthy(str(exc))
@@ -476,6 +482,7 @@ class ServiceLoop(Generic[T]):
             return False
         except (KafkaException, redis.RedisError) as exc:
             self._count_abort()
+            self._metadata = None  # in case the broker found it stale
             self.log.warning("batch of %d aborted, will retry: %s", len(messages),
                              error_text(exc))
             if not self._abort():
@@ -602,7 +609,7 @@ class ServiceLoop(Generic[T]):
         opening = self._kafka_start(
             TransactionOpening(self.producer, outputs,
                                [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                               self.consumer.consumer_group_metadata()),
+                               self._group_metadata()),
             timeout=self.call_timeout)
         try:
             pipe.execute()
@@ -616,6 +623,19 @@ class ServiceLoop(Generic[T]):
         if self.metrics is not None:
             self._outcomes[OK] = len(messages) - dead
             self.metrics.batch(messages, self._outcomes, started)
+
+    def _group_metadata(self) -> object:
+        """The consumer's group metadata, asked of it once per generation of the group.
+
+        librdkafka answers consumer_group_metadata() from its main thread, and the Python
+        client waits for the answer holding the GIL: up to a millisecond a batch under load,
+        about a tenth of the authorizer's and the notifier's samples at saturation. What it
+        holds (the member and its generation) changes only in a rebalance, which the
+        rebalance callbacks report; should the broker refuse it as stale anyway, the batch
+        aborts, and the retry asks again."""
+        if self._metadata is None:
+            self._metadata = self.consumer.consumer_group_metadata()
+        return self._metadata
 
     def _kafka_call(self, call: Callable[..., Any], *args: Any,
                     timeout: float | None = None) -> Any:

@@ -240,6 +240,51 @@ def test_the_partitions_come_from_the_rebalance_callbacks_not_a_call_per_batch()
     assert len(asked) <= 2  # the fake's on_assign and the first heartbeat's lags; no batch's
 
 
+def count_metadata_asks(consumer: FakeConsumer) -> list[object]:
+    """Each group metadata the consumer hands out (a new object each time, as a new
+    generation's would be)."""
+    given: list[object] = []
+
+    def fresh() -> object:
+        given.append(object())
+        return given[-1]
+
+    consumer.consumer_group_metadata = fresh  # type: ignore[method-assign]
+    return given
+
+
+def test_the_group_metadata_is_asked_once_per_assignment_not_per_batch() -> None:
+    harness = Harness([ping(0, offset) for offset in range(6)],
+                      settings=pure_settings({"services.batch_size": 1}))
+    given = count_metadata_asks(harness.consumer)
+    harness.run()
+    assert len(harness.producer.committed) == 6
+    assert len(given) == 1
+    assert {t.group_metadata for t in harness.producer.committed} == {given[0]}
+
+
+def test_a_rebalance_or_an_abort_makes_the_next_batch_ask_for_the_group_metadata_again() -> None:
+    harness = Harness([ping(0, offset) for offset in range(3)],
+                      settings=pure_settings({"services.batch_size": 1}))
+    consumer = harness.consumer
+    given = count_metadata_asks(consumer)
+    fetch = consumer.consume
+
+    def rebalanced_before_the_second_fetch(num_messages: int = 1,
+                                           timeout: float = -1) -> list[FakeMessage]:
+        if consumer.calls == 1 and consumer.on_revoke and consumer.on_assign:
+            consumer.on_revoke(consumer, consumer.assignment())
+            consumer.on_assign(consumer, consumer.assignment())
+        return fetch(num_messages, timeout)
+
+    consumer.consume = rebalanced_before_the_second_fetch  # type: ignore[method-assign]
+    # The third batch's offsets are refused, as a stale generation's would be: it aborts.
+    harness.producer.fail_on("send_offsets_to_transaction", kafka_error(), 3)
+    harness.run()
+    assert [t.group_metadata for t in harness.producer.committed] == given
+    assert len(given) == 3  # the first batch, after the rebalance, the abort's retry
+
+
 # ------------------------------------------------------------------------ abort and retry
 
 
