@@ -120,7 +120,7 @@ def test_the_bench_starts_the_processors_asked_for_and_one_of_each_other_service
 
 
 def test_the_bench_sizes_its_topics_one_partition_per_processor_unless_asked() -> None:
-    assert BenchOptions().topic_partitions == BenchOptions().processors == 2
+    assert BenchOptions().topic_partitions == BenchOptions().processors == 1
     assert BenchOptions(processors=3).topic_partitions == 3
     assert BenchOptions(processors=3, partitions=12).topic_partitions == 12
 
