@@ -418,15 +418,15 @@ class ServiceLoop(Generic[T]):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions given to the consumer (all of them, or with the cooperative protocol
         the ones added). Served by its poll, on the loop's thread."""
-        self._metadata = None  # a new generation of the group
         if consumer is self.consumer:  # not a replaced consumer's, closing late
             self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+            self._metadata = None  # a new generation of the group
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions taken from the consumer, or lost (librdkafka calls this for both)."""
-        self._metadata = None
         if consumer is self.consumer:
             self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+            self._metadata = None
 
     def _next_batch(self) -> list[Message]:
         """What is waiting, up to a batch; else the first message to arrive within 0.2 s.
@@ -630,12 +630,14 @@ class ServiceLoop(Generic[T]):
         librdkafka answers consumer_group_metadata() from its main thread, and the Python
         client waits for the answer holding the GIL: up to a millisecond a batch under load,
         about a tenth of the authorizer's and the notifier's samples at saturation. What it
-        holds (the member and its generation) changes only in a rebalance, which the
-        rebalance callbacks report; should the broker refuse it as stale anyway, the batch
-        aborts, and the retry asks again."""
-        if self._metadata is None:
-            self._metadata = self.consumer.consumer_group_metadata()
-        return self._metadata
+        holds (the member and its generation) changes in a rebalance, which the rebalance
+        callbacks report at the next fetch. librdkafka may change it on its own thread before
+        that (a rejoin); the broker then refuses the stale one (an abortable error, not a
+        fatal one), the batch aborts, and the retry asks again."""
+        metadata = self._metadata
+        if metadata is None:
+            metadata = self._metadata = self.consumer.consumer_group_metadata()
+        return metadata
 
     def _kafka_call(self, call: Callable[..., Any], *args: Any,
                     timeout: float | None = None) -> Any:

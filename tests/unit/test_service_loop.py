@@ -278,8 +278,9 @@ def test_a_rebalance_or_an_abort_makes_the_next_batch_ask_for_the_group_metadata
         return fetch(num_messages, timeout)
 
     consumer.consume = rebalanced_before_the_second_fetch  # type: ignore[method-assign]
-    # The third batch's offsets are refused, as a stale generation's would be: it aborts.
-    harness.producer.fail_on("send_offsets_to_transaction", kafka_error(), 3)
+    # The third batch's offsets are refused as a stale generation's: it aborts.
+    harness.producer.fail_on("send_offsets_to_transaction",
+                             kafka_error(KafkaError.ILLEGAL_GENERATION, "stale generation"), 3)
     harness.run()
     assert [t.group_metadata for t in harness.producer.committed] == given
     assert len(given) == 3  # the first batch, after the rebalance, the abort's retry
@@ -893,6 +894,9 @@ def test_a_fenced_consumer_is_replaced_and_the_new_one_resumes_from_the_commit(
     assert first.closed and second.subscribed == [IN]
     assert harness.producers == [harness.producer]  # the producer had nothing to do with it
     assert [len(t.records) for t in harness.cluster.transactions] == [2, 2]
+    # Each transaction carries the group metadata of the consumer that fetched its batch.
+    assert [t.group_metadata for t in harness.cluster.transactions] == [
+        first.group_metadata, second.group_metadata]
     assert_each_pong_committed_once(harness, records)
 
 
