@@ -16,8 +16,6 @@ from paysim.bench.resources import Usage
 from paysim.pipeline import registry
 
 SCHEMA = "paysim-bench/1"
-
-
 MIB = 2**20
 
 # The targets of the performance issues, on a 2-core machine running everything: the first

@@ -183,12 +183,23 @@ def dead_letter(service: str, message: Message, reason: str, topic: str,
 
 
 def first_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
-    """The batch's first offset in each of its partitions."""
-    first: dict[tuple[str, int], int] = {}
+    """The batch's first offset in each of its partitions (where to read it again)."""
+    return _per_partition(messages, min, 0)
+
+
+def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+    """The offset after the batch's last in each of its partitions (what to commit)."""
+    return _per_partition(messages, max, 1)
+
+
+def _per_partition(messages: list[Message], keep: Callable[[int, int], int],
+                   past: int) -> dict[tuple[str, int], int]:
+    """Per partition, ``keep`` over the batch's offsets, each plus ``past``."""
+    found: dict[tuple[str, int], int] = {}
     for message in messages:
-        key = (message.topic(), message.partition())
-        first[key] = min(first.get(key, message.offset()), message.offset())
-    return first
+        key, offset = (message.topic(), message.partition()), message.offset() + past
+        found[key] = keep(found.get(key, offset), offset)
+    return found
 
 
 class TransactionOpening:
@@ -600,15 +611,12 @@ class ServiceLoop(Generic[T]):
         pipe = self._decide_all(decoded, outputs, trace)
         # The offsets to commit come from the batch itself, not from the consumer's position,
         # which a rebalance may have moved.
-        next_offsets: dict[tuple[str, int], int] = {}
-        for message in messages:
-            key = (message.topic(), message.partition())
-            next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
+        offsets = next_offsets(messages)
         # The worker thread opens the transaction, adds the offsets (two round trips to the
         # broker) and produces, while this one writes Redis. Both are done before the commit.
         opening = self._kafka_start(
             TransactionOpening(self.producer, outputs,
-                               [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+                               [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
                                self._group_metadata()),
             timeout=self.call_timeout)
         try:
