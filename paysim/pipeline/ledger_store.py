@@ -19,15 +19,19 @@ authorizations, the lifecycle service's operations): the version keeps one from 
 the other's decision. One card's operations arrive in order (its records are keyed by token),
 so a conflict is rare and one retry settles it. A batch's cards go to Redis in one script
 call per shard_store.call_groups group: one in all on a single Redis, one per bucket on a
-cluster.
+cluster. On a single Redis a batch of more than CHUNK_CARDS cards is settled in chunks, their
+READ and APPLY calls pipelined on one connection, so that Redis works on the next chunk's
+read and the last chunk's write while the processor decides (see _settle_chunks).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import redis
@@ -43,6 +47,10 @@ from paysim.pipeline.shard_store import bucket_of, tag
 
 VERSION_FIELD = "ver"
 MAX_TRIES = 5
+# Cards a READ or APPLY call takes when settle pipelines a batch's calls (see _settle_chunks):
+# large enough that a call's own cost stays small, small enough that a batch of 500
+# payments at saturation makes several chunks to overlap.
+CHUNK_CARDS = 100
 _SAFE = 2 ** 53  # whole numbers up to here are exact as Lua's numbers (doubles)
 
 
@@ -225,6 +233,7 @@ class LedgerStore:
         self.window_s = window_s
         self._apply = client.register_script(APPLY_LUA)
         self._read = client.register_script(READ_LUA)
+        self._cluster = store.is_cluster(client)
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> LedgerStore:
@@ -248,40 +257,8 @@ class LedgerStore:
 
     def _read_group(self, cards: dict[CardRef, CardReads],
                     day: str) -> dict[CardRef, CardSnapshot]:
-        keys: list[str] = []
-        spec: list[tuple[int, int, list[str] | None]] = []
-        plan = []
-        for card, (currencies, payments, ops) in cards.items():
-            currencies_l = None if currencies is None else sorted(currencies)
-            payments_l, ops_l = sorted(payments), sorted(ops)
-            fields = None
-            if currencies_l is not None:
-                fields = [VERSION_FIELD]
-                for currency in currencies_l:
-                    fields += _card_fields(currency, day)
-            keys += _card_keys(card.part, payments_l, ops_l)
-            spec.append((len(payments_l), len(ops_l), fields))
-            plan.append((card, currencies_l, payments_l, ops_l))
-        replies = iter(self._read(keys=keys, args=[_batch_encode(spec)]))
-        snapshots = {}
-        for card, currencies_l, payments_l, ops_l in plan:
-            if currencies_l is None:
-                flat = next(replies)
-                version, lines, today = _whole_card(dict(zip(flat[::2], flat[1::2],
-                                                             strict=True)), day)
-            else:
-                version, *values = next(replies)
-                lines, today = {}, {}
-                for i, currency in enumerate(currencies_l):
-                    posted, pending, spent = values[3 * i:3 * i + 3]
-                    lines[ledger.line(ledger.POSTED, currency, CARD)] = int(posted or 0)
-                    lines[ledger.line(ledger.PENDING, currency, CARD)] = int(pending or 0)
-                    today[currency] = int(spent or 0)
-            records = {pid: _maybe(next(replies), _record_decoder) for pid in payments_l}
-            answers = {op: _maybe(next(replies), _answer_decoder) for op in ops_l}
-            snapshots[card] = CardSnapshot((version or b"0").decode(), Book(lines), today,
-                                           records, answers)
-        return snapshots
+        call = _read_call(cards, day)
+        return call.snapshots(self._read(keys=call.keys, args=call.args))
 
     def write(self, writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
         """Apply each card's changes if its version is still the one read; the cards whose
@@ -298,51 +275,9 @@ class LedgerStore:
 
     def _write_group(self, buckets: list[int],
                      writes: list[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
-        """One APPLY call. Its keys are the group's buckets' holds, then windows, then the
-        batch's movement lists (one per bucket, run and window, however many cards file
-        into it), then per card its hash and documents' keys. Its arguments are the TTL, the
-        counts of buckets and lists, and the whole batch's changes as one flat MessagePack
-        array (APPLY_LUA walks it): redis-py packs four arguments rather than three per
-        payment, and the script decodes one array, not a JSON header per card (nested
-        arrays per card cost the script half as much again to decode)."""
-        place = {bucket: i + 1 for i, bucket in enumerate(buckets)}  # Lua's 1-based index
-        lists: dict[tuple[int, str, int], int] = {}  # (bucket, run, window) -> its index
-        list_rows: list[object] = []  # per list: bucket place, window end, window member
-        card_keys: list[str] = []
-        cards: list[object] = []
-        for card, snapshot, write in writes:
-            bucket = bucket_of(card.run_id, card.token)
-            width = settlement.window_width(write.window_s)
-            card_keys += _card_keys(card.part, write.records, write.answers)
-            cards += (snapshot.version, place[bucket], len(write.increments))
-            for name, delta in write.increments.items():
-                # A delta past a double's whole numbers as text: the script leaves it to
-                # HINCRBY (limits keep real ones far below).
-                cards += (name, delta if -_SAFE < delta < _SAFE else str(delta))
-            cards.append(len(write.records) + len(write.answers))
-            cards += [_encode(record).decode() for record in write.records.values()]
-            cards += [_encode(answer).decode() for answer in write.answers.values()]
-            cards.append(len(write.holds_open))
-            for member, expires in write.holds_open.items():
-                cards += (str(expires), member)  # text: microseconds near 2^53
-            cards.append(len(write.holds_closed))
-            cards += sorted(write.holds_closed)
-            cards.append(len(write.movements))
-            for window, moved in write.movements.items():
-                where = (bucket, card.run_id, window)
-                index = lists.get(where)
-                if index is None:
-                    index = lists[where] = len(lists) + 1
-                    list_rows += (place[bucket], str(window + width),
-                                  window_member(card.run_id, window))
-                cards += (index, len(moved))
-                cards += [_encode(move).decode() for move in moved]
-        keys = [*map(holds_key, buckets), *map(windows_key, buckets),
-                *(movements_key(bucket, run_id, window) for bucket, run_id, window in lists),
-                *card_keys]
-        conflicts = self._apply(keys=keys, args=[self.ttl, len(buckets), len(lists),
-                                                 _batch_encode([*list_rows, *cards])])
-        return {writes[int(index) - 1][0] for index in conflicts}
+        """One APPLY call (see _apply_call); the cards it refused."""
+        call = _apply_call(buckets, writes, self.ttl)
+        return call.conflicts(self._apply(keys=call.keys, args=call.args))
 
     def settle(self, cards: dict[CardRef, CardReads], day: str,
                decide: Callable[[CardRef, CardSnapshot], CardWrite]) -> None:
@@ -350,14 +285,65 @@ class LedgerStore:
         write; cards another writer changed meanwhile are read and decided again."""
         pending = dict(cards)
         for _ in range(MAX_TRIES):
-            snapshots = self.read(pending, day)
-            writes = [(card, snapshot, decide(card, snapshot))
-                      for card, snapshot in snapshots.items()]
-            conflicts = self.write(writes)
+            if len(pending) <= CHUNK_CARDS or self._cluster:
+                snapshots = self.read(pending, day)
+                conflicts = self.write([(card, snapshot, decide(card, snapshot))
+                                        for card, snapshot in snapshots.items()])
+            else:
+                conflicts = self._settle_chunks(pending, day, decide)
             if not conflicts:
                 return
             pending = {card: pending[card] for card in conflicts}
         raise redis.RedisError(f"{len(pending)} card(s) kept changing under this batch")
+
+    def _settle_chunks(self, cards: dict[CardRef, CardReads], day: str,
+                       decide: Callable[[CardRef, CardSnapshot], CardWrite]) -> set[CardRef]:
+        """settle's read, decide and write in chunks of cards, pipelined on one connection:
+        Redis reads the next chunk and writes the last one while this one is decided. Each
+        card is still read, decided and written once, atomically; only whole chunks' calls
+        overlap. The cards another writer changed meanwhile are returned."""
+        try:
+            return self._pipelined(cards, day, decide)
+        except redis.exceptions.NoScriptError:  # Redis restarted or its scripts were flushed
+            self._read.sha = self.client.script_load(READ_LUA)
+            self._apply.sha = self.client.script_load(APPLY_LUA)
+            return self._pipelined(cards, day, decide)
+
+    def _pipelined(self, cards: dict[CardRef, CardReads], day: str,
+                   decide: Callable[[CardRef, CardSnapshot], CardWrite]) -> set[CardRef]:
+        order = list(cards)
+        chunks = [order[i:i + CHUNK_CARDS] for i in range(0, len(order), CHUNK_CARDS)]
+        read: dict[int, dict[CardRef, CardSnapshot]] = {}
+        conflicts: set[CardRef] = set()
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        calls = _CallsInFlight(conn)
+        try:
+            def send_read(i: int) -> None:
+                call = _read_call({card: cards[card] for card in chunks[i]}, day)
+                calls.send(self._read.sha, call.keys, call.args,
+                           lambda reply: read.__setitem__(i, call.snapshots(reply)))
+
+            send_read(0)
+            for i in range(len(chunks)):
+                if i + 1 < len(chunks):
+                    send_read(i + 1)
+                while i not in read:
+                    calls.receive()
+                writes = [(card, snapshot, decide(card, snapshot))
+                          for card, snapshot in read.pop(i).items()]
+                apply = _apply_call(sorted({bucket_of(card.run_id, card.token)
+                                            for card in chunks[i]}), writes, self.ttl)
+                calls.send(self._apply.sha, apply.keys, apply.args,
+                           lambda reply, apply=apply: conflicts.update(apply.conflicts(reply)))
+            while calls.waiting:
+                calls.receive()
+        except BaseException:
+            conn.disconnect()  # its unread replies must not reach the pool's next user
+            raise
+        finally:
+            pool.release(conn)
+        return conflicts
 
 
 def _by_bucket(cards: dict[CardRef, CardReads]) -> dict[int, list[CardRef]]:
@@ -370,6 +356,137 @@ def _by_bucket(cards: dict[CardRef, CardReads]) -> dict[int, list[CardRef]]:
 # What the READ and APPLY scripts take, one document a call: MessagePack, which the scripts
 # decode for less than JSON (cmsgpack against cjson) and redis-py packs as one argument.
 _batch_encode = msgspec.msgpack.Encoder().encode
+
+
+class _CallsInFlight:
+    """Script calls sent on one connection ahead of their replies, which Redis gives in the
+    order sent; each reply goes to the handler given with its call."""
+
+    def __init__(self, conn: redis.connection.AbstractConnection) -> None:
+        self.conn = conn
+        self.waiting: deque[Callable[[Any], None]] = deque()
+
+    def send(self, sha: str, keys: list[str], args: list[Any],
+             on_reply: Callable[[Any], None]) -> None:
+        self.conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        self.waiting.append(on_reply)
+
+    def receive(self) -> None:
+        """The next reply, to its handler (a script's error is raised)."""
+        handler = self.waiting.popleft()
+        handler(self.conn.read_response())
+
+
+@dataclass
+class _ReadCall:
+    """One READ call's keys and argument, and how to read its reply into snapshots."""
+
+    keys: list[str]
+    args: list[bytes]
+    plan: list[tuple[CardRef, list[str] | None, list[str], list[str]]]
+    day: str
+
+    def snapshots(self, reply: list[object]) -> dict[CardRef, CardSnapshot]:
+        replies = iter(reply)
+        snapshots = {}
+        for card, currencies_l, payments_l, ops_l in self.plan:
+            if currencies_l is None:
+                flat = next(replies)
+                version, lines, today = _whole_card(dict(zip(flat[::2], flat[1::2],
+                                                             strict=True)), self.day)
+            else:
+                version, *values = next(replies)
+                lines, today = {}, {}
+                for i, currency in enumerate(currencies_l):
+                    posted, pending, spent = values[3 * i:3 * i + 3]
+                    lines[ledger.line(ledger.POSTED, currency, CARD)] = int(posted or 0)
+                    lines[ledger.line(ledger.PENDING, currency, CARD)] = int(pending or 0)
+                    today[currency] = int(spent or 0)
+            records = {pid: _maybe(next(replies), _record_decoder) for pid in payments_l}
+            answers = {op: _maybe(next(replies), _answer_decoder) for op in ops_l}
+            snapshots[card] = CardSnapshot((version or b"0").decode(), Book(lines), today,
+                                           records, answers)
+        return snapshots
+
+
+def _read_call(cards: dict[CardRef, CardReads], day: str) -> _ReadCall:
+    keys: list[str] = []
+    spec: list[tuple[int, int, list[str] | None]] = []
+    plan = []
+    for card, (currencies, payments, ops) in cards.items():
+        currencies_l = None if currencies is None else sorted(currencies)
+        payments_l, ops_l = sorted(payments), sorted(ops)
+        fields = None
+        if currencies_l is not None:
+            fields = [VERSION_FIELD]
+            for currency in currencies_l:
+                fields += _card_fields(currency, day)
+        keys += _card_keys(card.part, payments_l, ops_l)
+        spec.append((len(payments_l), len(ops_l), fields))
+        plan.append((card, currencies_l, payments_l, ops_l))
+    return _ReadCall(keys, [_batch_encode(spec)], plan, day)
+
+
+@dataclass
+class _ApplyCall:
+    """One APPLY call's keys and arguments, and the cards it writes, in order."""
+
+    keys: list[str]
+    args: list[object]
+    cards: list[CardRef]
+
+    def conflicts(self, reply: list[object]) -> set[CardRef]:
+        """The cards whose version had moved (APPLY answers their 1-based places)."""
+        return {self.cards[int(index) - 1] for index in reply}
+
+
+def _apply_call(buckets: list[int], writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]],
+                ttl: int) -> _ApplyCall:
+
+    """One APPLY call. Its keys are the group's buckets' holds, then windows, then the
+    batch's movement lists (one per bucket, run and window, however many cards file
+    into it), then per card its hash and documents' keys. Its arguments are the TTL, the
+    counts of buckets and lists, and the whole batch's changes as one flat MessagePack
+    array (APPLY_LUA walks it): redis-py packs four arguments rather than three per
+    payment, and the script decodes one array, not a JSON header per card (nested
+    arrays per card cost the script half as much again to decode)."""
+    place = {bucket: i + 1 for i, bucket in enumerate(buckets)}  # Lua's 1-based index
+    lists: dict[tuple[int, str, int], int] = {}  # (bucket, run, window) -> its index
+    list_rows: list[object] = []  # per list: bucket place, window end, window member
+    card_keys: list[str] = []
+    cards: list[object] = []
+    for card, snapshot, write in writes:
+        bucket = bucket_of(card.run_id, card.token)
+        width = settlement.window_width(write.window_s)
+        card_keys += _card_keys(card.part, write.records, write.answers)
+        cards += (snapshot.version, place[bucket], len(write.increments))
+        for name, delta in write.increments.items():
+            # A delta past a double's whole numbers as text: the script leaves it to
+            # HINCRBY (limits keep real ones far below).
+            cards += (name, delta if -_SAFE < delta < _SAFE else str(delta))
+        cards.append(len(write.records) + len(write.answers))
+        cards += [_encode(record).decode() for record in write.records.values()]
+        cards += [_encode(answer).decode() for answer in write.answers.values()]
+        cards.append(len(write.holds_open))
+        for member, expires in write.holds_open.items():
+            cards += (str(expires), member)  # text: microseconds near 2^53
+        cards.append(len(write.holds_closed))
+        cards += sorted(write.holds_closed)
+        cards.append(len(write.movements))
+        for window, moved in write.movements.items():
+            where = (bucket, card.run_id, window)
+            index = lists.get(where)
+            if index is None:
+                index = lists[where] = len(lists) + 1
+                list_rows += (place[bucket], str(window + width),
+                              window_member(card.run_id, window))
+            cards += (index, len(moved))
+            cards += [_encode(move).decode() for move in moved]
+    keys = [*map(holds_key, buckets), *map(windows_key, buckets),
+            *(movements_key(bucket, run_id, window) for bucket, run_id, window in lists),
+            *card_keys]
+    return _ApplyCall(keys, [ttl, len(buckets), len(lists), _batch_encode([*list_rows, *cards])],
+                      [card for card, _, _ in writes])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -72,8 +72,12 @@ def ledger_state(client: redis.Redis, run_id: str,
     return books, records, moves
 
 
+@pytest.mark.parametrize("chunk_cards", [ledger_store.CHUNK_CARDS, 3])
 def test_a_batch_writes_balanced_books_records_and_one_movement_per_capture(
-        client: redis.Redis, service_flags: dict[str, object]) -> None:
+        client: redis.Redis, service_flags: dict[str, object], chunk_cards: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # With chunks of 3 cards the batch's 32 cards are settled as 11 pipelined chunks.
+    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", chunk_cards)
     run_id = f"run-{uuid.uuid4().hex[:8]}"
     # No random issuer answers: every payment goes to the ledger.
     settings = settings_for({**service_flags, "issuer.decline_rate": 0, "issuer.fault_rate": 0})
@@ -169,3 +173,86 @@ def test_increments_past_a_doubles_whole_numbers_stay_exact(
     assert client.hgetall(key) == {
         b"big": str(2 ** 60 + 3).encode(), b"edge": str(2 ** 53 - 9).encode(),
         b"cancels": b"3", b"small": b"-5", b"new": b"7", b"ver": b"5"}
+
+
+def many_cards(run_id: str, count: int) -> dict[CardRef, ledger_store.CardReads]:
+    return {CardRef(run_id, cards.tokenize(cards.luhn_complete(f"5{n:014d}"), KEY)):
+            ({"EUR"}, {f"pay-{n}"}, set()) for n in range(count)}
+
+
+def hold_each(ledger: LedgerStore, decided: list[CardRef]):
+    """A decide callback for settle: each card's one payment authorized for 1,000."""
+    def decide(card: CardRef, snapshot: ledger_store.CardSnapshot) -> ledger_store.CardWrite:
+        decided.append(card)
+        [(payment_id, before)] = snapshot.records.items()
+        item = lifecycle.Authorization(
+            payment_id=payment_id, run_id=card.run_id, token=card.token, amount=1_000,
+            currency="EUR", merchant_id=MERCHANT.id, network="visa", capture="automatic",
+            partial_approval=False, credit_limit=1_000_000, daily_limit=1_000_000,
+            callback_url=None)
+        change = lifecycle.authorize(item, before, snapshot.funds("EUR"), now_us(),
+                                     3_600_000_000)
+        write = ledger.card_write()
+        snapshot.take(change)
+        write.take(change, before, "20261126")
+        return write
+    return decide
+
+
+def test_pipelined_chunks_decide_again_a_card_another_writer_changed(
+        client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10 cards in chunks of 3: while the third chunk is decided, another writer bumps the
+    # version of its last card, already read; the chunk's APPLY refuses that card alone,
+    # writes the others, and settle reads and decides it again.
+    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", 3)
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    wanted = many_cards(run_id, 10)
+    order = list(wanted)
+    decided: list[CardRef] = []
+    hold = hold_each(ledger, decided)
+
+    def decide(card: CardRef, snapshot: ledger_store.CardSnapshot) -> ledger_store.CardWrite:
+        if card == order[6] and order[6] not in decided:
+            client.hincrby(ledger_store.card_key(run_id, order[8].token),
+                           ledger_store.VERSION_FIELD, 1)
+        return hold(card, snapshot)
+
+    ledger.settle(wanted, "20261126", decide)
+    assert decided == [*order, order[8]]
+    for card in order:
+        book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
+                                                                                card.token)))
+        assert book.balance("card", "EUR") == -1_000
+    assert client.hget(ledger_store.card_key(run_id, order[8].token), "ver") == b"2"
+
+
+def test_pipelined_chunks_survive_flushed_scripts_and_a_failed_decision(
+        client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", 3)
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    wanted = many_cards(run_id, 8)
+    order = list(wanted)
+
+    # A decision that fails halfway: the error reaches the caller, and the connection its
+    # calls were pipelined on, with replies unread, is not handed to the next command.
+    def failing(card: CardRef, snapshot: ledger_store.CardSnapshot) -> ledger_store.CardWrite:
+        if card == order[4]:
+            raise ValueError("a bug in a decision")
+        return hold_each(ledger, [])(card, snapshot)
+
+    with pytest.raises(ValueError, match="a bug"):
+        ledger.settle(wanted, "20261126", failing)
+    assert client.get("paysim:no-such-key") is None and client.ping()
+
+    # Scripts flushed (a Redis restarted without them): settle loads them again. Any card
+    # the failed attempt wrote is found decided, and nothing is held twice.
+    client.script_flush()
+    decided: list[CardRef] = []
+    ledger.settle(wanted, "20261126", hold_each(ledger, decided))
+    assert decided == order
+    for card in order:
+        book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
+                                                                                card.token)))
+        assert book.balance("card", "EUR") == -1_000
