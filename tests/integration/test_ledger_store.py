@@ -8,11 +8,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 import redis
 
 from paysim.domain import cards, lifecycle
-from paysim.domain.messages import AUTHORIZED, REQUESTED, Merchant, PaymentAuthorized, now_us
+from paysim.domain.messages import (
+    AUTHORIZED,
+    REQUESTED,
+    Merchant,
+    PaymentAuthorized,
+    PaymentOutcome,
+    now_us,
+)
 from paysim.infra.config import Settings
 from paysim.pipeline import ledger_store, settlement_store, shard_store, store
 from paysim.pipeline.ledger_store import CardRef, LedgerStore
@@ -48,14 +56,16 @@ def authorization(item: PaymentAuthorized) -> lifecycle.Authorization:
         daily_limit=1_000_000, callback_url=None)
 
 
-def run_batch(service: Processor, client: redis.Redis, items: list[PaymentAuthorized]) -> None:
-    """prepare, decide and finish one batch, as the service loop does."""
+def run_batch(service: Processor, client: redis.Redis,
+              items: list[PaymentAuthorized]) -> list[PaymentOutcome]:
+    """prepare, decide and finish one batch, as the service loop does; its outcomes."""
     pipe = client.pipeline(transaction=False)
     service.prepare(items)
-    for item in items:
-        service.decide(item, pipe)
+    outputs = [output for item in items for output in service.decide(item, pipe)]
     service.finish(pipe)
     pipe.execute()
+    return [msgspec.json.decode(output.value, type=PaymentOutcome) for output in outputs
+            if output.topic == service.settings.topics.results]
 
 
 def ledger_state(client: redis.Redis, run_id: str,
@@ -89,7 +99,9 @@ def test_a_batch_writes_balanced_books_records_and_one_movement_per_capture(
     items = [authorized(run_id, PANS[0], 1_000, "EUR"), authorized(run_id, PANS[0], 2_500, "EUR"),
              *(authorized(run_id, pan, 700 + n, ("USD", "JPY", "EUR")[n % 3])
                for n, pan in enumerate(others))]
-    run_batch(service, client, items)
+    outcomes = run_batch(service, client, items)
+    assert [(o.payment_id, o.status) for o in outcomes] == [
+        (item.payment_id, "approved") for item in items]
 
     books, records, moves = ledger_state(client, run_id, items)
     for item, record in zip(items, records, strict=True):
@@ -102,9 +114,11 @@ def test_a_batch_writes_balanced_books_records_and_one_movement_per_capture(
         "card", "EUR") == -3_500
     assert moves == sorted(item.payment_id for item in items)
 
-    # The same batch again (a redelivery): nothing is posted twice.
-    run_batch(service, client, items)
+    # The same batch again (a redelivery): nothing is posted twice, the same answers.
+    again = run_batch(service, client, items)
     assert ledger_state(client, run_id, items) == (books, records, moves)
+    assert [(o.payment_id, o.status, o.approved_amount) for o in again] == [
+        (o.payment_id, o.status, o.approved_amount) for o in outcomes]
 
 
 def test_a_card_whose_version_moved_is_reported_and_not_written(
