@@ -369,7 +369,9 @@ class _CallsInFlight:
 
     def send(self, sha: str, keys: list[str], args: list[Any],
              on_reply: Callable[[Any], None]) -> None:
-        self.conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+        # No health check: after 30 s idle it would send a PING and read the next reply as
+        # its answer, which here belongs to a call already in flight.
+        self.conn.send_command("EVALSHA", sha, len(keys), *keys, *args, check_health=False)
         self.waiting.append(on_reply)
 
     def receive(self) -> None:

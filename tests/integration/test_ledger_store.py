@@ -270,3 +270,29 @@ def test_pipelined_chunks_survive_flushed_scripts_and_a_failed_decision(
         book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
                                                                                 card.token)))
         assert book.balance("card", "EUR") == -1_000
+
+
+def test_scripts_flushed_in_the_middle_of_a_pipelined_batch(
+        client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scripts vanish while the second of four chunks is decided: some call after that
+    # finds no script, settle loads them and settles the batch again. Whatever the first
+    # attempt wrote is found decided: every card is held once.
+    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", 3)
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    ledger = LedgerStore.for_settings(client, settings)
+    wanted = many_cards(run_id, 10)
+    order = list(wanted)
+    decided: list[CardRef] = []
+    hold = hold_each(ledger, decided)
+
+    def decide(card: CardRef, snapshot: ledger_store.CardSnapshot) -> ledger_store.CardWrite:
+        if card == order[3] and decided.count(order[3]) == 0:
+            client.script_flush()
+        return hold(card, snapshot)
+
+    ledger.settle(wanted, "20261126", decide)
+    assert decided.count(order[3]) == 2  # the batch was settled again
+    for card in order:
+        book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
+                                                                                card.token)))
+        assert book.balance("card", "EUR") == -1_000
