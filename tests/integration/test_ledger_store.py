@@ -6,7 +6,7 @@ while the others of its call are written."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 import pytest
@@ -213,41 +213,57 @@ def hold_each(ledger: LedgerStore, decided: list[CardRef]):
     return decide
 
 
+def chunked_batch(client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                  count: int) -> tuple[str, LedgerStore, list[CardRef]]:
+    """A run's ``count`` cards, one new payment each, that settle takes in chunks of 3."""
+    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", 3)
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    return run_id, LedgerStore.for_settings(client, settings), list(many_cards(run_id, count))
+
+
+def settle_chunked(ledger: LedgerStore, run_id: str, count: int,
+                   meanwhile: Callable[[CardRef, list[CardRef]], None]) -> list[CardRef]:
+    """Settle chunked_batch's cards, calling ``meanwhile`` with each card and the cards
+    decided so far before deciding it; the cards in the order decided."""
+    decided: list[CardRef] = []
+    hold = hold_each(ledger, decided)
+
+    def decide(card: CardRef, snapshot: ledger_store.CardSnapshot) -> ledger_store.CardWrite:
+        meanwhile(card, decided)
+        return hold(card, snapshot)
+
+    ledger.settle(many_cards(run_id, count), "20261126", decide)
+    return decided
+
+
+def assert_held_once(client: redis.Redis, run_id: str, held: list[CardRef]) -> None:
+    for card in held:
+        book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
+                                                                                card.token)))
+        assert book.balance("card", "EUR") == -1_000
+
+
 def test_pipelined_chunks_decide_again_a_card_another_writer_changed(
         client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # 10 cards in chunks of 3: while the third chunk is decided, another writer bumps the
     # version of its last card, already read; the chunk's APPLY refuses that card alone,
     # writes the others, and settle reads and decides it again.
-    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", 3)
-    run_id = f"run-{uuid.uuid4().hex[:8]}"
-    ledger = LedgerStore.for_settings(client, settings)
-    wanted = many_cards(run_id, 10)
-    order = list(wanted)
-    decided: list[CardRef] = []
-    hold = hold_each(ledger, decided)
+    run_id, ledger, order = chunked_batch(client, settings, monkeypatch, 10)
 
-    def decide(card: CardRef, snapshot: ledger_store.CardSnapshot) -> ledger_store.CardWrite:
+    def another_writer(card: CardRef, decided: list[CardRef]) -> None:
         if card == order[6] and order[6] not in decided:
             client.hincrby(ledger_store.card_key(run_id, order[8].token),
                            ledger_store.VERSION_FIELD, 1)
-        return hold(card, snapshot)
 
-    ledger.settle(wanted, "20261126", decide)
+    decided = settle_chunked(ledger, run_id, 10, another_writer)
     assert decided == [*order, order[8]]
-    for card in order:
-        book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
-                                                                                card.token)))
-        assert book.balance("card", "EUR") == -1_000
+    assert_held_once(client, run_id, order)
     assert client.hget(ledger_store.card_key(run_id, order[8].token), "ver") == b"2"
 
 
 def test_pipelined_chunks_survive_flushed_scripts_and_a_failed_decision(
         client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", 3)
-    run_id = f"run-{uuid.uuid4().hex[:8]}"
-    ledger = LedgerStore.for_settings(client, settings)
-    wanted = many_cards(run_id, 8)
-    order = list(wanted)
+    run_id, ledger, order = chunked_batch(client, settings, monkeypatch, 8)
 
     # A decision that fails halfway: the error reaches the caller, and the connection its
     # calls were pipelined on, with replies unread, is not handed to the next command.
@@ -257,19 +273,16 @@ def test_pipelined_chunks_survive_flushed_scripts_and_a_failed_decision(
         return hold_each(ledger, [])(card, snapshot)
 
     with pytest.raises(ValueError, match="a bug"):
-        ledger.settle(wanted, "20261126", failing)
+        ledger.settle(many_cards(run_id, 8), "20261126", failing)
     assert client.get("paysim:no-such-key") is None and client.ping()
 
     # Scripts flushed (a Redis restarted without them): settle loads them again. Any card
     # the failed attempt wrote is found decided, and nothing is held twice.
     client.script_flush()
     decided: list[CardRef] = []
-    ledger.settle(wanted, "20261126", hold_each(ledger, decided))
+    ledger.settle(many_cards(run_id, 8), "20261126", hold_each(ledger, decided))
     assert decided == order
-    for card in order:
-        book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
-                                                                                card.token)))
-        assert book.balance("card", "EUR") == -1_000
+    assert_held_once(client, run_id, order)
 
 
 def test_scripts_flushed_in_the_middle_of_a_pipelined_batch(
@@ -277,22 +290,12 @@ def test_scripts_flushed_in_the_middle_of_a_pipelined_batch(
     # The scripts vanish while the second of four chunks is decided: some call after that
     # finds no script, settle loads them and settles the batch again. Whatever the first
     # attempt wrote is found decided: every card is held once.
-    monkeypatch.setattr(ledger_store, "CHUNK_CARDS", 3)
-    run_id = f"run-{uuid.uuid4().hex[:8]}"
-    ledger = LedgerStore.for_settings(client, settings)
-    wanted = many_cards(run_id, 10)
-    order = list(wanted)
-    decided: list[CardRef] = []
-    hold = hold_each(ledger, decided)
+    run_id, ledger, order = chunked_batch(client, settings, monkeypatch, 10)
 
-    def decide(card: CardRef, snapshot: ledger_store.CardSnapshot) -> ledger_store.CardWrite:
-        if card == order[3] and decided.count(order[3]) == 0:
+    def flush(card: CardRef, decided: list[CardRef]) -> None:
+        if card == order[3] and order[3] not in decided:
             client.script_flush()
-        return hold(card, snapshot)
 
-    ledger.settle(wanted, "20261126", decide)
+    decided = settle_chunked(ledger, run_id, 10, flush)
     assert decided.count(order[3]) == 2  # the batch was settled again
-    for card in order:
-        book = ledger_store.book_from_hash(client.hgetall(ledger_store.card_key(run_id,
-                                                                                card.token)))
-        assert book.balance("card", "EUR") == -1_000
+    assert_held_once(client, run_id, order)
