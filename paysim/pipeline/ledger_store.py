@@ -270,14 +270,13 @@ class LedgerStore:
             by_bucket.setdefault(bucket_of(item[0].run_id, item[0].token), []).append(item)
         conflicts: set[CardRef] = set()
         for group in shard_store.call_groups(self.client, by_bucket):
-            conflicts |= self._write_group(group, [item for bucket in group
-                                                   for item in by_bucket[bucket]])
+            conflicts |= self._write_group([item for bucket in group
+                                            for item in by_bucket[bucket]])
         return conflicts
 
-    def _write_group(self, buckets: list[int],
-                     writes: list[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
+    def _write_group(self, writes: list[tuple[CardRef, CardSnapshot, CardWrite]]) -> set[CardRef]:
         """One APPLY call (see _apply_call); the cards it refused."""
-        call = _apply_call(buckets, writes, self.ttl)
+        call = _apply_call(writes, self.ttl)
         return call.conflicts(self._apply(keys=call.keys, args=call.args))
 
     def settle(self, cards: dict[CardRef, CardReads], day: str,
@@ -333,8 +332,7 @@ class LedgerStore:
                     calls.receive()
                 writes = [(card, snapshot, decide(card, snapshot))
                           for card, snapshot in read.pop(i).items()]
-                apply = _apply_call(sorted({bucket_of(card.run_id, card.token)
-                                            for card in chunks[i]}), writes, self.ttl)
+                apply = _apply_call(writes, self.ttl)
                 calls.send(self._apply.sha, apply.keys, apply.args,
                            lambda reply, apply=apply: conflicts.update(apply.conflicts(reply)))
             while calls.waiting:
@@ -443,23 +441,24 @@ class _ApplyCall:
         return {self.cards[int(index) - 1] for index in reply}
 
 
-def _apply_call(buckets: list[int], writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]],
+def _apply_call(writes: Sequence[tuple[CardRef, CardSnapshot, CardWrite]],
                 ttl: int) -> _ApplyCall:
-
-    """One APPLY call. Its keys are the group's buckets' holds, then windows, then the
-    batch's movement lists (one per bucket, run and window, however many cards file
+    """One APPLY call. Its keys are the holds, then the windows, of the buckets its cards are
+    in, then the movement lists (one per bucket, run and window, however many cards file
     into it), then per card its hash and documents' keys. Its arguments are the TTL, the
     counts of buckets and lists, and the whole batch's changes as one flat MessagePack
     array (APPLY_LUA walks it): redis-py packs four arguments rather than three per
     payment, and the script decodes one array, not a JSON header per card (nested
     arrays per card cost the script half as much again to decode)."""
+    placed = [(bucket_of(card.run_id, card.token), card, snapshot, write)
+              for card, snapshot, write in writes]
+    buckets = sorted({bucket for bucket, *_ in placed})
     place = {bucket: i + 1 for i, bucket in enumerate(buckets)}  # Lua's 1-based index
     lists: dict[tuple[int, str, int], int] = {}  # (bucket, run, window) -> its index
     list_rows: list[object] = []  # per list: bucket place, window end, window member
     card_keys: list[str] = []
     cards: list[object] = []
-    for card, snapshot, write in writes:
-        bucket = bucket_of(card.run_id, card.token)
+    for bucket, card, snapshot, write in placed:
         width = settlement.window_width(write.window_s)
         card_keys += _card_keys(card.part, write.records, write.answers)
         cards += (snapshot.version, place[bucket], len(write.increments))
