@@ -13,6 +13,7 @@ from paysim.bench.capacity import Measured, Projected, capacity_figures
 from paysim.bench.http import HttpFigures
 from paysim.bench.phases import PhaseFigures
 from paysim.bench.resources import Usage
+from paysim.bench.warmup import WarmUp
 from paysim.pipeline import registry
 
 SCHEMA = "paysim-bench/1"
@@ -48,20 +49,6 @@ class Target:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "bound": self.bound, "actual": self.actual, "met": self.met}
-
-
-@dataclass(frozen=True)
-class WarmUp:
-    """What ran before the measured phases, unmeasured: runs with other warm-ups are not
-    comparable at saturation (docs/performance.md, "The broker's JIT in the saturation run")."""
-
-    payments: int  # as fast as they go
-    open_model_rate: float  # then payments at this rate a second
-    open_model_s: float  # for this long
-
-    def as_dict(self) -> dict[str, float]:
-        return {"payments": self.payments, "open_model_rate": self.open_model_rate,
-                "open_model_s": self.open_model_s}
 
 
 def usage_figures(usage: Usage, payments: int, rss_at_start: int | None) -> dict[str, Any]:
@@ -132,11 +119,14 @@ def build_results(*, started: datetime, quick: bool, machine: dict[str, Any],
                   tracing: dict[str, Any] | None = None,
                   projected: Projected | None = None,
                   partitions: int | None = None, processors: int = 1,
-                  warm_up: WarmUp | None = None) -> dict[str, Any]:
+                  warm_up: WarmUp | None = None,
+                  broker_compiler_s: float | None = None) -> dict[str, Any]:
     """results.json's content; with ``projected``, the capacity projection from the run's
     CPU per payment, ``partitions`` being the run's topics.partitions. ``processors``: the
-    processor's instances (their CPU and RSS are summed under its name)."""
+    processor's instances (their CPU and RSS are summed under its name).
+    ``broker_compiler_s``: the broker's JIT compiler threads' CPU in the saturation run."""
     burst = saturation.as_dict()
+    burst["broker_compiler_s"] = broker_compiler_s
     producer_rate = reference["producer"]["records_per_s"]
     burst["ratio_to_kafka_producer"] = (round(saturation.throughput_per_s / producer_rate, 4)
                                         if producer_rate else None)

@@ -22,7 +22,15 @@ from paysim.bench.http import CONNECTIONS, http_phase
 from paysim.bench.machine import machine_facts
 from paysim.bench.phases import PhaseFigures, lifecycle_saturation, open_model, saturation
 from paysim.bench.resources import Sampler, total_rss
-from paysim.bench.results import WarmUp, build_results
+from paysim.bench.results import build_results
+from paysim.bench.warmup import (
+    WARM_UP_PAYMENTS,
+    WARM_UP_RATE,
+    WarmUp,
+    WarmUpPlan,
+    compiler_cpu_seconds,
+    warm_open_model,
+)
 from paysim.domain import cards
 from paysim.domain.messages import encode
 from paysim.infra import tracing
@@ -46,18 +54,6 @@ if TYPE_CHECKING:  # imported when tracing: it brings opentelemetry's protobuf t
 Announce = Callable[[str], None]
 REFERENCE_TOPIC = "bench.reference"
 PAYLOAD_SAMPLES = 1000
-# Enough for each service to reach the memory it holds under load (its batches, librdkafka's
-# buffers: 5-10 MB above idle, reached some seconds into a backlog), so that the saturation
-# run's RSS growth measures the run, not the ramp from idle. Memory at the services' start is
-# reported too. Not enough for the broker's JIT: see WARM_UP_RATE.
-WARM_UP_PAYMENTS = 100_000
-# Then payments at WARM_UP_RATE for BenchOptions.warm_up_open_s. At saturation the stages
-# commit few large transactions, so the broker's request paths run too seldom to get
-# compiled: after WARM_UP_PAYMENTS alone, the broker's JIT compiler threads still took 43%
-# of its CPU over the next 60,000 payments at saturation (its CPU a payment 30-54 µs, against
-# 11-18 once compiled). 20 s at 2,000/s (some 9,000 small transactions) brought that to 6%
-# (docs/performance.md, "The broker's JIT in the saturation run").
-WARM_UP_RATE = 2000.0
 PROGRESS_EVERY_S = 5.0
 
 
@@ -70,7 +66,10 @@ class BenchOptions:
     quick: bool = False
     metrics: bool = True  # Prometheus metrics served by the services and the generator
     http_duration_s: float = 30.0  # of wrk against POST /authorize
-    warm_up_open_s: float = 20.0  # of the warm-up's open model at WARM_UP_RATE
+    # The warm-up's open model at WARM_UP_RATE runs at least this long, and on until the
+    # broker's JIT settled (warmup.py), at most warm_up_most_s.
+    warm_up_open_s: float = 20.0
+    warm_up_most_s: float = 60.0
     # Traced at this sample ratio, exported to a local OTLP receiver; None: not traced.
     trace_ratio: float | None = None
     projected: Projected = field(default_factory=Projected)  # what the capacity model projects
@@ -95,7 +94,7 @@ class BenchOptions:
     @classmethod
     def quick_run(cls) -> BenchOptions:
         return cls(count=20_000, duration_s=10.0, quick=True, http_duration_s=10.0,
-                   warm_up_open_s=5.0)
+                   warm_up_open_s=5.0, warm_up_most_s=20.0)
 
 
 def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str, Any]:
@@ -131,19 +130,26 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                 with running_services(settings, counts) as pids:
                     pids = {**pids, **stack_pids(stack), GENERATOR: (os.getpid(),)}
                     at_start = {name: total_rss(each) for name, each in pids.items()}
-                    warm_up = WarmUp(min(WARM_UP_PAYMENTS, options.count), WARM_UP_RATE,
-                                     options.warm_up_open_s)
-                    announce(f"warm-up: {warm_up.payments:,} payments as fast as they go, then "
-                             f"{warm_up.open_model_rate:,.0f}/s for {warm_up.open_model_s:g} s "
-                             "(not measured)")
-                    saturation(settings, warm_up.payments, options.seed + 1)
-                    open_model(settings, warm_up.open_model_rate, warm_up.open_model_s,
-                               options.seed + 3)
+                    plan = WarmUpPlan(min(WARM_UP_PAYMENTS, options.count), WARM_UP_RATE,
+                                      options.warm_up_open_s,
+                                      max(options.warm_up_open_s, options.warm_up_most_s))
+                    announce(f"warm-up: {plan.payments:,} payments as fast as they go, then "
+                             f"{plan.rate:,.0f}/s for {plan.least_s:g} s, and on until the "
+                             f"broker's JIT settles (at most {plan.most_s:g} s; not measured)")
+                    saturation(settings, plan.payments, options.seed + 1)
+                    broker_pid = pids[BROKER][0]
+                    warm_up = warm_open_model(
+                        plan, lambda length, index: open_model(
+                            settings, plan.rate, length, options.seed + 3 + 1000 * index),
+                        lambda: compiler_cpu_seconds(broker_pid))
+                    announce(warm_up_summary(warm_up))
                     fresh_redis(settings, counts)
                     announce(f"saturation: {options.count:,} payments as fast as they go")
+                    compiling = compiler_cpu_seconds(broker_pid)
                     with Sampler(pids) as sampler:
                         burst = saturation(settings, options.count, options.seed,
                                            progress(announce, "saturation"))
+                    compiled = compiler_cpu_seconds(broker_pid)
                     fresh_redis(settings, counts)
                     mix_count = options.lifecycle_count
                     announce(f"lifecycle mix: {mix_count:,} payments of the marketplace mix as "
@@ -172,6 +178,8 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
         tracing=spans, projected=options.projected, partitions=settings.topics.partitions,
         processors=options.processors,
         warm_up=warm_up,
+        broker_compiler_s=(None if compiling is None or compiled is None
+                           else round(compiled - compiling, 2)),
     )
 
 
@@ -299,6 +307,16 @@ def stack_pids(stack: LocalStack) -> dict[str, tuple[int, ...]]:
     names = {"kafka": BROKER, "redis": REDIS}
     return {names.get(status.name, status.name): (status.pid,) for status in stack.status()
             if status.pid is not None}
+
+
+def warm_up_summary(warm_up: WarmUp) -> str:
+    """The warm-up's line once it ran: how long the open model ran, and why it stopped."""
+    line = f"  {warm_up.open_model_rate:,.0f}/s ran {warm_up.open_model_s:g} s"
+    if warm_up.compiler_s is None:
+        return f"{line} (the broker's JIT threads could not be read)"
+    state = "settled" if warm_up.jit_settled else "still compiling at the end"
+    return (f"{line}: the broker's JIT compiler threads took {warm_up.compiler_s:.1f} s of CPU, "
+            f"{state}")
 
 
 def progress(announce: Announce, label: str) -> Callable[[Tick], None]:

@@ -22,12 +22,12 @@ from paysim.bench.results import (
     CPU_TARGET,
     HTTP_TARGET,
     RATIO_TARGET,
-    WarmUp,
     build_results,
     reprojected,
     targets,
 )
 from paysim.bench.session import BenchOptions, instance_counts
+from paysim.bench.warmup import WarmUp
 from paysim.cli.bench import results_table
 from paysim.infra.errors import PaysimError
 from paysim.infra.waiting import wait_until
@@ -353,7 +353,7 @@ def _table_text(kept: dict) -> str:
 
 
 def test_results_say_what_warm_up_ran_before_the_measured_phases() -> None:
-    warm = results(warm_up=WarmUp(100_000, 2000.0, 20.0))
+    warm = results(warm_up=WarmUp(100_000, 2000.0, 35.0, 9.8, True))
     assert warm["warm_up"] == {"payments": 100_000, "open_model_rate": 2000.0,
-                               "open_model_s": 20.0}
+                               "open_model_s": 35.0, "compiler_s": 9.8, "jit_settled": True}
     assert results()["warm_up"] is None  # a run saved before the warm-up was recorded
