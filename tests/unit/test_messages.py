@@ -298,3 +298,60 @@ def test_new_payment_id_is_a_random_version_4_uuid_in_its_canonical_text() -> No
     # Every bit the version and variant leave free varies.
     free = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
     assert functools.reduce(operator.or_, (uuid.UUID(t).int for t in ids)) & free == free
+
+
+@pytest.mark.parametrize(("kind", "field", "value", "where"), [
+    (PaymentRequested, "currency", "usd", "`$.currency`"),
+    (PaymentAuthorized, "payment_id", "not-a-uuid", "`$.payment_id`"),
+    (PaymentOutcome, "stages", {"requested": 1, "Processed": 2}, "`key` in `$.stages`"),
+    (messages.OperationRequested, "payment_id", PAYMENT_ID.upper(), "`$.payment_id`"),
+])
+def test_a_topic_fields_pattern_is_checked_after_decoding_and_named(
+        kind: type[msgspec.Struct], field: str, value: object, where: str) -> None:
+    """The topics' own patterns (payment ids, currencies, stage names) are Codec's to check,
+    not msgspec's: the answer still names the type, the pattern and where."""
+    raw = json.loads(encode(next((m for m in MESSAGES if isinstance(m, kind)), None)
+                            or messages.OperationRequested(
+                                op_id="op-1", kind=messages.OperationKind.VOID,
+                                payment_id=PAYMENT_ID, run_id="r", token="tok_1",
+                                requested_at=1)))
+    raw[field] = value
+    error = str(assert_one_line_schema_error(Codec(kind), json.dumps(raw).encode()))
+    assert error.startswith(f"{kind.__name__} schema: Expected `str` matching regex '^"), error
+    assert error.endswith(f"- at {where}"), error
+
+
+def test_a_pattern_remembers_the_values_that_matched_and_only_those() -> None:
+    pattern = messages.Pattern(r"^[A-Z]{3}\Z", few_values=True)
+    pattern.MAX_REMEMBERED = 2
+    assert not pattern.matches("usd") and not pattern.matches("usd")  # refused each time
+    assert pattern.matches("USD") and pattern.matches("EUR") and pattern.matches("GBP")
+    assert pattern._remembered == {"USD", "EUR"}  # bounded: GBP matched, not kept
+    assert pattern.all_match({"USD": 1, "EUR": 2}) and pattern.all_match(["GBP"])
+    assert not pattern.all_match(["USD", "gbp"])
+    many = messages.Pattern(messages.UUID_PATTERN, few_values=False)
+    assert many.matches(PAYMENT_ID) and many._remembered is None
+
+
+def test_the_schemas_still_show_the_patterns_codec_checks() -> None:
+    """The AsyncAPI document's schemas come from the types: a pattern checked by Codec shows
+    there as msgspec's own would."""
+    schema = msgspec.json.schema(PaymentOutcome)["$defs"]["PaymentOutcome"]["properties"]
+    assert schema["payment_id"] == {"type": "string", "pattern": messages.UUID_PATTERN}
+    assert schema["currency"] == {"type": "string", "pattern": r"^[A-Z]{3}\Z"}
+    assert schema["stages"]["propertyNames"] == {"pattern": r"^[a-z][a-z_]{0,31}\Z"}
+
+
+class _Inner(msgspec.Struct):
+    code: messages.matching(r"^[0-9]\Z")  # type: ignore[valid-type]
+
+
+class _Outer(msgspec.Struct):
+    inner: _Inner | None = None
+
+
+def test_a_pattern_on_a_nested_messages_field_is_refused() -> None:
+    """Codec checks a message's own fields and dict keys; a pattern deeper down would go
+    unchecked, so declaring one is an error at once."""
+    with pytest.raises(TypeError, match=r"_Outer\.inner"):
+        Codec(_Outer)
