@@ -357,3 +357,18 @@ def test_results_say_what_warm_up_ran_before_the_measured_phases() -> None:
     assert warm["warm_up"] == {"payments": 100_000, "open_model_rate": 2000.0,
                                "open_model_s": 35.0, "compiler_s": 9.8, "jit_settled": True}
     assert results()["warm_up"] is None  # a run saved before the warm-up was recorded
+
+
+def test_the_producer_tools_cold_first_run_is_shown_apart_from_the_reference() -> None:
+    kept = results()
+    kept["reference"]["producer_cold"] = {"records": 200_000, "records_per_s": 74_460.0,
+                                          "mb_per_s": 33.0}
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(kept))
+    text = out.getvalue()
+    assert "its first run (the broker's JIT cold; not the reference)" in text
+    assert "74,460" in text
+    assert kept["saturation"]["ratio_to_kafka_producer"] == 0.06  # of the warm run's 100,000
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(results()))  # a run saved before
+    assert "its first run" not in out.getvalue()
