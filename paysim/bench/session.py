@@ -28,7 +28,8 @@ from paysim.bench.warmup import (
     WARM_UP_RATE,
     WarmUp,
     WarmUpPlan,
-    compiler_cpu_seconds,
+    compiled_since,
+    compiler_threads,
     warm_open_model,
 )
 from paysim.domain import cards
@@ -142,15 +143,15 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
                     warm_up = warm_open_model(
                         plan, lambda length, index: open_model(
                             settings, plan.rate, length, options.seed + 3 + 1000 * index),
-                        lambda: compiler_cpu_seconds(broker_pid))
+                        lambda: compiler_threads(broker_pid))
                     announce(warm_up_summary(warm_up))
                     fresh_redis(settings, counts)
                     announce(f"saturation: {options.count:,} payments as fast as they go")
-                    compiling = compiler_cpu_seconds(broker_pid)
+                    compiling = compiler_threads(broker_pid)
                     with Sampler(pids) as sampler:
                         burst = saturation(settings, options.count, options.seed,
                                            progress(announce, "saturation"))
-                    compiled = compiler_cpu_seconds(broker_pid)
+                    compiled = compiler_threads(broker_pid)
                     fresh_redis(settings, counts)
                     mix_count = options.lifecycle_count
                     announce(f"lifecycle mix: {mix_count:,} payments of the marketplace mix as "
@@ -180,7 +181,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
         processors=options.processors,
         warm_up=warm_up,
         broker_compiler_s=(None if compiling is None or compiled is None
-                           else round(compiled - compiling, 2)),
+                           else round(compiled_since(compiling, compiled), 2)),
     )
 
 

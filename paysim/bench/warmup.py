@@ -64,26 +64,38 @@ class WarmUp:
                 "jit_settled": self.jit_settled}
 
 
-def compiler_cpu_seconds(pid: int) -> float | None:
-    """CPU time so far of a HotSpot JVM's JIT compiler threads; None when the process is
-    gone (a thread that ended meanwhile is left out)."""
+# Each compiler thread's CPU seconds so far, by thread id.
+CompilerThreads = dict[str, float]
+
+
+def compiler_threads(pid: int) -> CompilerThreads | None:
+    """CPU time so far of each of a HotSpot JVM's JIT compiler threads; None when the
+    process is gone."""
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    total = 0.0
+    found = {}
     for thread in threads:
         try:
             with open(f"/proc/{pid}/task/{thread}/stat") as stat:
                 text = stat.read()
         except OSError:
-            continue
+            continue  # ended meanwhile
         # The name (field 2) is in parentheses and may hold spaces and parentheses itself.
         name = text[text.find("(") + 1:text.rfind(")")]
         if name in COMPILER_THREADS:
             fields = text[text.rfind(")") + 1:].split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return total
+            found[thread] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
+def compiled_since(before: CompilerThreads, after: CompilerThreads) -> float:
+    """The compiler threads' CPU between two readings. HotSpot starts and ends compiler
+    threads as their queue grows and shrinks (on machines of more than two cores): a thread
+    started since counts whole, one ended since counts until the earlier reading, so that the
+    figure never goes down."""
+    return sum(cpu - before.get(thread, 0.0) for thread, cpu in after.items())
 
 
 def jit_settled(compiler_s: float, slice_s: float) -> bool:
@@ -92,28 +104,30 @@ def jit_settled(compiler_s: float, slice_s: float) -> bool:
 
 
 def warm_open_model(plan: WarmUpPlan, run_slice: Callable[[float, int], None],
-                    compiler_s: Callable[[], float | None]) -> WarmUp:
+                    read_compilers: Callable[[], CompilerThreads | None]) -> WarmUp:
     """Run the open model part of ``plan`` in slices (``run_slice(seconds, index)``) until
-    the broker's JIT settled or the greatest length ran; ``compiler_s`` reads its compiler
-    threads' CPU (None: not readable, and the least length is run)."""
-    slice_s = min(SLICE_S, plan.least_s)
-    ran, settled = 0.0, False
-    first = last = compiler_s()
+    the broker's JIT settled or the greatest length ran; ``read_compilers`` reads its
+    compiler threads (None: not readable, and the least length is run). A slice is a run of
+    its own, which ends once its payments are answered: the lengths are the runs' nominal
+    ones, and the least length is run in whole slices."""
+    slice_s = min(SLICE_S, plan.least_s) if plan.least_s > 0 else SLICE_S
+    ran, settled, spent = 0.0, False, 0.0
+    last = read_compilers()
     index = 0
     while ran < plan.most_s:
         length = min(slice_s, plan.most_s - ran)
         run_slice(length, index)
         ran, index = ran + length, index + 1
-        now = compiler_s()
+        now = read_compilers()
         if now is None or last is None:
-            last = None  # what was spent is unknown from here on
+            last = None  # what the compilers took is unknown from here on
             if ran >= plan.least_s:
                 break
             continue
-        settled = jit_settled(now - last, length)
-        last = now
+        in_slice = compiled_since(last, now)
+        spent, settled, last = spent + in_slice, jit_settled(in_slice, length), now
         if settled and ran >= plan.least_s:
             break
-    spent = None if first is None or last is None else round(last - first, 2)
-    return WarmUp(plan.payments, plan.rate, ran, spent,
-                  None if spent is None else settled)
+    known = last is not None
+    return WarmUp(plan.payments, plan.rate, ran, round(spent, 2) if known else None,
+                  settled if known else None)

@@ -381,26 +381,44 @@ class SchemaError(ValueError):
 T = TypeVar("T", bound=msgspec.Struct)
 
 
+def _patterns_within(hint: Any, seen: set[type]) -> int:
+    """How many Patterns ``hint`` declares anywhere in it, its Structs' fields included."""
+    count = 0
+    if typing.get_origin(hint) is Annotated:
+        count = sum(isinstance(meta, Pattern) for meta in hint.__metadata__)
+        hint = typing.get_args(hint)[0]
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        if hint in seen:
+            return count
+        seen.add(hint)
+        hints = typing.get_type_hints(hint, include_extras=True)
+        return count + sum(_patterns_within(hints[name], seen)
+                           for name in hint.__struct_fields__)
+    return count + sum(_patterns_within(arg, seen) for arg in typing.get_args(hint))
+
+
 @functools.cache
 def declared_patterns(kind: type[msgspec.Struct]) -> tuple[tuple[str, Pattern, bool], ...]:
     """(field, Pattern, whether it is on the keys of a dict field) of each field of ``kind``
-    whose type declares one, in field order."""
+    whose type declares one, in field order: on a text field, or on a dict field's keys (each
+    maybe optional). A Pattern anywhere else (a list's items, a dict's values, a nested
+    Struct's field) is a TypeError: Codec would not check it."""
     hints = typing.get_type_hints(kind, include_extras=True)
     found = []
     for name in kind.__struct_fields__:
         hint = hints[name]
         optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        own = []
         for declared in typing.get_args(hint) if optional else (hint,):  # X or Optional[X]
-            if (isinstance(declared, type) and issubclass(declared, msgspec.Struct)
-                    and declared_patterns(declared)):
-                raise TypeError(f"{kind.__name__}.{name}: Codec checks the patterns of a "
-                                "message's own fields and dict keys, not a nested one's")
             keys = typing.get_origin(declared) is dict
-            if keys:
-                declared = typing.get_args(declared)[0]
-            if typing.get_origin(declared) is Annotated:
-                found += [(name, meta, keys) for meta in declared.__metadata__
-                          if isinstance(meta, Pattern)]
+            checked = typing.get_args(declared)[0] if keys else declared
+            if typing.get_origin(checked) is Annotated:
+                own += [(name, meta, keys) for meta in checked.__metadata__
+                        if isinstance(meta, Pattern)]
+        if _patterns_within(hint, set()) != len(own):
+            raise TypeError(f"{kind.__name__}.{name}: a pattern Codec would not check (it checks "
+                            "a message's own text fields and its dict fields' keys)")
+        found += own
     return tuple(found)
 
 

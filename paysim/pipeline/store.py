@@ -17,7 +17,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 
 from paysim.domain.decisions import IssuerRates
-from paysim.domain.messages import STAGES, Merchant, PaymentOutcome, encode
+from paysim.domain.messages import STAGES, Codec, Merchant, PaymentOutcome, SchemaError, encode
 from paysim.infra.config import REDIS_CLUSTER_SCHEMES, Settings
 from paysim.infra.errors import PaysimError
 
@@ -430,7 +430,8 @@ def write_outcome(pipe: redis.client.Pipeline, outcome: PaymentOutcome, ttl: int
     pipe.execute_command("EXPIRE", key, ttl)
 
 
-_outcome_decoder = msgspec.json.Decoder(PaymentOutcome)
+# As the notifier decoded it: the same checks (the topics' patterns are Codec's, not msgspec's).
+_outcome_codec = Codec(PaymentOutcome)
 
 
 class DoneEntry(msgspec.Struct, frozen=True):
@@ -608,8 +609,8 @@ def read_outcome(client: redis.Redis, payment_id: str) -> StoredOutcome | None:
     if doc is None:
         return None  # only a late webhook update, on an outcome that expired
     try:
-        outcome = _outcome_decoder.decode(doc)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        outcome = _outcome_codec.decode(doc.encode())
+    except SchemaError:
         return None
     webhook = None
     if stored.get("webhook_status"):

@@ -12,7 +12,8 @@ from paysim.bench.warmup import (
     JIT_SETTLED_SHARE,
     SLICE_S,
     WarmUpPlan,
-    compiler_cpu_seconds,
+    compiled_since,
+    compiler_threads,
     jit_settled,
     warm_open_model,
 )
@@ -27,17 +28,17 @@ def run(plan: WarmUpPlan, compiling_per_slice: list[float | None]):
     readings = iter(compiling_per_slice)
     total = [0.0]
 
-    def compiler_s() -> float | None:
+    def read_compilers() -> dict[str, float] | None:
         if not slices:
-            return total[0]
+            return {"101": total[0]}
         spent = next(readings)
         if spent is None:
             return None
         total[0] += spent
-        return total[0]
+        return {"101": total[0]}
 
     warm = warm_open_model(plan, lambda length, index: slices.append((length, index)),
-                           compiler_s)
+                           read_compilers)
     return warm, slices
 
 
@@ -79,9 +80,23 @@ def test_settled_means_under_a_twentieth_of_a_core() -> None:
     assert jit_settled(0.24, 5.0) and not jit_settled(0.25, 5.0)
 
 
-def test_compiler_threads_of_a_process_without_a_jit_took_nothing() -> None:
-    assert compiler_cpu_seconds(os.getpid()) == 0.0
+def test_a_warm_up_of_no_least_length_still_ends() -> None:
+    warm, slices = run(WarmUpPlan(1000, 2000.0, least_s=0.0, most_s=12.0), [9.0] * 3)
+    assert [length for length, _ in slices] == [SLICE_S, SLICE_S, 2.0]
+    assert warm.open_model_s == 12.0 and warm.jit_settled is False
+
+
+def test_compiler_threads_that_come_and_go_never_make_the_figure_go_down() -> None:
+    """HotSpot ends an idle extra compiler thread and starts one when its queue grows."""
+    before = {"101": 4.0, "102": 3.0}
+    after = {"101": 4.5, "103": 0.25}  # 102 ended, 103 started
+    assert compiled_since(before, after) == 0.75
+    assert compiled_since({}, after) == 4.75
+
+
+def test_a_process_without_a_jit_has_no_compiler_threads() -> None:
+    assert compiler_threads(os.getpid()) == {}
 
 
 def test_a_gone_process_has_no_compiler_threads_to_read() -> None:
-    assert compiler_cpu_seconds(2**22 + 1) is None  # above the kernel's largest pid
+    assert compiler_threads(2**22 + 1) is None  # above the kernel's largest pid

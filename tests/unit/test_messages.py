@@ -6,6 +6,7 @@ import functools
 import json
 import operator
 import uuid
+from typing import Annotated
 
 import msgspec
 import pytest
@@ -350,8 +351,56 @@ class _Outer(msgspec.Struct):
     inner: _Inner | None = None
 
 
-def test_a_pattern_on_a_nested_messages_field_is_refused() -> None:
-    """Codec checks a message's own fields and dict keys; a pattern deeper down would go
-    unchecked, so declaring one is an error at once."""
-    with pytest.raises(TypeError, match=r"_Outer\.inner"):
-        Codec(_Outer)
+class _InList(msgspec.Struct):
+    ids: list[messages.Uuid]  # type: ignore[valid-type]
+
+
+class _InValues(msgspec.Struct):
+    by_name: dict[str, messages.Uuid]  # type: ignore[valid-type]
+
+
+class _Wrapped(msgspec.Struct):
+    stages: Annotated[dict[messages.StageName, int],  # type: ignore[valid-type]
+                      msgspec.Meta(min_length=1)]
+
+
+class _Listed(msgspec.Struct):
+    inners: list[_Inner]
+
+
+@pytest.mark.parametrize(("kind", "field"), [
+    (_Outer, "inner"), (_InList, "ids"), (_InValues, "by_name"), (_Wrapped, "stages"),
+    (_Listed, "inners"),
+])
+def test_a_pattern_codec_would_not_check_is_refused(kind: type[msgspec.Struct],
+                                                    field: str) -> None:
+    """Codec checks a message's own text fields and its dict fields' keys; a pattern anywhere
+    else would go unchecked, so declaring one is an error at once."""
+    with pytest.raises(TypeError, match=rf"{kind.__name__}\.{field}: a pattern Codec would"):
+        Codec(kind)
+
+
+def test_a_repeated_key_is_checked_as_msgspec_keeps_it() -> None:
+    """JSON leaves repeated names to the reader; msgspec keeps the last copy, and Codec checks
+    what msgspec kept. (msgspec's own pattern check refused a bad copy before a good one: the
+    bad copy never reaches the message either way.)"""
+    compact = json.dumps(valid_requested(), separators=(",", ":"))
+    good_last = compact.replace('"currency":"USD"', '"currency":"usd","currency":"USD"')
+    assert Codec(PaymentRequested).decode(good_last.encode()).currency == "USD"
+    bad_last = compact.replace('"currency":"USD"', '"currency":"USD","currency":"usd"')
+    assert "`$.currency`" in str(assert_one_line_schema_error(Codec(PaymentRequested),
+                                                              bad_last.encode()))
+
+
+def test_no_http_request_body_declares_a_pattern_only_codec_checks() -> None:
+    """The HTTP API checks a body with msgspec and its own walk (edge/validation.py), never
+    with Codec: a `matching` type there would go unchecked."""
+    from paysim.domain.requests import AuthorizeRequest
+    from paysim.edge.openapi import ENDPOINTS
+
+    bodies = {endpoint.request for endpoint in ENDPOINTS  # some are schemas, not types
+              if isinstance(endpoint.request, type) and issubclass(endpoint.request,
+                                                                   msgspec.Struct)}
+    assert AuthorizeRequest in bodies and len(bodies) > 3, bodies
+    for body in bodies:
+        assert messages.declared_patterns(body) == (), body

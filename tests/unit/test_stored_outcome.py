@@ -45,6 +45,10 @@ def test_no_outcome_document_is_no_outcome() -> None:
     assert read() is None
     assert read(webhook_status="delivered", webhook_attempts=1) is None  # a late update
     assert read(status="approved", doc=b"{") is None
+    # Decoded with the checks the notifier's decoding has: a document breaking one is unread.
+    for broken in ({"currency": "usd"}, {"payment_id": "not-a-uuid"}, {"stages": {"X": 1}}):
+        assert read(status="approved", doc=encode(msgspec.structs.replace(OUTCOME, **broken))
+                    ) is None, broken
 
 
 def test_the_view_keys_and_values() -> None:
