@@ -180,7 +180,7 @@ def results_table(results: dict[str, Any]) -> Table:
                   f"{producer['records_per_s']:,.0f} ({producer['mb_per_s']:.1f} MB/s)", "")
     cold = ref.get("producer_cold")  # runs saved before it was measured have none
     if cold is not None:
-        table.add_row("", "msgs/s, its first run (the broker's JIT cold; not the reference)",
+        table.add_row("", "msgs/s, first run (the broker's JIT cold; not the reference)",
                       f"{cold['records_per_s']:,.0f}", "")
     table.add_row("Kafka consumer perf tool", "msgs/s",
                   f"{consumer['records_per_s']:,.0f} ({consumer['mb_per_s']:.1f} MB/s)", "",
