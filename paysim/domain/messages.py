@@ -381,19 +381,35 @@ class SchemaError(ValueError):
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-def _patterns_within(hint: Any, seen: set[type]) -> int:
+def _struct_of(hint: Any) -> type[msgspec.Struct] | None:
+    """The Struct ``hint`` is, itself or a generic one's alias (``WebhookEvent[Notification]``)."""
+    struct = typing.get_origin(hint) or hint
+    return struct if isinstance(struct, type) and issubclass(struct, msgspec.Struct) else None
+
+
+def _field_hints(kind: Any) -> dict[str, Any]:
+    """Each field's declared type, a generic Struct's type parameters given as in ``kind``."""
+    struct = _struct_of(kind)
+    if struct is None:
+        raise TypeError(f"{kind!r} is not a Struct")
+    hints = typing.get_type_hints(struct, include_extras=True)
+    given = dict(zip(getattr(struct, "__parameters__", ()), typing.get_args(kind), strict=False))
+    return {name: given.get(hint, hint) if isinstance(hint, typing.TypeVar) else hint
+            for name, hint in ((name, hints[name]) for name in struct.__struct_fields__)}
+
+
+def _patterns_within(hint: Any, seen: set[Any]) -> int:
     """How many Patterns ``hint`` declares anywhere in it, its Structs' fields included."""
     count = 0
     if typing.get_origin(hint) is Annotated:
         count = sum(isinstance(meta, Pattern) for meta in hint.__metadata__)
         hint = typing.get_args(hint)[0]
-    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+    if _struct_of(hint) is not None:
         if hint in seen:
             return count
         seen.add(hint)
-        hints = typing.get_type_hints(hint, include_extras=True)
-        return count + sum(_patterns_within(hints[name], seen)
-                           for name in hint.__struct_fields__)
+        return count + sum(_patterns_within(field, seen)
+                           for field in _field_hints(hint).values())
     return count + sum(_patterns_within(arg, seen) for arg in typing.get_args(hint))
 
 
@@ -402,11 +418,12 @@ def declared_patterns(kind: type[msgspec.Struct]) -> tuple[tuple[str, Pattern, b
     """(field, Pattern, whether it is on the keys of a dict field) of each field of ``kind``
     whose type declares one, in field order: on a text field, or on a dict field's keys (each
     maybe optional). A Pattern anywhere else (a list's items, a dict's values, a nested
-    Struct's field) is a TypeError: Codec would not check it."""
-    hints = typing.get_type_hints(kind, include_extras=True)
+    Struct's field, a generic's parameter) is a TypeError: Codec would not check it."""
+    if any(_patterns_within(arg, set()) for arg in typing.get_args(kind)):
+        raise TypeError(f"{kind!r}: a pattern in a generic's parameter, which Codec would not "
+                        "check")
     found = []
-    for name in kind.__struct_fields__:
-        hint = hints[name]
+    for name, hint in _field_hints(kind).items():
         optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
         own = []
         for declared in typing.get_args(hint) if optional else (hint,):  # X or Optional[X]
@@ -416,8 +433,9 @@ def declared_patterns(kind: type[msgspec.Struct]) -> tuple[tuple[str, Pattern, b
                 own += [(name, meta, keys) for meta in checked.__metadata__
                         if isinstance(meta, Pattern)]
         if _patterns_within(hint, set()) != len(own):
-            raise TypeError(f"{kind.__name__}.{name}: a pattern Codec would not check (it checks "
-                            "a message's own text fields and its dict fields' keys)")
+            raise TypeError(f"{_struct_of(kind).__name__}.{name}: a pattern Codec would not "
+                            "check (it checks a message's own text fields and its dict fields' "
+                            "keys)")
         found += own
     return tuple(found)
 

@@ -404,3 +404,16 @@ def test_no_http_request_body_declares_a_pattern_only_codec_checks() -> None:
     assert AuthorizeRequest in bodies and len(bodies) > 3, bodies
     for body in bodies:
         assert messages.declared_patterns(body) == (), body
+
+
+def test_a_generic_messages_alias_is_decoded_with_its_patterns_found() -> None:
+    """Codec takes a generic Struct given its type (the webhook's envelope around a
+    notification), as msgspec does."""
+    from paysim.pipeline.notifications import EventData, WebhookEvent
+
+    event = WebhookEvent[Notification](id="evt_1", type="payment.approved", created=1,
+                                       data=EventData(MESSAGES[6]))
+    decoded = Codec(WebhookEvent[Notification]).decode(encode(event))
+    assert decoded.data.object == MESSAGES[6]
+    with pytest.raises(TypeError, match="a pattern in a generic's parameter"):
+        Codec(WebhookEvent[PaymentOutcome])  # the outcome's patterns would go unchecked
