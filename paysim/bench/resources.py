@@ -22,15 +22,26 @@ def rss_bytes(pid: int) -> int | None:
     return pages * PAGE_BYTES if pages else None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time so far; None once the process is gone."""
+def stat_cpu(path: str) -> tuple[str, float] | None:
+    """The name and the user plus system CPU time so far of a process or thread, from its
+    /proc stat file (``/proc/<pid>/stat``, ``/proc/<pid>/task/<tid>/stat``); None once it is
+    gone."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            # The command name (field 2) may hold spaces: count fields after its ")".
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        with open(path) as stat:
+            text = stat.read()
+        # The name (field 2) is in parentheses and may hold spaces and parentheses itself:
+        # count the fields after its last ")".
+        fields = text[text.rfind(")") + 1:].split()
+        return (text[text.find("(") + 1:text.rfind(")")],
+                (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
     except (OSError, IndexError, ValueError):
         return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time so far; None once the process is gone."""
+    found = stat_cpu(f"/proc/{pid}/stat")
+    return None if found is None else found[1]
 
 
 def total_rss(pids: tuple[int, ...]) -> int | None:

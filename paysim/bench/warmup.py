@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from paysim.bench.resources import CLOCK_TICKS
+from paysim.bench.resources import stat_cpu
 
 # Enough for each service to reach the memory it holds under load (its batches, librdkafka's
 # buffers: 5-10 MB above idle, reached some seconds into a backlog), so that the saturation
@@ -77,16 +77,9 @@ def compiler_threads(pid: int) -> CompilerThreads | None:
         return None
     found = {}
     for thread in threads:
-        try:
-            with open(f"/proc/{pid}/task/{thread}/stat") as stat:
-                text = stat.read()
-        except OSError:
-            continue  # ended meanwhile
-        # The name (field 2) is in parentheses and may hold spaces and parentheses itself.
-        name = text[text.find("(") + 1:text.rfind(")")]
-        if name in COMPILER_THREADS:
-            fields = text[text.rfind(")") + 1:].split()
-            found[thread] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        read = stat_cpu(f"/proc/{pid}/task/{thread}/stat")  # None: it ended meanwhile
+        if read is not None and read[0] in COMPILER_THREADS:
+            found[thread] = read[1]
     return found
 
 

@@ -605,11 +605,11 @@ def read_outcome(client: redis.Redis, payment_id: str) -> StoredOutcome | None:
     if not raw:
         return None
     stored = {k.decode(): v.decode() for k, v in raw.items()}
-    doc = stored.get("doc")
+    doc = raw.get(b"doc")
     if doc is None:
         return None  # only a late webhook update, on an outcome that expired
     try:
-        outcome = _outcome_codec.decode(doc.encode())
+        outcome = _outcome_codec.decode(doc)
     except SchemaError:
         return None
     webhook = None

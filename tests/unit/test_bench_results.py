@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.console import Console
 from paysim.bench.capacity import Projected
 from paysim.bench.http import KEPT_UP_S, HttpFigures, figures_from_wrk, parse_wrk
 from paysim.bench.phases import PhaseFigures, figures_from_report
-from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes
+from paysim.bench.resources import Sampler, Usage, cpu_seconds, rss_bytes, stat_cpu
 from paysim.bench.results import (
     CPU_TARGET,
     HTTP_TARGET,
@@ -90,6 +91,25 @@ def test_a_process_cpu_and_memory_come_from_proc() -> None:
     assert wait_until(lambda: rss_bytes(zombie.pid) is None, timeout=10)  # exited, not reaped
     zombie.wait()
     assert rss_bytes(zombie.pid) is None and cpu_seconds(zombie.pid) is None
+
+
+def test_a_threads_name_and_cpu_are_read_whatever_its_name_holds() -> None:
+    """A thread's name may hold spaces and parentheses (the JVM's "C2 CompilerThre" has a
+    space); the CPU fields are counted after the name's last parenthesis."""
+    read: list[tuple[str, float] | None] = []
+
+    def named() -> None:
+        path = f"/proc/self/task/{threading.get_native_id()}"
+        with open(f"{path}/comm", "w") as comm:
+            comm.write("a (b) c)")
+        read.append(stat_cpu(f"{path}/stat"))
+
+    thread = threading.Thread(target=named)
+    thread.start()
+    thread.join()
+    [(name, cpu)] = read
+    assert name == "a (b) c)" and cpu >= 0
+    assert stat_cpu("/proc/self/task/0/stat") is None  # no such thread
 
 
 def test_the_sampler_records_memory_and_cpu_spent_while_it_ran() -> None:
