@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,16 +178,17 @@ def _end_offset(consumer: Consumer, partition: TopicPartition, deadline: float) 
             time.sleep(0.1)  # the metadata refresh the next ask needs takes this long or more
 
 
-def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
-             idle_timeout: float) -> tuple[list[Record], int]:
+def _read_to(consumer: Consumer, topic: str, ends: dict[int, int], idle_timeout: float,
+             clock: Callable[[], float] = time.monotonic) -> tuple[list[Record], int]:
     """The records of each partition from its start to ``ends[partition]``, and how many
-    partitions were not read to their end when nothing came for ``idle_timeout`` seconds."""
+    partitions were not read to their end when nothing came for ``idle_timeout`` seconds
+    (by ``clock``)."""
     pending = {partition for partition, end in ends.items() if end > 0}
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in pending])
     records: list[Record] = []
-    deadline = time.monotonic() + idle_timeout
+    deadline = clock() + idle_timeout
     while pending:
-        left = deadline - time.monotonic()
+        left = deadline - clock()
         if left <= 0:
             break
         before = (len(records), len(pending))
@@ -208,7 +209,7 @@ def _read_to(consumer: Consumer, topic: str, ends: dict[int, int],
             if offset >= ends[partition] - 1:
                 pending.discard(partition)
         if (len(records), len(pending)) != before:  # nearer the ends: errors alone are not
-            deadline = time.monotonic() + idle_timeout
+            deadline = clock() + idle_timeout
     return records, len(pending)
 
 

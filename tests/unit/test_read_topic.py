@@ -15,19 +15,26 @@ TOPIC = "t"
 
 
 class ScriptedConsumer:
-    """Hands out one scripted batch per consume() call, then nothing (after the timeout)."""
+    """Hands out one scripted batch per consume() call, then nothing (once the timeout has
+    passed on its clock, which its calls alone move: no test waits for real time)."""
 
-    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+    def __init__(self, batches: list[list[FakeMessage]], batch_takes_s: float = 0.0) -> None:
         self.batches = list(batches)
+        self.batch_takes_s = batch_takes_s  # how long a batch takes to come
         self.assigned: list[int] = []
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     def assign(self, partitions) -> None:
         self.assigned = sorted(p.partition for p in partitions)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         if self.batches:
+            self.now += self.batch_takes_s
             return self.batches.pop(0)
-        time.sleep(timeout)  # stands in for the broker's silence
+        self.now += timeout  # the broker's silence, for the whole timeout
         return []
 
 
@@ -47,7 +54,8 @@ def test_each_partition_is_read_to_its_end_and_no_further() -> None:
         [eof(1, 3), record(0, 2), record(0, 3)],  # 0:3 came after the read started
     ])
 
-    records, unread = _read_to(consumer, TOPIC, {0: 3, 1: 3, 2: 0}, idle_timeout=5)
+    records, unread = _read_to(consumer, TOPIC, {0: 3, 1: 3, 2: 0}, idle_timeout=5,
+                               clock=consumer.clock)
 
     assert unread == 0
     assert consumer.assigned == [0, 1]  # the empty partition is not read at all
@@ -58,9 +66,10 @@ def test_silence_ends_the_read_after_the_idle_timeout() -> None:
     transient = FakeMessage(TOPIC, -1, -1001, None, error=KafkaError(KafkaError._TRANSPORT))
     consumer = ScriptedConsumer([[record(0, 0)], [transient], [transient]])
 
-    started = time.monotonic()
-    records, unread = _read_to(consumer, TOPIC, {0: 5, 1: 2}, idle_timeout=0.3)
-    took = time.monotonic() - started
+    started = consumer.clock()
+    records, unread = _read_to(consumer, TOPIC, {0: 5, 1: 2}, idle_timeout=0.3,
+                               clock=consumer.clock)
+    took = consumer.clock() - started
 
     # Transport errors are no progress.
     assert ([record.value for record in records], unread) == ([b"0:0"], 2)
@@ -68,19 +77,15 @@ def test_silence_ends_the_read_after_the_idle_timeout() -> None:
 
 
 def test_a_read_that_keeps_progressing_may_outlast_the_idle_timeout() -> None:
-    class Slow(ScriptedConsumer):
-        def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
-            if self.batches:
-                time.sleep(0.1)
-            return super().consume(num_messages, timeout)
+    consumer = ScriptedConsumer([[record(0, offset)] for offset in range(5)],
+                                batch_takes_s=0.1)
 
-    consumer = Slow([[record(0, offset)] for offset in range(5)])
-
-    started = time.monotonic()
-    records, unread = _read_to(consumer, TOPIC, {0: 5}, idle_timeout=0.25)
+    started = consumer.clock()
+    records, unread = _read_to(consumer, TOPIC, {0: 5}, idle_timeout=0.25,
+                               clock=consumer.clock)
 
     assert unread == 0 and len(records) == 5
-    assert time.monotonic() - started > 0.25
+    assert consumer.clock() - started > 0.25
 
 
 class ElectingConsumer:
