@@ -306,4 +306,6 @@ def _rate(value: float | None) -> str:
 
 
 def _verdict(target: dict[str, Any]) -> str:
+    if target.get("unjudged"):
+        return f"{target['bound']}: not judged ({target['unjudged']})"
     return f"{target['bound']}: {'met' if target['met'] else 'MISSED'}"

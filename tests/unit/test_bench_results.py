@@ -287,6 +287,20 @@ def test_the_table_shows_every_phase_and_each_verdict() -> None:
         assert fragment in text, fragment
 
 
+def test_a_saturation_run_smaller_than_the_target_asks_is_not_judged() -> None:
+    small = results(saturation=phase(None, throughput=9000.0, completed=20_000), quick=True)
+    target = small["targets"][0]
+    assert target["name"] == "end to end, exactly-once, over 20,000 payments"
+    assert target["met"] is False
+    assert target["unjudged"] == "the target asks 200,000 payments"
+    assert "unjudged" not in results()["targets"][0]
+    out = io.StringIO()
+    Console(file=out, width=200).print(results_table(small))
+    text = out.getvalue()
+    assert ">= 5,000/s: not judged (the target asks 200,000 payments)" in text
+    assert ">= 5,000/s: MISSED" not in text
+
+
 def test_the_lifecycle_mix_is_shown_beside_the_plain_payments() -> None:
     mix = replace(phase(None, throughput=3000.0, completed=50_000), operations=24_000,
                   messages_per_s=4440.0,
