@@ -306,6 +306,6 @@ def _rate(value: float | None) -> str:
 
 
 def _verdict(target: dict[str, Any]) -> str:
-    if target.get("unjudged"):
-        return f"{target['bound']}: not judged ({target['unjudged']})"
+    if target.get("unjudged"):  # why is in results.json; the table's title says it is small
+        return f"{target['bound']}: not judged"
     return f"{target['bound']}: {'met' if target['met'] else 'MISSED'}"
