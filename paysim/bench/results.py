@@ -76,13 +76,14 @@ def targets(saturation: dict[str, Any], open_model: list[dict[str, Any]],
             resources: dict[str, dict[str, Any]],
             http: dict[str, Any] | None = None) -> list[Target]:
     judged = saturation["completed"] >= SATURATION_MIN_COUNT
+    # A run smaller than the targets ask (--quick's) measures too little to judge them by.
+    unjudged = None if judged else f"the target asks {SATURATION_MIN_COUNT:,} payments"
     found = [Target(
         f"end to end, exactly-once, over {saturation['completed']:,} payments",
         f">= {SATURATION_MIN_PER_S:,.0f}/s",
         f"{saturation['throughput_per_s']:,.0f}/s",
         judged and saturation["throughput_per_s"] >= SATURATION_MIN_PER_S
-        and saturation["lost"] == 0,
-        None if judged else f"the target asks {SATURATION_MIN_COUNT:,} payments",
+        and saturation["lost"] == 0, unjudged,
     )]
     ratio = saturation.get("ratio_to_kafka_producer")
     if ratio is not None:
@@ -103,9 +104,10 @@ def targets(saturation: dict[str, Any], open_model: list[dict[str, Any]],
     for name in registry.PIPELINE_NAMES:
         if name in resources:
             growth = resources[name]["rss_growth_pct"]
+            # The memory target is the first performance issue's, over its 200,000 payments.
             found.append(Target(f"{name} RSS growth, first to last tenth of the saturation run",
                                 f"< {RSS_GROWTH_MAX * 100:g}%", f"{growth:+.1f}%",
-                                growth < RSS_GROWTH_MAX * 100))
+                                judged and growth < RSS_GROWTH_MAX * 100, unjudged))
     if http is not None:
         p99 = http["latency"]["p99_ms"]
         found.append(Target(

@@ -287,18 +287,22 @@ def test_the_table_shows_every_phase_and_each_verdict() -> None:
         assert fragment in text, fragment
 
 
-def test_a_saturation_run_smaller_than_the_target_asks_is_not_judged() -> None:
+def test_a_saturation_run_smaller_than_the_targets_ask_is_not_judged() -> None:
     small = results(saturation=phase(None, throughput=9000.0, completed=20_000), quick=True)
     target = small["targets"][0]
     assert target["name"] == "end to end, exactly-once, over 20,000 payments"
     assert target["met"] is False
     assert target["unjudged"] == "the target asks 200,000 payments"
     assert "unjudged" not in results()["targets"][0]
+    growth = {t["name"]: t for t in small["targets"] if " RSS growth" in t["name"]}
+    assert growth and all(t["unjudged"] and t["met"] is False for t in growth.values())
+    assert not any("unjudged" in t for t in results()["targets"] if " RSS growth" in t["name"])
     out = io.StringIO()
     Console(file=out, width=200).print(results_table(small))
     text = out.getvalue()
     assert ">= 5,000/s: not judged" in text
-    assert ">= 5,000/s: MISSED" not in text
+    assert "< 10%: not judged" in text
+    assert ">= 5,000/s: MISSED" not in text and "< 10%: MISSED" not in text
 
 
 def test_the_lifecycle_mix_is_shown_beside_the_plain_payments() -> None:
