@@ -87,8 +87,9 @@ def targets(saturation: dict[str, Any], open_model: list[dict[str, Any]],
     )]
     ratio = saturation.get("ratio_to_kafka_producer")
     if ratio is not None:
+        # Against the producer tool's run of as many records: a small run's tool is slow.
         found.append(Target(RATIO_TARGET, f">= {RATIO_TO_PRODUCER_MIN:.2f}", f"{ratio:.3f}",
-                            ratio >= RATIO_TO_PRODUCER_MIN))
+                            judged and ratio >= RATIO_TO_PRODUCER_MIN, unjudged))
     costs = [figures["cpu_s_per_1000"] for figures in resources.values()]
     if costs and None not in costs:
         # CPU seconds per 1,000 payments are milliseconds per 1,000: µs per payment.

@@ -288,12 +288,15 @@ def test_the_table_shows_every_phase_and_each_verdict() -> None:
 
 
 def test_a_saturation_run_smaller_than_the_targets_ask_is_not_judged() -> None:
-    small = results(saturation=phase(None, throughput=9000.0, completed=20_000), quick=True)
+    small = results(saturation=phase(None, throughput=25_000.0, completed=20_000), quick=True)
     target = small["targets"][0]
     assert target["name"] == "end to end, exactly-once, over 20,000 payments"
     assert target["met"] is False
     assert target["unjudged"] == "the target asks 200,000 payments"
     assert "unjudged" not in results()["targets"][0]
+    ratio = next(t for t in small["targets"] if t["name"] == RATIO_TARGET)
+    assert ratio["actual"] == "0.250"  # 25,000/s against the tool's 100,000: over the bound
+    assert ratio["unjudged"] and ratio["met"] is False
     growth = {t["name"]: t for t in small["targets"] if " RSS growth" in t["name"]}
     assert growth and all(t["unjudged"] and t["met"] is False for t in growth.values())
     assert not any("unjudged" in t for t in results()["targets"] if " RSS growth" in t["name"])
