@@ -218,8 +218,8 @@ class TransactionOpening:
     shortest cycle")."""
 
     def __init__(self, producer: Producer, outputs: list[Output], offsets: list[TopicPartition],
-                 group_metadata: object) -> None:
-        self.producer, self.outputs = producer, outputs
+                 group_metadata: object, clock: Callable[[], float] = time.monotonic) -> None:
+        self.producer, self.outputs, self.clock = producer, outputs, clock
         self.offsets, self.group_metadata = offsets, group_metadata
         self.begun = False
         self.offsets_added = False
@@ -235,12 +235,12 @@ class TransactionOpening:
     def __call__(self, timeout: float) -> None:
         """The steps not done yet, within ``timeout`` s for them all (the loop's limit for
         the call)."""
-        started = time.monotonic()
+        started = self.clock()
         if not self.begun:
             self.producer.begin_transaction()
             self.begun = True
         if not self.offsets_added:
-            left = max(0.0, timeout - (time.monotonic() - started))
+            left = max(0.0, timeout - (self.clock() - started))
             self.producer.send_offsets_to_transaction(self.offsets, self.group_metadata, left)
             self.offsets_added = True
         while self.produced < len(self.outputs):
@@ -257,7 +257,7 @@ class PendingCall:
     function: Callable[..., Any]
     args: tuple[Any, ...]  # with the timeout, when it takes one
     limit: float  # its timeout, or the call timeout for calls without one
-    began: float  # time.monotonic() when it was queued
+    began: float  # the loop's clock when it was queued
     handle: _Call
 
     @property
@@ -274,12 +274,16 @@ class ServiceLoop(Generic[T]):
                  new_consumer: Callable[[], Consumer] | None = None,
                  new_producer: Callable[[], Producer] | None = None,
                  metrics: PipelineMetrics | None = None,
-                 tracer: PaymentTracer | None = None) -> None:
+                 tracer: PaymentTracer | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``consumer`` and ``producer`` replace the first Kafka clients built here, and
         ``new_consumer`` and ``new_producer`` build the ones that replace them (tests).
         ``metrics``, when given, are updated once per batch; ``tracer``, when given, traces
-        each batch and each record carrying a trace context (see paysim.infra.otel)."""
+        each batch and each record carrying a trace context (see paysim.infra.otel).
+        ``clock`` is what the loop's deadlines and cycles are timed by (tests give one whose
+        time moves only when a fake call says it took some)."""
         self.service = service
+        self.clock = clock
         self.metrics = metrics
         self.tracer = tracer
         self._outcomes: dict[str, int] = {}  # the batch's messages by outcome (metrics)
@@ -313,7 +317,7 @@ class ServiceLoop(Generic[T]):
         self._brokers_lost = False  # the consumer saw every broker go (see on_kafka_error)
         self._producer_used = False  # a transaction committed since its init_transactions
         self._consumer_fenced: str | None = None  # the consumer's fatal error, if any
-        self._last_fenced = -FENCED_AGAIN_S  # time.monotonic() of the last replacement
+        self._last_fenced = -FENCED_AGAIN_S  # the clock's time of the last replacement
         self._kafka_failures = 0  # batches in a row that Kafka failed
         self._abandoned: list[threading.Thread] = []  # threads inside calls that never returned
         self._last_heartbeat = 0.0
@@ -395,11 +399,11 @@ class ServiceLoop(Generic[T]):
                     if self._unhealthy is None:
                         self._mark_unhealthy("every broker went down")
                 if self._unhealthy is not None:
-                    began = time.monotonic()
+                    began = self.clock()
                     if not self._renew():
                         # From the start of the attempt: one that waited for the broker
                         # has waited already.
-                        self.stop.wait(max(0.0, backoff - (time.monotonic() - began)))
+                        self.stop.wait(max(0.0, backoff - (self.clock() - began)))
                         backoff = min(backoff * 2, MAX_BACKOFF_S)
                         continue
                     backoff = 0.1
@@ -448,14 +452,14 @@ class ServiceLoop(Generic[T]):
         full batch, whichever comes first (see MIN_CYCLE_S)."""
         size = self.settings.services.batch_size
         began, self._cycle_began = self._cycle_began, None
-        rest = 0.0 if began is None else began + self.min_cycle - time.monotonic()
+        rest = 0.0 if began is None else began + self.min_cycle - self.clock()
         batch = self.consumer.consume(num_messages=size, timeout=max(0.0, rest))
         if not batch:
             first = self.consumer.poll(0.2)
             if first is None:
                 return []
             batch = [first, *self.consumer.consume(num_messages=size - 1, timeout=0)]
-        self._cycle_began = time.monotonic() if len(batch) < size else None
+        self._cycle_began = self.clock() if len(batch) < size else None
         return batch
 
     def _usable(self, message: Message) -> bool:
@@ -583,7 +587,7 @@ class ServiceLoop(Generic[T]):
             hop.end(error)
 
     def _transact(self, messages: list[Message]) -> None:
-        started = time.monotonic()
+        started = time.monotonic()  # the batch's duration in the metrics, on their clock
         # A rebalance between fetching and here may have taken partitions away: their records
         # belong to the new owner now, and processing them too would doubly produce.
         assigned = self._assigned
@@ -617,7 +621,7 @@ class ServiceLoop(Generic[T]):
         opening = self._kafka_start(
             TransactionOpening(self.producer, outputs,
                                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                               self._group_metadata()),
+                               self._group_metadata(), self.clock),
             timeout=self.call_timeout)
         try:
             pipe.execute()
@@ -662,7 +666,7 @@ class ServiceLoop(Generic[T]):
         """Queue a producer call on its worker thread; _kafka_wait() for its result."""
         limit = self.call_timeout if timeout is None else timeout
         full = args if timeout is None else (*args, timeout)
-        return PendingCall(call, full, limit, time.monotonic(),
+        return PendingCall(call, full, limit, self.clock(),
                            self.worker.submit(call, *full))
 
     def _kafka_wait(self, pending: PendingCall) -> Any:
@@ -670,7 +674,7 @@ class ServiceLoop(Generic[T]):
         limit = pending.limit
         for attempt in range(10):
             try:
-                waited = time.monotonic() - pending.began
+                waited = self.clock() - pending.began
                 return self.worker.wait(pending.handle, limit + self.call_grace - waited)
             except ClientStuck:
                 raise ClientStuck(f"{pending.name} did not return within "
@@ -680,13 +684,13 @@ class ServiceLoop(Generic[T]):
                 error: KafkaError = exc.args[0]
                 if error.fatal():
                     raise FatalServiceError(f"{name}: {error.str()}") from None
-                if time.monotonic() - pending.began >= limit:
+                if self.clock() - pending.began >= limit:
                     raise ClientStuck(f"{name} failed after its {limit:g} s: "
                                       f"{error.str()}") from None
                 if not error.retriable() or attempt == 9:
                     raise
                 time.sleep(0.1 * (attempt + 1))
-                pending = replace(pending, began=time.monotonic(),
+                pending = replace(pending, began=self.clock(),
                                   handle=self.worker.submit(pending.function, *pending.args))
         return None
 
@@ -791,7 +795,7 @@ class ServiceLoop(Generic[T]):
         session ran out while the broker was down rejoins, and is then fenced by its own
         new membership (confluentinc/librdkafka#3437; seen here after a broker restart)."""
         reason, self._consumer_fenced = self._consumer_fenced, None
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last_fenced < FENCED_AGAIN_S:
             raise FatalServiceError(f"consumer: {reason}, again within {FENCED_AGAIN_S:g} s")
         self._last_fenced = now

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,16 +256,33 @@ def kafka_error(code: int = KafkaError._TRANSPORT, reason: str = "broker gone", 
     return KafkaException(KafkaError(code, reason, fatal=fatal, retriable=retriable))
 
 
+class FakeClock:
+    """A monotonic clock whose time moves only when told: what a loop under test reads as
+    its time (ServiceLoop's ``clock``), moved by the fake calls said to take some."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class FakeProducer:
     """A transactional producer: records reach ``committed`` only through commit_transaction;
     an aborted transaction's records are dropped. ``fail_on`` makes a call raise, ``hang_on``
-    block until released, ``slow_on`` take its time. With a ``cluster``, a newer producer's
-    init_transactions fences this one, and commits reach the cluster."""
+    block until released, ``slow_on`` take its time (on ``clock``, which the loop under test
+    reads too). With a ``cluster``, a newer producer's init_transactions fences this one, and
+    commits reach the cluster."""
 
     HANG_LIMIT_S = 30.0  # a hung call that a test forgot to release returns after this
 
-    def __init__(self, cluster: FakeCluster | None = None) -> None:
+    def __init__(self, cluster: FakeCluster | None = None,
+                 clock: FakeClock | None = None) -> None:
         self.cluster = cluster
+        self.clock = clock
         self.epoch = 0
         self.initialized = False
         self.current: Transaction | None = None
@@ -296,7 +312,10 @@ class FakeProducer:
         return release
 
     def slow_on(self, method: str, seconds: float, call: int = 1) -> None:
-        """Make the ``call``-th call of ``method`` take ``seconds`` before it goes on."""
+        """Make the ``call``-th call of ``method`` take ``seconds`` of the producer's clock
+        before it goes on."""
+        if self.clock is None:
+            raise ValueError("slow_on needs the producer to have a clock")
         self._delays[(method, call)] = seconds
 
     def _enter(self, method: str) -> None:
@@ -306,8 +325,8 @@ class FakeProducer:
         if release is not None:
             release.wait(self.HANG_LIMIT_S)
         delay = self._delays.pop(key, None)
-        if delay is not None:
-            time.sleep(delay)  # the fake call's own duration
+        if delay is not None and self.clock is not None:
+            self.clock.advance(delay)  # the fake call's own duration
         failure = self._failures.pop(key, None)
         if failure is not None:
             raise failure

@@ -27,6 +27,7 @@ from paysim.pipeline.registry import AUTHORIZER
 from paysim.pipeline.service import Output, Rejected, Service, ServiceSpec
 from tests.unit.fakes import (
     KEYS,
+    FakeClock,
     FakeCluster,
     FakeConsumer,
     FakeMessage,
@@ -96,20 +97,22 @@ class Harness:
     ``consumers`` and ``producers``, and built by ``producer_factory`` when it is set."""
 
     def __init__(self, records: list[FakeMessage], spec: ServiceSpec = PINGER,
-                 settings: Settings = SETTINGS) -> None:
+                 settings: Settings = SETTINGS, clock: FakeClock | None = None) -> None:
+        """``clock``, when given, is the loop's and its producers' (for ``slow_on``)."""
         self.stop = Stop()
         self.redis = FakeRedis()
         self.cluster = FakeCluster()
         self.records = records
         self.consumer = FakeConsumer(self.stop, records, self.cluster.committed)
-        self.producer = FakeProducer(self.cluster)
+        self.producer = FakeProducer(self.cluster, clock)
         self.consumers, self.producers = [self.consumer], [self.producer]
         self.service = spec.build(settings, self.redis)  # type: ignore[arg-type]
         self.loop = ServiceLoop(
             self.service, settings, stop=self.stop,
             consumer=self.consumer, producer=self.producer,  # type: ignore[arg-type]
-            new_consumer=self._new_consumer, new_producer=self._new_producer)  # type: ignore[arg-type]
-        self.producer_factory = lambda: FakeProducer(self.cluster)
+            new_consumer=self._new_consumer, new_producer=self._new_producer,  # type: ignore[arg-type]
+            clock=clock or time.monotonic)
+        self.producer_factory = lambda: FakeProducer(self.cluster, clock)
         self.consumer.error_cb = self.loop.on_kafka_error  # as _build_consumer configures it
 
     def _new_consumer(self) -> FakeConsumer:
@@ -405,7 +408,7 @@ def fetch_timeouts(harness: Harness) -> list[float]:
 
 def test_after_a_batch_that_was_not_full_the_next_fetch_waits_out_the_shortest_cycle() -> None:
     harness = Harness([ping(0, offset) for offset in range(3)],
-                      settings=pure_settings({"services.batch_size": 2}))
+                      settings=pure_settings({"services.batch_size": 2}), clock=FakeClock())
     harness.loop.min_cycle = 60.0  # longer than the test: every wait shows
     harness.producer.slow_on("commit_transaction", 0.3, call=2)  # the second batch's
     timeouts = fetch_timeouts(harness)
@@ -621,7 +624,7 @@ def test_a_fatal_error_opening_the_transaction_names_the_step_that_failed(method
 
 
 def test_the_offsets_get_what_is_left_of_the_openings_timeout() -> None:
-    harness = Harness([ping(0, 0)])
+    harness = Harness([ping(0, 0)], clock=FakeClock())
     harness.producer.slow_on("begin_transaction", 0.3)
     timeouts: list[float] = []
     send_offsets = harness.producer.send_offsets_to_transaction
@@ -712,10 +715,10 @@ def test_a_rewind_leaves_partitions_taken_meanwhile_to_their_new_owner() -> None
 # ------------------------------------------------------------------------ new Kafka clients
 
 
-def renewing_harness(records: list[FakeMessage]) -> Harness:
+def renewing_harness(records: list[FakeMessage], clock: FakeClock | None = None) -> Harness:
     """Batches of two; a call is given up after 1 s (a 0.3 s timeout and 0.7 s of grace):
     short for a test, long beside what a fake call takes even on a busy machine."""
-    harness = Harness(records, settings=pure_settings({"services.batch_size": 2}))
+    harness = Harness(records, settings=pure_settings({"services.batch_size": 2}), clock=clock)
     harness.loop.call_timeout, harness.loop.call_grace = 0.3, 0.7
     return harness
 
@@ -752,7 +755,7 @@ def test_a_call_that_hangs_is_given_up_and_a_new_producer_processes_the_batch_on
 
 def test_a_call_that_fails_after_overrunning_its_timeout_renews_the_producer() -> None:
     records = [ping(0, 0), ping(0, 1)]
-    harness = renewing_harness(records)
+    harness = renewing_harness(records, FakeClock())
     harness.loop.call_grace = 5.0  # the call returns, late: it is not given up
     harness.producer.slow_on("commit_transaction", 0.5)
     harness.producer.fail_on("commit_transaction",
