@@ -70,10 +70,11 @@ def cluster_metadata(config: Mapping[str, Any], timeout: float) -> ClusterMetada
 
 def produce(producer: Producer, topic: str, value: bytes, key: str | None = None,
             on_delivery: Any = None, deadline: float | None = None,
-            headers: list[tuple[str, bytes]] | None = None) -> None:
+            headers: list[tuple[str, bytes]] | None = None,
+            clock: Callable[[], float] = time.monotonic) -> None:
     """Produce, waiting for room when the local queue is full instead of failing.
 
-    BufferError still escapes once ``deadline`` (a time.monotonic() value) has passed.
+    BufferError still escapes once ``deadline`` (a value of ``clock``) has passed.
     ``headers``: the record's headers (the trace context, when tracing)."""
     while True:
         try:
@@ -81,7 +82,7 @@ def produce(producer: Producer, topic: str, value: bytes, key: str | None = None
                              headers=headers)
             return
         except BufferError:
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and clock() >= deadline:
                 raise
             producer.poll(0.05)
 

@@ -245,8 +245,10 @@ class TransactionOpening:
             self.offsets_added = True
         while self.produced < len(self.outputs):
             output = self.outputs[self.produced]
+            # Bounded: a queue that stays full (the broker gone) ends the call, which then
+            # renews the producer, rather than keeping this thread polling it for ever.
             produce(self.producer, output.topic, output.value, key=output.key,
-                    headers=output.headers)
+                    headers=output.headers, deadline=started + timeout, clock=self.clock)
             self.produced += 1
 
 
@@ -679,6 +681,9 @@ class ServiceLoop(Generic[T]):
             except ClientStuck:
                 raise ClientStuck(f"{pending.name} did not return within "
                                   f"{limit + self.call_grace:g} s") from None
+            except BufferError:
+                raise ClientStuck(f"{pending.name}: the producer's queue stayed full for "
+                                  f"{limit:g} s") from None
             except KafkaException as exc:
                 name = pending.name
                 error: KafkaError = exc.args[0]

@@ -295,6 +295,9 @@ class FakeProducer:
         self._hangs_after_commit: dict[int, threading.Event] = {}
         self._delays: dict[tuple[str, int], float] = {}
         self._calls: dict[str, int] = {}
+        # Every produce() refused for room, as by librdkafka's full queue; poll() then takes
+        # its whole timeout on ``clock``, waiting for room that does not come.
+        self.queue_full = False
 
     def fail_on(self, method: str, exc: BaseException, call: int = 1) -> None:
         """Raise ``exc`` from the ``call``-th call of ``method`` (counting from 1)."""
@@ -356,6 +359,8 @@ class FakeProducer:
                 on_delivery: Callable[..., Any] | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
         self._enter("produce")
+        if self.queue_full:
+            raise BufferError("Local: Queue full")
         self._in_transaction("produce").records.append(
             Produced(topic, key, value or b"", _headers(headers)))
 
@@ -386,6 +391,8 @@ class FakeProducer:
         self.current = None
 
     def poll(self, timeout: float | None = None) -> int:
+        if self.queue_full and self.clock is not None and timeout:
+            self.clock.advance(timeout)
         return 0
 
     def flush(self, timeout: float | None = None) -> int:

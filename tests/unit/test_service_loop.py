@@ -768,6 +768,18 @@ def test_a_call_that_fails_after_overrunning_its_timeout_renews_the_producer() -
     assert_each_pong_committed_once(harness, records)
 
 
+def test_a_queue_that_stays_full_ends_the_opening_and_a_new_producer_takes_the_batch() -> None:
+    records = [ping(0, 0), ping(0, 1)]
+    harness = renewing_harness(records, FakeClock())
+    harness.producer.queue_full = True  # the old producer's records never find room
+    harness.run()
+
+    assert harness.loop.counters.renewals == 1
+    assert harness.loop._abandoned == []  # the call gave up by itself: no thread left polling
+    assert [len(p.committed) for p in harness.producers] == [0, 1]
+    assert_each_pong_committed_once(harness, records)
+
+
 def test_an_abort_that_hangs_renews_the_producer() -> None:
     records = [ping(0, 0), ping(0, 1)]
     harness = renewing_harness(records)
