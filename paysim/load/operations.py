@@ -175,7 +175,7 @@ class OperationLoad:
         while not self._stop.is_set():
             try:
                 answers, last_id = store.read_stream(client, key, last_id,
-                                                     store.read_operation_done, READ_BATCH,
+                                                     store.read_operations_done, READ_BATCH,
                                                      int(IDLE_WAIT_S * 1000))
             except redis.RedisError:
                 if self._stop.wait(0.5):

@@ -132,7 +132,7 @@ class RunStream:
     def read(self) -> tuple[list[DoneEntry], list[Failure]]:
         try:
             entries, self.last_id = store.read_stream(self.client, self.key, self.last_id,
-                                                      store.read_done_entry, READ_BATCH, 200)
+                                                      store.read_done_entries, READ_BATCH, 200)
         except redis.RedisError:
             self.stop.wait(0.5)  # Redis back: the run goes on; not back: the timeout ends it
             return [], []

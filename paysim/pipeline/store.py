@@ -451,13 +451,21 @@ class DoneEntry(msgspec.Struct, frozen=True):
 _done_decoder = msgspec.json.Decoder(DoneEntry)
 
 
-DONE_FIELD = "o"  # a run stream entry's one field: the encoded DoneEntry
+# A run stream entry's one field: "o", one notified payment's encoded DoneEntry (what an
+# entry written one by one holds: an external notifier's, and paysim's on a Redis Cluster), or
+# "b", a notifier batch's payments of the run as an encoded array of DoneEntry.
+DONE_FIELD = "o"
+DONE_BATCH_FIELD = "b"
+
+
+def _done(outcome: PaymentOutcome) -> DoneEntry:
+    return DoneEntry(outcome.payment_id, outcome.status, outcome.reason_code, outcome.amount,
+                     outcome.currency, outcome.seq, outcome.stages)
 
 
 def done_entry(outcome: PaymentOutcome) -> bytes:
     """The notified payment's entry on its run's stream, encoded."""
-    return encode(DoneEntry(outcome.payment_id, outcome.status, outcome.reason_code,
-                            outcome.amount, outcome.currency, outcome.seq, outcome.stages))
+    return encode(_done(outcome))
 
 
 def add_done_entry(pipe: redis.client.Pipeline, outcome: PaymentOutcome) -> None:
@@ -466,16 +474,14 @@ def add_done_entry(pipe: redis.client.Pipeline, outcome: PaymentOutcome) -> None
                          done_entry(outcome))
 
 
-# What write_outcome and add_done_entry write for each payment of a batch, and an EXPIRE on
-# each run stream once, in one script call. KEYS: each payment's outcome hash and run stream;
-# ARGV: the TTL, then each payment's status, doc, webhook_status, trace id ("": none) and
-# stream entry.
+# What write_outcome writes for each payment of a batch, and per run one stream entry with the
+# batch's payments of the run and the stream's EXPIRE, in one script call. KEYS: each payment's
+# outcome hash, then each run stream; ARGV: the TTL, the count n of payments, then each
+# payment's status, doc, webhook_status and trace id ("": none), then each stream's entry.
 NOTIFIED_LUA = """
-local ttl = ARGV[1]
-local streams, seen = {}, {}
-for i = 1, #KEYS / 2 do
-  local hash, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local at = 2 + (i - 1) * 5
+local ttl, n = ARGV[1], tonumber(ARGV[2])
+for i = 1, n do
+  local hash, at = KEYS[i], 3 + (i - 1) * 4
   if ARGV[at + 3] == '' then
     redis.call('HSET', hash, 'status', ARGV[at], 'doc', ARGV[at + 1], 'notification', 'sent',
                'webhook_status', ARGV[at + 2])
@@ -484,50 +490,67 @@ for i = 1, #KEYS / 2 do
                'webhook_status', ARGV[at + 2], 'trace_id', ARGV[at + 3])
   end
   redis.call('EXPIRE', hash, ttl)
-  redis.call('XADD', stream, '*', 'o', ARGV[at + 4])
-  if not seen[stream] then
-    seen[stream] = true
-    streams[#streams + 1] = stream
-  end
 end
-for _, stream in ipairs(streams) do
-  redis.call('EXPIRE', stream, ttl)
+for s = n + 1, #KEYS do
+  redis.call('XADD', KEYS[s], '*', 'b', ARGV[3 + 4 * n + s - n - 1])
+  redis.call('EXPIRE', KEYS[s], ttl)
 end
-return #KEYS / 2
+return n
 """
 
 
 class NotifiedBatch:
     """A batch's notified payments, written by one NOTIFIED_LUA call: each payment's outcome
-    hash with its expiry and its run stream entry, each run stream's expiry once, the same
-    keys and values as write_outcome, add_done_entry and an EXPIRE give. Three commands a
-    payment through redis-py cost the notifier more (packing every argument, parsing every
-    reply) than Redis spent on them. A single Redis only: on a cluster a batch's keys lie in
-    many slots, and those commands go one by one."""
+    hash with its expiry as write_outcome writes it, and per run one stream entry holding the
+    batch's payments of that run (field DONE_BATCH_FIELD), the stream's expiry renewed with
+    it. Three commands a payment through redis-py cost the notifier more (packing every
+    argument, parsing every reply) than Redis spent on them; an entry a payment cost Redis
+    and `send`'s read-back about 3 µs a payment more than one a batch (docs/performance.md).
+    A single Redis only: on a cluster a batch's keys lie in many slots, and those commands go
+    one by one."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.args: list[str | bytes] = []
+        self.done: dict[str, list[DoneEntry]] = {}  # by run id, in the batch's order
 
     def add(self, outcome: PaymentOutcome, webhook_status: str, trace_id: str | None) -> None:
-        self.keys += (outcome_key(outcome.payment_id), run_stream_key(outcome.run_id))
-        self.args += (outcome.status, encode(outcome), webhook_status, trace_id or "",
-                      done_entry(outcome))
+        self.keys.append(outcome_key(outcome.payment_id))
+        self.args += (outcome.status, encode(outcome), webhook_status, trace_id or "")
+        self.done.setdefault(outcome.run_id, []).append(_done(outcome))
 
     def write(self, pipe: redis.client.Pipeline, ttl: int) -> None:
         """Queue the script call on ``pipe`` (nothing for an empty batch)."""
         if self.keys:
+            streams = [run_stream_key(run_id) for run_id in self.done]
             # EVAL, not EVALSHA: a pipeline cannot load a script that Redis forgot, and
             # hashing the script's text once a batch costs Redis nothing to speak of.
-            pipe.execute_command("EVAL", NOTIFIED_LUA, len(self.keys), *self.keys, ttl,
-                                 *self.args)
+            pipe.execute_command("EVAL", NOTIFIED_LUA, len(self.keys) + len(streams),
+                                 *self.keys, *streams, ttl, len(self.keys), *self.args,
+                                 *map(encode, self.done.values()))
+
+
+_done_batch_decoder = msgspec.json.Decoder(list[DoneEntry])
 
 
 def read_done_entry(fields: dict[bytes, bytes]) -> DoneEntry:
-    """A run stream entry, typed. Raises ValueError for an entry paysim did not write."""
+    """A run stream entry of one payment (field DONE_FIELD), typed. Raises ValueError for an
+    entry paysim did not write."""
     try:
         return _done_decoder.decode(fields[DONE_FIELD.encode()])
     except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"not a paysim run stream entry: {exc}") from None
+
+
+def read_done_entries(fields: dict[bytes, bytes]) -> list[DoneEntry]:
+    """The payments of a run stream entry, of one or of a batch, typed. Raises ValueError
+    for an entry paysim did not write."""
+    batch = fields.get(DONE_BATCH_FIELD.encode())
+    if batch is None:
+        return [read_done_entry(fields)]
+    try:
+        return _done_batch_decoder.decode(batch)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"not a paysim run stream entry: {exc}") from None
 
 
@@ -558,15 +581,20 @@ def read_operation_done(fields: dict[bytes, bytes]) -> OperationDone:
         raise ValueError(f"not a paysim operations stream entry: {exc}") from None
 
 
+def read_operations_done(fields: dict[bytes, bytes]) -> list[OperationDone]:
+    """read_operation_done for read_stream: an operations stream entry holds one."""
+    return [read_operation_done(fields)]
+
+
 E = TypeVar("E")
 
 
 def read_stream(client: redis.Redis, key: str, last_id: bytes | str,
-                decode: Callable[[dict[bytes, bytes]], E], count: int, block_ms: int,
+                decode: Callable[[dict[bytes, bytes]], list[E]], count: int, block_ms: int,
                 ) -> tuple[list[E], bytes | str]:
-    """A run stream's entries after ``last_id`` (waiting up to ``block_ms`` for the first),
-    at most ``count``, decoded, and the id to read on from. Entries ``decode`` refuses
-    (ValueError: not written by paysim) are skipped."""
+    """What a run stream's entries after ``last_id`` hold (waiting up to ``block_ms`` for
+    the first entry), of at most ``count`` entries, decoded, and the id to read on from.
+    Entries ``decode`` refuses (ValueError: not written by paysim) are skipped."""
     entries: list[E] = []
     with movable_keys(client):
         reply = client.xread({key: last_id}, count=count, block=block_ms)
@@ -574,7 +602,7 @@ def read_stream(client: redis.Redis, key: str, last_id: bytes | str,
         for entry_id, fields in batch:
             last_id = entry_id
             try:
-                entries.append(decode(fields))
+                entries += decode(fields)
             except ValueError:
                 continue
     return entries, last_id

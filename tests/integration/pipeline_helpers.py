@@ -83,8 +83,8 @@ def reason_counts(report: dict) -> dict[str, int]:
 def run_done_entries(settings: Settings, run_id: str) -> list[store.DoneEntry]:
     client = store.connect(settings)
     try:
-        return [store.read_done_entry(fields)
-                for _, fields in client.xrange(store.run_stream_key(run_id))]
+        return [entry for _, fields in client.xrange(store.run_stream_key(run_id))
+                for entry in store.read_done_entries(fields)]
     finally:
         client.close()
 

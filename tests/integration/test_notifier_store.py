@@ -94,8 +94,11 @@ def test_a_batch_leaves_what_the_notifiers_contract_says(
         assert client.get(store.result_key(item.payment_id)) is None  # the decider's key
     for run, members in ((run_a, [items[0], items[1], items[3]]), (run_b, [items[2]])):
         key = store.run_stream_key(run)
-        entries = [store.read_done_entry(fields) for _, fields in client.xrange(key)]
+        entries = [entry for _, fields in client.xrange(key)
+                   for entry in store.read_done_entries(fields)]
         assert [e.payment_id for e in entries] == [m.payment_id for m in members]
+        # One by one an entry a payment; by the script one entry per run and batch.
+        assert client.xlen(key) == (len(members) if one_by_one else 1)
         assert all(e.stages[NOTIFIED] and e.amount == 990 and e.seq == 3 for e in entries)
         assert 0 < client.ttl(key) <= ttl
     queued = client.xrange(store.WEBHOOK_STREAM, min=b"(" + last_webhook)

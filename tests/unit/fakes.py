@@ -491,21 +491,20 @@ def notified_script(call: tuple[Any, ...]) -> list[Command]:
     """The commands store.NOTIFIED_LUA runs for its keys and arguments, in its order (the
     integration tests check the script itself on a real Redis)."""
     count, *rest = call
-    keys, (ttl, *args) = rest[:count], rest[count:]
+    keys, (ttl, payments, *args) = rest[:count], rest[count:]
     commands: list[Command] = []
-    streams: list[str] = []
-    for i in range(count // 2):
-        hash_key, stream = keys[2 * i], keys[2 * i + 1]
-        status, doc, webhook_status, trace_id, entry = args[5 * i:5 * i + 5]
+    for i in range(payments):
+        hash_key = keys[i]
+        status, doc, webhook_status, trace_id = args[4 * i:4 * i + 4]
         fields = ["status", status, "doc", doc, "notification", "sent",
                   "webhook_status", webhook_status]
         if trace_id != "":
             fields += ["trace_id", trace_id]
-        commands += [("HSET", hash_key, *fields), ("EXPIRE", hash_key, ttl),
-                     ("XADD", stream, "*", store.DONE_FIELD, entry)]
-        if stream not in streams:
-            streams.append(stream)
-    return commands + [("EXPIRE", stream, ttl) for stream in streams]
+        commands += [("HSET", hash_key, *fields), ("EXPIRE", hash_key, ttl)]
+    for stream, entry in zip(keys[payments:], args[4 * payments:], strict=True):
+        commands += [("XADD", stream, "*", store.DONE_BATCH_FIELD, entry),
+                     ("EXPIRE", stream, ttl)]
+    return commands
 
 
 class FakeScript:

@@ -413,8 +413,8 @@ def test_the_payment_goes_on_its_runs_stream() -> None:
     [output], pipe = decide_batch(notifier(client), [item], client)
     stream = store.run_stream_key("run-a")
     [xadd] = [c for c in pipe.commands if c[:2] == ("XADD", stream)]
-    assert xadd[2:4] == ("*", store.DONE_FIELD)
-    entry = store.read_done_entry({store.DONE_FIELD.encode(): xadd[4]})
+    assert xadd[2:4] == ("*", store.DONE_BATCH_FIELD)
+    [entry] = store.read_done_entries({store.DONE_BATCH_FIELD.encode(): xadd[4]})
     assert (entry.payment_id, entry.status, entry.reason_code, entry.seq) == (
         item.payment_id, "approved", "00", 11)
     assert entry.stages[NOTIFIED] == decode(output.value, Notification).notified_at
@@ -440,7 +440,7 @@ def test_a_webhook_is_queued_only_for_a_payment_with_a_callback_url() -> None:
     assert hset_without[-2:] == ("webhook_status", "none")
 
 
-def test_each_runs_stream_ttl_is_renewed_once_per_batch() -> None:
+def test_each_run_gets_one_stream_entry_and_expiry_per_batch() -> None:
     client = FakeRedis()
     service = notifier(client)
     batch = [outcome(run_id="run-1"), outcome(run_id="run-1"), outcome(run_id="run-2")]
@@ -453,7 +453,8 @@ def test_each_runs_stream_ttl_is_renewed_once_per_batch() -> None:
     assert stream_expires(first) == [store.run_stream_key("run-1"), store.run_stream_key("run-2")]
     assert stream_expires(second) == [store.run_stream_key("run-1")]
     entries = [c for c in first.commands if c[0] == "XADD" and c[1].startswith("paysim:run:")]
-    assert len(entries) == 3
+    assert [(c[1], len(store.read_done_entries({c[3].encode(): c[4]}))) for c in entries] == [
+        (store.run_stream_key("run-1"), 2), (store.run_stream_key("run-2"), 1)]
 
 
 def test_a_webhook_is_queued_after_its_outcome_is_written() -> None:
@@ -485,7 +486,7 @@ def test_a_batch_is_one_script_call_and_an_aborted_batch_leaves_nothing_behind()
         service.decide(item, pipe)  # type: ignore[arg-type]
     service.finish(pipe)  # type: ignore[arg-type]
     [script, webhook] = calls
-    assert script[:3] == ("EVAL", store.NOTIFIED_LUA, 4)
-    assert script[3:7] == (store.outcome_key(items[0].payment_id), store.run_stream_key("run-a"),
+    assert script[:3] == ("EVAL", store.NOTIFIED_LUA, 3)  # one run: one stream entry
+    assert script[3:6] == (store.outcome_key(items[0].payment_id),
                            store.outcome_key(items[1].payment_id), store.run_stream_key("run-a"))
     assert webhook[:2] == ("XADD", store.WEBHOOK_STREAM)
