@@ -19,7 +19,7 @@ java_ok() {
 
 # A Python 3.11+ with venv and ensurepip, the distribution's own first: Debian's and Ubuntu's
 # interpreters are built with profile-guided and link-time optimization, which pyenv's default
-# build is not, and run paysim's services on about a sixth less CPU (docs/performance.md).
+# build is not, and ran paysim's services on a sixth to a fifth less CPU (docs/performance.md).
 # Ubuntu 22.04's python3 is 3.10, so its python3.11 is looked for too.
 python_ok() {
   "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null &&
