@@ -307,26 +307,11 @@ def _done(client: redis.Redis, suite: Suite, wanted: set[str]) -> dict[str, list
     found: dict[str, list[bytes]] = {}
     for run in (suite.run_id, *suite.issuers):
         for _, fields in client.xrange(store.run_stream_key(run)):
-            for raw in _entry_payments(fields):
+            for raw in store.done_entry_payloads(fields):
                 pid = _payment_id(raw)
                 if pid in wanted:
                     found.setdefault(pid, []).append(raw)
     return found
-
-
-_batch = msgspec.json.Decoder(list[msgspec.Raw])
-
-
-def _entry_payments(fields: dict[bytes, bytes]) -> list[bytes]:
-    """A run stream entry's payments, each raw: the one of field ``o``, or each of the array
-    of field ``b`` (none when that is not an array)."""
-    batch = fields.get(store.DONE_BATCH_FIELD.encode())
-    if batch is None:
-        return [fields.get(store.DONE_FIELD.encode(), b"")]
-    try:
-        return [bytes(raw) for raw in _batch.decode(batch)]
-    except msgspec.DecodeError:
-        return []
 
 
 class _PaymentId(msgspec.Struct):

@@ -48,3 +48,10 @@ def test_read_stream_gives_every_payment_of_every_entry_and_skips_foreign_ones()
                                          store.read_done_entries, 10, 0)
     assert entries == [FIRST, SECOND, FIRST]
     assert last_id == b"3-0"
+
+
+def test_an_entrys_payloads_are_each_payments_own_encoding() -> None:
+    assert store.done_entry_payloads({b"o": encode(FIRST)}) == [encode(FIRST)]
+    payloads = store.done_entry_payloads({b"b": encode([FIRST, SECOND])})
+    assert [store.read_done_entry({b"o": raw}) for raw in payloads] == [FIRST, SECOND]
+    assert store.done_entry_payloads({b"b": b"{not an array"}) == []
