@@ -47,10 +47,18 @@ find_python() {
 
 python_packages() {
   if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    echo python3 python3-venv
+    echo python3 python3-venv python3-dev
   else
-    echo python3.11 python3.11-venv
+    echo python3.11 python3.11-venv python3.11-dev
   fi
+}
+
+# Python.h of the interpreter the venv is made from, for the compiled modules.
+python_headers_ok() {
+  local python
+  python=$(find_python) || return 1
+  "$python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
 }
 
 # The first Java 17+ runtime package this release of Debian/Ubuntu offers.
@@ -73,11 +81,18 @@ install_system_packages() {
     command -v chromium >/dev/null 2>&1 || packages+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
   fi
-  # The distribution's Python (see find_python), unless another will do and apt is not ours.
-  if ! distribution_python >/dev/null && { [[ $(id -u) -eq 0 ]] || ! find_python >/dev/null; }; then
+  # The distribution's Python (see find_python), unless another will do and apt is not ours;
+  # its headers and a C compiler for the compiled modules when apt is ours.
+  local root=0 python_missing=0
+  [[ $(id -u) -eq 0 ]] && root=1
+  if ! distribution_python >/dev/null && { [[ $root -eq 1 ]] || ! find_python >/dev/null; }; then
+    python_missing=1
+  fi
+  if [[ $python_missing -eq 1 ]] || { [[ $root -eq 1 ]] && ! python_headers_ok; }; then
     read -ra python_pkgs <<< "$(python_packages)"
     packages+=("${python_pkgs[@]}")
   fi
+  if [[ $root -eq 1 ]] && ! command -v gcc >/dev/null 2>&1; then packages+=(gcc); fi
   java_ok || need_java=1
   if [[ ${#packages[@]} -eq 0 && $need_java -eq 0 ]]; then return 0; fi
   if [[ $need_java -eq 1 && $(id -u) -ne 0 ]]; then packages+=(openjdk-17-jre-headless); fi
@@ -125,7 +140,7 @@ install_paysim() {
     # Output to a log: setuptools' warnings about editable installs are noise here.
     local log="$VENV/pip-install.log"
     if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-           "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"; } > "$log" 2>&1; then
+           "$VENV/bin/python" -m pip install -q -e "$ROOT[test,compiled]"; } > "$log" 2>&1; then
       tail -n 20 "$log" >&2
       die "pip could not install paysim (full log: $log)"
     fi
@@ -133,6 +148,14 @@ install_paysim() {
   fi
 }
 
+# The hot modules compiled with Cython into the venv (paysim/infra/compiled.py); only those
+# changed since the last build. Without a C compiler paysim runs as pure Python.
+compile_paysim() {
+  "$VENV/bin/python" "$ROOT/scripts/compile_modules.py" ||
+    say "paysim runs as pure Python (the same code, more CPU a payment)"
+}
+
 install_system_packages
 install_paysim
+compile_paysim
 "$PAYSIM" stack prepare

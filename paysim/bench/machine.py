@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from paysim.infra.compiled import build_state
 from paysim.stack.jars import kafka_version
 
 
@@ -47,6 +48,7 @@ def machine_facts(java: str | None, redis_server: str | None) -> dict[str, Any]:
         "memory_gib": _memory_gib(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "compiled": build_state().describe(),
         "java": _first_line([java, "-version"]) if java else "unknown",
         "kafka": kafka_version(),
         "redis": _first_line([redis_server, "--version"]) if redis_server else "unknown",

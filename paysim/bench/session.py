@@ -112,6 +112,7 @@ def run_benchmark(options: BenchOptions, announce: Announce = print) -> dict[str
             "tracing.sample_ratio": options.trace_ratio,
         }, env={})
         facts = machine_facts(find_java()[0], find_redis_server()[0])
+        announce(f"python {facts['python']}, {facts['compiled']}")
         stack = LocalStack(settings.stack, announce=lambda line: announce(f"stack: {line}"))
         try:
             stack.up()

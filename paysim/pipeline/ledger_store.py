@@ -398,8 +398,10 @@ class _ReadCall:
             else:
                 version, *values = next(replies)
                 lines, today = {}, {}
+                # Indexes, not a slice unpacked: Cython (scripts/compile_modules.py) crashes
+                # on that form here.
                 for i, currency in enumerate(currencies_l):
-                    posted, pending, spent = values[3 * i:3 * i + 3]
+                    posted, pending, spent = values[3 * i], values[3 * i + 1], values[3 * i + 2]
                     lines[ledger.line(ledger.POSTED, currency, CARD)] = int(posted or 0)
                     lines[ledger.line(ledger.PENDING, currency, CARD)] = int(pending or 0)
                     today[currency] = int(spent or 0)

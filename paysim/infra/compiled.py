@@ -1,0 +1,153 @@
+"""The compiled hot path: Cython builds of paysim's modules, used only while their source is
+unchanged.
+
+`scripts/compile_modules.py` (run by `scripts/setup.sh`) builds every module of
+`COMPILED_PACKAGES` into `<venv>/paysim-compiled/<module>.<digest><suffix>`, the digest that of
+the source it was built from. `install()` puts a finder first on `sys.meta_path` that loads a
+build only when the module's source file still has that digest: a module edited since the last
+build runs as written, never stale. `PAYSIM_PURE_PYTHON=1` loads no build at all (py-spy sees
+inside source modules only). The builds are the same code: Cython compiles the `.py` files as
+they are, without type declarations, so only the interpreter's dispatch is gone.
+
+This module is never compiled itself: the finder has to exist before the builds can load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+COMPILED_PACKAGES = (
+    "paysim.domain",
+    "paysim.edge",
+    "paysim.infra",
+    "paysim.load",
+    "paysim.pipeline",
+)
+NOT_COMPILED = frozenset({__name__})
+PURE_ENV = "PAYSIM_PURE_PYTHON"
+BUILD_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+PAYSIM_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_build_dir() -> Path:
+    """Beside the interpreter's packages: a venv made again starts without builds."""
+    return Path(sys.prefix) / "paysim-compiled"
+
+
+def source_digest(source: bytes) -> str:
+    return hashlib.sha256(source).hexdigest()[:20]
+
+
+def build_file_name(module: str, digest: str) -> str:
+    return f"{module}.{digest}{BUILD_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class CompiledModule:
+    """One module that may be compiled: its dotted name and its source file."""
+
+    name: str
+    source: Path
+
+    def digest(self) -> str:
+        return source_digest(self.source.read_bytes())
+
+    def build_name(self) -> str:
+        return build_file_name(self.name, self.digest())
+
+
+def compiled_modules(root: Path = PAYSIM_ROOT) -> list[CompiledModule]:
+    """Every module of COMPILED_PACKAGES under root (the `paysim` package's folder)."""
+    found = []
+    for package in COMPILED_PACKAGES:
+        folder = root.joinpath(*package.split(".")[1:])
+        for source in sorted(folder.glob("*.py")):
+            if source.stem == "__init__":
+                continue
+            name = f"{package}.{source.stem}"
+            if name not in NOT_COMPILED:
+                found.append(CompiledModule(name, source))
+    return found
+
+
+class BuildFinder(importlib.abc.MetaPathFinder):
+    """Finds a module's build when one was made from the source as it is now."""
+
+    def __init__(self, build_dir: Path, build_names: Sequence[str]) -> None:
+        self._build_dir = build_dir
+        self._builds: dict[str, set[str]] = {}
+        for build_name in build_names:
+            module = build_name.removesuffix(BUILD_SUFFIX).rsplit(".", 1)[0]
+            self._builds.setdefault(module, set()).add(build_name)
+        self.loaded: list[str] = []
+        self.stale: list[str] = []
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        builds = self._builds.get(fullname)
+        if not builds:
+            return None
+        source_spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if source_spec is None or not (source_spec.origin or "").endswith(".py"):
+            return None
+        try:
+            digest = source_digest(Path(source_spec.origin).read_bytes())
+        except OSError:
+            return None
+        build_name = build_file_name(fullname, digest)
+        if build_name not in builds:
+            self.stale.append(fullname)
+            return None  # the source loads as usual
+        self.loaded.append(fullname)
+        build = str(self._build_dir / build_name)
+        loader = importlib.machinery.ExtensionFileLoader(fullname, build)
+        return importlib.util.spec_from_file_location(fullname, build, loader=loader)
+
+
+def install(build_dir: Path | None = None) -> BuildFinder | None:
+    """Load builds from now on, unless PAYSIM_PURE_PYTHON is set or there are none."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return None
+    build_dir = build_dir or default_build_dir()
+    try:
+        build_names = [p.name for p in build_dir.iterdir() if p.name.endswith(BUILD_SUFFIX)]
+    except OSError:
+        return None
+    if not build_names:
+        return None
+    finder = BuildFinder(build_dir, build_names)
+    sys.meta_path.insert(0, finder)
+    return finder
+
+
+@dataclass(frozen=True)
+class BuildState:
+    """How many of the compilable modules have a build matching their source."""
+
+    current: int
+    total: int
+    pure_python: bool
+
+    def describe(self) -> str:
+        if self.pure_python:
+            return f"pure Python ({PURE_ENV} set)"
+        if self.current == 0:
+            return "pure Python (no builds: bash scripts/setup.sh makes them)"
+        return f"{self.current} of {self.total} modules compiled"
+
+
+def build_state(build_dir: Path | None = None) -> BuildState:
+    build_dir = build_dir or default_build_dir()
+    modules = compiled_modules()
+    current = sum((build_dir / m.build_name()).exists() for m in modules)
+    return BuildState(current, len(modules), os.environ.get(PURE_ENV, "") not in ("", "0"))
