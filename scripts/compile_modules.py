@@ -2,16 +2,19 @@
 how they load). Run by scripts/setup.sh; by hand: .venv/bin/python scripts/compile_modules.py.
 
 Only modules whose source changed since their build are compiled again; builds of sources that
-are gone are removed. A module Cython or the C compiler refuses stays pure Python, and is named.
-Exit status 0 unless nothing could be built at all.
+are gone are removed, and all of them when the recipe (Cython's version, its directives, this
+script) changed. A module Cython or the C compiler refuses stays pure Python and is named, and
+the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -24,9 +27,19 @@ from paysim.infra.compiled import (
     BUILD_SUFFIX,
     PAYSIM_ROOT,
     CompiledModule,
+    build_file_name,
     compiled_modules,
     default_build_dir,
+    source_digest,
 )
+
+# Annotations stay hints, as in CPython: typed arguments would otherwise reject what Python
+# accepts (a bool for an int, a subclass of str).
+DIRECTIVES = {"annotation_typing": False, "binding": True}
+# No debug information (it made the builds 66 MB), and no warnings about Cython's generated C.
+COMPILE_ARGS = ["-g0", "-w"]
+RECIPE_FILE = "recipe"
+BUILD_FILE = re.compile(r"paysim\.[\w.]+\.[0-9a-f]{20}" + re.escape(BUILD_SUFFIX))
 
 
 def say(message: str) -> None:
@@ -42,10 +55,20 @@ def missing_toolchain() -> str | None:
         return f"{error.name} is not installed in this venv"
     header = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if not header.exists():
-        return f"no {header} (install python3-dev)"
-    if shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc") is None:
+        major, minor = sys.version_info[:2]
+        return f"no {header} (install python{major}.{minor}-dev)"
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    if not compiler or shutil.which(compiler[0]) is None:
         return "no C compiler (install gcc)"
     return None
+
+
+def recipe() -> str:
+    """What a build depends on besides its source."""
+    import Cython
+
+    script = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:20]
+    return f"cython {Cython.__version__}; {sorted(DIRECTIVES.items())}; {script}\n"
 
 
 def build(
@@ -65,19 +88,26 @@ def build(
         for module in modules:
             if module.name in failed:
                 continue
-            built = sources[module.name].with_name(sources[module.name].stem + BUILD_SUFFIX)
+            source = sources[module.name]
+            built = source.with_name(source.stem + BUILD_SUFFIX)
             if not built.exists():
-                say(f"{module.name}: no build came out; stays pure Python")
                 failed.append(module.name)
                 continue
-            shutil.move(built, build_dir / module.build_name())
+            # Named by the bytes compiled, not the checkout's file, which may have changed
+            # meanwhile; copied under a temporary name and renamed, so that a process
+            # starting now never finds half a build.
+            final = build_dir / build_file_name(module.name, source_digest(source.read_bytes()))
+            partial = build_dir / f".{final.name}.partial"
+            shutil.copyfile(built, partial)
+            os.replace(partial, final)
     return failed
 
 
 def _cythonize_and_compile(
     modules: list[CompiledModule], sources: dict[str, Path], jobs: int
 ) -> list[str]:
-    """In the copy's folder: C from each module, then the extensions; returns what failed."""
+    """In the copy's folder: C from each module, then the extensions; returns what Cython
+    refused (what the C compiler refused has no build afterwards)."""
     from Cython.Build import cythonize
     from setuptools import Distribution
 
@@ -89,29 +119,26 @@ def _cythonize_and_compile(
                 [str(sources[module.name].relative_to(Path.cwd()))],
                 language_level=3,
                 quiet=True,
-                # Annotations stay hints, as in CPython: a typed argument would otherwise
-                # reject what Python accepts (a bool for an int, a subclass of str).
-                compiler_directives={"annotation_typing": False, "binding": True},
+                compiler_directives=DIRECTIVES,
             )
         except Exception as error:  # Cython's own errors have no common base class
-            say(f"{module.name}: Cython refused it ({type(error).__name__}); stays pure Python")
+            say(f"{module.name}: Cython refused it ({type(error).__name__})")
             failed.append(module.name)
     if not extensions:
         return failed
     for extension in extensions:
-        extension.extra_compile_args.append("-w")  # warnings on Cython's generated C: noise
+        extension.extra_compile_args += COMPILE_ARGS
+        # One module the compiler refuses leaves the others' builds: setuptools warns and
+        # goes on with an optional extension.
+        extension.optional = True
     distribution = Distribution({"ext_modules": extensions, "script_name": "compile"})
     command = distribution.get_command_obj("build_ext")
     command.inplace = True
     command.parallel = jobs
     command.ensure_finalized()
-    try:
-        # The compiler's command lines are noise; its errors come back in the exception.
-        with contextlib.redirect_stdout(io.StringIO()):
-            command.run()
-    except Exception as error:
-        say(f"the C compiler failed: {error}")
-        return [m.name for m in modules]
+    # setuptools' command lines are noise; the compiler's errors go to stderr.
+    with contextlib.redirect_stdout(io.StringIO()):
+        command.run()
     return failed
 
 
@@ -125,32 +152,46 @@ def _in_directory(directory: Path) -> Iterator[None]:
         os.chdir(here)
 
 
+def remove_old_builds(build_dir: Path, wanted: set[str], current_recipe: str) -> None:
+    """Builds of sources that are gone, or all of them when the recipe changed; no other file."""
+    recipe_file = build_dir / RECIPE_FILE
+    try:
+        same_recipe = recipe_file.read_text() == current_recipe
+    except OSError:
+        same_recipe = False
+    for old in build_dir.iterdir():
+        stale = not same_recipe or old.name not in wanted
+        if stale and old.is_file() and BUILD_FILE.fullmatch(old.name):
+            old.unlink()
+    recipe_file.write_text(current_recipe)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build-dir", type=Path, default=default_build_dir())
     parser.add_argument("--jobs", type=int, default=2)
     options = parser.parse_args(argv)
-    modules = compiled_modules()
-    wanted = {m.build_name() for m in modules}
-    build_dir: Path = options.build_dir
-    if build_dir.exists():
-        for old in build_dir.iterdir():
-            if old.name not in wanted:
-                old.unlink()
-    todo = [m for m in modules if not (build_dir / m.build_name()).exists()]
-    if not todo:
-        say(f"{len(modules)} modules compiled, all current")
-        return 0
     problem = missing_toolchain()
     if problem:
         say(f"not compiling: {problem}; paysim runs as pure Python")
         return 1
+    modules = compiled_modules()
+    build_dir: Path = options.build_dir
+    build_dir.mkdir(parents=True, exist_ok=True)
+    remove_old_builds(build_dir, {m.build_name() for m in modules}, recipe())
+    todo = [m for m in modules if not (build_dir / m.build_name()).exists()]
+    if not todo:
+        say(f"{len(modules)} modules compiled, all current")
+        return 0
     say(f"compiling {len(todo)} of {len(modules)} modules with Cython (one or two seconds each)")
     started = time.monotonic()
     failed = build(todo, build_dir, options.jobs)
-    done = len(todo) - len(failed)
-    say(f"compiled {done} in {time.monotonic() - started:.0f} s into {build_dir}")
-    return 0 if done or len(failed) < len(modules) else 1
+    say(f"compiled {len(todo) - len(failed)} in {time.monotonic() - started:.0f} s into "
+        f"{build_dir}")
+    if failed:
+        say(f"pure Python, as no build came out: {', '.join(sorted(failed))}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

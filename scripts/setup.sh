@@ -47,18 +47,21 @@ find_python() {
 
 python_packages() {
   if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    echo python3 python3-venv python3-dev
+    echo python3 python3-venv
   else
-    echo python3.11 python3.11-venv python3.11-dev
+    echo python3.11 python3.11-venv
   fi
 }
 
-# Python.h of the interpreter the venv is made from, for the compiled modules.
-python_headers_ok() {
+# What compiling paysim's hot modules needs and this machine lacks: a C compiler and the
+# headers of the Python the venv is made from (python3.X-dev for Python 3.X).
+compiler_packages() {
   local python
-  python=$(find_python) || return 1
+  command -v gcc >/dev/null 2>&1 || echo gcc libc6-dev
+  python=$(find_python) || return 0
   "$python" -c 'import os, sys, sysconfig
-sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+    print("python%d.%d-dev" % sys.version_info[:2])'
 }
 
 # The first Java 17+ runtime package this release of Debian/Ubuntu offers.
@@ -81,18 +84,11 @@ install_system_packages() {
     command -v chromium >/dev/null 2>&1 || packages+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
   fi
-  # The distribution's Python (see find_python), unless another will do and apt is not ours;
-  # its headers and a C compiler for the compiled modules when apt is ours.
-  local root=0 python_missing=0
-  [[ $(id -u) -eq 0 ]] && root=1
-  if ! distribution_python >/dev/null && { [[ $root -eq 1 ]] || ! find_python >/dev/null; }; then
-    python_missing=1
-  fi
-  if [[ $python_missing -eq 1 ]] || { [[ $root -eq 1 ]] && ! python_headers_ok; }; then
+  # The distribution's Python (see find_python), unless another will do and apt is not ours.
+  if ! distribution_python >/dev/null && { [[ $(id -u) -eq 0 ]] || ! find_python >/dev/null; }; then
     read -ra python_pkgs <<< "$(python_packages)"
     packages+=("${python_pkgs[@]}")
   fi
-  if [[ $root -eq 1 ]] && ! command -v gcc >/dev/null 2>&1; then packages+=(gcc); fi
   java_ok || need_java=1
   if [[ ${#packages[@]} -eq 0 && $need_java -eq 0 ]]; then return 0; fi
   if [[ $need_java -eq 1 && $(id -u) -ne 0 ]]; then packages+=(openjdk-17-jre-headless); fi
@@ -114,6 +110,25 @@ install_system_packages() {
   fi
   java_ok || die "Java 17+ is still missing after installing; set JAVA_HOME to a Java 17+ JDK"
   find_python >/dev/null || die "no Python 3.11+ with venv after installing; install one"
+}
+
+# The compiled modules' toolchain (after the Python it compiles for is there): optional for
+# the demo, which then runs as pure Python; the tests check the builds, so they need it.
+install_compiler() {
+  local packages
+  read -ra packages <<< "$(compiler_packages | tr '\n' ' ')"
+  [[ ${#packages[@]} -eq 0 ]] && return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${packages[*]} (to compile paysim's hot modules)"
+    export DEBIAN_FRONTEND=noninteractive
+    if { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >/dev/null; then
+      return 0
+    fi
+  fi
+  if [[ ${SETUP_FOR_TESTS:-0} == 1 ]]; then
+    die "missing ${packages[*]} (the tests check paysim's compiled modules): run 'sudo apt-get install -y ${packages[*]}', then this again"
+  fi
+  say "missing ${packages[*]}: paysim runs as pure Python ('sudo apt-get install -y ${packages[*]}' and this again compile its hot modules)"
 }
 
 install_paysim() {
@@ -151,11 +166,11 @@ install_paysim() {
 # The hot modules compiled with Cython into the venv (paysim/infra/compiled.py); only those
 # changed since the last build. Without a C compiler paysim runs as pure Python.
 compile_paysim() {
-  "$VENV/bin/python" "$ROOT/scripts/compile_modules.py" ||
-    say "paysim runs as pure Python (the same code, more CPU a payment)"
+  "$VENV/bin/python" "$ROOT/scripts/compile_modules.py" || true
 }
 
 install_system_packages
+install_compiler
 install_paysim
 compile_paysim
 "$PAYSIM" stack prepare

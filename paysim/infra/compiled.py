@@ -1,13 +1,14 @@
 """The compiled hot path: Cython builds of paysim's modules, used only while their source is
 unchanged.
 
-`scripts/compile_modules.py` (run by `scripts/setup.sh`) builds every module of
+`scripts/compile_modules.py` (run by `scripts/setup.sh`) builds the modules of
 `COMPILED_PACKAGES` into `<venv>/paysim-compiled/<module>.<digest><suffix>`, the digest that of
 the source it was built from. `install()` puts a finder first on `sys.meta_path` that loads a
 build only when the module's source file still has that digest: a module edited since the last
-build runs as written, never stale. `PAYSIM_PURE_PYTHON=1` loads no build at all (py-spy sees
-inside source modules only). The builds are the same code: Cython compiles the `.py` files as
-they are, without type declarations, so only the interpreter's dispatch is gone.
+build runs as written, never stale. `PAYSIM_PURE_PYTHON=1` loads no build at all (py-spy,
+debuggers and coverage see inside source modules only). The builds are the same code: Cython
+compiles the `.py` files as they are, without type declarations, so only the interpreter's
+dispatch is gone.
 
 This module is never compiled itself: the finder has to exist before the builds can load.
 """
@@ -66,7 +67,8 @@ class CompiledModule:
 
 
 def compiled_modules(root: Path = PAYSIM_ROOT) -> list[CompiledModule]:
-    """Every module of COMPILED_PACKAGES under root (the `paysim` package's folder)."""
+    """The modules directly in COMPILED_PACKAGES under root (the `paysim` package's folder);
+    subpackages (load/targets) are not hot."""
     found = []
     for package in COMPILED_PACKAGES:
         folder = root.joinpath(*package.split(".")[1:])
@@ -88,15 +90,15 @@ class BuildFinder(importlib.abc.MetaPathFinder):
         for build_name in build_names:
             module = build_name.removesuffix(BUILD_SUFFIX).rsplit(".", 1)[0]
             self._builds.setdefault(module, set()).add(build_name)
-        self.loaded: list[str] = []
-        self.stale: list[str] = []
+        self.loaded: set[str] = set()
+        self.stale: set[str] = set()
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         builds = self._builds.get(fullname)
-        if not builds:
-            return None
+        if not builds or target is not None:
+            return None  # importlib.reload goes through the source: a build cannot run again
         source_spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if source_spec is None or not (source_spec.origin or "").endswith(".py"):
             return None
@@ -104,19 +106,21 @@ class BuildFinder(importlib.abc.MetaPathFinder):
             digest = source_digest(Path(source_spec.origin).read_bytes())
         except OSError:
             return None
-        build_name = build_file_name(fullname, digest)
-        if build_name not in builds:
-            self.stale.append(fullname)
+        build = self._build_dir / build_file_name(fullname, digest)
+        if build.name not in builds or not build.exists():
+            self.stale.add(fullname)
             return None  # the source loads as usual
-        self.loaded.append(fullname)
-        build = str(self._build_dir / build_name)
+        self.loaded.add(fullname)
+        build = str(build)
         loader = importlib.machinery.ExtensionFileLoader(fullname, build)
         return importlib.util.spec_from_file_location(fullname, build, loader=loader)
 
 
 def install(build_dir: Path | None = None) -> BuildFinder | None:
     """Load builds from now on, unless PAYSIM_PURE_PYTHON is set or there are none."""
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    if pure_python_asked():
+        return None
+    if any(isinstance(finder, BuildFinder) for finder in sys.meta_path):
         return None
     build_dir = build_dir or default_build_dir()
     try:
@@ -147,7 +151,13 @@ class BuildState:
 
 
 def build_state(build_dir: Path | None = None) -> BuildState:
+    """What a process started now from this venv runs (not what one running already loaded)."""
     build_dir = build_dir or default_build_dir()
     modules = compiled_modules()
     current = sum((build_dir / m.build_name()).exists() for m in modules)
-    return BuildState(current, len(modules), os.environ.get(PURE_ENV, "") not in ("", "0"))
+    return BuildState(current, len(modules), pure_python_asked())
+
+
+def pure_python_asked() -> bool:
+    """PAYSIM_PURE_PYTHON set to anything but empty or 0."""
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
