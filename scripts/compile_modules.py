@@ -34,8 +34,9 @@ from paysim.infra.compiled import (
 )
 
 # Annotations stay hints, as in CPython: typed arguments would otherwise reject what Python
-# accepts (a bool for an int, a subclass of str).
-DIRECTIVES = {"annotation_typing": False, "binding": True}
+# accepts (a bool for an int, a subclass of str). Unreachable code is on purpose where it is
+# (a bare `yield` after `return` makes a generator).
+DIRECTIVES = {"annotation_typing": False, "binding": True, "warn.unreachable": False}
 # No debug information (it made the builds 66 MB), and no warnings about Cython's generated C.
 COMPILE_ARGS = ["-g0", "-w"]
 RECIPE_FILE = "recipe"
