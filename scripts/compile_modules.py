@@ -20,7 +20,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from paysim.infra.compiled import (
@@ -83,7 +82,7 @@ def build(
         tree = Path(scratch) / root.name
         shutil.copytree(root, tree, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         sources = {m.name: tree / m.source.relative_to(root) for m in modules}
-        with _in_directory(Path(scratch)):
+        with contextlib.chdir(scratch):
             failed = _cythonize_and_compile(modules, sources, jobs)
         build_dir.mkdir(parents=True, exist_ok=True)
         for module in modules:
@@ -143,16 +142,6 @@ def _cythonize_and_compile(
     return failed
 
 
-@contextlib.contextmanager
-def _in_directory(directory: Path) -> Iterator[None]:
-    here = Path.cwd()
-    os.chdir(directory)
-    try:
-        yield
-    finally:
-        os.chdir(here)
-
-
 def remove_old_builds(build_dir: Path, wanted: set[str], current_recipe: str) -> None:
     """Builds of sources that are gone, or all of them when the recipe changed; no other file."""
     recipe_file = build_dir / RECIPE_FILE
@@ -179,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     modules = compiled_modules()
     build_dir: Path = options.build_dir
     build_dir.mkdir(parents=True, exist_ok=True)
-    remove_old_builds(build_dir, {m.build_name() for m in modules}, recipe())
-    todo = [m for m in modules if not (build_dir / m.build_name()).exists()]
+    build_names = {m.name: m.build_name() for m in modules}  # each source read once
+    remove_old_builds(build_dir, set(build_names.values()), recipe())
+    todo = [m for m in modules if not (build_dir / build_names[m.name]).exists()]
     if not todo:
         say(f"{len(modules)} modules compiled, all current")
         return 0
