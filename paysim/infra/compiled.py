@@ -81,6 +81,22 @@ def compiled_modules(root: Path = PAYSIM_ROOT) -> list[CompiledModule]:
     return found
 
 
+class BuildLoader(importlib.machinery.ExtensionFileLoader):
+    """Loads a build, and gives its module's source to whoever asks (linecache, for the
+    source lines of a traceback through compiled code: the build records its file as a path
+    relative to the folder it was compiled in, which is found only from the checkout)."""
+
+    def __init__(self, fullname: str, build: str, source: str) -> None:
+        super().__init__(fullname, build)
+        self.source = source
+
+    def get_source(self, fullname: str) -> str | None:
+        try:
+            return importlib.util.decode_source(Path(self.source).read_bytes())
+        except OSError:
+            return None
+
+
 class BuildFinder(importlib.abc.MetaPathFinder):
     """Finds a module's build when one was made from the source as it is now."""
 
@@ -112,7 +128,7 @@ class BuildFinder(importlib.abc.MetaPathFinder):
             return None  # the source loads as usual
         self.loaded.add(fullname)
         build = str(build)
-        loader = importlib.machinery.ExtensionFileLoader(fullname, build)
+        loader = BuildLoader(fullname, build, source_spec.origin)
         return importlib.util.spec_from_file_location(fullname, build, loader=loader)
 
 

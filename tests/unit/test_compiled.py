@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import linecache
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +77,26 @@ def test_a_build_loads_while_its_source_is_unchanged_and_not_after(
     # A reload goes through the source, whatever there is to load.
     source.write_text("def double(x):\n    return 2 * x\n")
     assert importlib.reload(edited).__file__ == str(source)
+
+
+def test_a_traceback_through_a_build_shows_its_source_lines(
+    probe_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = probe_package / "fails.py"
+    source.write_text("def check(x):\n    assert x > 0, 'not positive'\n")
+    module = CompiledModule("cyprobe.fails", source)
+    build_dir = tmp_path / "builds"
+    assert _compile_script().build([module], build_dir, root=probe_package) == []
+    loaded = _import_with(BuildFinder(build_dir, [module.build_name()]), "cyprobe.fails")
+    assert loaded.__file__.endswith(BUILD_SUFFIX)
+    # Away from the folder it was compiled in: its recorded file name leads nowhere there.
+    monkeypatch.chdir(tmp_path)
+    linecache.clearcache()
+    with pytest.raises(AssertionError) as raised:
+        loaded.check(-1)
+    frames = traceback.extract_tb(raised.value.__traceback__)
+    assert frames[-1].lineno == 2
+    assert frames[-1].line == "assert x > 0, 'not positive'"
 
 
 def test_a_module_cython_refuses_stays_pure_python(probe_package: Path, tmp_path: Path) -> None:
