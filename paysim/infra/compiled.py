@@ -86,15 +86,13 @@ class BuildLoader(importlib.machinery.ExtensionFileLoader):
     source lines of a traceback through compiled code: the build records its file as a path
     relative to the folder it was compiled in, which is found only from the checkout)."""
 
-    def __init__(self, fullname: str, build: str, source: str) -> None:
+    def __init__(self, fullname: str, build: str,
+                 source: importlib.machinery.SourceFileLoader) -> None:
         super().__init__(fullname, build)
         self.source = source
 
     def get_source(self, fullname: str) -> str | None:
-        try:
-            return importlib.util.decode_source(Path(self.source).read_bytes())
-        except OSError:
-            return None
+        return self.source.get_source(fullname)
 
 
 class BuildFinder(importlib.abc.MetaPathFinder):
@@ -128,7 +126,8 @@ class BuildFinder(importlib.abc.MetaPathFinder):
             return None  # the source loads as usual
         self.loaded.add(fullname)
         build = str(build)
-        loader = BuildLoader(fullname, build, source_spec.origin)
+        loader = BuildLoader(fullname, build,
+                             importlib.machinery.SourceFileLoader(fullname, source_spec.origin))
         return importlib.util.spec_from_file_location(fullname, build, loader=loader)
 
 
