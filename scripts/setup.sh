@@ -55,13 +55,28 @@ python_packages() {
 
 # What compiling paysim's hot modules needs and this machine lacks: a C compiler and the
 # headers of the Python the venv is made from (python3.X-dev for Python 3.X).
+# Without a Python yet, the headers of the one python_packages would install.
 compiler_packages() {
   local python
   command -v gcc >/dev/null 2>&1 || echo gcc libc6-dev
-  python=$(find_python) || return 0
+  if ! python=$(find_python); then
+    python_packages | sed 's/ .*//; s/$/-dev/'
+    return 0
+  fi
   "$python" -c 'import os, sys, sysconfig
 if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
     print("python%d.%d-dev" % sys.version_info[:2])'
+}
+
+# apt-get install as root, with the package lists updated once a run.
+APT_UPDATED=0
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    apt-get update -qq || return 1
+    APT_UPDATED=1
+  fi
+  apt-get install -y -qq --no-install-recommends "$@"
 }
 
 # The first Java 17+ runtime package this release of Debian/Ubuntu offers.
@@ -93,15 +108,16 @@ install_system_packages() {
   if [[ ${#packages[@]} -eq 0 && $need_java -eq 0 ]]; then return 0; fi
   if [[ $need_java -eq 1 && $(id -u) -ne 0 ]]; then packages+=(openjdk-17-jre-headless); fi
   if [[ $(id -u) -ne 0 ]]; then
+    # One command for everything, the compiler's packages too, rather than a second later.
+    read -ra compiler_pkgs <<< "$(compiler_packages | tr '\n' ' ')"
+    packages+=("${compiler_pkgs[@]}")
     die "missing ${packages[*]}: run 'sudo apt-get update && sudo apt-get install -y ${packages[*]}', then this again"
   fi
   command -v apt-get >/dev/null 2>&1 || die "no apt-get: install ${packages[*]} and Java 17+ by hand"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
   # Java first in the list: Maven then takes it rather than pulling in another runtime.
   if [[ $need_java -eq 1 ]]; then packages=("$(java_package)" "${packages[@]}"); fi
   say "installing ${packages[*]}"
-  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  apt_install "${packages[@]}" >/dev/null
   if [[ $installed_redis -eq 1 ]] && command -v systemctl >/dev/null 2>&1 &&
      systemctl is-active --quiet redis-server 2>/dev/null; then
     # The package starts a system redis on 6379 where systemd runs; paysim runs its own.
@@ -120,8 +136,7 @@ install_compiler() {
   [[ ${#packages[@]} -eq 0 ]] && return 0
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${packages[*]} (to compile paysim's hot modules)"
-    export DEBIAN_FRONTEND=noninteractive
-    if { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >/dev/null; then
+    if apt_install "${packages[@]}" >/dev/null; then
       return 0
     fi
   fi
